@@ -1,0 +1,73 @@
+"""The ``sdtune`` command line: thin wrappers that parse arguments, load a config and call the library.
+
+Sub-commands live in ``sdtune.commands.*``; each module exposes ``register(app)`` and is discovered here, so
+adding a command never means editing this file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+
+import typer
+
+from sdtune.errors import SdtuneError
+
+app = typer.Typer(
+    name="sdtune",
+    help=(
+        "Teach Stable Diffusion new concepts and new people, and prove it did.\n\n"
+        "Typical flow: `sdtune dataset build` -> `sdtune train CONFIG.yaml` -> `sdtune generate RUN` -> "
+        "`sdtune eval`. Every command has --help."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_commands() -> None:
+    import sdtune.commands as commands
+
+    modules = [importlib.import_module(f"sdtune.commands.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
+    for module in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (torchvision hints, weight-loading bars) out of the user's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import diffusers
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - logging tweaks must never stop the CLI
+        pass
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console entry point: user errors become one clear line and exit status 2."""
+    quiet_libraries()
+    try:
+        app()
+    except SdtuneError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""The typed schema of a run: every default lives here and nowhere else.
+
+A run is a YAML file plus ``a.b=c`` overrides (torchtune's habit). Unknown keys, wrong types and impossible
+combinations are rejected with a message that names the key and what is allowed. The resolved config is
+written into the run folder and re-runs as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sdtune.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    base: str = Field("tiny", description="hub id, local diffusers folder, single .safetensors file, or tiny/tiny-v")
+    revision: str | None = None
+    variant: str | None = Field(None, description="weights variant, e.g. fp16")
+    allow_pickle: bool = Field(False, description="allow .bin/.ckpt weights (pickle can run code: trusted only)")
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None, description="override the scheduler's prediction type (default: the model's own)"
+    )
+
+
+class SubsetConfig(Section):
+    """One source of training examples (DESIGN.md: methods differ by data, not by loop)."""
+
+    path: Path = Field(description="folder of images (with metadata.jsonl or .txt captions when captioned)")
+    prompt: str | None = Field(None, description="fixed prompt for every image; None = each image's caption")
+    repeats: int = Field(1, ge=1)
+    loss_weight: float = Field(1.0, ge=0.0)
+    role: Literal["train", "class"] = Field(
+        "train", description="'class' subsets are paired with train examples for prior preservation"
+    )
+
+
+class DataConfig(Section):
+    # Text-to-image: a captioned folder (imagefolder with metadata.jsonl, or images with .txt sidecars).
+    train_dir: Path | None = None
+    # DreamBooth: instance images with one fixed prompt, optional class images for prior preservation.
+    instance_dir: Path | None = None
+    instance_prompt: str | None = None
+    class_dir: Path | None = None
+    class_prompt: str | None = None
+    with_prior_preservation: bool = False
+    prior_loss_weight: float = Field(1.0, ge=0.0)
+    num_class_images: int = Field(100, ge=1, description="class images to have; missing ones are generated")
+    class_generation_steps: int = Field(30, ge=1)
+    # Any further subsets (several concepts in one run).
+    subsets: list[SubsetConfig] = Field(default_factory=list)
+    repeats: int = Field(1, ge=1, description="repeats of train_dir / instance_dir")
+
+    resolution: int = Field(512, ge=8)
+    center_crop: bool = True
+    random_flip: bool = False
+    caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="probability of an empty prompt (for CFG)")
+    check: bool = Field(True, description="check the dataset before loading the model; stop on errors")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.instance_dir is not None and not self.instance_prompt:
+            raise ValueError("data.instance_dir needs data.instance_prompt (e.g. 'a photo of sks person')")
+        if self.with_prior_preservation:
+            if self.instance_dir is None:
+                raise ValueError("data.with_prior_preservation needs data.instance_dir (DreamBooth)")
+            if not self.class_prompt or self.class_dir is None:
+                raise ValueError(
+                    "data.with_prior_preservation needs data.class_prompt (e.g. 'a photo of a person') "
+                    "and data.class_dir (missing class images are generated there)"
+                )
+        if self.train_dir is None and self.instance_dir is None and not self.subsets:
+            raise ValueError("no training data: set data.train_dir (captioned), data.instance_dir (DreamBooth) "
+                             "or data.subsets")
+        return self
+
+
+class LoraConfig(Section):
+    rank: int = Field(8, ge=1)
+    alpha: float | None = Field(None, description="scale numerator; default = rank (scale 1)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    text_encoder_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+
+
+class EMAConfig(Section):
+    decay: float = Field(0.9999, gt=0.0, lt=1.0)
+    update_after_step: int = Field(0, ge=0)
+
+
+class TrainConfig(Section):
+    lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tuning")
+    train_text_encoder: bool = False
+    learning_rate: float = Field(1e-4, gt=0.0)
+    text_encoder_lr: float | None = Field(None, gt=0.0)
+    scale_lr: bool = False
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                          "polynomial"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(1, ge=1, description="examples per process per micro-step (class images add more)")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (5.0 is common)")
+    noise_offset: float = Field(0.0, ge=0.0)
+    ema: EMAConfig | None = Field(None, description="EMA of the weights (full fine-tuning only)")
+    seed: int = 42
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.ema is not None and self.lora is not None:
+            raise ValueError("train.ema is for full fine-tuning; remove it or remove train.lora")
+        return self
+
+
+class CheckpointConfig(Section):
+    every: int = Field(500, ge=1, description="save resume state every N optimizer steps")
+    keep: int = Field(3, ge=1, description="keep the last K checkpoints")
+
+
+class ValidationConfig(Section):
+    prompts: list[str] = Field(default_factory=list)
+    every: int = Field(0, ge=0, description="every N steps (0 = only at the end when prompts are set)")
+    num_images: int = Field(1, ge=1, description="images per prompt")
+    steps: int = Field(25, ge=1)
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+
+class LoggingConfig(Section):
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
+    project: str = "sdtune"
+    run_name: str | None = None
+
+
+class SaveConfig(Section):
+    full_model: bool = Field(False, description="also save a full pipeline (LoRA fused in) under RUN/model")
+    lora: bool = Field(True, description="save RUN/lora (LoRA runs)")
+
+
+class RunConfig(Section):
+    output_dir: Path = Path("runs/run")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    save: SaveConfig = Field(default_factory=SaveConfig)
+
+    @property
+    def is_lora(self) -> bool:
+        return self.train.lora is not None
+
+    @property
+    def method(self) -> str:
+        kind = "dreambooth" if self.data.instance_dir is not None else "text-to-image"
+        return f"{kind}-{'lora' if self.is_lora else 'full'}"
+
+
+# ----------------------------------------------------------------------------- loading and overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (['a', 'b'], value parsed as YAML, so numbers, bools, null and lists work)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value (e.g. train.max_steps=500)")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node: Any = data
+        for depth, key in enumerate(keys[:-1]):
+            if isinstance(node, list):
+                node = node[int(key)]
+                continue
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override '{item}': {'.'.join(keys[: depth + 1])} is not a section")
+        last = keys[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `sdtune config-keys` lists them)"
+        elif err["type"] == "literal_error":
+            msg = f"{msg}"
+        lines.append(f"{loc or '(top level)'}: {msg}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist (ready ones are in configs/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, train:, ...)")
+    return data
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (or none), apply ``a.b=c`` overrides and validate."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides or []))
+    return config_from_dict(data, source=str(path) if path else "(overrides)")
+
+
+def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Make every path in the config absolute so the saved config re-runs from any directory."""
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+
+    data = cfg.data
+    cfg = cfg.model_copy(deep=True)
+    cfg.output_dir = fix(cfg.output_dir)  # type: ignore[assignment]
+    cfg.data.train_dir = fix(data.train_dir)
+    cfg.data.instance_dir = fix(data.instance_dir)
+    cfg.data.class_dir = fix(data.class_dir)
+    for sub in cfg.data.subsets:
+        sub.path = fix(sub.path)  # type: ignore[assignment]
+    base_path = Path(cfg.model.base).expanduser()
+    if base_path.exists():
+        cfg.model.base = str(base_path.resolve())
+    return cfg
+
+
+def resolve_config(cfg: RunConfig, cwd: Path | None = None) -> RunConfig:
+    return _absolute_paths(cfg, cwd or Path.cwd())
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_config(cfg), encoding="utf-8")
+    tmp.replace(path)
+
+
+def list_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every config key with its type and default (for `sdtune config-keys`)."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        sub = None
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                sub = cand
+        if sub is not None and sub is not SubsetConfig:
+            rows.extend(list_keys(sub, key + "."))
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        type_name = str(ann).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
+        rows.append((key, type_name, default + (f"  - {field.description}" if field.description else "")))
+    return rows

@@ -1,0 +1,1 @@
+"""Datasets: reading image folders, building and checking imagefolder datasets, training subsets."""

@@ -1,0 +1,28 @@
+"""User-facing errors.
+
+Anything a user can fix (a bad config, a missing folder, a corrupt image) is raised as a
+:class:`SdtuneError`. The CLI prints its message on one line and exits with status 2 — no traceback,
+because a traceback hides the one sentence that says what to do.
+"""
+
+from __future__ import annotations
+
+
+class SdtuneError(Exception):
+    """An error whose message tells the user what is wrong and how to fix it."""
+
+
+class ConfigError(SdtuneError):
+    """The run configuration is invalid (unknown key, wrong type, impossible combination)."""
+
+
+class DataError(SdtuneError):
+    """A dataset or an image cannot be used; the message names the file."""
+
+
+class ModelLoadError(SdtuneError):
+    """A base model, LoRA or checkpoint cannot be loaded."""
+
+
+class TrainingStopped(SdtuneError):
+    """Training stopped on purpose (NaN loss); a last good checkpoint was written."""

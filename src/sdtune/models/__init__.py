@@ -1,0 +1,1 @@
+"""Model loading, the built-in tiny models, and LoRA helpers."""

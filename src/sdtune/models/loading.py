@@ -1,0 +1,152 @@
+"""Load a base model from a built-in preset, a local diffusers folder, a single .safetensors file or a hub id.
+
+Only safetensors weights are loaded by default: a pickle file (.bin/.ckpt/.pt) can run arbitrary code when
+unpickled, so it is refused unless the user opts in with ``model.allow_pickle: true``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdtune.errors import ModelLoadError
+from sdtune.models.presets import is_preset, preset_path
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+@dataclass
+class SDComponents:
+    """The parts of a Stable Diffusion model that training needs."""
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any  # DDPM-style training scheduler (same betas/prediction type as the model's)
+    source: str  # resolved folder or hub id
+
+
+def resolve_model_ref(ref: str) -> str:
+    """Turn a user's model reference into something ``from_pretrained`` accepts.
+
+    Presets become their cache folder, existing paths are checked, anything else is taken as a hub id.
+    """
+    if is_preset(ref):
+        return str(preset_path(ref))
+    path = Path(ref).expanduser()
+    if path.exists():
+        if path.is_file():
+            check_weights_file(path, allow_pickle=True)  # suffix check happens in load
+            return str(path)
+        if not (path / "model_index.json").exists() and not (path / "unet").is_dir():
+            raise ModelLoadError(
+                f"{path} is a folder but not a diffusers model (no model_index.json). Pass a diffusers "
+                "pipeline folder, a single .safetensors checkpoint, a hub id, or 'tiny'."
+            )
+        return str(path)
+    if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
+        raise ModelLoadError(f"model folder {ref} does not exist. Check the path in model.base.")
+    return ref
+
+
+def check_weights_file(path: Path, allow_pickle: bool) -> None:
+    """Refuse a pickle-format weights file unless explicitly allowed."""
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelLoadError(
+            f"{path} is a pickle-format file, which can run arbitrary code when loaded. Convert it to "
+            "safetensors, or if you trust its source set model.allow_pickle=true."
+        )
+
+
+def _pickle_only_parts(folder: Path) -> list[Path]:
+    """Sub-models of a diffusers folder that have pickle weights but no safetensors beside them."""
+    found = []
+    for part in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = list(part.iterdir())
+        has_safe = any(f.suffix == ".safetensors" for f in files)
+        pickles = [f for f in files if f.suffix.lower() in PICKLE_SUFFIXES]
+        if pickles and not has_safe:
+            found.extend(pickles)
+    return found
+
+
+def _offline_hint(ref: str) -> str:
+    return (
+        f"could not load model '{ref}'. If it is a hub id, this machine may be offline: download it once "
+        "(huggingface-cli download ID) or pass a local diffusers folder. Built-in models: tiny, tiny-v."
+    )
+
+
+def load_components(ref: str, *, allow_pickle: bool = False, revision: str | None = None,
+                    variant: str | None = None, prediction_type: str | None = None) -> SDComponents:
+    """Load tokenizer, text encoder, VAE, UNet and a DDPM training scheduler in fp32 on the CPU."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    source = resolve_model_ref(ref)
+    path = Path(source)
+    if path.is_file():
+        pipe = load_pipeline(ref, allow_pickle=allow_pickle)
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        comps = SDComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, noise_scheduler, source)
+    else:
+        if path.is_dir() and not allow_pickle:
+            pickles = _pickle_only_parts(path)
+            if pickles:
+                check_weights_file(pickles[0], allow_pickle=False)
+        kw: dict[str, Any] = {"revision": revision}
+        if variant:
+            kw["variant"] = variant
+        safe = None if allow_pickle else True
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)
+            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=safe,
+                                                         **kw)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=safe, **kw)
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=safe, **kw)
+            noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision)
+        except (OSError, ValueError) as exc:
+            if "safetensors" in str(exc).lower() and not allow_pickle:
+                raise ModelLoadError(
+                    f"{ref} has no safetensors weights. Only safetensors are loaded by default; if you trust "
+                    "its source set model.allow_pickle=true."
+                ) from exc
+            raise ModelLoadError(_offline_hint(ref) + f" ({type(exc).__name__}: {exc})") from exc
+        comps = SDComponents(tokenizer, text_encoder, vae, unet, noise_scheduler, source)
+    if prediction_type:
+        comps.noise_scheduler.register_to_config(prediction_type=prediction_type)
+    return comps
+
+
+def load_pipeline(ref: str, *, allow_pickle: bool = False, revision: str | None = None,
+                  variant: str | None = None, torch_dtype: Any = None):
+    """Load a full ``StableDiffusionPipeline`` (for generating class images, validation and inference)."""
+    from diffusers import StableDiffusionPipeline
+
+    source = resolve_model_ref(ref)
+    path = Path(source)
+    kw: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if torch_dtype is not None:
+        kw["torch_dtype"] = torch_dtype
+    try:
+        if path.is_file():
+            check_weights_file(path, allow_pickle)
+            if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+                raise ModelLoadError(f"{path}: expected a .safetensors checkpoint file")
+            return StableDiffusionPipeline.from_single_file(str(path), **kw)
+        if path.is_dir() and not allow_pickle:
+            pickles = _pickle_only_parts(path)
+            if pickles:
+                check_weights_file(pickles[0], allow_pickle=False)
+        if variant:
+            kw["variant"] = variant
+        return StableDiffusionPipeline.from_pretrained(
+            source, revision=revision, use_safetensors=None if allow_pickle else True, **kw
+        )
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_offline_hint(ref) + f" ({type(exc).__name__}: {exc})") from exc

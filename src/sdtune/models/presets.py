@@ -1,0 +1,167 @@
+"""Built-in models that need no download.
+
+``tiny`` is a randomly initialised Stable Diffusion (UNet, VAE, CLIP text encoder, tokenizer) small enough
+to train on a CPU in seconds. It is built in code with a fixed seed, so every process and every session gets
+bitwise the same weights, and written once to a cache folder so that it is then loaded through the same
+``from_pretrained`` path as a real model. ``tiny-v`` is the same model with a v-prediction scheduler,
+like SD 2.x at 768 px.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PRESET_VERSION = 1
+PRESETS = ("tiny", "tiny-v")
+
+TINY_RESOLUTION = 32  # pixels; the VAE halves it once, so latents are 16x16
+
+
+def cache_root() -> Path:
+    """Where built-in models are materialised (``SDTUNE_CACHE`` overrides ``~/.cache/sdtune``)."""
+    env = os.environ.get("SDTUNE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sdtune"
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def preset_path(name: str) -> Path:
+    """Return the folder of a built-in model, building it on first use."""
+    if name not in PRESETS:
+        raise KeyError(name)
+    target = cache_root() / f"{name}-v{PRESET_VERSION}"
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build_tiny_pipeline(v_prediction=(name == "tiny-v")).save_pretrained(staging, safe_serialization=True)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first; its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for raw bytes (printable bytes map to themselves)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def _byte_level_vocab() -> tuple[dict[str, int], list[str]]:
+    """A character-level CLIP BPE vocabulary: every byte symbol, alone and word-final, plus a few merges.
+
+    transformers' CLIPTokenizer needs a vocab and merges file; without a hub we write our own. Words become
+    characters, which is all a random tiny model needs.
+    """
+    symbols = _byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in ("a", "photo", "of", "sks", "person", "dog", "the"):
+        if len(word) < 2:
+            continue
+        current = word[0]
+        for i, ch in enumerate(word[1:], start=1):
+            nxt = ch + ("</w>" if i == len(word) - 1 else "")
+            merges.append(f"{current} {nxt}")
+            current = current + nxt
+            if current not in tokens:
+                tokens.append(current)
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    return vocab, list(dict.fromkeys(merges))
+
+
+def build_tiny_tokenizer(folder: Path | None = None):
+    """Write a CLIP tokenizer's files into ``folder`` (or a temp dir) and load it from there."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder or tempfile.mkdtemp(prefix="sdtune-tok-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _byte_level_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    # transformers 5 ignores vocab_file=/merges_file= keywords: pass positional paths.
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def build_tiny_pipeline(v_prediction: bool = False):
+    """Build the random tiny Stable Diffusion pipeline (deterministic: seeded)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=TINY_RESOLUTION // 2,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=TINY_RESOLUTION,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                vocab_size=len(tokenizer),
+                max_position_embeddings=77,
+                projection_dim=32,
+            )
+        )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction" if v_prediction else "epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
