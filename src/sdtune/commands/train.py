@@ -1,0 +1,46 @@
+"""``sdtune train`` and ``sdtune config-keys``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+ORDER = 10
+
+
+def train_command(
+    config: Path = typer.Argument(..., help="run config YAML (see configs/), or RUN/config.yaml to re-run a run"),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=500 "
+                                          "data.instance_dir=photos/ output_dir=runs/me"),
+    resume: str = typer.Option(None, "--resume", help="'latest' (newest complete checkpoint of output_dir) "
+                               "or a checkpoint folder"),
+) -> None:
+    """Fine-tune Stable Diffusion: text-to-image or DreamBooth, LoRA or full, as the config says.
+
+    Outputs go to output_dir: config.yaml, checkpoints/, lora/ or model/, samples/, logs/, README.md.
+    An interrupted run (Ctrl-C, SIGTERM, a crash) continues exactly with --resume latest.
+    """
+    from sdtune.config import load_config
+    from sdtune.training.loop import train
+
+    cfg = load_config(config, overrides or [])
+    result = train(cfg, resume=resume)
+    if result.status == "finished":
+        typer.echo(f"done: {result.step} steps, final loss {result.final_loss:.4f}")
+        for name, path in result.outputs.items():
+            typer.echo(f"  {name}: {path}")
+        typer.echo(f"  run folder: {result.run_dir}")
+
+
+def config_keys_command() -> None:
+    """List every config key with its type, default and meaning."""
+    from sdtune.config import list_keys
+
+    for key, type_name, default in list_keys():
+        typer.echo(f"{key:38s} {type_name:36s} {default}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.command("config-keys")(config_keys_command)

@@ -1,0 +1,294 @@
+"""The one training loop: text-to-image and DreamBooth, LoRA or full, on accelerate.
+
+Methods differ only in data (see ``sdtune.data.subsets``) and in which parameters are trainable (see
+``sdtune.training.modules``). Exact resume rests on three rules:
+
+1. every random draw of a micro-step (VAE sample, noise, timesteps, LoRA dropout) comes from the global RNG
+   reseeded from (seed, micro-step, rank) at the start of that micro-step;
+2. the data stream is position-addressed, and the position is saved;
+3. checkpoints restore weights, optimizer and scheduler state in place into the live objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sdtune.config import RunConfig, resolve_config, save_config
+from sdtune.data.cache import Conditioner
+from sdtune.data.subsets import StreamPositions, build_stream, collate
+from sdtune.errors import SdtuneError, TrainingStopped
+from sdtune.training import checkpoint as ckpt
+from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
+from sdtune.training.modules import (
+    build_ema,
+    build_lr_scheduler,
+    build_optimizer,
+    check_mixed_precision,
+    configure_trainables,
+)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # "finished" | "interrupted"
+    step: int
+    final_loss: float | None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
+    return (seed * 1_000_003 + micro_step * 9_973 + rank * 7_919) % (2**63 - 1)
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves a checkpoint and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
+    run_dir = Path(cfg.output_dir)
+    ckpt.clean_partial(run_dir / "checkpoints")
+    if resume is None:
+        if ckpt.list_checkpoints(run_dir / "checkpoints"):
+            raise SdtuneError(f"{run_dir} already has checkpoints. Continue it with --resume latest, or choose "
+                              "another output_dir (nothing was overwritten)")
+        return None
+    found = ckpt.resolve_checkpoint(run_dir, resume)
+    if found is None:
+        print(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting from step 0")
+    return found
+
+
+def _make_accelerator(cfg: RunConfig, run_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    check_mixed_precision(cfg.train.mixed_precision)
+    trackers = list(cfg.logging.trackers) or None
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers,
+                       project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")))
+
+
+def _ensure_class_images(cfg: RunConfig, accelerator) -> None:
+    data = cfg.data
+    if not data.with_prior_preservation:
+        return
+    from sdtune.data.class_images import generate_class_images
+
+    if accelerator.is_main_process:
+        assert data.class_dir is not None and data.class_prompt is not None
+        generate_class_images(data.class_dir, data.class_prompt, data.num_class_images, cfg.model.base,
+                              resolution=data.resolution, steps=data.class_generation_steps,
+                              allow_pickle=cfg.model.allow_pickle, device=accelerator.device)
+    accelerator.wait_for_everyone()
+
+
+def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
+    """Run (or continue) one training run and write its outputs; see the module docstring for guarantees."""
+    from sdtune.data.check_before_train import check_training_data
+    from sdtune.models.loading import load_components
+
+    cfg = resolve_config(cfg)
+    run_dir = Path(cfg.output_dir)
+    resume_from = _prepare_run_dir(cfg, resume)
+    check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
+    accelerator = _make_accelerator(cfg, run_dir)
+    _ensure_class_images(cfg, accelerator)
+
+    comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
+                            variant=cfg.model.variant, prediction_type=cfg.model.prediction_type)
+    stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed)
+    trainables = configure_trainables(cfg, comps, accelerator.device)
+    optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
+    lr_scheduler = build_lr_scheduler(cfg, optimizer)
+    ema = build_ema(cfg, trainables.unet)
+    prepared = accelerator.prepare(trainables.unet, optimizer,
+                                   *([trainables.text_encoder] if trainables.text_encoder is not None else []))
+    unet, optimizer = prepared[0], prepared[1]
+    text_encoder_ddp = prepared[2] if trainables.text_encoder is not None else None
+    text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
+    state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, trainables.modules(), optimizer, lr_scheduler,
+                                     scaler=accelerator.scaler, ema=ema)
+        if state.world_size != accelerator.num_processes or state.batch_size != cfg.train.batch_size:
+            raise SdtuneError(f"{resume_from} was made with {state.world_size} process(es) x batch "
+                              f"{state.batch_size}; resume with the same for an exact continuation")
+        if accelerator.is_main_process:
+            print(f"resumed from {resume_from} (step {state.step})")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    if cfg.logging.trackers:
+        from sdtune.training.trackers import flat_config, tracker_init_kwargs
+
+        accelerator.init_trackers(cfg.logging.project, config=flat_config(cfg),
+                                  init_kwargs=tracker_init_kwargs(cfg, run_dir / "logs"))
+
+    conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.train_text_encoder)
+    loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
+                        num_workers=cfg.train.num_workers,
+                        sampler=StreamPositions(state.micro_step, cfg.train.batch_size, accelerator.num_processes,
+                                                accelerator.process_index))
+    batches = iter(loader)
+    noise_scheduler = comps.noise_scheduler
+    accum = cfg.train.gradient_accumulation_steps
+
+    def save(current: ckpt.TrainerState) -> None:
+        if accelerator.is_main_process:
+            ckpt.save_checkpoint(run_dir / "checkpoints", current, trainables.modules(), optimizer, lr_scheduler,
+                                 scaler=accelerator.scaler, ema=ema, keep=cfg.checkpoint.keep)
+        accelerator.wait_for_everyone()
+
+    def micro_loss(batch) -> torch.Tensor:
+        latents = conditioner.latents(batch["pixel_values"])
+        embeddings = conditioner.text_embeddings(batch["input_ids"])
+        noise = torch.randn_like(latents)
+        if cfg.train.noise_offset:
+            noise = noise + cfg.train.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
+                                                                 device=latents.device, dtype=latents.dtype)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  device=latents.device).long()
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        target = training_target(noise_scheduler, latents, noise, timesteps)
+        with accelerator.autocast():
+            pred = unet(noisy, timesteps, embeddings, return_dict=False)[0]
+        weights = batch["loss_weight"].to(latents.device)
+        if cfg.train.snr_gamma is not None:
+            weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
+        return weighted_loss(pred, target, weights, int(batch["num_train"]))
+
+    bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", unit="step",
+               disable=not accelerator.is_main_process, dynamic_ncols=True)
+    started, status, last_saved = time.time(), "finished", state.step if resume_from else -1
+    with StopRequest() as stop:
+        while state.step < cfg.train.max_steps:
+            step_start = time.time()
+            losses = []
+            for micro in range(accum):
+                batch = next(batches)
+                torch.manual_seed(micro_step_seed(cfg.train.seed, state.micro_step + micro, accelerator.process_index))
+                sync = micro == accum - 1
+                with contextlib.ExitStack() as no_sync:
+                    if not sync:
+                        for model in (unet, text_encoder_ddp):
+                            if model is not None:
+                                no_sync.enter_context(accelerator.no_sync(model))
+                    loss = micro_loss(batch)
+                    all_losses = accelerator.gather(loss.detach().reshape(1))
+                    if not torch.isfinite(all_losses).all():
+                        optimizer.zero_grad(set_to_none=True)
+                        save(state)
+                        raise TrainingStopped(
+                            f"the loss became {loss.item()} at step {state.step + 1}: training stopped before "
+                            f"it could corrupt the weights. The last good state is checkpoint step "
+                            f"{state.step} in {run_dir / 'checkpoints'}. Lower train.learning_rate (now "
+                            f"{cfg.train.learning_rate}) or enable train.max_grad_norm, then resume with "
+                            "--resume latest")
+                    accelerator.backward(loss / accum)
+                    losses.append(all_losses.mean().item())
+            if cfg.train.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(trainables.unet.parameters())
+            state.step += 1
+            state.micro_step += accum
+            state.last_loss = sum(losses) / len(losses)
+            lr = lr_scheduler.get_last_lr()[0]
+            accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": time.time() - step_start},
+                            step=state.step)
+            bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+            if state.step % cfg.checkpoint.every == 0:
+                save(state)
+                last_saved = state.step
+            if cfg.validation.prompts and cfg.validation.every and state.step % cfg.validation.every == 0:
+                _validate(cfg, accelerator, comps, trainables, state.step, run_dir)
+            stop_now = accelerator.gather(torch.tensor([float(stop.requested)], device=accelerator.device)).any()
+            if stop_now and state.step < cfg.train.max_steps:
+                status = "interrupted"
+                break
+    bar.close()
+    if last_saved != state.step:
+        save(state)
+    if status == "interrupted":
+        if accelerator.is_main_process:
+            print(f"stopped at step {state.step}: checkpoint saved. Continue with --resume latest")
+        accelerator.end_training()
+        return TrainResult(run_dir, status, state.step, state.last_loss)
+    return _finish(cfg, accelerator, comps, trainables, ema, state, run_dir, time.time() - started, len(stream))
+
+
+def _validate(cfg: RunConfig, accelerator, comps, trainables, step: int, run_dir: Path) -> None:
+    if accelerator.is_main_process:
+        from sdtune.training.trackers import log_images
+        from sdtune.training.validation import run_validation
+
+        text_encoder = trainables.text_encoder if trainables.text_encoder is not None else comps.text_encoder
+        images = run_validation(cfg, comps, trainables.unet, text_encoder, step, run_dir / "samples")
+        log_images(accelerator, images, step)
+    accelerator.wait_for_everyone()
+
+
+def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: Path, seconds: float,
+            num_examples: int) -> TrainResult:
+    from sdtune.training import outputs
+
+    result = TrainResult(run_dir, "finished", state.step, state.last_loss)
+    if cfg.validation.prompts and not (cfg.validation.every and state.step % cfg.validation.every == 0):
+        _validate(cfg, accelerator, comps, trainables, state.step, run_dir)
+    if accelerator.is_main_process:
+        text_encoder = trainables.text_encoder
+        if cfg.train.lora is not None:
+            if cfg.save.lora:
+                result.outputs["lora"] = str(outputs.save_lora_output(run_dir, cfg, trainables.unet, text_encoder))
+            if cfg.save.full_model:
+                result.outputs["model"] = str(outputs.save_fused_model(run_dir, cfg))
+        else:
+            if ema is not None:
+                ema.copy_to(trainables.unet.parameters())
+            full_te = text_encoder if text_encoder is not None else comps.text_encoder
+            result.outputs["model"] = str(outputs.save_full_model(run_dir, comps, trainables.unet, full_te))
+        metrics = {"status": "finished", "steps": state.step, "final_loss": state.last_loss,
+                   "seconds": round(seconds, 2), "method": cfg.method, "examples": num_examples,
+                   "outputs": result.outputs}
+        outputs.write_metrics(run_dir, metrics)
+        outputs.write_model_card(run_dir, cfg, metrics, num_examples)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if not math.isfinite(state.last_loss or 0.0):
+        raise TrainingStopped("training ended with a non-finite loss")
+    return result

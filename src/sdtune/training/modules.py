@@ -1,0 +1,122 @@
+"""Set up what a run trains: LoRA or full, UNet and optionally the text encoder, with optimizer and LR schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sdtune.config import RunConfig
+from sdtune.errors import ConfigError, SdtuneError
+from sdtune.models.lora import add_lora
+from sdtune.models.loading import SDComponents
+
+
+@dataclass
+class Trainables:
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module | None  # None when the text encoder is frozen
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        out = {"unet": self.unet}
+        if self.text_encoder is not None:
+            out["text_encoder"] = self.text_encoder
+        return out
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for m in self.modules().values() for p in m.parameters() if p.requires_grad]
+
+
+def weight_dtype_for(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.device) -> Trainables:
+    """Freeze what is not trained, add LoRA adapters, cast frozen weights to the mixed-precision dtype.
+
+    Trainable weights stay fp32 (LoRA on fp16 weights diverges); frozen ones take the compute dtype to save
+    memory, as a 16 GB GPU needs.
+    """
+    train = cfg.train
+    dtype = weight_dtype_for(train.mixed_precision)
+    comps.vae.requires_grad_(False)
+    comps.text_encoder.requires_grad_(False)
+    comps.vae.to(device, dtype=dtype)
+    unet, text_encoder = comps.unet, comps.text_encoder
+    if train.lora is not None:
+        unet.to(device, dtype=dtype)
+        add_lora(unet, train.lora, train.lora.targets)
+        if train.train_text_encoder:
+            text_encoder.to(device, dtype=dtype)
+            add_lora(text_encoder, train.lora, train.lora.text_encoder_targets)
+        else:
+            text_encoder.to(device, dtype=dtype)
+        for module in (unet, text_encoder):
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+    else:
+        unet.to(device)
+        unet.requires_grad_(True)
+        if train.train_text_encoder:
+            text_encoder.to(device)
+            text_encoder.requires_grad_(True)
+        else:
+            text_encoder.to(device, dtype=dtype)
+    if train.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if train.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    unet.train()
+    if train.train_text_encoder:
+        text_encoder.train()
+    else:
+        text_encoder.eval()
+    comps.vae.eval()
+    return Trainables(unet, text_encoder if train.train_text_encoder else None)
+
+
+def build_optimizer(cfg: RunConfig, trainables: Trainables, world_size: int) -> torch.optim.Optimizer:
+    train = cfg.train
+    lr = train.learning_rate
+    if train.scale_lr:
+        lr = lr * train.batch_size * train.gradient_accumulation_steps * world_size
+    groups = [{"params": [p for p in trainables.unet.parameters() if p.requires_grad], "lr": lr}]
+    if trainables.text_encoder is not None:
+        te_lr = train.text_encoder_lr or lr
+        groups.append({"params": [p for p in trainables.text_encoder.parameters() if p.requires_grad], "lr": te_lr})
+    kwargs = dict(betas=(train.adam_beta1, train.adam_beta2), weight_decay=train.adam_weight_decay,
+                  eps=train.adam_epsilon)
+    if train.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError("train.optimizer=adamw8bit needs bitsandbytes: pip install 'sdtune[bnb]' "
+                              "(it runs on CUDA GPUs), or use train.optimizer=adamw") from None
+        if not torch.cuda.is_available():
+            raise ConfigError("train.optimizer=adamw8bit needs a CUDA GPU; on this machine use adamw")
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def build_lr_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):
+    from diffusers.optimization import get_scheduler
+
+    if cfg.train.lr_warmup_steps >= cfg.train.max_steps and cfg.train.lr_scheduler != "constant":
+        raise ConfigError("train.lr_warmup_steps must be smaller than train.max_steps")
+    return get_scheduler(cfg.train.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.train.lr_warmup_steps,
+                         num_training_steps=cfg.train.max_steps)
+
+
+def build_ema(cfg: RunConfig, unet: torch.nn.Module):
+    if cfg.train.ema is None:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(unet.parameters(), decay=cfg.train.ema.decay, update_after_step=cfg.train.ema.update_after_step,
+                    model_cls=type(unet), model_config=unet.config)
+
+
+def check_mixed_precision(mode: str) -> None:
+    if mode == "fp16" and not torch.cuda.is_available():
+        raise SdtuneError("train.mixed_precision=fp16 needs a CUDA GPU; use 'no' (or 'bf16') on this machine")

@@ -1,0 +1,47 @@
+"""Validation images during training: the same prompts and seeds every time, so images compare across steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sdtune.config import RunConfig
+
+
+def validation_pipeline(comps, unet, text_encoder):
+    """A pipeline that shares the live training modules (no copy), with a fast sampler."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    scheduler = DPMSolverMultistepScheduler.from_config(comps.noise_scheduler.config)
+    pipe = StableDiffusionPipeline(vae=comps.vae, text_encoder=text_encoder, tokenizer=comps.tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_root: Path) -> list[Image.Image]:
+    """Generate each validation prompt; save under ``RUN/samples/step-N/``; return the images."""
+    val = cfg.validation
+    was_training = unet.training
+    te_training = text_encoder.training
+    unet.eval()
+    text_encoder.eval()
+    pipe = validation_pipeline(comps, unet, text_encoder)
+    folder = out_root / f"step-{step:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    images: list[Image.Image] = []
+    with torch.no_grad():
+        for p_index, prompt in enumerate(val.prompts):
+            generator = torch.Generator(device="cpu").manual_seed(val.seed)
+            result = pipe(prompt, num_images_per_prompt=val.num_images, num_inference_steps=val.steps,
+                          guidance_scale=val.guidance_scale, height=cfg.data.resolution, width=cfg.data.resolution,
+                          generator=generator).images
+            for k, image in enumerate(result):
+                image.save(folder / f"{p_index:02d}-{k:02d}.png")
+                images.append(image)
+    unet.train(was_training)
+    text_encoder.train(te_training)
+    return images
