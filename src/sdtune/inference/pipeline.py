@@ -1,0 +1,274 @@
+"""Load a model for inference: a base model, a run folder (LoRA or full), or either with a stack of adapters.
+
+A run folder is what ``sdtune train`` writes (``RUN/config.yaml``, ``RUN/lora/``, ``RUN/model/``). Users should not
+have to remember which base a LoRA was trained on, so a run folder is enough: its config names the base. The
+same module fingerprints a model (``model_fingerprint``) so that generations can be cached and re-used safely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdtune.errors import ModelLoadError, SdtuneError
+from sdtune.models.loading import PICKLE_SUFFIXES, check_weights_file, load_pipeline, resolve_model_ref
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+ADAPTERS_FILE = "adapters.json"  # a stack of adapters a run needs below its own LoRA (two-stage recipes)
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+
+SCHEDULERS = ("dpm++", "ddim", "euler-a")
+# Names other tools print (AUTOMATIC1111 "Sampler:"), so a PNG's parameters read the same everywhere.
+SAMPLER_NAMES = {"dpm++": "DPM++ 2M", "ddim": "DDIM", "euler-a": "Euler a"}
+
+
+@dataclass
+class Adapter:
+    """One LoRA to apply: a weights file and the strength to apply it with."""
+
+    path: Path  # the .safetensors file
+    weight: float = 1.0
+    name: str = "adapter"
+
+
+@dataclass
+class RunFolder:
+    """What a training run left behind, read from its folder."""
+
+    path: Path
+    base: str
+    allow_pickle: bool = False
+    revision: str | None = None
+    variant: str | None = None
+    model_dir: Path | None = None  # full pipeline (full fine-tune, or saved on request)
+    lora_file: Path | None = None
+    stack: list[Adapter] = field(default_factory=list)  # from RUN/adapters.json, applied below the run's LoRA
+
+
+def is_run_folder(ref: str | Path) -> bool:
+    return (Path(ref).expanduser() / "config.yaml").is_file()
+
+
+def read_run(folder: str | Path) -> RunFolder:
+    """Read a run folder's config (only the model section: the rest belongs to the trainer) and weights."""
+    import yaml
+
+    path = Path(folder).expanduser().resolve()
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"{path / 'config.yaml'}: cannot read run config ({exc})") from None
+    model = cfg.get("model") or {}
+    base = str(model.get("base") or "tiny")
+    base_path = Path(base).expanduser()
+    if not base_path.is_absolute() and (path / base_path).exists():
+        base = str((path / base_path).resolve())
+    run = RunFolder(path=path, base=base, allow_pickle=bool(model.get("allow_pickle", False)),
+                    revision=model.get("revision"), variant=model.get("variant"))
+    if (path / "model" / "model_index.json").is_file():
+        run.model_dir = path / "model"
+    lora = path / "lora" / LORA_WEIGHTS_NAME
+    if lora.is_file():
+        run.lora_file = lora
+    if (path / ADAPTERS_FILE).is_file():
+        run.stack = _read_stack(path / ADAPTERS_FILE, run.allow_pickle)
+    return run
+
+
+def _read_stack(file: Path, allow_pickle: bool) -> list[Adapter]:
+    try:
+        entries = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{file}: cannot read adapter stack ({exc})") from None
+    if isinstance(entries, dict):
+        entries = entries.get("adapters", [])
+    stack = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ModelLoadError(f"{file}: entry {i} needs at least a 'path' (and optional 'name', 'weight')")
+        raw = Path(str(entry["path"])).expanduser()
+        raw = raw if raw.is_absolute() else (file.parent / raw)
+        stack.append(Adapter(path=resolve_adapter_file(raw, allow_pickle), weight=float(entry.get("weight", 1.0)),
+                             name=str(entry.get("name") or f"stack{i}")))
+    return stack
+
+
+def resolve_adapter_file(path: str | Path, allow_pickle: bool = False) -> Path:
+    """Find the LoRA weights file behind a run folder, a LoRA folder, or a weights file."""
+    p = Path(path).expanduser()
+    candidates = [p, p / "lora" / LORA_WEIGHTS_NAME, p / LORA_WEIGHTS_NAME]
+    if p.is_dir():
+        candidates += sorted(p.glob("*.safetensors"))
+    for c in candidates:
+        if c.is_file():
+            check_weights_file(c, allow_pickle)
+            return c.resolve()
+    raise ModelLoadError(
+        f"no LoRA weights at {p}: pass a run folder (with lora/{LORA_WEIGHTS_NAME}), a LoRA folder, or a "
+        ".safetensors file"
+    )
+
+
+def parse_adapter_spec(spec: str) -> tuple[str, float]:
+    """``PATH`` or ``PATH:WEIGHT`` (the weight is only split off when it parses as a number)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def base_of(ref: str) -> str | None:
+    """The base a model was fine-tuned from (for forgetting), or None when ``ref`` is not a run folder."""
+    return read_run(ref).base if is_run_folder(ref) else None
+
+
+def _adapter_name(name: str, taken: set[str]) -> str:
+    clean = re.sub(r"[^0-9A-Za-z_]", "_", name) or "adapter"
+    out, i = clean, 1
+    while out in taken:
+        i += 1
+        out = f"{clean}_{i}"
+    taken.add(out)
+    return out
+
+
+def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None, *, allow_pickle: bool = False,
+                       device: str | None = None, torch_dtype: Any = None):
+    """Load a ``StableDiffusionPipeline`` ready to generate.
+
+    ``ref`` is a base model (preset, folder, .safetensors, hub id) or a run folder. For a run folder ``RUN/model``
+    is preferred when present (it is the complete fine-tuned model); otherwise the run's base is loaded, then
+    the adapters listed in ``RUN/adapters.json``, then the run's own LoRA. ``adapters`` are further LoRAs
+    (run folders or files) applied on top with the given weights.
+    """
+    stack: list[Adapter] = []
+    if is_run_folder(ref):
+        run = read_run(ref)
+        allow_pickle = allow_pickle or run.allow_pickle
+        if run.model_dir is not None:
+            pipe = load_pipeline(str(run.model_dir), allow_pickle=allow_pickle)
+        elif run.lora_file is not None or run.stack:
+            pipe = load_pipeline(run.base, allow_pickle=allow_pickle, revision=run.revision, variant=run.variant)
+            stack += run.stack
+            if run.lora_file is not None:
+                stack.append(Adapter(run.lora_file, 1.0, "run"))
+        else:
+            raise ModelLoadError(
+                f"{run.path} has no weights yet (neither model/ nor lora/{LORA_WEIGHTS_NAME}); has training finished?"
+            )
+    else:
+        pipe = load_pipeline(ref, allow_pickle=allow_pickle)
+    for i, (path, weight) in enumerate(adapters or []):
+        stack.append(Adapter(resolve_adapter_file(path, allow_pickle), weight, f"extra{i}_{Path(path).stem}"))
+    apply_adapters(pipe, stack)
+    if torch_dtype is not None and torch_dtype != pipe.unet.dtype:
+        pipe.to(dtype=torch_dtype)  # after loading, so LoRA weights are cast along with the rest
+    if device:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)  # callers show one bar over all images instead
+    return pipe
+
+
+def apply_adapters(pipe: Any, stack: list[Adapter]) -> list[str]:
+    """Load each LoRA under its own adapter name and activate them all with their weights."""
+    if not stack:
+        return []
+    names: list[str] = []
+    taken: set[str] = set()
+    for adapter in stack:
+        name = _adapter_name(adapter.name, taken)
+        try:
+            with warnings.catch_warnings():  # peft warns on every second adapter; a stack is what we want
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+                pipe.load_lora_weights(str(adapter.path.parent), weight_name=adapter.path.name, adapter_name=name)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            raise ModelLoadError(
+                f"cannot apply LoRA {adapter.path}: {exc}. Was it trained on this base model?"
+            ) from None
+        names.append(name)
+    pipe.set_adapters(names, [a.weight for a in stack])
+    return names
+
+
+# --- fingerprints: what makes two generations the same --------------------------------------------------------
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a (small) adapter file, memoised by path, size and mtime."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _HASH_MEMO[key] = h.hexdigest()
+    return _HASH_MEMO[key]
+
+
+def _folder_stat(folder: Path) -> list[tuple[str, int, int]]:
+    """Size and mtime of a model folder's weights and configs (hashing gigabytes of weights would be too slow)."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in (*WEIGHT_SUFFIXES, ".json", ".txt")]
+    return [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _base_fingerprint(ref: str, revision: str | None = None, variant: str | None = None) -> dict[str, Any]:
+    try:
+        source = resolve_model_ref(ref)
+    except ModelLoadError:
+        source = ref
+    path = Path(source)
+    if path.is_dir():
+        return {"folder": str(path.resolve()), "files": _folder_stat(path)}
+    if path.is_file():
+        st = path.stat()
+        return {"file": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns}
+    return {"hub": ref, "revision": revision, "variant": variant}
+
+
+def model_fingerprint(ref: str, adapters: list[tuple[str, float]] | None = None) -> dict[str, Any]:
+    """Everything that decides the weights ``load_for_inference(ref, adapters)`` would produce."""
+    fp: dict[str, Any]
+    if is_run_folder(ref):
+        run = read_run(ref)
+        fp = {"run": str(run.path)}
+        if run.model_dir is not None:
+            fp["model"] = _base_fingerprint(str(run.model_dir))
+        else:
+            fp["base"] = _base_fingerprint(run.base, run.revision, run.variant)
+            fp["stack"] = [(file_sha256(a.path), a.weight) for a in run.stack]
+            fp["lora"] = file_sha256(run.lora_file) if run.lora_file else None
+    else:
+        fp = {"base": _base_fingerprint(ref)}
+    if adapters:
+        fp["adapters"] = [(file_sha256(resolve_adapter_file(p, allow_pickle=True)), w) for p, w in adapters]
+    return fp
+
+
+def fingerprint_digest(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    """Swap the sampler, keeping the model's betas and prediction type."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+
+    config = pipe.scheduler.config
+    if name == "dpm++":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    elif name == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(config)
+    elif name == "euler-a":
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(config)
+    else:
+        raise SdtuneError(f"unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}")
