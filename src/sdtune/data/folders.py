@@ -29,7 +29,12 @@ def list_images(folder: Path) -> list[Path]:
         raise DataError(f"data folder {folder} does not exist; check the path in your config")
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder")
-    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+    # Hidden folders (.ipynb_checkpoints, .git, half-written build output) are skipped, as Hugging Face does.
+    return sorted(p for p in folder.rglob("*") if is_image_file(p) and not _hidden(p, folder))
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def read_metadata(folder: Path) -> list[ImageRecord]:
@@ -61,6 +66,9 @@ def read_folder(folder: Path) -> list[ImageRecord]:
     records = []
     for image in images:
         sidecar = image.with_suffix(".txt")
-        caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.exists() else None
+        try:
+            caption = sidecar.read_text(encoding="utf-8-sig").strip() if sidecar.exists() else None
+        except UnicodeDecodeError:
+            raise DataError(f"{sidecar}: caption file is not UTF-8 text; re-save it as UTF-8") from None
         records.append(ImageRecord(image, caption))
     return records
