@@ -212,8 +212,8 @@ def probe_image(path: Path, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
                 width, height = img.size
                 mode, fmt = img.mode, img.format
                 frames, notes = _frames_note(img)
-                if fmt == "JPEG":
-                    img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+                if fmt == "JPEG":  # 1/8 scale for photos, but keep >= 128 px so dHash still sees the picture
+                    img.draft(img.mode, (min(width, max(width // 8, 128)), min(height, max(height // 8, 128))))
                 img.load()
                 oriented = to_rgb(_orient(img, notes))
                 fingerprint, colors = dhash(oriented), color_thumb(oriented)

@@ -1,0 +1,218 @@
+"""Where captions come from, and how long they are for the text encoder.
+
+Three sources, as users actually keep them: ``photo.txt`` next to ``photo.jpg`` (the kohya convention), a CSV
+or JSONL file of ``file,caption`` rows, or a ``metadata.jsonl`` (the folder is already an imagefolder).
+Rows name files relative to the source folder; a row that points outside it (``../../etc/passwd``, an
+absolute path) is refused, since a dataset build must never read, copy or publish files the user did not
+put in it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from sdtune.data.images import IMAGE_SUFFIXES
+from sdtune.data.report import Problem
+
+CLIP_MAX_TOKENS = 77  # what CLIP text encoders read, start and end tokens included; the rest is cut off
+CAPTION_SUFFIXES = (".txt", ".caption")
+FILE_KEYS = ("file_name", "file", "filename", "image", "path")
+TEXT_KEYS = ("text", "caption", "prompt")
+
+
+@dataclass
+class CaptionRow:
+    """One row of a captions file: the image it names, its caption and any extra columns (``concept``...)."""
+
+    path: Path  # resolved
+    text: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # as written in the row, relative to the source folder
+
+
+def normalize_caption(text: str) -> str:
+    """One line, NFC-normalized: captions from different editors (BOMs, CRLF, decomposed accents) compare equal."""
+    text = unicodedata.normalize("NFC", text.replace("\ufeff", ""))
+    return " ".join(text.split())
+
+
+def read_text_file(path: Path) -> str:
+    """Read a caption file as UTF-8 (a BOM is fine); raises UnicodeDecodeError / OSError for the caller."""
+    return path.read_bytes().decode("utf-8-sig")
+
+
+def sidecar_for(image: Path) -> Path | None:
+    """The kohya caption file of an image, if there is one."""
+    for suffix in CAPTION_SUFFIXES:
+        candidate = image.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_sidecar(image: Path, problems: list[Problem]) -> str | None:
+    """The caption of ``image`` from its sidecar; None when absent, empty or unreadable (with a problem)."""
+    sidecar = sidecar_for(image)
+    if sidecar is None:
+        return None
+    try:
+        text = normalize_caption(read_text_file(sidecar))
+    except UnicodeDecodeError:
+        problems.append(Problem(str(sidecar), "caption file is not UTF-8 text; caption ignored", "warning"))
+        return None
+    except OSError as exc:
+        problems.append(Problem(str(sidecar), f"cannot read caption file ({exc.strerror or exc})", "warning"))
+        return None
+    if not text:
+        problems.append(Problem(str(sidecar), "caption file is empty", "warning"))
+        return None
+    return text
+
+
+def orphan_captions(folder: Path, images: list[Path]) -> list[Problem]:
+    """Caption files whose image is missing: usually a deleted or renamed photo."""
+    stems = {p.with_suffix("") for p in images}
+    orphans = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in CAPTION_SUFFIXES and path.is_file() and path.with_suffix("") not in stems:
+            if not path.name.startswith(".") and _visible(path, folder):
+                orphans.append(Problem(str(path), "caption file without its image (no image of the same name)",
+                                       "warning"))
+    return orphans
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def safe_member(root: Path, name: str) -> Path | str:
+    """Resolve ``name`` inside ``root``; return the reason as a string when it must be refused."""
+    if not name or not name.strip():
+        return "empty file name"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        return f"absolute path {name!r} refused: rows must name files relative to the source folder"
+    root = root.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        return f"path {name!r} escapes the source folder; refused"
+    return path
+
+
+def read_captions_file(file: Path, root: Path, *, metadata: bool = False) -> tuple[list[CaptionRow], list[Problem]]:
+    """Rows of a CSV or JSONL captions file naming images in ``root``; bad rows become problems, not exceptions.
+
+    CSV: a header naming a file column (file_name/file/image/path) and a caption column (text/caption/prompt),
+    or no header and ``file,caption`` (an unquoted caption containing commas is rejoined). JSONL: one object
+    per line with the same keys. Extra columns are kept (e.g. ``concept``). ``metadata=True`` reads a
+    ``metadata.jsonl`` as Hugging Face and the trainer do: only ``file_name`` and ``text`` count.
+    """
+    file_keys, text_keys = (("file_name",), ("text",)) if metadata else (FILE_KEYS, TEXT_KEYS)
+    problems: list[Problem] = []
+    try:
+        content = read_text_file(file)
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [Problem(str(file), f"cannot read captions file ({exc})", "error")]
+    if file.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        raw = list(_jsonl_rows(file, content, problems, file_keys, text_keys))
+    else:
+        raw = list(_csv_rows(file, content, problems, file_keys, text_keys))
+    rows: list[CaptionRow] = []
+    seen: set[Path] = set()
+    for where, name, text, extra in raw:
+        target = safe_member(root, name)
+        if isinstance(target, str):
+            problems.append(Problem(where, target, "error"))
+            continue
+        if not target.exists():
+            problems.append(Problem(where, f"{name!r} not found in {root}", "error"))
+            continue
+        if target.suffix.lower() not in IMAGE_SUFFIXES or not target.is_file():
+            problems.append(Problem(where, f"{name!r} is not an image file ({', '.join(IMAGE_SUFFIXES)})", "error"))
+            continue
+        if target in seen:
+            problems.append(Problem(where, f"{name!r} is listed more than once; the first row is used", "warning"))
+            continue
+        seen.add(target)
+        caption = normalize_caption(text) if text is not None else None
+        rows.append(CaptionRow(target, caption or None, extra, name))
+    return rows, problems
+
+
+def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        if key in row:
+            return key
+    return None
+
+
+def _jsonl_rows(file: Path, content: str, problems: list[Problem], file_keys: tuple[str, ...],
+                text_keys: tuple[str, ...]):
+    for lineno, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{file}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(where, f"not valid JSON ({exc.msg})", "error"))
+            continue
+        file_key = _pick(row, file_keys) if isinstance(row, dict) else None
+        if file_key is None or not isinstance(row[file_key], str):
+            problems.append(Problem(where, f"expected an object with a file name ({'/'.join(file_keys)})", "error"))
+            continue
+        text_key = _pick(row, text_keys)
+        text = row.get(text_key) if text_key else None
+        extra = {k: v for k, v in row.items() if k not in (file_key, text_key) and _scalar(v)}
+        yield where, row[file_key], None if text is None else str(text), extra
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _csv_rows(file: Path, content: str, problems: list[Problem], file_keys: tuple[str, ...],
+              text_keys: tuple[str, ...]):
+    rows = list(csv.reader(content.splitlines()))
+    header: list[str] | None = None
+    if rows and any(cell.strip().lower() in file_keys for cell in rows[0]):
+        header = [h.strip().lower() for h in rows[0]]
+    for index, row in enumerate(rows[1:] if header else rows, start=2 if header else 1):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        where = f"{file}:{index}"
+        if header is None:
+            name = row[0].strip()
+            text = ",".join(row[1:]) if len(row) > 1 else None
+            yield where, name, text, {}
+            continue
+        if len(row) != len(header):
+            problems.append(Problem(where, f"has {len(row)} columns, the header has {len(header)}", "error"))
+            continue
+        record = dict(zip(header, row, strict=True))
+        file_key = _pick(record, file_keys)
+        text_key = _pick(record, text_keys)
+        extra = {k: v for k, v in record.items() if k not in (file_key, text_key)}
+        yield where, record[file_key].strip(), record[text_key] if text_key else None, extra
+
+
+_WORDISH = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def estimate_tokens(caption: str) -> int:
+    """Rough CLIP token count without a tokenizer: words and punctuation marks, plus start and end tokens.
+
+    CLIP's BPE splits rare words into several pieces, so this undercounts unusual text; it is labelled an
+    estimate everywhere it is shown.
+    """
+    return len(_WORDISH.findall(caption)) + 2
+
+
+def count_tokens(caption: str, tokenizer) -> int:
+    """Exact token count with the model's tokenizer, start and end tokens included (as the encoder sees it)."""
+    return len(tokenizer(caption, truncation=False)["input_ids"])
