@@ -25,12 +25,29 @@ def train_command(
     from sdtune.training.loop import train
 
     cfg = load_config(config, overrides or [])
-    result = train(cfg, resume=resume)
-    if result.status == "finished":
+    try:
+        result = train(cfg, resume=resume)
+    finally:
+        _end_process_group()
+    if result.status == "finished" and _is_main_process():
         typer.echo(f"done: {result.step} steps, final loss {result.final_loss:.4f}")
         for name, path in result.outputs.items():
             typer.echo(f"  {name}: {path}")
         typer.echo(f"  run folder: {result.run_dir}")
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _end_process_group() -> None:
+    """torchrun reports a failure unless every rank leaves the process group cleanly."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def config_keys_command() -> None:

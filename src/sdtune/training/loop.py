@@ -128,6 +128,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type)
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
     trainables = configure_trainables(cfg, comps, accelerator.device)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
@@ -263,11 +264,22 @@ def _validate(cfg: RunConfig, accelerator, comps, trainables, step: int, run_dir
     accelerator.wait_for_everyone()
 
 
+def _rank_checksums(accelerator, trainables) -> list[float]:
+    """A float64 sum of every trainable weight, per process: data-parallel ranks must agree exactly."""
+    total = sum(p.detach().double().sum() for p in trainables.parameters())
+    gathered = accelerator.gather(torch.tensor([float(total)], dtype=torch.float64, device=accelerator.device))
+    sums = [float(x) for x in gathered.cpu()]
+    if len(set(sums)) > 1 and accelerator.is_main_process:
+        print(f"warning: data-parallel ranks ended with different weights: {sums}")
+    return sums
+
+
 def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: Path, seconds: float,
             num_examples: int) -> TrainResult:
     from sdtune.training import outputs
 
     result = TrainResult(run_dir, "finished", state.step, state.last_loss)
+    checksums = _rank_checksums(accelerator, trainables)
     if cfg.validation.prompts and not (cfg.validation.every and state.step % cfg.validation.every == 0):
         _validate(cfg, accelerator, comps, trainables, state.step, run_dir)
     if accelerator.is_main_process:
@@ -284,7 +296,8 @@ def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir:
             result.outputs["model"] = str(outputs.save_full_model(run_dir, comps, trainables.unet, full_te))
         metrics = {"status": "finished", "steps": state.step, "final_loss": state.last_loss,
                    "seconds": round(seconds, 2), "method": cfg.method, "examples": num_examples,
-                   "outputs": result.outputs}
+                   "outputs": result.outputs, "processes": accelerator.num_processes,
+                   "rank_weight_checksums": checksums}
         outputs.write_metrics(run_dir, metrics)
         outputs.write_model_card(run_dir, cfg, metrics, num_examples)
     accelerator.wait_for_everyone()

@@ -8,8 +8,8 @@ import torch
 
 from sdtune.config import RunConfig
 from sdtune.errors import ConfigError, SdtuneError
-from sdtune.models.lora import add_lora
 from sdtune.models.loading import SDComponents
+from sdtune.models.lora import add_lora
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""Shared test helpers: run the real CLI in a subprocess, make small image folders, compare weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from PIL import Image, ImageDraw
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m sdtune ARGS`` like a user would; on failure show its output."""
+    full_env = os.environ | (env or {})
+    proc = subprocess.run([sys.executable, "-m", "sdtune", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sdtune {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+                             f"--- stderr\n{proc.stderr}")
+    return proc
+
+
+def make_images(folder: Path, n: int, color: tuple[int, int, int] = (200, 40, 40), captions: list[str] | None = None,
+                size: tuple[int, int] = (40, 36)) -> Path:
+    """Small distinct images (a coloured disc at a different place each), optionally with .txt captions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = Image.new("RGB", size, color)
+        draw = ImageDraw.Draw(image)
+        x = 4 + (i * 7) % (size[0] - 16)
+        draw.ellipse((x, 6, x + 14, 20), fill=(255 - color[0], 255 - color[1], 255 - color[2]))
+        image.save(folder / f"img{i:02d}.png")
+        if captions is not None:
+            (folder / f"img{i:02d}.txt").write_text(captions[i % len(captions)], encoding="utf-8")
+    return folder
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def tiny_config(output_dir: Path, data: dict, train: dict | None = None, **sections) -> dict:
+    """A fast config on the built-in tiny model (32 px, no trackers unless asked)."""
+    config = {
+        "output_dir": str(output_dir),
+        "model": {"base": "tiny"},
+        "data": {"resolution": 32, **data},
+        "train": {"max_steps": 4, "learning_rate": 1e-3, **(train or {})},
+        "checkpoint": {"every": 2, "keep": 2},
+        "logging": {"trackers": []},
+    }
+    config.update(sections)
+    return config

@@ -1,0 +1,134 @@
+"""Each method trains through the real CLI, and its output loads in diffusers and changes the images."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.helpers import make_images, run_cli, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _images(pipe, prompt: str) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt, num_inference_steps=3, height=32, width=32, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    return out.images
+
+
+def _base_pipe():
+    from sdtune.models.loading import load_pipeline
+
+    return load_pipeline("tiny")
+
+
+@pytest.mark.parametrize("method,lora", [("t2i", True), ("t2i", False), ("db", True), ("db", False)])
+def test_method_output_loads_in_diffusers_and_changes_images(tmp_path: Path, method: str, lora: bool) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    if method == "t2i":
+        data = {"train_dir": str(make_images(tmp_path / "data", 4, captions=["a red disc", "a photo of a ball"]))}
+        prompt = "a red disc"
+    else:
+        data = {"instance_dir": str(make_images(tmp_path / "data", 4)), "instance_prompt": "a photo of sks dog"}
+        prompt = "a photo of sks dog"
+    train = {"max_steps": 4, "learning_rate": 5e-3}
+    if lora:
+        train["lora"] = {"rank": 4}
+    run = tmp_path / "run"
+    cfg = tiny_config(run, data, train, validation={"prompts": [prompt], "steps": 2})
+    result = run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
+    assert "done: 4 steps" in result.stdout
+    assert "Traceback" not in result.stderr
+
+    base_images = _images(_base_pipe(), prompt)
+    if lora:
+        pipe = _base_pipe()
+        pipe.load_lora_weights(str(run / "lora"))
+        assert not (run / "model").exists()
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(str(run / "model"))
+    tuned_images = _images(pipe, prompt)
+    assert np.abs(tuned_images - base_images).mean() > 1e-3
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert Path(saved["output_dir"]).is_absolute()
+    assert (run / "samples" / "step-000004" / "00-00.png").exists()
+    card = (run / "README.md").read_text()
+    assert "tiny" in card and ("lora" in card) == lora
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["steps"] == 4
+
+
+def test_saved_config_reruns_as_is_and_lora_checkpoint_is_small(tmp_path: Path) -> None:
+    data = {"instance_dir": str(make_images(tmp_path / "data", 3)), "instance_prompt": "a photo of sks dog"}
+    run = tmp_path / "run"
+    run_cli("train", str(write_config(tmp_path / "c.yaml", tiny_config(run, data, {"lora": {"rank": 2}}))))
+    ckpt = run / "checkpoints" / "step-000004" / "trainable.safetensors"
+    unet_bytes = sum(p.stat().st_size for p in (_tiny_folder() / "unet").glob("*.safetensors"))
+    assert ckpt.stat().st_size < unet_bytes / 10, "a LoRA checkpoint must not hold the UNet"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    # re-run the saved config from another directory into a new folder: the paths in it are absolute
+    again = run_cli("train", str(run / "config.yaml"), f"output_dir={tmp_path / 'rerun'}", cwd=other)
+    assert "done: 4 steps" in again.stdout
+    refused = run_cli("train", str(run / "config.yaml"), check=False)
+    assert refused.returncode == 2 and "--resume latest" in refused.stderr
+
+
+def _tiny_folder() -> Path:
+    from sdtune.models.presets import preset_path
+
+    return preset_path("tiny")
+
+
+def test_v_prediction_and_trackers(tmp_path: Path) -> None:
+    """tiny-v trains with the v target; loss, lr and validation images reach tensorboard and wandb (offline)."""
+    data = {"instance_dir": str(make_images(tmp_path / "data", 3)), "instance_prompt": "a photo of sks dog"}
+    run = tmp_path / "run"
+    cfg = tiny_config(run, data, {"lora": {"rank": 2}, "snr_gamma": 5.0},
+                      logging={"trackers": ["tensorboard", "wandb"]},
+                      validation={"prompts": ["a photo of sks dog"], "every": 2, "steps": 2})
+    cfg["model"]["base"] = "tiny-v"
+    run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)), env={"WANDB_MODE": "offline"})
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [p for p in (run / "logs").rglob("events.out.tfevents*")]
+    tags: dict[str, list[str]] = {"scalars": [], "images": []}
+    for event_file in events:
+        acc = EventAccumulator(str(event_file), size_guidance={"images": 0})
+        acc.Reload()
+        tags["scalars"] += acc.Tags()["scalars"]
+        tags["images"] += acc.Tags()["images"]
+    assert {"loss", "lr", "step_time"} <= set(tags["scalars"])
+    assert tags["images"], "validation images must be logged"
+    assert list((run / "logs").rglob("offline-run-*")), "wandb must write an offline run"
+    assert (run / "samples" / "step-000002").is_dir() and (run / "samples" / "step-000004").is_dir()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+def test_two_process_data_parallel_ranks_agree(tmp_path: Path) -> None:
+    data = {"train_dir": str(make_images(tmp_path / "data", 6, captions=["a red disc", "a ball"]))}
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_config(run, data, {"lora": {"rank": 2}}))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "-m", "sdtune", "train",
+                           str(config)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    sums = metrics["rank_weight_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert proc.stdout.count("done: 4 steps") == 1, "only rank 0 reports"
