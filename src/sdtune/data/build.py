@@ -1,0 +1,342 @@
+"""Build a Hugging Face imagefolder (images + ``metadata.jsonl``) from a user's photo folder(s).
+
+The source is only read. Every image is decoded and re-encoded (EXIF orientation applied, RGB, optionally
+downsized), which also drops camera metadata such as GPS position from a dataset that may be published.
+JPEG sources stay JPEG (quality 95, no chroma subsampling); everything else becomes PNG.
+
+A build is all-or-nothing and rerun-safe: new images are written to a hidden staging folder inside OUT,
+moved into place only when the build succeeded, then ``metadata.jsonl`` is replaced atomically and images
+no row names any more are removed. Rebuilding with ``concept=X`` replaces the rows of concept X only, so
+several sources can be merged one command at a time and any of them rebuilt without duplicating rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sdtune.data.captions import orphan_captions, read_captions_file, read_sidecar, safe_member
+from sdtune.data.duplicates import near_duplicate_pairs
+from sdtune.data.folders import METADATA, list_images
+from sdtune.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    color_thumb,
+    dhash,
+    is_image_file,
+    open_image,
+    pixel_hash,
+)
+from sdtune.data.report import Problem, summarize
+from sdtune.errors import DataError
+
+STAGING = ".sdtune-staging-"
+_CONCEPT = re.compile(r"^\w[\w .+-]*$")
+
+
+@dataclass
+class Source:
+    """One folder of images and where its captions come from."""
+
+    folder: Path
+    captions_file: Path | None = None  # CSV or JSONL of file,caption; default: SRC/metadata.jsonl or .txt sidecars
+    caption: str | None = None  # fixed caption for the images that have none (DreamBooth-style)
+    concept: str | None = None  # value of the ``concept`` column, and the subfolder the images go to
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    written: int = 0
+    kept: int = 0
+    captioned: int = 0
+    auto_captioned: int = 0
+    duplicates_dropped: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for p in self.problems if p.level == "error")
+
+    def to_text(self) -> str:
+        lines = [f"wrote {self.written} images to {self.out} ({self.captioned} with a caption"
+                 + (f", {self.auto_captioned} from the captioner" if self.auto_captioned else "") + ")"]
+        if self.kept:
+            lines.append(f"kept {self.kept} rows of other concepts")
+        if self.duplicates_dropped:
+            lines.append(f"dropped {self.duplicates_dropped} exact duplicates")
+        for level in ("error", "warning"):
+            items = [str(p) for p in self.problems if p.level == level]
+            if items:
+                title = "skipped" if level == "error" else "warnings"
+                lines.append(f"{title} ({len(items)}):")
+                lines += [f"  {line}" for line in summarize(items, limit=50)]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Item:
+    """One image on its way into the dataset."""
+
+    source: Path
+    name: str  # file_name in OUT (POSIX separators)
+    caption: str | None
+    extra: dict[str, Any]
+    fixed_caption: str | None
+    dhash: int = 0
+    colors: bytes = b""
+
+
+class _Build:
+    def __init__(self, out: Path, strict: bool, report: BuildReport) -> None:
+        self.out, self.strict, self.report = out, strict, report
+
+    def problem(self, where: str | Path, reason: str, level: str = "error") -> None:
+        problem = Problem(str(where), reason, level)  # type: ignore[arg-type]
+        if self.strict and level == "error":
+            raise DataError(f"{problem} (stopped by --strict)")
+        self.report.problems.append(problem)
+
+    def problems(self, items: list[Problem]) -> None:
+        for item in items:
+            self.problem(item.where, item.reason, item.level)
+
+
+def _validate(sources: list[Source], out: Path) -> None:
+    if not sources:
+        raise DataError("no source folder given")
+    concepts = [s.concept for s in sources]
+    if any(c is None for c in concepts) and any(c is not None for c in concepts):
+        raise DataError("give a concept to every source or to none")
+    resolved_out = out.resolve()
+    for source in sources:
+        if not source.folder.is_dir():
+            raise DataError(f"{source.folder}: source folder does not exist or is not a folder")
+        if source.concept is not None and not _CONCEPT.match(source.concept):
+            raise DataError(f"concept {source.concept!r}: use letters, digits, spaces, '.', '+', '-' or '_' "
+                            "(it is also a folder name)")
+        src = source.folder.resolve()
+        if resolved_out == src or resolved_out.is_relative_to(src) or src.is_relative_to(resolved_out):
+            raise DataError(f"OUT {out} and SRC {source.folder} overlap; write the dataset to a separate folder")
+        if source.captions_file is not None and not source.captions_file.is_file():
+            raise DataError(f"{source.captions_file}: captions file not found")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder")
+    if out.is_dir() and not (out / METADATA).exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise DataError(f"{out} is not empty and has no {METADATA}: refusing to write into a folder that is not "
+                        "a dataset; choose a new or empty folder")
+
+
+def _kept_rows(out: Path, sources: list[Source]) -> list[dict[str, Any]]:
+    """Rows of an existing OUT that this build does not replace (other concepts)."""
+    meta = out / METADATA
+    if not meta.exists() or sources[0].concept is None:
+        return []
+    building = {s.concept for s in sources}
+    kept = []
+    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{meta}:{lineno}: not valid JSON; fix or delete {meta} before adding to it") from None
+        if not isinstance(row, dict) or "file_name" not in row:
+            raise DataError(f"{meta}:{lineno}: row without file_name; fix or delete {meta} before adding to it")
+        if "concept" not in row:
+            raise DataError(f"{out} was built without concepts; rebuild it with --concept for every source, or "
+                            "write this concept to a new folder")
+        target = safe_member(out, str(row["file_name"]))
+        if row["concept"] not in building and isinstance(target, Path) and target.is_file():
+            kept.append(row)
+    return kept
+
+
+def _gather(source: Source, multi: bool, build: _Build) -> list[_Item]:
+    """The images of one source with their captions (captions file, then metadata.jsonl, then sidecars)."""
+    folder = source.folder
+    images = list_images(folder)
+    listed: dict[Path, tuple[str | None, dict[str, Any]]] = {}
+    captions_file = source.captions_file
+    if captions_file is None and (folder / METADATA).is_file():
+        captions_file = folder / METADATA
+    if captions_file is not None:
+        rows, row_problems = read_captions_file(captions_file, folder)
+        build.problems(row_problems)
+        listed = {row.path: (row.text, row.extra) for row in rows}
+    sidecar_problems: list[Problem] = []
+    items = []
+    prefix = source.concept or (folder.resolve().name if multi else "")
+    for image in images:
+        caption, extra = listed.get(image.resolve(), (None, {}))
+        if caption is None:
+            caption = read_sidecar(image, sidecar_problems)
+        extra = {k: v for k, v in extra.items() if k not in ("file_name", "text")}
+        if source.concept is not None:
+            extra["concept"] = source.concept
+        name = (Path(prefix) / image.relative_to(folder)).as_posix()
+        items.append(_Item(image, name, caption, extra, source.caption))
+    build.problems(sidecar_problems)
+    build.problems(orphan_captions(folder, images))
+    return items
+
+
+def _target_name(item: _Item, fmt: str | None, digest: str, taken: set[str]) -> str:
+    suffix = ".jpg" if fmt == "JPEG" else ".png"
+    name = str(Path(item.name).with_suffix(suffix).as_posix())
+    if name in taken:  # photo.png and photo.gif both become photo.png: keep both, told apart by content
+        name = str(Path(name).with_name(f"{Path(name).stem}-{digest[:8]}{suffix}").as_posix())
+    taken.add(name)
+    return name
+
+
+def _save(loaded, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"icc_profile": loaded.icc_profile} if loaded.icc_profile else {}
+    if loaded.format == "JPEG":
+        loaded.image.save(target, "JPEG", quality=95, subsampling=0, **extra)
+    else:
+        loaded.image.save(target, "PNG", **extra)
+
+
+def build_dataset(sources: list[Source], out: Path, *, max_size: int | None = None, strict: bool = False,
+                  captioner: str | Path | None = None, template: str = "{caption}", progress: bool = False,
+                  max_pixels: int = MAX_PIXELS, caption_batch_size: int = 8) -> BuildReport:
+    """Build or update the imagefolder ``out`` from ``sources``; see the module docstring for the guarantees.
+
+    Unusable files and refused rows are reported and skipped (``strict``: the first one raises DataError).
+    Images without a caption get the captioner's caption (with ``template``) or their source's fixed caption.
+    """
+    out = Path(out)
+    _validate(sources, out)
+    report = BuildReport(out=out)
+    build = _Build(out, strict, report)
+    kept = _kept_rows(out, sources)
+    items = [item for source in sources for item in _gather(source, len(sources) > 1, build)]
+    if not items:
+        raise DataError(f"no images found in {', '.join(str(s.folder) for s in sources)} "
+                        f"(supported: {' '.join(IMAGE_SUFFIXES)})")
+    # Load the captioner first: a wrong model id should fail in seconds, not after normalizing 500 photos.
+    model = _load_captioner(captioner, template, caption_batch_size) if captioner is not None else None
+    out.mkdir(parents=True, exist_ok=True)
+    # A private hidden staging folder: invisible to datasets and to the trainer, removed whatever happens.
+    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
+    try:
+        written = _write_images(items, staging, build, max_size, max_pixels, progress)
+        if not written:
+            raise DataError("no usable images; nothing was written:\n" + "\n".join(
+                f"  {line}" for line in summarize([str(p) for p in report.problems], limit=50)))
+        if model is not None:
+            _autocaption(written, staging, model, progress, report)
+        for item in written:
+            if item.caption is None and item.fixed_caption:
+                item.caption = item.fixed_caption
+        for i, j, bits in near_duplicate_pairs([it.dhash for it in written], [it.colors for it in written]):
+            build.problem(written[j].source, f"near-duplicate of {written[i].source} ({bits} of 64 hash bits "
+                          "differ); kept, remove one if unintended", "warning")
+        rows = kept + [_row(item) for item in written]
+        _commit(out, staging, [item.name for item in written], rows)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.written, report.kept = len(written), len(kept)
+    report.captioned = sum(1 for item in written if item.caption)
+    missing = report.written - report.captioned
+    if missing and report.captioned:
+        build.problem(out, f"{missing} images have no caption (fine for DreamBooth with a fixed prompt; "
+                      "text-to-image training needs one per image)", "warning")
+    return report
+
+
+def _write_images(items: list[_Item], staging: Path, build: _Build, max_size: int | None, max_pixels: int,
+                  progress: bool) -> list[_Item]:
+    seen: dict[str, _Item] = {}
+    taken: set[str] = set()
+    written = []
+    for item in tqdm(items, desc="normalizing images", unit="img", disable=not progress):
+        try:
+            loaded = open_image(item.source, max_size=max_size, max_pixels=max_pixels)
+        except DataError as exc:
+            build.problem(item.source, str(exc).removeprefix(f"{item.source}: ") + "; skipped")
+            continue
+        for note in loaded.notes:
+            build.problem(item.source, note, "warning")
+        digest = pixel_hash(loaded.image)
+        if digest in seen:
+            first = seen[digest]
+            build.problem(item.source, f"exact duplicate of {first.source}; dropped", "warning")
+            build.report.duplicates_dropped += 1
+            if first.caption is None and item.caption is not None:  # keep the caption the user wrote
+                first.caption = item.caption
+            continue
+        seen[digest] = item
+        item.name = _target_name(item, loaded.format, digest, taken)
+        item.dhash, item.colors = dhash(loaded.image), color_thumb(loaded.image)
+        _save(loaded, staging / item.name)
+        written.append(item)
+    return written
+
+
+def _load_captioner(model: str | Path, template: str, batch_size: int):
+    from sdtune.data.captioner import Captioner
+
+    return Captioner(model, template=template, batch_size=batch_size)
+
+
+def _autocaption(items: list[_Item], staging: Path, captioner, progress: bool, report: BuildReport) -> None:
+    todo = [item for item in items if item.caption is None]
+    if not todo:
+        return
+    captions = captioner.caption_files([staging / item.name for item in todo], progress=progress)
+    for item, caption in zip(todo, captions, strict=True):
+        if caption.strip():
+            item.caption = caption
+            report.auto_captioned += 1
+        else:
+            report.problems.append(Problem(str(item.source), "the captioner produced an empty caption", "warning"))
+
+
+def _row(item: _Item) -> dict[str, Any]:
+    row: dict[str, Any] = {"file_name": item.name}
+    if item.caption:
+        row["text"] = item.caption
+    row.update(item.extra)
+    return row
+
+
+def _commit(out: Path, staging: Path, names: list[str], rows: list[dict[str, Any]]) -> None:
+    """Move staged images into place, replace metadata.jsonl atomically, delete images no row names."""
+    for name in names:
+        staged, final = staging / name, out / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.is_file() and final.read_bytes() == staged.read_bytes():
+            continue  # identical rerun: leave the file (and its mtime) alone
+        os.replace(staged, final)
+    rows = sorted(rows, key=lambda r: (str(r.get("concept", "")), r["file_name"]))
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    fd, tmp = tempfile.mkstemp(prefix=f".{METADATA}.", dir=out)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out / METADATA)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    referenced = {(out / row["file_name"]).resolve() for row in rows}
+    for path in list_images(out):
+        if path.resolve() not in referenced and is_image_file(path):
+            path.unlink()
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), reverse=True):
+        if folder.parent == out and folder.name.startswith(STAGING):
+            continue
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
