@@ -241,7 +241,7 @@ def model_fingerprint(ref: str, adapters: list[tuple[str, float]] | None = None)
     fp: dict[str, Any]
     if is_run_folder(ref):
         run = read_run(ref)
-        fp = {"run": str(run.path)}
+        fp = {"run": True}  # not its path: a copied or moved LoRA run with the same weights makes the same images
         if run.model_dir is not None:
             fp["model"] = _base_fingerprint(str(run.model_dir))
         else:

@@ -1,0 +1,215 @@
+"""``sdtune eval``: generate (cached) every model x prompt x seed, then score them all with one backbone.
+
+Generation happens first, one model in memory at a time; then the CLIP (and DINO) backbone is loaded once and
+embeds every image, text and reference photo. The result is a plain dict (JSON-ready) that ``report`` renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sdtune.errors import SdtuneError
+from sdtune.evaluation.cache import GenerationCache, Job, ModelSpec
+from sdtune.evaluation.clip_score import CLIP_T_SCALE, COSINE_SCALE, ClipScorer, clip_t, default_clip_for
+from sdtune.evaluation.fidelity import DinoEmbedder, load_reference_images, mean_similarity_to_references
+from sdtune.evaluation.forgetting import paired_similarity, score_deltas
+from sdtune.evaluation.stats import per_prompt, summarize
+from sdtune.inference.generate import GenerationSettings, pick_device
+from sdtune.inference.pipeline import base_of
+
+# name -> (label, backbone kind, scale, what is better, what it measures)
+METRICS: dict[str, tuple[str, str, str, str, str]] = {
+    "clip_t": ("CLIP-T", "clip", CLIP_T_SCALE, "higher", "image-prompt agreement on the evaluation prompts"),
+    "clip_i": ("CLIP-I", "clip", COSINE_SCALE, "higher", "mean similarity to the reference photos (CLIP)"),
+    "dino": ("DINO", "dino", COSINE_SCALE, "higher", "mean similarity to the reference photos (DINO CLS)"),
+    "generic_clip_t": ("CLIP-T generic", "clip", CLIP_T_SCALE, "higher", "image-prompt agreement, generic prompts"),
+    "generic_clip_delta": ("ΔCLIP-T vs base", "clip", "CLIP-T points", "near 0",
+                           "generic prompts: CLIP-T minus the base model's at the same seed"),
+    "base_similarity": ("similarity to base", "clip", COSINE_SCALE, "higher",
+                        "generic prompts: image similarity to the base model's image at the same seed"),
+}
+
+
+@dataclass
+class EvalRequest:
+    """Everything ``sdtune eval`` was asked to do."""
+
+    models: list[str]
+    prompts: list[str]
+    seeds: list[int]
+    out_dir: Path
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    clip: str | None = None
+    dino: str | None = None
+    reference_dir: Path | None = None
+    generic_prompts: list[str] = field(default_factory=list)
+    base: str | None = None  # base for forgetting when a model is not a run folder (run folders know theirs)
+    device: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 4
+    allow_pickle: bool = False
+    local_files_only: bool | None = None
+
+
+def choose_clip(models: Sequence[str], clip: str | None) -> str:
+    """The user's ``--clip``, else the models' common default (scores from two backbones never mix)."""
+    if clip:
+        return clip
+    defaults = sorted({default_clip_for(m) for m in models})
+    if len(defaults) > 1:
+        raise SdtuneError(f"these models default to different CLIP backbones ({', '.join(defaults)}); scores "
+                          "would not compare. Pass --clip to choose one for all.")
+    return defaults[0]
+
+
+def _labels(models: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for m in models:
+        seen[m] = seen.get(m, 0) + 1
+        out.append(m if seen[m] == 1 else f"{m} #{seen[m]}")
+    return out
+
+
+def _validate(req: EvalRequest) -> None:
+    if not req.models:
+        raise SdtuneError("no models to evaluate: pass one or more base models or run folders")
+    if not req.prompts:
+        raise SdtuneError("no prompts: pass --prompts FILE (one prompt per line) or --prompt TEXT")
+    if not req.seeds:
+        raise SdtuneError("no seeds: pass --seeds K (K >= 1)")
+
+
+def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
+    """Generate what is missing, score everything, return the results (see ``report.write_reports``)."""
+    _validate(req)
+    clip_ref = choose_clip(req.models, req.clip)
+    references = load_reference_images(req.reference_dir) if req.reference_dir else []
+    if req.dino and not references:
+        raise SdtuneError("--dino measures similarity to reference photos: pass --reference DIR too")
+    # Backbones first: a missing CLIP should fail in seconds, not after an hour of generation.
+    device = pick_device(req.device)
+    scorer = ClipScorer(clip_ref, device=device, local_files_only=req.local_files_only)
+    dino = DinoEmbedder(req.dino, device=device, local_files_only=req.local_files_only) if req.dino else None
+    out = Path(req.out_dir)
+    cache = GenerationCache(out / "cache", req.settings, device=req.device, dtype=req.dtype,
+                            batch_size=req.batch_size, allow_pickle=req.allow_pickle, progress=progress)
+    main_jobs = [(p, s) for p in req.prompts for s in req.seeds]
+    generic_jobs = [(p, s) for p in req.generic_prompts for s in req.seeds]
+
+    models: list[dict[str, Any]] = []
+    for ref, label in zip(req.models, _labels(req.models), strict=True):
+        spec = ModelSpec(ref, label=label)
+        entry: dict[str, Any] = {"label": label, "ref": ref, "base": None, "fingerprint": spec.digest[:12],
+                                 "paths": {"main": cache.ensure(spec, main_jobs)}}
+        if generic_jobs:
+            entry["paths"]["generic"] = cache.ensure(spec, generic_jobs)
+            base_ref = req.base or base_of(ref)
+            if base_ref is not None:
+                base_spec = ModelSpec(base_ref, label=base_ref)
+                if base_spec.digest != spec.digest:  # a base model is not compared with itself
+                    entry["base"] = base_ref
+                    entry["paths"]["base"] = cache.ensure(base_spec, generic_jobs)
+        models.append(entry)
+
+    all_paths = sorted({p for m in models for group in m["paths"].values() for p in group.values()})
+    image_emb = _embed_files(scorer.image_embeddings, all_paths, progress, "CLIP")
+    texts = list(dict.fromkeys([*req.prompts, *req.generic_prompts]))
+    text_emb = dict(zip(texts, scorer.text_embeddings(texts), strict=True))
+    ref_clip = scorer.image_embeddings([im for _, im in references]) if references else None
+    dino_emb = _embed_files(dino.embeddings, sorted({p for m in models for p in m["paths"]["main"].values()}),
+                            progress, "DINO") if dino else {}
+    ref_dino = dino.embeddings([im for _, im in references]) if dino else None
+
+    backbones = {"clip": clip_ref, "dino": req.dino}
+    for m in models:
+        values: dict[str, dict[Job, float]] = {}
+        main = m["paths"]["main"]
+        values["clip_t"] = _clip_scores(main, image_emb, text_emb)
+        if ref_clip is not None:
+            values["clip_i"] = _to_refs(main, image_emb, ref_clip)
+        if ref_dino is not None:
+            values["dino"] = _to_refs(main, dino_emb, ref_dino)
+        if "generic" in m["paths"]:
+            generic = m["paths"]["generic"]
+            values["generic_clip_t"] = _clip_scores(generic, image_emb, text_emb)
+            if "base" in m["paths"]:
+                base = m["paths"]["base"]
+                values["generic_clip_delta"] = score_deltas(values["generic_clip_t"],
+                                                            _clip_scores(base, image_emb, text_emb))
+                values["base_similarity"] = paired_similarity({k: image_emb[p] for k, p in generic.items()},
+                                                              {k: image_emb[p] for k, p in base.items()})
+        m["metrics"] = {}
+        m["per_prompt"] = {}
+        for name, vals in values.items():
+            prompts = req.prompts if name in ("clip_t", "clip_i", "dino") else req.generic_prompts
+            info = METRICS[name]
+            m["metrics"][name] = {**summarize(vals, req.seeds).as_dict(), "backbone": backbones[info[1]],
+                                  "scale": info[2]}
+            m["per_prompt"][name] = per_prompt(vals, prompts, req.seeds)
+        m["generated"] = cache.generated[m["label"]]
+        m["reused"] = cache.reused[m["label"]]
+        m["images"] = {group: [[_rel(paths[(p, s)], out) for s in req.seeds] for p in _prompts_of(group, req)]
+                       for group, paths in m.pop("paths").items()}
+
+    return {
+        "sdtune_eval": 1,
+        "settings": {**req.settings.as_dict(), "seeds": list(req.seeds), "prompts": list(req.prompts),
+                     "generic_prompts": list(req.generic_prompts)},
+        "backbones": backbones,
+        "metrics": {name: {"label": i[0], "backbone": backbones[i[1]], "scale": i[2], "better": i[3], "help": i[4]}
+                    for name, i in METRICS.items() if any(name in m["metrics"] for m in models)},
+        "references": [str(p) for p, _ in references],
+        "generation": {"generated": sum(cache.generated.values()), "reused": sum(cache.reused.values()),
+                       "by_model": {k: {"generated": cache.generated[k], "reused": cache.reused[k]}
+                                    for k in sorted(set(cache.generated) | set(cache.reused))}},
+        "models": models,
+    }
+
+
+def _prompts_of(group: str, req: EvalRequest) -> list[str]:
+    return req.prompts if group == "main" else req.generic_prompts
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _embed_files(embed: Any, paths: list[Path], progress: bool, what: str) -> dict[Path, torch.Tensor]:
+    """Embed image files in chunks (never all decoded in memory at once)."""
+    from tqdm.auto import tqdm
+
+    out: dict[Path, torch.Tensor] = {}
+    chunk = 64
+    with tqdm(total=len(paths), desc=f"scoring ({what})", unit="img", disable=not progress) as bar:
+        for i in range(0, len(paths), chunk):
+            part = paths[i:i + chunk]
+            images = []
+            for p in part:
+                with Image.open(p) as im:
+                    images.append(im.convert("RGB"))
+            out.update(zip(part, embed(images), strict=True))
+            bar.update(len(part))
+    return out
+
+
+def _clip_scores(paths: dict[Job, Path], image_emb: dict[Path, torch.Tensor],
+                 text_emb: dict[str, torch.Tensor]) -> dict[Job, float]:
+    keys = list(paths)
+    if not keys:
+        return {}
+    imgs = torch.stack([image_emb[paths[k]] for k in keys])
+    txts = torch.stack([text_emb[k[0]] for k in keys])
+    return dict(zip(keys, clip_t(imgs, txts).tolist(), strict=True))
+
+
+def _to_refs(paths: dict[Job, Path], emb: dict[Path, torch.Tensor], refs: torch.Tensor) -> dict[Job, float]:
+    keys = list(paths)
+    sims = mean_similarity_to_references(torch.stack([emb[paths[k]] for k in keys]), refs)
+    return dict(zip(keys, sims.tolist(), strict=True))
