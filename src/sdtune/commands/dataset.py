@@ -1,0 +1,142 @@
+"""``sdtune dataset build`` and ``sdtune dataset check``: photos in, a dataset the trainer reads out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from sdtune.errors import DataError, ModelLoadError
+
+ORDER = 5
+
+dataset_app = typer.Typer(
+    name="dataset",
+    help=(
+        "Turn photos into a training dataset and find what is wrong with it, before a GPU hour is spent.\n\n"
+        "`build` writes a Hugging Face imagefolder (images + metadata.jsonl); `check` reports problems."
+    ),
+    no_args_is_help=True,
+)
+
+
+@dataset_app.command("build")
+def build_command(
+    src: list[Path] = typer.Argument(..., show_default=False, help="source folder(s) of images; never modified"),
+    out: Path = typer.Argument(..., show_default=False, help="dataset folder to write (new, empty, or built "
+                               "before by this command)"),
+    captions: Path = typer.Option(None, "--captions", help="CSV or JSONL of file,caption rows (paths relative "
+                                  "to SRC); default: SRC/metadata.jsonl, else .txt files next to the images"),
+    caption: str = typer.Option(None, "--caption", help="fixed caption for every image that has none, "
+                                "e.g. 'a photo of sks person'"),
+    captioner: str = typer.Option(None, "--captioner", help="image-to-text model (hub id or local folder, "
+                                  "e.g. Salesforce/blip-image-captioning-base) that captions images without one"),
+    template: str = typer.Option("{caption}", "--template", help="wraps the captioner's text, e.g. "
+                                 "'a photo of sks person, {caption}'"),
+    concept: list[str] = typer.Option(None, "--concept", help="value of a 'concept' column (and subfolder); "
+                                      "once for all sources or once per SRC. Building concept X again replaces "
+                                      "only X's rows, so sources can be merged one command at a time"),
+    max_size: int = typer.Option(None, "--max-size", min=8, help="downsize so the longest side is at most this"),
+    strict: bool = typer.Option(False, "--strict", help="stop on the first bad file or row instead of skipping it"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Build a dataset (HF imagefolder: images + metadata.jsonl) from photos.
+
+    \b
+    Captions come from, in this order:
+      1. --captions FILE, or SRC/metadata.jsonl when SRC has one
+      2. photo.txt next to photo.jpg (the kohya convention)
+      3. --captioner MODEL or --caption TEXT, for images still without one
+    Without any, images stay uncaptioned: fine for DreamBooth (fixed prompt).
+
+    \b
+    Every image is re-encoded: EXIF rotation applied, RGB (transparency on
+    white; CMYK, 16-bit and palette images handled), optionally --max-size.
+    Exact duplicates are dropped and near-duplicates reported. Bad files
+    (corrupt, truncated, empty, not an image, too large) and rows pointing
+    outside SRC are reported and skipped (--strict: stop instead).
+    SRC is never modified; rerunning into the same OUT is safe.
+
+    \b
+    Examples:
+      sdtune dataset build photos/ data/me --caption "a photo of sks person"
+      sdtune dataset build photos/ data/t2i --captions captions.csv
+      sdtune dataset build thumbs/ data/mix --concept thumbsup
+      sdtune dataset build me/ data/mix --concept sks --captioner ./blip \\
+          --template "a photo of sks person, {caption}"
+    """
+    from sdtune.data.build import Source, build_dataset
+
+    sources = list(src)
+    if caption and captioner:
+        raise DataError("use either --caption (one fixed caption) or --captioner (a model), not both")
+    if captions is not None and len(sources) > 1:
+        raise DataError("--captions names files of one SRC; build the sources one at a time with --concept")
+    concepts = list(concept or [])
+    if len(concepts) not in (0, 1, len(sources)):
+        raise DataError(f"got {len(concepts)} --concept values for {len(sources)} sources: give one, or one per SRC")
+    if len(concepts) == 1:
+        concepts = concepts * len(sources)
+    specs = [Source(folder=src, captions_file=captions, caption=caption, concept=concepts[i] if concepts else None)
+             for i, src in enumerate(sources)]
+    report = build_dataset(specs, out, max_size=max_size, strict=strict, captioner=captioner, template=template,
+                           progress=progress)
+    typer.echo(report.to_text())
+
+
+def _load_tokenizer(model: str):
+    """The CLIP tokenizer of a diffusers model (folder, hub id or tiny), or of a bare tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    from sdtune.models.loading import resolve_model_ref
+
+    folder = Path(model)
+    if folder.is_dir() and (folder / "tokenizer_config.json").exists():
+        source, sub = str(folder), None
+    else:
+        source, sub = resolve_model_ref(model), "tokenizer"
+    try:
+        return AutoTokenizer.from_pretrained(source, subfolder=sub) if sub else AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {model!r}: {str(exc).splitlines()[0]}") from None
+
+
+@dataset_app.command("check")
+def check_command(
+    folder: Path = typer.Argument(..., help="dataset folder: an imagefolder (metadata.jsonl) or images with .txt"),
+    resolution: int = typer.Option(None, "--resolution", min=8, help="training resolution: smaller images are "
+                                   "reported (they get upscaled and look soft)"),
+    require_captions: bool = typer.Option(False, "--require-captions", help="a missing caption is an error "
+                                          "(text-to-image training); DreamBooth folders need none"),
+    model: str = typer.Option(None, "--model", help="count caption tokens with this model's tokenizer (diffusers "
+                              "folder, hub id, or tiny); without it token counts are estimates"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON for scripts"),
+) -> None:
+    """Report what is wrong with a dataset; exit status 1 when there are errors.
+
+    \b
+    Reports the image count, a histogram of resolutions, images smaller
+    than --resolution, missing or empty captions, captions longer than the
+    text encoder's 77 tokens, duplicates and near-duplicates, unreadable
+    files (corrupt, truncated, empty, not an image, too large) and rows of
+    metadata.jsonl naming missing files. `sdtune train` runs the same
+    checks before it loads a model, and stops on errors.
+
+    \b
+    Examples:
+      sdtune dataset check data/me --resolution 512
+      sdtune dataset check data/t2i --require-captions --model tiny --json
+    """
+    from sdtune.data.check import check_folder
+
+    tokenizer = _load_tokenizer(model) if model else None
+    report = check_folder(folder, resolution=resolution, require_captions=require_captions, tokenizer=tokenizer,
+                          progress=not as_json)
+    typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.to_text())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dataset_app, name="dataset")
