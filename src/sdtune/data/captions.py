@@ -80,11 +80,16 @@ def orphan_captions(folder: Path, images: list[Path]) -> list[Problem]:
     stems = {p.with_suffix("") for p in images}
     orphans = []
     for path in sorted(folder.rglob("*")):
+        if path.stem.lower() in _NOT_CAPTIONS:
+            continue
         if path.suffix.lower() in CAPTION_SUFFIXES and path.is_file() and path.with_suffix("") not in stems:
             if not path.name.startswith(".") and _visible(path, folder):
                 orphans.append(Problem(str(path), "caption file without its image (no image of the same name)",
                                        "warning"))
     return orphans
+
+
+_NOT_CAPTIONS = {"readme", "license", "licence", "notes", "captions", "requirements"}
 
 
 def _visible(path: Path, root: Path) -> bool:

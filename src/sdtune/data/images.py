@@ -59,9 +59,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any mode to RGB; transparency is composited on white (not black, as a bare convert does)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit grayscale: a bare convert("L") clips everything above 255 to white; scale to 8 bits instead.
-        array = np.asarray(image, dtype=np.int64)
-        top = 65535 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255
-        scaled = np.clip(array * 255 // max(top, 1), 0, 255).astype(np.uint8)
+        array = np.asarray(image)
+        if image.mode.startswith("I;16") or array.max(initial=0) > 255:  # 16-bit range: keep the top 8 bits
+            scaled = (np.clip(array, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+        else:
+            scaled = np.clip(array, 0, 255).astype(np.uint8)
         return Image.fromarray(scaled, mode="L").convert("RGB")
     if image.mode == "F":
         array = np.nan_to_num(np.asarray(image, dtype=np.float64))

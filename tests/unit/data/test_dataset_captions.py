@@ -41,6 +41,7 @@ def test_sidecars_empty_non_utf8_and_orphans(tmp_path):
     (tmp_path / "b.txt").write_text("  \n", encoding="utf-8")
     (tmp_path / "c.txt").write_bytes(b"caf\xe9")  # latin-1, not UTF-8
     (tmp_path / "gone.txt").write_text("an image that was deleted", encoding="utf-8")
+    (tmp_path / "README.txt").write_text("about these photos", encoding="utf-8")  # not a caption: no warning
     problems = []
     assert read_sidecar(tmp_path / "a.png", problems) == "a dog 🐶"
     assert read_sidecar(tmp_path / "b.png", problems) is None
