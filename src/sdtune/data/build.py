@@ -36,7 +36,7 @@ from sdtune.data.images import (
     pixel_hash,
 )
 from sdtune.data.report import Problem, summarize
-from sdtune.errors import DataError
+from sdtune.errors import DataError, ModelLoadError
 
 STAGING = ".sdtune-staging-"
 _CONCEPT = re.compile(r"^\w[\w .+-]*$")
@@ -244,6 +244,8 @@ def build_dataset(sources: list[Source], out: Path, *, max_size: int | None = No
                           "differ); kept, remove one if unintended", "warning")
         rows = kept + [_row(item) for item in written]
         _commit(out, staging, [item.name for item in written], rows)
+    except OSError as exc:  # disk full, permissions: the user's problem to fix, not a traceback
+        raise DataError(f"writing the dataset to {out} failed: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.written, report.kept = len(written), len(kept)
@@ -294,7 +296,10 @@ def _autocaption(items: list[_Item], staging: Path, captioner, progress: bool, r
     todo = [item for item in items if item.caption is None]
     if not todo:
         return
-    captions = captioner.caption_files([staging / item.name for item in todo], progress=progress)
+    try:
+        captions = captioner.caption_files([staging / item.name for item in todo], progress=progress)
+    except (RuntimeError, ValueError, TypeError) as exc:  # a model that is not an image-to-text captioner
+        raise ModelLoadError(f"the captioning model failed: {str(exc).splitlines()[0]}") from None
     for item, caption in zip(todo, captions, strict=True):
         if caption.strip():
             item.caption = caption
