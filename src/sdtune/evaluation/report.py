@@ -39,10 +39,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z._-]+", "-", text).strip("-")[:60] or "model"
 
 
-def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def short_backbone(name: str) -> str:
+    """A hub id as is; a local folder by its name (the full path is printed once above the table)."""
+    path = Path(name)
+    return path.name if (path.is_absolute() or name.startswith((".", "~")) or path.exists()) else name
+
+
+def summary_rows(results: dict[str, Any], short: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table (rows: models; columns: metrics with spread)."""
     names = list(results["metrics"])
-    header = ["model"] + [f"{m['label']} [{m['backbone']}, {m['scale']}]" for m in results["metrics"].values()]
+    show = short_backbone if short else str
+    header = ["model"] + [f"{m['label']} [{show(m['backbone'])}, {m['scale']}]" for m in results["metrics"].values()]
     rows = [[model["label"]] + [fmt(model["metrics"].get(n), _digits(n)) for n in names]
             for model in results["models"]]
     return header, rows

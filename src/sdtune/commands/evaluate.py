@@ -1,0 +1,125 @@
+"""``sdtune eval``: CLIP score over seeds, subject fidelity and forgetting, side by side, with the pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sdtune.commands.generate import SCHEDULER_HELP, parse_size
+from sdtune.errors import SdtuneError
+
+ORDER = 45
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    """``K`` means seeds 0..K-1; ``3,7,42`` lists them."""
+    try:
+        if "," in seeds:
+            return [int(s) for s in seeds.split(",") if s.strip()]
+        k = int(seeds)
+    except ValueError:
+        raise SdtuneError(f"--seeds {seeds!r}: expected a count K or a list like 0,7,42") from None
+    if k < 1:
+        raise SdtuneError("--seeds must be at least 1 (4 or more give a useful spread)")
+    return list(range(k))
+
+
+def eval_command(
+    models: list[str] = typer.Argument(..., help="base models and/or run folders to compare"),
+    prompts_file: Path | None = typer.Option(None, "--prompts", help="evaluation prompts, one per line"),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="an evaluation prompt; repeat for several"),
+    seeds: str = typer.Option("4", "--seeds", help="K (seeds 0..K-1) or a list 0,7,42; spread is over seeds"),
+    out: Path = typer.Option(Path("eval"), "--out", "-o", help="output folder; its cache/ is reused next time"),
+    clip: str | None = typer.Option(None, "--clip", help="CLIP backbone: hub id or local folder "
+                                    "[default: openai/clip-vit-base-patch16]"),
+    reference: Path | None = typer.Option(None, "--reference", help="folder of real photos of the subject"),
+    dino: str | None = typer.Option(None, "--dino", help="ViT backbone for DINO fidelity, e.g. facebook/dino-vits16"),
+    generic_prompts: Path | None = typer.Option(None, "--generic-prompts", help="prompts NOT about the concept, "
+                                                "to measure forgetting against each run's base"),
+    base: str | None = typer.Option(None, "--base", help="base model for forgetting when a model is not a run folder"),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="negative prompt for every image"),
+    steps: int = typer.Option(25, "--steps", min=1, help="denoising steps"),
+    guidance: float = typer.Option(7.5, "--guidance", help="classifier-free guidance scale"),
+    scheduler: str = typer.Option("dpm++", "--scheduler", help=SCHEDULER_HELP),
+    size: str | None = typer.Option(None, "--size", help="N or WIDTHxHEIGHT; default: each model's native size"),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="images per forward pass"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU), float32, float16, bfloat16"),
+    tensorboard: Path | None = typer.Option(None, "--tensorboard", help="also log the results to this TB folder"),
+    wandb_project: str | None = typer.Option(None, "--wandb", help="also log to this wandb project (offline by "
+                                             "default; set WANDB_MODE=online to upload)"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow .bin/.ckpt weights (trusted files only)"),
+) -> None:
+    """Compare models on the same prompts and seeds: a table with spread, and the images behind every number.
+
+    For each model x prompt x seed one image is generated (and cached in OUT/cache, so adding a model later
+    generates only that model's images) and scored:
+
+    - CLIP-T: 100*max(cos,0) between image and prompt, mean ± std over seeds. Numbers from different CLIP
+      backbones do not compare, so the backbone is printed with every score.
+
+    - CLIP-I / DINO (--reference, --dino): similarity to real photos of the subject (DreamBooth paper metrics).
+
+    - Forgetting (--generic-prompts): on prompts not about the concept, the CLIP-T change against the run's
+      base model and how similar the images stay to the base's at the same seed.
+
+    Writes OUT/results.json, OUT/results.csv, OUT/results_per_prompt.csv and OUT/report.html (opens offline).
+
+    Examples:
+
+      sdtune eval runs/t2i runs/db --prompts prompts.txt --seeds 4
+
+      sdtune eval runs/db --prompts p.txt --reference photos/ --dino facebook/dino-vits16 --generic-prompts g.txt
+
+      sdtune eval runs/db --prompts p.txt --clip ~/models/clip-vit-large-patch14   # offline, local CLIP
+    """
+    from sdtune.evaluation.report import summary_rows, write_reports
+    from sdtune.evaluation.runner import EvalRequest, run_eval
+    from sdtune.inference.generate import GenerationSettings, read_prompts
+
+    width, height = parse_size(size)
+    request = EvalRequest(
+        models=list(models), prompts=read_prompts(prompts_file, prompt), seeds=parse_seeds(seeds), out_dir=out,
+        settings=GenerationSettings(steps=steps, guidance=guidance, scheduler=scheduler, width=width,
+                                    height=height, negative_prompt=negative_prompt),
+        clip=clip, dino=dino, reference_dir=reference,
+        generic_prompts=read_prompts(generic_prompts) if generic_prompts else [], base=base,
+        device=device, dtype=dtype, batch_size=batch_size, allow_pickle=allow_pickle,
+    )
+    if generic_prompts and not request.generic_prompts:
+        raise SdtuneError(f"{generic_prompts}: no prompts in the file")
+    results = run_eval(request)
+    paths = write_reports(results, out)
+    used = {k: v for k, v in results["backbones"].items() if v}
+    typer.echo("backbones: " + "; ".join(f"{k.upper()} = {v}" for k, v in used.items()))
+    _print_table(*summary_rows(results, short=True))
+    gen = results["generation"]
+    typer.echo(f"images: {gen['generated']} generated, {gen['reused']} reused from {out / 'cache'}")
+    typer.echo(f"report: {paths['html']}  (also {paths['json'].name}, {paths['csv'].name})")
+    if tensorboard is not None:
+        from sdtune.evaluation.tracking import log_tensorboard
+
+        log_tensorboard(results, tensorboard)
+    if wandb_project:
+        from sdtune.evaluation.tracking import log_wandb
+
+        log_wandb(results, wandb_project, out)
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; plain aligned text when piped."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="mean ± std over seeds")
+    for i, h in enumerate(header):  # Text, not markup: "[backbone, scale]" and paths must print as they are
+        table.add_column(Text(h.replace(" [", "\n[")), justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(c) for c in row))
+    Console(width=max(Console().width, 100)).print(table)  # folded, never cut: every name is shown whole
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

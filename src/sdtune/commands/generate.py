@@ -1,0 +1,75 @@
+"""``sdtune generate``: images from a base model, a run folder, or a stack of LoRAs, each PNG carrying its settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sdtune.errors import SdtuneError
+
+ORDER = 40
+
+SCHEDULER_HELP = "sampler: dpm++ (DPM-Solver++ 2M, good in 20-30 steps), ddim, euler-a (Euler ancestral)"
+
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    """``512`` or ``768x512`` (width x height); None keeps the model's native size."""
+    if not size:
+        return None, None
+    try:
+        if "x" in size.lower():
+            w, h = size.lower().split("x", 1)
+            return int(w), int(h)
+        return int(size), int(size)
+    except ValueError:
+        raise SdtuneError(f"--size {size!r}: expected N or WIDTHxHEIGHT, e.g. 512 or 768x512") from None
+
+
+def generate_command(
+    model: str = typer.Argument(..., help="base model (hub id, folder, .safetensors, tiny) or a run folder"),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="a prompt; repeat for several"),
+    prompts_file: Path | None = typer.Option(None, "--prompts", help="file with one prompt per line (# comments)"),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="what to steer away from, e.g. 'blurry'"),
+    num_images: int = typer.Option(4, "--num-images", "-n", min=1, help="images per prompt (one seed each)"),
+    seed: int = typer.Option(0, "--seed", help="first seed; image i of each prompt uses seed+i"),
+    steps: int = typer.Option(25, "--steps", min=1, help="denoising steps"),
+    guidance: float = typer.Option(7.5, "--guidance", help="classifier-free guidance scale (CFG)"),
+    scheduler: str = typer.Option("dpm++", "--scheduler", help=SCHEDULER_HELP),
+    size: str | None = typer.Option(None, "--size", help="N or WIDTHxHEIGHT (multiples of 8); default: the model's"),
+    lora: list[str] = typer.Option([], "--lora", help="extra LoRA on top: RUN, folder or file, optionally :WEIGHT"),
+    out: Path = typer.Option(Path("generated"), "--out", "-o", help="output folder (numbering continues)"),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="images per forward pass"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow .bin/.ckpt weights (trusted files only)"),
+) -> None:
+    """Generate images and a grid; every PNG stores its prompt, seed and sampler settings.
+
+    The settings are written the way AUTOMATIC1111 writes them (the PNG "parameters" text), so its PNG Info tab,
+    ComfyUI and civitai read them too. Same model + prompt + seed + settings = the same image.
+
+    Examples:
+
+      sdtune generate runs/me -p "a photo of sks person giving a thumbs up" -n 4
+
+      sdtune generate stabilityai/stable-diffusion-2-base --prompts prompts.txt --seed 42 --scheduler euler-a
+
+      sdtune generate runs/style --lora runs/me:0.8 -p "sks person, watercolor" --size 768x512
+    """
+    from sdtune.inference.generate import GenerationSettings, read_prompts, run_generate
+    from sdtune.inference.pipeline import parse_adapter_spec
+
+    prompts = read_prompts(prompts_file, prompt)
+    width, height = parse_size(size)
+    settings = GenerationSettings(steps=steps, guidance=guidance, scheduler=scheduler, width=width, height=height,
+                                  negative_prompt=negative_prompt)
+    seeds = [seed + i for i in range(num_images)]
+    result = run_generate(model, prompts, out, seeds=seeds, settings=settings,
+                          adapters=[parse_adapter_spec(s) for s in lora], device=device, dtype=dtype,
+                          batch_size=batch_size, allow_pickle=allow_pickle)
+    typer.echo(f"{len(result.images)} images in {out}/ (grid: {result.grid})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_command)
