@@ -39,18 +39,13 @@ def _register_commands() -> None:
 
 
 def quiet_libraries() -> None:
-    """Keep library chatter (torchvision hints, weight-loading bars) out of the user's terminal."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import diffusers
-        import transformers
+    """Keep library chatter (torchvision hints, advisory warnings) out of the user's terminal.
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - logging tweaks must never stop the CLI
-        pass
+    Environment variables, read when the libraries are imported, so that `--help` imports none of them.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 _register_commands()

@@ -17,6 +17,15 @@ from sdtune.models.presets import is_preset, preset_path
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 
+def _quiet_weight_loading() -> None:
+    """Per-file 'Loading weights' bars say nothing to a user; download bars (huggingface_hub) stay."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 @dataclass
 class SDComponents:
     """The parts of a Stable Diffusion model that training needs."""
@@ -49,7 +58,45 @@ def resolve_model_ref(ref: str) -> str:
         return str(path)
     if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
         raise ModelLoadError(f"model folder {ref} does not exist. Check the path in model.base.")
+    _check_hub_id(ref)
     return ref
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _check_hub_id(ref: str, revision: str | None = None) -> None:
+    """Fail in a second, with what to do, when a hub model is neither cached nor reachable.
+
+    Without this, an offline machine spends minutes in the hub client's retries before its error.
+    """
+    import huggingface_hub
+
+    cached = huggingface_hub.try_to_load_from_cache(ref, "model_index.json", revision=revision)
+    if isinstance(cached, str):
+        return
+    if hub_offline():
+        raise ModelLoadError(f"model '{ref}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
+                             "Download it on a connected machine (huggingface-cli download ID) or pass a local "
+                             "folder. Built-in models: tiny, tiny-v.")
+    try:
+        huggingface_hub.model_info(ref, revision=revision, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - any failure here means we cannot get the model
+        raise ModelLoadError(_offline_hint(ref) + f" ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _local_files_only(source: str) -> bool:
+    """Cached hub models load without network calls when the hub is unreachable (no retry storms)."""
+    if Path(source).exists() or hub_offline():
+        return True
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return False
+    except OSError:
+        return True
 
 
 def check_weights_file(path: Path, allow_pickle: bool) -> None:
@@ -86,6 +133,7 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    _quiet_weight_loading()
     source = resolve_model_ref(ref)
     path = Path(source)
     if path.is_file():
@@ -97,17 +145,19 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
             pickles = _pickle_only_parts(path)
             if pickles:
                 check_weights_file(pickles[0], allow_pickle=False)
-        kw: dict[str, Any] = {"revision": revision}
+        kw: dict[str, Any] = {"revision": revision, "local_files_only": _local_files_only(source)}
         if variant:
             kw["variant"] = variant
         safe = None if allow_pickle else True
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision,
+                                                      local_files_only=kw["local_files_only"])
             text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=safe,
                                                          **kw)
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=safe, **kw)
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=safe, **kw)
-            noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision)
+            noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision,
+                                                            local_files_only=kw["local_files_only"])
         except (OSError, ValueError) as exc:
             if "safetensors" in str(exc).lower() and not allow_pickle:
                 raise ModelLoadError(
@@ -126,6 +176,7 @@ def load_pipeline(ref: str, *, allow_pickle: bool = False, revision: str | None 
     """Load a full ``StableDiffusionPipeline`` (for generating class images, validation and inference)."""
     from diffusers import StableDiffusionPipeline
 
+    _quiet_weight_loading()
     source = resolve_model_ref(ref)
     path = Path(source)
     kw: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
@@ -144,7 +195,8 @@ def load_pipeline(ref: str, *, allow_pickle: bool = False, revision: str | None 
         if variant:
             kw["variant"] = variant
         return StableDiffusionPipeline.from_pretrained(
-            source, revision=revision, use_safetensors=None if allow_pickle else True, **kw
+            source, revision=revision, use_safetensors=None if allow_pickle else True,
+            local_files_only=_local_files_only(source), **kw
         )
     except ModelLoadError:
         raise

@@ -1,0 +1,102 @@
+"""Bad input to `sdtune train` gets one clear line (exit 2), never a traceback; the real loaders are exercised."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_images, run_cli, tiny_config, write_config
+
+
+def _config(tmp_path: Path, **data) -> Path:
+    data = {"instance_dir": str(make_images(tmp_path / "inst", 2)), "instance_prompt": "a photo of sks dog"} | data
+    return write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run", data, {"lora": {"rank": 2}}))
+
+
+def _fails(*args: str, needle: str, cwd: Path | None = None, env: dict | None = None) -> str:
+    proc = run_cli(*args, check=False, cwd=cwd, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert needle in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.learnin_rate=1", "train.learnin_rate: unknown key"),
+    ("train.max_steps=many", "train.max_steps"),
+    ("train.optimizer=sgd", "'adamw' or 'adamw8bit'"),
+    ("data.with_prior_preservation=true", "needs data.class_prompt"),
+    ("train.ema.decay=0.9", "train.ema is for full fine-tuning"),
+    ("nonsense", "must look like key.sub=value"),
+])
+def test_bad_config_names_the_key(tmp_path: Path, override: str, needle: str) -> None:
+    _fails("train", str(_config(tmp_path)), override, needle=needle)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    _fails("train", str(tmp_path / "nope.yaml"), needle="nope.yaml does not exist")
+
+
+def test_missing_and_empty_data_folders(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    _fails("train", config, f"data.instance_dir={tmp_path / 'missing'}", needle="missing")
+    (tmp_path / "empty").mkdir()
+    _fails("train", config, f"data.instance_dir={tmp_path / 'empty'}", needle="empty")
+
+
+def test_uncaptioned_images_for_text_to_image(tmp_path: Path) -> None:
+    folder = make_images(tmp_path / "nocaps", 2)
+    cfg = tiny_config(tmp_path / "run", {"train_dir": str(folder)})
+    _fails("train", str(write_config(tmp_path / "t.yaml", cfg)), needle="caption")
+
+
+def test_pickle_weights_refused_unless_allowed(tmp_path: Path) -> None:
+    from sdtune.models.presets import build_tiny_pipeline
+
+    folder = tmp_path / "pickled"
+    build_tiny_pipeline().save_pretrained(folder, safe_serialization=False)
+    assert list((folder / "unet").glob("*.bin"))
+    config = str(_config(tmp_path))
+    err = _fails("train", config, f"model.base={folder}", needle="pickle")
+    assert "model.allow_pickle" in err
+    done = run_cli("train", config, f"model.base={folder}", "model.allow_pickle=true", "train.max_steps=1")
+    assert "done: 1 steps" in done.stdout
+
+
+def test_not_a_model_folder_and_unknown_hub_id_offline(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    _fails("train", config, f"model.base={tmp_path / 'inst'}", needle="not a diffusers model")
+    _fails("train", config, "model.base=someone/not-cached", needle="not in the local Hugging Face cache",
+           env={"HF_HUB_OFFLINE": "1"})
+
+
+def test_hub_id_loads_from_the_local_cache_offline(tmp_path: Path) -> None:
+    """The real hub path: a model in the Hugging Face cache layout loads by id with HF_HUB_OFFLINE=1."""
+    from sdtune.models.presets import preset_path
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--sdtune-test--tiny-sd"
+    revision = "0" * 40
+    shutil.copytree(preset_path("tiny"), repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    done = run_cli("train", str(_config(tmp_path)), "model.base=sdtune-test/tiny-sd", "train.max_steps=1",
+                   env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    assert "done: 1 steps" in done.stdout
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_good_checkpoint(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    proc = run_cli("train", config, "train.learning_rate=1e12", "train.max_grad_norm=null", "train.max_steps=200",
+                   "checkpoint.every=1000", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the loss became" in proc.stderr and "--resume latest" in proc.stderr
+    from safetensors.torch import load_file
+
+    saved = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert len(saved) == 1
+    weights = load_file(str(saved[0] / "trainable.safetensors"))
+    assert all(bool(t.isfinite().all()) for t in weights.values()), "the saved checkpoint must be the last good one"
