@@ -82,11 +82,10 @@ def generate_images(pipe: Any, jobs: Sequence[tuple[str, int]], settings: Genera
 
     set_scheduler(pipe, settings.scheduler)
     out: list[Image.Image] = []
-    device = getattr(pipe, "device", torch.device("cpu"))
-    gen_device = "cpu" if device.type == "mps" else device.type
     for start in range(0, len(jobs), max(1, batch_size)):
         batch = jobs[start:start + max(1, batch_size)]
-        generators = [torch.Generator(gen_device).manual_seed(int(seed)) for _, seed in batch]
+        # CPU generators on every device: a seed gives the same starting noise on a laptop and on a GPU.
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for _, seed in batch]
         with torch.inference_mode():
             result = pipe(
                 prompt=[p for p, _ in batch],
