@@ -3,7 +3,8 @@
 An image's key hashes everything that decides its pixels: the model's fingerprint (weights folders by size and
 mtime, adapter files by content), prompt, negative prompt, seed, steps, guidance, sampler and size. Change any of
 them and the image is made again; change none and it is read back. Device and dtype are not in the key: a CPU
-and a GPU image of the same key differ only by float rounding.
+and a GPU image of the same key differ only by float rounding. A hub id is keyed by id and revision, so pin a
+revision (or delete OUT/cache) if the hub copy may change.
 """
 
 from __future__ import annotations

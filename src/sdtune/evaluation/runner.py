@@ -110,7 +110,7 @@ def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
                                  "paths": {"main": cache.ensure(spec, main_jobs)}}
         if generic_jobs:
             entry["paths"]["generic"] = cache.ensure(spec, generic_jobs)
-            base_ref = req.base or base_of(ref)
+            base_ref = base_of(ref) or req.base  # a run folder's own base wins over --base
             if base_ref is not None:
                 base_spec = ModelSpec(base_ref, label=base_ref)
                 if base_spec.digest != spec.digest:  # a base model is not compared with itself
