@@ -66,6 +66,9 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
+        if self.train_dir is None and self.instance_dir is None and not self.subsets:
+            raise ValueError("no training data: set data.train_dir (captioned), data.instance_dir (DreamBooth) "
+                             "or data.subsets")
         if self.instance_dir is not None and not self.instance_prompt:
             raise ValueError("data.instance_dir needs data.instance_prompt (e.g. 'a photo of sks person')")
         if self.with_prior_preservation:
@@ -76,9 +79,6 @@ class DataConfig(Section):
                     "data.with_prior_preservation needs data.class_prompt (e.g. 'a photo of a person') "
                     "and data.class_dir (missing class images are generated there)"
                 )
-        if self.train_dir is None and self.instance_dir is None and not self.subsets:
-            raise ValueError("no training data: set data.train_dir (captioned), data.instance_dir (DreamBooth) "
-                             "or data.subsets")
         return self
 
 
