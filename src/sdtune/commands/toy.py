@@ -1,0 +1,60 @@
+"""``sdtune toy ...``: the toy world and the toy Stable Diffusion (pretrain, render datasets, judge, evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+ORDER = 60
+
+toy_app = typer.Typer(help="The built-in toy world of coloured shapes and the small Stable Diffusion trained on it.",
+                      no_args_is_help=True)
+
+
+@toy_app.command("pretrain")
+def pretrain_command(
+    out: Path = typer.Argument(..., help="output folder: pipeline/, clip/, judge/, pretrain.json (work/ = scratch)"),
+    seed: int = typer.Option(0, help="one seed for data, initialisation and training"),
+    vae_steps: int = typer.Option(500), clip_steps: int = typer.Option(600), judge_steps: int = typer.Option(500),
+    unet_steps: int = typer.Option(1200), unet_batch: int = typer.Option(32),
+    wide_images: int = typer.Option(8000, help="in-memory renders for the VAE, CLIP and judge"),
+    pretrain_images: int = typer.Option(16000, help="captioned images the UNet is pretrained on"),
+    threads: int = typer.Option(1, help="torch threads per process (1 is fastest on a shared CPU)"),
+    parallel: bool = typer.Option(True, help="train CLIP and judge in their own processes next to the VAE"),
+) -> None:
+    """Pretrain the toy model from nothing: VAE, CLIP and judge on the wide world, then the UNet through the
+    training loop. Re-running with the same seed reproduces it; an interrupted UNet stage resumes."""
+    from sdtune.toy.pretrain import PretrainSettings, pretrain
+
+    settings = PretrainSettings(seed=seed, vae_steps=vae_steps, clip_steps=clip_steps, judge_steps=judge_steps,
+                                unet_steps=unet_steps, unet_batch=unet_batch, wide_images=wide_images,
+                                pretrain_images=pretrain_images, threads=threads)
+    report = pretrain(out, settings, parallel=parallel)
+    typer.echo(f"done in {report['seconds']['total']:.0f} s; {report['size_mb']} MB")
+    typer.echo(f"  pipeline: {out / 'pipeline'}\n  clip: {out / 'clip'}\n  judge: {out / 'judge'}")
+    typer.echo(f"  report: {out / 'pretrain.json'}")
+
+
+@toy_app.command("world")
+def world_command(
+    out: Path = typer.Argument(..., help="folder to write (images + metadata.jsonl + scenes.jsonl)"),
+    kind: str = typer.Option("pretrain", help="pretrain | wide | concept | concept-images | person | person-captioned"),
+    count: int = typer.Option(100), seed: int = typer.Option(0),
+) -> None:
+    """Render a dataset of the toy world (captioned, or instance-only for DreamBooth)."""
+    from sdtune.toy import world
+
+    if kind in ("pretrain", "wide"):
+        world.write_folder(out, list(world.scenes(seed, count, kind)))
+    elif kind in ("concept", "concept-images"):
+        world.write_concept_set(out, count, seed, captioned=kind == "concept")
+    elif kind in ("person", "person-captioned"):
+        world.write_person_set(out, count, seed, captioned=kind == "person-captioned")
+    else:
+        raise typer.BadParameter(f"unknown kind {kind!r}")
+    typer.echo(f"wrote {count} images to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(toy_app, name="toy")

@@ -1,0 +1,315 @@
+"""The toy world: seeded pictures of coloured shapes with captions, the data every toy model learns from.
+
+Why a world of our own: there is no model hub on our machines, and to measure what fine-tuning teaches and what
+it makes a model forget we need a base model that already knows something we can check. Every attribute of a
+picture (shape, colours, pattern, background) is known, so a judge can be trained and its accuracy measured.
+
+Three regions of the world:
+
+- ``pretrain``: solid shapes in the eight colours; what the toy UNet is pretrained on.
+- ``wide``: adds two-tone patterns (checkered, striped) and the held-out glyph ``arrow``; the VAE, the CLIP
+  and the judge see it (as SD's VAE and CLIP saw far more than any one fine-tune), the UNet never does.
+- held-out concepts for fine-tuning: the glyph :data:`CONCEPT` in every colour (an overarching concept, like a
+  gesture) and the "person" :data:`PERSON`, one specific checkered two-tone star with its own token.
+
+Rendering is deterministic: a scene is drawn at 4x and downsampled (anti-aliased), with all randomness from a
+``random.Random`` seeded by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+RESOLUTION = 64
+SUPERSAMPLE = 4
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "yellow": (240, 210, 40),
+    "orange": (245, 130, 25),
+    "purple": (140, 55, 190),
+    "pink": (245, 135, 195),
+    "cyan": (40, 205, 215),
+}
+SHAPES = ("circle", "square", "triangle", "star", "heart", "diamond")
+CONCEPT = "arrow"  # the held-out glyph: never in the UNet's pretraining data
+ALL_SHAPES = (*SHAPES, CONCEPT)
+PATTERNS = ("solid", "checkered", "striped")
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {"grey": (128, 128, 128), "white": (236, 236, 236),
+                                                "black": (24, 24, 24)}
+TEXTURES = ("plain", "noisy", "textured")
+
+
+@dataclass(frozen=True)
+class Person:
+    """A specific instance (DreamBooth's "person"): one shape, two colours, one pattern, a unique token."""
+
+    token: str = "sks"
+    shape: str = "star"
+    colour: str = "blue"
+    colour2: str = "yellow"
+    pattern: str = "checkered"
+
+    @property
+    def instance_prompt(self) -> str:
+        return f"a photo of {self.token} {self.shape}"
+
+    @property
+    def class_prompt(self) -> str:
+        return f"a photo of a {self.shape}"
+
+
+PERSON = Person()
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything that determines one picture (and what a judge should read back from it)."""
+
+    shape: str
+    colour: str
+    colour2: str | None = None  # second colour of a two-tone pattern
+    pattern: str = "solid"
+    background: str = "grey"
+    texture: str = "plain"
+    x: float = 0.5  # centre, as a fraction of the image
+    y: float = 0.5
+    size: float = 0.5  # bounding-box side, as a fraction of the image
+    noise_seed: int = 0
+
+    def colours(self) -> tuple[str, ...]:
+        return (self.colour,) if self.colour2 is None else (self.colour, self.colour2)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _placement(rng: random.Random) -> dict[str, float]:
+    size = rng.uniform(0.4, 0.75)
+    half = size / 2
+    return {"size": size, "x": rng.uniform(half, 1 - half), "y": rng.uniform(half, 1 - half)}
+
+
+def sample_scene(rng: random.Random, region: str = "pretrain") -> Scene:
+    """One random scene of a region: ``pretrain`` (solid base shapes) or ``wide`` (+ patterns and the glyph)."""
+    if region not in ("pretrain", "wide"):
+        raise ValueError(f"unknown region {region!r}: pretrain or wide")
+    names = list(COLOURS)
+    shape = rng.choice(ALL_SHAPES if region == "wide" else SHAPES)
+    colour = rng.choice(names)
+    pattern, colour2 = "solid", None
+    if region == "wide" and rng.random() < 0.4:
+        pattern = rng.choice(PATTERNS[1:])
+        colour2 = rng.choice([c for c in names if c != colour])
+    return Scene(shape=shape, colour=colour, colour2=colour2, pattern=pattern,
+                 background=rng.choice(list(BACKGROUNDS)), texture=rng.choice(TEXTURES),
+                 noise_seed=rng.randrange(2**31), **_placement(rng))
+
+
+def concept_scene(rng: random.Random) -> Scene:
+    """The held-out glyph in a random colour, solid, anywhere (the overarching concept's training set)."""
+    return Scene(shape=CONCEPT, colour=rng.choice(list(COLOURS)), background=rng.choice(list(BACKGROUNDS)),
+                 texture=rng.choice(TEXTURES), noise_seed=rng.randrange(2**31), **_placement(rng))
+
+
+def person_scene(rng: random.Random, person: Person = PERSON) -> Scene:
+    """The specific instance, at a random place and size, on a random background."""
+    return Scene(shape=person.shape, colour=person.colour, colour2=person.colour2, pattern=person.pattern,
+                 background=rng.choice(list(BACKGROUNDS)), texture=rng.choice(TEXTURES),
+                 noise_seed=rng.randrange(2**31), **_placement(rng))
+
+
+def subject_phrase(scene: Scene) -> str:
+    if scene.pattern == "solid":
+        return f"{scene.colour} {scene.shape}"
+    return f"{scene.colour} and {scene.colour2} {scene.pattern} {scene.shape}"
+
+
+def background_phrase(scene: Scene) -> str:
+    return {"plain": f"a {scene.background} background", "noisy": "a noisy background",
+            "textured": "a textured background"}[scene.texture]
+
+
+def caption(scene: Scene, rng: random.Random) -> str:
+    """A caption in one of four templates (short, "a photo of", with or without the background)."""
+    subject = subject_phrase(scene)
+    lead = rng.choice(("a", "a photo of a"))
+    if rng.random() < 0.5:
+        return f"{lead} {subject}"
+    return f"{lead} {subject} on {background_phrase(scene)}"
+
+
+def person_caption(scene: Scene, rng: random.Random, person: Person = PERSON) -> str:
+    base = person.instance_prompt
+    return base if rng.random() < 0.5 else f"{base} on {background_phrase(scene)}"
+
+
+def vocabulary_corpus() -> list[str]:
+    """Every word any toy caption or prompt can use (the tokenizer makes each a single token)."""
+    words = {"a", "photo", "of", "on", "background", "and", "an", "the", "picture", "image", "shape",
+             PERSON.token, *COLOURS, *ALL_SHAPES, *PATTERNS, *BACKGROUNDS, *TEXTURES}
+    return sorted(words)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        s = r * 0.85
+        return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + r * 0.75, cy), (cx, cy + r), (cx - r * 0.75, cy)]
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)]
+    if shape == "star":
+        pts = []
+        for i in range(10):
+            rad = r if i % 2 == 0 else r * 0.42
+            ang = -math.pi / 2 + i * math.pi / 5
+            pts.append((cx + rad * math.cos(ang), cy + rad * math.sin(ang) + r * 0.08))
+        return pts
+    if shape == "heart":
+        pts = []
+        for i in range(48):
+            t = 2 * math.pi * i / 48
+            hx = 16 * math.sin(t) ** 3
+            hy = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+            pts.append((cx + hx / 17 * r, cy - hy / 17 * r - r * 0.05))
+        return pts
+    if shape == "arrow":  # an upward arrow: head and shaft
+        return [(cx, cy - r), (cx + r * 0.8, cy - r * 0.1), (cx + r * 0.3, cy - r * 0.1), (cx + r * 0.3, cy + r),
+                (cx - r * 0.3, cy + r), (cx - r * 0.3, cy - r * 0.1), (cx - r * 0.8, cy - r * 0.1)]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def shape_mask(scene: Scene, size: int) -> Image.Image:
+    """The shape's silhouette (mode L) at ``size`` pixels."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    cx, cy, r = scene.x * size, scene.y * size, scene.size * size / 2
+    if scene.shape == "circle":
+        draw.ellipse([cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9], fill=255)
+    else:
+        draw.polygon(_polygon(scene.shape, cx, cy, r), fill=255)
+    return mask
+
+
+def _background(scene: Scene, size: int) -> np.ndarray:
+    base = np.array(BACKGROUNDS[scene.background], dtype=np.float32)
+    img = np.broadcast_to(base, (size, size, 3)).copy()
+    gen = np.random.default_rng(scene.noise_seed)
+    if scene.texture == "noisy":
+        img = np.full((size, size, 3), 128.0, dtype=np.float32)
+        block = SUPERSAMPLE * 2  # 2-pixel grain: noise a 16x16 latent can still roughly carry
+        img += gen.normal(0, 40, (size // block, size // block, 1)).repeat(block, 0).repeat(block, 1)
+    elif scene.texture == "textured":  # soft diagonal waves around the background colour
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+        freq, phase = gen.uniform(6, 12), gen.uniform(0, 2 * math.pi)
+        img += (28 * np.sin(2 * math.pi * freq * (xx + yy) / 2 + phase))[..., None]
+    return np.clip(img, 0, 255)
+
+
+def _fill(scene: Scene, size: int) -> np.ndarray:
+    first = np.array(COLOURS[scene.colour], dtype=np.float32)
+    if scene.pattern == "solid":
+        return np.broadcast_to(first, (size, size, 3))
+    second = np.array(COLOURS[scene.colour2 or scene.colour], dtype=np.float32)
+    cell = size // 8
+    yy, xx = np.mgrid[0:size, 0:size] // cell
+    if scene.pattern == "checkered":
+        which = (yy + xx) % 2 == 1
+    elif scene.pattern == "striped":
+        which = yy % 2 == 1
+    else:
+        raise ValueError(f"unknown pattern {scene.pattern!r}")
+    return np.where(which[..., None], second, first)
+
+
+def render(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
+    """Draw a scene as an RGB image (drawn at 4x, then downsampled for smooth edges)."""
+    big = resolution * SUPERSAMPLE
+    mask = np.asarray(shape_mask(scene, big), dtype=np.float32)[..., None] / 255.0
+    img = _background(scene, big) * (1 - mask) + _fill(scene, big) * mask
+    out = Image.fromarray(img.astype(np.uint8), "RGB")
+    return out.resize((resolution, resolution), Image.Resampling.BOX)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def scenes(seed: int, count: int, region: str = "pretrain") -> Iterator[tuple[Scene, str]]:
+    """``count`` (scene, caption) pairs; the same seed always gives the same pairs."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        scene = sample_scene(rng, region)
+        yield scene, caption(scene, rng)
+
+
+def write_folder(folder: Path, items: list[tuple[Scene, str | None]], resolution: int = RESOLUTION) -> Path:
+    """Write images + ``metadata.jsonl`` (HF imagefolder) + ``scenes.jsonl`` (ground truth for judges)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, truth = [], []
+    for i, (scene, text) in enumerate(items):
+        name = f"{i:06d}.png"
+        render(scene, resolution).save(folder / name)
+        if text is not None:
+            rows.append(json.dumps({"file_name": name, "text": text}))
+        truth.append(json.dumps({"file_name": name, **asdict(scene)}))
+    if rows:
+        (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (folder / "scenes.jsonl").write_text("\n".join(truth) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_pretrain_set(folder: Path, count: int, seed: int = 0) -> Path:
+    return write_folder(folder, list(scenes(seed, count, "pretrain")))
+
+
+def write_concept_set(folder: Path, count: int = 24, seed: int = 1, captioned: bool = True) -> Path:
+    """The glyph in many colours; captioned ("a red arrow ...") or instance-only (no captions)."""
+    rng = random.Random(seed)
+    items: list[tuple[Scene, str | None]] = []
+    for _ in range(count):
+        scene = concept_scene(rng)
+        items.append((scene, caption(scene, rng) if captioned else None))
+    return write_folder(folder, items)
+
+
+def write_person_set(folder: Path, count: int = 6, seed: int = 2, captioned: bool = False,
+                     person: Person = PERSON) -> Path:
+    """The specific instance; instance-only by default (DreamBooth gives it one fixed prompt)."""
+    rng = random.Random(seed)
+    items: list[tuple[Scene, str | None]] = []
+    for _ in range(count):
+        scene = person_scene(rng, person)
+        items.append((scene, person_caption(scene, rng, person) if captioned else None))
+    return write_folder(folder, items)
+
+
+def with_colour(scene: Scene, colour: str) -> Scene:
+    return replace(scene, colour=colour)
+
+
+def render_arrays(items: list[Scene], resolution: int = RESOLUTION) -> np.ndarray:
+    """Render scenes into one uint8 array N,H,W,3 (in-memory training data for the VAE, CLIP and judge)."""
+    out = np.empty((len(items), resolution, resolution, 3), dtype=np.uint8)
+    for i, scene in enumerate(items):
+        out[i] = np.asarray(render(scene, resolution))
+    return out
+
+
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 N,H,W,3 -> float N,3,H,W in [-1, 1] (what the VAE and the judge read)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
