@@ -1,0 +1,122 @@
+"""kohya export: names, alphas, and the round trip through diffusers' own kohya loader gives the same images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from sdtune.config import LoraConfig as LoraSettings
+from sdtune.errors import SdtuneError
+from sdtune.models.kohya import export_kohya, kohya_name, peft_scale, read_diffusers_lora, to_kohya
+from sdtune.models.loading import load_pipeline
+from sdtune.models.lora import add_lora, save_lora
+
+
+def test_kohya_names_follow_the_module_path() -> None:
+    assert kohya_name("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0") == \
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_out_0"
+    assert kohya_name("text_encoder", "text_model.encoder.layers.0.self_attn.q_proj") == \
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    assert kohya_name("text_encoder_2", "text_model.encoder.layers.3.mlp.fc1") == \
+        "lora_te2_text_model_encoder_layers_3_mlp_fc1"
+
+
+def test_peft_scale_follows_alpha_rank_patterns_and_rslora() -> None:
+    assert peft_scale({}, "to_q", 4) == 1.0  # no metadata: diffusers loads with alpha = rank
+    assert peft_scale({"r": 4, "lora_alpha": 8}, "x.to_q", 4) == 2.0
+    cfg = {"r": 4, "lora_alpha": 4, "rank_pattern": {"to_k": 8}, "alpha_pattern": {"attn2.to_k": 2}}
+    assert peft_scale(cfg, "blocks.0.attn2.to_k", 8) == 2 / 8
+    assert peft_scale(cfg, "blocks.0.attn1.to_k", 8) == 4 / 8
+    assert peft_scale(cfg, "blocks.0.attn1.to_q", 4) == 1.0
+    assert peft_scale({"r": 16, "lora_alpha": 8, "use_rslora": True}, "to_q", 16) == 2.0
+    with pytest.raises(SdtuneError, match="DoRA"):
+        peft_scale({"r": 4, "use_dora": True}, "to_q", 4)
+
+
+def _random_lora_file(folder: Path, rank: int = 4, alpha: float = 8.0) -> Path:
+    """A diffusers-format LoRA (UNet + text encoder) saved by the engine's own writer, with non-zero weights."""
+    pipe = load_pipeline("tiny")
+    settings = LoraSettings(rank=rank, alpha=alpha)
+    add_lora(pipe.unet, settings, settings.targets)
+    add_lora(pipe.text_encoder, settings, settings.text_encoder_targets)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in (pipe.unet, pipe.text_encoder):
+            for name, param in module.named_parameters():
+                if "lora_" in name:
+                    param.copy_(0.3 * torch.randn(param.shape, generator=g))
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_lora(folder, pipe.unet, pipe.text_encoder, settings)
+
+
+def _images(lora: Path | None) -> np.ndarray:
+    pipe = load_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    return pipe(["a photo of sks person", "a dog"], num_inference_steps=3, height=32, width=32, output_type="np",
+                generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
+
+
+def test_to_kohya_writes_down_up_and_alpha(tmp_path: Path) -> None:
+    layers = read_diffusers_lora(_random_lora_file(tmp_path / "lora", rank=4, alpha=8.0))
+    assert {layer.component for layer in layers} == {"unet", "text_encoder"}
+    assert all(layer.scale == 2.0 and layer.rank == 4 for layer in layers)
+    state = to_kohya(layers)
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert state[f"{name}.lora_down.weight"].shape == (4, 64)
+    assert state[f"{name}.lora_up.weight"].shape == (64, 4)
+    assert float(state[f"{name}.alpha"]) == 8.0
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha" in state
+    assert len(state) == 3 * len(layers)
+
+
+def test_kohya_round_trip_through_diffusers_gives_the_same_images(tmp_path: Path) -> None:
+    source = _random_lora_file(tmp_path / "lora", rank=4, alpha=8.0)  # alpha != rank: the scale must survive
+    target = export_kohya(source, tmp_path / "out" / "me.safetensors")
+    with safe_open(str(target), "pt") as fh:
+        keys, meta = list(fh.keys()), fh.metadata()
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+    assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in keys)
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "8.0"
+    from diffusers import StableDiffusionPipeline
+
+    state, alphas = StableDiffusionPipeline.lora_state_dict(str(target))
+    assert alphas, "diffusers did not read the file as a kohya LoRA"
+    pipe = load_pipeline("tiny")
+    pipe.load_lora_weights(str(target))
+    for module in (pipe.unet, pipe.text_encoder):  # both parts were applied, not only the UNet
+        assert sum("lora_A" in name for name, _ in module.named_modules()) >= 8
+    diffusers_images, kohya_images, base = _images(source), _images(target), _images(None)
+    assert np.abs(diffusers_images - base).max() > 0.05, "the LoRA must change the images for the test to mean much"
+    np.testing.assert_allclose(kohya_images, diffusers_images, atol=1e-5)
+
+
+def test_extracted_conv_lora_round_trips_too(tmp_path: Path) -> None:
+    from sdtune.models.extract import extract_lora
+    from tests.unit.models.test_extract import _perturbed_tiny
+
+    tuned = _perturbed_tiny(tmp_path / "tuned", conv3x3=True)
+    extract_lora("tiny", str(tuned), tmp_path / "lora", 3, conv=True)
+    source = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    target = export_kohya(source, tmp_path / "k.safetensors", dtype="float32")
+    assert any("resnets_0_conv1" in k for k in safe_open(str(target), "pt").keys())
+    np.testing.assert_allclose(_images(target), _images(source), atol=1e-5)
+
+
+def test_half_precision_export_and_bad_inputs(tmp_path: Path) -> None:
+    source = _random_lora_file(tmp_path / "lora")
+    half = export_kohya(source, tmp_path / "half.safetensors", dtype="float16")
+    with safe_open(str(half), "pt") as fh:
+        assert all(fh.get_tensor(k).dtype == torch.float16 for k in fh.keys())
+    with pytest.raises(SdtuneError, match="already in the kohya format"):
+        export_kohya(half, tmp_path / "again.safetensors")
+    with pytest.raises(SdtuneError, match="dtype"):
+        export_kohya(source, tmp_path / "x.safetensors", dtype="int8")
+    meta = json.loads(safe_open(str(source), "pt").metadata()["lora_adapter_metadata"])
+    assert meta["unet.lora_alpha"] == 8.0 or meta["unet.lora_alpha"] == 8
