@@ -1,4 +1,4 @@
-"""SVD LoRA extraction: exact for low-rank changes, Eckart-Young error otherwise, loads in diffusers as the fine-tune."""
+"""SVD LoRA extraction: exact for low-rank changes, Eckart-Young error otherwise; loads in diffusers as the tune."""
 
 from __future__ import annotations
 
