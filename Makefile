@@ -29,7 +29,7 @@ test-fast: $(VENV)/.installed
 	$(BIN)/pytest -q -m "not slow"
 
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/train_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

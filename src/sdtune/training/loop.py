@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     started, status, last_saved = time.time(), "finished", state.step if resume_from else -1
+    step_times: list[float] = []
     with StopRequest() as stop:
         while state.step < cfg.train.max_steps:
             step_start = time.time()
@@ -229,8 +231,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
             state.micro_step += accum
             state.last_loss = sum(losses) / len(losses)
             lr = lr_scheduler.get_last_lr()[0]
-            accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": time.time() - step_start},
-                            step=state.step)
+            step_times.append(time.time() - step_start)
+            accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": step_times[-1]}, step=state.step)
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
             if state.step % cfg.checkpoint.every == 0:
@@ -250,7 +252,9 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
             print(f"stopped at step {state.step}: checkpoint saved. Continue with --resume latest")
         accelerator.end_training()
         return TrainResult(run_dir, status, state.step, state.last_loss)
-    return _finish(cfg, accelerator, comps, trainables, ema, state, run_dir, time.time() - started, len(stream))
+    timing = {"seconds": round(time.time() - started, 2),
+              "median_step_seconds": round(statistics.median(step_times[1:] or step_times or [0.0]), 4)}
+    return _finish(cfg, accelerator, comps, trainables, ema, state, run_dir, timing, len(stream))
 
 
 def _validate(cfg: RunConfig, accelerator, comps, trainables, step: int, run_dir: Path) -> None:
@@ -274,7 +278,7 @@ def _rank_checksums(accelerator, trainables) -> list[float]:
     return sums
 
 
-def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: Path, seconds: float,
+def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: Path, timing: dict,
             num_examples: int) -> TrainResult:
     from sdtune.training import outputs
 
@@ -295,7 +299,7 @@ def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir:
             full_te = text_encoder if text_encoder is not None else comps.text_encoder
             result.outputs["model"] = str(outputs.save_full_model(run_dir, comps, trainables.unet, full_te))
         metrics = {"status": "finished", "steps": state.step, "final_loss": state.last_loss,
-                   "seconds": round(seconds, 2), "method": cfg.method, "examples": num_examples,
+                   **timing, "method": cfg.method, "examples": num_examples,
                    "outputs": result.outputs, "processes": accelerator.num_processes,
                    "rank_weight_checksums": checksums}
         outputs.write_metrics(run_dir, metrics)
