@@ -16,8 +16,8 @@ toy_app = typer.Typer(help="The built-in toy world of coloured shapes and the sm
 def pretrain_command(
     out: Path = typer.Argument(..., help="output folder: pipeline/, clip/, judge/, pretrain.json (work/ = scratch)"),
     seed: int = typer.Option(0, help="one seed for data, initialisation and training"),
-    vae_steps: int = typer.Option(500), clip_steps: int = typer.Option(600), judge_steps: int = typer.Option(500),
-    unet_steps: int = typer.Option(1200), unet_batch: int = typer.Option(32),
+    vae_steps: int = typer.Option(500), clip_steps: int = typer.Option(700), judge_steps: int = typer.Option(500),
+    unet_steps: int = typer.Option(1600), unet_batch: int = typer.Option(64),
     wide_images: int = typer.Option(8000, help="in-memory renders for the VAE, CLIP and judge"),
     pretrain_images: int = typer.Option(16000, help="captioned images the UNet is pretrained on"),
     threads: int = typer.Option(1, help="torch threads per process (1 is fastest on a shared CPU)"),

@@ -5,6 +5,10 @@ to train on a CPU in seconds. It is built in code with a fixed seed, so every pr
 bitwise the same weights, and written once to a cache folder so that it is then loaded through the same
 ``from_pretrained`` path as a real model. ``tiny-v`` is the same model with a v-prediction scheduler,
 like SD 2.x at 768 px.
+
+``toy`` is different: a *pretrained* small Stable Diffusion that ships inside the package (``assets/toy``),
+built by ``sdtune toy pretrain`` on the toy world of coloured shapes (see ``sdtune.toy``). It knows something,
+so fine-tuning it can be measured.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 PRESET_VERSION = 1
-PRESETS = ("tiny", "tiny-v")
+PRESETS = ("tiny", "tiny-v", "toy")
 
 TINY_RESOLUTION = 32  # pixels; the VAE halves it once, so latents are 16x16
 
@@ -31,10 +35,20 @@ def is_preset(name: str) -> bool:
     return name in PRESETS
 
 
+def toy_path() -> Path:
+    """The shipped toy model: ``pipeline/`` (diffusers), ``clip/`` (its CLIP, for evaluation), ``judge/``."""
+    return Path(__file__).resolve().parent.parent / "assets" / "toy"
+
+
 def preset_path(name: str) -> Path:
     """Return the folder of a built-in model, building it on first use."""
     if name not in PRESETS:
         raise KeyError(name)
+    if name == "toy":
+        folder = toy_path() / "pipeline"
+        if not (folder / "model_index.json").exists():
+            raise FileNotFoundError(f"the toy model is missing from {folder}; rebuild it with `sdtune toy pretrain`")
+        return folder
     target = cache_root() / f"{name}-v{PRESET_VERSION}"
     if (target / "model_index.json").exists():
         return target

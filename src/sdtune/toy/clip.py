@@ -35,7 +35,7 @@ def build_clip(tokenizer):
                           num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id, projection_dim=64)
-    vision = CLIPVisionConfig(image_size=RESOLUTION, patch_size=8, hidden_size=64, intermediate_size=256,
+    vision = CLIPVisionConfig(image_size=RESOLUTION, patch_size=4, hidden_size=64, intermediate_size=256,
                               num_hidden_layers=3, num_attention_heads=4, projection_dim=64)
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64)
     return CLIPModel(config)
@@ -81,7 +81,9 @@ def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, steps: int, s
         idx = gen.integers(0, len(images), batch_size)
         batch_scenes = [scenes[i] for i in idx]
         texts, parts = zip(*(_caption_parts(s, rng) for s in batch_scenes), strict=True)
-        ids = tokenizer(list(texts), padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+        # Padding to the longest caption is exact: causal attention never looks at later pads, and the pooled
+        # output is read at the first end-of-text token.
+        ids = tokenizer(list(texts), padding="longest", return_tensors="pt").input_ids
         target = _describes(batch_scenes, list(parts))
         with autocast(bf16):
             out = clip(input_ids=ids, pixel_values=to_model_input(images[idx]))
@@ -108,8 +110,7 @@ def zero_shot(clip, tokenizer, images: np.ndarray, scenes: list[Scene]) -> dict[
     from sdtune.toy.world import to_model_input
 
     pairs = [(c, s) for c in COLOURS for s in ALL_SHAPES]
-    ids = tokenizer([f"a {c} {s}" for c, s in pairs], padding="max_length", max_length=MAX_LENGTH,
-                    return_tensors="pt").input_ids
+    ids = tokenizer([f"a {c} {s}" for c, s in pairs], padding="longest", return_tensors="pt").input_ids
     text = F.normalize(features(clip.get_text_features(input_ids=ids)), dim=-1)
     keep = [i for i, s in enumerate(scenes) if s.pattern == "solid"]
     feats = clip.get_image_features(pixel_values=to_model_input(images[keep]))

@@ -25,7 +25,7 @@ COLOUR_NAMES = list(COLOURS)
 
 
 class Judge(torch.nn.Module):
-    """Four stride-2 conv stages (64 -> 4 px), global pooling, three heads."""
+    """Four stride-2 conv stages (32 -> 2 px), global pooling, three heads."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
@@ -52,6 +52,7 @@ class Verdict:
     shape: str
     pattern: str
     colour_probs: dict[str, float]
+    shape_probs: dict[str, float]
 
     @property
     def colour(self) -> str:
@@ -98,17 +99,18 @@ def judge_arrays(judge: Judge, images: np.ndarray, batch_size: int = 256) -> lis
     verdicts: list[Verdict] = []
     for i in range(0, len(images), batch_size):
         c, s, p = judge(to_model_input(images[i:i + batch_size]))
-        probs = torch.sigmoid(c)
-        for row, sh, pa in zip(probs, s.argmax(1).tolist(), p.argmax(1).tolist(), strict=True):
+        probs, shape_probs = torch.sigmoid(c), torch.softmax(s, 1)
+        for row, sp, sh, pa in zip(probs, shape_probs, s.argmax(1).tolist(), p.argmax(1).tolist(), strict=True):
             order = row.argsort(descending=True).tolist()
             chosen = [COLOUR_NAMES[j] for j in order if row[j] > 0.5] or [COLOUR_NAMES[order[0]]]
             verdicts.append(Verdict(tuple(chosen), ALL_SHAPES[sh], PATTERNS[pa],
-                                    {n: round(float(v), 3) for n, v in zip(COLOUR_NAMES, row, strict=True)}))
+                                    {n: round(float(v), 3) for n, v in zip(COLOUR_NAMES, row, strict=True)},
+                                    {n: round(float(v), 3) for n, v in zip(ALL_SHAPES, sp, strict=True)}))
     return verdicts
 
 
 def judge_images(judge: Judge, images: Sequence[Image.Image]) -> list[Verdict]:
-    """Judge PIL images of any size (resized to the world's 64 px)."""
+    """Judge PIL images of any size (resized to the world's resolution)."""
     arrays = np.stack([np.asarray(im.convert("RGB").resize((RESOLUTION, RESOLUTION), Image.Resampling.BOX))
                        for im in images]) if images else np.zeros((0, RESOLUTION, RESOLUTION, 3), np.uint8)
     return judge_arrays(judge, arrays)

@@ -1,8 +1,8 @@
-"""The toy VAE: a 0.7 M-parameter AutoencoderKL, 64x64 pixels <-> 4x16x16 latents, trained on the wide world.
+"""The toy VAE: a 0.7 M-parameter AutoencoderKL, 32x32 pixels <-> 4x8x8 latents, trained on the wide world.
 
 Why train it on the wide world (patterns, the held-out glyph): a VAE that only saw solid shapes cannot represent
 a checkered fill, so no fine-tune could ever teach one. SD's VAE likewise saw far more than any fine-tune.
-The loss is pixel MSE plus a tiny KL term (SD adds LPIPS and a GAN; at 64 px MSE is enough to be sharp).
+The loss is pixel MSE plus a tiny KL term (SD adds LPIPS and a GAN; at 32 px MSE is enough to be sharp).
 """
 
 from __future__ import annotations

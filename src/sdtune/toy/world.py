@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-RESOLUTION = 64
+RESOLUTION = 32  # small on purpose: every toy model must train in minutes on a shared 2-core CPU
 SUPERSAMPLE = 4
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -96,7 +96,7 @@ class Scene:
 
 
 def _placement(rng: random.Random) -> dict[str, float]:
-    size = rng.uniform(0.4, 0.75)
+    size = rng.uniform(0.5, 0.85)
     half = size / 2
     return {"size": size, "x": rng.uniform(half, 1 - half), "y": rng.uniform(half, 1 - half)}
 
@@ -212,7 +212,7 @@ def _background(scene: Scene, size: int) -> np.ndarray:
     gen = np.random.default_rng(scene.noise_seed)
     if scene.texture == "noisy":
         img = np.full((size, size, 3), 128.0, dtype=np.float32)
-        block = SUPERSAMPLE * 2  # 2-pixel grain: noise a 16x16 latent can still roughly carry
+        block = SUPERSAMPLE * 2  # 2-pixel grain
         img += gen.normal(0, 40, (size // block, size // block, 1)).repeat(block, 0).repeat(block, 1)
     elif scene.texture == "textured":  # soft diagonal waves around the background colour
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -226,7 +226,7 @@ def _fill(scene: Scene, size: int) -> np.ndarray:
     if scene.pattern == "solid":
         return np.broadcast_to(first, (size, size, 3))
     second = np.array(COLOURS[scene.colour2 or scene.colour], dtype=np.float32)
-    cell = size // 8
+    cell = size // 6  # six cells across the image
     yy, xx = np.mgrid[0:size, 0:size] // cell
     if scene.pattern == "checkered":
         which = (yy + xx) % 2 == 1

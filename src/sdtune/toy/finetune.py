@@ -1,0 +1,61 @@
+"""Run configs for fine-tuning the toy model: the held-out concept (text-to-image) and the person (DreamBooth).
+
+These are ordinary sdtune run configs (the same loop, the same keys as ``configs/*.yaml``), with defaults sized
+for 32 px images on a CPU. The demo and the benchmarks build their runs here so both measure the same thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdtune.toy.world import PERSON, RESOLUTION, Person
+
+LORA_RANK = 8
+LORA_LR = 1e-3
+FULL_LR = 1e-4
+
+
+def _common(base: str, out: Path, steps: int, lr: float, lora_rank: int | None, seed: int,
+            batch_size: int) -> dict[str, Any]:
+    train: dict[str, Any] = {"learning_rate": lr, "max_steps": steps, "batch_size": batch_size, "seed": seed,
+                             "lr_scheduler": "constant", "max_grad_norm": 1.0}
+    if lora_rank is not None:
+        train["lora"] = {"rank": lora_rank, "alpha": lora_rank}
+    return {"output_dir": str(out), "model": {"base": base}, "train": train,
+            "checkpoint": {"every": steps, "keep": 1}, "logging": {"trackers": []}}
+
+
+def concept_config(base: str, train_dir: Path, out: Path, *, steps: int = 300, lr: float | None = None,
+                   lora_rank: int | None = LORA_RANK, seed: int = 0, batch_size: int = 8,
+                   full_model: bool = False) -> dict[str, Any]:
+    """Stage 1: text-to-image on captioned images of the held-out glyph ("a red arrow on ...")."""
+    cfg = _common(base, out, steps, lr or (LORA_LR if lora_rank else FULL_LR), lora_rank, seed, batch_size)
+    cfg["data"] = {"train_dir": str(train_dir), "resolution": RESOLUTION, "caption_dropout": 0.1, "check": False}
+    cfg["save"] = {"full_model": full_model}
+    return cfg
+
+
+def dreambooth_config(base: str, instance_dir: Path, out: Path, *, steps: int = 300, lr: float | None = None,
+                      lora_rank: int | None = LORA_RANK, seed: int = 0, batch_size: int = 4,
+                      prior: bool = False, class_dir: Path | None = None, num_class_images: int = 24,
+                      person: Person = PERSON) -> dict[str, Any]:
+    """Stage 2 / the benchmark: DreamBooth on the person's instance images, optionally with prior preservation."""
+    cfg = _common(base, out, steps, lr or (LORA_LR if lora_rank else FULL_LR), lora_rank, seed, batch_size)
+    data: dict[str, Any] = {"instance_dir": str(instance_dir), "instance_prompt": person.instance_prompt,
+                            "resolution": RESOLUTION, "check": False}
+    if prior:
+        if class_dir is None:
+            raise ValueError("prior preservation needs a class_dir (missing class images are generated there)")
+        data.update(with_prior_preservation=True, class_dir=str(class_dir), class_prompt=person.class_prompt,
+                    num_class_images=num_class_images, prior_loss_weight=1.0, class_generation_steps=20)
+    cfg["data"] = data
+    return cfg
+
+
+def run(config: dict[str, Any]):
+    """Train one config with the training loop (quietly: no per-step bar when not on a terminal)."""
+    from sdtune.config import config_from_dict
+    from sdtune.training.loop import train
+
+    return train(config_from_dict(config))

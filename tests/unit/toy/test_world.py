@@ -1,0 +1,64 @@
+"""The toy world is deterministic, its captions say what is drawn, and its datasets have the promised layout."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from sdtune.toy import world
+
+
+def test_same_seed_same_scenes_and_pixels() -> None:
+    first = list(world.scenes(7, 20, "wide"))
+    again = list(world.scenes(7, 20, "wide"))
+    assert first == again
+    a = world.render_arrays([s for s, _ in first])
+    b = world.render_arrays([s for s, _ in again])
+    assert np.array_equal(a, b)
+    assert a.shape == (20, world.RESOLUTION, world.RESOLUTION, 3)
+    assert list(world.scenes(8, 20, "wide")) != first
+
+
+def test_captions_name_colour_and_shape() -> None:
+    for scene, text in world.scenes(0, 200, "wide"):
+        assert scene.shape in text and scene.colour in text
+        if scene.pattern != "solid":
+            assert scene.pattern in text and scene.colour2 in text
+
+
+def test_pretrain_region_holds_out_the_concept_and_patterns() -> None:
+    scenes = [s for s, _ in world.scenes(0, 500, "pretrain")]
+    assert {s.shape for s in scenes} == set(world.SHAPES)
+    assert all(s.pattern == "solid" for s in scenes)
+    wide = [s for s, _ in world.scenes(0, 500, "wide")]
+    assert world.CONCEPT in {s.shape for s in wide}
+    assert {s.pattern for s in wide} == set(world.PATTERNS)
+
+
+def test_rendered_shape_has_its_colour() -> None:
+    scene = world.Scene("square", "red", background="black", x=0.5, y=0.5, size=0.8)
+    pixels = np.asarray(world.render(scene))
+    centre = pixels[world.RESOLUTION // 2, world.RESOLUTION // 2]
+    assert np.abs(centre.astype(int) - world.COLOURS["red"]).max() < 3
+
+
+def test_dataset_folders(tmp_path: Path) -> None:
+    concept = world.write_concept_set(tmp_path / "concept", 5, captioned=True)
+    rows = [json.loads(line) for line in (concept / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(world.CONCEPT in r["text"] for r in rows)
+    person = world.write_person_set(tmp_path / "person", 3)
+    assert not (person / "metadata.jsonl").exists()  # instance-only: DreamBooth gives the fixed prompt
+    truth = [json.loads(line) for line in (person / "scenes.jsonl").read_text().splitlines()]
+    assert all(t["shape"] == world.PERSON.shape and t["pattern"] == world.PERSON.pattern for t in truth)
+    assert len(list(person.glob("*.png"))) == 3
+
+
+def test_person_scenes_vary_only_in_placement_and_background() -> None:
+    rng = random.Random(0)
+    scenes = [world.person_scene(rng) for _ in range(10)]
+    assert {(s.shape, s.colour, s.colour2, s.pattern) for s in scenes} == {
+        (world.PERSON.shape, world.PERSON.colour, world.PERSON.colour2, world.PERSON.pattern)}
+    assert len({s.x for s in scenes}) == 10
