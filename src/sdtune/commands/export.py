@@ -1,0 +1,132 @@
+"""``sdtune export``: a run's LoRA for other tools, and LoRA extraction from a full fine-tune.
+
+Forms::
+
+    sdtune export RUN --format kohya [-o FILE]            # kohya / AUTOMATIC1111 / ComfyUI .safetensors
+    sdtune export kohya RUN [-o FILE]                      # the same, as a sub-command
+    sdtune export lora --from RUN --rank 32 [--format kohya] [-o DIR_OR_FILE]   # SVD extraction (full runs)
+
+``export`` is a sub-app whose group routes a first argument that is not a sub-command name (a run folder) to
+the hidden ``run`` sub-command, so the short form in DESIGN.md works next to the sub-commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from typer.core import TyperGroup
+
+ORDER = 40
+FORMATS = ("kohya", "diffusers")
+
+
+class _RunFolderFirst(TyperGroup):
+    """``sdtune export RUN ...`` -> ``sdtune export run RUN ...`` when RUN is not a sub-command name."""
+
+    def parse_args(self, ctx, args):  # noqa: ANN001 - click's signature
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+export_app = typer.Typer(cls=_RunFolderFirst, no_args_is_help=True, help=(
+    "Export a run's LoRA for other tools (`sdtune export RUN --format kohya`), or extract a LoRA from a full "
+    "fine-tune (`sdtune export lora --from RUN --rank 32`)."))
+
+
+def _run_lora(run: Path) -> Path:
+    from sdtune.errors import SdtuneError
+    from sdtune.models.lora import LORA_WEIGHTS
+
+    if run.is_file():
+        return run
+    lora = run / "lora" / LORA_WEIGHTS
+    if lora.is_file():
+        return lora
+    if (run / LORA_WEIGHTS).is_file():
+        return run / LORA_WEIGHTS
+    hint = (f" It is a full fine-tune: extract a LoRA first with `sdtune export lora --from {run} --rank 32`"
+            if (run / "model").is_dir() else "")
+    raise SdtuneError(f"no LoRA in {run} (expected lora/{LORA_WEIGHTS}).{hint}")
+
+
+def _kohya_out(run: Path, out: Path | None) -> Path:
+    if out is not None:
+        return out / f"{run.name}.safetensors" if out.is_dir() else out
+    name = run.parent.parent.name if run.is_file() and run.parent.name == "lora" else run.name
+    folder = run.parent.parent if run.is_file() else run
+    return folder / "export" / f"{name}.safetensors"
+
+
+def _write_kohya(run: Path, out: Path | None, dtype: str) -> Path:
+    from sdtune.models.kohya import export_kohya
+
+    target = export_kohya(_run_lora(run), _kohya_out(run, out), dtype=dtype)
+    typer.echo(f"kohya LoRA: {target}")
+    typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
+               "ComfyUI: models/loras/ and a LoraLoader node")
+    return target
+
+
+def _check_format(fmt: str) -> None:
+    from sdtune.errors import SdtuneError
+
+    if fmt not in FORMATS:
+        raise SdtuneError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+@export_app.command("run", hidden=True)
+def export_run(
+    run: Path = typer.Argument(..., help="run folder (or a LoRA .safetensors file)"),
+    fmt: str = typer.Option("kohya", "--format", "-f", help="kohya (AUTOMATIC1111/ComfyUI)"),
+    out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16"),
+) -> None:
+    """Export a run's LoRA in another format."""
+    from sdtune.errors import SdtuneError
+
+    _check_format(fmt)
+    if fmt != "kohya":
+        raise SdtuneError(f"{run}: the run's LoRA is already in the diffusers format ({_run_lora(run)})")
+    _write_kohya(run, out, dtype)
+
+
+@export_app.command("kohya")
+def export_kohya_command(
+    run: Path = typer.Argument(..., help="run folder (or a diffusers-format LoRA .safetensors file)"),
+    out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 (the usual for sharing) or bfloat16"),
+) -> None:
+    """Write a run's LoRA in the kohya format (lora_unet_..._lora_down/up + alpha) for AUTOMATIC1111 and ComfyUI."""
+    _write_kohya(run, out, dtype)
+
+
+@export_app.command("lora")
+def export_lora_command(
+    source: Path = typer.Option(..., "--from", help="a full fine-tune run folder (with model/ and config.yaml)"),
+    rank: int = typer.Option(32, "--rank", "-r", min=1, help="LoRA rank: higher keeps more of the change"),
+    conv: bool = typer.Option(False, "--conv", help="also extract 3x3 convolutions (ResNet blocks)"),
+    fmt: str = typer.Option("diffusers", "--format", "-f", help="diffusers (RUN/lora) or kohya"),
+    out: Path = typer.Option(None, "--out", "-o", help="output folder (default RUN/lora; with --format kohya, "
+                             "the kohya file)"),
+) -> None:
+    """Extract a LoRA from a full fine-tune: truncated SVD of its weight change to the base (as kohya does).
+
+    Prints the reconstruction error (relative Frobenius error of the extracted layers) and the share of the
+    whole weight change the LoRA layers hold; both are saved in lora/extraction.json.
+    """
+    from sdtune.models.extract import extract_from_run
+
+    _check_format(fmt)
+    lora_dir = out if (out is not None and fmt == "diffusers") else source / "lora"
+    report = extract_from_run(source, rank, lora_dir, conv=conv)
+    typer.echo(f"extracted: {lora_dir / 'pytorch_lora_weights.safetensors'}")
+    typer.echo(f"  {report.summary()}")
+    if fmt == "kohya":
+        _write_kohya(lora_dir / "pytorch_lora_weights.safetensors", out if out is not None else
+                     source / "export" / f"{source.name}-rank{rank}.safetensors", "float32")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(export_app, name="export")

@@ -1,0 +1,155 @@
+"""What recipes and personalization need to know about run folders: done or not, and what a concept run offers.
+
+A run folder is what ``sdtune train`` writes (``config.yaml``, ``checkpoints/``, ``lora/``, ``model/``,
+``metrics.json``). Everything here reads files only, so a rerun after a crash decides from the disk, never from
+memory of what happened before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sdtune.errors import SdtuneError
+from sdtune.models.lora import LORA_WEIGHTS
+
+STACK_DIR = "stack"  # generation profile: original base + concept LoRA + this run's LoRA, each weighted
+ADAPTERS_FILE = "adapters.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file (a manifest, a summary)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(Path(run_dir) / "metrics.json")
+
+
+def has_checkpoints(run_dir: Path) -> bool:
+    from sdtune.training.checkpoint import list_checkpoints
+
+    return bool(list_checkpoints(Path(run_dir) / "checkpoints"))
+
+
+def run_state(run_dir: Path) -> str:
+    """``finished`` (metrics.json says so), ``interrupted`` (has a checkpoint to resume from) or ``new``."""
+    metrics = read_metrics(run_dir)
+    if metrics is not None and metrics.get("status") == "finished":
+        return "finished"
+    return "interrupted" if has_checkpoints(run_dir) else "new"
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SdtuneError(f"{path}: cannot read the run's config ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (to say what changed since a stage ran)."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def saved_config_changes(run_dir: Path, cfg: Any) -> list[str]:
+    """Keys where ``cfg`` (a RunConfig) differs from the config a run folder was trained with (none if untrained)."""
+    from sdtune.config import dump_config
+
+    if not (Path(run_dir) / "config.yaml").is_file():
+        return []
+    return config_changes(read_run_config(run_dir), yaml.safe_load(dump_config(cfg)))
+
+
+@dataclass
+class ConceptRun:
+    """A finished run used as the base of later training: its full model and, when it has one, its LoRA."""
+
+    path: Path
+    model_dir: Path  # full pipeline: the full fine-tune, or the base with the LoRA fused in
+    lora_file: Path | None  # the trained LoRA, or the one extracted from a full fine-tune
+    base: str  # the model the concept was trained from (for the adapter stack)
+    model_section: dict[str, Any]  # model.* of its config (allow_pickle, revision, ...)
+
+
+def concept_run(path: Path) -> ConceptRun:
+    """Read a concept run folder; it must have a full model (``model/``) to train on."""
+    path = Path(path).expanduser().resolve()
+    if not (path / "config.yaml").is_file():
+        raise SdtuneError(f"{path} is not a run folder (no config.yaml); pass the concept stage's run folder")
+    cfg = read_run_config(path)
+    model_section = dict(cfg.get("model") or {})
+    if not (path / "model" / "model_index.json").is_file():
+        raise SdtuneError(f"{path} has no full model (model/): train the concept with save.full_model=true, "
+                          f"or fuse it once with `sdtune personalize ... --concept {path}` (which does it for you)")
+    lora = path / "lora" / LORA_WEIGHTS
+    return ConceptRun(path, path / "model", lora if lora.is_file() else None,
+                      str(model_section.get("base") or "tiny"), model_section)
+
+
+def write_stack_profile(run_dir: Path, concept: ConceptRun, *, concept_name: str = "concept",
+                        own_name: str | None = None) -> Path | None:
+    """Write ``RUN/stack/``: a generation profile loading the original base + concept LoRA + this run's LoRA.
+
+    The run itself was trained on the concept's full model (exact: the concept LoRA is fused in), and
+    ``sdtune generate RUN`` loads exactly that. The profile is the adjustable view of the same stack:
+    ``sdtune generate RUN/stack`` loads the concept's own base, then each adapter of ``adapters.json`` with its
+    weight (edit the weights there). It is not written in the run folder itself because the run's base is the
+    fused model: listing the concept LoRA there would apply the concept twice. An existing ``adapters.json`` is
+    kept, so weights a user edited survive a rerun. Returns None when there is nothing to stack.
+    """
+    own = Path(run_dir) / "lora" / LORA_WEIGHTS
+    if concept.lora_file is None or not own.is_file():
+        return None
+    folder = Path(run_dir) / STACK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    model = {k: v for k, v in concept.model_section.items() if k in ("base", "revision", "variant", "allow_pickle")}
+    model["base"] = concept.base
+    header = ("# Generation profile written by sdtune (not a training config): the concept's base model plus the\n"
+              f"# adapters in {ADAPTERS_FILE}, applied in order with their weights. Use: sdtune generate {folder}\n")
+    atomic_write_text(folder / "config.yaml", header + yaml.safe_dump({"model": model}, sort_keys=False))
+    if not (folder / ADAPTERS_FILE).is_file():
+        adapters = [
+            {"name": concept_name, "path": os.path.relpath(concept.lora_file, folder), "weight": 1.0},
+            {"name": own_name or Path(run_dir).name, "path": os.path.relpath(own, folder), "weight": 1.0},
+        ]
+        atomic_write_json(folder / ADAPTERS_FILE, adapters)
+    return folder
+
+
+def read_stack(folder: Path) -> tuple[str, list[tuple[Path, float, str]]]:
+    """``(base, [(lora file, weight, name), ...])`` of a stack profile, paths resolved."""
+    folder = Path(folder)
+    base = str((read_run_config(folder).get("model") or {}).get("base") or "tiny")
+    entries = json.loads((folder / ADAPTERS_FILE).read_text(encoding="utf-8"))
+    return base, [((folder / e["path"]).resolve(), float(e.get("weight", 1.0)), str(e.get("name", f"a{i}")))
+                  for i, e in enumerate(entries)]

@@ -1,0 +1,150 @@
+"""The recipe file: named stages, each a run config as for ``sdtune train``, run in order.
+
+A recipe is data, not code (DESIGN.md): a list of stages, where a stage may train on the model an earlier stage
+produced (``base: stage:concept``). Every stage's config is built and validated before anything trains, so a
+typo in the last stage fails in a second, not after the first stage's hour.
+
+Overrides follow ``sdtune train``: ``a.b=c``. A key that starts with a stage name goes to that stage:
+``person.data.instance_dir=me/`` sets the person stage's config, ``concept.extract_rank=16`` a stage field;
+anything else applies to the recipe itself (``output_dir=runs/x``, ``defaults.data.resolution=768``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config
+from sdtune.errors import ConfigError
+
+STAGE_REF = "stage:"
+RESERVED_NAMES = {"defaults", "output_dir", "stages"}
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="also the stage's run folder name")
+    config_file: Path | None = Field(None, description="a run config YAML to start from (as for sdtune train)")
+    config: dict[str, Any] = Field(default_factory=dict, description="run config keys, over config_file and defaults")
+    base: str | None = Field(None, description="'stage:NAME' (the full model of an earlier stage) or a model ref")
+    extract_rank: int | None = Field(32, ge=1, description="full fine-tunes: also extract a LoRA of this rank "
+                                     "(null: do not)")
+    extract_conv: bool = Field(False, description="the extracted LoRA also covers 3x3 convolutions")
+
+    @property
+    def base_stage(self) -> str | None:
+        return self.base[len(STAGE_REF):] if self.base and self.base.startswith(STAGE_REF) else None
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: Path = Path("runs/recipe")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="run config keys every stage shares")
+    stages: list[Stage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.name in RESERVED_NAMES:
+                raise ValueError(f"stage name '{stage.name}' is reserved; choose another")
+            if stage.name in seen:
+                raise ValueError(f"two stages are named '{stage.name}'")
+            ref = stage.base_stage
+            if stage.base is not None and stage.base.startswith(STAGE_REF) and ref not in seen:
+                raise ValueError(f"stage '{stage.name}' has base '{stage.base}', but no earlier stage is named "
+                                 f"'{ref}' (stages run in order: {', '.join(s.name for s in self.stages)})")
+            seen.add(stage.name)
+        return self
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ConfigError(f"no stage named '{name}' (stages: {', '.join(s.name for s in self.stages)})")
+
+    def used_as_base(self, name: str) -> bool:
+        return any(s.base_stage == name for s in self.stages)
+
+
+def deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """``high`` over ``low``, recursively for mappings (lists and values are replaced, not merged)."""
+    out = copy.deepcopy(low)
+    for key, value in high.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def route_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
+    """Rewrite ``STAGE.key=value`` overrides to ``stages.I.config.key=value`` (or ``stages.I.field``)."""
+    names = [s.get("name") for s in data.get("stages") or [] if isinstance(s, dict)]
+    routed = []
+    for item in overrides:
+        head, _, rest = item.partition(".")
+        if head in names and rest and "=" in rest:
+            index = names.index(head)
+            field = rest.split("=", 1)[0].split(".", 1)[0]
+            where = "" if field in Stage.model_fields else "config."
+            routed.append(f"stages.{index}.{where}{rest}")
+        else:
+            routed.append(item)
+    return routed
+
+
+def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML, apply overrides, validate the recipe and every stage's run config."""
+    data = read_yaml(Path(path))
+    try:
+        data = apply_overrides(data, route_overrides(data, list(overrides or [])))
+    except (IndexError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot apply overrides to {path}: {exc}") from None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(f"invalid recipe {path}:\n  " + "\n  ".join(lines)) from None
+    stage_configs(recipe)  # validate every stage now
+    return recipe
+
+
+def stage_dir(recipe: Recipe, name: str) -> Path:
+    out = recipe.output_dir if recipe.output_dir.is_absolute() else Path.cwd() / recipe.output_dir
+    return (out / name).resolve()
+
+
+def stage_config(recipe: Recipe, stage: Stage) -> RunConfig:
+    """The run config of one stage: defaults < config_file < config, then what the runner decides.
+
+    The runner sets ``output_dir`` (``OUTPUT/<stage>``), ``model.base`` for ``base: stage:X`` (that stage's full
+    model) and ``save.full_model`` for LoRA stages others build on (they train on the fused model).
+    """
+    data = copy.deepcopy(recipe.defaults)
+    if stage.config_file is not None:
+        data = deep_merge(data, read_yaml(stage.config_file))
+    data = deep_merge(data, stage.config)
+    source = f"(stage '{stage.name}')"
+    if "output_dir" in stage.config:
+        raise ConfigError(f"stage '{stage.name}': stages run in OUTPUT/{stage.name}; set the recipe's output_dir "
+                          "instead of a stage's")
+    data["output_dir"] = str(stage_dir(recipe, stage.name))
+    if stage.base is not None:
+        if ((stage.config.get("model") or {}).get("base")) is not None:
+            raise ConfigError(f"stage '{stage.name}' sets both base and config.model.base; keep one")
+        ref = stage.base_stage
+        base = str(stage_dir(recipe, ref) / "model") if ref else stage.base
+        data.setdefault("model", {})["base"] = base
+    if recipe.used_as_base(stage.name) and (data.get("train") or {}).get("lora") is not None:
+        data.setdefault("save", {})["full_model"] = True
+    return resolve_config(config_from_dict(data, source=source))
+
+
+def stage_configs(recipe: Recipe) -> list[tuple[Stage, RunConfig]]:
+    return [(stage, stage_config(recipe, stage)) for stage in recipe.stages]
