@@ -1,0 +1,362 @@
+"""``sdtune personalize``: one LoRA per person, all on the same concept model, spread over processes.
+
+Scale comes from the launcher, not from a scheduler of ours: under ``torchrun`` / ``accelerate launch`` with N
+processes, process ``r`` takes subjects ``r, r+N, r+2N, ...`` of the CSV, trains them one after another on its
+own device, and process 0 writes the summary once every process is done (a barrier, then the subjects' result
+files). Without a launcher one process takes them all.
+
+Each subject trains in a child process (``python -m sdtune train OUT/<name>/config.yaml``) with the launcher's
+distributed variables removed and, on GPUs, only its process's device visible. Why not in this process:
+``train`` builds an ``Accelerator``, which under a launcher would join the process group and make the subjects
+of different processes one data-parallel run (gradients averaged across people), and whose ``end_training``
+destroys the group the final barrier needs. A child also gives every subject fresh memory and isolates
+crashes: a subject that fails (bad photos, out of memory, a segfault) is reported in the summary and the
+others go on. The cost, a few seconds of start-up per subject, is small next to minutes of training.
+
+Reruns resume: a finished subject is skipped, an interrupted one resumes from its latest checkpoint, a failed
+one is tried again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config, save_config
+from sdtune.errors import DataError, SdtuneError
+from sdtune.models.lora import LORA_WEIGHTS
+from sdtune.recipes.runs import (
+    concept_run,
+    read_metrics,
+    read_run_config,
+    run_state,
+    saved_config_changes,
+    write_stack_profile,
+)
+from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, write_summary
+
+DEFAULT_INSTANCE_PROMPT = "a photo of {token} {class}"
+DEFAULT_CLASS_PROMPT = "a photo of a {class}"
+# A process may finish its subjects hours before the others; the final barrier must wait for them.
+BARRIER_TIMEOUT = timedelta(days=7)
+# What a launcher sets to make a process part of a group; a subject's training process must not see it.
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+             "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "PMI_SIZE", "PMI_RANK",
+             "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_SIZE")
+
+
+@dataclass
+class PersonalizeResult:
+    out_dir: Path
+    rank: int
+    world: int
+    mine: list[SubjectOutcome] = field(default_factory=list)  # subjects this process handled
+    summary: list[SubjectOutcome] = field(default_factory=list)  # every subject (read after all processes ended)
+    interrupted: bool = False
+
+    def exit_code(self, strict: bool = False) -> int:
+        """130: stopped (rerun to resume); 3: some subjects failed and ``strict``; else 0. Same on every process.
+
+        Failed subjects do not fail the run by default: they are reported in the summary, and under torchrun a
+        non-zero exit of one process makes the launcher kill the others and report the whole job as crashed.
+        """
+        if self.interrupted or any(o.status in ("interrupted", "pending") for o in self.summary):
+            return 130
+        return 3 if strict and any(o.status != "finished" for o in self.summary) else 0
+
+
+def load_template(path: Path | None, stage: str = "person") -> dict[str, Any]:
+    """Run config keys every subject starts from: a run config YAML, or one stage of a recipe YAML."""
+    if path is None:
+        return {}
+    data = read_yaml(Path(path))
+    if "stages" not in data:
+        return data
+    from sdtune.recipes.schema import Recipe, deep_merge
+
+    recipe = Recipe.model_validate(data)
+    chosen = recipe.stage(stage)
+    merged = dict(recipe.defaults)
+    if chosen.config_file is not None:
+        merged = deep_merge(merged, read_yaml(chosen.config_file))
+    return deep_merge(merged, chosen.config)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "class"
+
+
+def subject_config(subject: Subject, template: dict[str, Any], concept: Path, out_dir: Path, *,
+                   overrides: list[str] | None = None, instance_prompt: str | None = None,
+                   class_prompt: str | None = None) -> RunConfig:
+    """A DreamBooth LoRA run config for one subject on the concept's full model.
+
+    The template decides the training (LoRA rank, steps, learning rate, prior preservation, ...); the subject
+    decides the photos and prompts. Class images go to ``OUT/class-images/<class>/``, shared by every subject
+    of that class and generated once, by the concept model, before training starts.
+    """
+    from sdtune.recipes.schema import deep_merge
+
+    data = deep_merge(template, {})
+    data["output_dir"] = str(out_dir / subject.name)
+    model = {k: v for k, v in (data.get("model") or {}).items() if k not in ("revision", "variant")}
+    concept_cfg = read_run_config(concept) if (concept / "config.yaml").is_file() else {}
+    model["base"] = str(concept / "model")
+    model["allow_pickle"] = bool(model.get("allow_pickle") or (concept_cfg.get("model") or {}).get("allow_pickle"))
+    data["model"] = model
+    section = {k: v for k, v in (data.get("data") or {}).items() if k not in ("train_dir", "subsets")}
+    template_prompt = section.get("instance_prompt") or ""
+    section["instance_dir"] = str(subject.photos)
+    section["instance_prompt"] = subject.fill(
+        instance_prompt or (template_prompt if "{token}" in template_prompt else DEFAULT_INSTANCE_PROMPT))
+    section.setdefault("with_prior_preservation", True)
+    if section["with_prior_preservation"]:
+        template_class = section.get("class_prompt") or ""
+        section["class_prompt"] = subject.fill(
+            class_prompt or (template_class if "{class}" in template_class else DEFAULT_CLASS_PROMPT))
+        section["class_dir"] = str(out_dir / "class-images" / _slug(subject.class_name))
+    if "resolution" not in section and (concept_cfg.get("data") or {}).get("resolution"):
+        section["resolution"] = concept_cfg["data"]["resolution"]
+    data["data"] = section
+    train = data.setdefault("train", {})
+    if train.get("lora") is None:
+        train["lora"] = {}
+    data = apply_overrides(data, list(overrides or []))
+    validation = data.get("validation") or {}
+    if validation.get("prompts"):
+        validation["prompts"] = [subject.fill(p) for p in validation["prompts"]]
+    return resolve_config(config_from_dict(data, source=f"(subject {subject.name})"))
+
+
+class Processes:
+    """This process's place among the launcher's processes (accelerate's ``PartialState``; gloo, no GPU use)."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+        self.rank, self.world, self.local_rank = 0, 1, 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=True, timeout=BARRIER_TIMEOUT)
+            self.rank, self.world = self.state.process_index, self.state.num_processes
+            self.local_rank = self.state.local_process_index
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    def broadcast(self, value: Any) -> Any:
+        if self.state is None:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.destroy_process_group()  # torchrun reports a failure otherwise
+
+
+def child_env(local_rank: int, distributed: bool) -> dict[str, str]:
+    """The environment of a subject's training process: no launcher variables; one device per process."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and not k.startswith("TORCHELASTIC_")}
+    if distributed:
+        import torch
+
+        if torch.cuda.is_available():
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            ids = [d for d in visible.split(",") if d.strip()] if visible else \
+                [str(i) for i in range(torch.cuda.device_count())]
+            env["CUDA_VISIBLE_DEVICES"] = ids[local_rank % len(ids)]
+    return env
+
+
+class StopFlag:
+    """SIGINT/SIGTERM: pass the signal once to the running child (it saves a checkpoint), start no new subject.
+
+    Children run in their own session, so a terminal's Ctrl-C reaches them only through here: a second copy of
+    the signal would make the trainer stop without saving.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.child: subprocess.Popen | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _error_from_log(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "training failed (no log)"
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return errors[-1] if errors else " / ".join(lines[-3:])
+
+
+def train_subject(subject: Subject, cfg: RunConfig, procs: Processes, stop: StopFlag, concept,
+                  echo: Callable[[str], None] = print) -> SubjectOutcome:
+    """Train (or skip, or resume) one subject in a child process; never raises for the subject's own problems."""
+    from sdtune.data.check_before_train import check_training_data
+
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lora = str(run_dir / "lora" / LORA_WEIGHTS)
+    outcome = SubjectOutcome(subject.name, "failed", process=procs.rank, output="")
+    state = run_state(run_dir)
+    if state != "new":
+        changed = saved_config_changes(run_dir, cfg)
+        if changed:
+            outcome.note = (f"trained earlier with another config (changed: {', '.join(changed[:4])}); delete "
+                            f"{run_dir} to train it again")
+            outcome.save(run_dir)
+            return outcome
+    if state == "finished":
+        metrics = read_metrics(run_dir) or {}
+        previous = SubjectOutcome.load(run_dir, subject.name)
+        outcome = SubjectOutcome(subject.name, "finished", metrics.get("steps"), metrics.get("final_loss"),
+                                 previous.seconds if previous.status == "finished" else metrics.get("seconds"),
+                                 lora, procs.rank, "finished earlier: skipped")
+        write_stack_profile(run_dir, concept, own_name=subject.name)
+        outcome.save(run_dir)
+        return outcome
+    try:
+        check_training_data(cfg)
+    except DataError as exc:
+        outcome.note = re.sub(r"\s*\n\s*", "; ", str(exc).strip())
+        outcome.save(run_dir)
+        echo(f"[process {procs.rank}] {subject.name}: bad training data, skipped: {outcome.note}")
+        return outcome
+    save_config(cfg, run_dir / "config.yaml")
+    command = [sys.executable, "-m", "sdtune", "train", str(run_dir / "config.yaml")]
+    if state == "interrupted":
+        command += ["--resume", "latest"]
+    echo(f"[process {procs.rank}] {subject.name}: {'resuming' if state == 'interrupted' else 'training'} "
+         f"(log: {run_dir / 'train.log'})")
+    started = time.time()
+    with open(run_dir / "train.log", "a", encoding="utf-8") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        log.flush()
+        stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      env=child_env(procs.local_rank, procs.state is not None))
+        returncode = stop.child.wait()
+        stop.child = None
+    outcome.seconds = round(time.time() - started, 2)
+    after = run_state(run_dir)
+    if after == "finished":
+        metrics = read_metrics(run_dir) or {}
+        outcome.status, outcome.steps, outcome.final_loss = "finished", metrics.get("steps"), metrics.get("final_loss")
+        outcome.output = lora
+        outcome.note = "resumed from its latest checkpoint" if state == "interrupted" else ""
+        write_stack_profile(run_dir, concept, own_name=subject.name)
+    elif stop.requested and after == "interrupted":
+        outcome.status, outcome.note = "interrupted", "stopped: rerun to resume from its latest checkpoint"
+    else:
+        outcome.note = f"training exited with status {returncode}: {_error_from_log(run_dir / 'train.log')}"
+    outcome.save(run_dir)
+    echo(f"[process {procs.rank}] {subject.name}: {outcome.status} {outcome.note}".rstrip())
+    return outcome
+
+
+def prepare_shared(concept: Path, configs: list[RunConfig], echo: Callable[[str], None] = print) -> None:
+    """Process 0, before the split: fuse the concept LoRA if the concept has no full model yet, and generate
+    each class's prior images once (two processes filling one folder would race)."""
+    import torch
+
+    from sdtune.data.class_images import generate_class_images
+
+    if not (concept / "model" / "model_index.json").is_file() and (concept / "lora" / LORA_WEIGHTS).is_file():
+        from sdtune.config import load_config
+        from sdtune.training.outputs import save_fused_model
+
+        echo(f"fusing the concept LoRA into its base: {concept / 'model'}")
+        save_fused_model(concept, load_config(concept / "config.yaml"))
+    concept_run(concept)  # a clear error now if it still has no model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    wanted: dict[Path, RunConfig] = {}
+    for cfg in configs:
+        data = cfg.data
+        if data.with_prior_preservation and data.class_dir is not None:
+            best = wanted.get(data.class_dir)
+            if best is None or data.num_class_images > best.data.num_class_images:
+                wanted[data.class_dir] = cfg
+    for folder, cfg in wanted.items():
+        assert cfg.data.class_prompt is not None
+        made = generate_class_images(folder, cfg.data.class_prompt, cfg.data.num_class_images, cfg.model.base,
+                                     resolution=cfg.data.resolution, steps=cfg.data.class_generation_steps,
+                                     allow_pickle=cfg.model.allow_pickle, device=device)
+        if made:
+            echo(f"class images: {made} new in {folder} ({cfg.data.class_prompt})")
+
+
+def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: Path | None = None,
+                stage: str = "person", overrides: list[str] | None = None, instance_prompt: str | None = None,
+                class_prompt: str | None = None, echo: Callable[[str], None] = print) -> PersonalizeResult:
+    """Train every subject's LoRA on the concept model (this process's share of them); see the module doc."""
+    subjects = read_subjects(Path(subjects_csv))
+    concept = Path(concept).expanduser().resolve()
+    if not (concept / "config.yaml").is_file():
+        raise SdtuneError(f"--concept {concept} is not a run folder (no config.yaml): pass the concept stage's "
+                          "run folder, e.g. runs/two-stage/concept")
+    out_dir = Path(out_dir).expanduser().resolve()
+    tmpl = load_template(template, stage)
+    configs = [subject_config(s, tmpl, concept, out_dir, overrides=overrides, instance_prompt=instance_prompt,
+                              class_prompt=class_prompt) for s in subjects]
+    procs = Processes()
+    try:
+        problem = None
+        if procs.rank == 0:
+            try:
+                prepare_shared(concept, configs, echo)
+            except SdtuneError as exc:
+                problem = str(exc)
+        problem = procs.broadcast(problem)
+        if problem:
+            raise SdtuneError(problem)
+        info = concept_run(concept)
+        result = PersonalizeResult(out_dir, procs.rank, procs.world)
+        with StopFlag() as stop:
+            for index in range(procs.rank, len(subjects), procs.world):
+                subject, cfg = subjects[index], configs[index]
+                if stop.requested:
+                    pending = SubjectOutcome(subject.name, "pending", process=procs.rank, note="not started: stopped")
+                    pending.save(Path(cfg.output_dir))
+                    result.mine.append(pending)
+                    continue
+                result.mine.append(train_subject(subject, cfg, procs, stop, info, echo))
+            result.interrupted = stop.requested
+        procs.barrier()
+        result.summary = [SubjectOutcome.load(Path(cfg.output_dir), s.name) for s, cfg in zip(subjects, configs,
+                                                                                                strict=True)]
+        if procs.rank == 0:
+            csv_path, md_path = write_summary(out_dir, result.summary)
+            echo(md_path.read_text(encoding="utf-8"))
+            echo(f"summary: {csv_path}")
+        procs.barrier()  # nobody exits (and makes the launcher stop the others) before the summary is written
+        return result
+    finally:
+        procs.close()

@@ -1,0 +1,139 @@
+"""The subjects of ``sdtune personalize``: read from a CSV, one result file each, one summary table for all.
+
+``SUBJECTS.csv`` has a header and one row per person::
+
+    name,photos,token,class
+    alice,photos/alice,sks,woman
+    bob,photos/bob,zwx,man
+
+``photos`` is a folder, relative to the CSV file's folder unless absolute. Each subject's outcome is written to
+``OUT/<name>/subject.json`` by the process that trained it; the summary is built from those files, so it is
+the same whichever process wrote them and survives reruns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdtune.errors import ConfigError
+from sdtune.recipes.runs import atomic_write_json, atomic_write_text, read_json
+
+SUBJECT_FILE = "subject.json"
+COLUMNS = {"name": ("name", "subject"), "photos": ("photos", "folder", "instance_dir", "images"),
+           "token": ("token", "instance_token"), "class": ("class", "class_name", "class_noun")}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SUMMARY_FIELDS = ("subject", "status", "steps", "final_loss", "seconds", "output", "process", "note")
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str  # also its folder name under OUT/
+    photos: Path
+    token: str  # the rare token that will mean this person, e.g. "sks"
+    class_name: str  # what the person is, e.g. "woman": prompts are "a photo of sks woman" / "a photo of a woman"
+
+    def fill(self, text: str) -> str:
+        """Put this subject into a prompt template (``{token}``, ``{class}``, ``{name}``)."""
+        return text.replace("{token}", self.token).replace("{class}", self.class_name).replace("{name}", self.name)
+
+
+def read_subjects(path: Path) -> list[Subject]:
+    """Parse and check the subjects CSV; every problem is reported at once, with its line number."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"cannot read subjects file {path}: {exc.strerror or exc}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = {(h or "").strip().lower(): h for h in reader.fieldnames or []}
+    columns: dict[str, str] = {}
+    for key, aliases in COLUMNS.items():
+        found = next((header[a] for a in aliases if a in header), None)
+        if found is None:
+            raise ConfigError(f"{path}: the header needs a '{key}' column (columns: name,photos,token,class; "
+                              f"found: {', '.join(reader.fieldnames or []) or 'none'})")
+        columns[key] = found
+    subjects, problems, seen = [], [], set()
+    for line, row in enumerate(reader, start=2):
+        values = {key: (row.get(col) or "").strip() for key, col in columns.items()}
+        if not any(values.values()):
+            continue
+        missing = [key for key, value in values.items() if not value]
+        if missing:
+            problems.append(f"line {line}: empty {', '.join(missing)}")
+            continue
+        if not NAME.match(values["name"]):
+            problems.append(f"line {line}: name '{values['name']}' must be letters, digits, '.', '_' or '-' (it "
+                            "becomes a folder name)")
+        elif values["name"] in seen:
+            problems.append(f"line {line}: the name '{values['name']}' is used twice")
+        seen.add(values["name"])
+        photos = Path(values["photos"]).expanduser()
+        photos = photos if photos.is_absolute() else (path.parent / photos)
+        subjects.append(Subject(values["name"], photos.resolve(), values["token"], values["class"]))
+    if problems:
+        raise ConfigError(f"{path}:\n  " + "\n  ".join(problems))
+    if not subjects:
+        raise ConfigError(f"{path} lists no subjects")
+    return subjects
+
+
+@dataclass
+class SubjectOutcome:
+    """What happened to one subject (``OUT/<name>/subject.json``)."""
+
+    subject: str
+    status: str  # finished | failed | interrupted | pending
+    steps: int | None = None
+    final_loss: float | None = None
+    seconds: float | None = None
+    output: str = ""
+    process: int | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_json(Path(run_dir) / SUBJECT_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: Path, name: str) -> SubjectOutcome:
+        data = read_json(Path(run_dir) / SUBJECT_FILE)
+        if not data:
+            return cls(name, "pending", note="no result: its process did not reach it")
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def row(self) -> dict[str, str]:
+        loss = f"{self.final_loss:.4f}" if self.final_loss is not None else ""
+        seconds = f"{self.seconds:.1f}" if self.seconds is not None else ""
+        return {"subject": self.subject, "status": self.status, "steps": "" if self.steps is None else str(self.steps),
+                "final_loss": loss, "seconds": seconds, "output": self.output,
+                "process": "" if self.process is None else str(self.process), "note": self.note}
+
+
+def summary_markdown(outcomes: list[SubjectOutcome]) -> str:
+    rows = [o.row() for o in outcomes]
+    lines = ["| " + " | ".join(SUMMARY_FIELDS) + " |", "|" + "---|" * len(SUMMARY_FIELDS)]
+    for row in rows:
+        cells = [row[f].replace("|", "\\|").replace("\n", " ") for f in SUMMARY_FIELDS]
+        lines.append("| " + " | ".join(cells) + " |")
+    done = sum(o.status == "finished" for o in outcomes)
+    lines += ["", f"{done} of {len(outcomes)} subjects finished."]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out_dir: Path, outcomes: list[SubjectOutcome]) -> tuple[Path, Path]:
+    """``OUT/summary.csv`` and ``OUT/summary.md``: one row per subject, in the CSV's order."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_FIELDS))
+    writer.writeheader()
+    for outcome in outcomes:
+        writer.writerow(outcome.row())
+    atomic_write_text(out_dir / "summary.csv", buffer.getvalue())
+    atomic_write_text(out_dir / "summary.md", summary_markdown(outcomes))
+    return out_dir / "summary.csv", out_dir / "summary.md"

@@ -1,0 +1,125 @@
+"""``sdtune personalize`` on 2 CPU processes (torchrun): 3 subjects, one with broken photos; then a resumed rerun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import make_images, run_cli
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def concept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny concept LoRA run (with its fused model), trained in-process."""
+    from sdtune.config import config_from_dict
+    from sdtune.training.loop import train
+
+    root = tmp_path_factory.mktemp("concept")
+    thumbs = make_images(root / "thumbs", 3, color=(220, 180, 40), captions=["a person giving a thumbs up"])
+    cfg = config_from_dict({"output_dir": str(root / "run"), "model": {"base": "tiny"},
+                            "data": {"train_dir": str(thumbs), "resolution": 32},
+                            "train": {"lora": {"rank": 4}, "max_steps": 3, "learning_rate": 1e-3},
+                            "save": {"full_model": True}, "logging": {"trackers": []}})
+    assert train(cfg).status == "finished"
+    return root / "run"
+
+
+def _subjects(tmp: Path) -> Path:
+    make_images(tmp / "photos" / "alice", 3, color=(40, 90, 200))
+    make_images(tmp / "photos" / "bob", 2, color=(200, 60, 90))
+    broken = tmp / "photos" / "carol"
+    broken.mkdir(parents=True)
+    (broken / "img00.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (broken / "img01.jpg").write_text("not an image")
+    path = tmp / "people.csv"
+    path.write_text("name,photos,token,class\nalice,photos/alice,sks,woman\nbob,photos/bob,zwx,man\n"
+                    "carol,photos/carol,qrp,woman\n", encoding="utf-8")
+    return path
+
+
+def _args(csv_path: Path, concept: Path, out: Path) -> list[str]:
+    return [str(csv_path), "--concept", str(concept), "--out", str(out), f"train.max_steps={STEPS}",
+            "train.learning_rate=0.001", "train.lora.rank=4", "checkpoint.every=2", "checkpoint.keep=5",
+            "logging.trackers=[]", "data.num_class_images=2", "data.class_generation_steps=2"]
+
+
+def _summary(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "summary.csv", encoding="utf-8") as fh:
+        return {row["subject"]: row for row in csv.DictReader(fh)}
+
+
+def _images(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(["a photo of sks woman"], num_inference_steps=3, height=32, width=32, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+def test_personalize_three_subjects_on_two_processes_then_resume(concept: Path, tmp_path: Path) -> None:
+    csv_path, out = _subjects(tmp_path), tmp_path / "people"
+    env = os.environ | {"ACCELERATE_USE_CPU": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "sdtune",
+                           "personalize", *_args(csv_path, concept, out)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = _summary(out)
+    assert list(rows) == ["alice", "bob", "carol"]
+    for name in ("alice", "bob"):
+        assert rows[name]["status"] == "finished" and rows[name]["steps"] == str(STEPS)
+        assert float(rows[name]["final_loss"]) > 0 and float(rows[name]["seconds"]) > 0
+        assert rows[name]["output"] == str(out / name / "lora" / "pytorch_lora_weights.safetensors")
+        assert (out / name / "stack" / "adapters.json").is_file()
+    assert rows["carol"]["status"] == "failed" and "img01.jpg" in rows["carol"]["note"]
+    assert not (out / "carol" / "checkpoints").exists(), "a subject with bad photos must not start training"
+    # subjects[rank::2]: alice and carol on process 0, bob on process 1, each in its own single-process run
+    assert [rows[n]["process"] for n in ("alice", "bob", "carol")] == ["0", "1", "0"]
+    for name in ("alice", "bob"):
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert metrics["processes"] == 1 and metrics["steps"] == STEPS
+        config = (out / name / "config.yaml").read_text()
+        assert f"base: {concept / 'model'}" in config and "instance_prompt: a photo of" in config
+    assert "| alice | finished |" in (out / "summary.md").read_text()
+    assert len(list((out / "class-images" / "woman").glob("*.png"))) == 2
+
+    from sdtune.models.loading import load_pipeline
+
+    concept_only = _images(load_pipeline(str(concept / "model")))
+    pipe = load_pipeline(str(concept / "model"))
+    pipe.load_lora_weights(rows["alice"]["output"])
+    assert np.abs(_images(pipe) - concept_only).max() > 5e-3, "alice's LoRA must change the images"
+
+    # Interrupt alice after step 2, as a kill would leave her: a checkpoint, no final outputs. Rerun (1 process).
+    lora_before = load_file(rows["alice"]["output"])
+    final = load_file(str(out / "alice" / "checkpoints" / f"step-{STEPS:06d}" / "trainable.safetensors"))
+    for stale in ("metrics.json", "lora", f"checkpoints/step-{STEPS:06d}", "stack"):
+        target = out / "alice" / stale
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    bob_before = (out / "bob" / "metrics.json").stat().st_mtime_ns
+    # torchrun ran each process with OMP_NUM_THREADS=1; CPU float sums depend on the thread count, so match it
+    rerun = run_cli("personalize", *_args(csv_path, concept, out), env={"OMP_NUM_THREADS": "1"})
+    rows = _summary(out)
+    assert rows["alice"]["status"] == "finished" and rows["alice"]["note"] == "resumed from its latest checkpoint"
+    assert "resumed from" in (out / "alice" / "train.log").read_text()
+    assert rows["bob"]["status"] == "finished" and rows["bob"]["note"] == "finished earlier: skipped"
+    assert (out / "bob" / "metrics.json").stat().st_mtime_ns == bob_before
+    assert rows["carol"]["status"] == "failed" and "not finished: carol" in rerun.stderr
+    resumed = load_file(str(out / "alice" / "checkpoints" / f"step-{STEPS:06d}" / "trainable.safetensors"))
+    assert all(torch.equal(final[k], resumed[k]) for k in final), "resume must continue exactly"
+    lora_after = load_file(rows["alice"]["output"])
+    assert all(torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
+
+    strict = run_cli("personalize", *_args(csv_path, concept, out), "--strict", check=False)
+    assert strict.returncode == 3

@@ -1,0 +1,178 @@
+"""Run-folder state, stack profiles, the subjects CSV, per-subject configs, summaries and the child environment."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdtune.errors import ConfigError, SdtuneError
+from sdtune.recipes.personalize import DIST_VARS, PersonalizeResult, child_env, load_template, subject_config
+from sdtune.recipes.runner import Manifest
+from sdtune.recipes.runs import (
+    concept_run,
+    config_changes,
+    read_stack,
+    run_state,
+    write_stack_profile,
+)
+from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, summary_markdown, write_summary
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _fake_concept(folder: Path, with_lora: bool = True) -> Path:
+    """The files of a finished concept run (weights are not read by these tests)."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "model_index.json").write_text("{}")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"}, "data": {"resolution": 48}}))
+    if with_lora:
+        (folder / "lora").mkdir()
+        (folder / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    return folder
+
+
+def test_run_state_reads_the_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert run_state(run) == "new"
+    (run / "checkpoints" / "step-000002").mkdir(parents=True)
+    assert run_state(run) == "new", "a checkpoint without state.json is incomplete"
+    (run / "checkpoints" / "step-000002" / "state.json").write_text("{}")
+    assert run_state(run) == "interrupted"
+    (run / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    assert run_state(run) == "finished"
+
+
+def test_config_changes_lists_dotted_keys() -> None:
+    old = {"train": {"max_steps": 5, "lora": {"rank": 4}}, "seed": 1}
+    new = {"train": {"max_steps": 6, "lora": {"rank": 4}}, "seed": 1, "extra": True}
+    assert config_changes(old, new) == ["extra", "train.max_steps"]
+
+
+def test_stack_profile_points_at_both_loras_and_keeps_edited_weights(tmp_path: Path) -> None:
+    concept = concept_run(_fake_concept(tmp_path / "concept"))
+    person = tmp_path / "person"
+    assert write_stack_profile(person, concept) is None, "no person LoRA yet: nothing to stack"
+    (person / "lora").mkdir(parents=True)
+    (person / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"y")
+    folder = write_stack_profile(person, concept, own_name="alice")
+    base, adapters = read_stack(folder)
+    assert base == "tiny"
+    assert [(p, w, n) for p, w, n in adapters] == [
+        ((tmp_path / "concept" / "lora" / "pytorch_lora_weights.safetensors").resolve(), 1.0, "concept"),
+        ((person / "lora" / "pytorch_lora_weights.safetensors").resolve(), 1.0, "alice")]
+    entries = json.loads((folder / "adapters.json").read_text())
+    assert not Path(entries[0]["path"]).is_absolute(), "relative paths keep the output folder movable"
+    entries[0]["weight"] = 0.6
+    (folder / "adapters.json").write_text(json.dumps(entries))
+    write_stack_profile(person, concept)
+    assert read_stack(folder)[1][0][1] == 0.6
+
+
+def test_concept_run_needs_a_full_model(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("model: {base: tiny}\n")
+    with pytest.raises(SdtuneError, match="no full model"):
+        concept_run(folder)
+    with pytest.raises(SdtuneError, match="not a run folder"):
+        concept_run(tmp_path / "missing")
+
+
+def test_manifest_keeps_history_across_reruns(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    Manifest(path, tmp_path / "r.yaml", ["a", "b"]).update("a", "started", status="running")
+    again = Manifest(path, None, ["a", "b"])
+    again.update("a", "finished at step 3", status="finished", step=3)
+    data = json.loads(path.read_text())
+    assert data["order"] == ["a", "b"] and data["recipe"] == str(tmp_path / "r.yaml")
+    assert data["stages"]["b"]["status"] == "pending"
+    assert [e["event"] for e in data["stages"]["a"]["history"]] == ["started", "finished at step 3"]
+
+
+def _csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_read_subjects_resolves_photos_next_to_the_csv(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "people.csv", "Name,Folder,Token,Class\nalice,photos/alice,sks,woman\n\n"
+                f"bob,{tmp_path / 'abs'},zwx,man\n")
+    alice, bob = read_subjects(path)
+    assert alice == Subject("alice", (tmp_path / "photos" / "alice").resolve(), "sks", "woman")
+    assert bob.photos == (tmp_path / "abs").resolve() and bob.token == "zwx"
+    assert alice.fill("a photo of {token} {class} ({name})") == "a photo of sks woman (alice)"
+
+
+def test_read_subjects_reports_every_problem_with_line_numbers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a 'token' column"):
+        read_subjects(_csv(tmp_path / "a.csv", "name,photos,class\nalice,p,woman\n"))
+    bad = _csv(tmp_path / "b.csv", "name,photos,token,class\nalice,p,sks,woman\nalice,q,zwx,man\n"
+               "bad/name,r,t,man\ncarol,,t,woman\n")
+    with pytest.raises(ConfigError) as info:
+        read_subjects(bad)
+    text = str(info.value)
+    assert "line 3: the name 'alice' is used twice" in text and "line 4: name 'bad/name'" in text
+    assert "line 5: empty photos" in text
+    with pytest.raises(ConfigError, match="lists no subjects"):
+        read_subjects(_csv(tmp_path / "c.csv", "name,photos,token,class\n"))
+
+
+def test_subject_config_is_dreambooth_lora_on_the_concept_model(tmp_path: Path) -> None:
+    concept = _fake_concept(tmp_path / "concept")
+    subject = Subject("alice", tmp_path / "alice", "sks", "woman")
+    cfg = subject_config(subject, {"train": {"max_steps": 9}, "validation": {"prompts": ["{token} {class} ok"]}},
+                         concept, tmp_path / "out", overrides=["train.learning_rate=0.002"])
+    assert cfg.model.base == str(concept / "model") and Path(cfg.output_dir) == tmp_path / "out" / "alice"
+    assert cfg.method == "dreambooth-lora" and cfg.train.max_steps == 9 and cfg.train.learning_rate == 0.002
+    assert cfg.data.instance_prompt == "a photo of sks woman" and cfg.data.class_prompt == "a photo of a woman"
+    assert cfg.data.with_prior_preservation and cfg.data.class_dir == tmp_path / "out" / "class-images" / "woman"
+    assert cfg.data.resolution == 48, "the concept's resolution, unless the template says otherwise"
+    assert cfg.validation.prompts == ["sks woman ok"]
+
+
+def test_subject_template_from_a_recipe_stage(tmp_path: Path) -> None:
+    concept = _fake_concept(tmp_path / "concept")
+    template = load_template(REPO / "configs" / "two-stage.yaml", "person")
+    cfg = subject_config(Subject("bob", tmp_path / "bob", "zwx", "man"), template, concept, tmp_path / "out",
+                         instance_prompt="{token} {class}, portrait")
+    assert cfg.train.lora is not None and cfg.train.lora.rank == 16 and cfg.train.max_steps == 800
+    assert cfg.data.instance_prompt == "zwx man, portrait" and cfg.data.class_prompt == "a photo of a man"
+    assert cfg.data.resolution == 512 and cfg.data.num_class_images == 200
+    assert cfg.model.base == str(concept / "model")
+
+
+def test_summary_tables(tmp_path: Path) -> None:
+    outcomes = [SubjectOutcome("alice", "finished", 4, 0.12345, 10.0, "/x/lora.safetensors", 0),
+                SubjectOutcome("bob", "failed", process=1, note="bad | photo\nsecond line")]
+    csv_path, md_path = write_summary(tmp_path, outcomes)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["subject"] for r in rows] == ["alice", "bob"]
+    assert rows[0]["final_loss"] == "0.1235" and rows[0]["steps"] == "4" and rows[1]["process"] == "1"
+    md = md_path.read_text()
+    assert "| alice | finished | 4 | 0.1235 | 10.0 |" in md and "bad \\| photo second line" in md
+    assert summary_markdown(outcomes).endswith("1 of 2 subjects finished.\n")
+    SubjectOutcome("alice", "finished", 4).save(tmp_path / "alice")
+    assert SubjectOutcome.load(tmp_path / "alice", "alice").steps == 4
+    assert SubjectOutcome.load(tmp_path / "nobody", "nobody").status == "pending"
+
+
+def test_exit_codes() -> None:
+    done = SubjectOutcome("a", "finished")
+    failed = SubjectOutcome("b", "failed")
+    assert PersonalizeResult(Path("."), 0, 1, summary=[done]).exit_code() == 0
+    assert PersonalizeResult(Path("."), 0, 1, summary=[done, failed]).exit_code() == 0
+    assert PersonalizeResult(Path("."), 0, 1, summary=[done, failed]).exit_code(strict=True) == 3
+    assert PersonalizeResult(Path("."), 0, 1, summary=[done, SubjectOutcome("c", "pending")]).exit_code() == 130
+
+
+def test_child_env_leaves_the_process_group_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    env = child_env(1, distributed=True)
+    assert not any(var in env for var in DIST_VARS) and "TORCHELASTIC_RUN_ID" not in env
+    assert env["ACCELERATE_USE_CPU"] == "1"
