@@ -28,7 +28,35 @@ def default_clip_for(model_ref: str) -> str:
     Extend this for built-in models that ship their own small CLIP (the offline ``toy`` preset): the real
     ViT-B/16 needs a download, the toy model's own CLIP does not.
     """
-    return DEFAULT_CLIP
+    return str(toy_clip()) if _derives_from_toy(model_ref) else DEFAULT_CLIP
+
+
+def toy_clip() -> Path:
+    from sdtune.models.presets import toy_path
+
+    return toy_path() / "clip"
+
+
+def _derives_from_toy(ref: str, depth: int = 0) -> bool:
+    """``toy`` itself, or a run (or a run's ``model/``) whose chain of bases leads back to it."""
+    from sdtune.inference.pipeline import is_run_folder, read_run
+    from sdtune.models.presets import toy_path
+
+    if ref == "toy":
+        return True
+    if depth > 5:
+        return False
+    path = Path(ref).expanduser()
+    try:
+        if path.resolve() == (toy_path() / "pipeline").resolve():
+            return True
+        if path.name == "model" and is_run_folder(path.parent):
+            path = path.parent
+        if is_run_folder(path):
+            return _derives_from_toy(read_run(path).base, depth + 1)
+    except (OSError, ValueError, SdtuneError):
+        return False
+    return False
 
 
 def load_backbone(ref: str, *, kind: str = "clip", local_files_only: bool | None = None) -> tuple[Any, Any]:
