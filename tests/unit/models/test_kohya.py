@@ -120,3 +120,28 @@ def test_half_precision_export_and_bad_inputs(tmp_path: Path) -> None:
         export_kohya(source, tmp_path / "x.safetensors", dtype="int8")
     meta = json.loads(safe_open(str(source), "pt").metadata()["lora_adapter_metadata"])
     assert meta["unet.lora_alpha"] == 8.0 or meta["unet.lora_alpha"] == 8
+
+
+def test_export_cli_forms(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdtune.cli import app
+
+    run = tmp_path / "me"
+    _random_lora_file(run / "lora")
+    runner = CliRunner()
+    short = runner.invoke(app, ["export", str(run), "--format", "kohya"])
+    assert short.exit_code == 0, short.output
+    assert (run / "export" / "me.safetensors").is_file()
+    sub = runner.invoke(app, ["export", "kohya", str(run), "-o", str(tmp_path / "x.safetensors"), "--dtype",
+                              "float16"])
+    assert sub.exit_code == 0, sub.output
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as a, safe_open(str(run / "export" / "me.safetensors"),
+                                                                          "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+    wrong = runner.invoke(app, ["export", str(run), "--format", "onnx"])
+    assert wrong.exit_code != 0 and "unknown format" in str(wrong.exception)
+    full = tmp_path / "full"
+    (full / "model").mkdir(parents=True)
+    missing = runner.invoke(app, ["export", str(full), "--format", "kohya"])
+    assert "sdtune export lora --from" in str(missing.exception)
