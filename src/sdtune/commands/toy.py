@@ -56,5 +56,35 @@ def world_command(
     typer.echo(f"wrote {count} images to {out}")
 
 
+@toy_app.command("eval")
+def eval_command(
+    model: str = typer.Argument("toy", help="toy, a model folder or a run folder fine-tuned from toy"),
+    seeds: int = typer.Option(4, help="images per prompt"),
+    steps: int = typer.Option(20, help="sampling steps"),
+    grid: Path = typer.Option(None, help="save a grid of the world-prompt images here (PNG)"),
+) -> None:
+    """Judge what a toy model draws: colour/shape accuracy on every world prompt, the concept, the person, the
+    class prompt. Fractions of images (prompt x seed)."""
+    from sdtune.toy.evaluate import (
+        Suite,
+        default_judge,
+        default_suite,
+        evaluate,
+        load_toy_pipeline,
+        old_prompts,
+        save_grid,
+        summary,
+    )
+
+    extra = default_suite()
+    suite = Suite(old=old_prompts(), concept=extra.concept, person=extra.person, cls=extra.cls)
+    result = evaluate(load_toy_pipeline(model), default_judge(), suite, list(range(seeds)), steps=steps)
+    for key, value in summary(result).items():
+        typer.echo(f"{key:18s} {value:.3f}")
+    if grid is not None:
+        save_grid(result["old"]["images_pil"], seeds * 4, grid)
+        typer.echo(f"grid: {grid}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(toy_app, name="toy")

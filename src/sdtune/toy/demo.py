@@ -3,12 +3,12 @@
 1. datasets: captioned images of the held-out glyph (the concept) and six instance images of the person;
 2. stage 1, concept: text-to-image LoRA on the glyph, saved with the LoRA fused into ``concept/model``;
 3. stage 2, person: DreamBooth LoRA on ``concept/model`` with prior preservation (class images generated);
+   both stages are one ``sdtune run`` recipe (``OUT/recipe.yaml``), so a rerun skips finished stages;
 4. evaluation of base, stage 1 and stage 2 with the same prompts and seeds: judge accuracy on the old world
    prompts (forgetting), concept rate, person rate (judge and pixel check), class-prompt drift, CLIP score
    with the toy CLIP; an HTML report with image grids, ``results.json`` and a printed table.
 
-The stages are run through the training loop directly (``sdtune.toy.finetune``), each in its own run folder
-that ``sdtune generate`` and ``sdtune eval`` accept.
+Each stage is an ordinary run folder that ``sdtune generate`` and ``sdtune eval`` accept.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sdtune.toy import world
 from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, save_grid, summary
-from sdtune.toy.finetune import concept_config, dreambooth_config, run
+from sdtune.toy.finetune import concept_config, dreambooth_config
 
 
 @dataclass
@@ -43,6 +45,21 @@ class DemoSettings:
                    old_prompts=6, eval_steps=10)
 
 
+def demo_recipe(out: Path, settings: DemoSettings):
+    """The two stages as an ``sdtune run`` recipe (written to OUT/recipe.yaml: re-runnable as is)."""
+    from sdtune.recipes.schema import Recipe, Stage
+
+    data = out / "data"
+    concept = concept_config("toy", data / "concept", out / "concept", steps=settings.concept_steps)
+    person = dreambooth_config("toy", data / "person", out / "person", steps=settings.person_steps, prior=True,
+                               class_dir=data / "class-star", num_class_images=settings.class_images)
+    for cfg in (concept, person):
+        cfg.pop("output_dir")  # the recipe puts each stage in OUT/<stage>
+    person.pop("model")  # trains on the concept stage's model (LoRA fused in)
+    return Recipe(output_dir=out, stages=[Stage(name="concept", config=concept),
+                                          Stage(name="person", base="stage:concept", config=person)])
+
+
 def clip_scores(results: dict[str, Any], clip_dir: Path) -> None:
     """Add the mean CLIP score (toy CLIP) of every group's images against their prompts, in place."""
     from sdtune.evaluation.clip_score import ClipScorer
@@ -61,6 +78,7 @@ def clip_scores(results: dict[str, Any], clip_dir: Path) -> None:
 def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out`` and return ``{"table": ..., "paths": ..., "seconds": ...}``."""
     from sdtune.models.presets import toy_path
+    from sdtune.recipes.runner import run_recipe
 
     settings = settings or DemoSettings()
     out = Path(out).resolve()
@@ -81,13 +99,10 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     lap("datasets")
 
     concept_dir, person_dir = out / "concept", out / "person"
-    if not (concept_dir / "metrics.json").exists():
-        run(concept_config("toy", data / "concept", concept_dir, steps=settings.concept_steps, full_model=True))
-    lap("stage 1 (concept LoRA)")
-    if not (person_dir / "metrics.json").exists():
-        run(dreambooth_config(str(concept_dir / "model"), data / "person", person_dir, steps=settings.person_steps,
-                              prior=True, class_dir=data / "class-star", num_class_images=settings.class_images))
-    lap("stage 2 (person LoRA)")
+    recipe = demo_recipe(out, settings)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    run_recipe(recipe, out / "recipe.yaml", echo=echo)
+    lap("two-stage recipe (concept LoRA, person LoRA)")
 
     judge = default_judge()
     suite = default_suite(old=settings.old_prompts)
@@ -102,8 +117,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
                     "clip_score_person": res["person"]["clip_score"]} for name, res in results.items()}
     report = write_report(out / "report", results, table, seconds)
     lap("report")
-    paths = {"report": str(report), "results": str(out / "report" / "results.json"), "concept run": str(concept_dir),
-             "person run": str(person_dir), "data": str(data)}
+    paths = {"report": str(report), "results": str(out / "report" / "results.json"), "recipe": str(out / "recipe.yaml"),
+             "concept run": str(concept_dir), "person run": str(person_dir), "data": str(data)}
     return {"table": table, "paths": paths, "seconds": seconds}
 
 
