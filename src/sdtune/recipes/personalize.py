@@ -196,7 +196,10 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with whoever owns them
+                pass
         return self
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
