@@ -1,13 +1,14 @@
-"""``sdtune personalize`` on 2 CPU processes (torchrun): 3 subjects, one with broken photos; then a resumed rerun."""
+"""``sdtune personalize``: 3 subjects on 2 CPU processes (torchrun), one with broken photos; stop and exact resume."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def _images(pipe) -> np.ndarray:
                 generator=torch.Generator().manual_seed(0)).images
 
 
-def test_personalize_three_subjects_on_two_processes_then_resume(concept: Path, tmp_path: Path) -> None:
+def test_personalize_three_subjects_on_two_processes_then_rerun(concept: Path, tmp_path: Path) -> None:
     csv_path, out = _subjects(tmp_path), tmp_path / "people"
     env = os.environ | {"ACCELERATE_USE_CPU": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "sdtune",
@@ -102,25 +103,42 @@ def test_personalize_three_subjects_on_two_processes_then_resume(concept: Path, 
     pipe.load_lora_weights(rows["alice"]["output"])
     assert np.abs(_images(pipe) - concept_only).max() > 5e-3, "alice's LoRA must change the images"
 
-    # Interrupt alice after step 2, as a kill would leave her: a checkpoint, no final outputs. Rerun (1 process).
-    lora_before = load_file(rows["alice"]["output"])
-    final = load_file(str(out / "alice" / "checkpoints" / f"step-{STEPS:06d}" / "trainable.safetensors"))
-    for stale in ("metrics.json", "lora", f"checkpoints/step-{STEPS:06d}", "stack"):
-        target = out / "alice" / stale
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    # a rerun skips the finished subjects and tries the broken one again; --strict makes that a failure
     bob_before = (out / "bob" / "metrics.json").stat().st_mtime_ns
-    # torchrun ran each process with OMP_NUM_THREADS=1; CPU float sums depend on the thread count, so match it
-    rerun = run_cli("personalize", *_args(csv_path, concept, out), env={"OMP_NUM_THREADS": "1"})
+    rerun = run_cli("personalize", *_args(csv_path, concept, out), "--strict", check=False)
+    assert rerun.returncode == 3, rerun.stdout + rerun.stderr
+    rows = _summary(out)
+    assert [rows[n]["note"] for n in ("alice", "bob")] == ["finished earlier: skipped"] * 2
+    assert rows["alice"]["steps"] == str(STEPS) and rows["carol"]["status"] == "failed"
+    assert (out / "bob" / "metrics.json").stat().st_mtime_ns == bob_before
+    assert "not finished: carol" in rerun.stderr
+
+
+def test_stopped_personalize_resumes_exactly(concept: Path, tmp_path: Path) -> None:
+    make_images(tmp_path / "photos" / "alice", 3, color=(40, 90, 200))
+    make_images(tmp_path / "photos" / "bob", 2, color=(200, 60, 90))
+    csv_path, out = tmp_path / "people.csv", tmp_path / "people"
+    csv_path.write_text("name,photos,token,class\nalice,photos/alice,sks,woman\nbob,photos/bob,zwx,man\n")
+    args = [*_args(csv_path, concept, out), "train.max_steps=8"]
+    marker = out / "alice" / "checkpoints" / "step-000002" / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "sdtune", "personalize", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    while proc.poll() is None and not marker.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the parent passes it to alice's training process, which saves and exits
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, output
+    rows = _summary(out)
+    assert rows["alice"]["status"] == "interrupted" and rows["bob"]["status"] == "pending"
+    assert not (out / "alice" / "metrics.json").exists() and not (out / "bob" / "checkpoints").exists()
+
+    run_cli("personalize", *args)
     rows = _summary(out)
     assert rows["alice"]["status"] == "finished" and rows["alice"]["note"] == "resumed from its latest checkpoint"
+    assert rows["bob"]["status"] == "finished" and rows["alice"]["steps"] == rows["bob"]["steps"] == "8"
     assert "resumed from" in (out / "alice" / "train.log").read_text()
-    assert rows["bob"]["status"] == "finished" and rows["bob"]["note"] == "finished earlier: skipped"
-    assert (out / "bob" / "metrics.json").stat().st_mtime_ns == bob_before
-    assert rows["carol"]["status"] == "failed" and "not finished: carol" in rerun.stderr
-    resumed = load_file(str(out / "alice" / "checkpoints" / f"step-{STEPS:06d}" / "trainable.safetensors"))
-    assert all(torch.equal(final[k], resumed[k]) for k in final), "resume must continue exactly"
-    lora_after = load_file(rows["alice"]["output"])
-    assert all(torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
-
-    strict = run_cli("personalize", *_args(csv_path, concept, out), "--strict", check=False)
-    assert strict.returncode == 3
+    run_cli("train", str(out / "alice" / "config.yaml"), f"output_dir={tmp_path / 'straight'}")
+    name = "checkpoints/step-000008/trainable.safetensors"
+    straight, resumed = load_file(str(tmp_path / "straight" / name)), load_file(str(out / "alice" / name))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight), "resume must continue exactly"
