@@ -35,6 +35,7 @@ from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yam
 from sdtune.errors import DataError, SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
 from sdtune.recipes.runs import (
+    ConceptRun,
     concept_run,
     read_metrics,
     read_run_config,
@@ -221,7 +222,7 @@ def _error_from_log(log: Path) -> str:
     return errors[-1] if errors else " / ".join(lines[-3:])
 
 
-def train_subject(subject: Subject, cfg: RunConfig, procs: Processes, stop: StopFlag, concept,
+def train_subject(subject: Subject, cfg: RunConfig, procs: Processes, stop: StopFlag, concept: ConceptRun,
                   echo: Callable[[str], None] = print) -> SubjectOutcome:
     """Train (or skip, or resume) one subject in a child process; never raises for the subject's own problems."""
     from sdtune.data.check_before_train import check_training_data
@@ -266,6 +267,8 @@ def train_subject(subject: Subject, cfg: RunConfig, procs: Processes, stop: Stop
         log.flush()
         stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                       env=child_env(procs.local_rank, procs.state is not None))
+        if stop.requested:  # the signal came while the child was starting
+            stop.child.send_signal(signal.SIGTERM)
         returncode = stop.child.wait()
         stop.child = None
     outcome.seconds = round(time.time() - started, 2)
@@ -345,7 +348,7 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
         with StopFlag() as stop:
             for index in range(procs.rank, len(subjects), procs.world):
                 subject, cfg = subjects[index], configs[index]
-                if stop.requested:
+                if stop.requested and run_state(Path(cfg.output_dir)) != "finished":
                     pending = SubjectOutcome(subject.name, "pending", process=procs.rank, note="not started: stopped")
                     pending.save(Path(cfg.output_dir))
                     result.mine.append(pending)
