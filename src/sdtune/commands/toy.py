@@ -16,15 +16,16 @@ toy_app = typer.Typer(help="The built-in toy world of coloured shapes and the sm
 def pretrain_command(
     out: Path = typer.Argument(..., help="output folder: pipeline/, clip/, judge/, pretrain.json (work/ = scratch)"),
     seed: int = typer.Option(0, help="one seed for data, initialisation and training"),
-    vae_steps: int = typer.Option(500), clip_steps: int = typer.Option(700), judge_steps: int = typer.Option(500),
-    unet_steps: int = typer.Option(1600), unet_batch: int = typer.Option(64),
+    vae_steps: int = typer.Option(1500), clip_steps: int = typer.Option(700), judge_steps: int = typer.Option(500),
+    unet_steps: int = typer.Option(2000), unet_batch: int = typer.Option(64),
     wide_images: int = typer.Option(8000, help="in-memory renders for the VAE, CLIP and judge"),
     pretrain_images: int = typer.Option(16000, help="captioned images the UNet is pretrained on"),
     threads: int = typer.Option(1, help="torch threads per process (1 is fastest on a shared CPU)"),
     parallel: bool = typer.Option(True, help="train CLIP and judge in their own processes next to the VAE"),
 ) -> None:
     """Pretrain the toy model from nothing: VAE, CLIP and judge on the wide world, then the UNet through the
-    training loop. Re-running with the same seed reproduces it; an interrupted UNet stage resumes."""
+    training loop. The same seed reproduces it. A rerun keeps finished parts (OUT/clip, OUT/judge, OUT/work/vae)
+    and resumes an interrupted UNet stage; delete a part's folder to train it again."""
     from sdtune.toy.pretrain import PretrainSettings, pretrain
 
     settings = PretrainSettings(seed=seed, vae_steps=vae_steps, clip_steps=clip_steps, judge_steps=judge_steps,
