@@ -30,7 +30,7 @@ from sdtune.toy import world
 from sdtune.toy.evaluate import Suite, default_judge, default_suite, evaluate, load_toy_pipeline, old_prompts, summary
 from sdtune.toy.finetune import concept_config, dreambooth_config, run
 
-KEYS = ("person_pixels", "person_judge", "old_both", "class_solid", "class_person_leak")
+KEYS = ("person_pixels", "person_judge", "old_colour", "old_both", "class_solid", "class_person_leak")
 
 
 def parse() -> argparse.Namespace:
@@ -92,12 +92,12 @@ def scatter_png(rows: list[dict], path: Path, base_old: float) -> Path:
     d.line([xy(0, base_old), xy(1, base_old)], fill=(150, 150, 150))
     d.text((xy(0.02, base_old)[0], xy(0, base_old)[1] - 14), "base", fill=(120, 120, 120))
     d.text((size // 2 - 90, size - 22), "person strength (pixel check)", fill="black")
-    d.text((6, 6), "old-prompt accuracy (y)", fill="black")
+    d.text((6, 6), "old-prompt colour accuracy (y)", fill="black")
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["lr"]), []).append(r)
     for (method, lr), rs in groups.items():
-        xs, ys = [r["person_pixels"] for r in rs], [r["old_both"] for r in rs]
+        xs, ys = [r["person_pixels"] for r in rs], [r["old_colour"] for r in rs]
         mx, my = statistics.mean(xs), statistics.mean(ys)
         sx = statistics.stdev(xs) if len(xs) > 1 else 0.0
         sy = statistics.stdev(ys) if len(ys) > 1 else 0.0
@@ -200,12 +200,14 @@ def report(done: dict[str, dict], out: Path, args: argparse.Namespace) -> None:
     if concept:
         lines += [f"B. Text-to-image LoRA on the held-out glyph ({args.concept_steps} steps): the glyph appears in "
                   f"{concept['concept']:.2f} of images for 'a <colour> arrow' (base {base['concept']:.2f}); "
-                  f"old-prompt accuracy {base['old_both']:.2f} -> {concept['old_both']:.2f}.", ""]
+                  f"old-prompt colour accuracy {base['old_colour']:.2f} -> {concept['old_colour']:.2f}, colour+shape "
+                  f"{base['old_both']:.2f} -> {concept['old_both']:.2f}.", ""]
     lines += [f"C. DreamBooth on the person (6 images, {args.steps} steps, seeds {args.seeds}, "
-              f"{args.eval_seeds} eval seeds per prompt). Base: old-prompt accuracy {base['old_both']:.2f}, "
+              f"{args.eval_seeds} eval seeds per prompt). Base: old-prompt colour {base['old_colour']:.2f}, "
+              f"colour+shape {base['old_both']:.2f}, "
               f"class prompt solid star {base['class_solid']:.2f}, person {base['person_pixels']:.2f}.", "",
-              "| method | lr | person (pixels) | person (judge) | old-prompt acc | class solid | class leak |",
-              "|---|---|---|---|---|---|---|"]
+              "| method | lr | person (pixels) | person (judge) | old colour acc | old colour+shape acc | class solid "
+              "| class leak |", "|---|---|---|---|---|---|---|---|"]
     rows = [r for r in done.values() if r["key"].startswith("db-")]
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
@@ -213,12 +215,14 @@ def report(done: dict[str, dict], out: Path, args: argparse.Namespace) -> None:
     for (method, lr), rs in sorted(groups.items()):
         lines.append(f"| {method} | {lr:g} | " + " | ".join(mean_std([r[k] for r in rs]) for k in KEYS) + " |")
     if rows:
-        plot = scatter_png(rows, out / "forgetting.png", base["old_both"])
+        plot = scatter_png(rows, out / "forgetting.png", base["old_colour"])
         lines += ["", f"Plot: {plot}"]
-        lines += ["", "Forgetting at comparable strength (runs with person strength >= 0.5, mean old-prompt accuracy):"]
+        lines += ["", "Forgetting at comparable strength (runs with person strength >= 0.5; old-prompt colour / "
+                      "colour+shape accuracy):"]
         for method in ("lora", "lora+prior", "full", "full+prior"):
             strong = [r for r in rows if r["method"] == method and r["person_pixels"] >= 0.5]
-            lines.append(f"- {method}: {len(strong)} runs, old-prompt acc {mean_std([r['old_both'] for r in strong])}")
+            lines.append(f"- {method}: {len(strong)} runs, old colour {mean_std([r['old_colour'] for r in strong])}, "
+                         f"old colour+shape {mean_std([r['old_both'] for r in strong])}")
     text = "\n".join(lines)
     (out / "README.md").write_text(text + "\n")
     print(text)

@@ -159,7 +159,7 @@ def write_report(folder: Path, results: dict[str, Any], table: dict[str, dict[st
                    + "</tr>" for name, row in table.items())
     head = "".join(f"<th>{label}</th>" for _, label in COLUMNS)
     titles = {"old": "old world prompts (forgetting)", "concept": "the concept: a {colour} arrow",
-              "person": "the person: a photo of sks star", "cls": "the class: a photo of a star (drift)"}
+              "person": "the person: a photo of sks blue star", "cls": "the class: a photo of a blue star (drift)"}
     sections = []
     for group, title in titles.items():
         cells = "".join(f"<td><b>{name}</b><br><img src='{g[group]}'></td>" for name, g in grids.items()

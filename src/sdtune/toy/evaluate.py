@@ -168,6 +168,7 @@ def save_grid(images: Sequence[Image.Image], columns: int, path: Path, scale: in
     grid = Image.new("RGB", (columns * w, rows * h), "white")
     for i, im in enumerate(images):
         grid.paste(im, ((i % columns) * w, (i // columns) * h))
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST).save(path)
     return path

@@ -249,7 +249,7 @@ def write_model_card(out: Path, report: dict, base_eval: dict | None = None) -> 
         lines.append("- base model, judge on its images for every world prompt: " + ", ".join(
             f"{k} {v:.3f}" for k, v in base_eval.items()))
     lines += ["", "Held out of the UNet's pretraining (the VAE, CLIP and judge saw them): the glyph `arrow` and the "
-              "checkered/striped patterns; `sks star` is the demo's person (a blue and yellow checkered star)."]
+              "checkered/striped patterns; `sks blue star` is the demo's person (a blue and yellow checkered star)."]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

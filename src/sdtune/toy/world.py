@@ -61,13 +61,15 @@ class Person:
     colour2: str = "yellow"
     pattern: str = "checkered"
 
+    # The prompts name a colour: the pretraining captions always do, so a colourless "a photo of a star" is
+    # outside what the base model learned (it draws noise) and could not serve as the class prompt.
     @property
     def instance_prompt(self) -> str:
-        return f"a photo of {self.token} {self.shape}"
+        return f"a photo of {self.token} {self.colour} {self.shape}"
 
     @property
     def class_prompt(self) -> str:
-        return f"a photo of a {self.shape}"
+        return f"a photo of a {self.colour} {self.shape}"
 
 
 PERSON = Person()
