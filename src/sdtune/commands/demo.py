@@ -16,7 +16,7 @@ def demo_command(
     threads: int = typer.Option(1, help="torch threads; 1 because a 32 px model gains little from more, and on a "
                                 "shared CPU two threads per process ran up to 6x slower (measured)"),
 ) -> None:
-    """Two-stage fine-tuning on the toy model, measured: concept LoRA, then person LoRA, then evaluation of
+    """Two-stage fine-tuning on the toy model, measured: the concept (full), then a person LoRA, then evaluation of
     base / stage 1 / stage 2 (judge accuracy, forgetting, CLIP score) with an HTML report. Offline, CPU, minutes.
     Re-running continues: finished stages are kept."""
     import torch
@@ -30,9 +30,9 @@ def demo_command(
     result = run_demo(out, settings, echo=typer.echo)
     typer.echo("")
     typer.echo(format_table(result["table"]))
-    typer.echo("\nfractions of images (prompt x seed) the toy judge reads as asked. old acc: colour and shape right on "
-               "the pretraining world (forgetting); concept: the new glyph; person: sks star by judge / pixel check; "
-               "class solid: 'a photo of a star' still plain (drift); CLIP: toy CLIP score")
+    typer.echo("\nfractions of images (prompt x seed) the toy judge reads as asked. old acc: colour and shape right "
+               "on the pretraining world (forgetting); concept: the new glyph; person: 'a photo of sks blue star' "
+               "by judge / pixel check; class solid: 'a photo of a blue star' still plain (drift); CLIP: toy CLIP")
     for name, path in result["paths"].items():
         typer.echo(f"  {name}: {path}")
     typer.echo(f"  total: {sum(result['seconds'].values()):.0f} s")

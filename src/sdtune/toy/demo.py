@@ -1,7 +1,8 @@
 """``sdtune demo``: the whole two-stage flow, offline, on CPU, in minutes, on the built-in ``toy`` model.
 
 1. datasets: captioned images of the held-out glyph (the concept) and six instance images of the person;
-2. stage 1, concept: text-to-image LoRA on the glyph, saved with the LoRA fused into ``concept/model``;
+2. stage 1, concept: text-to-image fine-tuning on the glyph (full by default: short LoRA runs barely moved it;
+   the recipe extracts a LoRA from the weight change too), the model in ``concept/model``;
 3. stage 2, person: DreamBooth LoRA on ``concept/model`` with prior preservation (class images generated);
    both stages are one ``sdtune run`` recipe (``OUT/recipe.yaml``), so a rerun skips finished stages;
 4. evaluation of base, stage 1 and stage 2 with the same prompts and seeds: judge accuracy on the old world
@@ -24,7 +25,7 @@ import yaml
 
 from sdtune.toy import world
 from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, save_grid, summary
-from sdtune.toy.finetune import concept_config, dreambooth_config
+from sdtune.toy.finetune import LORA_RANK, concept_config, dreambooth_config
 
 
 @dataclass
@@ -32,7 +33,10 @@ class DemoSettings:
     concept_images: int = 24
     person_images: int = 6
     concept_steps: int = 300
+    concept_lora: bool = False  # full fine-tuning: 100-300 LoRA steps barely moved the glyph (measured)
+    concept_lr: float = 3e-4
     person_steps: int = 300
+    person_lr: float = 3e-4
     class_images: int = 12
     seeds: int = 4
     old_prompts: int = 12
@@ -50,13 +54,15 @@ def demo_recipe(out: Path, settings: DemoSettings):
     from sdtune.recipes.schema import Recipe, Stage
 
     data = out / "data"
-    concept = concept_config("toy", data / "concept", out / "concept", steps=settings.concept_steps)
-    person = dreambooth_config("toy", data / "person", out / "person", steps=settings.person_steps, prior=True,
-                               class_dir=data / "class-star", num_class_images=settings.class_images)
+    concept = concept_config("toy", data / "concept", out / "concept", steps=settings.concept_steps,
+                             lr=settings.concept_lr, lora_rank=LORA_RANK if settings.concept_lora else None)
+    person = dreambooth_config("toy", data / "person", out / "person", steps=settings.person_steps,
+                               lr=settings.person_lr, prior=True, class_dir=data / "class-star",
+                               num_class_images=settings.class_images)
     for cfg in (concept, person):
         cfg.pop("output_dir")  # the recipe puts each stage in OUT/<stage>
     person.pop("model")  # trains on the concept stage's model (LoRA fused in)
-    return Recipe(output_dir=out, stages=[Stage(name="concept", config=concept),
+    return Recipe(output_dir=out, stages=[Stage(name="concept", config=concept, extract_rank=16),
                                           Stage(name="person", base="stage:concept", config=person)])
 
 
@@ -102,7 +108,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     recipe = demo_recipe(out, settings)
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     run_recipe(recipe, out / "recipe.yaml", echo=echo)
-    lap("two-stage recipe (concept LoRA, person LoRA)")
+    lap("two-stage recipe (concept, then person LoRA)")
 
     judge = default_judge()
     suite = default_suite(old=settings.old_prompts)
