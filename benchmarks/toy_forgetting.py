@@ -36,7 +36,7 @@ KEYS = ("person_pixels", "person_judge", "old_colour", "old_both", "class_solid"
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench-toy"))
-    p.add_argument("--lora-lrs", default="3e-4,1e-3,3e-3")
+    p.add_argument("--lora-lrs", default="1e-4,3e-4,1e-3")
     p.add_argument("--full-lrs", default="3e-5,1e-4,3e-4")
     p.add_argument("--seeds", default="0,1", help="training seeds (spread over seeds)")
     p.add_argument("--eval-seeds", type=int, default=6)

@@ -95,8 +95,11 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = ST
 
 
 def pixel_person_check(image: Image.Image, person: Person = PERSON, tolerance: float = 70.0,
-                       min_fraction: float = 0.03) -> bool:
-    """Both of the person's colours cover at least ``min_fraction`` of the image (the checkered two-tone)."""
+                       min_fraction: float = 0.015) -> bool:
+    """Both of the person's colours cover at least ``min_fraction`` of the image (the checkered two-tone).
+
+    Calibrated on renders of the person (0.95 pass) and their VAE reconstructions (the ceiling for generated
+    images; a solid star of either colour fails)."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float32)
     ok = []
     for name in (person.colour, person.colour2):
@@ -106,8 +109,9 @@ def pixel_person_check(image: Image.Image, person: Person = PERSON, tolerance: f
 
 
 def is_person(verdict: Verdict, person: Person = PERSON) -> bool:
-    return (verdict.shape == person.shape and verdict.pattern == person.pattern
-            and {person.colour, person.colour2} <= set(verdict.colours[:3]))
+    """The judge sees the person's pattern in its two colours. The shape is not required: the base model's stars
+    are its weakest shape (judge shape accuracy ~0.1 for star prompts), so requiring it would measure the base."""
+    return verdict.pattern == person.pattern and {person.colour, person.colour2} <= set(verdict.colours[:3])
 
 
 def _mean(values: list[bool]) -> float:
