@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from sdtune.atomic import write_folder
 from sdtune.errors import ModelLoadError, SdtuneError
 
 EXTRACTION_REPORT = "extraction.json"
@@ -178,29 +178,15 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
         raise SdtuneError(f"{tuned_ref} has the same weights as {base_ref}: there is nothing to extract")
     report = totals.report(rank, source=str(tuned_ref), base=str(base_ref))
     report.conv = conv
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    StableDiffusionPipeline.save_lora_weights(
-        str(tmp), unet_lora_layers=unet_state or None, text_encoder_lora_layers=te_state or None,
-        weight_name=LORA_WEIGHTS)
-    (tmp / EXTRACTION_REPORT).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    _replace_folder(tmp, out_dir)
+
+    def write(tmp: Path) -> None:
+        StableDiffusionPipeline.save_lora_weights(
+            str(tmp), unet_lora_layers=unet_state or None, text_encoder_lora_layers=te_state or None,
+            weight_name=LORA_WEIGHTS)
+        (tmp / EXTRACTION_REPORT).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+
+    write_folder(Path(out_dir), write)
     return report
-
-
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Put a finished folder in place so a crash never leaves half a LoRA under the final name."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)
 
 
 def read_run_base(run_dir: Path) -> str:

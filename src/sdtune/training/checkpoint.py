@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sdtune.atomic import replace_folder
 from sdtune.errors import SdtuneError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -72,7 +73,7 @@ def clean_partial(root: Path) -> None:
     """Remove folders a crash left half-written (they never had their final name)."""
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-") or p.name.startswith(".old-"):
+            if p.name.startswith((".tmp-", ".step-")):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -144,13 +145,7 @@ def save_checkpoint(root: Path, state: TrainerState, modules: dict[str, torch.nn
     payload = asdict(state) | {"python_random": _python_rng_state()}
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")  # written last: the marker
     _fsync_tree(tmp)
-    if final.exists():  # re-saving a step (e.g. after resume): swap, never leave a gap without a checkpoint
-        old = root / f".old-{final.name}-{os.getpid()}"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
+    replace_folder(tmp, final)  # re-saving a step (after resume) swaps without a gap
     for stale in list_checkpoints(root)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     return final

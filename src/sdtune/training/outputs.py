@@ -7,31 +7,13 @@ leaves a folder that loads half a model.
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from sdtune.atomic import write_folder
 from sdtune.config import RunConfig
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
-
-
-def _atomic_folder(target: Path, write: Callable[[Path], None]) -> Path:
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)
-    return target
 
 
 def inference_scheduler(source: str):
@@ -46,7 +28,7 @@ def inference_scheduler(source: str):
 
 def save_lora_output(run_dir: Path, cfg: RunConfig, unet, text_encoder) -> Path:
     assert cfg.train.lora is not None
-    _atomic_folder(run_dir / "lora", lambda tmp: save_lora(tmp, unet, text_encoder, cfg.train.lora))
+    write_folder(run_dir / "lora", lambda tmp: save_lora(tmp, unet, text_encoder, cfg.train.lora))
     return run_dir / "lora" / LORA_WEIGHTS
 
 
@@ -58,7 +40,7 @@ def save_full_model(run_dir: Path, comps, unet, text_encoder) -> Path:
                                    tokenizer=comps.tokenizer, unet=unet.to(torch.float32),
                                    scheduler=inference_scheduler(comps.source), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    return _atomic_folder(run_dir / "model", lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
+    return write_folder(run_dir / "model", lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
 
 
 def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
@@ -69,7 +51,7 @@ def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
     pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
-    return _atomic_folder(run_dir / "model", lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
+    return write_folder(run_dir / "model", lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
