@@ -278,10 +278,9 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(dump_config(cfg), encoding="utf-8")
-    tmp.replace(path)
+    from sdtune.atomic import atomic_write_text
+
+    atomic_write_text(path, dump_config(cfg))
 
 
 def list_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -189,17 +189,6 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
     return report
 
 
-def read_run_base(run_dir: Path) -> str:
-    """The base model a run was trained from (``model.base`` of its ``config.yaml``)."""
-    import yaml
-
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        raise SdtuneError(f"{run_dir} is not a run folder (no config.yaml)")
-    data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    return str((data.get("model") or {}).get("base") or "tiny")
-
-
 def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, conv: bool = False
                      ) -> ExtractionReport:
     """Extract the LoRA of a full fine-tune run (``RUN/model`` minus its base) into ``RUN/lora`` by default."""
@@ -211,6 +200,8 @@ def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, c
     data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     if (data.get("train") or {}).get("lora") is not None:
         raise SdtuneError(f"{run_dir} is a LoRA run: its LoRA is already in {run_dir / 'lora'}")
-    allow_pickle = bool((data.get("model") or {}).get("allow_pickle", False))
-    return extract_lora(read_run_base(run_dir), str(run_dir / "model"), out_dir or run_dir / "lora", rank,
-                        conv=conv, allow_pickle=allow_pickle)
+    from sdtune.inference.pipeline import read_run
+
+    run = read_run(run_dir)  # the one reader of a run's base model (resolves a base relative to the run)
+    return extract_lora(run.base, str(run_dir / "model"), out_dir or run_dir / "lora", rank,
+                        conv=conv, allow_pickle=run.allow_pickle)

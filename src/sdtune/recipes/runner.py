@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdtune.atomic import atomic_write_json
 from sdtune.config import RunConfig
 from sdtune.errors import ConfigError, SdtuneError
 from sdtune.recipes.runs import (
-    atomic_write_json,
     concept_run,
     read_json,
     read_metrics,

@@ -15,23 +15,12 @@ from typing import Any
 
 import yaml
 
+from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
 
 STACK_DIR = "stack"  # generation profile: original base + concept LoRA + this run's LoRA, each weighted
 ADAPTERS_FILE = "adapters.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file (a manifest, a summary)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

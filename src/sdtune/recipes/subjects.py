@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.errors import ConfigError
-from sdtune.recipes.runs import atomic_write_json, atomic_write_text, read_json
+from sdtune.recipes.runs import read_json
 
 SUBJECT_FILE = "subject.json"
 COLUMNS = {"name": ("name", "subject"), "photos": ("photos", "folder", "instance_dir", "images"),

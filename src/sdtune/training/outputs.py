@@ -6,12 +6,11 @@ leaves a folder that loads half a model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from sdtune.atomic import write_folder
+from sdtune.atomic import atomic_write_json, write_folder
 from sdtune.config import RunConfig
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 
@@ -55,9 +54,7 @@ def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
-    tmp = run_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    tmp.replace(run_dir / "metrics.json")
+    atomic_write_json(run_dir / "metrics.json", metrics)
 
 
 def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, num_images: int) -> None:
