@@ -108,6 +108,14 @@ def check_weights_file(path: Path, allow_pickle: bool) -> None:
         )
 
 
+def _refuse_pickle_only_folder(path: Path, allow_pickle: bool) -> None:
+    """A diffusers folder whose weights exist only as pickle files is refused unless allowed."""
+    if path.is_dir() and not allow_pickle:
+        pickles = _pickle_only_parts(path)
+        if pickles:
+            check_weights_file(pickles[0], allow_pickle=False)
+
+
 def _pickle_only_parts(folder: Path) -> list[Path]:
     """Sub-models of a diffusers folder that have pickle weights but no safetensors beside them."""
     found = []
@@ -141,10 +149,7 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         comps = SDComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, noise_scheduler, source)
     else:
-        if path.is_dir() and not allow_pickle:
-            pickles = _pickle_only_parts(path)
-            if pickles:
-                check_weights_file(pickles[0], allow_pickle=False)
+        _refuse_pickle_only_folder(path, allow_pickle)
         kw: dict[str, Any] = {"revision": revision, "local_files_only": _local_files_only(source)}
         if variant:
             kw["variant"] = variant
@@ -188,10 +193,7 @@ def load_pipeline(ref: str, *, allow_pickle: bool = False, revision: str | None 
             if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
                 raise ModelLoadError(f"{path}: expected a .safetensors checkpoint file")
             return StableDiffusionPipeline.from_single_file(str(path), **kw)
-        if path.is_dir() and not allow_pickle:
-            pickles = _pickle_only_parts(path)
-            if pickles:
-                check_weights_file(pickles[0], allow_pickle=False)
+        _refuse_pickle_only_folder(path, allow_pickle)
         if variant:
             kw["variant"] = variant
         return StableDiffusionPipeline.from_pretrained(
