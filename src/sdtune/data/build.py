@@ -6,8 +6,11 @@ JPEG sources stay JPEG (quality 95, no chroma subsampling); everything else beco
 
 A build is all-or-nothing and rerun-safe: new images are written to a hidden staging folder inside OUT,
 moved into place only when the build succeeded, then ``metadata.jsonl`` is replaced atomically and images
-no row names any more are removed. Rebuilding with ``concept=X`` replaces the rows of concept X only, so
-several sources can be merged one command at a time and any of them rebuilt without duplicating rows.
+no row names any more are removed. Two builds into one OUT at once would each replace ``metadata.jsonl`` with
+their own rows (one build's images would be lost), so a build holds an exclusive lock on ``OUT/.sdtune-build.lock``
+(released by the OS even when the process is killed) and a second build stops with a clear message.
+Rebuilding with ``concept=X`` replaces the rows of concept X only, so several sources can be merged one
+command at a time and any of them rebuilt without duplicating rows.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ from sdtune.data.report import Problem, summarize
 from sdtune.errors import DataError, ModelLoadError
 
 STAGING = ".sdtune-staging-"
+LOCK = ".sdtune-build.lock"
 _CONCEPT = re.compile(r"^\w[\w .+-]*$")
 
 
@@ -219,7 +225,6 @@ def build_dataset(sources: list[Source], out: Path, *, max_size: int | None = No
     _validate(sources, out)
     report = BuildReport(out=out)
     build = _Build(out, strict, report)
-    kept = _kept_rows(out, sources)
     items = [item for source in sources for item in _gather(source, len(sources) > 1, build)]
     if not items:
         raise DataError(f"no images found in {', '.join(str(s.folder) for s in sources)} "
@@ -227,6 +232,44 @@ def build_dataset(sources: list[Source], out: Path, *, max_size: int | None = No
     # Load the captioner first: a wrong model id should fail in seconds, not after normalizing 500 photos.
     model = _load_captioner(captioner, template, caption_batch_size) if captioner is not None else None
     out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        kept = _kept_rows(out, sources)  # read under the lock: another build may just have committed
+        return _build_locked(out, kept, items, model, build, report, max_size, max_pixels, progress)
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold OUT's build lock for the duration (flock: freed by the OS if this process dies; the file is removed
+    when the build ends, so OUT keeps no trace). A no-op where fcntl is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = out / LOCK
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataError(f"another `sdtune dataset build` is writing {out} right now; wait for it to finish "
+                            "(running both would lose one build's images), or build into another folder") from None
+        try:  # the previous holder may have removed the file between our open and our lock: lock the live one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # removed while still locked, then released
+        os.close(fd)
+
+
+def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], model, build: _Build,
+                  report: BuildReport, max_size: int | None, max_pixels: int, progress: bool) -> BuildReport:
     # A private hidden staging folder: invisible to datasets and to the trainer, removed whatever happens.
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
     try:

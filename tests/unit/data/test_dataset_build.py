@@ -236,3 +236,20 @@ def test_no_usable_image_is_an_error_and_writes_nothing(tmp_path):
     assert not (out / "metadata.jsonl").exists()
     with pytest.raises(DataError, match="no images found"):
         build_dataset([Source(tmp_path / "out")], tmp_path / "out3")
+
+
+def test_a_second_build_into_the_same_out_is_refused_while_one_runs(tmp_path):
+    """Two concurrent builds would each replace metadata.jsonl with their own rows: the second one stops."""
+    fcntl = pytest.importorskip("fcntl")
+    src = tmp_path / "src"
+    src.mkdir()
+    pattern(0).save(src / "0.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".sdtune-build.lock", "w") as held:  # what a running build holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DataError, match="another `sdtune dataset build` is writing"):
+            build_dataset([Source(src, caption="a photo of sks person")], out)
+        assert not (out / "metadata.jsonl").exists()
+    build_dataset([Source(src, caption="a photo of sks person")], out)  # released: builds, leaves no lock file
+    assert sorted(p.name for p in out.iterdir()) == ["0.png", "metadata.jsonl"]
