@@ -44,10 +44,15 @@ def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]
 
 
 def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The adapter's matrices under peft's names (``<layer>.lora_A.weight`` / ``lora_B``).
+
+    Not converted to the older diffusers names (``lora.down`` / ``lora.up``, what the diffusers example scripts
+    write): diffusers converts only attention layers to those names, and when a file then holds both kinds
+    (attention plus conv or feed-forward targets) ``load_lora_weights`` silently drops the attention layers
+    (measured, diffusers 0.42: every attention LoRA missing from the loaded UNet)."""
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+    return get_peft_model_state_dict(module)
 
 
 def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
