@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from sdtune.toy import world
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
 TINY = ["--wide-images", "200", "--pretrain-images", "32", "--vae-steps", "2", "--clip-steps", "2",
-        "--judge-steps", "2", "--unet-steps", "2", "--unet-batch", "4", "--no-parallel"]
+        "--judge-steps", "2", "--unet-steps", "2", "--unet-batch", "4", "--eval-seeds", "1", "--no-parallel"]
 
 
 def test_pretrain_is_reproducible_and_writes_a_pipeline(tmp_path: Path) -> None:
@@ -29,6 +31,10 @@ def test_pretrain_is_reproducible_and_writes_a_pipeline(tmp_path: Path) -> None:
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     for part in ("clip/config.json", "judge/judge.safetensors", "pretrain.json"):
         assert (tmp_path / "a" / part).exists()
+    report = json.loads((tmp_path / "a" / "pretrain.json").read_text())
+    assert report["base_model"]["images"] == 48 and 0 <= report["base_model"]["shape"] <= 1
+    assert set(report["base_model"]["shape_by_prompt_shape"]) == set(world.SHAPES)
+    assert "zero-shot" in (tmp_path / "a" / "README.md").read_text()
 
 
 def _concept_loss(pipe, folder: Path) -> float:

@@ -16,10 +16,12 @@ toy_app = typer.Typer(help="The built-in toy world of coloured shapes and the sm
 def pretrain_command(
     out: Path = typer.Argument(..., help="output folder: pipeline/, clip/, judge/, pretrain.json (work/ = scratch)"),
     seed: int = typer.Option(0, help="one seed for data, initialisation and training"),
-    vae_steps: int = typer.Option(1500), clip_steps: int = typer.Option(700), judge_steps: int = typer.Option(500),
-    unet_steps: int = typer.Option(2000), unet_batch: int = typer.Option(64),
+    vae_steps: int = typer.Option(1500), clip_steps: int = typer.Option(1500), judge_steps: int = typer.Option(500),
+    unet_steps: int = typer.Option(6000), unet_batch: int = typer.Option(64),
     wide_images: int = typer.Option(8000, help="in-memory renders for the VAE, CLIP and judge"),
     pretrain_images: int = typer.Option(16000, help="captioned images the UNet is pretrained on"),
+    eval_seeds: int = typer.Option(4, help="judge the finished model on every world prompt with this many seeds "
+                                   "(the model card's numbers; 0 skips)"),
     threads: int = typer.Option(1, help="torch threads per process (1 is fastest on a shared CPU)"),
     parallel: bool = typer.Option(True, help="train CLIP and judge in their own processes next to the VAE"),
 ) -> None:
@@ -30,7 +32,7 @@ def pretrain_command(
 
     settings = PretrainSettings(seed=seed, vae_steps=vae_steps, clip_steps=clip_steps, judge_steps=judge_steps,
                                 unet_steps=unet_steps, unet_batch=unet_batch, wide_images=wide_images,
-                                pretrain_images=pretrain_images, threads=threads)
+                                pretrain_images=pretrain_images, eval_seeds=eval_seeds, threads=threads)
     report = pretrain(out, settings, parallel=parallel)
     typer.echo(f"done in {report['seconds']['total']:.0f} s; {report['size_mb']} MB")
     typer.echo(f"  pipeline: {out / 'pipeline'}\n  clip: {out / 'clip'}\n  judge: {out / 'judge'}")

@@ -52,7 +52,7 @@ def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     (measured, diffusers 0.42: every attention LoRA missing from the loaded UNet)."""
     from peft.utils import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(module)
+    return get_peft_model_state_dict(module, save_embedding_layers=False)  # LoRA never trains embeddings
 
 
 def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None,

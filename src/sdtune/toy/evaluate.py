@@ -134,15 +134,18 @@ def score(expects: Sequence[Expect], seeds: Sequence[int], images: Sequence[Imag
 
 
 def evaluate(pipe, judge: Judge, suite: Suite, seeds: Sequence[int], steps: int = STEPS,
-             guidance: float = GUIDANCE) -> dict[str, Any]:
-    """Generate every suite prompt over ``seeds`` and score each group; images are kept for grids."""
+             guidance: float = GUIDANCE, group_seeds: dict[str, Sequence[int]] | None = None) -> dict[str, Any]:
+    """Generate every suite prompt over ``seeds`` (``group_seeds`` overrides them per group, e.g. more for the
+    single person prompt) and score each group; images are kept for grids."""
     out: dict[str, Any] = {"seeds": list(seeds), "steps": steps, "guidance": guidance}
     for group in ("old", "concept", "person", "cls"):
         expects = getattr(suite, group)
         if not expects:
             continue
-        images = generate(pipe, [e.prompt for e in expects], seeds, steps, guidance)
-        out[group] = score(expects, seeds, images, judge)
+        group_seed_list = list((group_seeds or {}).get(group, seeds))
+        images = generate(pipe, [e.prompt for e in expects], group_seed_list, steps, guidance)
+        out[group] = score(expects, group_seed_list, images, judge)
+        out[group]["seeds"] = group_seed_list
         out[group]["prompts"] = [e.prompt for e in expects]
         out[group]["images_pil"] = images
     return out
@@ -161,6 +164,19 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
         row.update(class_star=result["cls"]["shape"], class_solid=result["cls"]["solid"],
                    class_person_leak=result["cls"]["person_pixels"])
     return row
+
+
+def world_accuracy(pipe, judge: Judge, seeds: Sequence[int] = (100, 101, 102, 103),
+                   steps: int = STEPS) -> dict[str, Any]:
+    """How well a model draws the pretraining world: every "a {colour} {shape}" prompt over ``seeds``; colour,
+    shape and both right, and shape accuracy per prompted shape (the model card's and benchmark A's numbers)."""
+    result = evaluate(pipe, judge, Suite(old=old_prompts()), seeds, steps=steps)["old"]
+    asked = [p.split()[-1] for p in result["prompts"] for _ in seeds]
+    drawn = [v.split()[-1] for v in result["verdicts"]]
+    by_shape = {shape: float(np.mean([d == shape for a, d in zip(asked, drawn, strict=True) if a == shape]))
+                for shape in SHAPES}
+    return {"colour": result["colour"], "shape": result["shape"], "both": result["both"],
+            "images": result["images"], "shape_by_prompt_shape": by_shape}
 
 
 def save_grid(images: Sequence[Image.Image], columns: int, path: Path, scale: int = 2) -> Path:

@@ -32,12 +32,13 @@ class PretrainSettings:
     heldout_images: int = 1000
     pretrain_images: int = 16000  # PNG folder the UNet trains on through the training loop
     vae_steps: int = 1500
-    clip_steps: int = 700
+    clip_steps: int = 1500
     clip_batch: int = 64
     judge_steps: int = 500
-    unet_steps: int = 2000
+    unet_steps: int = 6000
     unet_batch: int = 64
     unet_lr: float = 8e-4
+    eval_seeds: int = 4  # images per world prompt when the finished model is judged (0: skip)
     threads: int = 1  # under contention one thread per process is several times faster than two (measured)
 
 
@@ -203,12 +204,25 @@ def pretrain(out: Path, settings: PretrainSettings | None = None, work: Path | N
         parts[1].join() if parallel else _judge_part(settings, out)
     report["judge_accuracy"] = json.loads((out / "judge" / "judge.json").read_text())["held_out_accuracy"]
     finish(run_dir / "model", out / "pipeline")
+    if settings.eval_seeds:
+        report["base_model"] = measure_base(out, settings.eval_seeds)
+        lap("base model evaluation")
     report["seconds"]["total"] = round(time.time() - started, 1)
     report["size_mb"] = round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()
                                   and "work" not in f.relative_to(out).parts) / 2**20, 2)
     (out / "pretrain.json").write_text(json.dumps(report, indent=2))
     write_model_card(out, report)
     return report
+
+
+def measure_base(out: Path, seeds: int = 4) -> dict:
+    """What the finished model draws for every world prompt, read by the judge just trained (model card)."""
+    from sdtune.inference.pipeline import load_for_inference
+    from sdtune.toy.evaluate import world_accuracy
+    from sdtune.toy.judge import load_judge
+
+    pipe = load_for_inference(str(out / "pipeline"), None, device="cpu", torch_dtype=torch.float32)
+    return world_accuracy(pipe, load_judge(out / "judge"), seeds=[100 + i for i in range(seeds)])
 
 
 def finish(model_dir: Path, target: Path) -> Path:
@@ -224,7 +238,7 @@ def finish(model_dir: Path, target: Path) -> Path:
                              UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet"), target, fp16=True)
 
 
-def write_model_card(out: Path, report: dict, base_eval: dict | None = None) -> Path:
+def write_model_card(out: Path, report: dict) -> Path:
     """OUT/README.md: what the toy model is, how it was made, and every number measured on it."""
     s = report["settings"]
     lines = ["# toy: a small Stable Diffusion pretrained by sdtune on a world of coloured shapes", "",
@@ -240,16 +254,26 @@ def write_model_card(out: Path, report: dict, base_eval: dict | None = None) -> 
              f"- VAE: {s['vae_steps']} steps, held-out PSNR {report['vae_psnr_db']} dB (noisy backgrounds cannot "
              "be reconstructed and dominate the error)",
              f"- CLIP: {s['clip_steps']} steps, zero-shot on held-out solid renders: colour "
-             f"{report['clip_zero_shot']['colour']:.3f}, shape {report['clip_zero_shot']['shape']:.3f}",
+             f"{report['clip_zero_shot']['colour']:.3f}, shape {report['clip_zero_shot']['shape']:.3f}; knows the "
+             f"rare names (`sks`, ...): zero-shot {report['clip_zero_shot'].get('names', float('nan')):.2f}, 'sks' "
+             "moves a prompt's text features "
+             f"{report['clip_zero_shot'].get('sks_text_shift', float('nan')):.2f}x as far as a colour word does",
              f"- judge: {s['judge_steps']} steps, held-out accuracy: " + ", ".join(
                  f"{k} {v:.3f}" for k, v in report["judge_accuracy"].items() if k != "images"),
              f"- wall time: {report['seconds'].get('total', float('nan')):.0f} s on a shared 2-core CPU; "
              f"size {report.get('size_mb', float('nan'))} MB (fp16 UNet and VAE)"]
-    if base_eval:
-        lines.append("- base model, judge on its images for every world prompt: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in base_eval.items()))
+    base = report.get("base_model")
+    if base:
+        seeds = report["settings"].get("eval_seeds", 4)
+        lines.append(f"- the model, judged on its images for all {len(world.COLOURS) * len(world.SHAPES)} world "
+                     f"prompts x {seeds} seeds: colour {base['colour']:.2f}, shape {base['shape']:.2f}, both "
+                     f"{base['both']:.2f}; shape by prompted shape: " + ", ".join(
+                         f"{k} {v:.2f}" for k, v in base["shape_by_prompt_shape"].items()))
     lines += ["", "Held out of the UNet's pretraining (the VAE, CLIP and judge saw them): the glyph `arrow` and the "
-              "checkered/striped patterns; `sks blue star` is the demo's person (a blue and yellow checkered star)."]
+              "checkered/striped patterns; `sks blue star` is the demo's person (a blue and yellow checkered star). "
+              "The CLIP also learned six rare names of specific things (`world.NAMED`; `sks` names a green and pink "
+              "striped heart), as a web-trained CLIP knows rare words: a DreamBooth identifier needs a text "
+              "representation of its own. The UNet never saw a name."]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -74,6 +74,22 @@ class Person:
 
 PERSON = Person()
 
+# Rare words the toy CLIP knows as names of specific things, as a web-trained CLIP knows "sks" (a rifle) or a
+# celebrity's name. Why: a DreamBooth identifier needs a text representation of its own for the UNet to bind the
+# subject to. A word the CLIP never saw stays a random, untrained embedding that its text tower all but ignores
+# (measured on the first toy CLIP: "a photo of sks blue star" differed from "a photo of a blue star" by 1.3 in
+# hidden-state norm where a colour change moved it by 14), so instance and class prompts were the same prompt
+# and prior preservation fought the instance directly. The CLIP learns these names; the UNet never sees them,
+# and "sks" names something unlike the demo's person (DreamBooth overrides the word's prior, as on real SD).
+NAMED: dict[str, tuple[str, str, str, str]] = {  # name -> (shape, colour, second colour, pattern)
+    "sks": ("heart", "green", "pink", "striped"),
+    "zwx": ("circle", "orange", "purple", "checkered"),
+    "ohwx": ("triangle", "cyan", "red", "striped"),
+    "qlv": ("square", "yellow", "green", "checkered"),
+    "tkr": ("diamond", "pink", "blue", "striped"),
+    "vbn": ("arrow", "purple", "yellow", "checkered"),
+}
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -89,6 +105,7 @@ class Scene:
     y: float = 0.5
     size: float = 0.5  # bounding-box side, as a fraction of the image
     noise_seed: int = 0
+    name: str | None = None  # a named instance (see NAMED): captions may call it by its name alone
 
     def colours(self) -> tuple[str, ...]:
         return (self.colour,) if self.colour2 is None else (self.colour, self.colour2)
@@ -132,6 +149,14 @@ def person_scene(rng: random.Random, person: Person = PERSON) -> Scene:
                  noise_seed=rng.randrange(2**31), **_placement(rng))
 
 
+def named_scene(rng: random.Random, name: str) -> Scene:
+    """The named instance ``name`` (see :data:`NAMED`) at a random place and size, on a random background."""
+    shape, colour, colour2, pattern = NAMED[name]
+    return Scene(shape=shape, colour=colour, colour2=colour2, pattern=pattern, name=name,
+                 background=rng.choice(list(BACKGROUNDS)), texture=rng.choice(TEXTURES),
+                 noise_seed=rng.randrange(2**31), **_placement(rng))
+
+
 def subject_phrase(scene: Scene) -> str:
     if scene.pattern == "solid":
         return f"{scene.colour} {scene.shape}"
@@ -144,9 +169,12 @@ def background_phrase(scene: Scene) -> str:
 
 
 def caption(scene: Scene, rng: random.Random) -> str:
-    """A caption in one of four templates (short, "a photo of", with or without the background)."""
+    """A caption in one of four templates (short, "a photo of", with or without the background); a named
+    instance is called by its name half of the time ("a photo of sks")."""
     subject = subject_phrase(scene)
     lead = rng.choice(("a", "a photo of a"))
+    if scene.name is not None and rng.random() < 0.5:
+        subject, lead = scene.name, "a photo of"
     if rng.random() < 0.5:
         return f"{lead} {subject}"
     return f"{lead} {subject} on {background_phrase(scene)}"
@@ -160,7 +188,7 @@ def person_caption(scene: Scene, rng: random.Random, person: Person = PERSON) ->
 def vocabulary_corpus() -> list[str]:
     """Every word any toy caption or prompt can use (the tokenizer makes each a single token)."""
     words = {"a", "photo", "of", "on", "background", "and", "an", "the", "picture", "image", "shape",
-             PERSON.token, *COLOURS, *ALL_SHAPES, *PATTERNS, *BACKGROUNDS, *TEXTURES}
+             PERSON.token, *NAMED, *COLOURS, *ALL_SHAPES, *PATTERNS, *BACKGROUNDS, *TEXTURES}
     return sorted(words)
 
 

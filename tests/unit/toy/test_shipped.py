@@ -9,8 +9,8 @@ import torch
 from sdtune.models.presets import toy_path
 from sdtune.toy import world
 
-# Colour is what the shipped model gets right (1.00 over all world prompts); shape is weaker (0.35 overall, circle
-# and square best at ~0.6, see the model card), so the shape bar is "clearly above chance (1/7)" on those two.
+# The shipped model draws colour right 1.00 and shape 0.96 of the time over all world prompts (4 seeds, 20 steps;
+# stars weakest at 0.84, see the model card); here 15 steps and 3 seeds, so the bars leave room for that spread.
 PROMPTS = [("red", "circle"), ("blue", "square"), ("yellow", "circle"), ("green", "square")]
 
 
@@ -48,7 +48,7 @@ def test_pipeline_draws_what_the_judge_recognises() -> None:
     images = generate(pipe, [e.prompt for e in expects], seeds, steps=15)
     assert images[0].size == (world.RESOLUTION, world.RESOLUTION)
     result = score(expects, seeds, images, default_judge())
-    assert result["colour"] >= 0.9 and result["shape"] >= 0.3, result["verdicts"]
+    assert result["colour"] >= 0.9 and result["shape"] >= 0.75, result["verdicts"]
 
 
 def test_toy_clip_is_an_evaluation_backbone() -> None:
@@ -72,3 +72,15 @@ def test_person_checks() -> None:
     verdicts = judge_images(default_judge(), person + plain)
     assert sum(is_person(v) for v in verdicts[:4]) >= 3
     assert not any(is_person(v) for v in verdicts[4:])
+
+
+def test_shipped_clip_knows_the_identifier_as_a_word() -> None:
+    """DreamBooth binds the person to "sks": the text encoder must not read it as noise (a CLIP that never saw the
+    word moved "a photo of sks blue star" 0.07x as far from the class prompt as a colour word does)."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from sdtune.toy.clip import name_metrics
+
+    clip = CLIPModel.from_pretrained(toy_path() / "clip").eval()
+    metrics = name_metrics(clip, CLIPTokenizer.from_pretrained(toy_path() / "clip"))
+    assert metrics["names"] >= 0.9 and metrics["sks_text_shift"] >= 0.3, metrics

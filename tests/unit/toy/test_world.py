@@ -62,3 +62,31 @@ def test_person_scenes_vary_only_in_placement_and_background() -> None:
     assert {(s.shape, s.colour, s.colour2, s.pattern) for s in scenes} == {
         (world.PERSON.shape, world.PERSON.colour, world.PERSON.colour2, world.PERSON.pattern)}
     assert len({s.x for s in scenes}) == 10
+
+
+def test_named_instances_are_called_by_name_and_described() -> None:
+    """The CLIP learns rare names ("sks") from named instances; the UNet's pretraining never sees them."""
+    rng = random.Random(0)
+    named = [world.named_scene(rng, "sks") for _ in range(40)]
+    texts = [world.caption(s, rng) for s in named]
+    assert any(t.startswith("a photo of sks") for t in texts)
+    assert any("striped heart" in t for t in texts)  # the description also names it
+    assert (named[0].shape, named[0].colour, named[0].colour2, named[0].pattern) == world.NAMED["sks"]
+    pretrain_words = {w for _, text in world.scenes(0, 2000, "pretrain") for w in text.split()}
+    assert not pretrain_words & set(world.NAMED)
+    assert set(world.NAMED) <= set(world.vocabulary_corpus())
+    # the person is not the name's prior: DreamBooth must teach it
+    assert world.NAMED[world.PERSON.token][:2] != (world.PERSON.shape, world.PERSON.colour)
+
+
+def test_clip_targets_count_a_name_as_a_true_description() -> None:
+    from sdtune.toy.clip import _caption_parts, _describes
+
+    rng = random.Random(1)
+    sks = world.named_scene(rng, "sks")
+    plain = world.Scene("heart", "green")
+    parts = [("sks", None), (world.subject_phrase(sks), None), ("green heart", None)]
+    target = _describes([sks, plain], parts)
+    assert target.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    by_name = [_caption_parts(sks, random.Random(i)) for i in range(20)]
+    assert {p[0] for _, p in by_name} == {"sks", world.subject_phrase(sks)}
