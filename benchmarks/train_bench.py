@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,6 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all variants, interleaved; step time "
+                        "is the median over rounds and the spread of its ratio is printed (a shared CPU is noisy: "
+                        "single 12-step rounds gave ratios from 0.88 to 1.22 for the same code)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sdtune-bench-"))
     model = build_bench_model(work / "model")
@@ -152,6 +157,7 @@ def main() -> None:
 
     def sdtune_variant(name: str, train: dict) -> None:
         out = work / name
+        shutil.rmtree(out, ignore_errors=True)
         cfg = {"output_dir": str(out), "model": {"base": str(model)},
                "data": {"instance_dir": str(data), "instance_prompt": "a photo of sks dog",
                         "resolution": args.resolution, "check": False},
@@ -163,25 +169,36 @@ def main() -> None:
 
     def reference_variant(name: str, lora: bool) -> None:
         out = work / name
+        shutil.rmtree(out, ignore_errors=True)
         res = _run(REFERENCE_RUNNER, {"out": str(out), "model": str(model), "data": str(data), "lora": lora,
                                       "steps": args.steps, "every": every, "resolution": args.resolution})
         rows.append((name, res["step_seconds"], res["maxrss_kb"] / 1024,
                      _dir_mb(out / f"checkpoint-{args.steps}")))
 
-    reference_variant("reference LoRA (diffusers-script style)", lora=True)
-    sdtune_variant("sdtune LoRA", {"lora": {"rank": 8}})
-    reference_variant("reference full (diffusers-script style)", lora=False)
-    sdtune_variant("sdtune full", {})
-    sdtune_variant("sdtune full + gradient checkpointing", {"gradient_checkpointing": True})
+    rounds = []
+    for _ in range(args.repeats):
+        rows.clear()
+        reference_variant("reference LoRA (diffusers-script style)", lora=True)
+        sdtune_variant("sdtune LoRA", {"lora": {"rank": 8}})
+        reference_variant("reference full (diffusers-script style)", lora=False)
+        sdtune_variant("sdtune full", {})
+        sdtune_variant("sdtune full + gradient checkpointing", {"gradient_checkpointing": True})
+        rounds.append(list(rows))
 
-    base_lora, base_full = rows[0], rows[2]
-    print(f"\nSD-shaped UNet, {args.resolution} px, batch 1, {args.steps} steps, CPU x{os.cpu_count()}\n")
-    print(f"{'variant':44s} {'median s/step':>13s} {'x ref':>6s} {'peak RSS MB':>12s} {'x ref':>6s} "
+    def ratios(i: int) -> list[float]:
+        ref = 0 if "LoRA" in rounds[0][i][0] else 2
+        return [r[i][1] / r[ref][1] for r in rounds]
+
+    print(f"\nSD-shaped UNet, {args.resolution} px, batch 1, {args.steps} steps, CPU x{os.cpu_count()}, "
+          f"{args.repeats} interleaved rounds (median; ratio range over rounds)\n")
+    print(f"{'variant':44s} {'median s/step':>13s} {'x ref':>6s} {'range':>11s} {'peak RSS MB':>12s} {'x ref':>6s} "
           f"{'ckpt MB':>9s} {'x ref':>7s}")
-    for name, sps, rss, ckpt in rows:
-        ref = base_lora if "LoRA" in name else base_full
-        print(f"{name:44s} {sps:13.3f} {sps / ref[1]:6.2f} {rss:12.0f} {rss / ref[2]:6.2f} {ckpt:9.2f} "
-              f"{ckpt / ref[3]:7.3f}")
+    for i, (name, _, rss, ckpt) in enumerate(rounds[-1]):
+        ref = rounds[-1][0 if "LoRA" in name else 2]
+        sps = statistics.median(r[i][1] for r in rounds)
+        spread = ratios(i)
+        print(f"{name:44s} {sps:13.3f} {statistics.median(spread):6.2f} {min(spread):5.2f}-{max(spread):<5.2f} "
+              f"{rss:12.0f} {rss / ref[2]:6.2f} {ckpt:9.2f} {ckpt / ref[3]:7.3f}")
     print(f"\nwork folder: {work}")
 
 
