@@ -16,9 +16,9 @@ def demo_command(
     threads: int = typer.Option(1, help="torch threads; 1 because a 32 px model gains little from more, and on a "
                                 "shared CPU two threads per process ran up to 6x slower (measured)"),
 ) -> None:
-    """Two-stage fine-tuning on the toy model, measured: the concept (full), then a person LoRA, then evaluation of
-    base / stage 1 / stage 2 (judge accuracy, forgetting, CLIP score) with an HTML report. Offline, CPU, minutes.
-    Re-running continues: finished stages are kept."""
+    """Two-stage fine-tuning on the toy model, measured: the concept (a LoRA), then a person DreamBooth LoRA on the
+    concept model, then evaluation of base / stage 1 / stage 2 (judge accuracy, forgetting, CLIP score) with an
+    HTML report. Offline, CPU, about 3.5 minutes. Re-running continues: finished stages are kept."""
     import torch
 
     from sdtune.toy.demo import DemoSettings, format_table, run_demo
