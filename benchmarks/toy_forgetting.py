@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from sdtune.recipes.runs import read_metrics, run_state
 from sdtune.toy import world
 from sdtune.toy.evaluate import (
     default_judge,
@@ -64,15 +65,6 @@ def parse() -> argparse.Namespace:
         args.lora_lrs, args.full_lrs, args.seeds = "1e-3", "1e-4", "0"
         args.eval_seeds, args.steps, args.concept_steps, args.class_images = 2, 20, 20, 4
     return args
-
-
-def finished_steps(run_dir: Path) -> int | None:
-    """Steps of a finished run in ``run_dir`` (None if there is none)."""
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics.get("steps") if metrics.get("status") == "finished" else None
 
 
 def load_done(path: Path) -> dict[str, dict]:
@@ -194,14 +186,15 @@ def main() -> int:
             if key in done:
                 continue
             run_dir = out / "runs" / key
-            t0 = time.time()
-            if finished_steps(run_dir) != args.steps:  # a finished run of these settings is evaluated again as is
+            t0, train_s = time.time(), None
+            reuse = run_state(run_dir) == "finished" and read_metrics(run_dir).get("steps") == args.steps
+            if not reuse:  # a finished run of these settings is evaluated again as is
                 shutil.rmtree(run_dir, ignore_errors=True)
                 run(dreambooth_config("toy", person_data, run_dir, steps=args.steps, lr=lr,
                                       lora_rank=8 if method == "lora" else None, seed=seed, prior=prior,
                                       class_dir=data / f"class-star-{shard}", num_class_images=args.class_images))
-            train_s = time.time() - t0
-            row = {"key": key, "method": name, "lr": lr, "seed": seed, "train_seconds": round(train_s, 1),
+                train_s = round(time.time() - t0, 1)
+            row = {"key": key, "method": name, "lr": lr, "seed": seed, "train_seconds": train_s,
                    **summary(evaluate(load_toy_pipeline(str(run_dir)), judge, suite, eval_seeds,
                                       group_seeds=group_seeds))}
             record(results, row)

@@ -31,6 +31,7 @@ from sdtune.toy.world import (
     background_phrase,
     caption,
     named_scene,
+    render_arrays,
     subject_phrase,
 )
 
@@ -80,8 +81,6 @@ def _caption_parts(scene: Scene, rng: random.Random) -> tuple[str, tuple[str, st
 
 def named_pool(seed: int, per_name: int = 64) -> tuple[list[Scene], np.ndarray]:
     """Renders of every named instance (:data:`~sdtune.toy.world.NAMED`), mixed into the CLIP's batches."""
-    from sdtune.toy.world import render_arrays
-
     rng = random.Random(seed + 101)
     pool = [named_scene(rng, name) for name in NAMED for _ in range(per_name)]
     return pool, render_arrays(pool)

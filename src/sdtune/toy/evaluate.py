@@ -109,8 +109,9 @@ def pixel_person_check(image: Image.Image, person: Person = PERSON, tolerance: f
 
 
 def is_person(verdict: Verdict, person: Person = PERSON) -> bool:
-    """The judge sees the person's pattern in its two colours. The shape is not required: the base model's stars
-    are its weakest shape (judge shape accuracy ~0.1 for star prompts), so requiring it would measure the base."""
+    """The judge sees the person's pattern in its two colours. The shape is not required: stars are the base
+    model's weakest shape (0.84 of star prompts; 0.09 in the first shipped model), so requiring it would
+    measure the base as much as the fine-tune."""
     return verdict.pattern == person.pattern and {person.colour, person.colour2} <= set(verdict.colours[:3])
 
 

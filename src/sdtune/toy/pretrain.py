@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.toy import world
 from sdtune.toy.tokenizer import load_tokenizer, write_tokenizer
 
@@ -210,7 +211,7 @@ def pretrain(out: Path, settings: PretrainSettings | None = None, work: Path | N
     report["seconds"]["total"] = round(time.time() - started, 1)
     report["size_mb"] = round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()
                                   and "work" not in f.relative_to(out).parts) / 2**20, 2)
-    (out / "pretrain.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(out / "pretrain.json", report)
     write_model_card(out, report)
     return report
 
@@ -275,5 +276,5 @@ def write_model_card(out: Path, report: dict) -> Path:
               "striped heart), as a web-trained CLIP knows rare words: a DreamBooth identifier needs a text "
               "representation of its own. The UNet never saw a name."]
     path = out / "README.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

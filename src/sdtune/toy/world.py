@@ -136,25 +136,26 @@ def sample_scene(rng: random.Random, region: str = "pretrain") -> Scene:
                  noise_seed=rng.randrange(2**31), **_placement(rng))
 
 
+def _placed(rng: random.Random, **what) -> Scene:
+    """A scene of ``what`` (shape, colours, pattern, ...) at a random place and size, on a random background."""
+    return Scene(**what, background=rng.choice(list(BACKGROUNDS)), texture=rng.choice(TEXTURES),
+                 noise_seed=rng.randrange(2**31), **_placement(rng))
+
+
 def concept_scene(rng: random.Random) -> Scene:
     """The held-out glyph in a random colour, solid, anywhere (the overarching concept's training set)."""
-    return Scene(shape=CONCEPT, colour=rng.choice(list(COLOURS)), background=rng.choice(list(BACKGROUNDS)),
-                 texture=rng.choice(TEXTURES), noise_seed=rng.randrange(2**31), **_placement(rng))
+    return _placed(rng, shape=CONCEPT, colour=rng.choice(list(COLOURS)))
 
 
 def person_scene(rng: random.Random, person: Person = PERSON) -> Scene:
     """The specific instance, at a random place and size, on a random background."""
-    return Scene(shape=person.shape, colour=person.colour, colour2=person.colour2, pattern=person.pattern,
-                 background=rng.choice(list(BACKGROUNDS)), texture=rng.choice(TEXTURES),
-                 noise_seed=rng.randrange(2**31), **_placement(rng))
+    return _placed(rng, shape=person.shape, colour=person.colour, colour2=person.colour2, pattern=person.pattern)
 
 
 def named_scene(rng: random.Random, name: str) -> Scene:
     """The named instance ``name`` (see :data:`NAMED`) at a random place and size, on a random background."""
     shape, colour, colour2, pattern = NAMED[name]
-    return Scene(shape=shape, colour=colour, colour2=colour2, pattern=pattern, name=name,
-                 background=rng.choice(list(BACKGROUNDS)), texture=rng.choice(TEXTURES),
-                 noise_seed=rng.randrange(2**31), **_placement(rng))
+    return _placed(rng, shape=shape, colour=colour, colour2=colour2, pattern=pattern, name=name)
 
 
 def subject_phrase(scene: Scene) -> str:
