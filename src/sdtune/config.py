@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sdtune import typed_yaml
 from sdtune.errors import ConfigError
 
 
@@ -176,23 +176,30 @@ class RunConfig(Section):
 # ----------------------------------------------------------------------------- loading and overrides
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=c`` -> (['a', 'b'], value parsed as YAML, so numbers, bools, null and lists work)."""
+def parse_override(text: str, schema: Any = None) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (['a', 'b'], value), the value read for the key it sets (``sdtune.typed_yaml``).
+
+    Keys that hold text keep the value as typed (``train.mixed_precision=no``, ``logging.run_name=2024``);
+    other keys read it as YAML 1.2 (numbers, ``true``/``false``, ``null``, ``[a, b]`` lists). ``schema``:
+    the model the keys belong to (default: :class:`RunConfig`).
+    """
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value (e.g. train.max_steps=500)")
     key, raw = text.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
+    keys = key.split(".")
+    if not key or any(not part for part in keys):
         raise ConfigError(f"override '{text}': empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = typed_yaml.load_value(raw, typed_yaml.at(schema or RunConfig, keys))
+    except typed_yaml.YamlError:
         value = raw
-    return key.split("."), value
+    return keys, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str], schema: Any = None) -> dict[str, Any]:
+    """Set each ``a.b=c`` override in ``data`` (a config as read from YAML); ``schema`` as for parse_override."""
     for item in overrides:
-        keys, value = parse_override(item)
+        keys, value = parse_override(item, schema)
         node: Any = data
         for depth, key in enumerate(keys[:-1]):
             if isinstance(node, list):
@@ -231,12 +238,16 @@ def config_from_dict(data: dict[str, Any], source: str = "") -> RunConfig:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, schema: Any = None) -> dict[str, Any]:
+    """A YAML config file as a dict, each value read for the key it sets (``schema``: default RunConfig).
+
+    YAML 1.2 scalars, so ``mixed_precision: no`` stays the text ``no``; see ``sdtune.typed_yaml``.
+    """
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist (ready ones are in configs/)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
+        data = typed_yaml.load(path.read_text(encoding="utf-8-sig"), schema or RunConfig) or {}
+    except typed_yaml.YamlError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, train:, ...)")
@@ -274,7 +285,8 @@ def resolve_config(cfg: RunConfig, cwd: Path | None = None) -> RunConfig:
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The config as YAML that any YAML reader (1.1 or 1.2) reads back unchanged."""
+    return typed_yaml.dump(cfg.model_dump(mode="json"))
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

@@ -56,12 +56,13 @@ def is_run_folder(ref: str | Path) -> bool:
 
 def read_run(folder: str | Path) -> RunFolder:
     """Read a run folder's config (only the model section: the rest belongs to the trainer) and weights."""
-    import yaml
+    from sdtune.config import RunConfig
+    from sdtune.typed_yaml import YamlError, load
 
     path = Path(folder).expanduser().resolve()
-    try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    try:  # the config reader's YAML rules: `revision: 1.0` is the text "1.0", `allow_pickle: no` is False
+        cfg = load((path / "config.yaml").read_text(encoding="utf-8-sig"), RunConfig) or {}
+    except (OSError, YamlError) as exc:
         raise ModelLoadError(f"{path / 'config.yaml'}: cannot read run config ({exc})") from None
     model = cfg.get("model") or {}
     base = str(model.get("base") or "tiny")

@@ -195,9 +195,9 @@ def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, c
     run_dir = Path(run_dir)
     if not (run_dir / "model" / "model_index.json").is_file():
         raise SdtuneError(f"{run_dir} has no full model (model/); extraction needs a full fine-tune run")
-    import yaml
+    from sdtune.config import read_yaml
 
-    data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    data = read_yaml(run_dir / "config.yaml")
     if (data.get("train") or {}).get("lora") is not None:
         raise SdtuneError(f"{run_dir} is a LoRA run: its LoRA is already in {run_dir / 'lora'}")
     from sdtune.inference.pipeline import read_run

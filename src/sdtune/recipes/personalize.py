@@ -84,6 +84,7 @@ def load_template(path: Path | None, stage: str = "person") -> dict[str, Any]:
         return data
     from sdtune.recipes.schema import Recipe, deep_merge
 
+    data = read_yaml(Path(path), Recipe)  # again, each value read for the recipe key it sets
     recipe = Recipe.model_validate(data)
     chosen = recipe.stage(stage)
     merged = dict(recipe.defaults)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sdtune import typed_yaml
 from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
@@ -50,10 +49,12 @@ def run_state(run_dir: Path) -> str:
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
+    from sdtune.config import RunConfig
+
     path = Path(run_dir) / "config.yaml"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        data = typed_yaml.load(path.read_text(encoding="utf-8-sig"), RunConfig) or {}
+    except (OSError, typed_yaml.YamlError) as exc:
         raise SdtuneError(f"{path}: cannot read the run's config ({exc})") from None
     return data if isinstance(data, dict) else {}
 
@@ -72,11 +73,11 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
 
 def saved_config_changes(run_dir: Path, cfg: Any) -> list[str]:
     """Keys where ``cfg`` (a RunConfig) differs from the config a run folder was trained with (none if untrained)."""
-    from sdtune.config import dump_config
+    from sdtune.config import RunConfig, dump_config
 
     if not (Path(run_dir) / "config.yaml").is_file():
         return []
-    return config_changes(read_run_config(run_dir), yaml.safe_load(dump_config(cfg)))
+    return config_changes(read_run_config(run_dir), typed_yaml.load(dump_config(cfg), RunConfig))
 
 
 @dataclass
@@ -125,7 +126,7 @@ def write_stack_profile(run_dir: Path, concept: ConceptRun, *, concept_name: str
     model["base"] = concept.base
     header = ("# Generation profile written by sdtune (not a training config): the concept's base model plus the\n"
               f"# adapters in {ADAPTERS_FILE}, applied in order with their weights. Use: sdtune generate {folder}\n")
-    atomic_write_text(folder / "config.yaml", header + yaml.safe_dump({"model": model}, sort_keys=False))
+    atomic_write_text(folder / "config.yaml", header + typed_yaml.dump({"model": model}))
     if not (folder / ADAPTERS_FILE).is_file():
         adapters = [
             {"name": concept_name, "path": os.path.relpath(concept.lora_file, folder), "weight": 1.0},

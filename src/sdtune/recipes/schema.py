@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config
 from sdtune.errors import ConfigError
+from sdtune.typed_yaml import ShapedAs
 
 STAGE_REF = "stage:"
 RESERVED_NAMES = {"defaults", "output_dir", "stages"}
@@ -29,7 +30,8 @@ class Stage(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="also the stage's run folder name")
     config_file: Path | None = Field(None, description="a run config YAML to start from (as for sdtune train)")
-    config: dict[str, Any] = Field(default_factory=dict, description="run config keys, over config_file and defaults")
+    config: Annotated[dict[str, Any], ShapedAs(RunConfig)] = Field(
+        default_factory=dict, description="run config keys, over config_file and defaults")
     base: str | None = Field(None, description="'stage:NAME' (the full model of an earlier stage) or a model ref")
     extract_rank: int | None = Field(32, ge=1, description="full fine-tunes: also extract a LoRA of this rank "
                                      "(null: do not)")
@@ -44,7 +46,8 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output_dir: Path = Path("runs/recipe")
-    defaults: dict[str, Any] = Field(default_factory=dict, description="run config keys every stage shares")
+    defaults: Annotated[dict[str, Any], ShapedAs(RunConfig)] = Field(
+        default_factory=dict, description="run config keys every stage shares")
     stages: list[Stage] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -101,9 +104,9 @@ def route_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
 
 def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML, apply overrides, validate the recipe and every stage's run config."""
-    data = read_yaml(Path(path))
+    data = read_yaml(Path(path), Recipe)
     try:
-        data = apply_overrides(data, route_overrides(data, list(overrides or [])))
+        data = apply_overrides(data, route_overrides(data, list(overrides or [])), Recipe)
     except (IndexError, ValueError, TypeError) as exc:
         raise ConfigError(f"cannot apply overrides to {path}: {exc}") from None
     try:

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sdtune import typed_yaml
 from sdtune.toy import world
 from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, save_grid, summary
 from sdtune.toy.finetune import LORA_RANK, concept_config, dreambooth_config
@@ -113,7 +112,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
 
     concept_dir, person_dir = out / "concept", out / "person"
     recipe = demo_recipe(out, settings)
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    (out / "recipe.yaml").write_text(typed_yaml.dump(recipe.model_dump(mode="json")), encoding="utf-8")
     run_recipe(recipe, out / "recipe.yaml", echo=echo)
     lap("two-stage recipe (concept, then person LoRA)")
 
