@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from sdtune.errors import DataError, ModelLoadError
+from sdtune.errors import DataError
 
 ORDER = 5
 
@@ -27,7 +27,7 @@ def build_command(
     out: Path = typer.Argument(..., show_default=False, help="dataset folder to write (new, empty, or built "
                                "before by this command)"),
     captions: Path = typer.Option(None, "--captions", help="CSV or JSONL of file,caption rows (paths relative "
-                                  "to SRC); default: SRC/metadata.jsonl, else .txt files next to the images"),
+                                  "to SRC); default: SRC/metadata.jsonl, else .txt/.caption files next to the images"),
     caption: str = typer.Option(None, "--caption", help="fixed caption for every image that has none, "
                                 "e.g. 'a photo of sks person'"),
     captioner: str = typer.Option(None, "--captioner", help="image-to-text model (hub id or local folder, "
@@ -43,20 +43,18 @@ def build_command(
 ) -> None:
     """Build a dataset (HF imagefolder: images + metadata.jsonl) from photos.
 
-    \b
-    Captions come from, in this order:
-      1. --captions FILE, or SRC/metadata.jsonl when SRC has one
-      2. photo.txt next to photo.jpg (the kohya convention)
+    SRC is read as `sdtune train` and `dataset check` read a folder. Captions come from, in this order:
+      1. --captions FILE; or SRC/metadata.jsonl (or .csv), whose rows are the images, as for Hugging Face
+      2. photo.txt or photo.caption next to photo.jpg (the kohya convention)
       3. --captioner MODEL or --caption TEXT, for images still without one
-    Without any, images stay uncaptioned: fine for DreamBooth (fixed prompt).
+    Without any, images stay uncaptioned: fine for DreamBooth (fixed prompt). A row whose text is a list of
+    captions keeps them all (training uses each in turn).
 
-    \b
-    Every image is re-encoded: EXIF rotation applied, RGB (transparency on
-    white; CMYK, 16-bit and palette images handled), optionally --max-size.
-    Exact duplicates are dropped and near-duplicates reported. Bad files
-    (corrupt, truncated, empty, not an image, too large) and rows pointing
-    outside SRC are reported and skipped (--strict: stop instead).
-    SRC is never modified; rerunning into the same OUT is safe.
+    Every image is re-encoded: EXIF rotation applied, RGB (transparency on white; CMYK, 16-bit and palette
+    images handled), optionally --max-size. Exact duplicates are dropped and near-duplicates reported. Bad files
+    (corrupt, truncated, empty, not an image, too large) and rows pointing outside SRC are reported and skipped
+    (--strict: stop instead); so are images a metadata.jsonl does not list and images with a name that is not
+    an image suffix. SRC is never modified; rerunning into the same OUT is safe.
 
     \b
     Examples:
@@ -85,52 +83,37 @@ def build_command(
     typer.echo(report.to_text())
 
 
-def _load_tokenizer(model: str):
-    """The CLIP tokenizer of a diffusers model (folder, hub id or tiny), or of a bare tokenizer folder."""
-    from transformers import AutoTokenizer
-
-    from sdtune.models.loading import resolve_model_ref
-
-    folder = Path(model)
-    if folder.is_dir() and (folder / "tokenizer_config.json").exists():
-        source, sub = str(folder), None
-    else:
-        source, sub = resolve_model_ref(model), "tokenizer"
-    try:
-        return AutoTokenizer.from_pretrained(source, subfolder=sub) if sub else AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of {model!r}: {str(exc).splitlines()[0]}") from None
-
-
 @dataset_app.command("check")
 def check_command(
-    folder: Path = typer.Argument(..., help="dataset folder: an imagefolder (metadata.jsonl) or images with .txt"),
+    folder: Path = typer.Argument(..., help="dataset folder: an imagefolder (metadata.jsonl) or images with "
+                                  ".txt/.caption files"),
     resolution: int = typer.Option(None, "--resolution", min=8, help="training resolution: smaller images are "
                                    "reported (they get upscaled and look soft)"),
     require_captions: bool = typer.Option(False, "--require-captions", help="a missing caption is an error "
                                           "(text-to-image training); DreamBooth folders need none"),
-    model: str = typer.Option(None, "--model", help="count caption tokens with this model's tokenizer (diffusers "
-                              "folder, hub id, or tiny); without it token counts are estimates"),
+    model: str = typer.Option(None, "--model", help="count caption tokens with this model's tokenizer, against its "
+                              "limit (diffusers folder, hub id, tiny, toy); without it counts are estimates"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON for scripts"),
 ) -> None:
     """Report what is wrong with a dataset; exit status 1 when there are errors.
 
-    \b
-    Reports the image count, a histogram of resolutions, images smaller
-    than --resolution, missing or empty captions, captions longer than the
-    text encoder's 77 tokens, duplicates and near-duplicates, unreadable
-    files (corrupt, truncated, empty, not an image, too large) and rows of
-    metadata.jsonl naming missing files. `sdtune train` runs the same
-    checks before it loads a model, and stops on errors.
+    Reports the image count, a histogram of resolutions, images smaller than --resolution, missing or empty
+    captions, captions longer than the text encoder reads (with --model: its tokenizer's own limit, e.g. 77 for
+    CLIP, 32 for the toy; without: an estimate against 77), duplicates and near-duplicates, unreadable files
+    (corrupt, truncated, empty, not an image, too large), rows of metadata.jsonl naming missing files, and
+    images that would not be used (not listed in metadata.jsonl, or named without an image suffix).
+    `sdtune train` reads the folder the same way and runs the same checks with the run's model before it
+    loads the weights, and stops on errors.
 
     \b
     Examples:
       sdtune dataset check data/me --resolution 512
       sdtune dataset check data/t2i --require-captions --model tiny --json
     """
+    from sdtune.data.captions import load_tokenizer
     from sdtune.data.check import check_folder
 
-    tokenizer = _load_tokenizer(model) if model else None
+    tokenizer = load_tokenizer(model) if model else None
     report = check_folder(folder, resolution=resolution, require_captions=require_captions, tokenizer=tokenizer,
                           progress=not as_json)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.to_text())

@@ -28,9 +28,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sdtune.data.captions import orphan_captions, read_captions_file, read_sidecar, safe_member
+from sdtune.data.captions import safe_member
 from sdtune.data.duplicates import near_duplicate_pairs
-from sdtune.data.folders import METADATA, list_images
+from sdtune.data.folders import METADATA, list_images, read_folder
 from sdtune.data.images import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
@@ -94,7 +94,7 @@ class _Item:
 
     source: Path
     name: str  # file_name in OUT (POSIX separators)
-    caption: str | None
+    captions: tuple[str, ...]  # none, one, or alternatives (a list in the source's metadata)
     extra: dict[str, Any]
     fixed_caption: str | None
     dhash: int = 0
@@ -148,7 +148,7 @@ def _kept_rows(out: Path, sources: list[Source]) -> list[dict[str, Any]]:
         return []
     building = {s.concept for s in sources}
     kept = []
-    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(meta.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -167,31 +167,21 @@ def _kept_rows(out: Path, sources: list[Source]) -> list[dict[str, Any]]:
 
 
 def _gather(source: Source, multi: bool, build: _Build) -> list[_Item]:
-    """The images of one source with their captions (captions file, then metadata.jsonl, then sidecars)."""
-    folder = source.folder
-    images = list_images(folder)
-    listed: dict[Path, tuple[str | None, dict[str, Any]]] = {}
-    captions_file = source.captions_file
-    if captions_file is None and (folder / METADATA).is_file():
-        captions_file = folder / METADATA
-    if captions_file is not None:
-        rows, row_problems = read_captions_file(captions_file, folder)
-        build.problems(row_problems)
-        listed = {row.path: (row.text, row.extra) for row in rows}
-    sidecar_problems: list[Problem] = []
+    """The images of one source with their captions, read by the folder reader training uses.
+
+    ``--captions FILE`` captions every image of the folder (sidecars fill in); otherwise SRC/metadata.jsonl's rows
+    are the images (as for training and Hugging Face), else every image with its sidecar caption.
+    """
+    reading = read_folder(source.folder, captions_file=source.captions_file)
+    build.problems(reading.problems)
+    prefix = source.concept or (source.folder.resolve().name if multi else "")
     items = []
-    prefix = source.concept or (folder.resolve().name if multi else "")
-    for image in images:
-        caption, extra = listed.get(image.resolve(), (None, {}))
-        if caption is None:
-            caption = read_sidecar(image, sidecar_problems)
-        extra = {k: v for k, v in extra.items() if k not in ("file_name", "text")}
+    for record in reading.records:
+        extra = {k: v for k, v in record.extra.items() if k not in ("file_name", "text")}
         if source.concept is not None:
             extra["concept"] = source.concept
-        name = (Path(prefix) / image.relative_to(folder)).as_posix()
-        items.append(_Item(image, name, caption, extra, source.caption))
-    build.problems(sidecar_problems)
-    build.problems(orphan_captions(folder, images))
+        name = (Path(prefix) / record.name).as_posix()
+        items.append(_Item(record.path, name, record.captions, extra, source.caption))
     return items
 
 
@@ -280,19 +270,19 @@ def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], mod
         if model is not None:
             _autocaption(written, staging, model, progress, report)
         for item in written:
-            if item.caption is None and item.fixed_caption:
-                item.caption = item.fixed_caption
+            if not item.captions and item.fixed_caption:
+                item.captions = (item.fixed_caption,)
         for i, j, bits in near_duplicate_pairs([it.dhash for it in written], [it.colors for it in written]):
             build.problem(written[j].source, f"near-duplicate of {written[i].source} ({bits} of 64 hash bits "
                           "differ); kept, remove one if unintended", "warning")
-        rows = kept + [_row(item) for item in written]
+        rows = _same_text_type(kept + [_row(item) for item in written])
         _commit(out, staging, [item.name for item in written], rows)
     except OSError as exc:  # disk full, permissions: the user's problem to fix, not a traceback
         raise DataError(f"writing the dataset to {out} failed: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.written, report.kept = len(written), len(kept)
-    report.captioned = sum(1 for item in written if item.caption)
+    report.captioned = sum(1 for item in written if item.captions)
     missing = report.written - report.captioned
     if missing and report.captioned:
         build.problem(out, f"{missing} images have no caption (fine for DreamBooth with a fixed prompt; "
@@ -318,8 +308,8 @@ def _write_images(items: list[_Item], staging: Path, build: _Build, max_size: in
             first = seen[digest]
             build.problem(item.source, f"exact duplicate of {first.source}; dropped", "warning")
             build.report.duplicates_dropped += 1
-            if first.caption is None and item.caption is not None:  # keep the caption the user wrote
-                first.caption = item.caption
+            if not first.captions and item.captions:  # keep the caption the user wrote
+                first.captions = item.captions
             continue
         seen[digest] = item
         item.name = _target_name(item, loaded.format, digest, taken)
@@ -336,7 +326,7 @@ def _load_captioner(model: str | Path, template: str, batch_size: int):
 
 
 def _autocaption(items: list[_Item], staging: Path, captioner, progress: bool, report: BuildReport) -> None:
-    todo = [item for item in items if item.caption is None]
+    todo = [item for item in items if not item.captions]
     if not todo:
         return
     try:
@@ -345,7 +335,7 @@ def _autocaption(items: list[_Item], staging: Path, captioner, progress: bool, r
         raise ModelLoadError(f"the captioning model failed: {str(exc).splitlines()[0]}") from None
     for item, caption in zip(todo, captions, strict=True):
         if caption.strip():
-            item.caption = caption
+            item.captions = (caption,)
             report.auto_captioned += 1
         else:
             report.problems.append(Problem(str(item.source), "the captioner produced an empty caption", "warning"))
@@ -353,10 +343,18 @@ def _autocaption(items: list[_Item], staging: Path, captioner, progress: bool, r
 
 def _row(item: _Item) -> dict[str, Any]:
     row: dict[str, Any] = {"file_name": item.name}
-    if item.caption:
-        row["text"] = item.caption
+    if item.captions:
+        row["text"] = item.captions[0] if len(item.captions) == 1 else list(item.captions)
     row.update(item.extra)
     return row
+
+
+def _same_text_type(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """When any row has several captions (a list), every row's ``text`` becomes a list: Hugging Face datasets
+    refuses a column that mixes strings and lists ("changed from string to array")."""
+    if any(isinstance(row.get("text"), list) for row in rows):
+        return [row | {"text": [row["text"]]} if isinstance(row.get("text"), str) else row for row in rows]
+    return rows
 
 
 def _commit(out: Path, staging: Path, names: list[str], rows: list[dict[str, Any]]) -> None:

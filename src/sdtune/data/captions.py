@@ -10,6 +10,8 @@ put in it.
 from __future__ import annotations
 
 import csv
+import glob
+import io
 import json
 import re
 import unicodedata
@@ -28,12 +30,17 @@ TEXT_KEYS = ("text", "caption", "prompt")
 
 @dataclass
 class CaptionRow:
-    """One row of a captions file: the image it names, its caption and any extra columns (``concept``...)."""
+    """One row of a captions file: the image it names, its caption(s) and any extra columns (``concept``...)."""
 
     path: Path  # resolved
-    text: str | None
+    captions: tuple[str, ...] = ()  # none, one, or several alternatives (a JSON list of captions)
     extra: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # as written in the row, relative to the source folder
+
+    @property
+    def text(self) -> str | None:
+        """The first caption (None without one); training uses every alternative, see ``captions``."""
+        return self.captions[0] if self.captions else None
 
 
 def normalize_caption(text: str) -> str:
@@ -47,20 +54,42 @@ def read_text_file(path: Path) -> str:
     return path.read_bytes().decode("utf-8-sig")
 
 
+def is_caption_file(path: Path) -> bool:
+    return path.suffix.lower() in CAPTION_SUFFIXES and path.stem.lower() not in _NOT_CAPTIONS
+
+
+def caption_index(files: list[Path]) -> dict[Path, list[Path]]:
+    """Caption files by image stem (``folder/photo`` -> [photo.txt, photo.CAPTION]); .txt first, any case."""
+    index: dict[Path, list[Path]] = {}
+    for path in sorted(files, key=lambda p: (CAPTION_SUFFIXES.index(p.suffix.lower()), p.suffix != p.suffix.lower(),
+                                             str(p))):
+        index.setdefault(path.with_suffix(""), []).append(path)
+    return index
+
+
+def sidecars_of(image: Path, index: dict[Path, list[Path]] | None = None) -> list[Path]:
+    """The kohya caption files of an image (``photo.txt``, ``photo.caption``, suffix in any case), .txt first."""
+    if index is None:
+        index = caption_index([p for p in image.parent.glob(glob.escape(image.stem) + ".*")
+                               if p.is_file() and p.suffix.lower() in CAPTION_SUFFIXES])
+    return index.get(image.with_suffix(""), [])
+
+
 def sidecar_for(image: Path) -> Path | None:
     """The kohya caption file of an image, if there is one."""
-    for suffix in CAPTION_SUFFIXES:
-        candidate = image.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
-    return None
+    found = sidecars_of(image)
+    return found[0] if found else None
 
 
-def read_sidecar(image: Path, problems: list[Problem]) -> str | None:
+def read_sidecar(image: Path, problems: list[Problem], index: dict[Path, list[Path]] | None = None) -> str | None:
     """The caption of ``image`` from its sidecar; None when absent, empty or unreadable (with a problem)."""
-    sidecar = sidecar_for(image)
-    if sidecar is None:
+    found = sidecars_of(image, index)
+    if not found:
         return None
+    sidecar = found[0]
+    if len(found) > 1:
+        problems.append(Problem(str(sidecar), f"{image.name} has several caption files; this one is used, not "
+                                f"{', '.join(p.name for p in found[1:])}", "warning"))
     try:
         text = normalize_caption(read_text_file(sidecar))
     except UnicodeDecodeError:
@@ -114,19 +143,20 @@ def read_captions_file(file: Path, root: Path, *, metadata: bool = False) -> tup
 
     CSV: a header naming a file column (file_name/file/image/path) and a caption column (text/caption/prompt),
     or no header and ``file,caption`` (an unquoted caption containing commas is rejoined). JSONL: one object
-    per line with the same keys. Extra columns are kept (e.g. ``concept``). ``metadata=True`` reads a
-    ``metadata.jsonl`` as Hugging Face and the trainer do: only ``file_name`` and ``text`` count.
+    per line with the same keys; its caption may be a list of captions (alternatives). Extra columns are kept
+    (e.g. ``concept``). ``metadata=True`` reads a ``metadata.jsonl``/``metadata.csv`` as Hugging Face does:
+    the file column must be ``file_name``. A UTF-8 byte-order mark is fine (Windows editors write one).
     """
-    file_keys, text_keys = (("file_name",), ("text",)) if metadata else (FILE_KEYS, TEXT_KEYS)
+    file_keys = ("file_name",) if metadata else FILE_KEYS
     problems: list[Problem] = []
     try:
         content = read_text_file(file)
     except (OSError, UnicodeDecodeError) as exc:
         return [], [Problem(str(file), f"cannot read captions file ({exc})", "error")]
     if file.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        raw = list(_jsonl_rows(file, content, problems, file_keys, text_keys))
+        raw = list(_jsonl_rows(file, content, problems, file_keys, TEXT_KEYS))
     else:
-        raw = list(_csv_rows(file, content, problems, file_keys, text_keys))
+        raw = list(_csv_rows(file, content, problems, file_keys, TEXT_KEYS))
     rows: list[CaptionRow] = []
     seen: set[Path] = set()
     for where, name, text, extra in raw:
@@ -140,13 +170,33 @@ def read_captions_file(file: Path, root: Path, *, metadata: bool = False) -> tup
         if target.suffix.lower() not in IMAGE_SUFFIXES or not target.is_file():
             problems.append(Problem(where, f"{name!r} is not an image file ({', '.join(IMAGE_SUFFIXES)})", "error"))
             continue
+        captions = caption_values(text)
+        if isinstance(captions, str):
+            problems.append(Problem(where, captions, "error"))
+            continue
         if target in seen:
             problems.append(Problem(where, f"{name!r} is listed more than once; the first row is used", "warning"))
             continue
         seen.add(target)
-        caption = normalize_caption(text) if text is not None else None
-        rows.append(CaptionRow(target, caption or None, extra, name))
+        rows.append(CaptionRow(target, captions, extra, name))
     return rows, problems
+
+
+def caption_values(value: Any) -> tuple[str, ...] | str:
+    """A row's caption value as normalized captions: a string is one, a list of strings is alternatives.
+
+    Returns the reason as a string for anything else: a number or a mapping is not a caption, and a list must
+    never reach the text encoder as its Python repr (``"['a', 'b']"``).
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = normalize_caption(value)
+        return (text,) if text else ()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(dict.fromkeys(t for t in (normalize_caption(v) for v in value) if t))
+    kind = "a list with non-text items" if isinstance(value, list) else type(value).__name__
+    return f"the caption must be text or a list of texts (alternatives), not {kind}: {str(value)[:60]}"
 
 
 def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -174,7 +224,7 @@ def _jsonl_rows(file: Path, content: str, problems: list[Problem], file_keys: tu
         text_key = _pick(row, text_keys)
         text = row.get(text_key) if text_key else None
         extra = {k: v for k, v in row.items() if k not in (file_key, text_key) and _scalar(v)}
-        yield where, row[file_key], None if text is None else str(text), extra
+        yield where, row[file_key], text, extra
 
 
 def _scalar(value: Any) -> bool:
@@ -183,14 +233,15 @@ def _scalar(value: Any) -> bool:
 
 def _csv_rows(file: Path, content: str, problems: list[Problem], file_keys: tuple[str, ...],
               text_keys: tuple[str, ...]):
-    rows = list(csv.reader(content.splitlines()))
+    reader = csv.reader(io.StringIO(content, newline=""))  # a quoted caption may span lines
+    rows = [(reader.line_num, row) for row in reader]
     header: list[str] | None = None
-    if rows and any(cell.strip().lower() in file_keys for cell in rows[0]):
-        header = [h.strip().lower() for h in rows[0]]
-    for index, row in enumerate(rows[1:] if header else rows, start=2 if header else 1):
+    if rows and any(cell.strip().lower() in file_keys for cell in rows[0][1]):
+        header = [h.strip().lower() for h in rows[0][1]]
+    for lineno, row in rows[1:] if header else rows:
         if not row or not any(cell.strip() for cell in row):
             continue
-        where = f"{file}:{index}"
+        where = f"{file}:{lineno}"
         if header is None:
             name = row[0].strip()
             text = ",".join(row[1:]) if len(row) > 1 else None
@@ -220,4 +271,23 @@ def estimate_tokens(caption: str) -> int:
 
 def count_tokens(caption: str, tokenizer) -> int:
     """Exact token count with the model's tokenizer, start and end tokens included (as the encoder sees it)."""
-    return len(tokenizer(caption, truncation=False)["input_ids"])
+    return len(tokenizer(caption, truncation=False, verbose=False)["input_ids"])
+
+
+def load_tokenizer(model: str, revision: str | None = None):
+    """The tokenizer of a diffusers model (folder, hub id, tiny/toy) or a bare tokenizer folder: cheap (no weights).
+
+    Raises ModelLoadError naming the model when it cannot be loaded.
+    """
+    from transformers import AutoTokenizer
+
+    from sdtune.errors import ModelLoadError
+    from sdtune.models.loading import resolve_model_ref
+
+    folder = Path(model).expanduser()
+    try:
+        if folder.is_dir() and (folder / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(resolve_model_ref(model), subfolder="tokenizer", revision=revision)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {model!r}: {str(exc).splitlines()[0]}") from None

@@ -1,7 +1,7 @@
 """Check a dataset folder before a GPU hour is spent on it.
 
-``check_folder`` reads a folder the way the trainer does (``metadata.jsonl`` when present, else images with
-``.txt`` captions) and reports what would make training fail (errors) or quietly worse (warnings).
+``check_folder`` reads a folder with the trainer's own reader (``sdtune.data.folders``) and reports what would
+make training fail (errors) or quietly worse (warnings).
 ``sdtune train`` calls it before loading a model and stops on errors; ``sdtune dataset check`` prints it.
 It is fast: JPEGs are decoded at 1/8 scale, which still reads every byte and so catches truncated files.
 """
@@ -16,16 +16,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sdtune.data.captions import (
-    CLIP_MAX_TOKENS,
-    count_tokens,
-    estimate_tokens,
-    orphan_captions,
-    read_captions_file,
-    read_sidecar,
-)
+from sdtune.data.captions import CLIP_MAX_TOKENS, count_tokens, estimate_tokens
 from sdtune.data.duplicates import near_duplicate_pairs
-from sdtune.data.folders import METADATA, list_images
+from sdtune.data.folders import ImageRecord, read_folder
 from sdtune.data.images import probe_image
 from sdtune.data.report import Problem, summarize
 from sdtune.errors import DataError
@@ -54,8 +47,10 @@ class CheckReport:
     sizes: Counter = field(default_factory=Counter)
     captioned: int = 0
     token_count: str = "estimate"
+    token_limit: int = CLIP_MAX_TOKENS  # tokens the text encoder reads (the tokenizer's model_max_length)
     problems: list[Problem] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    dataset: list[ImageRecord] = field(default_factory=list)  # what training reads: every decodable image
 
     @property
     def errors(self) -> list[str]:
@@ -81,6 +76,7 @@ class CheckReport:
             "layout": self.layout,
             "captioned": self.captioned,
             "token_count": self.token_count,
+            "token_limit": self.token_limit,
             "resolutions": dict(self.resolutions),
             "sizes": {size: n for size, n in self.sizes.most_common()},
             "counts": dict(self.counts),
@@ -110,53 +106,53 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _records(folder: Path, report: CheckReport) -> list[tuple[Path, str | None]]:
-    """(image, caption) pairs as the trainer reads them, with every layout problem recorded instead of raised."""
+def _records(folder: Path, report: CheckReport) -> list[ImageRecord]:
+    """The images training would read (the shared folder reader), with every layout problem recorded."""
     if not folder.is_dir():
         report.add(folder, "does not exist or is not a folder; check the path", "error", "missing folder")
         return []
-    on_disk = list_images(folder)
-    problems: list[Problem] = []
-    if (folder / METADATA).exists():
-        report.layout = METADATA
-        rows, problems = read_captions_file(folder / METADATA, folder, metadata=True)
-        records = [(folder / row.name, row.text) for row in rows]
-        listed = {row.path for row in rows}
-        for image in on_disk:
-            if image.resolve() not in listed:
-                report.add(image, f"not listed in {METADATA}; training will not use it", "warning", "unlisted")
-    else:
-        report.layout = "caption files next to images"
-        records = [(image, read_sidecar(image, problems)) for image in on_disk]
-        problems += orphan_captions(folder, on_disk)
-    for problem in problems:
-        report.add(problem.where, problem.reason, problem.level, "caption/row problem")
-    return records
+    reading = read_folder(folder)
+    report.layout = reading.layout
+    for problem in reading.problems:
+        kind = "file not used" if "not used" in problem.reason else "caption/row problem"
+        report.add(problem.where, problem.reason, problem.level, kind)
+    return reading.records
+
+
+def token_limit(tokenizer) -> int:
+    """How many tokens the text encoder reads: the tokenizer's ``model_max_length`` (CLIP: 77, the toy: 32)."""
+    limit = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
+    return int(limit) if isinstance(limit, int) and 0 < limit < 100_000 else CLIP_MAX_TOKENS
 
 
 def check_folder(folder: Path, *, resolution: int | None = None, require_captions: bool = False, tokenizer=None,
-                 progress: bool = False) -> CheckReport:
+                 fixed_prompt: str | None = None, progress: bool = False) -> CheckReport:
     """Check a dataset folder; never raises for bad data, everything lands in the report.
 
     ``resolution``: warn about images whose shorter side is below it (they are upscaled, hence blurry).
     ``require_captions``: text-to-image training needs a caption for every image (DreamBooth does not).
-    ``tokenizer``: the model's CLIP tokenizer for exact token counts; without it counts are estimates.
+    ``tokenizer``: the model's tokenizer: exact token counts against its ``model_max_length``; without it
+    counts are estimates against CLIP's 77, and the report says so.
+    ``fixed_prompt``: the prompt every image trains with (DreamBooth): its length is checked instead of captions.
     """
     folder = Path(folder)
-    report = CheckReport(folder=folder, token_count="tokenizer" if tokenizer is not None else "estimate")
+    report = CheckReport(folder=folder, token_count="tokenizer" if tokenizer is not None else "estimate",
+                         token_limit=token_limit(tokenizer))
     records = _records(folder, report)
     if report.counts["missing folder"]:
         return report
-    readable: list[tuple[Path, str | None, int]] = []
+    readable: list[tuple[ImageRecord, int]] = []
     colors: list[bytes] = []
     by_bytes: dict[str, Path] = {}
     buckets: Counter = Counter()
-    for path, caption in tqdm(records, desc="checking images", unit="img", disable=not progress):
+    for record in tqdm(records, desc="checking images", unit="img", disable=not progress):
+        path = record.path
         try:
             info = probe_image(path)
         except DataError as exc:
             report.add(path, str(exc).removeprefix(f"{path}: "), "error", "unreadable")
             continue
+        report.dataset.append(record)
         for note in info.notes:
             report.add(path, note, "warning", "animated")
         short = min(info.width, info.height)
@@ -171,22 +167,41 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
                        "duplicate")
             continue
         by_bytes[digest] = path
-        readable.append((path, caption, info.dhash))
+        readable.append((record, info.dhash))
         colors.append(info.colors)
     report.images = len(readable)
     report.resolutions = {name: buckets[name] for _, name in RESOLUTION_BUCKETS if buckets[name]}
     if not records or not readable:
         report.add(folder, "no readable images: nothing to train on", "error", "empty")
-    _check_captions(report, readable, require_captions, tokenizer)
-    for i, j, bits in near_duplicate_pairs([h for _, _, h in readable], colors):
-        report.add(readable[j][0], f"near-duplicate of {readable[i][0]} ({bits} of 64 hash bits differ)",
+    if fixed_prompt is not None:
+        _check_prompt(report, fixed_prompt, tokenizer)
+    else:
+        _check_captions(report, [r for r, _ in readable], require_captions, tokenizer)
+    for i, j, bits in near_duplicate_pairs([h for _, h in readable], colors):
+        report.add(readable[j][0].path, f"near-duplicate of {readable[i][0].path} ({bits} of 64 hash bits differ)",
                    "warning", "near-duplicate")
     return report
 
 
-def _check_captions(report: CheckReport, readable: list[tuple[Path, str | None, int]], require_captions: bool,
-                    tokenizer) -> None:
-    missing = [path for path, caption, _ in readable if not caption]
+def _too_long(report: CheckReport, text: str, tokenizer) -> str | None:
+    """Why ``text`` is cut off by the text encoder, or None when it fits."""
+    n = count_tokens(text, tokenizer) if tokenizer is not None else estimate_tokens(text)
+    if n <= report.token_limit:
+        return None
+    if tokenizer is not None:
+        return f"{n} tokens; the text encoder reads {report.token_limit} (this model's tokenizer), the rest is cut off"
+    return (f"{n} tokens (estimated without the model's tokenizer); the limit assumed is CLIP's "
+            f"{CLIP_MAX_TOKENS} (an estimate: pass the model to count exactly), the rest is cut off")
+
+
+def _check_prompt(report: CheckReport, prompt: str, tokenizer) -> None:
+    reason = _too_long(report, prompt, tokenizer)
+    if reason:
+        report.add(report.folder, f"the prompt {prompt[:60]!r} is {reason}", "warning", "long caption")
+
+
+def _check_captions(report: CheckReport, readable: list[ImageRecord], require_captions: bool, tokenizer) -> None:
+    missing = [record.path for record in readable if not record.captions]
     report.captioned = len(readable) - len(missing)
     if require_captions:
         for path in missing:
@@ -194,11 +209,9 @@ def _check_captions(report: CheckReport, readable: list[tuple[Path, str | None, 
     elif missing and report.captioned:
         report.add(report.folder, f"{len(missing)} of {len(readable)} images have no caption; they train on an empty "
                    "prompt unless a fixed prompt is set", "warning", "missing caption")
-    label = "tokens" if tokenizer is not None else "tokens (estimated without the model's tokenizer)"
-    for path, caption, _ in readable:
-        if not caption:
-            continue
-        n = count_tokens(caption, tokenizer) if tokenizer is not None else estimate_tokens(caption)
-        if n > CLIP_MAX_TOKENS:
-            report.add(path, f"caption is {n} {label}; the text encoder reads {CLIP_MAX_TOKENS}, the rest is cut off",
-                       "warning", "long caption")
+    for record in readable:
+        for i, caption in enumerate(record.captions):
+            reason = _too_long(report, caption, tokenizer)
+            if reason:
+                which = f"caption {i + 1} of {len(record.captions)}" if len(record.captions) > 1 else "caption"
+                report.add(record.path, f"{which} is {reason}", "warning", "long caption")

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from sdtune.config import RunConfig
 from sdtune.data.subsets import subsets_from_config
-from sdtune.errors import DataError
+from sdtune.errors import DataError, SdtuneError
+
+
+def run_tokenizer(cfg: RunConfig):
+    """The model's tokenizer, for exact caption lengths against its own limit (the toy reads 32 tokens, CLIP 77).
+
+    Only the tokenizer files are read (no weights). None when it cannot be loaded yet (a stage's base that an
+    earlier stage will write, an unreachable hub): the check then estimates, and says so; loading the model
+    right after reports the real problem.
+    """
+    from sdtune.data.captions import load_tokenizer
+
+    try:
+        return load_tokenizer(cfg.model.base, revision=cfg.model.revision)
+    except (SdtuneError, OSError, ValueError):
+        return None
 
 
 def check_training_data(cfg: RunConfig) -> None:
@@ -13,6 +28,7 @@ def check_training_data(cfg: RunConfig) -> None:
         return
     from sdtune.data.check import check_folder
 
+    tokenizer = run_tokenizer(cfg)
     problems: list[str] = []
     for subset in subsets_from_config(cfg.data):
         if subset.role == "class" and not subset.path.exists():
@@ -20,8 +36,8 @@ def check_training_data(cfg: RunConfig) -> None:
         if not subset.path.is_dir():
             problems.append(f"{subset.path}: data folder does not exist; check the path in your config")
             continue
-        report = check_folder(subset.path, resolution=cfg.data.resolution,
-                              require_captions=subset.prompt is None)
+        report = check_folder(subset.path, resolution=cfg.data.resolution, require_captions=subset.prompt is None,
+                              tokenizer=tokenizer, fixed_prompt=subset.prompt)
         problems.extend(report.errors)
         for warning in report.warnings:
             print(f"warning: {warning}")

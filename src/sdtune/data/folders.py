@@ -1,74 +1,208 @@
-"""Read the two folder layouts sdtune trains on.
+"""The ONE reader of a dataset folder: ``dataset check``, ``dataset build`` and training all see what it sees.
 
-1. A Hugging Face imagefolder: images plus ``metadata.jsonl`` rows ``{"file_name": ..., "text": ...}``.
-2. The kohya convention: ``photo.jpg`` with its caption in ``photo.txt``.
-A folder without captions is fine for DreamBooth (every image gets the same fixed prompt).
+Layouts, decided per folder:
+
+1. A Hugging Face imagefolder: ``metadata.jsonl`` (or ``metadata.csv``) rows ``{"file_name": ..., "text": ...}``,
+   in the folder or in sub-folders (each file's rows name files relative to its own folder), read as
+   ``datasets`` reads them: a UTF-8 byte-order mark is fine, and the rows ARE the dataset, so an image no row
+   names is not used (and is reported). ``text`` may be a list of captions: alternatives, all of them used.
+2. The kohya convention: ``photo.jpg`` with its caption in ``photo.txt`` or ``photo.caption`` (suffixes in any
+   case); images without one have no caption (fine for DreamBooth's fixed prompt).
+3. Only ``dataset build --captions FILE``: every image of the folder, captioned by the file's rows, else by
+   its sidecar.
+
+Everywhere: an image is a file whose suffix (any case) is in ``IMAGE_SUFFIXES``; hidden files and folders
+(``.ipynb_checkpoints``, ``.git``, a build's staging folder) are skipped, as Hugging Face does. A file Pillow
+can read under another name (``photo.jpg.bak``, ``IMG_0001``) and a photo format this Pillow cannot decode
+(HEIC without pillow-heif, camera RAW) are reported as warnings, so no image is ever dropped silently.
+Problems are returned, not raised: check reports them, build skips what they name, training stops on errors.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sdtune.data.images import is_image_file
+from sdtune.data.captions import (
+    CaptionRow,
+    caption_index,
+    is_caption_file,
+    orphan_captions,
+    read_captions_file,
+    read_sidecar,
+)
+from sdtune.data.images import IMAGE_SUFFIXES, sniff_format
+from sdtune.data.report import Problem
 from sdtune.errors import DataError
 
 METADATA = "metadata.jsonl"
+METADATA_NAMES = (METADATA, "metadata.csv")
+SIDECAR_LAYOUT = "caption files next to images"
+# Photo formats users have that this Pillow may not decode: said once, with what to do.
+_UNDECODED = {".heic": "HEIC (iPhone): install pillow-heif, or export as JPEG",
+              ".heif": "HEIF: install pillow-heif, or export as JPEG",
+              ".avif": "AVIF: this Pillow cannot decode it; export as JPEG or PNG",
+              ".jxl": "JPEG XL: export as JPEG or PNG", ".svg": "SVG is a drawing, not pixels: export as PNG",
+              **{s: "camera RAW: export as JPEG or PNG" for s in (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf",
+                                                                   ".orf", ".rw2")}}
+# Suffixes that are never images: not worth opening.
+_NOT_IMAGES = {".txt", ".caption", ".json", ".jsonl", ".csv", ".parquet", ".md", ".yaml", ".yml", ".py", ".npz",
+               ".npy", ".safetensors", ".pt", ".bin", ".ckpt", ".lock", ".html", ".pdf", ".zip", ".tar", ".gz",
+               ".mp4", ".mov"}
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    path: Path
-    caption: str | None
+    """One image of a dataset and its captions: none, one, or several alternatives (all used in training)."""
+
+    path: Path  # folder / name
+    captions: tuple[str, ...] = ()
+    name: str = ""  # relative to the dataset folder, POSIX separators
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # other columns (concept)
+
+    @property
+    def caption(self) -> str | None:
+        """The first caption, for display; training cycles through all of ``captions``."""
+        return self.captions[0] if self.captions else None
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Images in a folder (recursively), in a stable order."""
-    if not folder.exists():
-        raise DataError(f"data folder {folder} does not exist; check the path in your config")
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder")
-    # Hidden folders (.ipynb_checkpoints, .git, half-written build output) are skipped, as Hugging Face does.
-    return sorted(p for p in folder.rglob("*") if is_image_file(p) and not _hidden(p, folder))
+@dataclass
+class FolderReading:
+    """What a folder holds for training: its images with captions, and every problem found on the way."""
+
+    folder: Path
+    layout: str
+    records: list[ImageRecord]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "error"]
 
 
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def read_metadata(folder: Path) -> list[ImageRecord]:
-    """Rows of ``metadata.jsonl``; paths are checked to stay inside the folder."""
-    meta = folder / METADATA
-    records = []
-    root = folder.resolve()
-    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+def _files(folder: Path) -> list[Path]:
+    """Every visible file under ``folder``, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if not _hidden(p, folder) and p.is_file())
+
+
+def _check_folder_exists(folder: Path) -> None:
+    if not folder.exists():
+        raise DataError(f"data folder {folder} does not exist; check the path in your config")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Images in a folder (recursively, hidden ones skipped), in a stable order."""
+    folder = Path(folder)
+    _check_folder_exists(folder)
+    return [p for p in _files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+
+
+def _strays(files: list[Path]) -> list[Problem]:
+    """Images that are not used because of their name: say so instead of dropping them silently."""
+    problems = []
+    for path in files:
+        suffix = path.suffix.lower()
+        if path.name == "metadata.parquet":
+            problems.append(Problem(str(path), "not read: sdtune reads metadata.jsonl or metadata.csv; convert it "
+                                    "(pandas.read_parquet(...).to_json(..., orient='records', lines=True))",
+                                    "warning"))
             continue
-        try:
-            row = json.loads(line)
-            name = row["file_name"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{meta}:{lineno}: expected a JSON object with 'file_name' and 'text'") from None
-        path = (folder / name).resolve()
-        if not path.is_relative_to(root):
-            raise DataError(f"{meta}:{lineno}: file_name {name!r} points outside the dataset folder")
-        text = row.get("text")
-        records.append(ImageRecord(path, None if text is None else str(text)))
-    return records
+        if suffix in IMAGE_SUFFIXES or suffix in _NOT_IMAGES or path.name in METADATA_NAMES:
+            continue
+        if suffix in _UNDECODED:
+            problems.append(Problem(str(path), f"not used: {_UNDECODED[suffix]}", "warning"))
+            continue
+        fmt = sniff_format(path)
+        if fmt is not None:
+            problems.append(Problem(str(path), f"a {fmt} image, but its name does not end in an image suffix "
+                                    f"({' '.join(IMAGE_SUFFIXES[:6])} ...): not used; rename it to use it",
+                                    "warning"))
+    return problems
 
 
-def read_folder(folder: Path) -> list[ImageRecord]:
-    """All images of a folder with their captions (None when an image has none)."""
-    images = list_images(folder)
-    if (folder / METADATA).exists():
-        return read_metadata(folder)
+def _record(row: CaptionRow, folder: Path) -> ImageRecord:
+    name = _relative(row.path, folder)
+    return ImageRecord(folder / name, row.captions, name, dict(row.extra))
+
+
+def _from_metadata(folder: Path, files: list[Path], images: list[Path], problems: list[Problem]) -> tuple[
+        str, list[ImageRecord]]:
+    metas = [p for p in files if p.name in METADATA_NAMES]
+    kinds = sorted({p.suffix for p in metas})
+    if len(kinds) > 1:
+        problems.append(Problem(str(folder), f"has both metadata{kinds[0]} and metadata{kinds[1]} files; keep one "
+                                "format (Hugging Face datasets refuses the mix)", "error"))
+    records: list[ImageRecord] = []
+    listed: set[Path] = set()
+    for meta in metas:
+        rows, row_problems = read_captions_file(meta, meta.parent, metadata=True)
+        problems.extend(row_problems)
+        for row in rows:
+            if row.path in listed:
+                problems.append(Problem(str(meta), f"{row.name!r} is listed in another metadata file too; the first "
+                                        "row is used", "warning"))
+                continue
+            listed.add(row.path)
+            records.append(_record(row, folder))
+    shown = metas[0].name if len(metas) == 1 else f"{metas[0].name} files"
+    for image in images:
+        if image.resolve() not in listed:
+            problems.append(Problem(str(image), f"not listed in {shown}: not used (add a row for it, or remove it)",
+                                    "warning"))
+    sidecars = [p for p in files if is_caption_file(p)]
+    if sidecars:
+        problems.append(Problem(str(folder), f"{len(sidecars)} caption files (.txt/.caption) are not read: "
+                                f"{shown} holds this folder's captions", "warning"))
+    layout = metas[0].relative_to(folder).as_posix() if len(metas) == 1 else f"{len(metas)} metadata files"
+    return layout, records
+
+
+def _from_sidecars(folder: Path, files: list[Path], images: list[Path], problems: list[Problem],
+                   rows: dict[Path, CaptionRow] | None = None) -> list[ImageRecord]:
+    index = caption_index([p for p in files if p.suffix.lower() in (".txt", ".caption")])
     records = []
     for image in images:
-        sidecar = image.with_suffix(".txt")
-        try:
-            caption = sidecar.read_text(encoding="utf-8-sig").strip() if sidecar.exists() else None
-        except UnicodeDecodeError:
-            raise DataError(f"{sidecar}: caption file is not UTF-8 text; re-save it as UTF-8") from None
-        records.append(ImageRecord(image, caption))
+        row = rows.get(image.resolve()) if rows else None
+        if row is not None and row.captions:
+            records.append(ImageRecord(image, row.captions, _relative(image, folder), dict(row.extra)))
+            continue
+        caption = read_sidecar(image, problems, index)
+        extra = dict(row.extra) if row is not None else {}
+        records.append(ImageRecord(image, (caption,) if caption else (), _relative(image, folder), extra))
+    problems.extend(orphan_captions(folder, images))
     return records
+
+
+def read_folder(folder: Path, *, captions_file: Path | None = None) -> FolderReading:
+    """Read a dataset folder (see the module docstring for the rules); raises DataError only if it is missing.
+
+    ``captions_file``: ``dataset build --captions``: a CSV/JSONL of rows captioning this folder's images.
+    """
+    folder = Path(folder)
+    _check_folder_exists(folder)
+    files = _files(folder)
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    problems = _strays(files)
+    if captions_file is not None:
+        rows, row_problems = read_captions_file(captions_file, folder)
+        problems.extend(row_problems)
+        records = _from_sidecars(folder, files, images, problems, {row.path: row for row in rows})
+        return FolderReading(folder, f"captions from {captions_file.name}", records, problems)
+    if any(p.name in METADATA_NAMES for p in files):
+        layout, records = _from_metadata(folder, files, images, problems)
+        return FolderReading(folder, layout, records, problems)
+    return FolderReading(folder, SIDECAR_LAYOUT, _from_sidecars(folder, files, images, problems), problems)

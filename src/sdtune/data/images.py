@@ -19,7 +19,23 @@ from PIL import Image, ImageOps
 
 from sdtune.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Photo formats a user's folder holds, as far as this Pillow decodes them (AVIF, JPEG 2000 and HEIF depend on
+# how Pillow was built or which plugins are installed). One list for check, build and training; any other file
+# that Pillow can read is reported by the folder reader, never silently dropped.
+_PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".dib", ".gif", ".apng", ".tif",
+                   ".tiff", ".avif", ".jp2", ".j2k", ".heic", ".heif")
+# Formats with a reliable signature: what a file of another name is sniffed for (no false alarms on random bytes).
+_SNIFF_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "JPEG2000", "HEIF", "PPM", "QOI", "PSD",
+                  "ICO")
+
+
+def _decodable_suffixes() -> tuple[str, ...]:
+    Image.init()
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return tuple(s for s in _PHOTO_SUFFIXES if s in readable)
+
+
+IMAGE_SUFFIXES = _decodable_suffixes()
 
 # Pillow refuses images over twice its warning threshold as possible decompression bombs. We apply the same
 # limit ourselves (before any pixel is decoded) so it holds even if some library changes Pillow's global.
@@ -29,6 +45,18 @@ MAX_PIXELS = 178_956_970
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def sniff_format(path: Path) -> str | None:
+    """The image format Pillow recognises in a file's signature (e.g. 'JPEG'), whatever its name; else None."""
+    formats = [f for f in _SNIFF_FORMATS if f in Image.OPEN]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path, formats=formats) as img:
+                return img.format
+    except Exception:  # noqa: BLE001 - anything Pillow cannot identify is simply not an image
+        return None
 
 
 @dataclass

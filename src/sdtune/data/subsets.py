@@ -22,16 +22,26 @@ from torch.utils.data import Dataset, Sampler
 
 from sdtune.config import DataConfig, SubsetConfig
 from sdtune.data.folders import read_folder
-from sdtune.data.images import load_rgb
+from sdtune.data.images import IMAGE_SUFFIXES, load_rgb
 from sdtune.data.transforms import prepare_image
 from sdtune.errors import DataError
 
 
 @dataclass(frozen=True)
 class Example:
+    """One image with its prompt(s). Several prompts are alternatives (a list of captions in metadata.jsonl):
+    epoch ``e`` uses ``prompts[(e * copies + copy) % len(prompts)]``, so every alternative is trained, evenly,
+    and the choice depends on the stream position only (exact resume). ``copy``: which of the subset's
+    ``repeats`` copies of the image this is, so copies in one epoch take different alternatives."""
+
     path: Path
-    prompt: str
+    prompts: tuple[str, ...]
     loss_weight: float
+    copy: int = 0
+    copies: int = 1
+
+    def prompt(self, epoch: int) -> str:
+        return self.prompts[(epoch * self.copies + self.copy) % len(self.prompts)]
 
 
 def subsets_from_config(data: DataConfig) -> list[SubsetConfig]:
@@ -50,20 +60,26 @@ def subsets_from_config(data: DataConfig) -> list[SubsetConfig]:
 
 
 def examples_of(subset: SubsetConfig) -> list[Example]:
-    """All examples of one subset, repeated, in a stable order."""
-    records = read_folder(subset.path)
-    if not records:
-        raise DataError(f"no images found in {subset.path} (supported: .png .jpg .jpeg .webp .bmp .gif .tif)")
+    """All examples of one subset, repeated, in a stable order (read as ``dataset check`` reads the folder)."""
+    reading = read_folder(subset.path)
+    if reading.errors:
+        shown = [str(p) for p in reading.errors[:5]]
+        more = f"\n  ... and {len(reading.errors) - 5} more" if len(reading.errors) > 5 else ""
+        raise DataError(f"{subset.path}: the folder has problems (`sdtune dataset check {subset.path}` lists "
+                        "them all):\n  " + "\n  ".join(shown) + more)
+    if not reading.records:
+        raise DataError(f"no images found in {subset.path} (supported: {' '.join(IMAGE_SUFFIXES)})")
     examples = []
-    for record in records:
-        prompt = subset.prompt if subset.prompt is not None else record.caption
-        if prompt is None:
+    for record in reading.records:
+        prompts = (subset.prompt,) if subset.prompt is not None else record.captions
+        if not prompts:
             raise DataError(
                 f"{record.path} has no caption. Text-to-image training needs one per image (a .txt sidecar or "
                 "a metadata.jsonl row); for DreamBooth set a fixed prompt (data.instance_prompt)."
             )
-        examples.append(Example(record.path, prompt, subset.loss_weight))
-    return examples * subset.repeats
+        examples.append(Example(record.path, prompts, subset.loss_weight))
+    return [Example(e.path, e.prompts, e.loss_weight, copy, subset.repeats) for copy in range(subset.repeats)
+            for e in examples]
 
 
 class ExampleStream(Dataset):
@@ -93,10 +109,11 @@ class ExampleStream(Dataset):
         return self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids[0]
 
-    def _item(self, example: Example, rng: random.Random, allow_dropout: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _item(self, example: Example, epoch: int, rng: random.Random, allow_dropout: bool
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         image = load_rgb(example.path)
         pixels = prepare_image(image, self.data.resolution, self.data.center_crop, self.data.random_flip, rng)
-        prompt = example.prompt
+        prompt = example.prompt(epoch)
         if allow_dropout and self.data.caption_dropout > 0 and rng.random() < self.data.caption_dropout:
             prompt = ""
         return pixels, self._tokenize(prompt)
@@ -104,12 +121,12 @@ class ExampleStream(Dataset):
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         rng = random.Random(self.seed * 1_000_003 + position)
         example = self.train[self._permuted(len(self.train), position, salt=0)]
-        pixels, ids = self._item(example, rng, allow_dropout=True)
+        pixels, ids = self._item(example, position // len(self.train), rng, allow_dropout=True)
         item = {"pixel_values": pixels, "input_ids": ids,
                 "loss_weight": torch.tensor(example.loss_weight, dtype=torch.float32)}
         if self.classes:
             cls = self.classes[self._permuted(len(self.classes), position, salt=1)]
-            c_pixels, c_ids = self._item(cls, rng, allow_dropout=False)
+            c_pixels, c_ids = self._item(cls, position // len(self.classes), rng, allow_dropout=False)
             item.update(class_pixel_values=c_pixels, class_input_ids=c_ids,
                         class_loss_weight=torch.tensor(cls.loss_weight, dtype=torch.float32))
         return item

@@ -85,7 +85,7 @@ def test_output_round_trips_through_datasets_and_the_trainer_reader(built, tmp_p
     texts = sorted(t for t in ds["text"] if t)
     assert texts == ["a cat 🐱 on a mat — ünïcode", "a dog in the park", "a photo of a beach at sunset"]
     assert all(img.mode == "RGB" for img in ds["image"])
-    records = read_folder(out)
+    records = read_folder(out).records
     assert len(records) == 10 and all(r.path.is_file() for r in records)
     assert check_folder(out).ok
 

@@ -112,3 +112,26 @@ def test_check_is_fast_on_many_photos(tmp_path):
     report = check_folder(tmp_path, resolution=512)
     assert report.ok and report.images == 40
     assert time.perf_counter() - start < 10  # 1/8-scale JPEG decoding: ~0.05 s per 2 MP photo on a slow CPU
+
+
+def test_caption_length_uses_the_models_own_tokenizer_limit(tmp_path, capsys):
+    from sdtune.config import config_from_dict
+    from sdtune.data.captions import load_tokenizer
+    from sdtune.data.check_before_train import check_training_data
+
+    pattern(0).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text(" ".join(["photo"] * 40), encoding="utf-8")  # 42 tokens: over 32, under 77
+    toy = load_tokenizer("toy")
+    assert toy.model_max_length == 32
+    report = check_folder(tmp_path, tokenizer=toy)
+    assert report.token_limit == 32 and _where(report.warnings, "the text encoder reads 32 (this model's tokenizer)")
+    assert check_folder(tmp_path).warnings == []  # 42 < 77: without the model, only CLIP's limit can be assumed
+    (tmp_path / "a.txt").write_text(" ".join(["photo"] * 80), encoding="utf-8")
+    assert "the limit assumed is CLIP's 77 (an estimate" in check_folder(tmp_path).warnings[0]
+    # `sdtune train` checks with the run's model: the toy's 32 tokens, for captions and for a fixed prompt.
+    (tmp_path / "a.txt").write_text(" ".join(["photo"] * 40), encoding="utf-8")
+    long_prompt = "a photo of sks " + " ".join(["person"] * 30)
+    for data in ({"train_dir": str(tmp_path)}, {"instance_dir": str(tmp_path), "instance_prompt": long_prompt}):
+        check_training_data(config_from_dict({"model": {"base": "toy"}, "data": data}))
+        printed = capsys.readouterr().out
+        assert "the text encoder reads 32 (this model's tokenizer)" in printed, printed
