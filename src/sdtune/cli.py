@@ -14,6 +14,7 @@ import sys
 import typer
 
 from sdtune.errors import SdtuneError
+from sdtune.helptext import prepare_help
 
 app = typer.Typer(
     name="sdtune",
@@ -36,6 +37,7 @@ def _register_commands() -> None:
         register = getattr(module, "register", None)
         if register is not None:
             register(app)
+    prepare_help(app)  # docstrings re-wrap at the terminal's width (sdtune.helptext)
 
 
 def quiet_libraries() -> None:

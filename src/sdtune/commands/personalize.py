@@ -29,7 +29,8 @@ def personalize_command(
 
     Spread over GPUs (or CPU processes) with a launcher; each process trains its share of the subjects:
 
-        torchrun --nproc_per_node 4 -m sdtune personalize people.csv --concept runs/two-stage/concept
+        torchrun --nproc_per_node 4 -m sdtune personalize people.csv \\
+            --concept runs/two-stage/concept
 
     Process 0 writes OUT/summary.csv and OUT/summary.md (subject, status, steps, final loss, time, output).
     Rerun the same command to continue: finished subjects are skipped, interrupted ones resume. A subject with
