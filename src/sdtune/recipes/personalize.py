@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config, save_config
-from sdtune.errors import DataError, SdtuneError
+from sdtune.errors import ConfigError, DataError, SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
 from sdtune.recipes.runs import (
     ConceptRun,
@@ -82,10 +82,16 @@ def load_template(path: Path | None, stage: str = "person") -> dict[str, Any]:
     data = read_yaml(Path(path))
     if "stages" not in data:
         return data
+    from pydantic import ValidationError
+
     from sdtune.recipes.schema import Recipe, deep_merge
 
     data = read_yaml(Path(path), Recipe)  # again, each value read for the recipe key it sets
-    recipe = Recipe.model_validate(data)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(f"invalid recipe {path}:\n  " + "\n  ".join(lines)) from None
     chosen = recipe.stage(stage)
     merged = dict(recipe.defaults)
     if chosen.config_file is not None:
