@@ -34,7 +34,7 @@ def test_help_teaches():
                   "metadata.jsonl", "Examples"):
         assert words in build, words
     check = sdtune("dataset", "check", "--help").stdout
-    for words in ("--json", "--resolution", "--require-captions", "--model", "77 tokens"):
+    for words in ("--json", "--resolution", "--require-captions", "--model", "own limit", "estimate against 77"):
         assert words in check, words
 
 
