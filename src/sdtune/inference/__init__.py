@@ -4,7 +4,6 @@ from sdtune.inference.generate import GenerationSettings, generate_images, read_
 from sdtune.inference.grid import make_grid
 from sdtune.inference.metadata import GenerationParams, read_png_parameters, save_png
 from sdtune.inference.pipeline import (
-    SCHEDULERS,
     base_of,
     is_run_folder,
     load_for_inference,
@@ -12,6 +11,7 @@ from sdtune.inference.pipeline import (
     parse_adapter_spec,
     read_run,
 )
+from sdtune.inference.samplers import SCHEDULERS, make_scheduler
 
 __all__ = [
     "SCHEDULERS",
@@ -21,6 +21,7 @@ __all__ = [
     "generate_images",
     "is_run_folder",
     "load_for_inference",
+    "make_scheduler",
     "make_grid",
     "model_fingerprint",
     "parse_adapter_spec",

@@ -17,7 +17,8 @@ from PIL import Image
 from sdtune.errors import SdtuneError
 from sdtune.inference.grid import make_grid
 from sdtune.inference.metadata import GenerationParams, save_png
-from sdtune.inference.pipeline import SCHEDULERS, load_for_inference, set_scheduler
+from sdtune.inference.pipeline import load_for_inference
+from sdtune.inference.samplers import SCHEDULERS, check_steps, set_scheduler
 
 
 @dataclass
@@ -81,6 +82,7 @@ def generate_images(pipe: Any, jobs: Sequence[tuple[str, int]], settings: Genera
     import torch
 
     set_scheduler(pipe, settings.scheduler)
+    check_steps(pipe.scheduler, settings.steps)
     out: list[Image.Image] = []
     for start in range(0, len(jobs), max(1, batch_size)):
         batch = jobs[start:start + max(1, batch_size)]

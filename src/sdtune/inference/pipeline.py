@@ -15,16 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdtune.errors import ModelLoadError, SdtuneError
+from sdtune.errors import ModelLoadError
 from sdtune.models.loading import PICKLE_SUFFIXES, check_weights_file, load_pipeline, resolve_model_ref
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 ADAPTERS_FILE = "adapters.json"  # a stack of adapters a run needs below its own LoRA (two-stage recipes)
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
-SCHEDULERS = ("dpm++", "ddim", "euler-a")
-# Names other tools print (AUTOMATIC1111 "Sampler:"), so a PNG's parameters read the same everywhere.
-SAMPLER_NAMES = {"dpm++": "DPM++ 2M", "ddim": "DDIM", "euler-a": "Euler a"}
 
 
 @dataclass
@@ -259,17 +256,3 @@ def model_fingerprint(ref: str, adapters: list[tuple[str, float]] | None = None)
 def fingerprint_digest(fp: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()
 
-
-def set_scheduler(pipe: Any, name: str) -> None:
-    """Swap the sampler, keeping the model's betas and prediction type."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
-
-    config = pipe.scheduler.config
-    if name == "dpm++":
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
-    elif name == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(config)
-    elif name == "euler-a":
-        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(config)
-    else:
-        raise SdtuneError(f"unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}")
