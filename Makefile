@@ -1,11 +1,16 @@
 # The two commands a newcomer runs on a fresh machine:
 #   make demo   - set up .venv and run the offline demo (the whole flow on the built-in toy model, CPU, minutes)
 #   make test   - set up .venv (with dev tools) and run ruff and the whole test suite (unit + end-to-end CLI)
+#   make compat-venv - a second venv with an older, common stack (diffusers 0.35, peft 0.17, transformers 4):
+#                 tests/integration/test_lora_compat.py loads our LoRA files there (about 80 s to build; make test
+#                 builds it)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+COMPAT := .venv-compat
+COMPAT_STACK := diffusers==0.35.2 peft==0.17.1 transformers==4.57.6 accelerate==1.15.0
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean compat-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +27,15 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
 
-test: lint
+$(COMPAT)/.installed:
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q torch==2.13.0
+	$(COMPAT)/bin/pip install -q $(COMPAT_STACK)
+	touch $@
+
+compat-venv: $(COMPAT)/.installed
+
+test: lint compat-venv
 	$(BIN)/pytest -q
 
 test-fast: $(VENV)/.installed
@@ -32,4 +45,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/train_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) .pytest_cache .ruff_cache

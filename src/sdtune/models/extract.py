@@ -7,11 +7,11 @@ reported rather than hidden: ``relative_error`` (what truncation loses in the ex
 (the share of the whole weight change that lies in layers a LoRA can represent at all; norms, biases,
 embeddings and - unless ``conv`` - 3x3 convolutions stay behind).
 
-The file is written in the diffusers format (``RUN/lora/pytorch_lora_weights.safetensors``) with peft's key
-names (``lora_A`` / ``lora_B``): with the older ``lora.down`` names, diffusers 0.42 silently skips the attention
-layers of a file that also holds conv layers. It has a uniform rank and ``alpha == rank`` (scale 1): a layer
-narrower than ``rank`` is zero-padded, because diffusers infers a single alpha when it loads and would
-otherwise rescale the narrow layers.
+The file is written in the diffusers format (``RUN/lora/pytorch_lora_weights.safetensors``, by
+``lora.write_lora_file``) with peft's key names (``lora_A`` / ``lora_B``): with the older ``lora.down`` names,
+diffusers 0.42 silently skips the attention layers of a file that also holds conv layers. It has a uniform rank
+and ``alpha == rank`` (scale 1): a layer narrower than ``rank`` is zero-padded, because diffusers infers a single
+alpha when it loads and would otherwise rescale the narrow layers.
 """
 
 from __future__ import annotations
@@ -162,10 +162,8 @@ def extract_module(base: torch.nn.Module, tuned: torch.nn.Module, rank: int, *, 
 def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, conv: bool = False,
                  allow_pickle: bool = False) -> ExtractionReport:
     """Extract a rank-``rank`` LoRA of ``tuned_ref - base_ref`` into ``out_dir`` (diffusers format + report)."""
-    from diffusers import StableDiffusionPipeline
-
     from sdtune.models.loading import load_pipeline
-    from sdtune.models.lora import LORA_WEIGHTS
+    from sdtune.models.lora import write_lora_file
 
     base = load_pipeline(base_ref, allow_pickle=allow_pickle)
     tuned = load_pipeline(tuned_ref, allow_pickle=allow_pickle)
@@ -180,9 +178,7 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
     report.conv = conv
 
     def write(tmp: Path) -> None:
-        StableDiffusionPipeline.save_lora_weights(
-            str(tmp), unet_lora_layers=unet_state or None, text_encoder_lora_layers=te_state or None,
-            weight_name=LORA_WEIGHTS)
+        write_lora_file(tmp, unet_state, te_state)  # the one writer: key names every diffusers version loads
         (tmp / EXTRACTION_REPORT).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
 
     write_folder(Path(out_dir), write)

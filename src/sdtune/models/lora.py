@@ -2,6 +2,16 @@
 
 The saved file carries each adapter's rank and alpha as metadata, so ``pipe.load_lora_weights`` restores the
 right scale even when alpha differs from rank.
+
+One file must load on every stack users load it on, not only ours (measured: diffusers 0.35 / peft 0.17 /
+transformers 4.57 and diffusers 0.42 / peft 0.21 / transformers 5.23), so :func:`write_lora_file` writes:
+
+- metadata with only the adapter fields every peft since 0.9 knows (``PORTABLE_CONFIG_KEYS``): diffusers builds
+  ``LoraConfig(**metadata)``, and peft 0.17 rejected the whole file over a field added in 0.18+
+  (``alora_invocation_tokens``);
+- text-encoder keys under transformers 4 names (``text_encoder.text_model.encoder...``): transformers 5 dropped
+  the ``text_model`` level, diffusers 0.42 strips it again when the model has none, while diffusers 0.35 (and
+  ComfyUI's diffusers-format loader) match only the ``text_model`` names.
 """
 
 from __future__ import annotations
@@ -13,6 +23,15 @@ import torch
 from sdtune.config import LoraConfig as LoraSettings
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+# LoraConfig fields written to the file (all in peft >= 0.9). Others are left out; one that would change the
+# loaded model if set (bias, fan_in_fan_out, ...) is refused instead of silently dropped.
+PORTABLE_CONFIG_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora",
+                        "use_dora")
+_TRAINING_ONLY_KEYS = {"init_lora_weights", "lora_dropout", "inference_mode", "peft_version", "task_type",
+                       "base_model_name_or_path", "revision"}
+# CLIPTextTransformer's children: transformers 4 nests them under ``text_model.``, transformers 5 does not.
+_CLIP_TRANSFORMER_CHILDREN = ("encoder.", "embeddings.", "final_layer_norm.")
 
 
 def peft_config(settings: LoraSettings, targets: list[str]):
@@ -55,22 +74,60 @@ def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(module, save_embedding_layers=False)  # LoRA never trains embeddings
 
 
-def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
-              settings: LoraSettings) -> Path:
-    """Write ``folder/pytorch_lora_weights.safetensors`` in the diffusers format."""
+def portable_metadata(config: dict) -> dict:
+    """The part of a peft ``LoraConfig.to_dict()`` that every supported peft accepts (``PORTABLE_CONFIG_KEYS``).
+
+    Raises SdtuneError when a left-out field has a non-default value that changes what the adapter computes.
+    """
+    from peft import LoraConfig
+
+    from sdtune.errors import SdtuneError
+
+    defaults = LoraConfig().to_dict()
+    changed = sorted(k for k, v in config.items() if k not in PORTABLE_CONFIG_KEYS and k not in _TRAINING_ONLY_KEYS
+                     and k in defaults and v != defaults[k] and v not in (None, {}, []))
+    if changed:
+        raise SdtuneError(f"LoRA settings {', '.join(changed)} cannot be written in a file every diffusers/peft "
+                          "version loads the same way")
+    out = {k: config[k] for k in PORTABLE_CONFIG_KEYS if k in config}
+    if isinstance(out.get("target_modules"), (set, list, tuple)):
+        out["target_modules"] = sorted(out["target_modules"])
+    return out
+
+
+def portable_text_encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Text-encoder LoRA keys under transformers 4 names (``text_model.encoder...``), whatever transformers ran."""
+    return {f"text_model.{k}" if k.startswith(_CLIP_TRANSFORMER_CHILDREN) else k: v for k, v in state.items()}
+
+
+def write_lora_file(folder: Path, unet_state: dict[str, torch.Tensor] | None,
+                    text_encoder_state: dict[str, torch.Tensor] | None = None, *, unet_config: dict | None = None,
+                    text_encoder_config: dict | None = None) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors``: peft key names, portable metadata and text-encoder names.
+
+    ``*_state`` map module-relative peft keys (``<layer>.lora_A.weight``) to tensors; ``*_config`` are peft
+    ``LoraConfig.to_dict()`` dicts (None: no metadata, loaders then assume ``alpha == rank``).
+    """
     from diffusers import StableDiffusionPipeline
 
-    unet_meta = peft_config(settings, settings.targets).to_dict()
-    te_meta = peft_config(settings, settings.text_encoder_targets).to_dict() if text_encoder is not None else None
-    for meta in (unet_meta, te_meta):
-        if meta is not None:
-            meta["target_modules"] = sorted(meta["target_modules"])
     StableDiffusionPipeline.save_lora_weights(
         str(folder),
-        unet_lora_layers=lora_state(unet),
-        text_encoder_lora_layers=lora_state(text_encoder) if text_encoder is not None else None,
+        unet_lora_layers=unet_state or None,
+        text_encoder_lora_layers=portable_text_encoder_state(text_encoder_state) if text_encoder_state else None,
         weight_name=LORA_WEIGHTS,
-        unet_lora_adapter_metadata=unet_meta,
-        text_encoder_lora_adapter_metadata=te_meta,
+        unet_lora_adapter_metadata=portable_metadata(unet_config) if unet_config and unet_state else None,
+        text_encoder_lora_adapter_metadata=(portable_metadata(text_encoder_config)
+                                            if text_encoder_config and text_encoder_state else None),
     )
-    return folder / LORA_WEIGHTS
+    return Path(folder) / LORA_WEIGHTS
+
+
+def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
+              settings: LoraSettings) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` in the diffusers format (see :func:`write_lora_file`)."""
+    return write_lora_file(
+        folder, lora_state(unet), lora_state(text_encoder) if text_encoder is not None else None,
+        unet_config=peft_config(settings, settings.targets).to_dict(),
+        text_encoder_config=(peft_config(settings, settings.text_encoder_targets).to_dict()
+                             if text_encoder is not None else None),
+    )
