@@ -8,6 +8,11 @@ Forms::
 
 ``export`` is a sub-app whose group routes a first argument that is not a sub-command name (a run folder) to
 the hidden ``run`` sub-command, so the short form in DESIGN.md works next to the sub-commands.
+
+Every export is verified before it takes its name: the written file is loaded the way its consumer loads it
+(diffusers ``load_lora_weights``; for kohya files also ComfyUI's key convention) into a fresh base model, and the
+UNet and text-encoder outputs are compared with the run's LoRA applied through peft (``models/verify.py``). The
+largest differences are printed; a mismatch is an error (exit 2) and leaves no file.
 """
 
 from __future__ import annotations
@@ -51,6 +56,44 @@ def _run_lora(run: Path) -> Path:
     raise SdtuneError(f"no LoRA in {run} (expected lora/{LORA_WEIGHTS}).{hint}")
 
 
+def _base_for(path: Path, base: str | None) -> tuple[str, bool]:
+    """The base model a LoRA was trained on (to verify against): ``--base``, else the run folder's config."""
+    from sdtune.errors import SdtuneError
+    from sdtune.inference.pipeline import is_run_folder, read_run
+
+    if base:
+        return base, False
+    run = path if path.is_dir() else path.parent.parent if path.parent.name == "lora" else path.parent
+    if is_run_folder(run):
+        info = read_run(run)
+        return info.base, info.allow_pickle
+    raise SdtuneError(f"{path}: no run config beside it to tell which base model the LoRA is for; pass --base MODEL "
+                      "(the export is verified by loading it into that model)")
+
+
+def _pickle_ok(run: Path) -> bool:
+    from sdtune.inference.pipeline import read_run
+
+    return read_run(run).allow_pickle
+
+
+def _verifier(consumers: tuple[str, ...], base: str, allow_pickle: bool, source: Path | None = None):
+    """A check for a freshly written file: print each consumer's largest differences, raise on a mismatch."""
+    from sdtune.errors import SdtuneError
+    from sdtune.models.verify import verify_lora_file
+
+    def check(file: Path) -> None:
+        checks = verify_lora_file(file, consumers, base=base, source=source, allow_pickle=allow_pickle)
+        for result in checks:
+            typer.echo(f"  verified: {result.line()}")
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            raise SdtuneError(f"the exported file does not load as the trained LoRA ({bad[0].line()}); nothing was "
+                              "written. Please report this with the run's config.")
+
+    return check
+
+
 def _kohya_out(run: Path, out: Path | None) -> Path:
     if out is not None:
         return out / f"{run.name}.safetensors" if out.is_dir() else out
@@ -59,13 +102,33 @@ def _kohya_out(run: Path, out: Path | None) -> Path:
     return folder / "export" / f"{name}.safetensors"
 
 
-def _write_kohya(run: Path, out: Path | None, dtype: str) -> Path:
+def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = None) -> Path:
     from sdtune.models.kohya import export_kohya
 
-    target = export_kohya(_run_lora(run), _kohya_out(run, out), dtype=dtype)
+    source = _run_lora(run)
+    base_ref, allow_pickle = _base_for(source, base)
+    check = _verifier(("kohya-diffusers", "kohya-comfyui"), base_ref, allow_pickle, source=source)
+    target = export_kohya(source, _kohya_out(run, out), dtype=dtype, check=check)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
+    return target
+
+
+def _write_diffusers(run: Path, out: Path | None, base: str | None) -> Path:
+    """Rewrite a run's (or any) diffusers-format LoRA in the portable format, e.g. one trained before it existed."""
+    from sdtune.errors import SdtuneError
+    from sdtune.models.lora import LORA_WEIGHTS, rewrite_lora_file
+
+    source = _run_lora(run)
+    target = out if out is not None else source.parent.parent / "export" / LORA_WEIGHTS
+    target = target / LORA_WEIGHTS if target.is_dir() or not target.suffix else target
+    if target.resolve() == source.resolve():
+        raise SdtuneError(f"{target} is the LoRA being exported; pass -o with another path")
+    base_ref, allow_pickle = _base_for(source, base)
+    rewrite_lora_file(source, target, check=_verifier(("diffusers",), base_ref, allow_pickle, source=source))
+    typer.echo(f"diffusers LoRA: {target}")
+    typer.echo(f"  pipe.load_lora_weights({str(target.parent)!r}, weight_name={target.name!r})")
     return target
 
 
@@ -79,17 +142,20 @@ def _check_format(fmt: str) -> None:
 @export_app.command("run", hidden=True)
 def export_run(
     run: Path = typer.Argument(..., help="run folder (or a LoRA .safetensors file)"),
-    fmt: str = typer.Option("kohya", "--format", "-f", help="kohya (AUTOMATIC1111/ComfyUI)"),
-    out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors)"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16"),
+    fmt: str = typer.Option("kohya", "--format", "-f", help="kohya (AUTOMATIC1111/ComfyUI), or diffusers (rewrite "
+                            "an older sdtune LoRA in the format every diffusers version loads)"),
+    out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors; "
+                             "diffusers: RUN/export/pytorch_lora_weights.safetensors)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16 (kohya)"),
+    base: str = typer.Option(None, "--base", help="base model the LoRA was trained on (default: the run's); the "
+                             "export is verified by loading it into this model"),
 ) -> None:
-    """Export a run's LoRA in another format."""
-    from sdtune.errors import SdtuneError
-
+    """Export a run's LoRA in another format, verified by loading it as its consumer does."""
     _check_format(fmt)
-    if fmt != "kohya":
-        raise SdtuneError(f"{run}: the run's LoRA is already in the diffusers format ({_run_lora(run)})")
-    _write_kohya(run, out, dtype)
+    if fmt == "diffusers":
+        _write_diffusers(run, out, base)
+    else:
+        _write_kohya(run, out, dtype, base)
 
 
 @export_app.command("kohya")
@@ -97,9 +163,13 @@ def export_kohya_command(
     run: Path = typer.Argument(..., help="run folder (or a diffusers-format LoRA .safetensors file)"),
     out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16 (the usual for sharing) or bfloat16"),
+    base: str = typer.Option(None, "--base", help="base model the LoRA was trained on (default: the run's)"),
 ) -> None:
-    """Write a run's LoRA in the kohya format (lora_unet_..._lora_down/up + alpha) for AUTOMATIC1111 and ComfyUI."""
-    _write_kohya(run, out, dtype)
+    """Write a run's LoRA in the kohya format (lora_unet_..._lora_down/up + alpha) for AUTOMATIC1111 and ComfyUI.
+
+    Verified before it is written: loaded through diffusers' kohya loader and ComfyUI's key convention into the
+    base model, its outputs must match the run's LoRA (the largest differences are printed)."""
+    _write_kohya(run, out, dtype, base)
 
 
 @export_app.command("lora")
@@ -120,12 +190,15 @@ def export_lora_command(
 
     _check_format(fmt)
     lora_dir = out if (out is not None and fmt == "diffusers") else source / "lora"
-    report = extract_from_run(source, rank, lora_dir, conv=conv)
+    report = extract_from_run(source, rank, lora_dir, conv=conv,
+                              check=lambda file, base: _verifier(("diffusers",), base, _pickle_ok(source))(file))
     typer.echo(f"extracted: {lora_dir / 'pytorch_lora_weights.safetensors'}")
     typer.echo(f"  {report.summary()}")
     if fmt == "kohya":
+        from sdtune.inference.pipeline import read_run
+
         _write_kohya(lora_dir / "pytorch_lora_weights.safetensors", out if out is not None else
-                     source / "export" / f"{source.name}-rank{rank}.safetensors", "float32")
+                     source / "export" / f"{source.name}-rank{rank}.safetensors", "float32", read_run(source).base)
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -160,8 +162,11 @@ def extract_module(base: torch.nn.Module, tuned: torch.nn.Module, rank: int, *, 
 
 
 def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, conv: bool = False,
-                 allow_pickle: bool = False) -> ExtractionReport:
-    """Extract a rank-``rank`` LoRA of ``tuned_ref - base_ref`` into ``out_dir`` (diffusers format + report)."""
+                 allow_pickle: bool = False, check: Callable[[Path], None] | None = None) -> ExtractionReport:
+    """Extract a rank-``rank`` LoRA of ``tuned_ref - base_ref`` into ``out_dir`` (diffusers format + report).
+
+    ``check(file)`` runs on the written file before the folder takes its final name; if it raises, nothing is
+    left behind."""
     from sdtune.models.loading import load_pipeline
     from sdtune.models.lora import write_lora_file
 
@@ -177,17 +182,28 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
     report = totals.report(rank, source=str(tuned_ref), base=str(base_ref))
     report.conv = conv
 
-    def write(tmp: Path) -> None:
-        write_lora_file(tmp, unet_state, te_state)  # the one writer: key names every diffusers version loads
-        (tmp / EXTRACTION_REPORT).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    staged: list[Path] = []
 
-    write_folder(Path(out_dir), write)
+    def write(tmp: Path) -> None:
+        staged.append(tmp)
+        file = write_lora_file(tmp, unet_state, te_state)  # the one writer: key names every diffusers version loads
+        (tmp / EXTRACTION_REPORT).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        if check is not None:
+            check(file)
+
+    try:
+        write_folder(Path(out_dir), write)
+    except BaseException:
+        for tmp in staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return report
 
 
-def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, conv: bool = False
-                     ) -> ExtractionReport:
-    """Extract the LoRA of a full fine-tune run (``RUN/model`` minus its base) into ``RUN/lora`` by default."""
+def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, conv: bool = False,
+                     check: Callable[[Path, str], None] | None = None) -> ExtractionReport:
+    """Extract the LoRA of a full fine-tune run (``RUN/model`` minus its base) into ``RUN/lora`` by default;
+    ``check(file, base)`` verifies the written file before it takes its place (see :func:`extract_lora`)."""
     run_dir = Path(run_dir)
     if not (run_dir / "model" / "model_index.json").is_file():
         raise SdtuneError(f"{run_dir} has no full model (model/); extraction needs a full fine-tune run")
@@ -200,4 +216,5 @@ def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, c
 
     run = read_run(run_dir)  # the one reader of a run's base model (resolves a base relative to the run)
     return extract_lora(run.base, str(run_dir / "model"), out_dir or run_dir / "lora", rank,
-                        conv=conv, allow_pickle=run.allow_pickle)
+                        conv=conv, allow_pickle=run.allow_pickle,
+                        check=(lambda file: check(file, run.base)) if check is not None else None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,12 +145,18 @@ def to_kohya(layers: list[LoraLayer], dtype: torch.dtype = torch.float32) -> dic
             raise SdtuneError(f"two layers map to the kohya name {name}")
         state[f"{name}.lora_down.weight"] = layer.down.to(dtype).contiguous()
         state[f"{name}.lora_up.weight"] = layer.up.to(dtype).contiguous()
-        state[f"{name}.alpha"] = torch.tensor(layer.scale * layer.rank, dtype=dtype)
+        # fp32 whatever ``dtype``: every loader reads it with .item(), and a float16 alpha would round the scale
+        state[f"{name}.alpha"] = torch.tensor(layer.scale * layer.rank, dtype=torch.float32)
     return state
 
 
-def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32") -> Path:
-    """Convert a diffusers-format LoRA file to a kohya-format ``.safetensors`` file (written atomically)."""
+def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
+                 check: Callable[[Path], None] | None = None) -> Path:
+    """Convert a diffusers-format LoRA file to a kohya-format ``.safetensors`` file.
+
+    Written under a temporary name; ``check(tmp)`` (e.g. a load-and-compare verification) may raise, and then no
+    file is left behind: a file under ``out_file`` is always complete and checked.
+    """
     from safetensors.torch import save_file
 
     if dtype not in DTYPES:
@@ -166,7 +173,13 @@ def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32") -> 
     }
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
+    tmp = out_file.with_name(f".{out_file.name}.tmp.safetensors")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        if check is not None:
+            check(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out_file)
     return out_file

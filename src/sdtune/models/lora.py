@@ -16,6 +16,7 @@ transformers 4.57 and diffusers 0.42 / peft 0.21 / transformers 5.23), so :func:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -131,3 +132,37 @@ def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module
         text_encoder_config=(peft_config(settings, settings.text_encoder_targets).to_dict()
                              if text_encoder is not None else None),
     )
+
+
+def rewrite_lora_file(source: Path, target: Path, *, check: Callable[[Path], None] | None = None) -> Path:
+    """Rewrite any diffusers-format SD LoRA file (an older sdtune's, the diffusers scripts' ``lora.down`` names) in
+    the format :func:`write_lora_file` writes, keeping its adapter config. ``check(tmp_file)`` may raise before
+    the file takes its name; then nothing is left behind."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from sdtune.errors import SdtuneError
+    from sdtune.models.kohya import _component_metadata, read_diffusers_lora
+
+    with safe_open(str(source), "pt") as fh:
+        configs = _component_metadata(fh.metadata())
+    states: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "text_encoder": {}}
+    for layer in read_diffusers_lora(source):
+        if layer.component not in states:
+            raise SdtuneError(f"{source}: {layer.component} LoRA layers are not an SD 1.x/2.x LoRA")
+        states[layer.component][f"{layer.module}.lora_A.weight"] = layer.down
+        states[layer.component][f"{layer.module}.lora_B.weight"] = layer.up
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        written = write_lora_file(staging, states["unet"], states["text_encoder"],
+                                  unet_config=configs.get("unet"), text_encoder_config=configs.get("text_encoder"))
+        if check is not None:
+            check(written)
+        written.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

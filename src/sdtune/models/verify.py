@@ -1,0 +1,252 @@
+"""Check a written LoRA file the way its consumer loads it: outputs must equal the trained adapter's.
+
+A file that loads without an error can still load as another model: diffusers once silently dropped every
+attention layer of a file that also held conv layers, an older diffusers ignored text-encoder layers named for
+transformers 5, and ComfyUI only warns about keys it cannot place. So after writing, the file is loaded into a
+fresh copy of its base model by each consumer, and the UNet and text encoder are run on fixed inputs next to:
+
+- the reference: the run's LoRA (the diffusers-format file training wrote) applied through peft, as training
+  applied it, with its matrices rounded to the checked file's storage type (a float16 export is compared with the
+  float16-rounded adapter: the check is about loading, not about the precision the user chose).
+
+Consumers: ``diffusers`` (``pipe.load_lora_weights``), ``kohya-diffusers`` (the same call on a kohya file: diffusers'
+kohya converter) and ``kohya-comfyui`` (ComfyUI's key convention, implemented here: ComfyUI is not a Python
+dependency). Everything runs in fp32, so the only honest difference is float re-association (ComfyUI merges
+``W + delta``, peft adds ``x @ A @ B``): measured up to 7e-5 on the tiny model, whose random LoRA outweighs its
+weights; the tolerance is ``1e-4 * max(1, |reference|)``. A wrong load (a missing layer, a wrong alpha, rounded
+factors) moves outputs by a sizeable part of the adapter's effect (float16-rounded factors alone: 8 % of it on the
+tiny model), far above that.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdtune.errors import SdtuneError
+
+CONSUMERS = ("diffusers", "kohya-diffusers", "kohya-comfyui")
+TOLERANCE = 1e-4  # times max(1, largest |reference output|)
+# ComfyUI's text-encoder LoRA names (comfy/lora.py LORA_CLIP_MAP): only these six layers of each of 32 blocks.
+COMFY_CLIP_LAYERS = {"mlp.fc1": "mlp_fc1", "mlp.fc2": "mlp_fc2", "self_attn.k_proj": "self_attn_k_proj",
+                     "self_attn.q_proj": "self_attn_q_proj", "self_attn.v_proj": "self_attn_v_proj",
+                     "self_attn.out_proj": "self_attn_out_proj"}
+
+
+@dataclass
+class Check:
+    """One consumer's load of one file against the reference (largest absolute differences)."""
+
+    consumer: str
+    unet: float
+    text_encoder: float | None  # None: the file holds no text-encoder layers
+    tolerance: dict[str, float]
+    effect: dict[str, float]  # how far the adapter moves each output from the base model
+    dtype: str = "float32"  # the file's storage type (the reference is rounded to it)
+    problem: str = ""  # keys the consumer did not load, or its error
+
+    @property
+    def ok(self) -> bool:
+        parts = {"unet": self.unet, "text_encoder": self.text_encoder}
+        return not self.problem and all(v is None or v <= self.tolerance[k] for k, v in parts.items())
+
+    def line(self) -> str:
+        te = "" if self.text_encoder is None else f", text encoder {self.text_encoder:.1e}"
+        verdict = "ok" if self.ok else "MISMATCH"
+        extra = f"; {self.problem}" if self.problem else ""
+        stored = "" if self.dtype == "float32" else f", against the adapter rounded to {self.dtype} as stored"
+        return (f"{self.consumer}: largest difference UNet {self.unet:.1e}{te} (tolerance "
+                f"{max(self.tolerance.values()):.1e}; the LoRA moves outputs by up to "
+                f"{max(self.effect.values()):.2f}{stored}) {verdict}{extra}")
+
+
+def probe_inputs(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Fixed inputs: 2 latents of 8x8 (any SD UNet downsamples that far), 2 timesteps, random context, token ids."""
+    gen = torch.Generator().manual_seed(0)
+    length = min(16, int(text_encoder.config.max_position_embeddings))
+    return {"sample": torch.randn(2, unet.config.in_channels, 8, 8, generator=gen),
+            "timesteps": torch.tensor([50, 700]),
+            "context": torch.randn(2, 8, unet.config.cross_attention_dim, generator=gen),
+            "ids": torch.randint(0, int(text_encoder.config.vocab_size), (2, length), generator=gen)}
+
+
+@torch.no_grad()
+def probe_outputs(unet: torch.nn.Module, text_encoder: torch.nn.Module,
+                  inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """UNet and text-encoder outputs (fp32, CPU) on :func:`probe_inputs`; the modules are put in eval mode."""
+    inputs = inputs or probe_inputs(unet, text_encoder)
+    unet.eval()
+    text_encoder.eval()
+    dtype = next(unet.parameters()).dtype
+    device = next(unet.parameters()).device
+    out = unet(inputs["sample"].to(device, dtype), inputs["timesteps"].to(device),
+               inputs["context"].to(device, dtype)).sample
+    te_device = next(text_encoder.parameters()).device
+    te = text_encoder(inputs["ids"].to(te_device))[0]
+    return {"unet": out.float().cpu(), "text_encoder": te.float().cpu()}
+
+
+def file_dtype(file: Path) -> torch.dtype:
+    """The float type a LoRA file stores its matrices in (the coarsest, if mixed)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as fh:
+        stored = {fh.get_slice(k).get_dtype() for k in fh.keys() if not k.endswith(".alpha")}
+    for name, dtype in (("BF16", torch.bfloat16), ("F16", torch.float16)):
+        if name in stored:
+            return dtype
+    return torch.float32
+
+
+def _live_name(module: torch.nn.Module, name: str, names: set[str]) -> str:
+    """A text-encoder layer under the running transformers' names (5 dropped ``text_model.``)."""
+    for candidate in (name, name.removeprefix("text_model."), f"text_model.{name}"):
+        if candidate in names:
+            return candidate
+    raise SdtuneError(f"LoRA layer {name} is not in the base model's {type(module).__name__}: was it trained on "
+                      "this base?")
+
+
+def apply_reference(unet: torch.nn.Module, text_encoder: torch.nn.Module, source: Path,
+                    rounded_to: torch.dtype = torch.float32) -> None:
+    """Apply the diffusers-format LoRA ``source`` through peft, as training applied it (matrices rounded to
+    ``rounded_to``, then computed in fp32).
+
+    With the file's adapter metadata peft gets the trained ``LoraConfig`` (rank, alpha, patterns, rsLoRA) and
+    computes the scale itself; without, ``alpha == rank`` (what loaders assume). Raises SdtuneError when a layer
+    of the file is not in the model or a weight does not fit it.
+    """
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import safe_open
+
+    from sdtune.models.kohya import _component_metadata, read_diffusers_lora
+    from sdtune.models.lora import PORTABLE_CONFIG_KEYS
+
+    with safe_open(str(source), "pt") as fh:
+        configs = _component_metadata(fh.metadata())
+    layers = read_diffusers_lora(source)
+    for component, module in (("unet", unet), ("text_encoder", text_encoder)):
+        mine = [layer for layer in layers if layer.component == component]
+        if not mine:
+            continue
+        names = {n for n, _ in module.named_modules()}
+        live = {layer.module: _live_name(module, layer.module, names) for layer in mine}
+        meta = {k: v for k, v in configs.get(component, {}).items() if k in PORTABLE_CONFIG_KEYS}
+        if meta:
+            config = LoraConfig(**meta)
+        else:
+            rank = mine[0].rank
+            config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(live.values()),
+                                rank_pattern={live[la.module]: la.rank for la in mine if la.rank != rank},
+                                alpha_pattern={live[la.module]: la.rank for la in mine if la.rank != rank})
+        inject_adapter_in_model(config, module, adapter_name="sdtune_reference")
+        state = {}
+        for layer in mine:
+            state[f"{live[layer.module]}.lora_A.weight"] = layer.down.to(rounded_to).float()
+            state[f"{live[layer.module]}.lora_B.weight"] = layer.up.to(rounded_to).float()
+        try:
+            result = set_peft_model_state_dict(module, state, adapter_name="sdtune_reference")
+        except RuntimeError as exc:
+            raise SdtuneError(f"{source}: its {component} LoRA does not fit the base model ({exc})") from None
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if "lora_" in k]
+        if unexpected:
+            raise SdtuneError(f"{source}: {len(unexpected)} {component} LoRA weights fit no layer of the base model "
+                              f"(first: {unexpected[0]})")
+
+
+def comfyui_key_map(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """ComfyUI's kohya names for an SD 1.x/2.x model: ``lora_unet_`` + every UNet weight's diffusers module path
+    with dots as underscores; ``lora_te_text_model_encoder_layers_{b}_{layer}`` for the six CLIP layers of each
+    of the first 32 blocks (comfy/lora.py ``model_lora_keys_unet`` / ``model_lora_keys_clip``)."""
+    keys = {f"lora_unet_{name.replace('.', '_')}": module for name, module in unet.named_modules()
+            if name and isinstance(getattr(module, "weight", None), torch.Tensor)}
+    encoder = getattr(text_encoder, "text_model", text_encoder).encoder
+    for b, block in enumerate(list(encoder.layers)[:32]):
+        for path, kohya in COMFY_CLIP_LAYERS.items():
+            keys[f"lora_te_text_model_encoder_layers_{b}_{kohya}"] = block.get_submodule(path)
+    return keys
+
+
+@torch.no_grad()
+def apply_kohya_comfyui(unet: torch.nn.Module, text_encoder: torch.nn.Module, file: Path) -> list[str]:
+    """Merge a kohya file into the modules as ComfyUI does: ``W += (alpha / rank) * up @ down`` (scale 1 without
+    ``.alpha``), computed in fp32. Returns the file's keys ComfyUI would not load (it only warns about them)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(file))
+    loaded: set[str] = set()
+    for name, module in comfyui_key_map(unet, text_encoder).items():
+        up, down = state.get(f"{name}.lora_up.weight"), state.get(f"{name}.lora_down.weight")
+        if up is None or down is None:
+            continue
+        alpha = state.get(f"{name}.alpha")
+        scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+        delta = (up.float().flatten(1) @ down.float().flatten(1)).reshape(module.weight.shape)
+        module.weight.add_((scale * delta).to(module.weight.dtype))
+        loaded |= {f"{name}.lora_up.weight", f"{name}.lora_down.weight", f"{name}.alpha"}
+    return sorted(set(state) - loaded)
+
+
+def _load(consumer: str, pipe: Any, file: Path) -> str:
+    """Load ``file`` into ``pipe`` the way ``consumer`` does; returns a problem description or ''."""
+    if consumer in ("diffusers", "kohya-diffusers"):
+        pipe.load_lora_weights(str(file.parent), weight_name=file.name)
+        return ""
+    if consumer == "kohya-comfyui":
+        left = apply_kohya_comfyui(pipe.unet, pipe.text_encoder, file)
+        return f"ComfyUI would not load {len(left)} keys (first: {left[0]})" if left else ""
+    raise SdtuneError(f"unknown LoRA consumer '{consumer}'; choose from {', '.join(CONSUMERS)}")
+
+
+def _fresh(pipe: Any) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(vae=pipe.vae, text_encoder=copy.deepcopy(pipe.text_encoder),
+                                   tokenizer=pipe.tokenizer, unet=copy.deepcopy(pipe.unet), scheduler=pipe.scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source: Path | None = None,
+                     allow_pickle: bool = False) -> list[Check]:
+    """Load ``file`` as each consumer does into a fresh ``base`` and compare with the trained adapter: the
+    diffusers-format ``source`` (default: ``file``) applied through peft. Returns one :class:`Check` per consumer;
+    raises SdtuneError when the reference itself cannot be built (a LoRA for another base model).
+    """
+    from sdtune.models.loading import load_pipeline
+
+    file = Path(file)
+    pipe = load_pipeline(base, allow_pickle=allow_pickle)
+    pipe.set_progress_bar_config(disable=True)
+    inputs = probe_inputs(pipe.unet, pipe.text_encoder)
+    base_out = probe_outputs(pipe.unet, pipe.text_encoder, inputs)
+    results: list[tuple[str, dict[str, torch.Tensor] | None, str]] = []
+    for consumer in consumers:
+        candidate = _fresh(pipe)
+        try:
+            problem = _load(consumer, candidate, file)
+            results.append((consumer, probe_outputs(candidate.unet, candidate.text_encoder, inputs), problem))
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            results.append((consumer, None, f"{consumer} could not load it: {type(exc).__name__}: {exc}"[:400]))
+        del candidate
+    stored = file_dtype(file)
+    apply_reference(pipe.unet, pipe.text_encoder, Path(source or file), rounded_to=stored)
+    reference = probe_outputs(pipe.unet, pipe.text_encoder, inputs)
+    effect = {k: float((reference[k] - base_out[k]).abs().max()) for k in base_out}
+    tolerance = {k: TOLERANCE * max(1.0, float(reference[k].abs().max())) for k in base_out}
+    dtype = str(stored).removeprefix("torch.")
+    has_te = effect["text_encoder"] > 0.0
+    checks = []
+    for consumer, out, problem in results:
+        if out is None:
+            checks.append(Check(consumer, float("inf"), float("inf") if has_te else None, tolerance, effect, dtype,
+                                problem))
+            continue
+        diff = {k: float((out[k] - reference[k]).abs().max()) for k in out}
+        checks.append(Check(consumer, diff["unet"], diff["text_encoder"] if has_te or diff["text_encoder"] else None,
+                            tolerance, effect, dtype, problem))
+    return checks

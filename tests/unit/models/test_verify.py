@@ -1,0 +1,122 @@
+"""sdtune export verifies what it wrote: loaded as its consumer loads it, the file must act as the trained LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from sdtune.cli import app
+from sdtune.config import LoraConfig as LoraSettings
+from sdtune.errors import SdtuneError
+from sdtune.models import kohya
+from sdtune.models.loading import load_pipeline
+from sdtune.models.lora import add_lora
+from sdtune.models.verify import comfyui_key_map, verify_lora_file
+
+WIDE = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
+
+
+def _run(folder: Path, rank: int = 4, alpha: float = 8.0) -> Path:
+    """A run folder (config.yaml naming its base) whose LoRA covers attention, convs, feed-forwards and the text
+    encoder, saved by the training writer with non-zero weights."""
+    from sdtune.models.lora import save_lora
+
+    settings = LoraSettings(rank=rank, alpha=alpha, targets=WIDE)
+    pipe = load_pipeline("tiny")
+    add_lora(pipe.unet, settings, settings.targets)
+    add_lora(pipe.text_encoder, settings, settings.text_encoder_targets)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in (pipe.unet, pipe.text_encoder):
+            for name, param in module.named_parameters():
+                if "lora_" in name:
+                    param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+    (folder / "lora").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"}, "train": {"lora": {}}}))
+    save_lora(folder / "lora", pipe.unet, pipe.text_encoder, settings)
+    return folder
+
+
+def test_kohya_export_prints_each_consumers_largest_difference(tmp_path: Path) -> None:
+    run = _run(tmp_path / "me")
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "kohya", "--dtype", "float16"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if "verified:" in ln]
+    assert [ln.split("verified: ")[1].split(":")[0] for ln in lines] == ["kohya-diffusers", "kohya-comfyui"]
+    assert all("largest difference UNet" in ln and "text encoder" in ln and ln.endswith(" ok") for ln in lines)
+    assert "rounded to float16" in lines[0]
+    with safe_open(str(run / "export" / "me.safetensors"), "pt") as fh:  # alpha stays exact in a float16 file
+        assert fh.get_tensor("lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha").dtype == torch.float32
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["me.safetensors"]
+
+
+@pytest.mark.parametrize("fault", ["transformers-5 text-encoder names", "alpha of one layer"])
+def test_a_file_that_loads_as_another_model_is_an_error_and_no_file(tmp_path: Path, monkeypatch, fault: str) -> None:
+    run = _run(tmp_path / "me")
+    if fault == "alpha of one layer":
+        real = kohya.to_kohya
+
+        def to_kohya(layers, dtype=torch.float32):
+            state = real(layers, dtype)
+            key = next(k for k in state if k.endswith("attn1_to_q.alpha"))
+            state[key] = state[key] * 2
+            return state
+
+        monkeypatch.setattr(kohya, "to_kohya", to_kohya)
+    else:  # what kohya_name wrote before it restored transformers 4's text_model level
+        monkeypatch.setattr(kohya, "kohya_name", lambda component, module: (
+            f"{kohya.KOHYA_PREFIXES[component]}_{module.removeprefix('text_model.').replace('.', '_')}"))
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "kohya"])
+    assert isinstance(result.exception, SdtuneError), result.output
+    assert "does not load as the trained LoRA" in str(result.exception) and "MISMATCH" in result.output
+    assert not (run / "export").exists() or not any((run / "export").iterdir()), "no file, not even a temporary one"
+
+
+def test_verification_catches_the_diffusers_script_names_and_export_rewrites_them(tmp_path: Path) -> None:
+    # The diffusers example scripts' names (lora.down/up): diffusers 0.42 drops every attention layer of such a
+    # file when it also holds convs (the bug 2623ae2 fixed in our writer). Files of other trainers look like it.
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    run = _run(tmp_path / "old")
+    pipe = load_pipeline("tiny")
+    pipe.load_lora_weights(str(run / "lora"), adapter_name="default")
+    scripted = tmp_path / "scripted"
+    StableDiffusionPipeline.save_lora_weights(scripted, unet_lora_layers=convert_state_dict_to_diffusers(
+        get_peft_model_state_dict(pipe.unet)), weight_name="pytorch_lora_weights.safetensors")
+    (check,) = verify_lora_file(scripted / "pytorch_lora_weights.safetensors", ["diffusers"], base="tiny")
+    assert not check.ok and check.unet > 0.05 * check.effect["unet"], check.line()
+
+    fixed = tmp_path / "fixed.safetensors"
+    result = CliRunner().invoke(app, ["export", str(scripted / "pytorch_lora_weights.safetensors"), "--format",
+                                      "diffusers", "--base", "tiny", "-o", str(fixed)])
+    assert result.exit_code == 0, result.output
+    assert "verified: diffusers: largest difference" in result.output and fixed.is_file()
+    (again,) = verify_lora_file(fixed, ["diffusers"], base="tiny", source=scripted / "pytorch_lora_weights.safetensors")
+    assert again.ok, again.line()
+
+
+def test_comfyui_names_cover_every_layer_we_export(tmp_path: Path) -> None:
+    pipe = load_pipeline("tiny")
+    names = comfyui_key_map(pipe.unet, pipe.text_encoder)
+    layers = kohya.read_diffusers_lora(_run(tmp_path / "me") / "lora" / "pytorch_lora_weights.safetensors")
+    exported = {kohya.kohya_name(layer.component, layer.module) for layer in layers}
+    assert exported <= set(names), sorted(exported - set(names))[:3]
+    assert "lora_te_text_model_encoder_layers_1_mlp_fc2" in names
+
+
+def test_a_loose_file_needs_its_base(tmp_path: Path) -> None:
+    run = _run(tmp_path / "me")
+    loose = tmp_path / "loose.safetensors"
+    loose.write_bytes((run / "lora" / "pytorch_lora_weights.safetensors").read_bytes())
+    result = CliRunner().invoke(app, ["export", "kohya", str(loose)])
+    assert isinstance(result.exception, SdtuneError) and "--base" in str(result.exception)
+    ok = CliRunner().invoke(app, ["export", "kohya", str(loose), "--base", "tiny", "-o",
+                                  str(tmp_path / "k.safetensors")])
+    assert ok.exit_code == 0, ok.output
