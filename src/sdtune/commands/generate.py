@@ -10,7 +10,10 @@ from sdtune.errors import SdtuneError
 
 ORDER = 40
 
-SCHEDULER_HELP = "sampler: dpm++ (DPM-Solver++ 2M, good in 20-30 steps), ddim, euler-a (Euler ancestral)"
+SCHEDULER_HELP = (
+    "sampler: dpm++ (DPM-Solver++ 2M, good in 20-30 steps), ddim, euler-a (Euler ancestral); each uses the model's own "
+    "noise schedule and prediction type (epsilon or v)"
+)
 
 
 def parse_size(size: str | None) -> tuple[int | None, int | None]:

@@ -250,3 +250,52 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
         checks.append(Check(consumer, diff["unet"], diff["text_encoder"] if has_te or diff["text_encoder"] else None,
                             tolerance, effect, dtype, problem))
     return checks
+
+
+def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
+    """The file holds exactly the live adapter: every trained LoRA matrix under its portable name, equal after the
+    file's dtype cast, and the adapter config (rank, alpha, targets) the modules were trained with.
+
+    The writer-side half of :func:`verify_saved_lora` (no model load: cheap). Raises SdtuneError on a difference.
+    """
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    from sdtune.models.kohya import _component_metadata
+    from sdtune.models.lora import portable_text_encoder_state
+
+    with safe_open(str(file), "pt") as fh:
+        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+        configs = _component_metadata(fh.metadata())
+    expected: dict[str, torch.Tensor] = {}
+    for component, module in (("unet", unet), ("text_encoder", text_encoder)):
+        if module is None or not getattr(module, "peft_config", None):
+            continue
+        state = get_peft_model_state_dict(module, save_embedding_layers=False)
+        if component == "text_encoder":
+            state = portable_text_encoder_state(state)
+        expected.update({f"{component}.{k}": v for k, v in state.items()})
+        live = next(iter(module.peft_config.values()))
+        meta = configs.get(component, {})
+        if (meta.get("r"), meta.get("lora_alpha")) != (live.r, live.lora_alpha) or \
+                sorted(meta.get("target_modules") or []) != sorted(live.target_modules or []):
+            raise SdtuneError(f"{file}: its {component} adapter config (r={meta.get('r')}, alpha="
+                              f"{meta.get('lora_alpha')}) is not the trained one (r={live.r}, alpha={live.lora_alpha})")
+    if set(stored) != set(expected):
+        odd = sorted(set(stored) ^ set(expected))
+        raise SdtuneError(f"{file}: {len(odd)} LoRA weights differ in name from the trained adapter (first: {odd[0]})")
+    for key, value in expected.items():
+        if not torch.equal(stored[key], value.detach().to(stored[key].dtype).cpu()):
+            raise SdtuneError(f"{file}: {key} is not the trained weight")
+
+
+def verify_saved_lora(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None, *, base: str,
+                      allow_pickle: bool = False) -> Check:
+    """End-of-training check of ``RUN/lora``: the file holds the live adapter (:func:`check_file_holds`) and
+    diffusers' ``load_lora_weights`` loads it as that adapter (:func:`verify_lora_file`). Costs one load of the
+    base model and two small forward passes. Raises SdtuneError on a mismatch; returns the check to print."""
+    check_file_holds(file, unet, text_encoder)
+    (result,) = verify_lora_file(file, ["diffusers"], base=base, allow_pickle=allow_pickle)
+    if not result.ok:
+        raise SdtuneError(f"{file} does not load as the trained LoRA: {result.line()}")
+    return result

@@ -120,3 +120,28 @@ def test_a_loose_file_needs_its_base(tmp_path: Path) -> None:
     ok = CliRunner().invoke(app, ["export", "kohya", str(loose), "--base", "tiny", "-o",
                                   str(tmp_path / "k.safetensors")])
     assert ok.exit_code == 0, ok.output
+
+
+def test_end_of_training_check_of_run_lora(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from sdtune.models.lora import save_lora
+    from sdtune.models.verify import verify_saved_lora
+
+    settings = LoraSettings(rank=4, alpha=8.0, targets=WIDE)
+    pipe = load_pipeline("tiny")
+    add_lora(pipe.unet, settings, settings.targets)
+    add_lora(pipe.text_encoder, settings, settings.text_encoder_targets)
+    with torch.no_grad():
+        for module in (pipe.unet, pipe.text_encoder):
+            for name, param in module.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+    file = save_lora(tmp_path / "lora", pipe.unet, pipe.text_encoder, settings)
+    assert verify_saved_lora(file, pipe.unet, pipe.text_encoder, base="tiny").ok
+    state = load_file(str(file))
+    key = next(k for k in state if k.startswith("text_encoder.") and "lora_B" in k)
+    state[key] = state[key] * 0.5
+    save_file(state, str(file), metadata=safe_open(str(file), "pt").metadata())
+    with pytest.raises(SdtuneError, match="is not the trained weight"):
+        verify_saved_lora(file, pipe.unet, pipe.text_encoder, base="tiny")
