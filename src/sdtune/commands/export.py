@@ -121,7 +121,8 @@ def _write_diffusers(run: Path, out: Path | None, base: str | None) -> Path:
     from sdtune.models.lora import LORA_WEIGHTS, rewrite_lora_file
 
     source = _run_lora(run)
-    target = out if out is not None else source.parent.parent / "export" / LORA_WEIGHTS
+    home = source.parent.parent if source.parent.name == "lora" else source.parent
+    target = out if out is not None else home / "export" / LORA_WEIGHTS
     target = target / LORA_WEIGHTS if target.is_dir() or not target.suffix else target
     if target.resolve() == source.resolve():
         raise SdtuneError(f"{target} is the LoRA being exported; pass -o with another path")
