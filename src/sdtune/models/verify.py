@@ -221,6 +221,8 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
 
     file = Path(file)
     pipe = load_pipeline(base, allow_pickle=allow_pickle)
+    pipe.unet.to(torch.float32)  # fp32 everywhere: the tolerance assumes it (a base may be saved in fp16)
+    pipe.text_encoder.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     inputs = probe_inputs(pipe.unet, pipe.text_encoder)
     base_out = probe_outputs(pipe.unet, pipe.text_encoder, inputs)
