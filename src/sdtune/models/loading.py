@@ -176,6 +176,23 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
     return comps
 
 
+def compute_dtype(mixed_precision: str) -> Any:
+    """The dtype frozen weights are stored in and inference runs in under ``train.mixed_precision``."""
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def set_prediction_type(pipe: Any, prediction_type: str | None) -> None:
+    """Make ``pipe`` sample with the objective its UNet was trained on (``None``: keep the scheduler's own).
+
+    A scheduler's ``prediction_type`` decides how the UNet output is read; a v-prediction UNet sampled as
+    epsilon makes grey noise, so every pipeline built from a run must carry the run's objective, not its base's.
+    """
+    if prediction_type and pipe.scheduler.config.get("prediction_type") != prediction_type:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
+
+
 def load_pipeline(ref: str, *, allow_pickle: bool = False, revision: str | None = None,
                   variant: str | None = None, torch_dtype: Any = None):
     """Load a full ``StableDiffusionPipeline`` (for generating class images, validation and inference)."""

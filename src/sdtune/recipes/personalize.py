@@ -300,7 +300,7 @@ def prepare_shared(concept: Path, configs: list[RunConfig], echo: Callable[[str]
     each class's prior images once (two processes filling one folder would race)."""
     import torch
 
-    from sdtune.data.class_images import generate_class_images
+    from sdtune.data.class_images import generate_for_run
 
     if not (concept / "model" / "model_index.json").is_file() and (concept / "lora" / LORA_WEIGHTS).is_file():
         from sdtune.config import load_config
@@ -319,9 +319,7 @@ def prepare_shared(concept: Path, configs: list[RunConfig], echo: Callable[[str]
                 wanted[data.class_dir] = cfg
     for folder, cfg in wanted.items():
         assert cfg.data.class_prompt is not None
-        made = generate_class_images(folder, cfg.data.class_prompt, cfg.data.num_class_images, cfg.model.base,
-                                     resolution=cfg.data.resolution, steps=cfg.data.class_generation_steps,
-                                     allow_pickle=cfg.model.allow_pickle, device=device)
+        made = generate_for_run(cfg, device)  # as `sdtune train` would make them: same base, dtype, revision
         if made:
             echo(f"class images: {made} new in {folder} ({cfg.data.class_prompt})")
 

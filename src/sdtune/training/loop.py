@@ -101,16 +101,12 @@ def _make_accelerator(cfg: RunConfig, run_dir: Path):
 
 
 def _ensure_class_images(cfg: RunConfig, accelerator) -> None:
-    data = cfg.data
-    if not data.with_prior_preservation:
+    if not cfg.data.with_prior_preservation:
         return
-    from sdtune.data.class_images import generate_class_images
+    from sdtune.data.class_images import generate_for_run
 
     if accelerator.is_main_process:
-        assert data.class_dir is not None and data.class_prompt is not None
-        generate_class_images(data.class_dir, data.class_prompt, data.num_class_images, cfg.model.base,
-                              resolution=data.resolution, steps=data.class_generation_steps,
-                              allow_pickle=cfg.model.allow_pickle, device=accelerator.device)
+        generate_for_run(cfg, accelerator.device)
     accelerator.wait_for_everyone()
 
 
@@ -222,11 +218,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
                     losses.append(all_losses.mean().item())
             if cfg.train.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(trainables.unet.parameters())
+            apply_update(optimizer, lr_scheduler, ema, trainables.unet)
             state.step += 1
             state.micro_step += accum
             state.last_loss = sum(losses) / len(losses)
@@ -239,7 +231,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
                 save(state)
                 last_saved = state.step
             if cfg.validation.prompts and cfg.validation.every and state.step % cfg.validation.every == 0:
-                _validate(cfg, accelerator, comps, trainables, state.step, run_dir)
+                _validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir)
             stop_now = accelerator.gather(torch.tensor([float(stop.requested)], device=accelerator.device)).any()
             if stop_now and state.step < cfg.train.max_steps:
                 status = "interrupted"
@@ -257,13 +249,32 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     return _finish(cfg, accelerator, comps, trainables, ema, state, run_dir, timing, len(stream))
 
 
-def _validate(cfg: RunConfig, accelerator, comps, trainables, step: int, run_dir: Path) -> None:
+def apply_update(optimizer, lr_scheduler, ema, unet: torch.nn.Module) -> bool:
+    """One optimizer update; returns False when fp16's grad scaler skipped it (overflowed gradients).
+
+    A skipped step changes no weight, so the LR schedule and the EMA do not advance either (what accelerate's
+    prepared scheduler does): otherwise the first fp16 steps, which the scaler skips while it finds its scale,
+    would eat the warmup. Without a scaler (no / bf16) no step is ever skipped.
+    """
+    optimizer.step()
+    skipped = bool(getattr(optimizer, "step_was_skipped", False))
+    if not skipped:
+        lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None and not skipped:
+        ema.step(unet.parameters())
+    return not skipped
+
+
+def _validate(cfg: RunConfig, accelerator, comps, trainables, ema, step: int, run_dir: Path) -> None:
+    """Validation images from the live modules, under the training's autocast, with the EMA weights when kept."""
     if accelerator.is_main_process:
         from sdtune.training.trackers import log_images
         from sdtune.training.validation import run_validation
 
         text_encoder = trainables.text_encoder if trainables.text_encoder is not None else comps.text_encoder
-        images = run_validation(cfg, comps, trainables.unet, text_encoder, step, run_dir / "samples")
+        images = run_validation(cfg, comps, trainables.unet, text_encoder, step, run_dir / "samples",
+                                autocast=accelerator.autocast, ema=ema)
         log_images(accelerator, images, step)
     accelerator.wait_for_everyone()
 
@@ -285,7 +296,7 @@ def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir:
     result = TrainResult(run_dir, "finished", state.step, state.last_loss)
     checksums = _rank_checksums(accelerator, trainables)
     if cfg.validation.prompts and not (cfg.validation.every and state.step % cfg.validation.every == 0):
-        _validate(cfg, accelerator, comps, trainables, state.step, run_dir)
+        _validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir)
     if accelerator.is_main_process:
         text_encoder = trainables.text_encoder
         if cfg.train.lora is not None:
@@ -296,9 +307,10 @@ def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir:
         else:
             if ema is not None:
                 ema.copy_to(trainables.unet.parameters())
-            full_te = text_encoder if text_encoder is not None else comps.text_encoder
-            result.outputs["model"] = str(outputs.save_full_model(run_dir, comps, trainables.unet, full_te))
+            result.outputs["model"] = str(outputs.save_full_model(run_dir, cfg, trainables.unet, text_encoder))
         metrics = {"status": "finished", "steps": state.step, "final_loss": state.last_loss,
+                   "prediction_type": comps.noise_scheduler.config.prediction_type,
+                   "mixed_precision": cfg.train.mixed_precision,
                    **timing, "method": cfg.method, "examples": num_examples,
                    "outputs": result.outputs, "processes": accelerator.num_processes,
                    "rank_weight_checksums": checksums}

@@ -8,7 +8,7 @@ import torch
 
 from sdtune.config import RunConfig
 from sdtune.errors import ConfigError, SdtuneError
-from sdtune.models.loading import SDComponents
+from sdtune.models.loading import SDComponents, compute_dtype
 from sdtune.models.lora import add_lora
 
 
@@ -28,7 +28,7 @@ class Trainables:
 
 
 def weight_dtype_for(mixed_precision: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    return compute_dtype(mixed_precision)
 
 
 def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.device) -> Trainables:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -22,8 +25,30 @@ def validation_pipeline(comps, unet, text_encoder):
     return pipe
 
 
-def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_root: Path) -> list[Image.Image]:
-    """Generate each validation prompt; save under ``RUN/samples/step-N/``; return the images."""
+@contextlib.contextmanager
+def ema_weights(ema: Any | None, unet: torch.nn.Module):
+    """Inside: ``unet`` holds the EMA weights (what ``RUN/model`` will hold); after: its own, bitwise restored."""
+    if ema is None:
+        yield
+        return
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(unet.parameters())
+
+
+def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_root: Path, *,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   ema: Any | None = None) -> list[Image.Image]:
+    """Generate each validation prompt; save under ``RUN/samples/step-N/``; return the images.
+
+    ``autocast`` is the training's mixed-precision context (``accelerator.autocast``). Under bf16/fp16 the live
+    modules do not agree on a dtype: frozen VAE and text encoder are stored in bf16/fp16 while the prepared
+    UNet returns fp32, and without the same autocast the VAE fails on fp32 latents. ``ema`` (a diffusers
+    ``EMAModel`` of the UNet) makes the images show the EMA weights, which are the ones the run saves.
+    """
     val = cfg.validation
     was_training = unet.training
     te_training = text_encoder.training
@@ -33,15 +58,17 @@ def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_roo
     folder = out_root / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     images: list[Image.Image] = []
-    with torch.no_grad():
-        for p_index, prompt in enumerate(val.prompts):
-            generator = torch.Generator(device="cpu").manual_seed(val.seed)
-            result = pipe(prompt, num_images_per_prompt=val.num_images, num_inference_steps=val.steps,
-                          guidance_scale=val.guidance_scale, height=cfg.data.resolution, width=cfg.data.resolution,
-                          generator=generator).images
-            for k, image in enumerate(result):
-                image.save(folder / f"{p_index:02d}-{k:02d}.png")
-                images.append(image)
-    unet.train(was_training)
-    text_encoder.train(te_training)
+    try:
+        with torch.no_grad(), ema_weights(ema, unet), autocast():
+            for p_index, prompt in enumerate(val.prompts):
+                generator = torch.Generator(device="cpu").manual_seed(val.seed)
+                result = pipe(prompt, num_images_per_prompt=val.num_images, num_inference_steps=val.steps,
+                              guidance_scale=val.guidance_scale, height=cfg.data.resolution,
+                              width=cfg.data.resolution, generator=generator).images
+                for k, image in enumerate(result):
+                    image.save(folder / f"{p_index:02d}-{k:02d}.png")
+                    images.append(image)
+    finally:
+        unet.train(was_training)
+        text_encoder.train(te_training)
     return images

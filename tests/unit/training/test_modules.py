@@ -18,17 +18,18 @@ def _cfg(**train):
     return config_from_dict({"data": {"instance_dir": "x", "instance_prompt": "sks"}, "train": train})
 
 
-def test_lora_weights_stay_fp32_over_bf16_frozen_weights() -> None:
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_lora_weights_stay_fp32_over_half_precision_frozen_weights(precision: str, dtype: torch.dtype) -> None:
     comps = load_components("tiny")
-    cfg = _cfg(lora={"rank": 2}, train_text_encoder=True, mixed_precision="bf16")
+    cfg = _cfg(lora={"rank": 2}, train_text_encoder=True, mixed_precision=precision)
     trainables = configure_trainables(cfg, comps, torch.device("cpu"))
     trained = {n: p for n, p in trainables.unet.named_parameters() if p.requires_grad}
     frozen = {n: p for n, p in trainables.unet.named_parameters() if not p.requires_grad}
     assert trained and all("lora_" in n and p.dtype == torch.float32 for n, p in trained.items())
-    assert all(p.dtype == torch.bfloat16 for p in frozen.values())
+    assert all(p.dtype == dtype for p in frozen.values())
     assert trainables.text_encoder is not None
     assert any(p.requires_grad for p in trainables.text_encoder.parameters())
-    assert comps.vae.dtype == torch.bfloat16 and not any(p.requires_grad for p in comps.vae.parameters())
+    assert comps.vae.dtype == dtype and not any(p.requires_grad for p in comps.vae.parameters())
 
 
 def test_full_fine_tuning_trains_every_unet_weight_and_separate_text_encoder_lr() -> None:
