@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ModelLoadError
-from sdtune.models.loading import PICKLE_SUFFIXES, check_weights_file, load_pipeline, resolve_model_ref
+from sdtune.models.loading import (
+    PICKLE_SUFFIXES,
+    check_weights_file,
+    load_pipeline,
+    resolve_model_ref,
+    set_prediction_type,
+)
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 ADAPTERS_FILE = "adapters.json"  # a stack of adapters a run needs below its own LoRA (two-stage recipes)
@@ -42,6 +48,7 @@ class RunFolder:
     allow_pickle: bool = False
     revision: str | None = None
     variant: str | None = None
+    prediction_type: str | None = None  # model.prediction_type: the objective trained, when not the base's own
     model_dir: Path | None = None  # full pipeline (full fine-tune, or saved on request)
     lora_file: Path | None = None
     stack: list[Adapter] = field(default_factory=list)  # from RUN/adapters.json, applied below the run's LoRA
@@ -67,7 +74,8 @@ def read_run(folder: str | Path) -> RunFolder:
     if not base_path.is_absolute() and (path / base_path).exists():
         base = str((path / base_path).resolve())
     run = RunFolder(path=path, base=base, allow_pickle=bool(model.get("allow_pickle", False)),
-                    revision=model.get("revision"), variant=model.get("variant"))
+                    revision=model.get("revision"), variant=model.get("variant"),
+                    prediction_type=model.get("prediction_type"))
     if (path / "model" / "model_index.json").is_file():
         run.model_dir = path / "model"
     lora = path / "lora" / LORA_WEIGHTS_NAME
@@ -145,7 +153,8 @@ def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None
     ``ref`` is a base model (preset, folder, .safetensors, hub id) or a run folder. For a run folder ``RUN/model``
     is preferred when present (it is the complete fine-tuned model); otherwise the run's base is loaded, then
     the adapters listed in ``RUN/adapters.json``, then the run's own LoRA. ``adapters`` are further LoRAs
-    (run folders or files) applied on top with the given weights.
+    (run folders or files) applied on top with the given weights. A run's ``model.prediction_type`` replaces the
+    scheduler's (its base's), also for an older ``RUN/model`` saved with the base's scheduler.
     """
     stack: list[Adapter] = []
     if is_run_folder(ref):
@@ -162,6 +171,7 @@ def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None
             raise ModelLoadError(
                 f"{run.path} has no weights yet (neither model/ nor lora/{LORA_WEIGHTS_NAME}); has training finished?"
             )
+        set_prediction_type(pipe, run.prediction_type)
     else:
         pipe = load_pipeline(ref, allow_pickle=allow_pickle)
     for i, (path, weight) in enumerate(adapters or []):
@@ -246,6 +256,8 @@ def model_fingerprint(ref: str, adapters: list[tuple[str, float]] | None = None)
             fp["base"] = _base_fingerprint(run.base, run.revision, run.variant)
             fp["stack"] = [(file_sha256(a.path), a.weight) for a in run.stack]
             fp["lora"] = file_sha256(run.lora_file) if run.lora_file else None
+        if run.prediction_type:  # only when set, so fingerprints of runs without it stay what they were
+            fp["prediction_type"] = run.prediction_type
     else:
         fp = {"base": _base_fingerprint(ref)}
     if adapters:

@@ -122,8 +122,16 @@ def write_stack_profile(run_dir: Path, concept: ConceptRun, *, concept_name: str
         return None
     folder = Path(run_dir) / STACK_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    model = {k: v for k, v in concept.model_section.items() if k in ("base", "revision", "variant", "allow_pickle")}
+    keys = ("base", "revision", "variant", "allow_pickle", "prediction_type")
+    model = {k: v for k, v in concept.model_section.items() if k in keys}
     model["base"] = concept.base
+    # The objective this run trained: its own override, else the one it inherited from the concept's model/
+    # (the concept's override, or the base's own, which needs no key). The base's scheduler may say otherwise.
+    own_cfg = read_run_config(run_dir) if (Path(run_dir) / "config.yaml").is_file() else {}
+    own_type = (own_cfg.get("model") or {}).get("prediction_type")
+    model["prediction_type"] = own_type or model.get("prediction_type")
+    if model["prediction_type"] is None:
+        del model["prediction_type"]
     header = ("# Generation profile written by sdtune (not a training config): the concept's base model plus the\n"
               f"# adapters in {ADAPTERS_FILE}, applied in order with their weights. Use: sdtune generate {folder}\n")
     atomic_write_text(folder / "config.yaml", header + typed_yaml.dump({"model": model}))

@@ -15,38 +15,49 @@ from sdtune.config import RunConfig
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 
 
-def inference_scheduler(source: str):
-    """The base model's own inference scheduler (class and config from its folder)."""
-    import diffusers
-    from diffusers import DiffusionPipeline
+def base_pipeline(cfg: RunConfig):
+    """The run's base model as a fresh fp32 pipeline, sampling with the objective the run trains.
 
-    index = DiffusionPipeline.load_config(source)
-    class_name = index.get("scheduler", [None, "DDIMScheduler"])[1]
-    return getattr(diffusers, class_name).from_pretrained(source, subfolder="scheduler")
+    Loaded again rather than built from the live modules: under bf16/fp16 the frozen parts were cast down for
+    training, and a saved model must hold the base's own weights, not a rounded copy of them. The scheduler is
+    the base's inference scheduler with ``model.prediction_type`` applied: a v-prediction run saved with an
+    epsilon scheduler samples noise.
+    """
+    from sdtune.models.loading import load_pipeline, set_prediction_type
+
+    model = cfg.model
+    pipe = load_pipeline(model.base, allow_pickle=model.allow_pickle, revision=model.revision, variant=model.variant,
+                         torch_dtype=torch.float32)
+    set_prediction_type(pipe, model.prediction_type)
+    return pipe
 
 
 def save_lora_output(run_dir: Path, cfg: RunConfig, unet, text_encoder) -> Path:
+    """``RUN/lora``: the adapter matrices in fp32, the dtype they were trained in (as the diffusers scripts save).
+
+    They stay fp32 under bf16/fp16 training (see ``configure_trainables``); ``load_lora_weights`` casts them to the
+    pipeline's dtype when loading, so a half-precision pipeline takes the same file.
+    """
     assert cfg.train.lora is not None
     write_folder(run_dir / "lora", lambda tmp: save_lora(tmp, unet, text_encoder, cfg.train.lora))
     return run_dir / "lora" / LORA_WEIGHTS
 
 
-def save_full_model(run_dir: Path, comps, unet, text_encoder) -> Path:
-    """Save a diffusers pipeline folder with the trained UNet / text encoder."""
-    from diffusers import StableDiffusionPipeline
+def save_full_model(run_dir: Path, cfg: RunConfig, unet, text_encoder=None) -> Path:
+    """``RUN/model``: the base pipeline with the trained UNet (and text encoder, when trained), all in fp32.
 
-    pipe = StableDiffusionPipeline(vae=comps.vae.to(torch.float32), text_encoder=text_encoder.to(torch.float32),
-                                   tokenizer=comps.tokenizer, unet=unet.to(torch.float32),
-                                   scheduler=inference_scheduler(comps.source), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    ``text_encoder`` is None when it was frozen: the base's own (fp32) one is saved, not the training copy.
+    """
+    pipe = base_pipeline(cfg)
+    pipe.unet = unet.to(torch.float32)  # trained weights are fp32 already (configure_trainables): a no-op
+    if text_encoder is not None:
+        pipe.text_encoder = text_encoder.to(torch.float32)
     return write_folder(run_dir / "model", lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
 
 
 def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
     """A full pipeline with the run's LoRA fused into the base weights (for tools that take no LoRA)."""
-    from sdtune.models.loading import load_pipeline
-
-    pipe = load_pipeline(cfg.model.base, allow_pickle=cfg.model.allow_pickle)
+    pipe = base_pipeline(cfg)
     pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
@@ -73,7 +84,10 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, num_images: i
         f"| final loss | {metrics.get('final_loss')} |",
         f"| resolution | {data.resolution} |",
         f"| learning rate | {cfg.train.learning_rate} |",
+        f"| mixed precision | {cfg.train.mixed_precision} |",
     ]
+    if metrics.get("prediction_type"):
+        lines.append(f"| prediction type | {metrics['prediction_type']} |")
     if cfg.train.lora is not None:
         lines.append(f"| LoRA rank / alpha | {cfg.train.lora.rank} / {cfg.train.lora.alpha or cfg.train.lora.rank} |")
     if data.instance_prompt:
@@ -84,6 +98,9 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, num_images: i
               f'pipe = StableDiffusionPipeline.from_pretrained("{cfg.model.base}")']
     if cfg.train.lora is not None:
         lines.append(f'pipe.load_lora_weights("{run_dir / "lora"}")')
+        if cfg.model.prediction_type:  # the LoRA trained another objective than the base's scheduler says
+            lines.append("pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
+                         f'prediction_type="{cfg.model.prediction_type}")')
     else:
         lines[-1] = f'pipe = StableDiffusionPipeline.from_pretrained("{run_dir / "model"}")'
     lines += [f'image = pipe("{prompt}").images[0]', "```", "",
