@@ -53,10 +53,15 @@ def test_method_output_loads_in_diffusers_and_changes_images(tmp_path: Path, met
 
     base_images = _images(_base_pipe(), prompt)
     if lora:
+        assert "RUN/lora verified: diffusers: largest difference" in result.stdout  # loaded back before it is kept
         pipe = _base_pipe()
         pipe.load_lora_weights(str(run / "lora"))
         assert not (run / "model").exists()
     else:
+        from safetensors import safe_open
+
+        with safe_open(str(run / "model" / "text_encoder" / "model.safetensors"), "pt") as f:
+            assert all(k.startswith("text_model.") for k in f.keys()), "transformers 4 loads other names as random"
         pipe = StableDiffusionPipeline.from_pretrained(str(run / "model"))
     tuned_images = _images(pipe, prompt)
     assert np.abs(tuned_images - base_images).mean() > 1e-3
@@ -124,7 +129,8 @@ def test_two_process_data_parallel_ranks_agree(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", tiny_config(run, data, {"lora": {"rank": 2}}))
     torchrun = Path(sys.executable).with_name("torchrun")
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "-m", "sdtune", "train",
+    # --standalone: a free port of its own (a fixed port collides with any other torchrun on the machine)
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sdtune", "train",
                            str(config)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
