@@ -151,6 +151,8 @@ class LoggingConfig(Section):
 class SaveConfig(Section):
     full_model: bool = Field(False, description="also save a full pipeline (LoRA fused in) under RUN/model")
     lora: bool = Field(True, description="save RUN/lora (LoRA runs)")
+    verify: bool = Field(True, description="load RUN/lora as diffusers does and compare its outputs with the trained "
+                         "adapter before it takes its name (one more load of the base model)")
 
 
 class RunConfig(Section):

@@ -7,6 +7,8 @@ Self-contained on purpose: that venv has no sdtune. ``tests/integration/test_lor
     FOLDER/inputs.safetensors               sample, timesteps, context (UNet); ids (text encoder)
     FOLDER/cases/NAME/<file>.safetensors    a LoRA file (diffusers or kohya format)
     FOLDER/cases/NAME/expected.safetensors  UNet and text-encoder outputs of the trained adapter
+    FOLDER/models/NAME/                     a full pipeline folder as sdtune saves RUN/model, with its
+                                            expected.safetensors beside model_index.json
 
 and reads one JSON line per case from stdout: the largest differences, or the error that stopped the load.
 """
@@ -55,6 +57,16 @@ def main(folder: Path) -> int:
         except Exception as exc:  # noqa: BLE001 - every failure is a result to report, not a crash
             cause = f" (caused by {exc.__cause__!r})" if exc.__cause__ else ""
             result["error"] = f"{type(exc).__name__}: {exc}{cause}"[:800]
+        print(json.dumps(result), flush=True)
+    for model in sorted(p for p in (folder / "models").glob("*") if p.is_dir()):
+        result = {"case": f"model:{model.name}"}
+        try:  # transformers 4 loads a text encoder saved under other names with random weights and only a warning
+            pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None,
+                                                           requires_safety_checker=False)
+            got, want = _outputs(pipe, inputs), load_file(str(model / "expected.safetensors"))
+            result.update({part: float((got[part] - want[part]).abs().max()) for part in want})
+        except Exception as exc:  # noqa: BLE001
+            result["error"] = f"{type(exc).__name__}: {exc}"[:800]
         print(json.dumps(result), flush=True)
     return 0
 

@@ -18,6 +18,7 @@ from sdtune.config import LoraConfig as LoraSettings
 from sdtune.models.kohya import export_kohya
 from sdtune.models.loading import load_pipeline
 from sdtune.models.lora import add_lora, save_lora
+from sdtune.models.portable import save_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_PYTHON = Path(os.environ.get("SDTUNE_COMPAT_PYTHON") or ROOT / ".venv-compat" / "bin" / "python")
@@ -81,16 +82,30 @@ def test_lora_files_load_on_the_old_stack_as_the_trained_adapter(tmp_path: Path)
             (cases / f"{name}-kohya" / "expected.safetensors").write_bytes((cases / name /
                                                                             "expected.safetensors").read_bytes())
 
+    tuned = load_pipeline("tiny")  # a full fine-tune's RUN/model, saved as training saves it (portable names)
+    with torch.no_grad():
+        for module in (tuned.unet, tuned.text_encoder):
+            for param in module.parameters():
+                param.add_(0.01 * torch.randn(param.shape, generator=gen))
+        expected = {"unet": tuned.unet(inputs["sample"], inputs["timesteps"], inputs["context"]).sample,
+                    "text_encoder": tuned.text_encoder(inputs["ids"])[0]}
+    save_pipeline(tuned, tmp_path / "models" / "full")
+    save_file({k: v.contiguous() for k, v in expected.items()}, str(tmp_path / "models" / "full" /
+                                                                     "expected.safetensors"))
+
     proc = subprocess.run([str(OLD_PYTHON), str(ROOT / "tests" / "compat" / "old_stack_check.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     stack, results = lines[0]["stack"], {r["case"]: r for r in lines[1:]}
     assert stack["diffusers"].startswith("0.35") and stack["transformers"].startswith("4."), stack
-    assert set(results) == {"attention", "attention+te", "wide", "wide+te", "attention+te-kohya", "wide+te-kohya"}
+    assert set(results) == {"attention", "attention+te", "wide", "wide+te", "attention+te-kohya", "wide+te-kohya",
+                            "model:full"}
     for name, result in results.items():
         assert "error" not in result, f"{name} on {stack}: {result['error']}"
         assert result["unet"] < 1e-4 and result["text_encoder"] < 1e-4, f"{name} on {stack}: {result}"
+        if name.startswith("model:"):
+            continue
         expected = load_file(str(cases / name / "expected.safetensors"))
         assert (expected["unet"] - base_out["unet"]).abs().max() > 0.05  # the adapter matters
         if "+te" in name:

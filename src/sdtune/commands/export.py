@@ -56,42 +56,27 @@ def _run_lora(run: Path) -> Path:
     raise SdtuneError(f"no LoRA in {run} (expected lora/{LORA_WEIGHTS}).{hint}")
 
 
-def _base_for(path: Path, base: str | None) -> tuple[str, bool]:
-    """The base model a LoRA was trained on (to verify against): ``--base``, else the run folder's config."""
+def _base_for(path: Path, base: str | None) -> dict:
+    """How to load the base model a LoRA was trained on (to verify against): ``--base``, else the run folder's
+    config (its base, revision, variant and pickle permission), as keyword arguments of ``verify_lora_file``."""
     from sdtune.errors import SdtuneError
-    from sdtune.inference.pipeline import is_run_folder, read_run
+    from sdtune.inference.pipeline import is_run_folder
+    from sdtune.models.verify import run_base
 
     if base:
-        return base, False
+        return {"base": base}
     run = path if path.is_dir() else path.parent.parent if path.parent.name == "lora" else path.parent
     if is_run_folder(run):
-        info = read_run(run)
-        return info.base, info.allow_pickle
+        return run_base(run)
     raise SdtuneError(f"{path}: no run config beside it to tell which base model the LoRA is for; pass --base MODEL "
                       "(the export is verified by loading it into that model)")
 
 
-def _pickle_ok(run: Path) -> bool:
-    from sdtune.inference.pipeline import read_run
+def _verifier(consumers: tuple[str, ...], base: dict, source: Path | None = None):
+    """A check for a freshly written file (see ``models.verify.file_checker``); ``base``: :func:`_base_for`."""
+    from sdtune.models.verify import file_checker
 
-    return read_run(run).allow_pickle
-
-
-def _verifier(consumers: tuple[str, ...], base: str, allow_pickle: bool, source: Path | None = None):
-    """A check for a freshly written file: print each consumer's largest differences, raise on a mismatch."""
-    from sdtune.errors import SdtuneError
-    from sdtune.models.verify import verify_lora_file
-
-    def check(file: Path) -> None:
-        checks = verify_lora_file(file, consumers, base=base, source=source, allow_pickle=allow_pickle)
-        for result in checks:
-            typer.echo(f"  verified: {result.line()}")
-        bad = [c for c in checks if not c.ok]
-        if bad:
-            raise SdtuneError(f"the exported file does not load as the trained LoRA ({bad[0].line()}); nothing was "
-                              "written. Please report this with the run's config.")
-
-    return check
+    return file_checker(consumers, base, source=source, echo=typer.echo)
 
 
 def _kohya_out(run: Path, out: Path | None) -> Path:
@@ -106,8 +91,7 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
     from sdtune.models.kohya import export_kohya
 
     source = _run_lora(run)
-    base_ref, allow_pickle = _base_for(source, base)
-    check = _verifier(("kohya-diffusers", "kohya-comfyui"), base_ref, allow_pickle, source=source)
+    check = _verifier(("kohya-diffusers", "kohya-comfyui"), _base_for(source, base), source=source)
     target = export_kohya(source, _kohya_out(run, out), dtype=dtype, check=check)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
@@ -126,8 +110,7 @@ def _write_diffusers(run: Path, out: Path | None, base: str | None) -> Path:
     target = target / LORA_WEIGHTS if target.is_dir() or not target.suffix else target
     if target.resolve() == source.resolve():
         raise SdtuneError(f"{target} is the LoRA being exported; pass -o with another path")
-    base_ref, allow_pickle = _base_for(source, base)
-    rewrite_lora_file(source, target, check=_verifier(("diffusers",), base_ref, allow_pickle, source=source))
+    rewrite_lora_file(source, target, check=_verifier(("diffusers",), _base_for(source, base), source=source))
     typer.echo(f"diffusers LoRA: {target}")
     typer.echo(f"  pipe.load_lora_weights({str(target.parent)!r}, weight_name={target.name!r})")
     return target
@@ -192,14 +175,12 @@ def export_lora_command(
     _check_format(fmt)
     lora_dir = out if (out is not None and fmt == "diffusers") else source / "lora"
     report = extract_from_run(source, rank, lora_dir, conv=conv,
-                              check=lambda file, base: _verifier(("diffusers",), base, _pickle_ok(source))(file))
+                              check=_verifier(("diffusers",), _base_for(source, None)))
     typer.echo(f"extracted: {lora_dir / 'pytorch_lora_weights.safetensors'}")
     typer.echo(f"  {report.summary()}")
     if fmt == "kohya":
-        from sdtune.inference.pipeline import read_run
-
         _write_kohya(lora_dir / "pytorch_lora_weights.safetensors", out if out is not None else
-                     source / "export" / f"{source.name}-rank{rank}.safetensors", "float32", read_run(source).base)
+                     source / "export" / f"{source.name}-rank{rank}.safetensors", "float32")
 
 
 def register(app: typer.Typer) -> None:

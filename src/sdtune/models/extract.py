@@ -162,7 +162,8 @@ def extract_module(base: torch.nn.Module, tuned: torch.nn.Module, rank: int, *, 
 
 
 def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, conv: bool = False,
-                 allow_pickle: bool = False, check: Callable[[Path], None] | None = None) -> ExtractionReport:
+                 allow_pickle: bool = False, check: Callable[[Path], None] | None = None,
+                 revision: str | None = None, variant: str | None = None) -> ExtractionReport:
     """Extract a rank-``rank`` LoRA of ``tuned_ref - base_ref`` into ``out_dir`` (diffusers format + report).
 
     ``check(file)`` runs on the written file before the folder takes its final name; if it raises, nothing is
@@ -170,7 +171,7 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
     from sdtune.models.loading import load_pipeline
     from sdtune.models.lora import write_lora_file
 
-    base = load_pipeline(base_ref, allow_pickle=allow_pickle)
+    base = load_pipeline(base_ref, allow_pickle=allow_pickle, revision=revision, variant=variant)
     tuned = load_pipeline(tuned_ref, allow_pickle=allow_pickle)
     totals = _Totals()
     with torch.no_grad():
@@ -201,9 +202,9 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
 
 
 def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, conv: bool = False,
-                     check: Callable[[Path, str], None] | None = None) -> ExtractionReport:
+                     check: Callable[[Path], None] | None = None) -> ExtractionReport:
     """Extract the LoRA of a full fine-tune run (``RUN/model`` minus its base) into ``RUN/lora`` by default;
-    ``check(file, base)`` verifies the written file before it takes its place (see :func:`extract_lora`)."""
+    ``check(file)`` verifies the written file before it takes its place (see :func:`extract_lora`)."""
     run_dir = Path(run_dir)
     if not (run_dir / "model" / "model_index.json").is_file():
         raise SdtuneError(f"{run_dir} has no full model (model/); extraction needs a full fine-tune run")
@@ -216,5 +217,5 @@ def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, c
 
     run = read_run(run_dir)  # the one reader of a run's base model (resolves a base relative to the run)
     return extract_lora(run.base, str(run_dir / "model"), out_dir or run_dir / "lora", rank,
-                        conv=conv, allow_pickle=run.allow_pickle,
-                        check=(lambda file: check(file, run.base)) if check is not None else None)
+                        conv=conv, allow_pickle=run.allow_pickle, revision=run.revision, variant=run.variant,
+                        check=check)

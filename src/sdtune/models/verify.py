@@ -21,7 +21,7 @@ tiny model), far above that.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,7 +212,8 @@ def _fresh(pipe: Any) -> Any:
 
 
 def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source: Path | None = None,
-                     allow_pickle: bool = False) -> list[Check]:
+                     allow_pickle: bool = False, revision: str | None = None,
+                     variant: str | None = None) -> list[Check]:
     """Load ``file`` as each consumer does into a fresh ``base`` and compare with the trained adapter: the
     diffusers-format ``source`` (default: ``file``) applied through peft. Returns one :class:`Check` per consumer;
     raises SdtuneError when the reference itself cannot be built (a LoRA for another base model).
@@ -220,7 +221,7 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
     from sdtune.models.loading import load_pipeline
 
     file = Path(file)
-    pipe = load_pipeline(base, allow_pickle=allow_pickle)
+    pipe = load_pipeline(base, allow_pickle=allow_pickle, revision=revision, variant=variant)
     pipe.unet.to(torch.float32)  # fp32 everywhere: the tolerance assumes it (a base may be saved in fp16)
     pipe.text_encoder.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -292,12 +293,39 @@ def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.M
 
 
 def verify_saved_lora(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None, *, base: str,
-                      allow_pickle: bool = False) -> Check:
+                      allow_pickle: bool = False, revision: str | None = None, variant: str | None = None) -> Check:
     """End-of-training check of ``RUN/lora``: the file holds the live adapter (:func:`check_file_holds`) and
     diffusers' ``load_lora_weights`` loads it as that adapter (:func:`verify_lora_file`). Costs one load of the
     base model and two small forward passes. Raises SdtuneError on a mismatch; returns the check to print."""
     check_file_holds(file, unet, text_encoder)
-    (result,) = verify_lora_file(file, ["diffusers"], base=base, allow_pickle=allow_pickle)
+    (result,) = verify_lora_file(file, ["diffusers"], base=base, allow_pickle=allow_pickle, revision=revision,
+                                 variant=variant)
     if not result.ok:
         raise SdtuneError(f"{file} does not load as the trained LoRA: {result.line()}")
     return result
+
+
+def file_checker(consumers: Sequence[str], base: dict[str, Any], *, source: Path | None = None,
+                 echo: Callable[[str], None] = print) -> Callable[[Path], None]:
+    """A check for a freshly written LoRA file, to run before it takes its name: each consumer's largest
+    differences are echoed, a mismatch raises SdtuneError (so nothing is written). ``base``: keyword arguments of
+    :func:`verify_lora_file` saying how to load the base (``base``, ``allow_pickle``, ``revision``, ``variant``)."""
+
+    def check(file: Path) -> None:
+        checks = verify_lora_file(file, consumers, source=source, **base)
+        for result in checks:
+            echo(f"  verified: {result.line()}")
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            raise SdtuneError(f"the written file does not load as the trained LoRA ({bad[0].line()}); nothing was "
+                              "written. Please report this with the run's config.")
+
+    return check
+
+
+def run_base(run_dir: Path) -> dict[str, Any]:
+    """How to load a run folder's base model, as keyword arguments of :func:`verify_lora_file`."""
+    from sdtune.inference.pipeline import read_run
+
+    info = read_run(run_dir)
+    return {"base": info.base, "allow_pickle": info.allow_pickle, "revision": info.revision, "variant": info.variant}

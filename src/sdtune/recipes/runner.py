@@ -215,12 +215,14 @@ def complete_stage(recipe: Recipe, stage: Stage, cfg: RunConfig, manifest: Manif
 
 def _ensure_extracted(run_dir: Path, rank: int, conv: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     from sdtune.models.extract import EXTRACTION_REPORT, extract_from_run
+    from sdtune.models.verify import file_checker, run_base
 
     existing = read_json(run_dir / "lora" / EXTRACTION_REPORT)
     if existing and existing.get("rank") == rank and bool(existing.get("conv")) == conv \
             and (run_dir / "lora" / "pytorch_lora_weights.safetensors").is_file():
         return existing
     echo(f"  extracting a rank-{rank} LoRA from the full fine-tune ...")
-    report = extract_from_run(run_dir, rank, conv=conv)
+    check = file_checker(("diffusers",), run_base(run_dir), echo=echo)
+    report = extract_from_run(run_dir, rank, conv=conv, check=check)
     echo(f"  {report.summary()}")
     return report.to_dict()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from sdtune.atomic import atomic_write_json, atomic_write_text
+from sdtune.models.portable import save_pipeline
 from sdtune.toy import world
 from sdtune.toy.tokenizer import load_tokenizer, write_tokenizer
 
@@ -73,7 +74,7 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, folder: Path, fp16: bo
         for part in (pipe.unet, pipe.vae):
             part.to(torch.float16)
     folder.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    save_pipeline(pipe, folder)
     return folder
 
 

@@ -13,6 +13,7 @@ import torch
 from sdtune.atomic import atomic_write_json, write_folder
 from sdtune.config import RunConfig
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
+from sdtune.models.portable import save_pipeline
 
 
 def base_pipeline(cfg: RunConfig):
@@ -37,9 +38,25 @@ def save_lora_output(run_dir: Path, cfg: RunConfig, unet, text_encoder) -> Path:
 
     They stay fp32 under bf16/fp16 training (see ``configure_trainables``); ``load_lora_weights`` casts them to the
     pipeline's dtype when loading, so a half-precision pipeline takes the same file.
+
+    With ``save.verify`` the written file is loaded the way users load it (diffusers ``load_lora_weights`` into a
+    fresh base) and its outputs compared with the live adapter before the folder takes its name: a file that loads
+    as another model is an error, not an output (``models/verify.py``).
     """
     assert cfg.train.lora is not None
-    write_folder(run_dir / "lora", lambda tmp: save_lora(tmp, unet, text_encoder, cfg.train.lora))
+    lora = cfg.train.lora
+
+    def write(tmp: Path) -> None:
+        file = save_lora(tmp, unet, text_encoder, lora)
+        if cfg.save.verify:
+            from sdtune.models.verify import verify_saved_lora
+
+            model = cfg.model
+            check = verify_saved_lora(file, unet, text_encoder, base=model.base, allow_pickle=model.allow_pickle,
+                                      revision=model.revision, variant=model.variant)
+            print(f"RUN/lora verified: {check.line()}")
+
+    write_folder(run_dir / "lora", write)
     return run_dir / "lora" / LORA_WEIGHTS
 
 
@@ -52,7 +69,7 @@ def save_full_model(run_dir: Path, cfg: RunConfig, unet, text_encoder=None) -> P
     pipe.unet = unet.to(torch.float32)  # trained weights are fp32 already (configure_trainables): a no-op
     if text_encoder is not None:
         pipe.text_encoder = text_encoder.to(torch.float32)
-    return write_folder(run_dir / "model", lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
+    return write_folder(run_dir / "model", lambda tmp: save_pipeline(pipe, tmp))
 
 
 def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
@@ -61,7 +78,7 @@ def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
     pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
-    return write_folder(run_dir / "model", lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
+    return write_folder(run_dir / "model", lambda tmp: save_pipeline(pipe, tmp))
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:

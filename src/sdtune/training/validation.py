@@ -15,9 +15,12 @@ from sdtune.config import RunConfig
 
 def validation_pipeline(comps, unet, text_encoder):
     """A pipeline that shares the live training modules (no copy), with a fast sampler."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
-    scheduler = DPMSolverMultistepScheduler.from_config(comps.noise_scheduler.config)
+    from sdtune.inference.samplers import make_scheduler
+
+    # The sampler `sdtune generate` uses by default, built the same way (one rule for every sampler: see samplers).
+    scheduler = make_scheduler("dpm++", comps.noise_scheduler.config)
     pipe = StableDiffusionPipeline(vae=comps.vae, text_encoder=text_encoder, tokenizer=comps.tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
