@@ -26,3 +26,15 @@ class ModelLoadError(SdtuneError):
 
 class TrainingStopped(SdtuneError):
     """Training stopped on purpose (NaN loss); a last good checkpoint was written."""
+
+
+class DiskFullError(SdtuneError):
+    """A write failed because the disk (or a quota / file-size limit) is full; nothing half-written was left."""
+
+
+class Interrupted(Exception):  # noqa: N818 - a state, not a failure; not an SdtuneError (exit 130, not 2)
+    """A run stopped on request (Ctrl-C, SIGTERM) after saving what it needs to continue: exit status 130.
+
+    The message says how to continue. Commands that only learn about an interruption from a result (``sdtune
+    train``, ``sdtune run``) exit 130 themselves; library code several layers down raises this.
+    """

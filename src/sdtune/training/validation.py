@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdtune.atomic import atomic_save
 from sdtune.config import RunConfig
 
 
@@ -69,7 +70,7 @@ def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_roo
                               guidance_scale=val.guidance_scale, height=cfg.data.resolution,
                               width=cfg.data.resolution, generator=generator).images
                 for k, image in enumerate(result):
-                    image.save(folder / f"{p_index:02d}-{k:02d}.png")
+                    atomic_save(folder / f"{p_index:02d}-{k:02d}.png", image.save)  # a full disk: no half PNG
                     images.append(image)
     finally:
         unet.train(was_training)
