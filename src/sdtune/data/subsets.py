@@ -158,6 +158,12 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def data_counts(stream: ExampleStream) -> dict[str, int]:
+    """Distinct images (repeats counted once), examples per epoch (with repeats) and distinct class images."""
+    return {"images": len({e.path for e in stream.train}), "examples": len(stream.train),
+            "class_images": len({e.path for e in stream.classes})}
+
+
 def build_stream(data: DataConfig, tokenizer, seed: int) -> ExampleStream:
     train, classes = [], []
     for subset in subsets_from_config(data):

@@ -15,6 +15,7 @@ from typing import Any
 
 from sdtune import typed_yaml
 from sdtune.atomic import atomic_write_json, atomic_write_text
+from sdtune.config_resume import config_changes
 from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
 
@@ -57,18 +58,6 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     except (OSError, typed_yaml.YamlError) as exc:
         raise SdtuneError(f"{path}: cannot read the run's config ({exc})") from None
     return data if isinstance(data, dict) else {}
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (to say what changed since a stage ran)."""
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 def saved_config_changes(run_dir: Path, cfg: Any) -> list[str]:

@@ -4,7 +4,13 @@ A checkpoint folder ``RUN/checkpoints/step-000300/`` holds only what training ch
 (LoRA matrices for a LoRA run — never the whole UNet), optimizer, LR scheduler, grad scaler and EMA state, RNG
 states and the position in the data stream. It is written under a temporary name and renamed when complete,
 and ``state.json`` is written last, so a crash mid-write never leaves a folder that looks complete and
-``latest`` always resolves to a whole checkpoint.
+``latest`` always resolves to a whole checkpoint. A full disk removes the half-written folder and says so in one
+line. Every checkpoint carries the config it was made with (``config.yaml``), so a resume compares the user's
+config with the saved one instead of trusting ``RUN/config.yaml``.
+
+Only the checkpoints directly in ``RUN/checkpoints/`` are live: ``latest`` and rotation see nothing else.
+Checkpoints of an abandoned branch (a resume from an older step) or of a diverged step are moved aside into
+sub-folders (:func:`move_aside`), never deleted.
 
 Loading puts the saved tensors IN PLACE into the modules and optimizer that already exist: building new
 LoRA modules on resume (which the optimizer never sees) is the bug that made the diffusers DreamBooth-LoRA
@@ -18,18 +24,22 @@ import os
 import random
 import re
 import shutil
+import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
-from sdtune.atomic import replace_folder
+from sdtune.atomic import atomic_write_json, disk_full_as_error, replace_folder
 from sdtune.errors import SdtuneError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"  # the run config this checkpoint was made with
 
 
 @dataclass
@@ -39,6 +49,7 @@ class TrainerState:
     world_size: int = 1
     batch_size: int = 1
     last_loss: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # resumes of this trajectory and their changes
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,34 +132,104 @@ def load_trainable_state_(modules: dict[str, torch.nn.Module], state: dict[str, 
                           "resume with the config that made it")
 
 
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """True when no tensor holds a NaN or an infinity (checked before anything is saved)."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as fh:  # a file object: a full disk then surfaces as an OSError (errno) in the chain
+        torch.save(obj, fh)
+
+
 def save_checkpoint(root: Path, state: TrainerState, modules: dict[str, torch.nn.Module], optimizer,
-                    lr_scheduler, scaler=None, ema=None, keep: int = 3) -> Path:
-    """Write a checkpoint atomically and keep only the newest ``keep``."""
+                    lr_scheduler, scaler=None, ema=None, keep: int = 3, config_text: str | None = None,
+                    keep_also: str | None = None) -> Path:
+    """Write a checkpoint atomically and keep only the newest ``keep`` live ones (and ``keep_also``, by name).
+
+    ``config_text``: the run config (YAML) stored with it. Raises :class:`DiskFullError` (after removing the
+    half-written folder) when the disk, a quota or a file size limit is full.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(state.step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(trainable_state(modules), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-    if scaler is not None:
-        torch.save(scaler.state_dict(), tmp / "scaler.pt")
-    if ema is not None:
-        torch.save(ema.state_dict(), tmp / "ema.pt")
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"torch_cuda_{i}"] = s
-    save_file(rng, str(tmp / "rng.safetensors"))
-    payload = asdict(state) | {"python_random": _python_rng_state()}
-    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")  # written last: the marker
-    _fsync_tree(tmp)
-    replace_folder(tmp, final)  # re-saving a step (after resume) swaps without a gap
+    weights = trainable_state(modules)
+    optimizer_state = optimizer.state_dict()
+    needed = _tensor_bytes(weights) + _tensor_bytes(optimizer_state) + (_tensor_bytes(ema.state_dict()) if ema else 0)
+    newest = list_checkpoints(root)
+    then = (f"continue with --resume latest (the newest complete checkpoint is {newest[-1].name})" if newest
+            else "start the run again")
+    try:
+        with disk_full_as_error(f"checkpoint {final.name}", final, needed, then):
+            tmp.mkdir()
+            save_file(weights, str(tmp / "trainable.safetensors"))
+            _torch_save(optimizer_state, tmp / "optimizer.pt")
+            _torch_save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            if scaler is not None:
+                _torch_save(scaler.state_dict(), tmp / "scaler.pt")
+            if ema is not None:
+                _torch_save(ema.state_dict(), tmp / "ema.pt")
+            rng = {"torch_cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                    rng[f"torch_cuda_{i}"] = s
+            save_file(rng, str(tmp / "rng.safetensors"))
+            if config_text is not None:
+                (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+            payload = asdict(state) | {"python_random": _python_rng_state()}
+            (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")  # written last: the marker
+            _fsync_tree(tmp)
+            replace_folder(tmp, final)  # re-saving a step (after resume) swaps without a gap
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     for stale in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+        if stale.name != keep_also:
+            shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """The run config a checkpoint was made with (None for checkpoints written before configs were stored)."""
+    try:
+        data = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def step_of(path: Path) -> int:
+    match = STEP_DIR.match(path.name)
+    if match is None:
+        raise SdtuneError(f"{path} is not named like a checkpoint (step-000123)")
+    return int(match.group(1))
+
+
+def move_aside(root: Path, checkpoints: list[Path], folder: str, note: dict[str, Any]) -> Path:
+    """Move ``checkpoints`` (and nothing else) into ``root/<folder>/``, never deleting; returns that folder.
+
+    A sub-folder is invisible to ``latest`` and to rotation. ``note`` is written as ``moved.json`` (why, when).
+    """
+    target = root / folder
+    if target.exists():
+        target = root / f"{folder}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    target.mkdir(parents=True)
+    for path in checkpoints:
+        path.rename(target / path.name)
+    atomic_write_json(target / "moved.json", {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **note,
+                                              "checkpoints": [p.name for p in checkpoints]})
+    return target
 
 
 def _python_rng_state() -> list:

@@ -7,12 +7,17 @@ Methods differ only in data (see ``sdtune.data.subsets``) and in which parameter
    reseeded from (seed, micro-step, rank) at the start of that micro-step;
 2. the data stream is position-addressed, and the position is saved;
 3. checkpoints restore weights, optimizer and scheduler state in place into the live objects.
+
+A resume may change some settings (``sdtune.config_resume``, applied by ``sdtune.training.resume``); a resume
+without changes is exact. A diverging run stops before anything non-finite is saved
+(``sdtune.training.divergence``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import statistics
 import time
@@ -23,11 +28,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sdtune.config import RunConfig, resolve_config, save_config
+from sdtune.config import RunConfig, dump_config, resolve_config
 from sdtune.data.cache import Conditioner
-from sdtune.data.subsets import StreamPositions, build_stream, collate
-from sdtune.errors import SdtuneError, TrainingStopped
+from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts
+from sdtune.errors import DiskFullError, SdtuneError, TrainingStopped
 from sdtune.training import checkpoint as ckpt
+from sdtune.training import resume as resuming
+from sdtune.training.divergence import DivergenceGuard
 from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
 from sdtune.training.modules import (
     build_ema,
@@ -90,14 +97,36 @@ def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
     return found
 
 
+def _cpu_processes() -> bool:
+    """Launched with several processes (torchrun) where accelerate finds no GPU-like device.
+
+    accelerate then sets up each process as a run of its own (N independent runs writing into one folder)
+    unless it is told to use the CPU (``ACCELERATE_USE_CPU=1``). Train data-parallel on the CPU instead, as
+    ``accelerate launch --multi_gpu --num_processes N`` with that variable would.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from accelerate.state import AcceleratorState, PartialState
+
+    if PartialState().num_processes > 1:
+        return False
+    AcceleratorState._reset_state(reset_partial_state=True)  # nothing was started: rebuild it for the CPU
+    return True
+
+
 def _make_accelerator(cfg: RunConfig, run_dir: Path):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
     check_mixed_precision(cfg.train.mixed_precision)
     trackers = list(cfg.logging.trackers) or None
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers,
-                       project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")))
+    cpu = _cpu_processes()
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, cpu=cpu,
+                              project_config=ProjectConfiguration(project_dir=str(run_dir),
+                                                                  logging_dir=str(run_dir / "logs")))
+    if cpu and accelerator.is_main_process:
+        print(f"no GPU: training data-parallel on the CPU with {accelerator.num_processes} processes")
+    return accelerator
 
 
 def _ensure_class_images(cfg: RunConfig, accelerator) -> None:
@@ -118,6 +147,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     cfg = resolve_config(cfg)
     run_dir = Path(cfg.output_dir)
     resume_from = _prepare_run_dir(cfg, resume)
+    plan = resuming.plan_resume(resume_from, cfg) if resume_from is not None else None  # refuse in seconds
     check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
     accelerator = _make_accelerator(cfg, run_dir)
     _ensure_class_images(cfg, accelerator)
@@ -129,6 +159,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     trainables = configure_trainables(cfg, comps, accelerator.device)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
+    fresh_hyperparameters = resuming.optimizer_hyperparameters(optimizer)  # the new config's, before loading
     ema = build_ema(cfg, trainables.unet)
     prepared = accelerator.prepare(trainables.unet, optimizer,
                                    *([trainables.text_encoder] if trainables.text_encoder is not None else []))
@@ -136,22 +167,34 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     text_encoder_ddp = prepared[2] if trainables.text_encoder is not None else None
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
-    if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, trainables.modules(), optimizer, lr_scheduler,
+    resumed = None
+    if plan is not None:
+        state = ckpt.load_checkpoint(plan.checkpoint, trainables.modules(), optimizer, lr_scheduler,
                                      scaler=accelerator.scaler, ema=ema)
         if state.world_size != accelerator.num_processes or state.batch_size != cfg.train.batch_size:
-            raise SdtuneError(f"{resume_from} was made with {state.world_size} process(es) x batch "
-                              f"{state.batch_size}; resume with the same for an exact continuation")
+            raise SdtuneError(f"{plan.checkpoint} was made with {state.world_size} process(es) x batch "
+                              f"{state.batch_size} (train.batch_size); resume with the same, since processes x "
+                              "batch define the data of every step (this run has "
+                              f"{accelerator.num_processes} x {cfg.train.batch_size})")
+        resuming.apply_changes(plan, cfg, optimizer, lr_scheduler, ema, fresh_hyperparameters)
+        branch = resuming.start_branch(run_dir, plan) if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()
+        resumed = resuming.history_entry(plan, branch)
+        state.history.append(resumed)
         if accelerator.is_main_process:
-            print(f"resumed from {resume_from} (step {state.step})")
+            print(f"resumed from {plan.checkpoint} (step {state.step})")
+            if plan.changes or branch:
+                print(resuming.describe(resumed))
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        resuming.write_run_config(cfg, run_dir / "config.yaml", state.history)
     if cfg.logging.trackers:
         from sdtune.training.trackers import flat_config, tracker_init_kwargs
 
         accelerator.init_trackers(cfg.logging.project, config=flat_config(cfg),
                                   init_kwargs=tracker_init_kwargs(cfg, run_dir / "logs"))
+        if resumed is not None:
+            accelerator.log({"resume": resuming.describe(resumed)}, step=state.step)
 
     conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.train_text_encoder)
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
@@ -162,13 +205,30 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     noise_scheduler = comps.noise_scheduler
     accum = cfg.train.gradient_accumulation_steps
 
-    def save(current: ckpt.TrainerState) -> None:
-        if accelerator.is_main_process:
-            ckpt.save_checkpoint(run_dir / "checkpoints", current, trainables.modules(), optimizer, lr_scheduler,
-                                 scaler=accelerator.scaler, ema=ema, keep=cfg.checkpoint.keep)
-        accelerator.wait_for_everyone()
+    guard = DivergenceGuard(cfg, run_dir, main_process=accelerator.is_main_process,
+                            grad_scaler=accelerator.scaler is not None, resumed_step=plan.step if plan else None)
+    config_text = dump_config(cfg)
 
-    def micro_loss(batch) -> torch.Tensor:
+    def save(current: ckpt.TrainerState) -> None:
+        guard.check_weights(trainables.parameters(), current.step)
+        error: Exception | None = None
+        if accelerator.is_main_process:
+            try:
+                ckpt.save_checkpoint(run_dir / "checkpoints", current, trainables.modules(), optimizer, lr_scheduler,
+                                     scaler=accelerator.scaler, ema=ema, keep=cfg.checkpoint.keep,
+                                     config_text=config_text, keep_also=guard.keep_also())
+            except Exception as exc:  # every process must hear of it, or the others wait forever
+                error = exc
+        failed = accelerator.gather(torch.tensor([float(error is not None)], device=accelerator.device))
+        if error is not None:
+            raise error
+        if bool(failed.any()):
+            raise SdtuneError(f"process 0 could not save checkpoint {ckpt.step_dir_name(current.step)} (see its "
+                              "message)")
+        guard.saved(current.step)
+
+    def micro_loss(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss, and the loss of predicting zero on the same batch (the guard's yardstick)."""
         latents = conditioner.latents(batch["pixel_values"])
         embeddings = conditioner.text_embeddings(batch["input_ids"])
         noise = torch.randn_like(latents)
@@ -184,13 +244,16 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
         weights = batch["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
-        return weighted_loss(pred, target, weights, int(batch["num_train"]))
+        num_train = int(batch["num_train"])
+        with torch.no_grad():
+            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train)
+        return weighted_loss(pred, target, weights, num_train), zero
 
     bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     started, status, last_saved = time.time(), "finished", state.step if resume_from else -1
     step_times: list[float] = []
-    with StopRequest() as stop:
+    with StopRequest() as stop, bar:  # the bar ends its line before any message
         while state.step < cfg.train.max_steps:
             step_start = time.time()
             losses = []
@@ -203,24 +266,23 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
                         for model in (unet, text_encoder_ddp):
                             if model is not None:
                                 no_sync.enter_context(accelerator.no_sync(model))
-                    loss = micro_loss(batch)
-                    all_losses = accelerator.gather(loss.detach().reshape(1))
-                    if not torch.isfinite(all_losses).all():
-                        optimizer.zero_grad(set_to_none=True)
-                        save(state)
-                        raise TrainingStopped(
-                            f"the loss became {loss.item()} at step {state.step + 1}: training stopped before "
-                            f"it could corrupt the weights. The last good state is checkpoint step "
-                            f"{state.step} in {run_dir / 'checkpoints'}. Lower train.learning_rate (now "
-                            f"{cfg.train.learning_rate}) or enable train.max_grad_norm, then resume with "
-                            "--resume latest")
+                    loss, zero_loss = micro_loss(batch)
+                    gathered = accelerator.gather(torch.stack([loss.detach(), zero_loss]).reshape(1, 2))
+                    all_losses = gathered[:, 0]
+                    guard.check_loss(all_losses, gathered[:, 1], state.step + 1)  # judges the weights of state.step
                     accelerator.backward(loss / accum)
                     losses.append(all_losses.mean().item())
+            grad_norm = None
             if cfg.train.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)
+                grad_norm = accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)
+            elif accelerator.scaler is None:  # fp16's scaler skips steps with inf gradients itself
+                grads = [p.grad for p in trainables.parameters() if p.grad is not None]
+                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            guard.check_gradients(grad_norm, state.step + 1)
             apply_update(optimizer, lr_scheduler, ema, trainables.unet)
             state.step += 1
             state.micro_step += accum
+            guard.step_done(state.step)
             state.last_loss = sum(losses) / len(losses)
             lr = lr_scheduler.get_last_lr()[0]
             step_times.append(time.time() - step_start)
@@ -236,7 +298,6 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
             if stop_now and state.step < cfg.train.max_steps:
                 status = "interrupted"
                 break
-    bar.close()
     if last_saved != state.step:
         save(state)
     if status == "interrupted":
@@ -246,7 +307,12 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
         return TrainResult(run_dir, status, state.step, state.last_loss)
     timing = {"seconds": round(time.time() - started, 2),
               "median_step_seconds": round(statistics.median(step_times[1:] or step_times or [0.0]), 4)}
-    return _finish(cfg, accelerator, comps, trainables, ema, state, run_dir, timing, len(stream))
+    try:
+        return _finish(cfg, accelerator, comps, trainables, ema, state, run_dir, timing, data_counts(stream))
+    except DiskFullError as exc:
+        raise DiskFullError(f"{exc}. Training itself is complete (checkpoint {ckpt.step_dir_name(state.step)}): "
+                            f"once there is space, `sdtune train {run_dir / 'config.yaml'} --resume latest` writes "
+                            "the outputs without training again") from None
 
 
 def apply_update(optimizer, lr_scheduler, ema, unet: torch.nn.Module) -> bool:
@@ -290,7 +356,7 @@ def _rank_checksums(accelerator, trainables) -> list[float]:
 
 
 def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: Path, timing: dict,
-            num_examples: int) -> TrainResult:
+            counts: dict[str, int]) -> TrainResult:
     from sdtune.training import outputs
 
     result = TrainResult(run_dir, "finished", state.step, state.last_loss)
@@ -311,11 +377,11 @@ def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir:
         metrics = {"status": "finished", "steps": state.step, "final_loss": state.last_loss,
                    "prediction_type": comps.noise_scheduler.config.prediction_type,
                    "mixed_precision": cfg.train.mixed_precision,
-                   **timing, "method": cfg.method, "examples": num_examples,
+                   **timing, "method": cfg.method, **counts,
                    "outputs": result.outputs, "processes": accelerator.num_processes,
-                   "rank_weight_checksums": checksums}
+                   "rank_weight_checksums": checksums, "history": state.history}
         outputs.write_metrics(run_dir, metrics)
-        outputs.write_model_card(run_dir, cfg, metrics, num_examples)
+        outputs.write_model_card(run_dir, cfg, metrics)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if not math.isfinite(state.last_loss or 0.0):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sdtune.atomic import atomic_write_json, write_folder
+from sdtune.atomic import atomic_write_json, atomic_write_text, write_folder
 from sdtune.config import RunConfig
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
@@ -85,7 +85,16 @@ def write_metrics(run_dir: Path, metrics: dict) -> None:
     atomic_write_json(run_dir / "metrics.json", metrics)
 
 
-def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, num_images: int) -> None:
+def _images_row(metrics: dict) -> str:
+    """Distinct images, not examples: 4 photos repeated 25 times are 4 training images."""
+    images, examples = metrics.get("images"), metrics.get("examples")
+    if images and examples and examples != images:
+        return f"{images} ({examples} examples per epoch with repeats)"
+    return str(images if images is not None else examples)
+
+
+def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict) -> None:
+    """RUN/README.md from the config and ``metrics`` (images / examples / class_images counts, steps, loss)."""
     data = cfg.data
     prompt = data.instance_prompt or (cfg.validation.prompts[0] if cfg.validation.prompts else "")
     lines = [
@@ -96,7 +105,7 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, num_images: i
         "| | |",
         "|---|---|",
         f"| method | {cfg.method} |",
-        f"| training images | {num_images} |",
+        f"| training images | {_images_row(metrics)} |",
         f"| steps | {metrics.get('steps')} |",
         f"| final loss | {metrics.get('final_loss')} |",
         f"| resolution | {data.resolution} |",
@@ -110,7 +119,12 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, num_images: i
     if data.instance_prompt:
         lines.append(f"| instance prompt | `{data.instance_prompt}` |")
     if data.with_prior_preservation:
+        lines.append(f"| class images | {metrics.get('class_images')} |")
         lines.append(f"| class prompt | `{data.class_prompt}` (prior loss weight {data.prior_loss_weight}) |")
+    resumes = [f"step {entry['step']}: " + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+               for entry in metrics.get("history") or [] if (changes := entry.get("changes"))]
+    if resumes:
+        lines.append(f"| resumed with changes | {'; '.join(resumes)} |")
     lines += ["", "## Use it", "", "```python", "from diffusers import StableDiffusionPipeline", "",
               f'pipe = StableDiffusionPipeline.from_pretrained("{cfg.model.base}")']
     if cfg.train.lora is not None:
@@ -123,4 +137,4 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, num_images: i
     lines += [f'image = pipe("{prompt}").images[0]', "```", "",
               f"Or: `sdtune generate {run_dir} --prompt \"{prompt}\"`. Resume state is in `checkpoints/`, the exact "
               "config in `config.yaml`.", ""]
-    (run_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(run_dir / "README.md", "\n".join(lines))

@@ -1,0 +1,117 @@
+"""Which config keys may change when a run resumes, as data next to the schema (one table, no scattered ifs).
+
+Resuming is "the saved state + what the user changes now". A key either **may change** (it is applied from the
+resume step on and recorded) or is **refused** (the checkpoint cannot mean the same run with another value: the
+shapes of the trained weights, the data stream, the random streams). Every config key must be covered by a rule
+(a unit test checks this), so a new key cannot slip in undecided: add it here with the reason.
+
+Rules match dotted keys by the longest prefix: ``train.lora.dropout`` overrides ``train.lora``.
+What a changed key means mid-run is documented in docs/resume.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Rule:
+    may_change: bool
+    why: str
+
+
+def _change(why: str) -> Rule:
+    return Rule(True, why)
+
+
+def _refuse(why: str) -> Rule:
+    return Rule(False, why)
+
+
+RESUME_RULES: dict[str, Rule] = {
+    "output_dir": _change("where outputs go; a checkpoint copied to another run folder still resumes"),
+    # the model: other weights or another parameterisation are another run
+    "model": _refuse("the base model the trained weights belong to"),
+    "model.allow_pickle": _change("a loading permission, not a weight"),
+    # the data: what the stream of examples is (the saved position counts examples of this stream)
+    "data": _refuse("the training data and its order (the saved data position refers to it)"),
+    "data.check": _change("a pre-flight check only"),
+    "data.class_generation_steps": _change("only used to generate missing class images"),
+    "data.caption_dropout": _change("a per-example regularisation; positions stay the same"),
+    "data.random_flip": _change("a per-example augmentation; positions stay the same"),
+    "data.prior_loss_weight": _change("a loss weight"),
+    # train: every key is listed (no section default), so a new one must be decided here
+    "train.lora": _refuse("the shape and scale of the trained LoRA weights"),
+    "train.lora.dropout": _change("LoRA dropout has no weights; it applies from the resume step on"),
+    "train.train_text_encoder": _refuse("which weights are trained"),
+    "train.learning_rate": _change("re-applied to the optimizer after loading; the schedule continues"),
+    "train.text_encoder_lr": _change("re-applied to the optimizer after loading"),
+    "train.scale_lr": _change("re-applied to the optimizer after loading"),
+    "train.optimizer": _refuse("the optimizer state (Adam moments) belongs to the optimizer"),
+    "train.adam_beta1": _change("re-applied to the optimizer after loading"),
+    "train.adam_beta2": _change("re-applied to the optimizer after loading"),
+    "train.adam_weight_decay": _change("re-applied to the optimizer after loading"),
+    "train.adam_epsilon": _change("re-applied to the optimizer after loading"),
+    "train.lr_scheduler": _change("the schedule is rebuilt and continues from the current step"),
+    "train.lr_warmup_steps": _change("the schedule is rebuilt and continues from the current step"),
+    "train.max_steps": _change("the schedule is rebuilt for the new total; must not be below the checkpoint's step"),
+    "train.batch_size": _refuse("batch x processes define the data position of every step"),
+    "train.gradient_accumulation_steps": _change("micro-batches per step; the data position stays exact"),
+    "train.max_grad_norm": _change("gradient clipping applies from the resume step on"),
+    "train.gradient_checkpointing": _change("memory only; the numbers are the same"),
+    "train.mixed_precision": _change("compute precision; trainable weights and optimizer state stay fp32"),
+    "train.snr_gamma": _change("a loss weighting"),
+    "train.noise_offset": _change("a noise hyperparameter"),
+    "train.ema": _refuse("whether an EMA of the weights exists (its average starts with the run)"),
+    "train.ema.decay": _change("re-applied to the EMA after loading"),
+    "train.ema.update_after_step": _change("re-applied to the EMA after loading"),
+    "train.seed": _refuse("the data order and every random draw of the run"),
+    "train.num_workers": _change("data loading only; examples are position-addressed"),
+    "checkpoint": _change("when and how many checkpoints are kept"),
+    "validation": _change("what is sampled during training"),
+    "logging": _change("where metrics go"),
+    "save": _change("which outputs are written at the end"),
+}
+
+
+def rule_for(key: str) -> Rule | None:
+    """The rule of a dotted key (longest matching prefix), or None when no rule covers it."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        rule = RESUME_RULES.get(".".join(parts[:end]))
+        if rule is not None:
+            return rule
+    return None
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (sections compared key by key, lists whole)."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def value_at(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def split_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
+    """``(allowed, refused)``: each maps a changed dotted key to ``[old value, new value]``."""
+    allowed: dict[str, list] = {}
+    refused: dict[str, list] = {}
+    for key in config_changes(old, new):
+        rule = rule_for(key)
+        pair = [value_at(old, key), value_at(new, key)]
+        (allowed if rule is not None and rule.may_change else refused)[key] = pair
+    return allowed, refused

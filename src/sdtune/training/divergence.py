@@ -1,0 +1,138 @@
+"""Stop a diverging run before a non-finite loss, gradient or weight reaches a checkpoint; name one that is good.
+
+What "good" means: the loss of step N+1 is the first judgement of the weights written by step N, so a
+checkpoint saved at step N is only known good once step N+1 ran with finite gradients and a sane loss. Sane,
+not just finite: a run that diverges often still has finite weights for several steps (one Adam step at a huge
+learning rate moves every weight by about the rate; the loss jumps from 0.5 to 10^6 before it becomes NaN),
+and such weights are useless to resume from. The yardstick needs no history and works for any weighting or
+prediction type: the loss of predicting zero on the same batch (about 1, since diffusion targets have unit
+variance). A step whose loss exceeds :data:`BLOWUP` times that is diverging, and judges the checkpoint before
+it bad.
+
+When the run stops, every checkpoint saved since the newest good one is moved aside
+(``RUN/checkpoints/diverged-step-N/``, never deleted), so the message and ``--resume latest`` name the same good
+checkpoint; rotation (``checkpoint.keep``) never deletes that one while later ones are unjudged. The weights
+are checked before every checkpoint is written and the gradients before the optimizer steps.
+
+Under fp16 mixed precision a GradScaler is active: infinite gradients are normal there (the scaler skips that
+step and lowers its scale), so gradients are not judged; losses and saved weights still are.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from sdtune.config import RunConfig
+from sdtune.errors import TrainingStopped
+from sdtune.training import checkpoint as ckpt
+
+BLOWUP = 10.0  # a loss this many times that of predicting zero: the weights before the step are diverging
+
+
+class DivergenceGuard:
+    """Judges each step, remembers which checkpoints are not yet known good, and builds the stop message."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, main_process: bool, grad_scaler: bool,
+                 resumed_step: int | None):
+        self.cfg, self.run_dir, self.main = cfg, run_dir, main_process
+        self.grad_scaler = grad_scaler
+        self.resumed_step = resumed_step
+        # checkpoints saved since the last good judgement (the resumed one is judged by the first step)
+        self.suspects: list[int] = [] if resumed_step is None else [resumed_step]
+        self._diverging = False
+        self._warned = False
+
+    @property
+    def root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ judging
+    def check_loss(self, losses: torch.Tensor, zero_losses: torch.Tensor, step: int) -> None:
+        """``losses``/``zero_losses``: this micro-step's loss and the loss of predicting zero, on every process."""
+        if not torch.isfinite(losses).all():
+            bad = next(float(x) for x in losses.flatten() if not math.isfinite(float(x)))
+            raise self.stop(f"the loss became {bad} at step {step}")
+        total, zero = float(losses.sum()), float(zero_losses.sum())
+        if total > BLOWUP * zero + 1e-12:
+            self._diverging = True
+            if self.main and not self._warned:
+                self._warned = True
+                ratio = total / max(zero, 1e-12)
+                print(f"warning: the loss at step {step} ({total / losses.numel():.3g}) is {ratio:.3g} times that of "
+                      "predicting zero: the run is diverging; checkpoints from here on count as good "
+                      "only once the loss is sane again")
+
+    def check_gradients(self, grad_norm: torch.Tensor | float | None, step: int) -> None:
+        if self.grad_scaler or grad_norm is None:
+            return
+        value = float(grad_norm)
+        if not math.isfinite(value):
+            raise self.stop(f"the gradient norm became {value} at step {step} (the optimizer did not step)")
+
+    def check_weights(self, parameters: list[torch.nn.Parameter], step: int) -> None:
+        if not ckpt.all_finite(p.detach() for p in parameters):
+            raise self.stop(f"the weights became non-finite at step {step} (checkpoint {ckpt.step_dir_name(step)} "
+                            "was not written)")
+
+    def step_done(self, step: int) -> None:  # noqa: ARG002 - named for the reader: step `step` was judged
+        """The step passed the checks; a sane loss makes the checkpoints before it good."""
+        if not self._diverging:
+            self.suspects.clear()
+        self._diverging = False
+
+    def saved(self, step: int) -> None:
+        self.suspects.append(step)
+
+    def keep_also(self) -> str | None:
+        """While the run is diverging, the newest checkpoint known good: rotation must not delete it.
+
+        Call before writing the next checkpoint. None in a healthy run (``checkpoint.keep`` alone decides).
+        """
+        if not self.suspects:
+            return None
+        good = self._good()
+        return good[-1].name if good else None
+
+    def _good(self) -> list[Path]:
+        names = {ckpt.step_dir_name(s) for s in self.suspects}
+        return [p for p in ckpt.list_checkpoints(self.root) if p.name not in names]
+
+    # ------------------------------------------------------------------ stopping
+    def stop(self, what: str) -> TrainingStopped:
+        """Move the checkpoints not known good aside (process 0) and return the error naming the good one."""
+        parts = [f"{what}: training stopped, nothing non-finite was saved."]
+        good = self._good()
+        bad = [self.root / ckpt.step_dir_name(s) for s in sorted(set(self.suspects))]
+        bad = [p for p in bad if p.is_dir()]
+        if bad:
+            folder = self.root / f"diverged-{bad[0].name}"
+            if self.main:
+                folder = ckpt.move_aside(self.root, bad, folder.name,
+                                         {"reason": f"{what}; no sane step followed these checkpoints"})
+            resumed = " (the one this run resumed from)" if self.resumed_step in self.suspects else ""
+            parts.append(f"{', '.join(p.name for p in bad)}{resumed}: no sane step followed, so not good; moved "
+                         f"aside to {folder}.")
+        parts.append(self._advice(good[-1] if good else None))
+        return TrainingStopped(" ".join(parts))
+
+    def _advice(self, good: Path | None) -> str:
+        train = self.cfg.train
+        extra = [f"train.learning_rate={train.learning_rate / 10:g}"]
+        why = [f"the learning rate {train.learning_rate:g} is too high for this run"]
+        if train.text_encoder_lr is not None:
+            extra.append(f"train.text_encoder_lr={train.text_encoder_lr / 10:g}")
+        if train.max_grad_norm is None:
+            extra.append("train.max_grad_norm=1.0")
+            why.append("gradient clipping is off (train.max_grad_norm bounds every step)")
+        if train.mixed_precision == "fp16":
+            extra.append("train.mixed_precision=bf16")
+            why.append("fp16 overflows easily (bf16 has fp32's range, on GPUs that support it)")
+        command = f"sdtune train {self.run_dir / 'config.yaml'} {' '.join(extra)}"
+        if good is None:
+            return (f"No checkpoint of this run is known good. Likely: {'; '.join(why)}. Start again with a lower "
+                    f"rate, e.g. {command}")
+        return (f"The last good checkpoint is {good} (--resume latest now finds it). Likely: {'; '.join(why)}. "
+                f"Continue from it with a lower rate, e.g. {command} --resume {good}")

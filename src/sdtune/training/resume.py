@@ -1,0 +1,161 @@
+"""Resume = the saved state + what the user changes now.
+
+A checkpoint stores the config it was made with. On resume the user's config is compared with it, key by key,
+against the rules in :mod:`sdtune.config_resume`: a refused change stops before any model is loaded, with the key
+named; an allowed change is applied after the checkpoint is loaded (``optimizer.load_state_dict`` and
+``lr_scheduler.load_state_dict`` bring back the saved learning rate, betas and ``base_lrs``, so they are set
+again from the new config) and recorded: in the trajectory's ``history`` (carried by every later checkpoint and
+written to ``metrics.json`` at the end), in a comment block of ``RUN/config.yaml`` and in the trackers.
+
+A resume from an older checkpoint starts a branch: the live checkpoints after it belong to the abandoned
+trajectory and are moved aside (never deleted), so ``latest`` and rotation see only the live branch.
+
+A resume without changes touches nothing: it stays bitwise identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sdtune.atomic import atomic_write_text
+from sdtune.config import RunConfig, dump_config
+from sdtune.config_resume import rule_for, split_changes
+from sdtune.errors import ConfigError
+from sdtune.training import checkpoint as ckpt
+
+# changes that mean the optimizer's hyperparameters and the LR schedule must be set again after loading
+OPTIMIZER_KEYS = frozenset({
+    "train.learning_rate", "train.text_encoder_lr", "train.scale_lr", "train.adam_beta1", "train.adam_beta2",
+    "train.adam_weight_decay", "train.adam_epsilon", "train.lr_scheduler", "train.lr_warmup_steps",
+    "train.max_steps", "train.gradient_accumulation_steps",
+})
+
+
+@dataclass
+class ResumePlan:
+    """What a resume will do, decided before any model is loaded."""
+
+    checkpoint: Path
+    step: int
+    changes: dict[str, list] = field(default_factory=dict)  # allowed key -> [checkpoint value, new value]
+    config_known: bool = True  # False for checkpoints written before configs were stored in them
+
+
+def _config_dict(cfg: RunConfig) -> dict[str, Any]:
+    return yaml.safe_load(dump_config(cfg))
+
+
+def plan_resume(checkpoint: Path, cfg: RunConfig) -> ResumePlan:
+    """Compare ``cfg`` with the config ``checkpoint`` was made with; refuse what cannot change (one message).
+
+    Raises ConfigError naming every refused key with both values, or when ``train.max_steps`` is below the
+    checkpoint's step.
+    """
+    state = ckpt.read_state(checkpoint)
+    saved = ckpt.read_config(checkpoint)
+    known = saved is not None
+    if saved is None:  # older checkpoint: the run folder's config is the best record there is
+        saved = ckpt.read_config(Path(cfg.output_dir)) or _config_dict(cfg)
+    allowed, refused = split_changes(saved, _config_dict(cfg))
+    if refused:
+        listed = "; ".join(f"{key} {old!r} -> {new!r} ({_why(key)})" for key, (old, new) in refused.items())
+        raise ConfigError(f"cannot resume {checkpoint} with these changes: {listed}. Resume with the checkpoint's "
+                          f"values (its config: {checkpoint / ckpt.CONFIG_FILE}), or start a new run from scratch "
+                          "in another output_dir")
+    if cfg.train.max_steps < state.step:
+        raise ConfigError(f"train.max_steps={cfg.train.max_steps} is below the step of {checkpoint} "
+                          f"({state.step}): resume from an earlier checkpoint or raise train.max_steps")
+    return ResumePlan(checkpoint, state.step, allowed, known)
+
+
+def _why(key: str) -> str:
+    rule = rule_for(key)
+    return rule.why if rule is not None else "no resume rule covers this key"
+
+
+def optimizer_hyperparameters(optimizer) -> list[dict[str, Any]]:
+    """Each param group's settings without its parameters: taken from a freshly built optimizer + schedule."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def apply_changes(plan: ResumePlan, cfg: RunConfig, optimizer, lr_scheduler, ema,
+                  fresh: list[dict[str, Any]]) -> None:
+    """Set again, after loading, what the user changed and loading brought back from the checkpoint.
+
+    ``fresh``: :func:`optimizer_hyperparameters` of the optimizer and schedule built from the new config, taken
+    before the checkpoint was loaded. The schedule object was built from the new config too (its ``lr_lambdas``
+    are not in a checkpoint), so only its base rates and the current rate need setting: from the resume step on
+    the run follows the new schedule as if it had always had these settings (a changed cosine or linear schedule
+    therefore changes the rate at once, e.g. doubling max_steps of a cosine at its midpoint raises the rate from
+    50 % to 85 % of the peak).
+    """
+    if any(key in OPTIMIZER_KEYS for key in plan.changes):
+        groups = optimizer.param_groups
+        for group, settings in zip(groups, fresh, strict=True):
+            group.update(settings)
+        lr_scheduler.base_lrs = [settings["initial_lr"] for settings in fresh]
+        step = lr_scheduler.last_epoch
+        for group, base, factor in zip(groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * factor(step)
+        lr_scheduler._last_lr = [group["lr"] for group in groups]
+    if ema is not None and cfg.train.ema is not None:
+        if "train.ema.decay" in plan.changes:
+            ema.decay = cfg.train.ema.decay
+        if "train.ema.update_after_step" in plan.changes:
+            ema.update_after_step = cfg.train.ema.update_after_step
+
+
+def start_branch(run_dir: Path, plan: ResumePlan) -> dict[str, Any] | None:
+    """Move the live checkpoints that are not on the resumed trajectory aside; None when there are none.
+
+    Resuming from ``step-S`` of this run abandons every live checkpoint after S; resuming from a checkpoint of
+    another folder abandons all of this run's live checkpoints. A ``metrics.json`` of the abandoned end moves too.
+    """
+    root = run_dir / "checkpoints"
+    inside = plan.checkpoint.resolve().parent == root.resolve()
+    abandoned = [p for p in ckpt.list_checkpoints(root)
+                 if p.resolve() != plan.checkpoint.resolve() and (not inside or ckpt.step_of(p) > plan.step)]
+    if not abandoned:
+        return None
+    folder = ckpt.move_aside(root, abandoned, f"abandoned-after-{ckpt.step_dir_name(plan.step)}",
+                             {"reason": f"resumed from {plan.checkpoint}: these belong to the abandoned trajectory"})
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        metrics.rename(folder / "metrics.json")
+    return {"moved": [p.name for p in abandoned], "to": str(folder.relative_to(run_dir))}
+
+
+def history_entry(plan: ResumePlan, branch: dict[str, Any] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": plan.step,
+                             "resumed_from": plan.checkpoint.name, "changes": plan.changes}
+    if branch is not None:
+        entry["branch"] = branch
+    if not plan.config_known:
+        entry["note"] = "checkpoint without a stored config: compared with RUN/config.yaml"
+    return entry
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """One line for people: ``step 10 (step-000010): train.learning_rate 0.001 -> 1e-05``."""
+    changes = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in entry.get("changes", {}).items())
+    text = f"resumed at step {entry['step']} from {entry['resumed_from']}: {changes or 'no changes'}"
+    if entry.get("branch"):
+        text += f"; moved {', '.join(entry['branch']['moved'])} to {entry['branch']['to']}"
+    return text
+
+
+def write_run_config(cfg: RunConfig, path: Path, history: list[dict[str, Any]]) -> None:
+    """RUN/config.yaml: the config now in force (re-runnable as is), with the resume history as comments."""
+    header = "".join(f"# {describe(entry)}\n" for entry in history if entry.get("changes") or entry.get("branch"))
+    if header:
+        header = "# sdtune resume history (newest last; also in metrics.json and every checkpoint):\n" + header
+    atomic_write_text(path, header + dump_config(cfg))
+
+
+__all__ = ["OPTIMIZER_KEYS", "ResumePlan", "apply_changes", "describe", "history_entry",
+           "optimizer_hyperparameters", "plan_resume", "start_branch", "write_run_config"]

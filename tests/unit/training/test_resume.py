@@ -1,0 +1,69 @@
+"""Resume with a new learning rate / schedule: loading the checkpoint brings the old rate back; it is set again."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdtune.config import RunConfig
+from sdtune.errors import ConfigError
+from sdtune.training import checkpoint as ckpt
+from sdtune.training.modules import build_lr_scheduler
+from sdtune.training.resume import ResumePlan, apply_changes, optimizer_hyperparameters, plan_resume
+
+
+def _build(cfg: RunConfig, model: torch.nn.Module):
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, betas=(cfg.train.adam_beta1, 0.999))
+    return opt, build_lr_scheduler(cfg, opt)
+
+
+def _cfg(**train) -> RunConfig:
+    return RunConfig.model_validate({"data": {"train_dir": "d"}, "train": {"lr_scheduler": "cosine", **train}})
+
+
+def test_new_rate_and_schedule_apply_from_the_checkpoint_step(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    old = _cfg(learning_rate=1e-3, max_steps=20)
+    opt, sched = _build(old, model)
+    for _ in range(10):
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+
+    new = _cfg(learning_rate=1e-5, max_steps=40, adam_beta1=0.8)
+    opt2, sched2 = _build(new, model)
+    fresh = optimizer_hyperparameters(opt2)
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 20)))  # the trap
+    plan = ResumePlan(tmp_path, 10, {"train.learning_rate": [1e-3, 1e-5], "train.max_steps": [20, 40],
+                                     "train.adam_beta1": [0.9, 0.8]})
+    apply_changes(plan, new, opt2, sched2, None, fresh)
+    expected = 1e-5 * 0.5 * (1 + math.cos(math.pi * 10 / 40))  # the new cosine, continued at step 10
+    assert opt2.param_groups[0]["lr"] == pytest.approx(expected)
+    assert opt2.param_groups[0]["betas"][0] == 0.8
+    assert opt2.state[model.weight]["exp_avg"].abs().sum() > 0, "Adam moments must survive"
+    opt2.step()
+    sched2.step()
+    assert sched2.get_last_lr()[0] == pytest.approx(1e-5 * 0.5 * (1 + math.cos(math.pi * 11 / 40)))
+
+
+def test_a_refused_change_names_the_key_before_anything_loads(tmp_path: Path) -> None:
+    from sdtune.config import dump_config
+
+    model = torch.nn.Linear(3, 2)
+    old = _cfg(lora={"rank": 4}, max_steps=20)
+    opt, sched = _build(old, model)
+    path = ckpt.save_checkpoint(tmp_path, ckpt.TrainerState(step=12), {"m": model}, opt, sched,
+                                config_text=dump_config(old))
+    with pytest.raises(ConfigError, match=r"train\.lora\.rank 4 -> 8 .*shape"):
+        plan_resume(path, _cfg(lora={"rank": 8}, max_steps=20))
+    with pytest.raises(ConfigError, match=r"train\.max_steps=10 is below"):
+        plan_resume(path, _cfg(lora={"rank": 4}, max_steps=10))
+    assert plan_resume(path, _cfg(lora={"rank": 4}, max_steps=30)).changes == {"train.max_steps": [20, 30]}
