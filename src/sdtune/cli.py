@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from sdtune.errors import SdtuneError
+from sdtune.errors import Interrupted, SdtuneError
 from sdtune.helptext import prepare_help
 
 app = typer.Typer(
@@ -54,13 +54,16 @@ _register_commands()
 
 
 def main() -> None:
-    """Console entry point: user errors become one clear line and exit status 2."""
+    """Console entry point: user errors become one clear line and exit status 2; a stopped run exits 130."""
     quiet_libraries()
     try:
         app()
     except SdtuneError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except Interrupted as exc:
+        typer.secho(f"interrupted: {exc}", err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)

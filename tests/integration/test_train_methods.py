@@ -128,7 +128,8 @@ def test_two_process_data_parallel_ranks_agree(tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", tiny_config(run, data, {"lora": {"rank": 2}}))
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    # no ACCELERATE_USE_CPU: on a machine without GPUs the processes must still train together, not as 2 runs
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"} | {"OMP_NUM_THREADS": "1"}
     # --standalone: a free port of its own (a fixed port collides with any other torchrun on the machine)
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sdtune", "train",
                            str(config)], env=env, capture_output=True, text=True, timeout=600)
@@ -138,3 +139,4 @@ def test_two_process_data_parallel_ranks_agree(tmp_path: Path) -> None:
     sums = metrics["rank_weight_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
     assert proc.stdout.count("done: 4 steps") == 1, "only rank 0 reports"
+    assert "data-parallel on the CPU with 2 processes" in proc.stdout

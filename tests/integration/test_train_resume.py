@@ -95,7 +95,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # unfinished: `sdtune train ... && sdtune export ...` must stop
     assert "checkpoint saved" in out
     saved = [p for p in (tmp_path / "preempted" / "checkpoints").iterdir()]
     assert len(saved) == 1 and 0 < int(saved[0].name.split("-")[1]) < STEPS

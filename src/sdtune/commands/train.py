@@ -14,12 +14,16 @@ def train_command(
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=500 "
                                           "data.instance_dir=photos/ output_dir=runs/me"),
     resume: str = typer.Option(None, "--resume", help="'latest' (newest complete checkpoint of output_dir) "
-                               "or a checkpoint folder"),
+                               "or a checkpoint folder (an older one starts a branch: newer ones are moved aside)"),
 ) -> None:
     """Fine-tune Stable Diffusion: text-to-image or DreamBooth, LoRA or full, as the config says.
 
     Outputs go to output_dir: config.yaml, checkpoints/, lora/ or model/, samples/, logs/, README.md.
-    An interrupted run (Ctrl-C, SIGTERM, a crash) continues exactly with --resume latest.
+    An interrupted run (Ctrl-C, SIGTERM, a crash) continues exactly with --resume latest; Ctrl-C and SIGTERM
+    save a checkpoint and exit with status 130. Overrides given with --resume change the run from the checkpoint
+    on (learning rate and schedule, max_steps, checkpoint/validation/logging settings; recorded in
+    config.yaml and metrics.json); changes that cannot apply to a checkpoint (model, LoRA shape, data, batch,
+    seed) are refused with the key named. Resuming from an older checkpoint moves the newer ones aside.
     """
     from sdtune.config import load_config
     from sdtune.training.loop import train
@@ -29,7 +33,9 @@ def train_command(
         result = train(cfg, resume=resume)
     finally:
         _end_process_group()
-    if result.status == "finished" and _is_main_process():
+    if result.status != "finished":
+        raise typer.Exit(130)  # unfinished: `sdtune train ... && sdtune export ...` must not go on
+    if _is_main_process():
         typer.echo(f"done: {result.step} steps, final loss {result.final_loss:.4f}")
         for name, path in result.outputs.items():
             typer.echo(f"  {name}: {path}")

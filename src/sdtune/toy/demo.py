@@ -89,6 +89,7 @@ def clip_scores(results: dict[str, Any], clip_dir: Path) -> None:
 
 def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out`` and return ``{"table": ..., "paths": ..., "seconds": ...}``."""
+    from sdtune.errors import Interrupted
     from sdtune.models.presets import toy_path
     from sdtune.recipes.runner import run_recipe
 
@@ -113,7 +114,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     concept_dir, person_dir = out / "concept", out / "person"
     recipe = demo_recipe(out, settings)
     (out / "recipe.yaml").write_text(typed_yaml.dump(recipe.model_dump(mode="json")), encoding="utf-8")
-    run_recipe(recipe, out / "recipe.yaml", echo=echo)
+    if run_recipe(recipe, out / "recipe.yaml", echo=echo).status != "finished":
+        raise Interrupted("the demo stopped during training (a checkpoint was saved): run the same command again "
+                          "to continue")
     lap("two-stage recipe (concept, then person LoRA)")
 
     judge = default_judge()

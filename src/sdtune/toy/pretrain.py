@@ -199,6 +199,10 @@ def pretrain(out: Path, settings: PretrainSettings | None = None, work: Path | N
     run_dir = work / "unet-run"
     resume = "latest" if (run_dir / "checkpoints").exists() else None
     result = train(config_from_dict(unet_run_config(settings, stage0, data_dir, run_dir)), resume=resume)
+    if result.status != "finished":
+        from sdtune.errors import Interrupted
+
+        raise Interrupted("the UNet stage stopped (a checkpoint was saved): run the same command again to continue")
     report["unet_final_loss"] = result.final_loss
     lap("unet")
 
