@@ -9,6 +9,10 @@ like SD 2.x at 768 px.
 ``toy`` is different: a *pretrained* small Stable Diffusion that ships inside the package (``assets/toy``),
 built by ``sdtune toy pretrain`` on the toy world of coloured shapes (see ``sdtune.toy``). It knows something,
 so fine-tuning it can be measured.
+
+``real-sd15``, ``real-sd2-base`` and ``real-sd2-768`` have the real architecture of the checkpoints the ready
+configs name, with seeded random weights (``sdtune.models.real``): for shape checks and GPU memory/speed
+measurements without a download. They are built like ``tiny``, once, into the cache.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sdtune.models.real import REAL_PRESETS, REAL_VERSION
+
 PRESET_VERSION = 1
-PRESETS = ("tiny", "tiny-v", "toy")
+PRESETS = ("tiny", "tiny-v", "toy", *REAL_PRESETS)
 
 TINY_RESOLUTION = 32  # pixels; the VAE halves it once, so latents are 16x16
 
@@ -49,13 +55,20 @@ def preset_path(name: str) -> Path:
         if not (folder / "model_index.json").exists():
             raise FileNotFoundError(f"the toy model is missing from {folder}; rebuild it with `sdtune toy pretrain`")
         return folder
-    target = cache_root() / f"{name}-v{PRESET_VERSION}"
+    version = REAL_VERSION if name in REAL_PRESETS else PRESET_VERSION
+    target = cache_root() / f"{name}-v{version}"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        build_tiny_pipeline(v_prediction=(name == "tiny-v")).save_pretrained(staging, safe_serialization=True)
+        if name in REAL_PRESETS:
+            from sdtune.models.real import write_real_preset
+
+            shared = REAL_PRESETS[name][1]
+            write_real_preset(name, staging, shared_from=preset_path(shared) if shared else None)
+        else:
+            build_tiny_pipeline(v_prediction=(name == "tiny-v")).save_pretrained(staging, safe_serialization=True)
         try:
             staging.rename(target)
         except OSError:  # another process finished first; its copy is identical
