@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 COMPAT := .venv-compat
 COMPAT_STACK := diffusers==0.35.2 peft==0.17.1 transformers==4.57.6 accelerate==1.15.0
 
-.PHONY: demo test test-fast lint bench clean compat-venv
+.PHONY: demo test test-fast lint bench gpu-check clean compat-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test-fast: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/train_bench.py
+
+# Every ready config on the real SD architectures (random weights, no download) on a CUDA GPU: steps/s, peak
+# memory, fits 16 GB, exact resume. Options: make gpu-check ARGS="--configs lora --steps 20" (docs/gpu-check.md)
+gpu-check: $(VENV)/.installed
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT) .pytest_cache .ruff_cache

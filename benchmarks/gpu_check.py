@@ -121,8 +121,18 @@ def steady_step_seconds(times: dict[int, float]) -> float | None:
     return round(statistics.median(kept), 4) if kept else None
 
 
+def _flush_tensorboard() -> None:
+    """TensorBoard writers flush every 2 minutes; a run that failed mid-way has its step times still in memory."""
+    import gc
+
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "SummaryWriter" and callable(getattr(obj, "flush", None)):
+            obj.flush()
+
+
 def run_worker(job_file: Path) -> int:
     """Straight run (measured), resumed run, comparison; writes ``<job_file>.result.json`` after each phase."""
+    import gc
     import resource
 
     import torch
@@ -157,6 +167,7 @@ def run_worker(job_file: Path) -> int:
                                   cfg.model.base, resolution=cfg.data.resolution,
                                   steps=cfg.data.class_generation_steps, device="cuda" if cuda else "cpu")
         result["class_images_seconds"] = round(time.time() - started, 1)
+        gc.collect()  # the generation pipeline's memory is not the training run's
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -173,6 +184,7 @@ def run_worker(job_file: Path) -> int:
             shutil.rmtree(done, ignore_errors=True)  # a full fine-tune's are 5 and 10 GB: keep the disk free
         result["phase"] = "resumed run"
         _reset_accelerate()
+        gc.collect()
         if cuda:
             torch.cuda.empty_cache()
         resumed_cfg = config_from_dict(job["config"] | {"output_dir": str(straight.parent / "resumed")})
@@ -185,6 +197,7 @@ def run_worker(job_file: Path) -> int:
         result["phase"] = "done"
     except Exception as exc:  # noqa: BLE001 - recorded in the table; the next config still runs
         result["error"] = f"failed during {result['phase']}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        _flush_tensorboard()  # the failed run's writer is still alive (the traceback holds it): save its step times
         measure()
         raise
     measure()
@@ -212,9 +225,10 @@ def select(jobs: list[Job], spec: str) -> list[Job]:
     return wanted
 
 
-def row_for(job: Job, result: dict, args: argparse.Namespace, cuda: bool) -> dict:
+def row_for(job: Job, result: dict, cuda: bool) -> dict:
     row = {"config": job.name, "preset": job.preset, "resolution": job.resolution, "method": job.method,
-           "mixed_precision": job.mixed_precision, "images_per_step": job.images_per_step, **result}
+           "mixed_precision": job.mixed_precision, "images_per_step": job.images_per_step, **result,
+           "note": "; ".join(n for n in (job.note, result.get("note", "")) if n)}
     if result.get("median_step_seconds"):
         row["steps_per_s"] = round(1.0 / result["median_step_seconds"], 3)
         row["images_per_s"] = round(row["steps_per_s"] * job.images_per_step, 2)
@@ -234,7 +248,7 @@ def markdown(rows: list[dict], header: str) -> str:
         secs = f"{r.get('straight_seconds', '-')} + {r.get('resumed_seconds', '-')}"
         lines.append(f"| {r['config']} | {r['preset']}, {r['resolution']} | {r['mixed_precision']} | "
                      f"{r.get('steps_per_s', '-')} | {r.get('images_per_s', '-')} | {mem} | {r.get('fits_16gb', '-')} "
-                     f"| {r.get('resume', '-')} | {secs} | {r.get('error') or r.get('note', '')} |")
+                     f"| {r.get('resume', '-')} | {secs} | {'; '.join(n for n in (r.get('error'), r['note']) if n)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -272,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out / "gpu_check.log", "a", encoding="utf-8") as log:
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n")
         log.flush()
-        build = _build_presets(sorted({j.preset for j in jobs}), env, log)
+        try:
+            build = _build_presets(sorted({j.preset for j in jobs}), env, log)
+        except subprocess.CalledProcessError:
+            raise SystemExit(f"building the real-shape presets failed: see {args.out / 'gpu_check.log'}") from None
         print(f"presets built in {build} s", flush=True)
         durations: dict[str, float] = {}
         for job in jobs:
@@ -281,12 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             estimate = durations.get(job.method, 0.0)
             left = None if args.time_budget is None else args.time_budget - elapsed
             if left is not None and left < max(estimate * 1.1, 30.0):
-                rows.append(row_for(job, {"note": f"not run: time budget ({left:.0f} s left)"}, args, cuda))
+                rows.append(row_for(job, {"note": f"not run: time budget ({left:.0f} s left)"}, cuda))
                 continue
             print(f"[{len(rows) + 1}/{len(jobs)}] {job.name} on {job.preset} at {job.resolution} px", flush=True)
             result = _run_job(job, args, workdir, env, log, left)
             durations[job.method] = max(durations.get(job.method, 0.0), result.get("wall_seconds", 0.0))
-            rows.append(row_for(job, result, args, cuda))
+            rows.append(row_for(job, result, cuda))
             _write(args.out, rows, header, build)
             if not args.keep_runs:
                 shutil.rmtree(workdir / "runs" / job.slug, ignore_errors=True)
