@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validation-steps", type=int, default=None, help="sampler steps of the validation and of "
                    "class-image generation (default: the config's)")
     p.add_argument("--class-images", type=int, default=2, help="class images to generate for prior preservation")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every "
+                   "config, after the check's own (repeatable), e.g. --set train.optimizer=adamw8bit")
     p.add_argument("--resume-tolerance", type=float, default=0.01)
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (warn only)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds; configs that would not finish in it "
@@ -282,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     rows: list[dict] = []
     header = (f"GPU check: {len(jobs)} config(s), {args.steps} steps (checkpoint at {args.steps // 2}), device "
-              f"{'cuda' if cuda else 'cpu'}{', resolution ' + str(args.resolution) if args.resolution else ''}")
+              f"{'cuda' if cuda else 'cpu'}{', resolution ' + str(args.resolution) if args.resolution else ''}"
+              f"{', ' + ' '.join(args.set) if args.set else ''}")
     with open(args.out / "gpu_check.log", "a", encoding="utf-8") as log:
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n")
         log.flush()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdtune.config import read_yaml
+from sdtune.config import apply_overrides, read_yaml
 from sdtune.models.real import REAL_PRESET_FOR_BASE
 
 # Run first, so that a run cut short by its time budget has covered each family with LoRA and with full
@@ -75,7 +75,7 @@ def discover(configs_dir: Path) -> list[Job]:
 
 
 def adapt(job: Job, args, workdir: Path, cuda: bool) -> None:
-    """Fill ``job.config``: the config on its preset, with synthetic data, short-run cadence, no trackers."""
+    """Fill ``job.config``: the config on its preset, synthetic data, short-run cadence, TensorBoard, ``--set``."""
     cfg = copy.deepcopy(job.raw)
     steps = args.steps
     data, train = cfg.setdefault("data", {}), cfg.setdefault("train", {})
@@ -88,14 +88,12 @@ def adapt(job: Job, args, workdir: Path, cuda: bool) -> None:
         data["instance_dir"] = str(data_root / f"instance-{resolution}")
     else:  # text-to-image: captioned images
         data["train_dir"] = str(data_root / f"captioned-{resolution}")
-    prior = bool(data.get("with_prior_preservation"))
-    if prior:
+    if data.get("with_prior_preservation"):
         data["class_dir"] = str(data_root / f"class-{job.preset}-{resolution}")
         data["num_class_images"] = args.class_images
         if args.validation_steps:
             data["class_generation_steps"] = args.validation_steps
     mixed = train.get("mixed_precision") or "no"
-    mixed = "no" if mixed is False else mixed  # YAML 1.1 reads an unquoted `no` as False
     if args.mixed_precision != "config":
         mixed = args.mixed_precision
     notes = [job.note] if job.note else []
@@ -110,9 +108,11 @@ def adapt(job: Job, args, workdir: Path, cuda: bool) -> None:
     if args.validation_steps:
         validation["steps"] = args.validation_steps
     cfg["logging"] = {**(cfg.get("logging") or {}), "trackers": ["tensorboard"]}  # the step times come from it
-    job.config, job.resolution, job.mixed_precision = cfg, resolution, mixed
+    apply_overrides(cfg, list(getattr(args, "set", None) or []))
+    train, data = cfg["train"], cfg["data"]
+    job.config, job.resolution, job.mixed_precision = cfg, data["resolution"], train["mixed_precision"]
     job.images_per_step = (int(train.get("batch_size", 1)) * int(train.get("gradient_accumulation_steps", 1))
-                           * (2 if prior else 1))
+                           * (2 if data.get("with_prior_preservation") else 1))
     job.note = "; ".join(notes)
 
 

@@ -17,7 +17,7 @@ from gpu_check_jobs import adapt, discover, resume_verdict  # noqa: E402
 
 def _args(**kw) -> argparse.Namespace:
     base = {"steps": 20, "resolution": None, "mixed_precision": "config", "validation_steps": None,
-            "class_images": 2}
+            "class_images": 2, "set": []}
     return argparse.Namespace(**(base | kw))
 
 
@@ -35,7 +35,8 @@ def test_a_job_changes_only_what_a_short_check_must(tmp_path: Path) -> None:
     jobs = {j.name: j for j in discover(ROOT / "configs")}
     t2i, db = jobs["sd2-768-t2i-lora"], jobs["sd15-dreambooth-full"]
     adapt(t2i, _args(), tmp_path, cuda=True)
-    adapt(db, _args(resolution=64, validation_steps=1), tmp_path, cuda=False)
+    adapt(db, _args(resolution=64, validation_steps=1, set=["save.verify=false", "train.batch_size=2"]), tmp_path,
+          cuda=False)
     train = t2i.config["train"]
     assert t2i.config["model"]["base"] == "real-sd2-768" and t2i.resolution == 768
     assert train["lora"] == {"rank": 16, "alpha": 16} and train["snr_gamma"] == 5.0
@@ -48,7 +49,8 @@ def test_a_job_changes_only_what_a_short_check_must(tmp_path: Path) -> None:
     assert db.mixed_precision == "no" and "fp16 needs CUDA" in db.note  # on a CPU
     assert db.config["train"]["learning_rate"] == 2.0e-6 and db.config["data"]["with_prior_preservation"]
     assert db.config["data"]["num_class_images"] == 2 and db.config["data"]["class_generation_steps"] == 1
-    assert db.images_per_step == 2 and db.config["data"]["instance_prompt"] == "a photo of sks person"
+    assert db.config["data"]["instance_prompt"] == "a photo of sks person"
+    assert db.config["save"]["verify"] is False and db.images_per_step == 4  # --set: batch 2, + class images
 
 
 def test_resume_verdict_tells_exact_noise_and_lost_state_apart() -> None:
