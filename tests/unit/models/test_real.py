@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[3]
 REAL_COUNTS = {
     ("real-sd15", "unet"): 859_520_964,
     ("real-sd15", "text_encoder"): 123_060_480,
+    ("real-sd2-base", "unet"): 865_910_724,
+    ("real-sd2-base", "text_encoder"): 340_387_840,
     ("real-sd2-768", "unet"): 865_910_724,
     ("real-sd2-768", "text_encoder"): 340_387_840,
     ("real-sd15", "vae"): 83_653_863,
@@ -38,18 +40,26 @@ def test_shipped_configs_build_the_published_parameter_counts(name: str, compone
     assert _count(name, component) == REAL_COUNTS[(name, component)]
 
 
-def test_family_differences_are_the_real_ones() -> None:
-    sd15 = _empty_module("unet", read_component_config("real-sd15", "unet"))
-    sd2 = _empty_module("unet", read_component_config("real-sd2-768", "unet"))
-    block15 = sd15.down_blocks[0].attentions[0].transformer_blocks[0]
-    block2 = sd2.down_blocks[0].attentions[0].transformer_blocks[0]
-    assert (block15.attn1.heads, block15.attn2.to_k.in_features) == (8, 768)  # 8 heads of 40, CLIP ViT-L
-    assert (block2.attn1.heads, block2.attn2.to_k.in_features) == (5, 1024)  # heads of 64, OpenCLIP ViT-H
-    assert not sd15.config.use_linear_projection and sd2.config.use_linear_projection
-    assert block2.attn1.upcast_attention and sd2.config.sample_size == 96
-    assert read_component_config("real-sd2-768", "scheduler")["prediction_type"] == "v_prediction"
-    assert read_component_config("real-sd2-base", "scheduler")["prediction_type"] == "epsilon"
-    assert read_component_config("real-sd2-base", "text_encoder")["num_hidden_layers"] == 23
+# heads in the first block (diffusers reads SD 2's attention_head_dim [5, 10, 20, 20] as head counts: 64-wide
+# heads), cross-attention width, linear projections, fp32 attention, latent size, prediction, text layers
+FAMILY = {
+    "real-sd15": (8, 768, False, False, 64, "epsilon", 12),
+    "real-sd2-base": (5, 1024, True, False, 64, "epsilon", 23),
+    "real-sd2-768": (5, 1024, True, True, 96, "v_prediction", 23),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_family_differences_are_the_real_ones(name: str) -> None:
+    heads, cross, linear, upcast, size, prediction, layers = FAMILY[name]
+    unet = _empty_module("unet", read_component_config(name, "unet"))
+    block = unet.down_blocks[0].attentions[0].transformer_blocks[0]
+    assert (block.attn1.heads, block.attn2.to_k.in_features) == (heads, cross)
+    assert unet.config.use_linear_projection is linear and bool(block.attn1.upcast_attention) is upcast
+    assert unet.config.sample_size == size
+    assert read_component_config(name, "scheduler")["prediction_type"] == prediction
+    text = read_component_config(name, "text_encoder")
+    assert (text["num_hidden_layers"], text["hidden_size"]) == (layers, cross)
 
 
 def test_every_ready_config_has_a_real_shape_preset() -> None:
