@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from sdtune.data.captions import safe_member
-from sdtune.data.duplicates import near_duplicate_pairs
+from sdtune.data.duplicates import find_duplicates
 from sdtune.data.folders import METADATA, list_images, read_folder
 from sdtune.data.images import (
     IMAGE_SUFFIXES,
@@ -38,9 +38,10 @@ from sdtune.data.images import (
     dhash,
     is_image_file,
     open_image,
+    picture_digest,
     pixel_hash,
 )
-from sdtune.data.report import Problem, summarize
+from sdtune.data.report import Problem, summarize_problems
 from sdtune.errors import DataError, ModelLoadError
 
 STAGING = ".sdtune-staging-"
@@ -65,7 +66,8 @@ class BuildReport:
     kept: int = 0
     captioned: int = 0
     auto_captioned: int = 0
-    duplicates_dropped: int = 0
+    duplicates_dropped: int = 0  # exact duplicates merged into the image they copy (not written twice)
+    captions_merged: int = 0  # of those, copies whose captions were added to it as alternatives
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -78,13 +80,15 @@ class BuildReport:
         if self.kept:
             lines.append(f"kept {self.kept} rows of other concepts")
         if self.duplicates_dropped:
-            lines.append(f"dropped {self.duplicates_dropped} exact duplicates")
+            merged = (f"; {self.captions_merged} brought a different caption, kept as an alternative"
+                      if self.captions_merged else "")
+            lines.append(f"merged {self.duplicates_dropped} exact duplicates into the image they copy{merged}")
         for level in ("error", "warning"):
-            items = [str(p) for p in self.problems if p.level == level]
+            items = [p for p in self.problems if p.level == level]
             if items:
                 title = "skipped" if level == "error" else "warnings"
                 lines.append(f"{title} ({len(items)}):")
-                lines += [f"  {line}" for line in summarize(items, limit=50)]
+                lines += [f"  {line}" for line in summarize_problems(items)]
         return "\n".join(lines)
 
 
@@ -99,21 +103,22 @@ class _Item:
     fixed_caption: str | None
     dhash: int = 0
     colors: bytes = b""
+    size: tuple[int, int] = (0, 0)  # displayed size of the source, before --max-size
 
 
 class _Build:
     def __init__(self, out: Path, strict: bool, report: BuildReport) -> None:
         self.out, self.strict, self.report = out, strict, report
 
-    def problem(self, where: str | Path, reason: str, level: str = "error") -> None:
-        problem = Problem(str(where), reason, level)  # type: ignore[arg-type]
+    def problem(self, where: str | Path, reason: str, level: str = "error", kind: str = "") -> None:
+        problem = Problem(str(where), reason, level, kind)  # type: ignore[arg-type]
         if self.strict and level == "error":
             raise DataError(f"{problem} (stopped by --strict)")
         self.report.problems.append(problem)
 
     def problems(self, items: list[Problem]) -> None:
         for item in items:
-            self.problem(item.where, item.reason, item.level)
+            self.problem(item.where, item.reason, item.level, item.kind)
 
 
 def _validate(sources: list[Source], out: Path) -> None:
@@ -266,15 +271,12 @@ def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], mod
         written = _write_images(items, staging, build, max_size, max_pixels, progress)
         if not written:
             raise DataError("no usable images; nothing was written:\n" + "\n".join(
-                f"  {line}" for line in summarize([str(p) for p in report.problems], limit=50)))
+                f"  {line}" for line in summarize_problems(report.problems)))
         if model is not None:
             _autocaption(written, staging, model, progress, report)
         for item in written:
             if not item.captions and item.fixed_caption:
                 item.captions = (item.fixed_caption,)
-        for i, j, bits in near_duplicate_pairs([it.dhash for it in written], [it.colors for it in written]):
-            build.problem(written[j].source, f"near-duplicate of {written[i].source} ({bits} of 64 hash bits "
-                          "differ); kept, remove one if unintended", "warning")
         rows = _same_text_type(kept + [_row(item) for item in written])
         _commit(out, staging, [item.name for item in written], rows)
     except OSError as exc:  # disk full, permissions: the user's problem to fix, not a traceback
@@ -292,31 +294,73 @@ def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], mod
 
 def _write_images(items: list[_Item], staging: Path, build: _Build, max_size: int | None, max_pixels: int,
                   progress: bool) -> list[_Item]:
-    seen: dict[str, _Item] = {}
+    """Decode, normalize and stage every image; then merge exact duplicates and report near ones."""
     taken: set[str] = set()
-    written = []
+    written: list[_Item] = []
+    digests: list[str | None] = []  # full-size pixel hash, when the staged image is the full-size decode
     for item in tqdm(items, desc="normalizing images", unit="img", disable=not progress):
         try:
             loaded = open_image(item.source, max_size=max_size, max_pixels=max_pixels)
         except DataError as exc:
-            build.problem(item.source, str(exc).removeprefix(f"{item.source}: ") + "; skipped")
+            build.problem(item.source, str(exc).removeprefix(f"{item.source}: ") + "; skipped", kind="skipped")
             continue
         for note in loaded.notes:
-            build.problem(item.source, note, "warning")
+            build.problem(item.source, note, "warning", kind="animated")
         digest = pixel_hash(loaded.image)
-        if digest in seen:
-            first = seen[digest]
-            build.problem(item.source, f"exact duplicate of {first.source}; dropped", "warning")
-            build.report.duplicates_dropped += 1
-            if not first.captions and item.captions:  # keep the caption the user wrote
-                first.captions = item.captions
-            continue
-        seen[digest] = item
         item.name = _target_name(item, loaded.format, digest, taken)
-        item.dhash, item.colors = dhash(loaded.image), color_thumb(loaded.image)
+        item.dhash, item.colors, item.size = dhash(loaded.image), color_thumb(loaded.image), loaded.size
         _save(loaded, staging / item.name)
         written.append(item)
-    return written
+        digests.append(digest if loaded.image.size == loaded.size else None)
+    return _merge_duplicates(written, digests, staging, build)
+
+
+def _merge_duplicates(written: list[_Item], digests: list[str | None], staging: Path, build: _Build) -> list[_Item]:
+    """One image per picture (``sdtune.data.duplicates``: the rule ``dataset check`` reports by); no caption lost.
+
+    A copy's captions that the first image lacks become alternatives of it (a list in metadata.jsonl, each
+    trained in turn). A copy whose other columns differ (another concept) is kept, since merging would lose
+    its row. Near-duplicates are reported and kept.
+    """
+    def digest(i: int) -> str:
+        return digests[i] or picture_digest(written[i].source)
+
+    found = find_duplicates([it.dhash for it in written], [it.colors for it in written],
+                            [it.size for it in written], digest)
+    dropped: set[int] = set()
+    for j, i in found.exact.items():
+        first, copy = written[i], written[j]
+        if copy.extra != first.extra:
+            build.problem(copy.source, f"exact duplicate of {first.source} (same pixels); kept, because its columns "
+                          f"differ ({_columns(copy.extra)} vs {_columns(first.extra)})", "warning", kind="duplicate")
+            continue
+        had, brought = _effective(first), _effective(copy)
+        new = tuple(c for c in brought if c not in had)
+        dropped.add(j)
+        (staging / copy.name).unlink(missing_ok=True)
+        build.report.duplicates_dropped += 1
+        if new:
+            first.captions = had + new
+            build.report.captions_merged += 1
+            shown = ", ".join(repr(c[:60]) for c in new)
+            build.problem(copy.source, f"exact duplicate of {first.source} (same pixels): merged; its caption {shown} "
+                          f"is kept as an alternative caption of {first.name}", "warning", kind="duplicate")
+        else:
+            build.problem(copy.source, f"exact duplicate of {first.source} (same pixels, same caption): merged into "
+                          f"{first.name}", "warning", kind="duplicate")
+    for i, j, bits in found.near:
+        build.problem(written[j].source, f"near-duplicate of {written[i].source} ({bits} of 64 hash bits differ); "
+                      "kept, remove one if unintended", "warning", kind="near-duplicate")
+    return [item for k, item in enumerate(written) if k not in dropped]
+
+
+def _effective(item: _Item) -> tuple[str, ...]:
+    """The captions an image will get: its own, else its source's fixed --caption (none: the captioner's)."""
+    return item.captions or ((item.fixed_caption,) if item.fixed_caption else ())
+
+
+def _columns(extra: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(extra.items())) or "none"
 
 
 def _load_captioner(model: str | Path, template: str, batch_size: int):

@@ -8,7 +8,6 @@ It is fast: JPEGs are decoded at 1/8 scale, which still reads every byte and so 
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +16,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from sdtune.data.captions import CLIP_MAX_TOKENS, count_tokens, estimate_tokens
-from sdtune.data.duplicates import near_duplicate_pairs
+from sdtune.data.duplicates import find_duplicates
 from sdtune.data.folders import ImageRecord, read_folder
-from sdtune.data.images import probe_image
-from sdtune.data.report import Problem, summarize
+from sdtune.data.images import ImageInfo, picture_digest, probe_image
+from sdtune.data.report import Problem, summarize_problems
 from sdtune.errors import DataError
 
 # Buckets of the shorter side, in pixels: what decides how much an image is up- or downscaled in training.
@@ -65,7 +64,7 @@ class CheckReport:
         return not self.errors
 
     def add(self, where: str | Path, reason: str, level: str, kind: str) -> None:
-        self.problems.append(Problem(str(where), reason, level))  # type: ignore[arg-type]
+        self.problems.append(Problem(str(where), reason, level, kind))  # type: ignore[arg-type]
         self.counts[kind] += 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,7 +84,11 @@ class CheckReport:
         }
 
     def to_text(self) -> str:
-        lines = [f"{self.folder}: {self.images} images ({self.layout})"]
+        lines = [f"{self.folder}: {self.images} images ({self.layout}), as training reads them"]
+        if self.counts["duplicate"]:
+            n = self.counts["duplicate"]
+            lines.append(f"duplicates: {n} of them {'is an exact copy' if n == 1 else 'are exact copies'} of another "
+                         "image (trained as often as the copies; `dataset build` keeps one)")
         if self.images:
             lines.append(f"captions: {self.captioned} of {self.images} images have one")
             lines.append("resolution (shorter side):")
@@ -98,10 +101,11 @@ class CheckReport:
             lines.append(f"most common sizes: {common}")
         if self.counts:
             lines.append("found: " + ", ".join(f"{kind} {n}" for kind, n in sorted(self.counts.items())))
-        for title, items in (("errors", self.errors), ("warnings", self.warnings)):
+        for level, title in (("error", "errors"), ("warning", "warnings")):
+            items = [p for p in self.problems if p.level == level]
             if items:
                 lines.append(f"{title} ({len(items)}):")
-                lines += [f"  {line}" for line in summarize(items)]
+                lines += [f"  {line}" for line in summarize_problems(items)]
         lines.append("OK: ready to train" if self.ok else f"NOT OK: {len(self.errors)} errors; fix them and re-run")
         return "\n".join(lines)
 
@@ -141,9 +145,8 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
     records = _records(folder, report)
     if report.counts["missing folder"]:
         return report
-    readable: list[tuple[ImageRecord, int]] = []
-    colors: list[bytes] = []
-    by_bytes: dict[str, Path] = {}
+    readable: list[ImageRecord] = []
+    infos: list[ImageInfo] = []
     buckets: Counter = Counter()
     for record in tqdm(records, desc="checking images", unit="img", disable=not progress):
         path = record.path
@@ -152,7 +155,8 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
         except DataError as exc:
             report.add(path, str(exc).removeprefix(f"{path}: "), "error", "unreadable")
             continue
-        report.dataset.append(record)
+        readable.append(record)
+        infos.append(info)
         for note in info.notes:
             report.add(path, note, "warning", "animated")
         short = min(info.width, info.height)
@@ -161,26 +165,39 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
         if resolution and short < resolution:
             report.add(path, f"{info.width}x{info.height} is smaller than the training resolution {resolution} "
                        "(it will be upscaled and look soft)", "warning", "small")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest in by_bytes:
-            report.add(path, f"exact duplicate of {by_bytes[digest]} (trained twice as often)", "warning",
-                       "duplicate")
-            continue
-        by_bytes[digest] = path
-        readable.append((record, info.dhash))
-        colors.append(info.colors)
-    report.images = len(readable)
+    report.dataset = readable
+    report.images = len(readable)  # what training reads: every decodable image, duplicates included
     report.resolutions = {name: buckets[name] for _, name in RESOLUTION_BUCKETS if buckets[name]}
-    if not records or not readable:
+    if not readable:
         report.add(folder, "no readable images: nothing to train on", "error", "empty")
+    report.captioned = sum(1 for record in readable if record.captions)
     if fixed_prompt is not None:
         _check_prompt(report, fixed_prompt, tokenizer)
     else:
-        _check_captions(report, [r for r, _ in readable], require_captions, tokenizer)
-    for i, j, bits in near_duplicate_pairs([h for _, h in readable], colors):
-        report.add(readable[j][0].path, f"near-duplicate of {readable[i][0].path} ({bits} of 64 hash bits differ)",
-                   "warning", "near-duplicate")
+        _check_captions(report, readable, require_captions, tokenizer)
+    _check_duplicates(report, readable, infos)
     return report
+
+
+def _check_duplicates(report: CheckReport, readable: list[ImageRecord], infos: list[ImageInfo]) -> None:
+    """Exact and near duplicates by the rule ``dataset build`` uses (``sdtune.data.duplicates``)."""
+    def digest(i: int) -> str:
+        try:
+            return picture_digest(readable[i].path)
+        except DataError:  # decoded at reduced scale but not at full size: not the same as anything
+            return f"undecodable:{i}"
+
+    found = find_duplicates([info.dhash for info in infos], [info.colors for info in infos],
+                            [(info.width, info.height) for info in infos], digest)
+    for j, i in found.exact.items():
+        first, copy = readable[i], readable[j]
+        merged = "merges them into one image with both captions" if (
+            copy.captions and set(copy.captions) - set(first.captions)) else "keeps one"
+        report.add(copy.path, f"exact duplicate of {first.path} (same pixels): training reads both, so this picture "
+                   f"counts twice; `sdtune dataset build` {merged}", "warning", "duplicate")
+    for i, j, bits in found.near:
+        report.add(readable[j].path, f"near-duplicate of {readable[i].path} ({bits} of 64 hash bits differ)",
+                   "warning", "near-duplicate")
 
 
 def _too_long(report: CheckReport, text: str, tokenizer) -> str | None:
@@ -202,7 +219,6 @@ def _check_prompt(report: CheckReport, prompt: str, tokenizer) -> None:
 
 def _check_captions(report: CheckReport, readable: list[ImageRecord], require_captions: bool, tokenizer) -> None:
     missing = [record.path for record in readable if not record.captions]
-    report.captioned = len(readable) - len(missing)
     if require_captions:
         for path in missing:
             report.add(path, "no caption (text-to-image training needs one per image)", "error", "missing caption")

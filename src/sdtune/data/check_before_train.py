@@ -1,8 +1,16 @@
-"""The dataset checks ``sdtune train`` runs before it loads a model (the same as ``sdtune dataset check``)."""
+"""The dataset checks ``sdtune train`` runs before it loads a model (the same as ``sdtune dataset check``).
+
+Every error found here would also stop training later (an unreadable image when the loader reaches it, a
+missing caption when the data is read, after the model loaded), so the check stops the run at once and says
+how to see the whole report; skipping it (``data.check=false``) only moves the failure later.
+"""
 
 from __future__ import annotations
 
-from sdtune.config import RunConfig
+from pathlib import Path
+
+from sdtune.config import RunConfig, SubsetConfig
+from sdtune.data.report import Problem, summarize_problems
 from sdtune.data.subsets import subsets_from_config
 from sdtune.errors import DataError, SdtuneError
 
@@ -22,25 +30,59 @@ def run_tokenizer(cfg: RunConfig):
         return None
 
 
+def _key(cfg: RunConfig, subset: SubsetConfig) -> str:
+    """The config key a subset came from, for messages."""
+    if subset.role == "class":
+        return "data.class_dir"
+    if cfg.data.instance_dir is not None and subset.path == cfg.data.instance_dir and subset.prompt is not None:
+        return "data.instance_dir"
+    if cfg.data.train_dir is not None and subset.path == cfg.data.train_dir and subset.prompt is None:
+        return "data.train_dir"
+    return "data.subsets"
+
+
 def check_training_data(cfg: RunConfig) -> None:
-    """Raise DataError listing every problem in the run's data folders; print warnings."""
+    """Raise DataError listing the problems in the run's data folders (repeated kinds summarized); print warnings.
+
+    Also says once per folder when a fixed-prompt folder (DreamBooth's instance or class images) holds captions
+    that training will not read.
+    """
     if not cfg.data.check:
         return
     from sdtune.data.check import check_folder
 
     tokenizer = run_tokenizer(cfg)
-    problems: list[str] = []
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    checked: list[Path] = []
     for subset in subsets_from_config(cfg.data):
         if subset.role == "class" and not subset.path.exists():
             continue  # class images are generated when missing
         if not subset.path.is_dir():
-            problems.append(f"{subset.path}: data folder does not exist; check the path in your config")
+            errors.append(Problem(str(subset.path), f"data folder ({_key(cfg, subset)}) does not exist; check the "
+                                  "path in your config"))
             continue
         report = check_folder(subset.path, resolution=cfg.data.resolution, require_captions=subset.prompt is None,
                               tokenizer=tokenizer, fixed_prompt=subset.prompt)
-        problems.extend(report.errors)
-        for warning in report.warnings:
-            print(f"warning: {warning}")
-    if problems:
-        raise DataError("the training data has problems (fix them, or set data.check=false to skip):\n  "
-                        + "\n  ".join(problems))
+        checked.append(subset.path)
+        errors += [p for p in report.problems if p.level == "error"]
+        warnings += [p for p in report.problems if p.level == "warning"]
+        if subset.prompt is not None and report.captioned:
+            warnings.append(Problem(str(subset.path), _ignored_captions(cfg, subset, report.captioned, report.images),
+                                    "warning", "ignored captions"))
+    for line in summarize_problems(warnings):
+        print(f"warning: {line}")
+    if errors:
+        see = " ".join(f"`sdtune dataset check {p}`" for p in checked[:2]) or "the paths in your config"
+        raise DataError(f"the training data has {len(errors)} problem{'s' if len(errors) > 1 else ''}; fix "
+                        f"{'it' if len(errors) == 1 else 'them'} and run again (full report: {see}):\n  "
+                        + "\n  ".join(summarize_problems(errors)))
+
+
+def _ignored_captions(cfg: RunConfig, subset: SubsetConfig, captioned: int, images: int) -> str:
+    key = _key(cfg, subset)
+    prompt_key = {"data.instance_dir": "data.instance_prompt", "data.class_dir": "data.class_prompt"}.get(
+        key, "the subset's prompt")
+    where = "data.train_dir" if key == "data.instance_dir" else "a subset without a prompt"
+    return (f"{captioned} of {images} images have captions that are not read: {key} trains on {prompt_key} "
+            f"({subset.prompt!r}). For captioned training use {where}")

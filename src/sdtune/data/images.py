@@ -67,6 +67,7 @@ class LoadedImage:
     format: str | None
     notes: list[str] = field(default_factory=list)
     icc_profile: bytes | None = None  # kept when it describes RGB, so wide-gamut photos keep their colours
+    size: tuple[int, int] = (0, 0)  # displayed (width, height) before any downsizing
 
 
 @dataclass
@@ -188,13 +189,16 @@ def open_image(path: Path, *, max_size: int | None = None, max_pixels: int = MAX
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with _open_checked(path, max_pixels) as img:
-                fmt = img.format
+                fmt, (width, height) = img.format, img.size
                 _, notes = _frames_note(img)
                 if max_size and fmt == "JPEG":
                     img.draft(img.mode, (max_size, max_size))
                 img.load()
                 icc = img.info.get("icc_profile")
-                rgb = to_rgb(_orient(img, notes))
+                oriented = _orient(img, notes)
+                if oriented.size != img.size:  # rotated by 90 degrees
+                    width, height = height, width
+                rgb = to_rgb(oriented)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure on a user file is "unreadable", never a traceback
@@ -202,7 +206,7 @@ def open_image(path: Path, *, max_size: int | None = None, max_pixels: int = MAX
     if max_size and max(rgb.size) > max_size:
         rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     rgb_icc = icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None
-    return LoadedImage(rgb, fmt, notes, rgb_icc)
+    return LoadedImage(rgb, fmt, notes, rgb_icc, (width, height))
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -227,6 +231,12 @@ def pixel_hash(image: Image.Image) -> str:
     digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def picture_digest(path: Path) -> str:
+    """:func:`pixel_hash` of the fully decoded picture (RGB, EXIF rotation applied): what "the same picture"
+    means for check and build alike (``sdtune.data.duplicates``). Raises DataError as :func:`open_image`."""
+    return pixel_hash(open_image(Path(path)).image)
 
 
 def probe_image(path: Path, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:

@@ -77,13 +77,6 @@ def test_long_captions_estimated_or_counted(tmp_path):
     assert exact.token_count == "tokenizer" and "caption is 82 tokens;" in exact.warnings[0]
 
 
-def test_exact_duplicates_by_bytes(tmp_path):
-    pattern(0).save(tmp_path / "a.png")
-    (tmp_path / "a copy.png").write_bytes((tmp_path / "a.png").read_bytes())
-    report = check_folder(tmp_path)
-    assert report.images == 1 and _where(report.warnings, "exact duplicate of")
-
-
 def test_empty_and_missing_folders(tmp_path):
     empty = check_folder(tmp_path)
     assert not empty.ok and _where(empty.errors, "no readable images")

@@ -1,0 +1,42 @@
+"""`sdtune train`'s data check: its advice is true, repeated warnings are summarized, ignored captions are said."""
+
+from __future__ import annotations
+
+import pytest
+from hostile_corpus import pattern
+
+from sdtune.config import config_from_dict
+from sdtune.data.check_before_train import check_training_data
+from sdtune.errors import DataError
+
+
+def test_errors_do_not_offer_a_skip_that_would_fail_later(tmp_path):
+    for i in range(2):
+        pattern(i).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text("a caption", encoding="utf-8")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))  # corrupt: training would fail on it too
+    (tmp_path / "broken.txt").write_text("a caption", encoding="utf-8")
+    with pytest.raises(DataError) as failure:
+        check_training_data(config_from_dict({"model": {"base": "toy"}, "data": {"train_dir": str(tmp_path)}}))
+    message = str(failure.value)
+    assert "broken.png" in message and f"sdtune dataset check {tmp_path}" in message
+    assert "data.check" not in message
+
+
+def test_repeated_warnings_summarized_and_ignored_captions_said_once(tmp_path, capsys):
+    instance, classes = tmp_path / "me", tmp_path / "class"
+    instance.mkdir()
+    classes.mkdir()
+    for i in range(3):
+        pattern(i).save(instance / f"{i}.png")
+        (instance / f"{i}.txt").write_text("a man in a hat", encoding="utf-8")
+    for i in range(40):
+        pattern(i + 10, (16, 16)).save(classes / f"{i:03d}.png")
+    data = {"instance_dir": str(instance), "instance_prompt": "a photo of sks person", "resolution": 32,
+            "with_prior_preservation": True, "class_dir": str(classes), "class_prompt": "a photo of a person"}
+    check_training_data(config_from_dict({"model": {"base": "toy"}, "data": data}))
+    printed = capsys.readouterr().out.splitlines()
+    small = [line for line in printed if "smaller than the training resolution" in line]
+    assert len(small) == 4 and "and 37 more" in small[-1], printed
+    ignored = [line for line in printed if "captions that are not read" in line]
+    assert len(ignored) == 1 and "data.instance_dir" in ignored[0] and "data.train_dir" in ignored[0]

@@ -1,0 +1,67 @@
+"""check, build and training agree on a raw folder: the image count, what "the same picture" is, every caption.
+
+check's count is what training reads (duplicates included, reported apart); an exact duplicate is the same
+decoded pixels for check and build alike (a .tiff/.bmp copy of a PNG too); build merges a copy into the image it
+copies and keeps the copy's different caption as an alternative, never dropping it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hostile_corpus import jpeg_bytes, pattern
+
+from sdtune.config import SubsetConfig
+from sdtune.data.build import Source, build_dataset
+from sdtune.data.check import check_folder
+from sdtune.data.subsets import examples_of
+
+
+def _raw_folder(root: Path) -> Path:
+    root.mkdir()
+    for i in range(3):
+        pattern(i).save(root / f"{i}.png")
+    (root / "0 copy.png").write_bytes((root / "0.png").read_bytes())  # byte copy
+    pattern(1).save(root / "1.tiff")  # same pixels, other formats
+    pattern(1).save(root / "1.bmp")
+    photo = jpeg_bytes(pattern(5))
+    (root / "y.JPG").write_bytes(photo)
+    (root / "z.JPEG").write_bytes(photo)
+    (root / "y.txt").write_text("lower jpg", encoding="utf-8")
+    (root / "z.txt").write_text("upper jpeg", encoding="utf-8")
+    return root
+
+
+def _copies(problems, kind_words: str) -> set[str]:
+    return {Path(p.where).name for p in problems if p.level == "warning" and p.reason.startswith(kind_words)}
+
+
+def test_check_counts_what_training_reads_and_build_merges_by_the_same_rule(tmp_path):
+    src = _raw_folder(tmp_path / "src")
+    report = check_folder(src)
+    trained = examples_of(SubsetConfig(path=src, prompt="a photo of sks dog"))
+    assert report.images == len(trained) == 8
+    assert sum(report.resolutions.values()) == report.images
+    assert report.to_text().splitlines()[0].startswith(f"{src}: 8 images")
+    checked = _copies(report.problems, "exact duplicate of")
+    assert checked == {"0.png", "1.png", "1.tiff", "z.JPEG"}  # each the copy of the first of its group
+    assert not _copies(report.problems, "near-duplicate of")  # the tiff/bmp copies are exact, not near
+    assert "both captions" in next(p.reason for p in report.problems if p.where.endswith("z.JPEG"))
+
+    out = tmp_path / "out"
+    built = build_dataset([Source(src)], out)
+    assert _copies(built.problems, "exact duplicate of") == checked
+    assert built.written == 4 and built.duplicates_dropped == 4 and built.captions_merged == 1
+    rows = {r["file_name"]: r for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
+    assert rows["y.jpg"]["text"] == ["lower jpg", "upper jpeg"]  # z.JPEG's caption kept as an alternative
+    assert "merged 4 exact duplicates" in built.to_text() and "upper jpeg" in built.to_text()
+    assert check_folder(out).images == 4
+
+
+def test_many_warnings_of_one_kind_are_summarized(tmp_path):
+    for i in range(30):
+        pattern(i, (16, 16)).save(tmp_path / f"{i:02d}.png")
+    text = check_folder(tmp_path, resolution=64).to_text()
+    small = [line for line in text.splitlines() if "smaller than the training resolution" in line]
+    assert len(small) == 4 and "... and 27 more images smaller than the training resolution" in small[-1]
