@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sdtune import typed_yaml
 from sdtune.errors import ConfigError
+from sdtune.models.presets import PRESETS
 
 
 class Section(BaseModel):
@@ -21,7 +22,8 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    base: str = Field("tiny", description="hub id, local diffusers folder, single .safetensors file, or tiny/tiny-v")
+    base: str = Field("tiny", description="hub id, local diffusers folder, single .safetensors file, or a built-in "
+                      f"model ({', '.join(PRESETS)})")
     revision: str | None = None
     variant: str | None = Field(None, description="weights variant, e.g. fp16")
     allow_pickle: bool = Field(False, description="allow .bin/.ckpt weights (pickle can run code: trusted only)")
@@ -114,12 +116,20 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     gradient_checkpointing: bool = False
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="no, fp16 or bf16 (float16, bfloat16, fp32 and float32 are read as these)")
     snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (5.0 is common)")
     noise_offset: float = Field(0.0, ge=0.0)
     ema: EMAConfig | None = Field(None, description="EMA of the weights (full fine-tuning only)")
     seed: int = 42
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _precision_spelling(cls, value: Any) -> Any:
+        """Dtype names as ``generate --dtype`` spells them mean the same here (``float16`` = ``fp16``)."""
+        spelled = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "no", "fp32": "no"}
+        return spelled.get(value.strip().lower(), value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -220,24 +230,103 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: Any = No
     return data
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+MINIMAL_CONFIG = ("A run config needs at least:\n"
+                  "    data.train_dir                            a captioned folder (text-to-image), or\n"
+                  "    data.instance_dir + data.instance_prompt  DreamBooth: photos + 'a photo of sks person'\n"
+                  "  and usually model.base. Ready configs to start from: configs/ (e.g. sd15-dreambooth-lora.yaml)")
+
+
+def _model_at(schema: Any, keys: list[str]) -> type[BaseModel] | None:
+    """The pydantic model the dotted key ``keys`` holds in ``schema`` (None when it is not a section)."""
+    ann = typed_yaml.at(schema, keys) if keys else schema
+    stack = [ann]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+        stack.extend(getattr(item, "__args__", ()) or ())
+    return None
+
+
+def _suggest(schema: Any, parts: list[str]) -> str | None:
+    """The valid key closest to a misspelt one: a sibling (``train.learning_rat``), else a key of the same
+    name in another section (``learning_rate`` -> ``train.learning_rate``)."""
+    import difflib
+
+    parent = _model_at(schema, parts[:-1])
+    if parent is not None:
+        close = difflib.get_close_matches(parts[-1], list(parent.model_fields), n=1, cutoff=0.6)
+        if close:
+            return ".".join([*parts[:-1], close[0]])
+    if schema is RunConfig:
+        keys = [key for key, _, _ in list_keys()]
+        same = [key for key in keys if key.rsplit(".", 1)[-1] == parts[-1]]
+        close = same or difflib.get_close_matches(".".join(parts), keys, n=1, cutoff=0.75)
+        if close:
+            return close[0]
+    return None
+
+
+def _origin(loc: str, overrides: list[str]) -> str | None:
+    """The ``a.b=c`` override that set ``loc`` (the last one wins, as when applying them), else None."""
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if loc == key or loc.startswith(key + "."):
+            return item
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...] = (),
+                            schema: Any = None) -> str:
+    """One line per problem, saying where the value came from (``override a.b=c`` or the file), the value given
+    and what is allowed; for an unknown key, the closest valid key."""
+    schema = schema or RunConfig
+    overrides = list(overrides)
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `sdtune config-keys` lists them)"
-        elif err["type"] == "literal_error":
-            msg = f"{msg}"
-        lines.append(f"{loc or '(top level)'}: {msg}")
-    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+        loc, kind = ".".join(parts), err["type"]
+        section = bool(parts) and _model_at(schema, parts) is not None  # a check across keys of a section
+        item = _origin(loc, overrides) if loc and not section else None
+        subject = (f"override {item}" if item else f"{source}: {loc}" if overrides and source and loc and not section
+                   else loc)
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            close = _suggest(schema, parts)
+            lines.append(f"{subject}: unknown key; " + (f"did you mean {close}?" if close else
+                                                         "`sdtune config-keys` lists the keys"))
+        elif kind == "missing" and loc == "data" and schema is RunConfig:
+            lines.append(f"data: missing. {MINIMAL_CONFIG}")
+        elif kind == "missing":
+            lines.append(f"{subject}: required, not set")
+        elif kind == "literal_error":
+            allowed = (err.get("ctx") or {}).get("expected", "")
+            lines.append(f"{subject}: {_shown(err['input'])} is not allowed; use {allowed}")
+        elif loc and not section and "input" in err:
+            given = "" if item else f"{_shown(err['input'])}: "
+            lines.append(f"{subject}: {given}{msg[:1].lower()}{msg[1:]}")
+        else:
+            lines.append(f"{subject or '(top level)'}: {msg}")
+    header = "invalid config" + ("" if overrides or not source else f" {source}")
+    if len(lines) == 1:
+        return f"{header}: {lines[0]}"
+    return f"{header}:\n  " + "\n  ".join(lines)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "") -> RunConfig:
+def config_from_dict(data: dict[str, Any], source: str = "", overrides: list[str] | tuple[str, ...] = ()
+                     ) -> RunConfig:
+    """Validate a config dict; ``overrides``: the ``a.b=c`` overrides applied to it, so errors can name them."""
+    if not data:
+        raise ConfigError(f"the config{' ' + source if source else ''} is empty. {MINIMAL_CONFIG}")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, overrides)) from None
 
 
 def read_yaml(path: Path, schema: Any = None) -> dict[str, Any]:
@@ -247,6 +336,8 @@ def read_yaml(path: Path, schema: Any = None) -> dict[str, Any]:
     """
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist (ready ones are in configs/)")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; pass a YAML file (a run folder's config is {path / 'config.yaml'})")
     try:
         data = typed_yaml.load(path.read_text(encoding="utf-8-sig"), schema or RunConfig) or {}
     except typed_yaml.YamlError as exc:
@@ -260,7 +351,7 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
     """Read a YAML run config (or none), apply ``a.b=c`` overrides and validate."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
-    return config_from_dict(data, source=str(path) if path else "(overrides)")
+    return config_from_dict(data, source=str(path) if path else "", overrides=list(overrides or []))
 
 
 def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:

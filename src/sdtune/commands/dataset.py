@@ -64,9 +64,14 @@ def build_command(
       sdtune dataset build me/ data/mix --concept sks --captioner ./blip \\
           --template "a photo of sks person, {caption}"
     """
+    from sdtune.commands.args import existing_file, existing_folder, output_folder
     from sdtune.data.build import Source, build_dataset
 
     sources = list(src)
+    for folder in sources:
+        existing_folder(folder, "source folder")
+    output_folder(out, "OUT")
+    existing_file(captions, "--captions", " (a CSV or JSONL of file,caption rows)")
     if caption and captioner:
         raise DataError("use either --caption (one fixed caption) or --captioner (a model), not both")
     if captions is not None and len(sources) > 1:
@@ -110,9 +115,11 @@ def check_command(
       sdtune dataset check data/me --resolution 512
       sdtune dataset check data/t2i --require-captions --model tiny --json
     """
+    from sdtune.commands.args import existing_folder
     from sdtune.data.captions import load_tokenizer
     from sdtune.data.check import check_folder
 
+    existing_folder(folder, "dataset folder")
     tokenizer = load_tokenizer(model) if model else None
     report = check_folder(folder, resolution=resolution, require_captions=require_captions, tokenizer=tokenizer,
                           progress=not as_json)

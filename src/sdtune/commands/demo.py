@@ -21,8 +21,10 @@ def demo_command(
     HTML report. Offline, CPU, about 3.5 minutes. Re-running continues: finished stages are kept."""
     import torch
 
+    from sdtune.commands.args import output_folder
     from sdtune.toy.demo import DemoSettings, format_table, run_demo
 
+    output_folder(out, "--out")
     torch.set_num_threads(threads)
     settings = DemoSettings.quick() if quick else DemoSettings()
     if seeds:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from sdtune.commands import args
 from sdtune.commands.generate import SCHEDULER_HELP, parse_size
+from sdtune.devices import DEVICE_HELP, DTYPE_HELP
 from sdtune.errors import SdtuneError
 
 ORDER = 45
@@ -44,8 +46,8 @@ def eval_command(
     scheduler: str = typer.Option("dpm++", "--scheduler", help=SCHEDULER_HELP),
     size: str | None = typer.Option(None, "--size", help="N or WIDTHxHEIGHT; default: each model's native size"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="images per forward pass"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU), float32, float16, bfloat16"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=f"auto (fp16 on a GPU, fp32 on a CPU), {DTYPE_HELP}"),
     tensorboard: Path | None = typer.Option(None, "--tensorboard", help="also log the results to this TB folder"),
     wandb_project: str | None = typer.Option(None, "--wandb", help="also log to this wandb project (offline by "
                                              "default; set WANDB_MODE=online to upload)"),
@@ -79,6 +81,12 @@ def eval_command(
     from sdtune.evaluation.runner import EvalRequest, run_eval
     from sdtune.inference.generate import GenerationSettings, read_prompts
 
+    device, dtype = args.device(device), args.dtype(dtype)
+    for path, option in ((prompts_file, "--prompts"), (generic_prompts, "--generic-prompts")):
+        args.existing_file(path, option)
+    args.existing_folder(reference, "--reference")
+    args.output_folder(out, "--out")
+    args.output_folder(tensorboard, "--tensorboard")
     width, height = parse_size(size)
     request = EvalRequest(
         models=list(models), prompts=read_prompts(prompts_file, prompt), seeds=parse_seeds(seeds), out_dir=out,

@@ -22,6 +22,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
+from sdtune.devices import DTYPE_HELP
+
 ORDER = 40
 FORMATS = ("kohya", "diffusers")
 
@@ -130,12 +132,16 @@ def export_run(
                             "an older sdtune LoRA in the format every diffusers version loads)"),
     out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors; "
                              "diffusers: RUN/export/pytorch_lora_weights.safetensors)"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16 (kohya)"),
+    dtype: str = typer.Option("float32", "--dtype", help=f"kohya weights: {DTYPE_HELP}"),
     base: str = typer.Option(None, "--base", help="base model the LoRA was trained on (default: the run's); the "
                              "export is verified by loading it into this model"),
 ) -> None:
     """Export a run's LoRA in another format, verified by loading it as its consumer does."""
+    from sdtune.commands.args import dtype as parse_dtype
+    from sdtune.commands.args import existing
+
     _check_format(fmt)
+    run, dtype = existing(run, "run folder (or LoRA file)"), parse_dtype(dtype, allow_auto=False)
     if fmt == "diffusers":
         _write_diffusers(run, out, base)
     else:
@@ -146,13 +152,17 @@ def export_run(
 def export_kohya_command(
     run: Path = typer.Argument(..., help="run folder (or a diffusers-format LoRA .safetensors file)"),
     out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors)"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 (the usual for sharing) or bfloat16"),
+    dtype: str = typer.Option("float32", "--dtype", help=f"{DTYPE_HELP}; float16 is the usual for sharing"),
     base: str = typer.Option(None, "--base", help="base model the LoRA was trained on (default: the run's)"),
 ) -> None:
     """Write a run's LoRA in the kohya format (lora_unet_..._lora_down/up + alpha) for AUTOMATIC1111 and ComfyUI.
 
     Verified before it is written: loaded through diffusers' kohya loader and ComfyUI's key convention into the
     base model, its outputs must match the run's LoRA (the largest differences are printed)."""
+    from sdtune.commands.args import dtype as parse_dtype
+    from sdtune.commands.args import existing
+
+    run, dtype = existing(run, "run folder (or LoRA file)"), parse_dtype(dtype, allow_auto=False)
     _write_kohya(run, out, dtype, base)
 
 
@@ -170,9 +180,11 @@ def export_lora_command(
     Prints the reconstruction error (relative Frobenius error of the extracted layers) and the share of the
     whole weight change the LoRA layers hold; both are saved in lora/extraction.json.
     """
+    from sdtune.commands.args import existing_folder
     from sdtune.models.extract import extract_from_run
 
     _check_format(fmt)
+    existing_folder(source, "--from run folder")
     lora_dir = out if (out is not None and fmt == "diffusers") else source / "lora"
     report = extract_from_run(source, rank, lora_dir, conv=conv,
                               check=_verifier(("diffusers",), _base_for(source, None)))

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
+from sdtune.commands import args
+from sdtune.devices import DEVICE_HELP, DTYPE_HELP
 from sdtune.errors import SdtuneError
+from sdtune.models.presets import PRESETS
 
 ORDER = 40
 
@@ -30,7 +33,8 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
 
 
 def generate_command(
-    model: str = typer.Argument(..., help="base model (hub id, folder, .safetensors, tiny) or a run folder"),
+    model: str = typer.Argument(..., help="a run folder, or a base model: hub id, diffusers folder, .safetensors "
+                                f"file or built-in ({', '.join(PRESETS)})"),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="a prompt; repeat for several"),
     prompts_file: Path | None = typer.Option(None, "--prompts", help="file with one prompt per line (# comments)"),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="what to steer away from, e.g. 'blurry'"),
@@ -43,8 +47,8 @@ def generate_command(
     lora: list[str] = typer.Option([], "--lora", help="extra LoRA on top: RUN, folder or file, optionally :WEIGHT"),
     out: Path = typer.Option(Path("generated"), "--out", "-o", help="output folder (numbering continues)"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="images per forward pass"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=f"auto (fp16 on a GPU, fp32 on a CPU), {DTYPE_HELP}"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow .bin/.ckpt weights (trusted files only)"),
 ) -> None:
     """Generate images and a grid; every PNG stores its prompt, seed and sampler settings.
@@ -65,6 +69,9 @@ def generate_command(
     from sdtune.inference.generate import GenerationSettings, read_prompts, run_generate
     from sdtune.inference.pipeline import parse_adapter_spec
 
+    device, dtype = args.device(device), args.dtype(dtype)
+    args.existing_file(prompts_file, "--prompts")
+    args.output_folder(out, "--out")
     prompts = read_prompts(prompts_file, prompt)
     width, height = parse_size(size)
     settings = GenerationSettings(steps=steps, guidance=guidance, scheduler=scheduler, width=width, height=height,

@@ -37,8 +37,13 @@ def personalize_command(
     bad photos is reported in the summary; the others still train. Exit status: 0 done (failed subjects are in
     the summary), 3 with --strict when a subject failed, 130 stopped (rerun to resume).
     """
+    from sdtune.commands.args import existing_file, existing_folder, output_folder
     from sdtune.recipes.personalize import personalize
 
+    existing_file(subjects, "subjects CSV")
+    existing_folder(concept, "--concept run folder")
+    existing_file(config, "--config", " (a run config or recipe YAML)")
+    output_folder(out, "--out")
     result = personalize(subjects, concept, out, template=config, stage=stage, overrides=overrides or [],
                          instance_prompt=instance_prompt, class_prompt=class_prompt, echo=typer.echo)
     failed = [o.subject for o in result.summary if o.status != "finished"]

@@ -21,8 +21,10 @@ def run_command(
     latest checkpoint. A full fine-tune stage also gets a LoRA extracted from it; a LoRA stage trained on an
     earlier stage gets OUTPUT/<stage>/stack/ (base + concept LoRA + its LoRA, weights in adapters.json).
     """
+    from sdtune.commands.args import existing_file
     from sdtune.recipes import load_recipe, run_recipe
 
+    existing_file(recipe, "recipe", " (a recipe YAML, e.g. configs/two-stage.yaml)")
     loaded = load_recipe(recipe, overrides or [])
     result = run_recipe(loaded, recipe_path=recipe.resolve(), echo=typer.echo)
     typer.echo("")

@@ -28,7 +28,10 @@ def pretrain_command(
     """Pretrain the toy model from nothing: VAE, CLIP and judge on the wide world, then the UNet through the
     training loop. The same seed reproduces it. A rerun keeps finished parts (OUT/clip, OUT/judge, OUT/work/vae)
     and resumes an interrupted UNet stage; delete a part's folder to train it again."""
+    from sdtune.commands.args import output_folder
     from sdtune.toy.pretrain import PretrainSettings, pretrain
+
+    output_folder(out, "OUT")
 
     settings = PretrainSettings(seed=seed, vae_steps=vae_steps, clip_steps=clip_steps, judge_steps=judge_steps,
                                 unet_steps=unet_steps, unet_batch=unet_batch, wide_images=wide_images,
@@ -46,8 +49,11 @@ def world_command(
     count: int = typer.Option(100), seed: int = typer.Option(0),
 ) -> None:
     """Render a dataset of the toy world (captioned, or instance-only for DreamBooth)."""
+    from sdtune.commands.args import output_folder
+    from sdtune.errors import SdtuneError
     from sdtune.toy import world
 
+    output_folder(out, "OUT")
     if kind in ("pretrain", "wide"):
         world.write_folder(out, list(world.scenes(seed, count, kind)))
     elif kind in ("concept", "concept-images"):
@@ -55,7 +61,8 @@ def world_command(
     elif kind in ("person", "person-captioned"):
         world.write_person_set(out, count, seed, captioned=kind == "person-captioned")
     else:
-        raise typer.BadParameter(f"unknown kind {kind!r}")
+        raise SdtuneError(f"--kind {kind!r} is not a kind; use pretrain, wide, concept, concept-images, person or "
+                          "person-captioned")
     typer.echo(f"wrote {count} images to {out}")
 
 
@@ -68,6 +75,7 @@ def eval_command(
 ) -> None:
     """Judge what a toy model draws: colour/shape accuracy on every world prompt, the concept, the person, the
     class prompt. Fractions of images (prompt x seed)."""
+    from sdtune.commands.args import output_file
     from sdtune.toy.evaluate import (
         Suite,
         default_judge,
@@ -79,6 +87,7 @@ def eval_command(
         summary,
     )
 
+    output_file(grid, "--grid")
     extra = default_suite()
     suite = Suite(old=old_prompts(), concept=extra.concept, person=extra.person, cls=extra.cls)
     result = evaluate(load_toy_pipeline(model), default_judge(), suite, list(range(seeds)), steps=steps)

@@ -10,7 +10,8 @@ ORDER = 10
 
 
 def train_command(
-    config: Path = typer.Argument(..., help="run config YAML (see configs/), or RUN/config.yaml to re-run a run"),
+    config: Path = typer.Argument(..., help="run config YAML (see configs/), or a run folder (its config.yaml) "
+                                  "to continue or re-run that run"),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=500 "
                                           "data.instance_dir=photos/ output_dir=runs/me"),
     resume: str = typer.Option(None, "--resume", help="'latest' (newest complete checkpoint of output_dir) "
@@ -25,10 +26,15 @@ def train_command(
     config.yaml and metrics.json); changes that cannot apply to a checkpoint (model, LoRA shape, data, batch,
     seed) are refused with the key named. Resuming from an older checkpoint moves the newer ones aside.
     """
+    from sdtune.commands.args import run_config
     from sdtune.config import load_config
     from sdtune.training.loop import train
 
+    config = run_config(config)
     cfg = load_config(config, overrides or [])
+    note = foreign_output_dir(config, cfg.output_dir, overrides or [])
+    if note and _is_main_process():
+        typer.echo(note, err=True)
     try:
         result = train(cfg, resume=resume)
     finally:
@@ -40,6 +46,28 @@ def train_command(
         for name, path in result.outputs.items():
             typer.echo(f"  {name}: {path}")
         typer.echo(f"  run folder: {result.run_dir}")
+
+
+RUN_MARKERS = ("checkpoints", "lora", "model", "metrics.json")
+
+
+def foreign_output_dir(config: Path, output_dir: Path, overrides: list[str]) -> str | None:
+    """One line when ``config`` is a run folder's config.yaml that writes to ANOTHER folder, else None.
+
+    A run's config.yaml stores its output_dir as an absolute path, so a copied run folder, trained or resumed
+    from its own config.yaml, would otherwise quietly continue (and rotate the checkpoints of) the original.
+    """
+    folder = config.resolve().parent
+    if config.name != "config.yaml" or not any((folder / m).exists() for m in RUN_MARKERS):
+        return None
+    if any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides):
+        return None  # chosen on the command line
+    target = Path(output_dir).expanduser()
+    target = target if target.is_absolute() else Path.cwd() / target
+    if target.resolve() == folder:
+        return None
+    return (f"note: {config} writes to its output_dir {target}, not to {folder} (a copied run?); to continue this "
+            f"folder instead, add output_dir={folder}")
 
 
 def _is_main_process() -> bool:

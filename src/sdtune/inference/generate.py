@@ -52,28 +52,25 @@ class GenerateResult:
 
 
 def pick_device(device: str | None = None) -> str:
-    """The user's choice, else the GPU when there is one."""
-    import torch
+    """The user's choice, checked against this machine (``sdtune.devices``), else the GPU when there is one."""
+    from sdtune.devices import pick_device as pick
 
-    if device and device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return pick(device)
 
 
 def pick_dtype(device: str, dtype: str = "auto") -> Any:
-    """Half precision on a GPU (twice as fast, half the memory), fp32 on a CPU (fp16 is slow or missing there)."""
+    """Half precision on a GPU (twice as fast, half the memory), fp32 on a CPU (fp16 is slow or missing there).
+
+    ``dtype``: ``auto`` or any spelling ``sdtune.devices.dtype_name`` accepts (``fp16`` = ``float16``).
+    """
     import torch
 
-    if dtype == "auto":
+    from sdtune.devices import dtype_name, torch_dtype
+
+    name = dtype_name(dtype)
+    if name == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    except KeyError:
-        raise SdtuneError(f"unknown dtype '{dtype}'; choose auto, float32, float16 or bfloat16") from None
+    return torch_dtype(name)
 
 
 def generate_images(pipe: Any, jobs: Sequence[tuple[str, int]], settings: GenerationSettings, batch_size: int = 4,

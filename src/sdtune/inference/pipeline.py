@@ -107,6 +107,8 @@ def _read_stack(file: Path, allow_pickle: bool) -> list[Adapter]:
 def resolve_adapter_file(path: str | Path, allow_pickle: bool = False) -> Path:
     """Find the LoRA weights file behind a run folder, a LoRA folder, or a weights file."""
     p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"LoRA {path} does not exist: pass a run folder, a LoRA folder or a .safetensors file")
     candidates = [p, p / "lora" / LORA_WEIGHTS_NAME, p / LORA_WEIGHTS_NAME]
     if p.is_dir():
         candidates += sorted(p.glob("*.safetensors"))

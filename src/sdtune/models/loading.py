@@ -7,14 +7,48 @@ unpickled, so it is refused unless the user opts in with ``model.allow_pickle: t
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ModelLoadError
-from sdtune.models.presets import is_preset, preset_path
+from sdtune.models.presets import PRESETS, is_preset, preset_path
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+BUILT_IN = ", ".join(PRESETS)  # for messages: every built-in model, from the one list in models/presets.py
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def looks_local(ref: str) -> bool:
+    """True when a model reference that does not exist is surely a path, not a hub id (``org/name``).
+
+    A path: it starts with ``./``, ``../``, ``~`` or ``/``; it has more than one ``/`` or an OS separator other
+    than ``/``; it ends in a weights suffix; or its first part is a folder here (``runs/nothere`` when ``runs/``
+    exists). Hub ids are ``name`` or ``org/name`` of letters, digits, ``.``, ``_`` and ``-``.
+    """
+    if ref.startswith(("./", "../", "~", "/")) or Path(ref).is_absolute():
+        return True
+    if ref.count("/") > 1 or "\\" in ref:  # a hub id has one "/" at most, never a Windows separator
+        return True
+    if Path(ref).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+        return True
+    parent = Path(ref).parent
+    return parent != Path(".") and parent.is_dir() or not _HUB_ID.match(ref)
+
+
+def _no_such_path(ref: str) -> ModelLoadError:
+    """'X does not exist', with the nearest names in its folder when there are any."""
+    import difflib
+
+    path = Path(ref).expanduser()
+    parent = path.parent
+    if not parent.is_dir():
+        return ModelLoadError(f"model path {ref} does not exist (nor does its folder {parent})")
+    names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(str(parent / c) for c in close)}?" if close else ""
+    return ModelLoadError(f"model path {ref} does not exist: no such folder or file{hint}")
 
 
 def _quiet_weight_loading() -> None:
@@ -53,11 +87,12 @@ def resolve_model_ref(ref: str) -> str:
         if not (path / "model_index.json").exists() and not (path / "unet").is_dir():
             raise ModelLoadError(
                 f"{path} is a folder but not a diffusers model (no model_index.json). Pass a diffusers "
-                "pipeline folder, a single .safetensors checkpoint, a hub id, or 'tiny'."
+                f"pipeline folder, a run folder, a single .safetensors checkpoint, a hub id, or a built-in model "
+                f"({BUILT_IN})."
             )
         return str(path)
-    if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
-        raise ModelLoadError(f"model folder {ref} does not exist. Check the path in model.base.")
+    if looks_local(ref):
+        raise _no_such_path(ref)
     _check_hub_id(ref)
     return ref
 
@@ -77,13 +112,20 @@ def _check_hub_id(ref: str, revision: str | None = None) -> None:
     if isinstance(cached, str):
         return
     if hub_offline():
-        raise ModelLoadError(f"model '{ref}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
-                             "Download it on a connected machine (huggingface-cli download ID) or pass a local "
-                             "folder. Built-in models: tiny, tiny-v.")
+        raise ModelLoadError(f"model '{ref}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+                             f"{_preset_hint(ref)}. Download it on a connected machine (huggingface-cli download "
+                             f"ID) or pass a local folder. Built-in models: {BUILT_IN}.")
     try:
         huggingface_hub.model_info(ref, revision=revision, timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure here means we cannot get the model
         raise ModelLoadError(_offline_hint(ref) + f" ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _preset_hint(ref: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(ref, PRESETS, n=1, cutoff=0.6)
+    return f" (did you mean the built-in {close[0]}?)" if close else ""
 
 
 def _local_files_only(source: str) -> bool:
@@ -130,8 +172,9 @@ def _pickle_only_parts(folder: Path) -> list[Path]:
 
 def _offline_hint(ref: str) -> str:
     return (
-        f"could not load model '{ref}'. If it is a hub id, this machine may be offline: download it once "
-        "(huggingface-cli download ID) or pass a local diffusers folder. Built-in models: tiny, tiny-v."
+        f"could not load model '{ref}'{_preset_hint(ref)}. If it is a hub id, this machine may be offline: "
+        "download it once (huggingface-cli download ID) or pass a local diffusers folder. Built-in models: "
+        f"{BUILT_IN}."
     )
 
 

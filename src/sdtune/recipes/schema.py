@@ -17,7 +17,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config
+from sdtune.config import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    format_validation_error,
+    read_yaml,
+    resolve_config,
+)
 from sdtune.errors import ConfigError
 from sdtune.typed_yaml import ShapedAs
 
@@ -105,15 +112,16 @@ def route_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
 def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML, apply overrides, validate the recipe and every stage's run config."""
     data = read_yaml(Path(path), Recipe)
+    routed = route_overrides(data, list(overrides or []))
     try:
-        data = apply_overrides(data, route_overrides(data, list(overrides or [])), Recipe)
+        data = apply_overrides(data, routed, Recipe)
     except (IndexError, ValueError, TypeError) as exc:
         raise ConfigError(f"cannot apply overrides to {path}: {exc}") from None
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()]
-        raise ConfigError(f"invalid recipe {path}:\n  " + "\n  ".join(lines)) from None
+        message = format_validation_error(exc, str(path), routed, schema=Recipe)
+        raise ConfigError(message.replace("invalid config", "invalid recipe", 1)) from None
     stage_configs(recipe)  # validate every stage now
     return recipe
 

@@ -77,8 +77,11 @@ def test_run_without_weights_is_a_clear_error(tmp_path):
 
 
 def test_missing_lora_and_pickle_lora_are_refused(tmp_path):
-    with pytest.raises(ModelLoadError, match="no LoRA weights"):
+    with pytest.raises(ModelLoadError, match="nothing does not exist"):
         resolve_adapter_file(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no LoRA weights"):
+        resolve_adapter_file(tmp_path / "empty")
     (tmp_path / "old.bin").write_bytes(b"\x80\x04")
     with pytest.raises(ModelLoadError, match="pickle"):
         resolve_adapter_file(tmp_path / "old.bin")
