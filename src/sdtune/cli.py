@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import re
 import sys
+import warnings
 
 import typer
 
@@ -40,24 +42,41 @@ def _register_commands() -> None:
     prepare_help(app)  # docstrings re-wrap at the terminal's width (sdtune.helptext)
 
 
-def quiet_libraries() -> None:
-    """Keep library chatter (torchvision hints, advisory warnings) out of the user's terminal.
+# Libraries whose deprecation notices are about how sdtune calls them (e.g. diffusers' "`torch_dtype` is
+# deprecated ... use `dtype`"): nothing a user can act on, printed on every run.
+QUIETED = ("diffusers", "transformers", "accelerate", "peft", "huggingface_hub", "torch", "tokenizers", "safetensors",
+           "datasets", "torchmetrics")
 
-    Environment variables, read when the libraries are imported, so that `--help` imports none of them.
+
+def quiet_libraries() -> None:
+    """Keep library chatter (torchvision hints, deprecation notices) out of the user's terminal.
+
+    Environment variables, read when the libraries are imported, so that `--help` imports none of them; and
+    warning filters for FutureWarning/DeprecationWarning raised from inside those libraries (``QUIETED``).
+    sdtune's own warnings are untouched, and so is everything when the user chose filters (``-W`` or
+    PYTHONWARNINGS: set ``PYTHONWARNINGS=default`` to see the libraries' notices).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    if sys.warnoptions:
+        return
+    libraries = "|".join(re.escape(name) for name in QUIETED)
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=rf"({libraries})(\.|$)")
 
 
 _register_commands()
 
 
-def main() -> None:
-    """Console entry point: user errors become one clear line and exit status 2; a stopped run exits 130."""
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: user errors become one clear line and exit status 2; a stopped run exits 130.
+
+    ``args``: the command line without the program name (default: ``sys.argv[1:]``), e.g. for tests.
+    """
     quiet_libraries()
     try:
-        app()
+        app(args=args, prog_name="sdtune")
     except SdtuneError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)

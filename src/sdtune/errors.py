@@ -8,6 +8,18 @@ because a traceback hides the one sentence that says what to do.
 from __future__ import annotations
 
 
+def listing(head: str, items: list[str], tail: str = "") -> str:
+    """A message naming several things readably: ``head``, then one indented line per item, then ``tail``.
+
+    One item stays on one line (``head item. tail``). Keeps refusals that list keys or files from becoming one
+    330-character line of nested parentheses.
+    """
+    if len(items) == 1:
+        return f"{head} {items[0]}" + (f". {tail}" if tail else "")
+    lines = [head, *(f"  {item}" for item in items)]
+    return "\n".join([*lines, tail] if tail else lines)
+
+
 class SdtuneError(Exception):
     """An error whose message tells the user what is wrong and how to fix it."""
 

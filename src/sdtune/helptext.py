@@ -12,6 +12,10 @@ before typer sees them, docstrings are reflowed by the rules their authors follo
 
 Rich reads ``[...]`` as markup (``[default: x]`` vanished); all help text here is plain, so it is escaped.
 Without rich, click's own formatter wraps paragraphs and honours ``\\b``: nothing is changed then.
+
+Typer's rich help prints a value type beside every option, ``<bool>`` too, although a flag takes no value
+(``--strict <bool>`` reads as if it wanted ``--strict true``). Flags, ``--help`` included, get an empty
+metavar, so their type column stays empty.
 """
 
 from __future__ import annotations
@@ -67,6 +71,33 @@ def _params(callback) -> None:  # noqa: ANN001 - any command function
         info = param.default
         if isinstance(info, typer.models.ParameterInfo) and isinstance(info.help, str):
             info.help = _plain(info.help)
+        if isinstance(info, typer.models.OptionInfo) and param.annotation in (bool, "bool") and info.metavar is None:
+            info.metavar = ""  # a flag takes no value: no "<bool>" beside it
+
+
+def _plain_help_flag(base: type) -> type:
+    """``base`` (a click command or group class) whose ``--help`` shows no ``<bool>`` type."""
+    if getattr(base, "_sdtune_plain_help", False):
+        return base
+
+    class PlainHelp(base):  # type: ignore[valid-type,misc]
+        _sdtune_plain_help = True
+
+        def get_help_option(self, ctx):  # noqa: ANN001, ANN202 - click's signature
+            option = super().get_help_option(ctx)
+            if option is not None and option.metavar is None:
+                option.metavar = ""
+            return option
+
+    PlainHelp.__name__ = PlainHelp.__qualname__ = base.__name__
+    return PlainHelp
+
+
+def _explicit(*values):  # noqa: ANN002, ANN202 - typer's DefaultPlaceholder or a class
+    for value in values:
+        if value is not None and not isinstance(value, typer.models.DefaultPlaceholder):
+            return value
+    return None
 
 
 def prepare_help(app: typer.Typer) -> None:
@@ -78,11 +109,13 @@ def prepare_help(app: typer.Typer) -> None:
         return
     if isinstance(app.info.help, str):
         app.info.help = _plain(reflow(app.info.help))
+    app.info.cls = _plain_help_flag(_explicit(app.info.cls) or typer.core.TyperGroup)
     _prepare(app)
 
 
 def _prepare(app: typer.Typer) -> None:
     for command in app.registered_commands:
+        command.cls = _plain_help_flag(_explicit(command.cls) or typer.core.TyperCommand)
         doc = command.help if isinstance(command.help, str) else inspect.getdoc(command.callback)
         if doc:
             command.help = _plain(reflow(doc))
@@ -92,6 +125,7 @@ def _prepare(app: typer.Typer) -> None:
         sub = group.typer_instance
         if sub is None:
             continue
+        group.cls = _plain_help_flag(_explicit(group.cls, sub.info.cls) or typer.core.TyperGroup)
         doc = group.help if isinstance(group.help, str) else sub.info.help
         if isinstance(doc, str):
             group.help = _plain(reflow(doc))

@@ -99,7 +99,7 @@ def test_usage_errors_are_one_line(tmp_path):
     inside = sdtune("dataset", "build", str(src), str(src / "out"))
     assert inside.returncode == 2 and "overlap" in inside.stderr
     nothing = sdtune("dataset", "check", str(tmp_path / "nope"))
-    assert nothing.returncode == 1 and "does not exist" in nothing.stdout
+    assert nothing.returncode == 2 and "does not exist" in nothing.stderr
 
 
 @pytest.mark.slow

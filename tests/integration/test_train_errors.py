@@ -24,7 +24,7 @@ def _fails(*args: str, needle: str, cwd: Path | None = None, env: dict | None = 
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("train.learnin_rate=1", "train.learnin_rate: unknown key"),
+    ("train.learnin_rate=1", "override train.learnin_rate=1: unknown key; did you mean train.learning_rate?"),
     ("train.max_steps=many", "train.max_steps"),
     ("train.optimizer=sgd", "'adamw' or 'adamw8bit'"),
     ("data.with_prior_preservation=true", "needs data.class_prompt"),

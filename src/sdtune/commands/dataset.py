@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from sdtune.errors import DataError
+from sdtune.models.presets import PRESETS
 
 ORDER = 5
 
@@ -51,18 +52,20 @@ def build_command(
     captions keeps them all (training uses each in turn).
 
     Every image is re-encoded: EXIF rotation applied, RGB (transparency on white; CMYK, 16-bit and palette
-    images handled), optionally --max-size. Exact duplicates are dropped and near-duplicates reported. Bad files
+    images handled), optionally --max-size. Exact duplicates (the same pixels, in any format) become one image that
+    keeps every caption they had, as alternatives; near-duplicates are reported and kept. Bad files
     (corrupt, truncated, empty, not an image, too large) and rows pointing outside SRC are reported and skipped
     (--strict: stop instead); so are images a metadata.jsonl does not list and images with a name that is not
     an image suffix. SRC is never modified; rerunning into the same OUT is safe.
 
     \b
     Examples:
-      sdtune dataset build photos/ data/me --caption "a photo of sks person"
+      sdtune dataset build photos/ data/me \\
+          --caption "a photo of sks person"
       sdtune dataset build photos/ data/t2i --captions captions.csv
       sdtune dataset build thumbs/ data/mix --concept thumbsup
-      sdtune dataset build me/ data/mix --concept sks --captioner ./blip \\
-          --template "a photo of sks person, {caption}"
+      sdtune dataset build me/ data/mix --concept sks \\
+          --captioner ./blip --template "sks person, {caption}"
     """
     from sdtune.commands.args import existing_file, existing_folder, output_folder
     from sdtune.data.build import Source, build_dataset
@@ -97,12 +100,14 @@ def check_command(
     require_captions: bool = typer.Option(False, "--require-captions", help="a missing caption is an error "
                                           "(text-to-image training); DreamBooth folders need none"),
     model: str = typer.Option(None, "--model", help="count caption tokens with this model's tokenizer, against its "
-                              "limit (diffusers folder, hub id, tiny, toy); without it counts are estimates"),
+                              f"limit (diffusers folder, hub id or built-in: {', '.join(PRESETS)}); without it "
+                              "counts are estimates"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON for scripts"),
 ) -> None:
     """Report what is wrong with a dataset; exit status 1 when there are errors.
 
-    Reports the image count, a histogram of resolutions, images smaller than --resolution, missing or empty
+    Reports the image count (what training reads: exact duplicates count, and are reported), a histogram of
+    resolutions, images smaller than --resolution, missing or empty
     captions, captions longer than the text encoder reads (with --model: its tokenizer's own limit, e.g. 77 for
     CLIP, 32 for the toy; without: an estimate against 77), duplicates and near-duplicates, unreadable files
     (corrupt, truncated, empty, not an image, too large), rows of metadata.jsonl naming missing files, and
@@ -113,7 +118,8 @@ def check_command(
     \b
     Examples:
       sdtune dataset check data/me --resolution 512
-      sdtune dataset check data/t2i --require-captions --model tiny --json
+      sdtune dataset check data/t2i --require-captions \\
+          --model tiny --json
     """
     from sdtune.commands.args import existing_folder
     from sdtune.data.captions import load_tokenizer

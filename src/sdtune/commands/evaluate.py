@@ -75,7 +75,8 @@ def eval_command(
       sdtune eval runs/db --prompts p.txt --reference photos/ \\
           --dino facebook/dino-vits16 --generic-prompts g.txt
 
-      sdtune eval runs/db --prompts p.txt --clip ~/models/clip-vit-large-patch14
+      sdtune eval runs/db --prompts p.txt \\
+          --clip ~/models/clip-vit-large-patch14
     """
     from sdtune.evaluation.report import summary_rows, write_reports
     from sdtune.evaluation.runner import EvalRequest, run_eval

@@ -58,13 +58,14 @@ def generate_command(
 
     Examples:
 
-      sdtune generate runs/me -p "a photo of sks person giving a thumbs up" -n 4
+      sdtune generate runs/me -n 4 \\
+          -p "a photo of sks person giving a thumbs up"
 
-      sdtune generate stabilityai/stable-diffusion-2-base --prompts prompts.txt \\
-          --seed 42 --scheduler euler-a
+      sdtune generate stabilityai/stable-diffusion-2-base \\
+          --prompts prompts.txt --seed 42 --scheduler euler-a
 
-      sdtune generate runs/style --lora runs/me:0.8 -p "sks person, watercolor" \\
-          --size 768x512
+      sdtune generate runs/style --lora runs/me:0.8 \\
+          -p "sks person, watercolor" --size 768x512
     """
     from sdtune.inference.generate import GenerationSettings, read_prompts, run_generate
     from sdtune.inference.pipeline import parse_adapter_spec

@@ -25,7 +25,7 @@ import yaml
 from sdtune.atomic import atomic_write_text
 from sdtune.config import RunConfig, dump_config
 from sdtune.config_resume import rule_for, split_changes
-from sdtune.errors import ConfigError
+from sdtune.errors import ConfigError, listing
 from sdtune.training import checkpoint as ckpt
 
 # changes that mean the optimizer's hyperparameters and the LR schedule must be set again after loading
@@ -63,10 +63,10 @@ def plan_resume(checkpoint: Path, cfg: RunConfig) -> ResumePlan:
         saved = ckpt.read_config(Path(cfg.output_dir)) or _config_dict(cfg)
     allowed, refused = split_changes(saved, _config_dict(cfg))
     if refused:
-        listed = "; ".join(f"{key} {old!r} -> {new!r} ({_why(key)})" for key, (old, new) in refused.items())
-        raise ConfigError(f"cannot resume {checkpoint} with these changes: {listed}. Resume with the checkpoint's "
-                          f"values (its config: {checkpoint / ckpt.CONFIG_FILE}), or start a new run from scratch "
-                          "in another output_dir")
+        changes = [f"{key} {old!r} -> {new!r} - {_why(key)}" for key, (old, new) in refused.items()]
+        head = f"cannot resume {checkpoint} with {'this change' if len(changes) == 1 else 'these changes'}:"
+        raise ConfigError(listing(head, changes, f"Resume with the checkpoint's values (its config: "
+                                  f"{checkpoint / ckpt.CONFIG_FILE}), or start a new run in another output_dir"))
     if cfg.train.max_steps < state.step:
         raise ConfigError(f"train.max_steps={cfg.train.max_steps} is below the step of {checkpoint} "
                           f"({state.step}): resume from an earlier checkpoint or raise train.max_steps")
