@@ -41,7 +41,7 @@ from sdtune.data.images import (
     picture_digest,
     pixel_hash,
 )
-from sdtune.data.report import Problem, summarize_problems
+from sdtune.data.report import Problem, summarize, summarize_problems
 from sdtune.errors import DataError, ModelLoadError
 
 STAGING = ".sdtune-staging-"
@@ -87,8 +87,9 @@ class BuildReport:
             items = [p for p in self.problems if p.level == level]
             if items:
                 title = "skipped" if level == "error" else "warnings"
-                lines.append(f"{title} ({len(items)}):")
-                lines += [f"  {line}" for line in summarize_problems(items)]
+                lines.append(f"{title} ({len(items)}):")  # every skipped file named; repeated warnings summarized
+                shown = summarize_problems(items) if level == "warning" else summarize([str(p) for p in items], 50)
+                lines += [f"  {line}" for line in shown]
         return "\n".join(lines)
 
 
@@ -271,7 +272,7 @@ def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], mod
         written = _write_images(items, staging, build, max_size, max_pixels, progress)
         if not written:
             raise DataError("no usable images; nothing was written:\n" + "\n".join(
-                f"  {line}" for line in summarize_problems(report.problems)))
+                f"  {line}" for line in summarize([str(p) for p in report.problems], limit=50)))
         if model is not None:
             _autocaption(written, staging, model, progress, report)
         for item in written:

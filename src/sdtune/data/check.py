@@ -19,7 +19,7 @@ from sdtune.data.captions import CLIP_MAX_TOKENS, count_tokens, estimate_tokens
 from sdtune.data.duplicates import find_duplicates
 from sdtune.data.folders import ImageRecord, read_folder
 from sdtune.data.images import ImageInfo, picture_digest, probe_image
-from sdtune.data.report import Problem, summarize_problems
+from sdtune.data.report import Problem, summarize, summarize_problems
 from sdtune.errors import DataError
 
 # Buckets of the shorter side, in pixels: what decides how much an image is up- or downscaled in training.
@@ -103,9 +103,10 @@ class CheckReport:
             lines.append("found: " + ", ".join(f"{kind} {n}" for kind, n in sorted(self.counts.items())))
         for level, title in (("error", "errors"), ("warning", "warnings")):
             items = [p for p in self.problems if p.level == level]
-            if items:
+            if items:  # every error names its file (each must be fixed); repeated warnings are summarized by kind
                 lines.append(f"{title} ({len(items)}):")
-                lines += [f"  {line}" for line in summarize_problems(items)]
+                shown = summarize_problems(items) if level == "warning" else summarize([str(p) for p in items])
+                lines += [f"  {line}" for line in shown]
         lines.append("OK: ready to train" if self.ok else f"NOT OK: {len(self.errors)} errors; fix them and re-run")
         return "\n".join(lines)
 

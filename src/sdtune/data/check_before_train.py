@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdtune.config import RunConfig, SubsetConfig
-from sdtune.data.report import Problem, summarize_problems
+from sdtune.data.report import Problem, summarize, summarize_problems
 from sdtune.data.subsets import subsets_from_config
 from sdtune.errors import DataError, SdtuneError
 
@@ -76,7 +76,7 @@ def check_training_data(cfg: RunConfig) -> None:
         see = " ".join(f"`sdtune dataset check {p}`" for p in checked[:2]) or "the paths in your config"
         raise DataError(f"the training data has {len(errors)} problem{'s' if len(errors) > 1 else ''}; fix "
                         f"{'it' if len(errors) == 1 else 'them'} and run again (full report: {see}):\n  "
-                        + "\n  ".join(summarize_problems(errors)))
+                        + "\n  ".join(summarize([str(p) for p in errors])))
 
 
 def _ignored_captions(cfg: RunConfig, subset: SubsetConfig, captioned: int, images: int) -> str:
