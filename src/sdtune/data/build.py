@@ -344,10 +344,11 @@ def _merge_duplicates(written: list[_Item], digests: list[str | None], staging: 
             first.captions = had + new
             build.report.captions_merged += 1
             shown = ", ".join(repr(c[:60]) for c in new)
-            build.problem(copy.source, f"exact duplicate of {first.source} (same pixels): merged; its caption {shown} "
-                          f"is kept as an alternative caption of {first.name}", "warning", kind="duplicate")
+            build.problem(copy.source, f"exact duplicate of {first.source} (same pixels): merged into {first.name}, "
+                          f"its caption {shown} kept as an alternative", "warning", kind="duplicate")
         else:
-            build.problem(copy.source, f"exact duplicate of {first.source} (same pixels, same caption): merged into "
+            same = " and caption" if brought else ""
+            build.problem(copy.source, f"exact duplicate of {first.source} (same pixels{same}): merged into "
                           f"{first.name}", "warning", kind="duplicate")
     for i, j, bits in found.near:
         build.problem(written[j].source, f"near-duplicate of {written[i].source} ({bits} of 64 hash bits differ); "

@@ -88,7 +88,7 @@ class CheckReport:
         if self.counts["duplicate"]:
             n = self.counts["duplicate"]
             lines.append(f"duplicates: {n} of them {'is an exact copy' if n == 1 else 'are exact copies'} of another "
-                         "image (trained as often as the copies; `dataset build` keeps one)")
+                         "image (see warnings)")
         if self.images:
             lines.append(f"captions: {self.captioned} of {self.images} images have one")
             lines.append("resolution (shorter side):")
@@ -192,10 +192,9 @@ def _check_duplicates(report: CheckReport, readable: list[ImageRecord], infos: l
                             [(info.width, info.height) for info in infos], digest)
     for j, i in found.exact.items():
         first, copy = readable[i], readable[j]
-        merged = "merges them into one image with both captions" if (
-            copy.captions and set(copy.captions) - set(first.captions)) else "keeps one"
-        report.add(copy.path, f"exact duplicate of {first.path} (same pixels): training reads both, so this picture "
-                   f"counts twice; `sdtune dataset build` {merged}", "warning", "duplicate")
+        both = ", with both captions" if copy.captions and set(copy.captions) - set(first.captions) else ""
+        report.add(copy.path, f"exact duplicate of {first.path} (same pixels): trained twice as often; "
+                   f"`dataset build` keeps one{both}", "warning", "duplicate")
     for i, j, bits in found.near:
         report.add(readable[j].path, f"near-duplicate of {readable[i].path} ({bits} of 64 hash bits differ)",
                    "warning", "near-duplicate")

@@ -47,7 +47,7 @@ def test_check_counts_what_training_reads_and_build_merges_by_the_same_rule(tmp_
     checked = _copies(report.problems, "exact duplicate of")
     assert checked == {"0.png", "1.png", "1.tiff", "z.JPEG"}  # each the copy of the first of its group
     assert not _copies(report.problems, "near-duplicate of")  # the tiff/bmp copies are exact, not near
-    assert "both captions" in next(p.reason for p in report.problems if p.where.endswith("z.JPEG"))
+    assert "with both captions" in next(p.reason for p in report.problems if p.where.endswith("z.JPEG"))
 
     out = tmp_path / "out"
     built = build_dataset([Source(src)], out)
