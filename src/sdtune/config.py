@@ -308,8 +308,8 @@ def format_validation_error(exc: ValidationError, source: str, overrides: list[s
             allowed = (err.get("ctx") or {}).get("expected", "")
             lines.append(f"{subject}: {_shown(err['input'])} is not allowed; use {allowed}")
         elif loc and not section and "input" in err:
-            given = "" if item else f"{_shown(err['input'])}: "
-            lines.append(f"{subject}: {given}{msg[:1].lower()}{msg[1:]}")
+            given = "" if item else f" = {_shown(err['input'])}"
+            lines.append(f"{subject}{given}: {msg[:1].lower()}{msg[1:]}")
         else:
             lines.append(f"{subject or '(top level)'}: {msg}")
     header = "invalid config" + ("" if overrides or not source else f" {source}")
