@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sdtune import typed_yaml
+from sdtune import config_errors, typed_yaml
+from sdtune.config_errors import MINIMAL_CONFIG
 from sdtune.errors import ConfigError
 from sdtune.models.presets import PRESETS
 
@@ -230,94 +231,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: Any = No
     return data
 
 
-MINIMAL_CONFIG = ("A run config needs at least:\n"
-                  "    data.train_dir                            a captioned folder (text-to-image), or\n"
-                  "    data.instance_dir + data.instance_prompt  DreamBooth: photos + 'a photo of sks person'\n"
-                  "  and usually model.base. Ready configs to start from: configs/ (e.g. sd15-dreambooth-lora.yaml)")
-
-
-def _model_at(schema: Any, keys: list[str]) -> type[BaseModel] | None:
-    """The pydantic model the dotted key ``keys`` holds in ``schema`` (None when it is not a section)."""
-    ann = typed_yaml.at(schema, keys) if keys else schema
-    stack = [ann]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            return item
-        stack.extend(getattr(item, "__args__", ()) or ())
-    return None
-
-
-def _suggest(schema: Any, parts: list[str]) -> str | None:
-    """The valid key closest to a misspelt one: a sibling (``train.learning_rat``), else a key of the same
-    name in another section (``learning_rate`` -> ``train.learning_rate``)."""
-    import difflib
-
-    parent = _model_at(schema, parts[:-1])
-    if parent is not None:
-        close = difflib.get_close_matches(parts[-1], list(parent.model_fields), n=1, cutoff=0.6)
-        if close:
-            return ".".join([*parts[:-1], close[0]])
-    if schema is RunConfig:
-        keys = [key for key, _, _ in list_keys()]
-        same = [key for key in keys if key.rsplit(".", 1)[-1] == parts[-1]]
-        close = same or difflib.get_close_matches(".".join(parts), keys, n=1, cutoff=0.75)
-        if close:
-            return close[0]
-    return None
-
-
-def _origin(loc: str, overrides: list[str]) -> str | None:
-    """The ``a.b=c`` override that set ``loc`` (the last one wins, as when applying them), else None."""
-    for item in reversed(overrides):
-        key = item.split("=", 1)[0].strip()
-        if loc == key or loc.startswith(key + "."):
-            return item
-    return None
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def format_validation_error(exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...] = (),
-                            schema: Any = None) -> str:
-    """One line per problem, saying where the value came from (``override a.b=c`` or the file), the value given
-    and what is allowed; for an unknown key, the closest valid key."""
-    schema = schema or RunConfig
-    overrides = list(overrides)
-    lines = []
-    for err in exc.errors():
-        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
-        loc, kind = ".".join(parts), err["type"]
-        section = bool(parts) and _model_at(schema, parts) is not None  # a check across keys of a section
-        item = _origin(loc, overrides) if loc and not section else None
-        subject = (f"override {item}" if item else f"{source}: {loc}" if overrides and source and loc and not section
-                   else loc)
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if kind == "extra_forbidden":
-            close = _suggest(schema, parts)
-            lines.append(f"{subject}: unknown key; " + (f"did you mean {close}?" if close else
-                                                         "`sdtune config-keys` lists the keys"))
-        elif kind == "missing" and loc == "data" and schema is RunConfig:
-            lines.append(f"data: missing. {MINIMAL_CONFIG}")
-        elif kind == "missing":
-            lines.append(f"{subject}: required, not set")
-        elif kind == "literal_error":
-            allowed = (err.get("ctx") or {}).get("expected", "")
-            lines.append(f"{subject}: {_shown(err['input'])} is not allowed; use {allowed}")
-        elif loc and not section and "input" in err:
-            given = "" if item else f" = {_shown(err['input'])}"
-            lines.append(f"{subject}{given}: {msg[:1].lower()}{msg[1:]}")
-        else:
-            lines.append(f"{subject or '(top level)'}: {msg}")
-    header = "invalid config" + ("" if overrides or not source else f" {source}")
-    if len(lines) == 1:
-        return f"{header}: {lines[0]}"
-    return f"{header}:\n  " + "\n  ".join(lines)
-
-
 def config_from_dict(data: dict[str, Any], source: str = "", overrides: list[str] | tuple[str, ...] = ()
                      ) -> RunConfig:
     """Validate a config dict; ``overrides``: the ``a.b=c`` overrides applied to it, so errors can name them."""
@@ -327,6 +240,15 @@ def config_from_dict(data: dict[str, Any], source: str = "", overrides: list[str
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, overrides)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...] = (),
+                            schema: Any = None) -> str:
+    """``sdtune.config_errors.format_validation_error`` for a run config (default) or another ``schema``."""
+    schema = schema or RunConfig
+    return config_errors.format_validation_error(
+        exc, source, overrides, schema=schema, keys=[key for key, _, _ in list_keys(schema)],
+        missing={"data": MINIMAL_CONFIG} if schema is RunConfig else None)
 
 
 def read_yaml(path: Path, schema: Any = None) -> dict[str, Any]:
