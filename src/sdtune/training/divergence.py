@@ -21,15 +21,59 @@ step and lowers its scale), so gradients are not judged; losses and saved weight
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
 
-from sdtune.config import RunConfig
+from sdtune.config import RunConfig, TrainConfig
 from sdtune.errors import TrainingStopped
 from sdtune.training import checkpoint as ckpt
 
 BLOWUP = 10.0  # a loss this many times that of predicting zero: the weights before the step are diverging
+
+# The learning rates Stable Diffusion fine-tunes usually use, (low, high), per trained part and method: full
+# fine-tuning 1e-6..1e-5 (diffusers' DreamBooth 5e-6, text-to-image 1e-5), LoRA 1e-4..1e-3 (diffusers and kohya
+# 1e-4); a text encoder trains lower than the UNet (kohya's text_encoder_lr 5e-5 for LoRA, ~2e-6 full).
+USUAL_RATES = {("unet", "full"): (1e-6, 1e-5), ("unet", "lora"): (1e-4, 1e-3),
+               ("text_encoder", "full"): (1e-6, 5e-6), ("text_encoder", "lora"): (1e-5, 1e-4)}
+
+
+def _rate(value: float) -> str:
+    return f"{float(f'{value:.3g}'):g}"  # 1e-05, 0.0005, 10000
+
+
+def lower_rates(train: TrainConfig, processes: int | None = None) -> tuple[list[str], list[str]]:
+    """Overrides that lower a diverging run's rates into the usual range, and why: ``(["train.learning_rate=1e-05",
+    ...], [reasons])``.
+
+    Each suggested rate is min(current / 10, top of the usual range for the method), so a run far above the range
+    gets back into it in one restart instead of one decade at a time. ``train.scale_lr`` multiplies the UNet rate
+    by batch x accumulation x ``processes`` (default: ``WORLD_SIZE``); the suggestion is for the config value.
+    """
+    method = "lora" if train.lora is not None else "full"
+    what = "LoRA" if method == "lora" else "full fine-tuning"
+    factor = 1
+    if train.scale_lr:
+        factor = train.batch_size * train.gradient_accumulation_steps * (processes or int(os.environ.get(
+            "WORLD_SIZE", "1")))
+    effective = train.learning_rate * factor
+    low, high = USUAL_RATES[("unet", method)]
+    new_effective = min(effective / 10, high)
+    scaled = f" (x{factor} by train.scale_lr: {_rate(effective)})" if factor != 1 else ""
+    where = "within" if effective <= high else "above"
+    overrides = [f"train.learning_rate={_rate(new_effective / factor)}"]
+    reasons = [f"the learning rate {_rate(train.learning_rate)}{scaled} is too high for this run ({where} the "
+               f"usual {_rate(low)}..{_rate(high)} for {what} of Stable Diffusion)"]
+    if train.train_text_encoder:
+        te_low, te_high = USUAL_RATES[("text_encoder", method)]
+        te_now = train.text_encoder_lr if train.text_encoder_lr is not None else effective
+        te_next = train.text_encoder_lr if train.text_encoder_lr is not None else new_effective  # None follows
+        if train.text_encoder_lr is not None or te_next > te_high:
+            overrides.append(f"train.text_encoder_lr={_rate(min(te_now / 10, te_high))}")
+            reasons.append(f"the text encoder trains at {_rate(te_now)} (usual for {what}: {_rate(te_low)}.."
+                           f"{_rate(te_high)})")
+    return overrides, reasons
 
 
 class DivergenceGuard:
@@ -120,10 +164,7 @@ class DivergenceGuard:
 
     def _advice(self, good: Path | None) -> str:
         train = self.cfg.train
-        extra = [f"train.learning_rate={train.learning_rate / 10:g}"]
-        why = [f"the learning rate {train.learning_rate:g} is too high for this run"]
-        if train.text_encoder_lr is not None:
-            extra.append(f"train.text_encoder_lr={train.text_encoder_lr / 10:g}")
+        extra, why = lower_rates(train)
         if train.max_grad_norm is None:
             extra.append("train.max_grad_norm=1.0")
             why.append("gradient clipping is off (train.max_grad_norm bounds every step)")
