@@ -7,10 +7,16 @@ shapes of the trained weights, the data stream, the random streams). Every confi
 
 Rules match dotted keys by the longest prefix: ``train.lora.dropout`` overrides ``train.lora``.
 What a changed key means mid-run is documented in docs/resume.md.
+
+Values are compared as the run uses them: a key whose default is derived from another (``train.lora.alpha``
+None = the rank, ``train.text_encoder_lr`` None = the learning rate, ``model.prediction_type`` None = the
+model's own) is no change when the written value equals the derived one, and a key the config does not use
+(class-image settings without prior preservation, text-encoder settings when it is frozen) is no change at all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +81,34 @@ RESUME_RULES: dict[str, Rule] = {
 }
 
 
+# key -> its value when the config leaves it None (derived from other keys; model-dependent ones come as `known`)
+DERIVED: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "train.lora.alpha": lambda c: value_at(c, "train.lora.rank"),
+    # with train.scale_lr the learning rate is multiplied by the batch and processes; text_encoder_lr is not
+    "train.text_encoder_lr": lambda c: None if value_at(c, "train.scale_lr") else value_at(c, "train.learning_rate"),
+}
+# key (or section) -> the switch without which the run does not use it
+USED_ONLY_WITH: dict[str, str] = {
+    "train.text_encoder_lr": "train.train_text_encoder",
+    "train.lora.text_encoder_targets": "train.train_text_encoder",
+    "data.class_dir": "data.with_prior_preservation",
+    "data.class_prompt": "data.with_prior_preservation",
+    "data.num_class_images": "data.with_prior_preservation",
+    "data.class_generation_steps": "data.with_prior_preservation",
+    "data.prior_loss_weight": "data.with_prior_preservation",
+}
+
+
+def resolved_value(config: dict[str, Any], key: str, known: dict[str, Any] | None = None) -> Any:
+    """What the run uses for ``key``: the written value, or the derived one when it is None."""
+    value = value_at(config, key)
+    if value is None and known and key in known:
+        return known[key]
+    if value is None and key in DERIVED:
+        value = DERIVED[key](config)
+    return float(value) if key == "train.lora.alpha" and value is not None else value
+
+
 def rule_for(key: str) -> Rule | None:
     """The rule of a dotted key (longest matching prefix), or None when no rule covers it."""
     parts = key.split(".")
@@ -106,11 +140,24 @@ def value_at(data: dict[str, Any], key: str) -> Any:
     return node
 
 
-def split_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
-    """``(allowed, refused)``: each maps a changed dotted key to ``[old value, new value]``."""
+def _unused(config: dict[str, Any], key: str) -> bool:
+    switch = USED_ONLY_WITH.get(key)
+    return switch is not None and not value_at(config, switch)
+
+
+def split_changes(old: dict[str, Any], new: dict[str, Any],
+                  known: dict[str, Any] | None = None) -> tuple[dict[str, list], dict[str, list]]:
+    """``(allowed, refused)``: each maps a changed dotted key to ``[old value, new value]`` (as written).
+
+    A key counts as changed only when the value the run uses differs (see the module doc). ``known``: the value of
+    derived keys that need the model to tell (``{"model.prediction_type": "epsilon"}``), for both configs.
+    """
     allowed: dict[str, list] = {}
     refused: dict[str, list] = {}
     for key in config_changes(old, new):
+        if (_unused(old, key) and _unused(new, key)) or \
+                resolved_value(old, key, known) == resolved_value(new, key, known):
+            continue
         rule = rule_for(key)
         pair = [value_at(old, key), value_at(new, key)]
         (allowed if rule is not None and rule.may_change else refused)[key] = pair

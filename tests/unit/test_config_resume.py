@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from sdtune.config import RunConfig, dump_config, list_keys
@@ -53,3 +54,32 @@ def test_adding_lora_or_ema_is_refused_but_ema_decay_may_change() -> None:
     slower = with_ema.model_copy(deep=True)
     slower.train.ema.decay = 0.999
     assert split_changes(_dict(with_ema), _dict(slower)) == ({"train.ema.decay": [0.99, 0.999]}, {})
+
+
+@pytest.mark.parametrize("old,new", [
+    # the reported case: alpha None means alpha = rank; writing the same scale out is no change
+    ({"train": {"lora": {"rank": 4}}}, {"train": {"lora": {"rank": 4, "alpha": 4}}}),
+    ({"train": {"train_text_encoder": True, "learning_rate": 2e-4}},
+     {"train": {"train_text_encoder": True, "learning_rate": 2e-4, "text_encoder_lr": 2e-4}}),
+    # keys the run does not use: the text encoder is frozen, prior preservation is off
+    ({"train": {"lora": {"rank": 4}}}, {"train": {"lora": {"rank": 4, "text_encoder_targets": ["q_proj"]}}}),
+    ({"train": {"text_encoder_lr": 1e-5}}, {"train": {"text_encoder_lr": 3e-5}}),
+    ({}, {"data": {"class_prompt": "a photo of a dog", "num_class_images": 7}}),
+])
+def test_a_derived_or_unused_value_written_out_is_no_change(old: dict, new: dict) -> None:
+    def config(extra: dict) -> dict:
+        base = {"data": {"train_dir": "d"}}
+        merged = {key: base.get(key, {}) | extra.get(key, {}) for key in set(base) | set(extra)}
+        return _dict(RunConfig.model_validate(merged))
+
+    assert split_changes(config(old), config(new)) == ({}, {})
+
+
+def test_derived_values_still_count_when_they_differ_and_the_model_tells_its_own() -> None:
+    rank4 = _dict(RunConfig.model_validate({"data": {"train_dir": "d"}, "train": {"lora": {"rank": 4}}}))
+    alpha8 = _dict(RunConfig.model_validate({"data": {"train_dir": "d"}, "train": {"lora": {"rank": 4, "alpha": 8}}}))
+    assert split_changes(rank4, alpha8)[1] == {"train.lora.alpha": [None, 8.0]}
+    eps = _dict(RunConfig.model_validate({"data": {"train_dir": "d"}, "model": {"prediction_type": "epsilon"}}))
+    plain = _dict(RunConfig.model_validate({"data": {"train_dir": "d"}}))
+    assert split_changes(plain, eps, {"model.prediction_type": "epsilon"}) == ({}, {})
+    assert set(split_changes(plain, eps, {"model.prediction_type": "v_prediction"})[1]) == {"model.prediction_type"}

@@ -219,6 +219,32 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
     return comps
 
 
+def base_prediction_type(ref: str, revision: str | None = None) -> str | None:
+    """The prediction type in a base model's scheduler config, read without loading weights or going online.
+
+    None when it cannot be told that way (a single-file checkpoint, a hub model not in the local cache).
+    """
+    import json
+
+    if is_preset(ref) or Path(ref).expanduser().is_dir():
+        try:
+            file: Any = Path(resolve_model_ref(ref)) / "scheduler" / "scheduler_config.json"
+        except (ModelLoadError, OSError, FileNotFoundError):
+            return None
+    elif Path(ref).expanduser().exists():
+        return None
+    else:
+        import huggingface_hub
+
+        file = huggingface_hub.try_to_load_from_cache(ref, "scheduler/scheduler_config.json", revision=revision)
+        if not isinstance(file, str):
+            return None
+    try:
+        return json.loads(Path(file).read_text(encoding="utf-8")).get("prediction_type", "epsilon")
+    except (OSError, ValueError):
+        return None
+
+
 def compute_dtype(mixed_precision: str) -> Any:
     """The dtype frozen weights are stored in and inference runs in under ``train.mixed_precision``."""
     import torch

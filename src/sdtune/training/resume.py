@@ -24,7 +24,7 @@ import yaml
 
 from sdtune.atomic import atomic_write_text
 from sdtune.config import RunConfig, dump_config
-from sdtune.config_resume import rule_for, split_changes
+from sdtune.config_resume import resolved_value, rule_for, split_changes
 from sdtune.errors import ConfigError, listing
 from sdtune.training import checkpoint as ckpt
 
@@ -61,9 +61,16 @@ def plan_resume(checkpoint: Path, cfg: RunConfig) -> ResumePlan:
     known = saved is not None
     if saved is None:  # older checkpoint: the run folder's config is the best record there is
         saved = ckpt.read_config(Path(cfg.output_dir)) or _config_dict(cfg)
-    allowed, refused = split_changes(saved, _config_dict(cfg))
+    derived: dict[str, Any] = {}
+    if saved.get("model", {}).get("prediction_type") is None or cfg.model.prediction_type is None:
+        from sdtune.models.loading import base_prediction_type
+
+        derived["model.prediction_type"] = base_prediction_type(cfg.model.base, cfg.model.revision)
+    new = _config_dict(cfg)
+    allowed, refused = split_changes(saved, new, derived)
     if refused:
-        changes = [f"{key} {old!r} -> {new!r} - {_why(key)}" for key, (old, new) in refused.items()]
+        changes = [f"{key} {_shown(saved, key, old, derived)} -> {_shown(new, key, value, derived)} - {_why(key)}"
+                   for key, (old, value) in refused.items()]
         head = f"cannot resume {checkpoint} with {'this change' if len(changes) == 1 else 'these changes'}:"
         raise ConfigError(listing(head, changes, f"Resume with the checkpoint's values (its config: "
                                   f"{checkpoint / ckpt.CONFIG_FILE}), or start a new run in another output_dir"))
@@ -71,6 +78,12 @@ def plan_resume(checkpoint: Path, cfg: RunConfig) -> ResumePlan:
         raise ConfigError(f"train.max_steps={cfg.train.max_steps} is below the step of {checkpoint} "
                           f"({state.step}): resume from an earlier checkpoint or raise train.max_steps")
     return ResumePlan(checkpoint, state.step, allowed, known)
+
+
+def _shown(config: dict[str, Any], key: str, value: Any, known: dict[str, Any]) -> str:
+    """``None (= 4)`` for a derived default, else the value as written."""
+    used = resolved_value(config, key, known)
+    return f"{value!r} (= {used!r})" if value is None and used is not None else repr(value)
 
 
 def _why(key: str) -> str:

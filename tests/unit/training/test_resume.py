@@ -67,3 +67,24 @@ def test_a_refused_change_names_the_key_before_anything_loads(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"train\.max_steps=10 is below"):
         plan_resume(path, _cfg(lora={"rank": 4}, max_steps=10))
     assert plan_resume(path, _cfg(lora={"rank": 4}, max_steps=30)).changes == {"train.max_steps": [20, 30]}
+
+
+def test_resume_compares_values_as_the_run_uses_them(tmp_path: Path) -> None:
+    """Resuming a rank-4 run with alpha=4 (the scale alpha=None gives) was refused as 'None -> 4.0'."""
+    from sdtune.config import dump_config
+
+    model = torch.nn.Linear(3, 2)
+    old = RunConfig.model_validate({"model": {"base": "tiny"}, "data": {"train_dir": "d"},
+                                    "train": {"lora": {"rank": 4}, "max_steps": 20}})
+    opt, sched = _build(old, model)
+    path = ckpt.save_checkpoint(tmp_path, ckpt.TrainerState(step=12), {"m": model}, opt, sched,
+                                config_text=dump_config(old))
+    same = old.model_copy(deep=True)
+    same.train.lora.alpha = 4
+    same.model.prediction_type = "epsilon"  # the tiny model's own
+    plan = plan_resume(path, same)
+    assert plan.changes == {} and plan.config_known
+    other = old.model_copy(deep=True)
+    other.train.lora.alpha = 8
+    with pytest.raises(ConfigError, match=r"train\.lora\.alpha None \(= 4\.0\) -> 8\.0"):
+        plan_resume(path, other)
