@@ -83,9 +83,31 @@ def main(args: list[str] | None = None) -> None:
     except Interrupted as exc:
         typer.secho(f"interrupted: {exc}", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+    except SystemExit as exc:
+        interrupt = _keyboard_interrupt_behind(exc)
+        if interrupt is None:
+            raise
+        _interrupted(interrupt)
+
+
+def _keyboard_interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """typer turns a KeyboardInterrupt into a silent ``sys.exit(130)``; find the interrupt behind that exit."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Exit 130 with one line (a second Ctrl-C's message says what was not saved)."""
+    typer.secho(str(exc) if str(exc) else "interrupted (Ctrl-C)", err=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

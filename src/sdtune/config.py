@@ -51,7 +51,8 @@ class DataConfig(Section):
     # DreamBooth: instance images with one fixed prompt, optional class images for prior preservation.
     instance_dir: Path | None = None
     instance_prompt: str | None = None
-    class_dir: Path | None = None
+    class_dir: Path | None = Field(None, description="class images (one folder per model, prompt and resolution: "
+                                   "missing ones are generated, class_images.json records what made them)")
     class_prompt: str | None = None
     with_prior_preservation: bool = False
     prior_loss_weight: float = Field(1.0, ge=0.0)
@@ -136,6 +137,13 @@ class TrainConfig(Section):
     def _consistent(self) -> TrainConfig:
         if self.ema is not None and self.lora is not None:
             raise ValueError("train.ema is for full fine-tuning; remove it or remove train.lora")
+        if self.lr_warmup_steps and self.lr_scheduler == "constant":
+            raise ValueError(f"train.lr_warmup_steps={self.lr_warmup_steps} has no effect with "
+                             "train.lr_scheduler=constant: use constant_with_warmup, or set lr_warmup_steps=0")
+        if self.lr_warmup_steps >= self.max_steps and self.lr_scheduler != "constant":
+            raise ValueError(f"train.lr_warmup_steps={self.lr_warmup_steps} must be smaller than train.max_steps="
+                             f"{self.max_steps} (the {self.lr_scheduler} schedule warms up, then runs the rest of "
+                             "the steps): lower lr_warmup_steps or raise max_steps")
         return self
 
 

@@ -47,6 +47,13 @@ class DiskFullError(SdtuneError):
 class Interrupted(Exception):  # noqa: N818 - a state, not a failure; not an SdtuneError (exit 130, not 2)
     """A run stopped on request (Ctrl-C, SIGTERM) after saving what it needs to continue: exit status 130.
 
-    The message says how to continue. Commands that only learn about an interruption from a result (``sdtune
-    train``, ``sdtune run``) exit 130 themselves; library code several layers down raises this.
+    The message says what was saved and how to continue. Commands that only learn about an interruption from a
+    result (``sdtune train``, ``sdtune run``) exit 130 themselves; library code several layers down raises this.
+    """
+
+
+class QuitWithoutSaving(KeyboardInterrupt):
+    """A second Ctrl-C: quit at once without saving (exit 130); the message names the newest saved state.
+
+    A ``KeyboardInterrupt``, so everything that cleans up after one (temporary files, manifests) does so.
     """

@@ -41,6 +41,10 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
     ({"data": {"instance_dir": "x"}}, "needs data.instance_prompt"),
     ({"data": {}}, "no training data"),
     ({"data": {"train_dir": "x", "with_prior_preservation": True}}, "needs data.instance_dir"),
+    # raised only after the dataset check and without the values before: now at load time, with both values
+    ({"train": {"lr_scheduler": "cosine", "lr_warmup_steps": 1000, "max_steps": 800}},
+     "train.lr_warmup_steps=1000 must be smaller than train.max_steps=800 (the cosine schedule"),
+    ({"train": {"lr_warmup_steps": 100}}, "train.lr_warmup_steps=100 has no effect with train.lr_scheduler=constant"),
 ])
 def test_invalid_configs_name_the_key(data: dict, needle: str) -> None:
     base = _minimal() | data if "data" not in data else data

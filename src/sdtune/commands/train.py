@@ -20,25 +20,30 @@ def train_command(
     """Fine-tune Stable Diffusion: text-to-image or DreamBooth, LoRA or full, as the config says.
 
     Outputs go to output_dir: config.yaml, checkpoints/, lora/ or model/, samples/, logs/, README.md.
-    An interrupted run (Ctrl-C, SIGTERM, a crash) continues exactly with --resume latest; Ctrl-C and SIGTERM
-    save a checkpoint and exit with status 130. Overrides given with --resume change the run from the checkpoint
-    on (learning rate and schedule, max_steps, checkpoint/validation/logging settings; recorded in
+    An interrupted run (Ctrl-C, SIGTERM, a crash) continues exactly with --resume latest. Ctrl-C or SIGTERM
+    finishes the step, saves a checkpoint and exits with status 130 (during the final outputs: completes the
+    final checkpoint; --resume latest then writes the outputs); a second Ctrl-C quits at once without saving
+    (also 130; it names the checkpoint to resume from). Overrides given with --resume change the run from the
+    checkpoint on (learning rate and schedule, max_steps, checkpoint/validation/logging settings; recorded in
     config.yaml and metrics.json); changes that cannot apply to a checkpoint (model, LoRA shape, data, batch,
     seed) are refused with the key named. Resuming from an older checkpoint moves the newer ones aside.
     """
-    from sdtune.commands.args import run_config
-    from sdtune.config import load_config
-    from sdtune.training.loop import train
+    from sdtune.stopping import stop_scope
 
-    config = run_config(config)
-    cfg = load_config(config, overrides or [])
-    note = foreign_output_dir(config, cfg.output_dir, overrides or [])
-    if note and _is_main_process():
-        typer.echo(note, err=True)
-    try:
-        result = train(cfg, resume=resume)
-    finally:
-        _end_process_group()
+    with stop_scope():  # the whole command, imports included (sdtune.stopping)
+        from sdtune.commands.args import run_config
+        from sdtune.config import load_config
+        from sdtune.training.loop import train
+
+        config = run_config(config)
+        cfg = load_config(config, overrides or [])
+        note = foreign_output_dir(config, cfg.output_dir, overrides or [])
+        if note and _is_main_process():
+            typer.echo(note, err=True)
+        try:
+            result = train(cfg, resume=resume)
+        finally:
+            _end_process_group()
     if result.status != "finished":
         raise typer.Exit(130)  # unfinished: `sdtune train ... && sdtune export ...` must not go on
     if _is_main_process():

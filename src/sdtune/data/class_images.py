@@ -1,23 +1,84 @@
 """Prior preservation needs class images ("a photo of a person"): generate the missing ones with the base model.
 
 Images are named ``class-00000.png`` ... and written atomically, one per seed, so a rerun reuses what exists
-and an interrupted generation resumes where it stopped.
+and an interrupted generation resumes where it stopped (Ctrl-C / SIGTERM stop after the batch being drawn).
+
+Generated images carry their provenance: ``class_images.json`` in the folder (what they were made for: base
+model, revision, variant, prompt, resolution; how: steps, dtype, seed of each image, the sampler and the
+base's prediction type) and the same in each PNG's text. A folder whose generated images were made for another
+model, prompt or resolution is refused before anything loads: they would teach the run another model's prior
+(SD 1.5 "persons" for SD 2, or persons for a run about stars). Images without a record (your own photos) are
+used as they are.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from sdtune.config import RunConfig
 from sdtune.data.images import is_image_file
-from sdtune.errors import ConfigError
+from sdtune.errors import ConfigError, Interrupted
+
+MANIFEST = "class_images.json"
+SEEDS = "image class-N.png is drawn with seed N"
 
 
 def count_images(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else 0
+
+
+def class_identity(prompt: str, model_ref: str, *, resolution: int, revision: str | None = None,
+                   variant: str | None = None) -> dict[str, Any]:
+    """What decides what class images depict: a folder's images must all share it (a local base by its path)."""
+    local = Path(model_ref).expanduser()
+    return {"base": str(local.resolve()) if local.exists() else str(model_ref), "revision": revision,
+            "variant": variant, "prompts": [prompt], "resolution": resolution}
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("made_for"), dict) else None
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    base = identity.get("base")
+    if identity.get("revision"):
+        base = f"{base}@{identity['revision']}"
+    if identity.get("variant"):
+        base = f"{base} ({identity['variant']} weights)"
+    prompts = " / ".join(repr(p) for p in identity.get("prompts") or [])
+    return f"{prompts} by {base} at {identity.get('resolution')} px"
+
+
+def check_class_folder(folder: Path, identity: dict[str, Any]) -> None:
+    """Raise ConfigError when ``folder`` holds generated images made for another identity (see the module doc)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return
+    made = [name for name in manifest.get("images", {}) if (folder / name).is_file()]
+    old = manifest["made_for"]
+    if not made or all(old.get(key) == value for key, value in identity.items()):
+        return
+    raise ConfigError(f"{folder} holds {len(made)} class images made from {_describe(old)}, but this run wants "
+                      f"{_describe(identity)}: they would teach it another prior. Set data.class_dir to a folder "
+                      f"of its own (one per model, prompt and resolution), or delete {folder} to make them again")
+
+
+def _write_manifest(folder: Path, identity: dict[str, Any], images: dict[str, Any], how: dict[str, Any]) -> None:
+    from sdtune.atomic import atomic_write_json
+
+    old = read_manifest(folder)
+    kept = {name: entry for name, entry in (old or {}).get("images", {}).items() if (folder / name).is_file()}
+    atomic_write_json(folder / MANIFEST, {"made_by": "sdtune", "made_for": identity, **how, "seeds": SEEDS,
+                                          "images": {**kept, **images}})
 
 
 def generate_class_images(folder: Path, prompt: str, wanted: int, model_ref: str, *, resolution: int,
@@ -27,34 +88,72 @@ def generate_class_images(folder: Path, prompt: str, wanted: int, model_ref: str
     """Fill ``folder`` up to ``wanted`` images; returns how many were generated.
 
     ``dtype`` is the precision the base model runs in (see :func:`generate_for_run`); ``revision``/``variant``
-    pick the same base weights the run trains on.
+    pick the same base weights the run trains on. Raises ConfigError for a folder made for something else
+    (:func:`check_class_folder`) and :class:`~sdtune.errors.Interrupted` when Ctrl-C / SIGTERM stopped it after
+    a batch (what was made is kept, with its record).
     """
-    from sdtune.models.loading import load_pipeline
+    from PIL.PngImagePlugin import PngInfo
 
+    from sdtune.models.loading import load_pipeline
+    from sdtune.stopping import QUIT_NOW, stop_scope
+
+    identity = class_identity(prompt, model_ref, resolution=resolution, revision=revision, variant=variant)
+    check_class_folder(folder, identity)
+    if read_manifest(folder) is None and any(folder.glob("class-*.png")):
+        print(f"note: {folder} has class images with no record of what made them (your own, or an older sdtune): "
+              "used as they are; delete them if another model or prompt made them")
     folder.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(wanted) if not (folder / f"class-{i:05d}.png").exists()]
     have = count_images(folder)
     missing = missing[: max(0, wanted - have)]
     if not missing:
         return 0
-    pipe = load_pipeline(model_ref, allow_pickle=allow_pickle, revision=revision, variant=variant,
-                         torch_dtype=dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    bar = tqdm(total=len(missing), desc=f"class images ({prompt})", unit="img")
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
-        generators = [torch.Generator().manual_seed(i) for i in chunk]
-        images = pipe([prompt] * len(chunk), num_inference_steps=steps, height=resolution, width=resolution,
-                      generator=generators).images
-        for index, image in zip(chunk, images, strict=True):
-            target = folder / f"class-{index:05d}.png"
-            tmp = folder / f".class-{index:05d}.png.tmp"
-            image.save(tmp, format="PNG")
-            tmp.replace(target)
-        bar.update(len(chunk))
-    bar.close()
+
+    def made() -> str:
+        return f"{count_images(folder)} of {wanted} class images made and kept in {folder}"
+
+    with stop_scope() as stop, stop.during("finishing the class images being drawn now (they are kept)",
+                                            lambda: f"quit: {made()}; run the same command again to continue",
+                                            QUIT_NOW):
+        pipe = load_pipeline(model_ref, allow_pickle=allow_pickle, revision=revision, variant=variant,
+                             torch_dtype=dtype).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        how = {"steps": steps, "dtype": str(dtype).replace("torch.", ""), "sampler": type(pipe.scheduler).__name__,
+               "prediction_type": pipe.scheduler.config.get("prediction_type")}
+        bar = tqdm(total=len(missing), desc=f"class images ({prompt})", unit="img")
+        for start in range(0, len(missing), batch_size):
+            if stop.requested:  # checked before each batch and after the last: a stop is never lost
+                break
+            chunk = missing[start : start + batch_size]
+            generators = [torch.Generator().manual_seed(i) for i in chunk]
+            images = pipe([prompt] * len(chunk), num_inference_steps=steps, height=resolution, width=resolution,
+                          generator=generators).images
+            records = {}
+            for index, image in zip(chunk, images, strict=True):
+                target = folder / f"class-{index:05d}.png"
+                tmp = folder / f".class-{index:05d}.png.tmp"
+                info = PngInfo()
+                info.add_text("sdtune", json.dumps({**identity, **how, "seed": index}))
+                image.save(tmp, format="PNG", pnginfo=info)
+                tmp.replace(target)
+                records[target.name] = {"seed": index, "steps": steps, "dtype": how["dtype"]}
+            _write_manifest(folder, identity, records, how)
+            bar.update(len(chunk))
+        bar.close()
+        if stop.requested:
+            raise Interrupted(f"stopped while making class images: {made()}; run the same command again to continue")
     del pipe
     return len(missing)
+
+
+def check_for_run(cfg: RunConfig) -> None:
+    """Refuse a run's class folder made for something else, in a second, before any model loads."""
+    data = cfg.data
+    if data.with_prior_preservation and data.class_dir is not None and data.class_prompt is not None:
+        check_class_folder(Path(data.class_dir), class_identity(data.class_prompt, cfg.model.base,
+                                                                resolution=data.resolution,
+                                                                revision=cfg.model.revision,
+                                                                variant=cfg.model.variant))
 
 
 def generate_for_run(cfg: RunConfig, device: str | torch.device) -> int:

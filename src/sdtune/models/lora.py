@@ -47,10 +47,32 @@ def peft_config(settings: LoraSettings, targets: list[str]):
     )
 
 
-def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]) -> None:
-    """Add a trainable LoRA adapter; the base weights stay frozen. Works for the UNet and the text encoder."""
+def layer_names(module: torch.nn.Module) -> list[str]:
+    """Names LoRA targets can use: the last part of each linear/conv layer's name (``to_q``, ``to_out.0``)."""
+    names = set()
+    for name, layer in module.named_modules():
+        if isinstance(layer, torch.nn.Linear | torch.nn.Conv2d) and name:
+            parts = name.split(".")
+            names.add(".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1])
+    return sorted(names)
+
+
+def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str],
+             key: str = "train.lora.targets") -> None:
+    """Add a trainable LoRA adapter; the base weights stay frozen. Works for the UNet and the text encoder.
+
+    Raises ConfigError naming ``key`` (the config key that listed ``targets``) when a target matches no layer:
+    peft skips such a name silently when another one matches, so a typo would train fewer layers unnoticed.
+    """
     from peft import inject_adapter_in_model
 
+    from sdtune.errors import ConfigError
+
+    names = [name for name, _ in module.named_modules()]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched or not targets:
+        raise ConfigError(f"{key}: {unmatched or targets} match no layer of the {type(module).__name__}; its "
+                          f"linear/conv layers are named e.g. {', '.join(layer_names(module)[:14])}")
     module.requires_grad_(False)
     if hasattr(module, "add_adapter"):
         module.add_adapter(peft_config(settings, targets))
@@ -59,8 +81,6 @@ def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]
     for name, param in module.named_parameters():
         if "lora_" in name:
             param.requires_grad_(True)
-    if not any(p.requires_grad for p in module.parameters()):
-        raise ValueError(f"no LoRA target modules matched {targets} in {type(module).__name__}")
 
 
 def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

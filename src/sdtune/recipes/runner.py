@@ -136,22 +136,37 @@ def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:
 
 def run_recipe(recipe: Recipe, recipe_path: Path | None = None, *,
                echo: Callable[[str], None] = print) -> RecipeResult:
-    """Run (or continue) every stage of a recipe; returns at the first interrupted stage."""
+    """Run (or continue) every stage of a recipe; returns at the first interrupted stage.
+
+    Ctrl-C / SIGTERM (``sdtune.stopping``) stop the stage in training as ``sdtune train`` does; between stages
+    (checks, LoRA extraction) the step in progress completes and no further stage starts.
+    """
+    from sdtune.stopping import QUIT_NOW, stop_scope
+
     _refuse_distributed()
-    plans = stage_configs(recipe)
-    output_dir = Path(plans[0][1].output_dir).parent
-    manifest = Manifest(output_dir / MANIFEST, recipe_path, [stage.name for stage, _ in plans])
-    states = preflight(plans)
-    result = RecipeResult("finished", output_dir)
-    for index, (stage, cfg) in enumerate(plans, start=1):
-        echo(f"[{index}/{len(plans)}] stage '{stage.name}' ({cfg.method}) in {cfg.output_dir}")
-        outcome = run_stage(stage, cfg, states[stage.name], manifest, echo)
-        result.stages.append(outcome)
-        if outcome.status == "interrupted":
-            result.status = "interrupted"
-            return result
-        complete_stage(recipe, stage, cfg, manifest, outcome, echo)
-    return result
+    with stop_scope() as stop:
+        stop.phase("no stage has started; stopping before one does", "quit: nothing was trained", QUIT_NOW)
+        plans = stage_configs(recipe)
+        output_dir = Path(plans[0][1].output_dir).parent
+        manifest = Manifest(output_dir / MANIFEST, recipe_path, [stage.name for stage, _ in plans])
+        states = preflight(plans)
+        result = RecipeResult("finished", output_dir)
+        for index, (stage, cfg) in enumerate(plans, start=1):
+            if stop.requested:
+                echo(f"stopped before stage '{stage.name}' (the stages before it are complete)")
+                result.status = "interrupted"
+                return result
+            echo(f"[{index}/{len(plans)}] stage '{stage.name}' ({cfg.method}) in {cfg.output_dir}")
+            outcome = run_stage(stage, cfg, states[stage.name], manifest, echo)
+            result.stages.append(outcome)
+            if outcome.status == "interrupted":
+                result.status = "interrupted"
+                return result
+            stop.phase(f"completing stage '{stage.name}'; no further stage starts",
+                       f"quit: stage '{stage.name}' is trained; run the same command again to complete it and "
+                       "go on", QUIT_NOW)
+            complete_stage(recipe, stage, cfg, manifest, outcome, echo)
+        return result
 
 
 def run_stage(stage: Stage, cfg: RunConfig, state: str, manifest: Manifest,

@@ -10,18 +10,17 @@ Methods differ only in data (see ``sdtune.data.subsets``) and in which parameter
 
 A resume may change some settings (``sdtune.config_resume``, applied by ``sdtune.training.resume``); a resume
 without changes is exact. A diverging run stops before anything non-finite is saved
-(``sdtune.training.divergence``).
+(``sdtune.training.divergence``). Ctrl-C / SIGTERM stop it at the next safe point of whatever phase it is in
+(``sdtune.stopping``): before training nothing is saved; during training the step finishes and a checkpoint is
+saved; while finishing, the final checkpoint is always complete and the output being written is completed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import signal
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,57 +29,27 @@ from tqdm.auto import tqdm
 
 from sdtune.config import RunConfig, dump_config, resolve_config
 from sdtune.data.cache import Conditioner
+from sdtune.data.class_images import check_for_run as check_class_images
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts
-from sdtune.errors import DiskFullError, SdtuneError, TrainingStopped
+from sdtune.errors import DiskFullError, Interrupted, SdtuneError
+from sdtune.stopping import QUIT_NOW, NotStarted, Stop, stop_scope
 from sdtune.training import checkpoint as ckpt
 from sdtune.training import resume as resuming
 from sdtune.training.divergence import DivergenceGuard
+from sdtune.training.finish import TrainResult, finish, validate
 from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
 from sdtune.training.modules import (
     build_ema,
     build_lr_scheduler,
     build_optimizer,
+    check_machine,
     check_mixed_precision,
     configure_trainables,
 )
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    status: str  # "finished" | "interrupted"
-    step: int
-    final_loss: float | None
-    outputs: dict[str, str] = field(default_factory=dict)
-
-
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
     return (seed * 1_000_003 + micro_step * 9_973 + rank * 7_919) % (2**63 - 1)
-
-
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves a checkpoint and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        if self.requested:  # a second Ctrl-C means "now"
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
@@ -129,28 +98,68 @@ def _make_accelerator(cfg: RunConfig, run_dir: Path):
     return accelerator
 
 
-def _ensure_class_images(cfg: RunConfig, accelerator) -> None:
+def _ensure_class_images(cfg: RunConfig, accelerator, stop: Stop, plan) -> None:
+    """Process 0 makes the missing class images; a stop between batches keeps them and ends before training."""
     if not cfg.data.with_prior_preservation:
         return
     from sdtune.data.class_images import generate_for_run
 
+    stopped = ""
     if accelerator.is_main_process:
-        generate_for_run(cfg, accelerator.device)
-    accelerator.wait_for_everyone()
+        try:
+            generate_for_run(cfg, accelerator.device)
+        except Interrupted as exc:
+            stopped = str(exc)
+    _not_started(stop, plan, accelerator, stopped)
 
 
 def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
-    """Run (or continue) one training run and write its outputs; see the module docstring for guarantees."""
+    """Run (or continue) one training run and write its outputs; see the module docstring for guarantees.
+
+    Returns status "interrupted" when Ctrl-C / SIGTERM stopped it (it printed what was saved); a second Ctrl-C
+    raises :class:`~sdtune.errors.QuitWithoutSaving`.
+    """
+    with stop_scope() as stop:
+        try:
+            return _train(cfg, resume, stop)
+        except NotStarted as exc:
+            if os.environ.get("RANK", "0") == "0":
+                print(exc)
+            return TrainResult(Path(cfg.output_dir), "interrupted", exc.step, None)
+
+
+def _not_started(stop: Stop, plan, accelerator=None, why: str = "") -> None:
+    """Raise NotStarted when a stop was asked for (on any process, once they are connected); ``why``: what
+    stopped, when a phase already knows (class images)."""
+    asked = stop.requested or bool(why)
+    if accelerator is not None:
+        asked = bool(accelerator.gather(torch.tensor([float(asked)], device=accelerator.device)).any())
+    if asked:
+        raise NotStarted(why or ("stopped before training started: nothing to save" if plan is None else
+                                 f"stopped before training resumed: nothing new to save ({plan.checkpoint} is "
+                                 "still the checkpoint to resume from)"), plan.step if plan is not None else 0)
+
+
+def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     from sdtune.data.check_before_train import check_training_data
     from sdtune.models.loading import load_components
 
+    stop.phase("training has not started; stopping before it does", "quit: nothing was trained", QUIT_NOW)
     cfg = resolve_config(cfg)
+    check_machine(cfg)
     run_dir = Path(cfg.output_dir)
     resume_from = _prepare_run_dir(cfg, resume)
     plan = resuming.plan_resume(resume_from, cfg) if resume_from is not None else None  # refuse in seconds
+    if plan is not None:
+        stop.phase("training has not resumed; stopping before it does",
+                   f"quit: nothing new was trained; {plan.checkpoint} is still the checkpoint to resume from",
+                   QUIT_NOW)
+    check_class_images(cfg)  # generated for another model, prompt or resolution: refused in seconds too
+    _not_started(stop, plan)
     check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
+    _not_started(stop, plan)
     accelerator = _make_accelerator(cfg, run_dir)
-    _ensure_class_images(cfg, accelerator)
+    _ensure_class_images(cfg, accelerator, stop, plan)
 
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type)
@@ -161,6 +170,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
     fresh_hyperparameters = resuming.optimizer_hyperparameters(optimizer)  # the new config's, before loading
     ema = build_ema(cfg, trainables.unet)
+    _not_started(stop, plan, accelerator)
     prepared = accelerator.prepare(trainables.unet, optimizer,
                                    *([trainables.text_encoder] if trainables.text_encoder is not None else []))
     unet, optimizer = prepared[0], prepared[1]
@@ -188,6 +198,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         resuming.write_run_config(cfg, run_dir / "config.yaml", state.history)
+    _not_started(stop, plan, accelerator)  # the last chance before trackers start a logged run
     if cfg.logging.trackers:
         from sdtune.training.trackers import flat_config, tracker_init_kwargs
 
@@ -252,8 +263,16 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     started, status, last_saved = time.time(), "finished", state.step if resume_from else -1
+    validated = -1  # the step whose validation images are complete
     step_times: list[float] = []
-    with StopRequest() as stop, bar:  # the bar ends its line before any message
+
+    def lost() -> str:
+        since = (f"nothing was saved after checkpoint {ckpt.step_dir_name(last_saved)}; --resume latest continues "
+                 "from there" if last_saved >= 0 else "no checkpoint of this run was saved")
+        return f"quit without saving at step {state.step}: {since}"
+
+    stop.phase("finishing this step and saving a checkpoint", lost)
+    with bar:  # the bar ends its line before any message
         while state.step < cfg.train.max_steps:
             step_start = time.time()
             losses = []
@@ -293,13 +312,16 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
                 save(state)
                 last_saved = state.step
             if cfg.validation.prompts and cfg.validation.every and state.step % cfg.validation.every == 0:
-                _validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir)
+                if validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir, stop):
+                    validated = state.step
             stop_now = accelerator.gather(torch.tensor([float(stop.requested)], device=accelerator.device)).any()
             if stop_now and state.step < cfg.train.max_steps:
                 status = "interrupted"
                 break
-    if last_saved != state.step:
+    stop.phase("completing the checkpoint being written", lost)
+    if last_saved != state.step:  # a stop asked for now lets it complete: the run is in it
         save(state)
+        last_saved = state.step
     if status == "interrupted":
         if accelerator.is_main_process:
             print(f"stopped at step {state.step}: checkpoint saved. Continue with --resume latest")
@@ -308,7 +330,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     timing = {"seconds": round(time.time() - started, 2),
               "median_step_seconds": round(statistics.median(step_times[1:] or step_times or [0.0]), 4)}
     try:
-        return _finish(cfg, accelerator, comps, trainables, ema, state, run_dir, timing, data_counts(stream))
+        return finish(cfg, accelerator, comps, trainables, ema, state, run_dir, timing, data_counts(stream), stop,
+                       validated)
     except DiskFullError as exc:
         raise DiskFullError(f"{exc}. Training itself is complete (checkpoint {ckpt.step_dir_name(state.step)}): "
                             f"once there is space, `sdtune train {run_dir / 'config.yaml'} --resume latest` writes "
@@ -330,60 +353,3 @@ def apply_update(optimizer, lr_scheduler, ema, unet: torch.nn.Module) -> bool:
     if ema is not None and not skipped:
         ema.step(unet.parameters())
     return not skipped
-
-
-def _validate(cfg: RunConfig, accelerator, comps, trainables, ema, step: int, run_dir: Path) -> None:
-    """Validation images from the live modules, under the training's autocast, with the EMA weights when kept."""
-    if accelerator.is_main_process:
-        from sdtune.training.trackers import log_images
-        from sdtune.training.validation import run_validation
-
-        text_encoder = trainables.text_encoder if trainables.text_encoder is not None else comps.text_encoder
-        images = run_validation(cfg, comps, trainables.unet, text_encoder, step, run_dir / "samples",
-                                autocast=accelerator.autocast, ema=ema)
-        log_images(accelerator, images, step)
-    accelerator.wait_for_everyone()
-
-
-def _rank_checksums(accelerator, trainables) -> list[float]:
-    """A float64 sum of every trainable weight, per process: data-parallel ranks must agree exactly."""
-    total = sum(p.detach().double().sum() for p in trainables.parameters())
-    gathered = accelerator.gather(torch.tensor([float(total)], dtype=torch.float64, device=accelerator.device))
-    sums = [float(x) for x in gathered.cpu()]
-    if len(set(sums)) > 1 and accelerator.is_main_process:
-        print(f"warning: data-parallel ranks ended with different weights: {sums}")
-    return sums
-
-
-def _finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: Path, timing: dict,
-            counts: dict[str, int]) -> TrainResult:
-    from sdtune.training import outputs
-
-    result = TrainResult(run_dir, "finished", state.step, state.last_loss)
-    checksums = _rank_checksums(accelerator, trainables)
-    if cfg.validation.prompts and not (cfg.validation.every and state.step % cfg.validation.every == 0):
-        _validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir)
-    if accelerator.is_main_process:
-        text_encoder = trainables.text_encoder
-        if cfg.train.lora is not None:
-            if cfg.save.lora:
-                result.outputs["lora"] = str(outputs.save_lora_output(run_dir, cfg, trainables.unet, text_encoder))
-            if cfg.save.full_model:
-                result.outputs["model"] = str(outputs.save_fused_model(run_dir, cfg))
-        else:
-            if ema is not None:
-                ema.copy_to(trainables.unet.parameters())
-            result.outputs["model"] = str(outputs.save_full_model(run_dir, cfg, trainables.unet, text_encoder))
-        metrics = {"status": "finished", "steps": state.step, "final_loss": state.last_loss,
-                   "prediction_type": comps.noise_scheduler.config.prediction_type,
-                   "mixed_precision": cfg.train.mixed_precision,
-                   **timing, "method": cfg.method, **counts,
-                   "outputs": result.outputs, "processes": accelerator.num_processes,
-                   "rank_weight_checksums": checksums, "history": state.history}
-        outputs.write_metrics(run_dir, metrics)
-        outputs.write_model_card(run_dir, cfg, metrics)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if not math.isfinite(state.last_loss or 0.0):
-        raise TrainingStopped("training ended with a non-finite loss")
-    return result

@@ -48,7 +48,7 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
         add_lora(unet, train.lora, train.lora.targets)
         if train.train_text_encoder:
             text_encoder.to(device, dtype=dtype)
-            add_lora(text_encoder, train.lora, train.lora.text_encoder_targets)
+            add_lora(text_encoder, train.lora, train.lora.text_encoder_targets, "train.lora.text_encoder_targets")
         else:
             text_encoder.to(device, dtype=dtype)
         for module in (unet, text_encoder):
@@ -88,22 +88,32 @@ def build_optimizer(cfg: RunConfig, trainables: Trainables, world_size: int) -> 
     kwargs = dict(betas=(train.adam_beta1, train.adam_beta2), weight_decay=train.adam_weight_decay,
                   eps=train.adam_epsilon)
     if train.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise ConfigError("train.optimizer=adamw8bit needs bitsandbytes: pip install 'sdtune[bnb]' "
-                              "(it runs on CUDA GPUs), or use train.optimizer=adamw") from None
-        if not torch.cuda.is_available():
-            raise ConfigError("train.optimizer=adamw8bit needs a CUDA GPU; on this machine use adamw")
-        return bnb.optim.AdamW8bit(groups, **kwargs)
+        return _bitsandbytes().optim.AdamW8bit(groups, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
+
+
+def _bitsandbytes():
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ConfigError("train.optimizer=adamw8bit needs bitsandbytes: pip install 'sdtune[bnb]' "
+                          "(it runs on CUDA GPUs), or use train.optimizer=adamw") from None
+    if not torch.cuda.is_available():
+        raise ConfigError("train.optimizer=adamw8bit needs a CUDA GPU; on this machine use adamw")
+    return bnb
+
+
+def check_machine(cfg: RunConfig) -> None:
+    """Settings this machine cannot run (fp16, 8-bit Adam without CUDA), refused before the data check and the
+    model load rather than minutes later. Not in the schema: a config is valid on any machine."""
+    check_mixed_precision(cfg.train.mixed_precision)
+    if cfg.train.optimizer == "adamw8bit":
+        _bitsandbytes()
 
 
 def build_lr_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):
     from diffusers.optimization import get_scheduler
 
-    if cfg.train.lr_warmup_steps >= cfg.train.max_steps and cfg.train.lr_scheduler != "constant":
-        raise ConfigError("train.lr_warmup_steps must be smaller than train.max_steps")
     return get_scheduler(cfg.train.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.train.lr_warmup_steps,
                          num_training_steps=cfg.train.max_steps)
 

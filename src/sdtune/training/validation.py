@@ -14,6 +14,10 @@ from sdtune.atomic import atomic_save
 from sdtune.config import RunConfig
 
 
+class ValidationStopped(Exception):  # noqa: N818 - a state, not a failure
+    """A stop request cut validation short (between denoising steps); the unfinished image was not saved."""
+
+
 def validation_pipeline(comps, unet, text_encoder):
     """A pipeline that shares the live training modules (no copy), with a fast sampler."""
     from diffusers import StableDiffusionPipeline
@@ -45,8 +49,11 @@ def ema_weights(ema: Any | None, unet: torch.nn.Module):
 
 def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_root: Path, *,
                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                   ema: Any | None = None) -> list[Image.Image]:
+                   ema: Any | None = None, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
     """Generate each validation prompt; save under ``RUN/samples/step-N/``; return the images.
+
+    ``should_stop``: asked after every denoising step; True raises :class:`ValidationStopped` at once (the images
+    of earlier prompts stay saved), so a stop request never waits for a long validation.
 
     ``autocast`` is the training's mixed-precision context (``accelerator.autocast``). Under bf16/fp16 the live
     modules do not agree on a dtype: frozen VAE and text encoder are stored in bf16/fp16 while the prepared
@@ -62,13 +69,20 @@ def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_roo
     folder = out_root / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     images: list[Image.Image] = []
+
+    def check(pipeline, step_index, timestep, callback_kwargs):  # noqa: ARG001 - diffusers' callback signature
+        if should_stop is not None and should_stop():
+            raise ValidationStopped
+        return callback_kwargs
+
     try:
         with torch.no_grad(), ema_weights(ema, unet), autocast():
             for p_index, prompt in enumerate(val.prompts):
+                check(pipe, 0, None, {})
                 generator = torch.Generator(device="cpu").manual_seed(val.seed)
                 result = pipe(prompt, num_images_per_prompt=val.num_images, num_inference_steps=val.steps,
                               guidance_scale=val.guidance_scale, height=cfg.data.resolution,
-                              width=cfg.data.resolution, generator=generator).images
+                              width=cfg.data.resolution, generator=generator, callback_on_step_end=check).images
                 for k, image in enumerate(result):
                     atomic_save(folder / f"{p_index:02d}-{k:02d}.png", image.save)  # a full disk: no half PNG
                     images.append(image)

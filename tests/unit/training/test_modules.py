@@ -53,8 +53,31 @@ def test_class_images_are_generated_once_and_reused(tmp_path: Path) -> None:
     folder = tmp_path / "class"
     assert generate_class_images(folder, "a photo of a dog", 3, "tiny", resolution=32, steps=2) == 3
     first = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    assert sorted(first) == ["class-00000.png", "class-00001.png", "class-00002.png"]
+    assert sorted(first) == ["class-00000.png", "class-00001.png", "class-00002.png", "class_images.json"]
     assert generate_class_images(folder, "a photo of a dog", 3, "tiny", resolution=32, steps=2) == 0
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == first
     (folder / "class-00001.png").unlink()  # an interrupted or pruned folder is topped up
     assert generate_class_images(folder, "a photo of a dog", 3, "tiny", resolution=32, steps=2) == 1
+
+
+def test_a_lora_target_that_matches_no_layer_is_named_with_the_layers_there_are() -> None:
+    """peft skipped a misspelt target silently when another one matched: fewer layers trained, unnoticed."""
+    comps = load_components("tiny")
+    cfg = _cfg(lora={"rank": 2, "targets": ["to_q", "to_kk"]})
+    with pytest.raises(ConfigError, match=r"train\.lora\.targets: \['to_kk'\] match no layer of the "
+                                          r"UNet2DConditionModel; .*to_k"):
+        configure_trainables(cfg, comps, torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 and 8-bit Adam run where there is CUDA")
+@pytest.mark.parametrize("train,needle", [({"mixed_precision": "fp16"}, "fp16 needs a CUDA GPU"),
+                                          ({"optimizer": "adamw8bit", "lora": {"rank": 2}}, "adamw8bit")])
+def test_settings_this_machine_cannot_run_are_refused_before_the_data_check(tmp_path: Path, train: dict,
+                                                                            needle: str) -> None:
+    from sdtune.errors import SdtuneError
+    from sdtune.training.loop import train as run
+
+    cfg = config_from_dict({"output_dir": str(tmp_path / "run"), "train": train,
+                            "data": {"instance_dir": str(tmp_path / "missing"), "instance_prompt": "sks"}})
+    with pytest.raises(SdtuneError, match=needle):  # not the DataError of the missing folder, seconds later
+        run(cfg)

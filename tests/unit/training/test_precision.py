@@ -65,7 +65,7 @@ def test_class_images_are_made_in_the_runs_compute_dtype(tmp_path: Path, precisi
     fp32 = _cfg(tmp_path / "fp32")
     half = _cfg(tmp_path / "half", mixed_precision=precision)
     assert generate_for_run(fp32, "cpu") == 1 and generate_for_run(half, "cpu") == 1
-    a, b = ([np.asarray(Image.open(p), dtype=np.float32) for p in sorted((tmp_path / run / "class").iterdir())]
+    a, b = ([np.asarray(Image.open(p), dtype=np.float32) for p in sorted((tmp_path / run / "class").glob("*.png"))]
             for run in ("fp32", "half"))
     assert all(x.std() > 1.0 for x in b), "an overflow draws flat images"
     assert any(np.abs(x - y).max() > 0 for x, y in zip(a, b, strict=True)), f"the base must run in {precision}"

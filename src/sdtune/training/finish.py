@@ -1,0 +1,123 @@
+"""The end of a run: final validation, outputs (lora/, model/), metrics.json and the model card.
+
+metrics.json is written last: it is what marks a run finished. A stop request (``sdtune.stopping``) lets the
+output being written complete and skips the rest; the final checkpoint is already saved, so ``sdtune train
+RUN/config.yaml --resume latest`` runs only this part again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sdtune.config import RunConfig
+from sdtune.errors import TrainingStopped
+from sdtune.stopping import Stop
+from sdtune.training import checkpoint as ckpt
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # "finished" | "interrupted"
+    step: int
+    final_loss: float | None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def validate(cfg: RunConfig, accelerator, comps, trainables, ema, step: int, run_dir: Path, stop: Stop) -> bool:
+    """Validation images from the live modules, under the training's autocast, with the EMA weights when kept.
+
+    False when a stop request cut it short (process 0 decides; the loop's next stop check tells the others).
+    """
+    complete = True
+    if accelerator.is_main_process:
+        from sdtune.training.trackers import log_images
+        from sdtune.training.validation import ValidationStopped, run_validation
+
+        text_encoder = trainables.text_encoder if trainables.text_encoder is not None else comps.text_encoder
+        try:
+            images = run_validation(cfg, comps, trainables.unet, text_encoder, step, run_dir / "samples",
+                                    autocast=accelerator.autocast, ema=ema, should_stop=lambda: stop.requested)
+            log_images(accelerator, images, step)
+        except ValidationStopped:
+            complete = False
+    accelerator.wait_for_everyone()
+    return complete
+
+
+def _rank_checksums(accelerator, trainables) -> list[float]:
+    """A float64 sum of every trainable weight, per process: data-parallel ranks must agree exactly."""
+    total = sum(p.detach().double().sum() for p in trainables.parameters())
+    gathered = accelerator.gather(torch.tensor([float(total)], dtype=torch.float64, device=accelerator.device))
+    sums = [float(x) for x in gathered.cpu()]
+    if len(set(sums)) > 1 and accelerator.is_main_process:
+        print(f"warning: data-parallel ranks ended with different weights: {sums}")
+    return sums
+
+
+def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema) -> list[tuple[str, Callable[[], Path]]]:
+    """The final outputs in the order they are written (the fused model reads the written lora/)."""
+    from sdtune.training import outputs
+
+    unet, text_encoder = trainables.unet, trainables.text_encoder
+    if cfg.train.lora is None:
+        def full_model() -> Path:
+            if ema is not None:
+                ema.copy_to(unet.parameters())
+            return outputs.save_full_model(run_dir, cfg, unet, text_encoder)
+        return [("model", full_model)]
+    return ([("lora", lambda: outputs.save_lora_output(run_dir, cfg, unet, text_encoder))] if cfg.save.lora else []) \
+        + ([("model", lambda: outputs.save_fused_model(run_dir, cfg))] if cfg.save.full_model else [])
+
+
+def finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: Path, timing: dict,
+           counts: dict[str, int], stop: Stop, validated: int) -> TrainResult:
+    """Final validation and outputs, then metrics.json (which marks the run finished).
+
+    A stop request lets the output being written complete and skips the rest: the final checkpoint is saved, so
+    ``--resume latest`` runs only this again.
+    """
+    from sdtune.training import outputs
+
+    result = TrainResult(run_dir, "finished", state.step, state.last_loss)
+    checksums = _rank_checksums(accelerator, trainables)
+    final = ckpt.step_dir_name(state.step)
+    stop.phase(f"completing the output being written (the final checkpoint {final} is saved)",
+               f"quit: the final checkpoint {final} is saved; `sdtune train {run_dir / 'config.yaml'} --resume "
+               "latest` writes the outputs without training again")
+    stopped = bool(accelerator.gather(torch.tensor([float(stop.requested)], device=accelerator.device)).any())
+    if cfg.validation.prompts and validated != state.step and not stopped:
+        stopped = not validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir, stop)
+    if accelerator.is_main_process and not stopped:
+        for name, write in _output_writers(cfg, run_dir, trainables, ema):
+            if stop.requested:
+                break
+            result.outputs[name] = str(write())
+        stopped = stop.requested
+    if accelerator.is_main_process and not stopped:
+        metrics = {"status": "finished", "steps": state.step, "final_loss": state.last_loss,
+                   "prediction_type": comps.noise_scheduler.config.prediction_type,
+                   "mixed_precision": cfg.train.mixed_precision,
+                   **timing, "method": cfg.method, **counts,
+                   "outputs": result.outputs, "processes": accelerator.num_processes,
+                   "rank_weight_checksums": checksums, "history": state.history}
+        outputs.write_metrics(run_dir, metrics)
+        outputs.write_model_card(run_dir, cfg, metrics)
+    stopped = bool(accelerator.gather(torch.tensor([float(stopped)], device=accelerator.device)).any())
+    accelerator.end_training()
+    if stopped:
+        if accelerator.is_main_process:
+            written = f" ({', '.join(result.outputs)} written)" if result.outputs else ""
+            print(f"stopped while finishing: the final checkpoint {final} is saved{written}; `sdtune train "
+                  f"{run_dir / 'config.yaml'} --resume latest` writes the outputs without training again")
+        return TrainResult(run_dir, "interrupted", state.step, state.last_loss, result.outputs)
+    if stop.requested and accelerator.is_main_process:
+        print("the stop request came while the last file was written: the run is complete")
+    if not math.isfinite(state.last_loss or 0.0):
+        raise TrainingStopped("training ended with a non-finite loss")
+    return result
