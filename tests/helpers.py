@@ -55,3 +55,23 @@ def tiny_config(output_dir: Path, data: dict, train: dict | None = None, **secti
     }
     config.update(sections)
     return config
+
+
+def tiny_pipeline_with_lora(settings, seed: int = 0, scale: float = 0.1):
+    """The ``tiny`` pipeline with LoRA adapters (``settings``: a LoraConfig) on its UNet and text encoder, their
+    weights drawn at random (std ``scale``) so that a saved file differs from the base: what a trained run holds."""
+    import torch
+
+    from sdtune.models.loading import load_pipeline
+    from sdtune.models.lora import add_lora
+
+    pipe = load_pipeline("tiny")
+    add_lora(pipe.unet, settings, settings.targets)
+    add_lora(pipe.text_encoder, settings, settings.text_encoder_targets)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (pipe.unet, pipe.text_encoder):
+            for name, param in module.named_parameters():
+                if "lora_" in name:
+                    param.copy_(scale * torch.randn(param.shape, generator=gen))
+    return pipe

@@ -28,28 +28,28 @@ def existing(path: Path, what: str) -> Path:
     return full
 
 
-def existing_file(path: Path | None, what: str, folder_hint: str = "") -> Path | None:
-    """``path`` when it is a file; a folder or a missing path is one line (``folder_hint`` says what to pass)."""
+def _existing_kind(path: Path | None, what: str, want_file: bool, hint: str = "") -> Path | None:
+    """``path`` when it exists and is of the wanted kind (a file or a folder); else one line naming the fix."""
     if path is None:
         return None
     full = path.expanduser()
-    if full.is_dir():
-        raise SdtuneError(f"{what} {path} is a folder; pass a file{folder_hint}")
-    if not full.exists():
-        raise _missing(path, what)
-    return full
-
-
-def existing_folder(path: Path | None, what: str) -> Path | None:
-    """``path`` when it is a folder; a file or a missing path is one line."""
-    if path is None:
-        return None
-    full = path.expanduser()
-    if full.is_file():
+    if want_file and full.is_dir():
+        raise SdtuneError(f"{what} {path} is a folder; pass a file{hint}")
+    if not want_file and full.is_file():
         raise SdtuneError(f"{what} {path} is a file; pass a folder")
     if not full.exists():
         raise _missing(path, what)
     return full
+
+
+def existing_file(path: Path | None, what: str, folder_hint: str = "") -> Path | None:
+    """``path`` when it is a file; a folder or a missing path is one line (``folder_hint`` says what to pass)."""
+    return _existing_kind(path, what, want_file=True, hint=folder_hint)
+
+
+def existing_folder(path: Path | None, what: str) -> Path | None:
+    """``path`` when it is a folder; a file or a missing path is one line."""
+    return _existing_kind(path, what, want_file=False)
 
 
 def output_folder(path: Path | None, what: str) -> Path | None:

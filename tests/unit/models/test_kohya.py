@@ -14,7 +14,8 @@ from sdtune.config import LoraConfig as LoraSettings
 from sdtune.errors import SdtuneError
 from sdtune.models.kohya import export_kohya, kohya_name, peft_scale, read_diffusers_lora, to_kohya
 from sdtune.models.loading import load_pipeline
-from sdtune.models.lora import add_lora, save_lora
+from sdtune.models.lora import save_lora
+from tests.helpers import tiny_pipeline_with_lora
 
 
 def test_kohya_names_follow_the_module_path() -> None:
@@ -40,16 +41,8 @@ def test_peft_scale_follows_alpha_rank_patterns_and_rslora() -> None:
 
 def _random_lora_file(folder: Path, rank: int = 4, alpha: float = 8.0) -> Path:
     """A diffusers-format LoRA (UNet + text encoder) saved by the engine's own writer, with non-zero weights."""
-    pipe = load_pipeline("tiny")
     settings = LoraSettings(rank=rank, alpha=alpha)
-    add_lora(pipe.unet, settings, settings.targets)
-    add_lora(pipe.text_encoder, settings, settings.text_encoder_targets)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in (pipe.unet, pipe.text_encoder):
-            for name, param in module.named_parameters():
-                if "lora_" in name:
-                    param.copy_(0.3 * torch.randn(param.shape, generator=g))
+    pipe = tiny_pipeline_with_lora(settings, seed=0, scale=0.3)
     folder.mkdir(parents=True, exist_ok=True)
     return save_lora(folder, pipe.unet, pipe.text_encoder, settings)
 

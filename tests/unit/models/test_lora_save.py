@@ -13,7 +13,8 @@ from safetensors import safe_open
 from sdtune.config import LoraConfig as LoraSettings
 from sdtune.errors import SdtuneError
 from sdtune.models.loading import load_pipeline
-from sdtune.models.lora import add_lora, portable_metadata, save_lora
+from sdtune.models.lora import portable_metadata, save_lora
+from tests.helpers import tiny_pipeline_with_lora
 
 # Every field of peft 0.17.1's LoraConfig (measured): diffusers 0.35 builds LoraConfig(**metadata), so any other
 # field in the file (peft 0.21 writes alora_invocation_tokens, arrow_config, ...) fails the whole load there.
@@ -48,15 +49,7 @@ def test_saved_lora_reloads_as_the_trained_adapter(tmp_path: Path, targets: list
     # The diffusers example scripts' key conversion (lora.down/up names) made load_lora_weights drop every
     # attention layer of a file that also held conv layers: inference silently ran a different model.
     settings = LoraSettings(rank=4, alpha=8.0, targets=targets)
-    trained = load_pipeline("tiny")
-    add_lora(trained.unet, settings, settings.targets)
-    add_lora(trained.text_encoder, settings, settings.text_encoder_targets)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in (trained.unet, trained.text_encoder):
-            for name, param in module.named_parameters():
-                if "lora_" in name:
-                    param.copy_(0.2 * torch.randn(param.shape, generator=gen))
+    trained = tiny_pipeline_with_lora(settings, seed=1, scale=0.2)
     file = save_lora(tmp_path / "lora", trained.unet, trained.text_encoder, settings)
 
     loaded = load_pipeline("tiny")

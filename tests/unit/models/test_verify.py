@@ -17,6 +17,7 @@ from sdtune.models import kohya
 from sdtune.models.loading import load_pipeline
 from sdtune.models.lora import add_lora
 from sdtune.models.verify import comfyui_key_map, verify_lora_file
+from tests.helpers import tiny_pipeline_with_lora
 
 WIDE = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
 
@@ -27,15 +28,7 @@ def _run(folder: Path, rank: int = 4, alpha: float = 8.0) -> Path:
     from sdtune.models.lora import save_lora
 
     settings = LoraSettings(rank=rank, alpha=alpha, targets=WIDE)
-    pipe = load_pipeline("tiny")
-    add_lora(pipe.unet, settings, settings.targets)
-    add_lora(pipe.text_encoder, settings, settings.text_encoder_targets)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in (pipe.unet, pipe.text_encoder):
-            for name, param in module.named_parameters():
-                if "lora_" in name:
-                    param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+    pipe = tiny_pipeline_with_lora(settings, seed=0, scale=0.1)
     (folder / "lora").mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"}, "train": {"lora": {}}}))
     save_lora(folder / "lora", pipe.unet, pipe.text_encoder, settings)
