@@ -67,6 +67,16 @@ class DataConfig(Section):
     random_flip: bool = False
     caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="probability of an empty prompt (for CFG)")
     check: bool = Field(True, description="check the dataset before loading the model; stop on errors")
+    buckets: bool = Field(True, description="aspect-ratio buckets: each image trains at about resolution² pixels in "
+                          "the shape nearest its own (sides multiples of 64 px on SD), cropped only by the rounding; "
+                          "false = every image centre/random-cropped to the resolution square")
+    cache_latents: bool = Field(True, description="encode each image variant (bucket, flip) with the VAE once and "
+                                "reuse it (bitwise the same training); off by itself with random crops "
+                                "(center_crop=false)")
+    cache_text: bool = Field(True, description="encode each distinct prompt once when the text encoder is frozen "
+                             "(bitwise the same training)")
+    cache_dir: Path | None = Field(None, description="where cached latents/embeddings go (default: "
+                                   "$SDTUNE_CACHE/features or ~/.cache/sdtune/features; shared by every run)")
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
@@ -295,6 +305,7 @@ def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
     cfg.data.train_dir = fix(data.train_dir)
     cfg.data.instance_dir = fix(data.instance_dir)
     cfg.data.class_dir = fix(data.class_dir)
+    cfg.data.cache_dir = fix(data.cache_dir)
     for sub in cfg.data.subsets:
         sub.path = fix(sub.path)  # type: ignore[assignment]
     base_path = Path(cfg.model.base).expanduser()

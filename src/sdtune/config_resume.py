@@ -47,6 +47,11 @@ RESUME_RULES: dict[str, Rule] = {
     "data.caption_dropout": _change("a per-example regularisation; positions stay the same"),
     "data.random_flip": _change("a per-example augmentation; positions stay the same"),
     "data.prior_loss_weight": _change("a loss weight"),
+    "data.buckets": _refuse("the shape each image trains at and the order of batches (the saved data position "
+                            "refers to it)"),
+    "data.cache_latents": _change("a cached run trains bitwise like an uncached one"),
+    "data.cache_text": _change("a cached run trains bitwise like an uncached one"),
+    "data.cache_dir": _change("where cached encodings are kept; entries are verified, never trusted"),
     # train: every key is listed (no section default), so a new one must be decided here
     "train.lora": _refuse("the shape and scale of the trained LoRA weights"),
     "train.lora.dropout": _change("LoRA dropout has no weights; it applies from the resume step on"),

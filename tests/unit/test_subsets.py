@@ -30,10 +30,10 @@ def test_stream_is_deterministic_and_epochs_are_permutations(tmp_path: Path, tok
     for position in (0, 4, 7, 12):  # a fresh stream (as after resume) gives the same item
         a, b = one[position], two[position]
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["input_ids"], b["input_ids"])
-    epoch0 = {one._permuted(5, p, 0) for p in range(5)}
+    epoch0 = {one.train_order.item(p)[0] for p in range(5)}
     assert epoch0 == set(range(5))
     other = build_stream(data, tokenizer, seed=4)
-    assert [one._permuted(5, p, 0) for p in range(10)] != [other._permuted(5, p, 0) for p in range(10)]
+    assert [one.train_order.item(p) for p in range(10)] != [other.train_order.item(p) for p in range(10)]
 
 
 def test_positions_split_micro_steps_across_ranks() -> None:
@@ -52,8 +52,9 @@ def test_prior_preservation_pairs_class_examples(tmp_path: Path, tokenizer) -> N
                 prior_loss_weight=0.25)
     stream = build_stream(data, tokenizer, seed=0)
     batch = collate([stream[0], stream[1]])
-    assert batch["pixel_values"].shape == (4, 3, 16, 16) and int(batch["num_train"]) == 2
-    assert batch["loss_weight"].tolist() == [1.0, 1.0, 0.25, 0.25]
+    (group,) = batch["groups"]  # the same shape: one forward, class examples after the training ones
+    assert group["pixel_values"].shape == (4, 3, 16, 16) and int(batch["num_train"]) == 2
+    assert group["loss_weight"].tolist() == [1.0, 1.0, 0.25, 0.25]
 
 
 def test_repeats_and_missing_captions(tmp_path: Path, tokenizer) -> None:

@@ -1,37 +1,240 @@
-"""Turn a batch of pixels and token ids into what the UNet trains on: latents and text embeddings.
+"""Turn a batch into what the UNet trains on (latents, text embeddings), encoding once where nothing changes.
 
-This is the seam for caching: when neither the VAE nor the text encoder is trained, both encodings could be
-computed once per image/caption and read back here instead (a later feature, together with aspect-ratio
-bucketing). Everything the loop needs from the frozen encoders goes through :class:`Conditioner`.
+The latent cache stores, per image *variant* (its bucket or crop, and the flip when ``random_flip``), the VAE
+posterior's parameters (mean and log-variance), not a sample: the sample is drawn at training time from the
+micro-step's seeded RNG, exactly where the uncached path draws it, so a cached run is **bitwise** the uncached
+run (DESIGN.md). For that, both paths encode one image at a time (a batched convolution differs in its last
+bits from single ones), and the uncached path stacks the per-image parameters before the one draw.
+
+The text cache does the same for every distinct prompt when the text encoder is frozen (caption dropout's
+empty prompt included). Entries live in :class:`~sdtune.data.feature_cache.FeatureStore`; after caching, the
+encoder leaves the accelerator (``offload``): its memory goes back to the UNet.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+
+from sdtune.data.feature_cache import FeatureStore, default_root, entry_key, module_hash
+from sdtune.data.images import file_hash
+from sdtune.data.transforms import Transform, apply_transform
+from sdtune.errors import DataError
+
+
+def encode_posterior(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE posterior parameters (2C, h, w) of ONE image (C, H, W) in [-1, 1], in the VAE's dtype and device."""
+    param = next(vae.parameters())
+    with torch.no_grad():
+        return vae.encode(pixels[None].to(param.device, param.dtype)).latent_dist.parameters[0]
+
+
+def encode_prompt(text_encoder: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Embeddings (L, D) of ONE prompt's token ids (L,) by a frozen text encoder."""
+    device = next(text_encoder.parameters()).device
+    with torch.no_grad():
+        return text_encoder(input_ids[None].to(device), return_dict=False)[0][0]
 
 
 @dataclass
 class Conditioner:
+    """Latents and text embeddings of a batch group, from the cache when the group carries cached entries."""
+
     vae: torch.nn.Module
     text_encoder: torch.nn.Module
     weight_dtype: torch.dtype
     train_text_encoder: bool
+    device: torch.device | str = "cpu"
 
     @property
     def scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
-    def latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """VAE latents (sampled from the posterior, as SD training does), scaled."""
-        with torch.no_grad():
-            dist = self.vae.encode(pixel_values.to(self.vae.device, self.weight_dtype)).latent_dist
-            return dist.sample() * self.scaling_factor
+    def latents(self, group: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scaled latents sampled from the posterior (as SD training does), with the global RNG."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        input_ids = input_ids.to(self.text_encoder.device)
+        if "latent_params" in group:
+            params = group["latent_params"].to(self.device)
+        else:
+            params = torch.stack([encode_posterior(self.vae, px) for px in group["pixel_values"]]).to(self.device)
+        return DiagonalGaussianDistribution(params).sample() * self.scaling_factor
+
+    def text_embeddings(self, group: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "text_embeddings" in group:
+            return group["text_embeddings"].to(self.device)
+        input_ids = group["input_ids"]
         if self.train_text_encoder:
-            return self.text_encoder(input_ids, return_dict=False)[0]
-        with torch.no_grad():
-            return self.text_encoder(input_ids, return_dict=False)[0]
+            return self.text_encoder(input_ids.to(self.device), return_dict=False)[0]
+        return torch.stack([encode_prompt(self.text_encoder, ids) for ids in input_ids]).to(self.device)
+
+
+class LatentCache:
+    """Cached posteriors of a stream's variants: ``load(path, transform)`` or a DataError, never a bad entry."""
+
+    def __init__(self, store: FeatureStore, keys: dict[tuple[Path, Transform], str], channels: int, factor: int,
+                 dtype: torch.dtype):
+        self.store, self.keys, self.channels, self.factor, self.dtype = store, keys, channels, factor, dtype
+
+    def shape(self, plan: Transform) -> tuple[int, int, int]:
+        return (2 * self.channels, plan.target[1] // self.factor, plan.target[0] // self.factor)
+
+    def load(self, path: Path, plan: Transform) -> torch.Tensor:
+        key = self.keys.get((path, plan))
+        value = None if key is None else self.store.read(key, self.shape(plan), self.dtype)
+        if value is None:
+            raise DataError(f"{path}: its cached latent ({key and self.store.path(key)}) is missing or damaged "
+                            "since the run started; continue with --resume latest (it is re-encoded then)")
+        return value
+
+
+class TextCache:
+    """Cached embeddings of a stream's prompts, by token ids."""
+
+    def __init__(self, store: FeatureStore, keys: dict[tuple[int, ...], str], shape: tuple[int, int],
+                 dtype: torch.dtype):
+        self.store, self.keys, self.shape, self.dtype = store, keys, shape, dtype
+
+    def load(self, input_ids: torch.Tensor) -> torch.Tensor:
+        key = self.keys.get(tuple(input_ids.tolist()))
+        value = None if key is None else self.store.read(key, self.shape, self.dtype)
+        if value is None:
+            raise DataError("a cached prompt embedding is missing or damaged since the run started; continue "
+                            "with --resume latest (it is re-encoded then)")
+        return value
+
+
+def _fill(store: FeatureStore, wanted: dict[str, tuple], shape_of: Callable, dtype: torch.dtype,
+          encode: Callable, label: str, show: bool) -> dict[str, int]:
+    """Verify every wanted entry; encode the missing or invalid ones. Returns counts for a one-line summary."""
+    counts = {"reused": 0, "encoded": 0, "rebuilt": 0}
+    todo = []
+    for key, item in wanted.items():
+        if store.read(key, shape_of(item), dtype) is not None:
+            counts["reused"] += 1
+        else:
+            counts["rebuilt" if store.path(key).exists() else "encoded"] += 1
+            todo.append((key, item))
+    for key, item in tqdm(todo, desc=label, unit="item", disable=not show or not todo, dynamic_ncols=True):
+        value = encode(item)
+        if tuple(value.shape) != tuple(shape_of(item)) or value.dtype != dtype:
+            raise DataError(f"{label}: the encoder returned {tuple(value.shape)} {value.dtype}, expected "
+                            f"{tuple(shape_of(item))} {dtype}")
+        store.write(key, value, note=label)
+    return counts
+
+
+def _summary(what: str, counts: dict[str, int], store: FeatureStore) -> str:
+    total = sum(counts.values())
+    parts = [f"{counts['reused']} reused", f"{counts['encoded']} encoded"]
+    if counts["rebuilt"]:
+        parts.append(f"{counts['rebuilt']} rebuilt (damaged or unreadable)")
+    return f"{what}: {total} in {store.folder} ({', '.join(parts)})"
+
+
+def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None, main_process: bool,
+                        wait_for_everyone: Callable[[], None]) -> str:
+    """Encode (process 0; the others wait, then verify) every variant of the stream, and make the stream serve
+    cached posteriors. Returns a one-line summary."""
+    param = next(vae.parameters())
+    store = FeatureStore(default_root(cache_dir), "latents", module_hash(vae))
+    hashes: dict[Path, str] = {}
+    wanted: dict[str, tuple[Path, Transform]] = {}
+    keys: dict[tuple[Path, Transform], str] = {}
+    for path, plan in stream.variants():
+        if path not in hashes:
+            hashes[path] = file_hash(path)
+        key = entry_key(kind="vae-posterior", model=store.model_hash, dtype=str(param.dtype),
+                        device=param.device.type, image=hashes[path], transform=plan.key())
+        wanted[key] = (path, plan)
+        keys[(path, plan)] = key
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    cache = LatentCache(store, keys, int(vae.config.latent_channels), factor, param.dtype)
+    shape_of = lambda item: cache.shape(item[1])  # noqa: E731
+
+    def encode(item: tuple[Path, Transform]) -> torch.Tensor:
+        from sdtune.data.images import load_rgb
+
+        path, plan = item
+        return encode_posterior(vae, apply_transform(load_rgb(path), plan, path))
+
+    counts = {"reused": 0, "encoded": 0, "rebuilt": 0}
+    if main_process:
+        counts = _fill(store, wanted, shape_of, param.dtype, encode, "caching latents", show=True)
+    wait_for_everyone()
+    if not main_process:  # verify what process 0 wrote; a failure here re-encodes rather than trusts
+        _fill(store, wanted, shape_of, param.dtype, encode, "caching latents", show=False)
+    stream.latent_cache = cache
+    return _summary("latent cache", counts, store)
+
+
+def attach_text_cache(stream, text_encoder: torch.nn.Module, *, cache_dir: Path | None, main_process: bool,
+                      wait_for_everyone: Callable[[], None]) -> str:
+    """Encode every distinct prompt of the stream once (frozen text encoder) and serve the cached embeddings."""
+    param = next(text_encoder.parameters())
+    store = FeatureStore(default_root(cache_dir), "text", module_hash(text_encoder))
+    wanted: dict[str, tuple[int, ...]] = {}
+    keys: dict[tuple[int, ...], str] = {}
+    for prompt in sorted(stream.prompts()):
+        ids = tuple(stream._tokenize(prompt).tolist())
+        key = entry_key(kind="text-embedding", model=store.model_hash, dtype=str(param.dtype),
+                        device=param.device.type, ids=ids)
+        wanted[key], keys[ids] = ids, key
+    shape = (int(stream.tokenizer.model_max_length), int(text_encoder.config.hidden_size))
+    encode = lambda ids: encode_prompt(text_encoder, torch.tensor(ids))  # noqa: E731
+    counts = {"reused": 0, "encoded": 0, "rebuilt": 0}
+    if main_process:
+        counts = _fill(store, wanted, lambda _: shape, param.dtype, encode, "caching prompts", show=True)
+    wait_for_everyone()
+    if not main_process:
+        _fill(store, wanted, lambda _: shape, param.dtype, encode, "caching prompts", show=False)
+    stream.text_cache = TextCache(store, keys, shape, param.dtype)
+    return _summary("text cache", counts, store)
+
+
+def offload(module: torch.nn.Module) -> None:
+    """Move a frozen encoder off the accelerator once its outputs are cached (its memory goes to training)."""
+    if next(module.parameters()).device.type != "cpu":
+        module.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def on_device(device: torch.device | str, *modules: torch.nn.Module) -> Iterator[None]:
+    """Bring offloaded encoders back to ``device`` for a while (validation images), then offload them again."""
+    moved = [m for m in modules if next(m.parameters()).device.type != torch.device(device).type]
+    for module in moved:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module in moved:
+            offload(module)
+
+
+def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Module, accelerator) -> list[str]:
+    """Attach the caches a run's settings allow, offload the encoders they free; returns lines to print.
+
+    Latents are cached unless ``data.cache_latents`` is off or crops are random (each step then needs its own
+    pixels: one notice says so); text embeddings unless ``data.cache_text`` is off or the text encoder trains.
+    """
+    lines: list[str] = []
+    data = cfg.data
+    common = dict(cache_dir=data.cache_dir, main_process=accelerator.is_main_process,
+                  wait_for_everyone=accelerator.wait_for_everyone)
+    if data.cache_latents and not data.center_crop:
+        lines.append("note: data.center_crop=false draws a new crop every step, so latents are not cached (the VAE "
+                     "encodes each step); set data.center_crop=true to cache them")
+    elif data.cache_latents:
+        lines.append(attach_latent_cache(stream, vae, **common))
+        offload(vae)
+    if data.cache_text and not cfg.train.train_text_encoder:
+        lines.append(attach_text_cache(stream, text_encoder, **common))
+        offload(text_encoder)
+    return lines

@@ -214,6 +214,38 @@ def load_rgb(path: Path) -> Image.Image:
     return open_image(Path(path)).image
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as :func:`load_rgb` returns the image (EXIF rotation applied), from the header only.
+
+    What training needs to plan a crop or find a cached latent without decoding the pixels; DataError when the
+    file cannot be opened.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open_checked(path, MAX_PIXELS) as img:
+                width, height = img.size
+                try:
+                    orientation = img.getexif().get(0x0112, 1)
+                except Exception:  # noqa: BLE001 - as _orient: a broken EXIF block means no rotation
+                    orientation = 1
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see open_image
+        raise _unreadable(path, exc) from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes (what the latent cache keys an image by)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def color_thumb(image: Image.Image) -> bytes:
     """A 4x4 RGB thumbnail (48 bytes), the colour half of a near-duplicate fingerprint."""
     return image.convert("RGB").resize((4, 4), Image.Resampling.BOX).tobytes()

@@ -6,24 +6,26 @@ class images are a subset with role ``class``: each training example is paired w
 the class example's loss is weighted by ``prior_loss_weight``.
 
 The data stream is infinite and position-addressed: position ``p`` is example ``perm_e[p % N]`` of epoch
-``e = p // N``. A resumed run continues at its saved position and sees exactly the examples, crops, flips
-and caption dropouts that an uninterrupted run would have seen.
+``e = p // N`` (with several aspect-ratio buckets, an order of one-bucket batches derived the same way:
+``sdtune.data.buckets.PositionOrder``). A resumed run continues at its saved position and sees exactly the
+examples, crops, flips and caption dropouts that an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from sdtune.config import DataConfig, SubsetConfig
+from sdtune.data.buckets import SD_STEP, PositionOrder, histogram, target_sizes
 from sdtune.data.folders import read_folder
-from sdtune.data.images import IMAGE_SUFFIXES, load_rgb
-from sdtune.data.transforms import prepare_image
+from sdtune.data.images import IMAGE_SUFFIXES, image_size, load_rgb
+from sdtune.data.transforms import Transform, apply_transform, plan_transform
 from sdtune.errors import DataError
 
 
@@ -83,53 +85,101 @@ def examples_of(subset: SubsetConfig) -> list[Example]:
 
 
 class ExampleStream(Dataset):
-    """Position-addressed examples: ``stream[p]`` is the training item at stream position ``p``."""
+    """Position-addressed examples: ``stream[p]`` is the training item at stream position ``p``.
 
-    def __init__(self, train: list[Example], classes: list[Example], tokenizer, data: DataConfig, seed: int):
+    Each image trains at its aspect-ratio bucket (``data.buckets``, ``sdtune.data.buckets``) or at the
+    ``resolution`` square; every batch of ``batch_size`` positions is one shape. An item holds the image's pixels
+    (``pixel_values``) or, once a latent cache is attached, its cached VAE posterior (``latent_params``); and the
+    prompt's token ids (``input_ids``) or its cached embedding (``text_embeddings``).
+    """
+
+    def __init__(self, train: list[Example], classes: list[Example], tokenizer, data: DataConfig, seed: int, *,
+                 batch_size: int = 1, bucket_step: int | None = None):
         if not train:
             raise DataError("the dataset is empty: no training images")
         self.train, self.classes = train, classes
         self.tokenizer, self.data, self.seed = tokenizer, data, seed
-        self._perms: dict[tuple[int, int], list[int]] = {}
+        step = (bucket_step or SD_STEP) if data.buckets else None
+        self.step = step if step is not None and step <= data.resolution else None  # too coarse: the square
+        self.sizes = {e.path: image_size(e.path) for e in [*train, *classes]}
+        self.train_targets = target_sizes([self.sizes[e.path] for e in train], data.resolution, self.step)
+        self.class_targets = target_sizes([self.sizes[e.path] for e in classes], data.resolution, self.step)
+        self.train_order = PositionOrder(self.train_targets, batch_size, seed, salt=0)
+        self.class_order = PositionOrder(self.class_targets, batch_size, seed, salt=1) if classes else None
+        self.latent_cache = None  # set by sdtune.data.cache.attach_latent_cache
+        self.text_cache = None  # set by sdtune.data.cache.attach_text_cache
 
     def __len__(self) -> int:
         return len(self.train)
-
-    def _permuted(self, items: int, position: int, salt: int) -> int:
-        epoch, offset = divmod(position, items)
-        key = (salt, epoch)
-        if key not in self._perms:
-            if len(self._perms) > 8:
-                self._perms.clear()
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + salt)
-            self._perms[key] = torch.randperm(items, generator=gen).tolist()
-        return self._perms[key][offset]
 
     def _tokenize(self, prompt: str) -> torch.Tensor:
         return self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids[0]
 
-    def _item(self, example: Example, epoch: int, rng: random.Random, allow_dropout: bool
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        image = load_rgb(example.path)
-        pixels = prepare_image(image, self.data.resolution, self.data.center_crop, self.data.random_flip, rng)
+    def prompts(self) -> set[str]:
+        """Every prompt the stream can produce (all caption alternatives, the empty one under caption dropout)."""
+        found = {p for e in [*self.train, *self.classes] for p in e.prompts}
+        if self.data.caption_dropout > 0:
+            found.add("")
+        return found
+
+    def variants(self) -> list[tuple[Path, Transform]]:
+        """Every (image, transform) the stream can produce when crops are centred: its bucket, with and
+        without the flip when ``random_flip``. What the latent cache holds."""
+        seen: dict[tuple[Path, Transform], None] = {}
+        flips = (False, True) if self.data.random_flip else (False,)
+        pairs = [*zip(self.train, self.train_targets, strict=True), *zip(self.classes, self.class_targets,
+                                                                         strict=True)]
+        for example, target in pairs:
+            plan = plan_transform(self.sizes[example.path], target, True, False, random.Random(0))
+            for flip in flips:
+                seen[(example.path, replace(plan, flip=flip))] = None
+        return list(seen)
+
+    def _item(self, example: Example, epoch: int, target: tuple[int, int], rng: random.Random,
+              allow_dropout: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        plan = plan_transform(self.sizes[example.path], target, self.data.center_crop, self.data.random_flip, rng)
+        if self.latent_cache is not None:
+            image = self.latent_cache.load(example.path, plan)
+        else:
+            image = apply_transform(load_rgb(example.path), plan, example.path)
         prompt = example.prompt(epoch)
         if allow_dropout and self.data.caption_dropout > 0 and rng.random() < self.data.caption_dropout:
             prompt = ""
-        return pixels, self._tokenize(prompt)
+        ids = self._tokenize(prompt)
+        return image, (self.text_cache.load(ids) if self.text_cache is not None else ids)
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         rng = random.Random(self.seed * 1_000_003 + position)
-        example = self.train[self._permuted(len(self.train), position, salt=0)]
-        pixels, ids = self._item(example, position // len(self.train), rng, allow_dropout=True)
-        item = {"pixel_values": pixels, "input_ids": ids,
-                "loss_weight": torch.tensor(example.loss_weight, dtype=torch.float32)}
-        if self.classes:
-            cls = self.classes[self._permuted(len(self.classes), position, salt=1)]
-            c_pixels, c_ids = self._item(cls, position // len(self.classes), rng, allow_dropout=False)
-            item.update(class_pixel_values=c_pixels, class_input_ids=c_ids,
-                        class_loss_weight=torch.tensor(cls.loss_weight, dtype=torch.float32))
+        image_key = "latent_params" if self.latent_cache is not None else "pixel_values"
+        text_key = "text_embeddings" if self.text_cache is not None else "input_ids"
+        index, epoch = self.train_order.item(position)
+        example = self.train[index]
+        image, text = self._item(example, epoch, self.train_targets[index], rng, allow_dropout=True)
+        item = {image_key: image, text_key: text, "loss_weight": torch.tensor(example.loss_weight,
+                                                                             dtype=torch.float32)}
+        if self.class_order is not None:
+            c_index, c_epoch = self.class_order.item(position)
+            cls = self.classes[c_index]
+            c_image, c_text = self._item(cls, c_epoch, self.class_targets[c_index], rng, allow_dropout=False)
+            item.update({f"class_{image_key}": c_image, f"class_{text_key}": c_text,
+                         "class_loss_weight": torch.tensor(cls.loss_weight, dtype=torch.float32)})
         return item
+
+    def bucket_record(self) -> dict:
+        """What ``RUN/buckets.json`` holds: the bucket of every image, and how many images each bucket has."""
+        def per_image(examples: list[Example], targets: list[tuple[int, int]]) -> dict[str, str]:
+            return {str(e.path): f"{w}x{h}" for e, (w, h) in zip(examples, targets, strict=True)}
+
+        train = per_image(self.train, self.train_targets)
+        classes = per_image(self.classes, self.class_targets)
+        return {"resolution": self.data.resolution, "buckets": self.step is not None, "step": self.step,
+                "train": histogram(self.sizes_of(train)), "class": histogram(self.sizes_of(classes)),
+                "images": train, "class_images": classes}
+
+    @staticmethod
+    def sizes_of(per_image: dict[str, str]) -> list[tuple[int, int]]:
+        return [tuple(int(x) for x in shape.split("x")) for shape in per_image.values()]  # type: ignore[misc]
 
 
 class StreamPositions(Sampler[int]):
@@ -147,15 +197,24 @@ class StreamPositions(Sampler[int]):
             step += 1
 
 
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack items; class examples (prior preservation) are appended after the training examples."""
-    out = {key: torch.stack([it[key] for it in items]) for key in items[0]}
-    out["num_train"] = torch.tensor(len(items))
-    if "class_pixel_values" in out:
-        out["pixel_values"] = torch.cat([out.pop("pixel_values"), out.pop("class_pixel_values")])
-        out["input_ids"] = torch.cat([out.pop("input_ids"), out.pop("class_input_ids")])
-        out["loss_weight"] = torch.cat([out.pop("loss_weight"), out.pop("class_loss_weight")])
-    return out
+def collate(items: list[dict[str, torch.Tensor]]) -> dict:
+    """Stack items into ``{"groups": [...], "num_train": n}``; each group is one UNet forward of one shape.
+
+    The training examples are group 0. Class examples (prior preservation) are appended to it when they have
+    its shape (one forward, as always), else they form group 1 (their own forward: a portrait photo's bucket
+    and square class images cannot share a tensor). The loss is the same sum either way.
+    """
+    train = {key: torch.stack([it[key] for it in items]) for key in items[0] if not key.startswith("class_")}
+    groups = [train]
+    if any(key.startswith("class_") for key in items[0]):
+        cls = {key[len("class_"):]: torch.stack([it[key] for it in items]) for key in items[0]
+               if key.startswith("class_")}
+        image_key = "latent_params" if "latent_params" in train else "pixel_values"
+        if cls[image_key].shape[1:] == train[image_key].shape[1:]:
+            groups = [{key: torch.cat([train[key], cls[key]]) for key in train}]
+        else:
+            groups.append(cls)
+    return {"groups": groups, "num_train": torch.tensor(len(items))}
 
 
 def data_counts(stream: ExampleStream) -> dict[str, int]:
@@ -164,8 +223,26 @@ def data_counts(stream: ExampleStream) -> dict[str, int]:
             "class_images": len({e.path for e in stream.classes})}
 
 
-def build_stream(data: DataConfig, tokenizer, seed: int) -> ExampleStream:
+def build_stream(data: DataConfig, tokenizer, seed: int, *, batch_size: int = 1,
+                 bucket_step: int | None = None) -> ExampleStream:
+    """The run's stream. ``batch_size``: examples per process per micro-step (a batch is one bucket);
+    ``bucket_step``: the model's side multiple (``sdtune.data.buckets.bucket_step_of``; default SD's 64)."""
     train, classes = [], []
     for subset in subsets_from_config(data):
         (classes if subset.role == "class" else train).extend(examples_of(subset))
-    return ExampleStream(train, classes, tokenizer, data, seed)
+    return ExampleStream(train, classes, tokenizer, data, seed, batch_size=batch_size, bucket_step=bucket_step)
+
+
+def write_bucket_record(stream: ExampleStream, run_dir: Path) -> str | None:
+    """Write ``RUN/buckets.json`` (the shape each image trains at); return a line for the log when bucketed."""
+    import json
+
+    from sdtune.atomic import atomic_write_text
+
+    record = stream.bucket_record()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "buckets.json", json.dumps(record, indent=2) + "\n")
+    if not record["buckets"]:
+        return None
+    shapes = ", ".join(f"{shape} x{n}" for shape, n in record["train"].items())
+    return f"aspect-ratio buckets ({record['resolution']} px, sides multiples of {record['step']}): {shapes}"

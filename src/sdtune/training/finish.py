@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sdtune.config import RunConfig
+from sdtune.data.cache import on_device
 from sdtune.errors import TrainingStopped
 from sdtune.stopping import Stop
 from sdtune.training import checkpoint as ckpt
@@ -41,8 +42,9 @@ def validate(cfg: RunConfig, accelerator, comps, trainables, ema, step: int, run
 
         text_encoder = trainables.text_encoder if trainables.text_encoder is not None else comps.text_encoder
         try:
-            images = run_validation(cfg, comps, trainables.unet, text_encoder, step, run_dir / "samples",
-                                    autocast=accelerator.autocast, ema=ema, should_stop=lambda: stop.requested)
+            with on_device(accelerator.device, comps.vae, text_encoder):  # cached encoders were offloaded
+                images = run_validation(cfg, comps, trainables.unet, text_encoder, step, run_dir / "samples",
+                                        autocast=accelerator.autocast, ema=ema, should_stop=lambda: stop.requested)
             log_images(accelerator, images, step)
         except ValidationStopped:
             complete = False

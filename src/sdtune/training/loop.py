@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sdtune.config import RunConfig, dump_config, resolve_config
-from sdtune.data.cache import Conditioner
+from sdtune.data.buckets import bucket_step_of
+from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
-from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts
+from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
 from sdtune.stopping import QUIT_NOW, NotStarted, Stop, stop_scope
 from sdtune.training import checkpoint as ckpt
@@ -163,7 +164,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
 
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type)
-    stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed)
+    stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,
+                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config))
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
     trainables = configure_trainables(cfg, comps, accelerator.device)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
@@ -207,7 +209,13 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
         if resumed is not None:
             accelerator.log({"resume": resuming.describe(resumed)}, step=state.step)
 
-    conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.train_text_encoder)
+    if accelerator.is_main_process and (line := write_bucket_record(stream, run_dir)):
+        print(line)
+    for line in cache_for_run(cfg, stream, comps.vae, comps.text_encoder, accelerator):
+        if accelerator.is_main_process:
+            print(line)
+    conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.train_text_encoder,
+                              device=accelerator.device)
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
                         num_workers=cfg.train.num_workers,
                         sampler=StreamPositions(state.micro_step, cfg.train.batch_size, accelerator.num_processes,
@@ -239,9 +247,18 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
         guard.saved(current.step)
 
     def micro_loss(batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss, and the loss of predicting zero on the same batch (the guard's yardstick)."""
-        latents = conditioner.latents(batch["pixel_values"])
-        embeddings = conditioner.text_embeddings(batch["input_ids"])
+        """The loss, and the loss of predicting zero on the same batch (the guard's yardstick).
+
+        A batch is one group (one shape) or two (class images of another bucket than the training ones): one
+        forward each, their weighted losses summed (``weighted_loss`` divides each by the training examples).
+        """
+        num_train = int(batch["num_train"])
+        losses = [group_loss(group, num_train) for group in batch["groups"]]
+        return sum(x[0] for x in losses), sum(x[1] for x in losses)
+
+    def group_loss(group, num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+        latents = conditioner.latents(group)
+        embeddings = conditioner.text_embeddings(group)
         noise = torch.randn_like(latents)
         if cfg.train.noise_offset:
             noise = noise + cfg.train.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
@@ -252,10 +269,9 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
         target = training_target(noise_scheduler, latents, noise, timesteps)
         with accelerator.autocast():
             pred = unet(noisy, timesteps, embeddings, return_dict=False)[0]
-        weights = batch["loss_weight"].to(latents.device)
+        weights = group["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
-        num_train = int(batch["num_train"])
         with torch.no_grad():
             zero = weighted_loss(torch.zeros_like(target), target, weights, num_train)
         return weighted_loss(pred, target, weights, num_train), zero

@@ -119,7 +119,7 @@ def test_list_captions_are_alternatives_by_stream_position_never_a_repr(tmp_path
                                                     "'second caption']")}
     seen = []
     for position in range(4 * len(stream)):  # four epochs
-        example = stream.train[stream._permuted(len(stream), position, salt=0)]
+        example = stream.train[stream.train_order.item(position)[0]]
         item = stream[position]
         assert torch.equal(item["input_ids"], again[position]["input_ids"])  # a resumed stream picks the same
         if example.path.name == "B.JPG":
