@@ -81,7 +81,7 @@ class FeatureStore:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}
-                tensor = handle.get_tensor("value")
+                tensor = handle.get_tensor("value").clone()  # not a view of a file someone may rewrite
         except Exception:  # noqa: BLE001 - a truncated or garbled file is simply not a valid entry
             return None
         if (meta.get("format") != FORMAT or meta.get("key") != key or tuple(tensor.shape) != tuple(shape)
