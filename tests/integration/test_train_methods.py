@@ -124,9 +124,12 @@ def test_v_prediction_and_trackers(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun not installed")
 def test_two_process_data_parallel_ranks_agree(tmp_path: Path) -> None:
-    data = {"train_dir": str(make_images(tmp_path / "data", 6, captions=["a red disc", "a ball"]))}
+    folder = make_images(tmp_path / "data", 4, captions=["a red disc", "a ball"])
+    for p in make_images(tmp_path / "tall", 2, size=(24, 48), captions=["a blue dot"]).iterdir():
+        p.rename(folder / f"tall-{p.name}")  # two aspect-ratio buckets; each rank's batch is one of them
+    data = {"train_dir": str(folder)}
     run = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_config(run, data, {"lora": {"rank": 2}}))
+    config = write_config(tmp_path / "c.yaml", tiny_config(run, data, {"lora": {"rank": 2}, "batch_size": 2}))
     torchrun = Path(sys.executable).with_name("torchrun")
     # no ACCELERATE_USE_CPU: on a machine without GPUs the processes must still train together, not as 2 runs
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"} | {"OMP_NUM_THREADS": "1"}
@@ -140,3 +143,5 @@ def test_two_process_data_parallel_ranks_agree(tmp_path: Path) -> None:
     assert len(sums) == 2 and sums[0] == sums[1]
     assert proc.stdout.count("done: 4 steps") == 1, "only rank 0 reports"
     assert "data-parallel on the CPU with 2 processes" in proc.stdout
+    assert len(json.loads((run / "buckets.json").read_text())["train"]) == 2
+    assert proc.stdout.count("latent cache:") == 1  # process 0 encodes, process 1 waits and verifies
