@@ -1,13 +1,30 @@
-"""Training speed, memory and checkpoint size, side by side, printed as ratios in one run.
+"""sdtune against the real peer, side by side: the diffusers DreamBooth-LoRA example script.
 
-Compares sdtune's loop against a reference loop written the way the diffusers example scripts do it
-(plain accelerate loop, ``accelerator.save_state`` checkpoints), on the same SD-shaped model, data and
-settings. Each variant runs in its own process so that peak memory (max RSS) is its own.
+Both train the same DreamBooth LoRA (same photos, steps, rank, learning rate, seed, resolution, batch 1) on the
+same model, each with its default behaviour otherwise, in interleaved rounds (peer, sdtune, peer, ...), each
+command in its own process. Reported as ratios sdtune / peer, median and range over rounds:
 
-    python benchmarks/train_bench.py                 # CPU-sized SD-shaped UNet, 64 px, 12 steps
-    python benchmarks/train_bench.py --steps 30 --resolution 128
+- steady-state steps/s: from the tensorboard ``loss`` events both write every step (their wall times); the
+  first ``--warmup`` steps and the last one (it holds the checkpoint save) are excluded;
+- whole-command wall time (start-up, model load, caching, training, saving, the final reload each does);
+- peak RSS (of the process tree, measured by a wrapper process);
+- checkpoint size (the peer's ``checkpoint-N`` folder, sdtune's ``checkpoints/step-N``).
 
-Numbers depend on the machine; the ratios are the point. On a shared machine, run it twice.
+The peer script is not part of this repository: fetch ``examples/dreambooth/train_dreambooth_lora.py`` from
+diffusers (a tag whose ``check_min_version`` the installed diffusers satisfies; v0.40.0 works with 0.42.1) and
+give it its own environment with torchvision (which must not enter sdtune's)::
+
+    python3.11 -m venv /work/venvs/peer
+    /work/venvs/peer/bin/pip install torch==2.14.1 torchvision==0.29.1 diffusers==0.42.1 transformers==5.23.0 \\
+        peft==0.21.2 accelerate==1.15.0 tensorboard pydantic typer pyyaml rich
+    python benchmarks/train_bench.py --peer-script /work/peer/train_dreambooth_lora.py \\
+        --peer-python /work/venvs/peer/bin/python
+
+``--sdtune-python`` runs sdtune with another interpreter (e.g. the peer's, to compare on the same torch build).
+The default model is SD 2's topology at 1/8 width built in code (4-level UNet with cross-attention and linear
+projections, 8x-down VAE, 23-layer text tower) at 256 px on the CPU. On a GPU: ``--model real-sd2-base
+--resolution 512 --mixed-precision fp16`` (the real SD-2-base shapes, random weights), plus ``--sdtune-set
+KEY=VALUE`` to try options (e.g. ``train.gradient_checkpointing=true``).
 """
 
 from __future__ import annotations
@@ -20,186 +37,213 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a photo of sks dog"
+WRAPPER = ("import json, resource, subprocess, sys, time; t = time.time(); "
+           "rc = subprocess.run(sys.argv[1:]).returncode; "
+           "print('BENCH', json.dumps({'rc': rc, 'seconds': time.time() - t, "
+           "'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
 
 
 def build_bench_model(folder: Path) -> Path:
-    """An SD-2-shaped pipeline (4 UNet levels, cross-attention at 3, 2 layers per block), small enough for a CPU."""
+    """SD 2's topology at 1/8 width (UNet 40-80-160-160 with cross-attention at 3 levels, VAE 8x down,
+    23-layer text tower of width 128), seeded; written as a diffusers folder both tools load."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from sdtune.models.presets import build_tiny_tokenizer
+    from sdtune.models.real import read_component_config
 
     if (folder / "model_index.json").exists():
         return folder
     tok = build_tiny_tokenizer()
+    unet_cfg = {k: v for k, v in read_component_config("real-sd2-base", "unet").items() if not k.startswith("_")}
+    vae_cfg = {k: v for k, v in read_component_config("real-sd2-base", "vae").items() if not k.startswith("_")}
+    sched_cfg = read_component_config("real-sd2-base", "scheduler")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64, 128, 128), layers_per_block=2, cross_attention_dim=128, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=16, sample_size=32)
-    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=16)
-    te = CLIPTextModel(CLIPTextConfig(hidden_size=128, intermediate_size=256, num_attention_heads=4,
-                                      num_hidden_layers=4, vocab_size=len(tok), max_position_embeddings=77,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id))
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+    unet = UNet2DConditionModel.from_config({**unet_cfg, "block_out_channels": [40, 80, 160, 160],
+                                             "norm_num_groups": 8, "cross_attention_dim": 128})
+    vae = AutoencoderKL.from_config({**vae_cfg, "block_out_channels": [16, 32, 64, 64], "norm_num_groups": 8})
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=128, intermediate_size=512, num_attention_heads=2,
+                                      num_hidden_layers=23, projection_dim=64, hidden_act="gelu",
+                                      vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    sched = DDPMScheduler.from_config(sched_cfg)
     StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
                             feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
     return folder
 
 
-def make_data(folder: Path, n: int = 8) -> Path:
+def make_photos(folder: Path, n: int, size: int) -> Path:
+    """``n`` square photos (square, so the peer's centre crop and sdtune's buckets train the same pixels)."""
     from PIL import Image, ImageDraw
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        img = Image.new("RGB", (96, 96), (30 * i % 255, 120, 200))
-        ImageDraw.Draw(img).ellipse((10 + i, 20, 60 + i, 70), fill=(240, 200, 20))
-        img.save(folder / f"{i}.png")
+        img = Image.new("RGB", (size, size), (30 * i % 255, 120, 200))
+        draw = ImageDraw.Draw(img)
+        draw.ellipse((size // 8 + 9 * i, size // 5, size // 2 + 9 * i, size * 3 // 5), fill=(240, 200, 20))
+        draw.rectangle((size // 2, size // 2 + 5 * i, size * 7 // 8, size * 7 // 8), fill=(20, 30 + 20 * i, 90))
+        img.save(folder / f"photo{i}.png")
     return folder
 
 
-SDTUNE_RUNNER = textwrap.dedent("""
-    import json, resource, sys, time
-    from sdtune.config import config_from_dict
-    from sdtune.training.loop import train
-    cfg = config_from_dict(json.loads(sys.argv[1]))
-    result = train(cfg)
-    metrics = json.load(open(f"{cfg.output_dir}/metrics.json"))
-    print("RESULT", json.dumps({"step_seconds": metrics["median_step_seconds"],
-          "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-""")
-
-# The diffusers example scripts' shape: one accelerate loop, accelerator.save_state() checkpoints.
-REFERENCE_RUNNER = textwrap.dedent("""
-    import json, resource, sys, time, torch
-    import torch.nn.functional as F
-    from accelerate import Accelerator
-    from diffusers import DDPMScheduler
-    from peft import LoraConfig
-    from sdtune.data.folders import list_images
-    from sdtune.data.images import load_rgb
-    from sdtune.data.transforms import prepare_image
-    from sdtune.models.loading import load_components
-    import random
-    args = json.loads(sys.argv[1])
-    torch.manual_seed(0)
-    acc = Accelerator(project_dir=args["out"])
-    c = load_components(args["model"])
-    c.vae.requires_grad_(False); c.text_encoder.requires_grad_(False); c.unet.requires_grad_(False)
-    if args["lora"]:
-        c.unet.add_adapter(LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian",
-                                      target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    else:
-        c.unet.requires_grad_(True)
-    params = [p for p in c.unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    unet, opt = acc.prepare(c.unet, opt)
-    images = list_images(__import__("pathlib").Path(args["data"]))
-    ids = c.tokenizer("a photo of sks dog", padding="max_length", max_length=77, return_tensors="pt").input_ids
-    sched = c.noise_scheduler
-    times = []
-    for step in range(args["steps"]):
-        start = time.time()
-        px = torch.stack([prepare_image(load_rgb(images[step % len(images)]), args["resolution"], True, False,
-                                        random.Random(step))])
-        with torch.no_grad():
-            lat = c.vae.encode(px).latent_dist.sample() * c.vae.config.scaling_factor
-            emb = c.text_encoder(ids)[0]
-        noise = torch.randn_like(lat)
-        t = torch.randint(0, 1000, (1,))
-        pred = unet(sched.add_noise(lat, noise, t), t, emb).sample
-        loss = F.mse_loss(pred, noise)
-        acc.backward(loss)
-        acc.clip_grad_norm_(params, 1.0)
-        opt.step(); opt.zero_grad()
-        times.append(time.time() - start)
-        if (step + 1) % args["every"] == 0:
-            acc.save_state(f"{args['out']}/checkpoint-{step + 1}")
-    import statistics
-    print("RESULT", json.dumps({"step_seconds": statistics.median(times[1:]),
-          "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-""")
+def _env(threads: int) -> dict[str, str]:
+    return os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+                         "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _run(code: str, payload: dict) -> dict:
-    env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(payload)], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark child failed:\n{proc.stderr[-3000:]}")
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+def _measured(command: list[str], env: dict, log: Path) -> dict:
+    """Run a command under the wrapper: exit code, wall seconds, peak RSS of its process tree."""
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, *command], env=env, stdout=subprocess.PIPE,
+                              stderr=out, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
+    result = json.loads(line[len("BENCH "):]) if line else {"rc": proc.returncode}
+    if result["rc"] != 0:
+        raise SystemExit(f"{' '.join(command[:3])} ... failed (exit {result['rc']}); see {log}")
+    return result
+
+
+def step_seconds(logs: Path, warmup: int) -> float:
+    """Median seconds per step between consecutive ``loss`` events, skipping warm-up steps and the last step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = []
+    for event_file in logs.rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "loss" in acc.Tags()["scalars"]:
+            events += [(e.step, e.wall_time) for e in acc.Scalars("loss")]
+    events.sort()
+    times = [b[1] - a[1] for a, b in zip(events, events[1:], strict=False) if a[0] >= warmup][:-1]
+    if not times:
+        raise SystemExit(f"too few logged steps in {logs} for --warmup {warmup}")
+    return statistics.median(times)
 
 
 def _dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
+def run_peer(args, model: Path, photos: Path, out: Path) -> dict:
+    command = [args.peer_python, args.peer_script, f"--pretrained_model_name_or_path={model}",
+               f"--instance_data_dir={photos}", f"--instance_prompt={PROMPT}", f"--output_dir={out}",
+               f"--resolution={args.resolution}", "--train_batch_size=1", f"--learning_rate={args.lr}",
+               "--lr_scheduler=constant", "--lr_warmup_steps=0", f"--max_train_steps={args.steps}",
+               f"--checkpointing_steps={args.steps}", f"--seed={args.seed}", f"--rank={args.rank}",
+               f"--mixed_precision={args.mixed_precision}", "--center_crop", "--report_to=tensorboard",
+               *args.peer_arg]
+    res = _measured(command, _env(args.threads), out.with_suffix(".log"))
+    return {**res, "step_seconds": step_seconds(out / "logs", args.warmup),
+            "checkpoint_mb": _dir_mb(out / f"checkpoint-{args.steps}")}
+
+
+def run_sdtune(args, model: Path, photos: Path, out: Path, cache: Path, extra: list[str]) -> dict:
+    shutil.rmtree(cache, ignore_errors=True)  # a cold cache: the first-run cost is in the wall time
+    config = {"output_dir": str(out), "model": {"base": str(model)},
+              "data": {"instance_dir": str(photos), "instance_prompt": PROMPT, "resolution": args.resolution,
+                       "cache_dir": str(cache), "check": False},
+              "train": {"max_steps": args.steps, "learning_rate": args.lr, "seed": args.seed,
+                        "lora": {"rank": args.rank, "alpha": args.rank}, "mixed_precision": args.mixed_precision},
+              "checkpoint": {"every": args.steps, "keep": 1}, "logging": {"trackers": ["tensorboard"]}}
+    config_file = out.with_suffix(".yaml")
+    config_file.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    command = [args.sdtune_python, "-m", "sdtune", "train", str(config_file), *args.sdtune_set, *extra]
+    res = _measured(command, _env(args.threads), out.with_suffix(".log"))
+    return {**res, "step_seconds": step_seconds(out / "logs", args.warmup),
+            "checkpoint_mb": _dir_mb(out / "checkpoints" / f"step-{args.steps:06d}")}
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _torch_version(python: str) -> str:
+    proc = subprocess.run([python, "-c", "import torch; print(torch.__version__, torch.get_num_threads())"],
+                          capture_output=True, text=True, env=_env(2))
+    return proc.stdout.strip() or proc.stderr.strip()[-200:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds over all variants, interleaved; step time "
-                        "is the median over rounds and the spread of its ratio is printed (a shared CPU is noisy: "
-                        "single 12-step rounds gave ratios from 0.88 to 1.22 for the same code)")
+    parser.add_argument("--peer-script", required=True, help="diffusers' examples/dreambooth/train_dreambooth_lora.py")
+    parser.add_argument("--peer-python", default=sys.executable, help="a python with the peer's packages")
+    parser.add_argument("--sdtune-python", default=sys.executable)
+    parser.add_argument("--model", default="bench", help="'bench' (SD 2 at 1/8 width) or a preset / folder")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--photos", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the steady state")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--threads", type=int, default=2, help="OMP/MKL threads of every command")
+    parser.add_argument("--no-cache-variant", action="store_true", help="also run sdtune with both caches off")
+    parser.add_argument("--sdtune-set", action="append", default=[], help="KEY=VALUE for sdtune (repeatable)")
+    parser.add_argument("--peer-arg", action="append", default=[], help="an extra peer argument (repeatable)")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write every measurement here")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sdtune-bench-"))
-    model = build_bench_model(work / "model")
-    data = make_data(work / "data")
-    every = args.steps  # one checkpoint at the end, as a size sample
-    rows = []
+    work = args.work or Path(tempfile.mkdtemp(prefix="sdtune-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT / "src"))
+    if args.model == "bench":
+        model = build_bench_model(work / "model")
+    else:
+        from sdtune.models.loading import resolve_model_ref
 
-    def sdtune_variant(name: str, train: dict) -> None:
-        out = work / name
-        shutil.rmtree(out, ignore_errors=True)
-        cfg = {"output_dir": str(out), "model": {"base": str(model)},
-               "data": {"instance_dir": str(data), "instance_prompt": "a photo of sks dog",
-                        "resolution": args.resolution, "check": False},
-               "train": {"max_steps": args.steps, **train}, "checkpoint": {"every": every, "keep": 1},
-               "logging": {"trackers": []}}
-        res = _run(SDTUNE_RUNNER, cfg)
-        ckpt = out / "checkpoints" / f"step-{args.steps:06d}"
-        rows.append((name, res["step_seconds"], res["maxrss_kb"] / 1024, _dir_mb(ckpt)))
-
-    def reference_variant(name: str, lora: bool) -> None:
-        out = work / name
-        shutil.rmtree(out, ignore_errors=True)
-        res = _run(REFERENCE_RUNNER, {"out": str(out), "model": str(model), "data": str(data), "lora": lora,
-                                      "steps": args.steps, "every": every, "resolution": args.resolution})
-        rows.append((name, res["step_seconds"], res["maxrss_kb"] / 1024,
-                     _dir_mb(out / f"checkpoint-{args.steps}")))
-
-    rounds = []
-    for _ in range(args.repeats):
-        rows.clear()
-        reference_variant("reference LoRA (diffusers-script style)", lora=True)
-        sdtune_variant("sdtune LoRA", {"lora": {"rank": 8}})
-        reference_variant("reference full (diffusers-script style)", lora=False)
-        sdtune_variant("sdtune full", {})
-        sdtune_variant("sdtune full + gradient checkpointing", {"gradient_checkpointing": True})
-        rounds.append(list(rows))
-
-    def ratios(i: int) -> list[float]:
-        ref = 0 if "LoRA" in rounds[0][i][0] else 2
-        return [r[i][1] / r[ref][1] for r in rounds]
-
-    print(f"\nSD-shaped UNet, {args.resolution} px, batch 1, {args.steps} steps, CPU x{os.cpu_count()}, "
-          f"{args.repeats} interleaved rounds (median; ratio range over rounds)\n")
-    print(f"{'variant':44s} {'median s/step':>13s} {'x ref':>6s} {'range':>11s} {'peak RSS MB':>12s} {'x ref':>6s} "
-          f"{'ckpt MB':>9s} {'x ref':>7s}")
-    for i, (name, _, rss, ckpt) in enumerate(rounds[-1]):
-        ref = rounds[-1][0 if "LoRA" in name else 2]
-        sps = statistics.median(r[i][1] for r in rounds)
-        spread = ratios(i)
-        print(f"{name:44s} {sps:13.3f} {statistics.median(spread):6.2f} {min(spread):5.2f}-{max(spread):<5.2f} "
-              f"{rss:12.0f} {rss / ref[2]:6.2f} {ckpt:9.2f} {ckpt / ref[3]:7.3f}")
+        model = Path(resolve_model_ref(args.model))
+    photos = make_photos(work / "photos", args.photos, args.resolution + args.resolution // 4)
+    variants = ["peer", "sdtune"] + (["sdtune-nocache"] if args.no_cache_variant else [])
+    rounds: list[dict[str, dict]] = []
+    loads = [_load()]
+    for r in range(args.rounds):
+        row: dict[str, dict] = {}
+        for name in variants:
+            out = work / f"r{r}-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            if name == "peer":
+                row[name] = run_peer(args, model, photos, out)
+            else:
+                extra = ["data.cache_latents=false", "data.cache_text=false"] if name == "sdtune-nocache" else []
+                row[name] = run_sdtune(args, model, photos, out, work / "cache", extra)
+            print(f"round {r + 1} {name:15s} {row[name]['step_seconds']:.3f} s/step, {row[name]['seconds']:.1f} s, "
+                  f"{row[name]['maxrss_kb'] / 1024:.0f} MB", flush=True)
+        rounds.append(row)
+        loads.append(_load())
+    report(args, rounds, loads, variants, model)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds,
+                                         "load": loads}, indent=2))
     print(f"\nwork folder: {work}")
+
+
+def report(args, rounds: list[dict], loads: list[str], variants: list[str], model: Path) -> None:
+    metrics = [("steady steps/s", lambda m: 1 / m["step_seconds"]), ("whole command s", lambda m: m["seconds"]),
+               ("peak RSS MB", lambda m: m["maxrss_kb"] / 1024), ("checkpoint MB", lambda m: m["checkpoint_mb"])]
+    print(f"\n{model.name}, {args.resolution} px, DreamBooth LoRA rank {args.rank}, batch 1, {args.steps} steps "
+          f"(steady state: steps {args.warmup}-{args.steps - 1}), {args.photos} photos, {args.threads} threads, "
+          f"mixed precision {args.mixed_precision}, {args.rounds} interleaved rounds")
+    print(f"torch: peer {_torch_version(args.peer_python)}; sdtune {_torch_version(args.sdtune_python)}")
+    print(f"load average (1/5/15 min) before and after each round: {' | '.join(loads)}")
+    print(f"\n{'variant':16s}" + "".join(f"{name:>18s} {'x peer':>7s} {'range':>11s}" for name, _ in metrics))
+    for name in variants:
+        line = f"{name:16s}"
+        for _, get in metrics:
+            values = [get(r[name]) for r in rounds]
+            ratios = [get(r[name]) / get(r["peer"]) for r in rounds]
+            line += (f"{statistics.median(values):18.3f} {statistics.median(ratios):7.2f} "
+                     f"{min(ratios):5.2f}-{max(ratios):<5.2f}")
+        print(line)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def check_command(
     folder: Path = typer.Argument(..., help="dataset folder: an imagefolder (metadata.jsonl) or images with "
                                   ".txt/.caption files"),
     resolution: int = typer.Option(None, "--resolution", min=8, help="training resolution: smaller images are "
-                                   "reported (they get upscaled and look soft)"),
+                                   "reported (they get upscaled and look soft); aspect-ratio buckets are shown for "
+                                   "it (default 512)"),
     require_captions: bool = typer.Option(False, "--require-captions", help="a missing caption is an error "
                                           "(text-to-image training); DreamBooth folders need none"),
     model: str = typer.Option(None, "--model", help="count caption tokens with this model's tokenizer, against its "
@@ -107,7 +108,8 @@ def check_command(
     """Report what is wrong with a dataset; exit status 1 when there are errors.
 
     Reports the image count (what training reads: exact duplicates count, and are reported), a histogram of
-    resolutions, images smaller than --resolution, missing or empty
+    resolutions, the aspect-ratio buckets training will use (at --resolution, sides multiples of the model's
+    step: 64 px on SD; --model reads it), images smaller than --resolution, missing or empty
     captions, captions longer than the text encoder reads (with --model: its tokenizer's own limit, e.g. 77 for
     CLIP, 32 for the toy; without: an estimate against 77), duplicates and near-duplicates, unreadable files
     (corrupt, truncated, empty, not an image, too large), rows of metadata.jsonl naming missing files, and
@@ -122,13 +124,15 @@ def check_command(
           --model tiny --json
     """
     from sdtune.commands.args import existing_folder
+    from sdtune.data.buckets import SD_STEP, model_bucket_step
     from sdtune.data.captions import load_tokenizer
     from sdtune.data.check import check_folder
 
     existing_folder(folder, "dataset folder")
     tokenizer = load_tokenizer(model) if model else None
+    step = model_bucket_step(model)[0] if model else SD_STEP
     report = check_folder(folder, resolution=resolution, require_captions=require_captions, tokenizer=tokenizer,
-                          progress=not as_json)
+                          progress=not as_json, bucket_step=step)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.to_text())
     if not report.ok:
         raise typer.Exit(1)

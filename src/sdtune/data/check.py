@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from sdtune.data.buckets import SD_STEP, histogram, target_sizes
 from sdtune.data.captions import CLIP_MAX_TOKENS, count_tokens, estimate_tokens
 from sdtune.data.duplicates import find_duplicates
 from sdtune.data.folders import ImageRecord, read_folder
@@ -50,6 +51,9 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     dataset: list[ImageRecord] = field(default_factory=list)  # what training reads: every decodable image
+    buckets: dict[str, int] = field(default_factory=dict)  # aspect-ratio bucket "WxH" -> images (data.buckets)
+    bucket_resolution: int = 512
+    bucket_step: int = SD_STEP
 
     @property
     def errors(self) -> list[str]:
@@ -78,6 +82,9 @@ class CheckReport:
             "token_limit": self.token_limit,
             "resolutions": dict(self.resolutions),
             "sizes": {size: n for size, n in self.sizes.most_common()},
+            "buckets": dict(self.buckets),
+            "bucket_resolution": self.bucket_resolution,
+            "bucket_step": self.bucket_step,
             "counts": dict(self.counts),
             "errors": self.errors,
             "warnings": self.warnings,
@@ -99,6 +106,11 @@ class CheckReport:
                     lines.append(f"  {name:>9}  {n:6d}  {'#' * max(1, round(30 * n / widest))}")
             common = ", ".join(f"{size} x{n}" for size, n in self.sizes.most_common(3))
             lines.append(f"most common sizes: {common}")
+            lines.append(f"aspect-ratio buckets at {self.bucket_resolution} px (sides multiples of {self.bucket_step}; "
+                         "what training uses with data.buckets on):")
+            most = max(self.buckets.values(), default=1)
+            for shape, n in self.buckets.items():
+                lines.append(f"  {shape:>9}  {n:6d}  {'#' * max(1, round(30 * n / most))}")
         if self.counts:
             lines.append("found: " + ", ".join(f"{kind} {n}" for kind, n in sorted(self.counts.items())))
         for level, title in (("error", "errors"), ("warning", "warnings")):
@@ -131,7 +143,7 @@ def token_limit(tokenizer) -> int:
 
 
 def check_folder(folder: Path, *, resolution: int | None = None, require_captions: bool = False, tokenizer=None,
-                 fixed_prompt: str | None = None, progress: bool = False) -> CheckReport:
+                 fixed_prompt: str | None = None, progress: bool = False, bucket_step: int = SD_STEP) -> CheckReport:
     """Check a dataset folder; never raises for bad data, everything lands in the report.
 
     ``resolution``: warn about images whose shorter side is below it (they are upscaled, hence blurry).
@@ -139,6 +151,7 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
     ``tokenizer``: the model's tokenizer: exact token counts against its ``model_max_length``; without it
     counts are estimates against CLIP's 77, and the report says so.
     ``fixed_prompt``: the prompt every image trains with (DreamBooth): its length is checked instead of captions.
+    ``bucket_step``: the model's bucket side multiple (64 on SD); buckets are reported at ``resolution`` (or 512).
     """
     folder = Path(folder)
     report = CheckReport(folder=folder, token_count="tokenizer" if tokenizer is not None else "estimate",
@@ -149,6 +162,7 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
     readable: list[ImageRecord] = []
     infos: list[ImageInfo] = []
     buckets: Counter = Counter()
+    shapes: list[tuple[int, int]] = []
     for record in tqdm(records, desc="checking images", unit="img", disable=not progress):
         path = record.path
         try:
@@ -161,6 +175,7 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
         for note in info.notes:
             report.add(path, note, "warning", "animated")
         short = min(info.width, info.height)
+        shapes.append((info.width, info.height))
         buckets[_bucket(short)] += 1
         report.sizes[f"{info.width}x{info.height}"] += 1
         if resolution and short < resolution:
@@ -168,6 +183,10 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
                        "(it will be upscaled and look soft)", "warning", "small")
     report.dataset = readable
     report.images = len(readable)  # what training reads: every decodable image, duplicates included
+    report.bucket_resolution = resolution or 512
+    report.bucket_step = bucket_step
+    step = bucket_step if bucket_step <= report.bucket_resolution else None
+    report.buckets = histogram(target_sizes(shapes, report.bucket_resolution, step))
     report.resolutions = {name: buckets[name] for _, name in RESOLUTION_BUCKETS if buckets[name]}
     if not readable:
         report.add(folder, "no readable images: nothing to train on", "error", "empty")

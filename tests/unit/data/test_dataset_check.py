@@ -128,3 +128,21 @@ def test_caption_length_uses_the_models_own_tokenizer_limit(tmp_path, capsys):
         check_training_data(config_from_dict({"model": {"base": "toy"}, "data": data}))
         printed = capsys.readouterr().out
         assert "the text encoder reads 32 (this model's tokenizer)" in printed, printed
+
+
+def test_check_reports_the_aspect_ratio_buckets_training_uses(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from sdtune.cli import app
+
+    for i, size in enumerate([(600, 800), (660, 880), (800, 600), (700, 700)]):
+        Image.new("RGB", size, (40 * i, 90, 160)).save(tmp_path / f"p{i}.png")
+    report = check_folder(tmp_path, resolution=512)
+    assert report.buckets == {"448x576": 2, "576x448": 1, "512x512": 1}
+    assert "aspect-ratio buckets at 512 px (sides multiples of 64" in report.to_text()
+    result = CliRunner().invoke(app, ["dataset", "check", str(tmp_path), "--model", "tiny", "--resolution", "32",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout[result.stdout.index("{"):])
+    assert shown["bucket_step"] == 4 and shown["buckets"] == {"28x36": 2, "36x28": 1, "32x32": 1}
