@@ -144,4 +144,4 @@ def test_two_process_data_parallel_ranks_agree(tmp_path: Path) -> None:
     assert proc.stdout.count("done: 4 steps") == 1, "only rank 0 reports"
     assert "data-parallel on the CPU with 2 processes" in proc.stdout
     assert len(json.loads((run / "buckets.json").read_text())["train"]) == 2
-    assert proc.stdout.count("latent cache:") == 1  # process 0 encodes, process 1 waits and verifies
+    assert proc.stdout.count("latent cache:") == 1  # both processes encode a share; process 0 reports

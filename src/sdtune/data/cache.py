@@ -110,8 +110,12 @@ class TextCache:
 
 
 def _fill(store: FeatureStore, wanted: dict[str, tuple], shape_of: Callable, dtype: torch.dtype,
-          encode: Callable, label: str, show: bool) -> dict[str, int]:
-    """Verify every wanted entry; encode the missing or invalid ones. Returns counts for a one-line summary."""
+          encode: Callable, label: str, rank: int, world: int, barrier: Callable[[], None]) -> dict[str, int]:
+    """Verify every wanted entry and encode the missing or invalid ones, shared out between processes.
+
+    Each process encodes every ``world``-th missing entry (its share), waits for the others, then verifies the
+    rest and encodes anything still missing itself (never trusts). Returns counts for a one-line summary.
+    """
     counts = {"reused": 0, "encoded": 0, "rebuilt": 0}
     todo = []
     for key, item in wanted.items():
@@ -120,12 +124,19 @@ def _fill(store: FeatureStore, wanted: dict[str, tuple], shape_of: Callable, dty
         else:
             counts["rebuilt" if store.path(key).exists() else "encoded"] += 1
             todo.append((key, item))
-    for key, item in tqdm(todo, desc=label, unit="item", disable=not show or not todo, dynamic_ncols=True):
-        value = encode(item)
-        if tuple(value.shape) != tuple(shape_of(item)) or value.dtype != dtype:
-            raise DataError(f"{label}: the encoder returned {tuple(value.shape)} {value.dtype}, expected "
-                            f"{tuple(shape_of(item))} {dtype}")
-        store.write(key, value, note=label)
+
+    def encode_all(items: list, show: bool) -> None:
+        for key, item in tqdm(items, desc=label, unit="item", disable=not show or not items, dynamic_ncols=True):
+            value = encode(item)
+            if tuple(value.shape) != tuple(shape_of(item)) or value.dtype != dtype:
+                raise DataError(f"{label}: the encoder returned {tuple(value.shape)} {value.dtype}, expected "
+                                f"{tuple(shape_of(item))} {dtype}")
+            store.write(key, value, note=label)
+
+    encode_all(todo[rank::world], show=rank == 0)
+    barrier()
+    if world > 1:
+        encode_all([(k, i) for k, i in todo if store.read(k, shape_of(i), dtype) is None], show=False)
     return counts
 
 
@@ -137,10 +148,10 @@ def _summary(what: str, counts: dict[str, int], store: FeatureStore) -> str:
     return f"{what}: {total} in {store.folder} ({', '.join(parts)})"
 
 
-def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None, main_process: bool,
-                        wait_for_everyone: Callable[[], None]) -> str:
-    """Encode (process 0; the others wait, then verify) every variant of the stream, and make the stream serve
-    cached posteriors. Returns a one-line summary."""
+def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None, rank: int = 0, world: int = 1,
+                        barrier: Callable[[], None] = lambda: None) -> str:
+    """Encode every variant of the stream not cached yet (shared out between the ``world`` processes) and make
+    the stream serve cached posteriors. Returns a one-line summary."""
     param = next(vae.parameters())
     store = FeatureStore(default_root(cache_dir), "latents", module_hash(vae))
     hashes: dict[Path, str] = {}
@@ -163,18 +174,13 @@ def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None,
         path, plan = item
         return encode_posterior(vae, apply_transform(load_rgb(path), plan, path))
 
-    counts = {"reused": 0, "encoded": 0, "rebuilt": 0}
-    if main_process:
-        counts = _fill(store, wanted, shape_of, param.dtype, encode, "caching latents", show=True)
-    wait_for_everyone()
-    if not main_process:  # verify what process 0 wrote; a failure here re-encodes rather than trusts
-        _fill(store, wanted, shape_of, param.dtype, encode, "caching latents", show=False)
+    counts = _fill(store, wanted, shape_of, param.dtype, encode, "caching latents", rank, world, barrier)
     stream.latent_cache = cache
     return _summary("latent cache", counts, store)
 
 
-def attach_text_cache(stream, text_encoder: torch.nn.Module, *, cache_dir: Path | None, main_process: bool,
-                      wait_for_everyone: Callable[[], None]) -> str:
+def attach_text_cache(stream, text_encoder: torch.nn.Module, *, cache_dir: Path | None, rank: int = 0,
+                      world: int = 1, barrier: Callable[[], None] = lambda: None) -> str:
     """Encode every distinct prompt of the stream once (frozen text encoder) and serve the cached embeddings."""
     param = next(text_encoder.parameters())
     store = FeatureStore(default_root(cache_dir), "text", module_hash(text_encoder))
@@ -187,12 +193,7 @@ def attach_text_cache(stream, text_encoder: torch.nn.Module, *, cache_dir: Path 
         wanted[key], keys[ids] = ids, key
     shape = (int(stream.tokenizer.model_max_length), int(text_encoder.config.hidden_size))
     encode = lambda ids: encode_prompt(text_encoder, torch.tensor(ids))  # noqa: E731
-    counts = {"reused": 0, "encoded": 0, "rebuilt": 0}
-    if main_process:
-        counts = _fill(store, wanted, lambda _: shape, param.dtype, encode, "caching prompts", show=True)
-    wait_for_everyone()
-    if not main_process:
-        _fill(store, wanted, lambda _: shape, param.dtype, encode, "caching prompts", show=False)
+    counts = _fill(store, wanted, lambda _: shape, param.dtype, encode, "caching prompts", rank, world, barrier)
     stream.text_cache = TextCache(store, keys, shape, param.dtype)
     return _summary("text cache", counts, store)
 
@@ -226,8 +227,8 @@ def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Modu
     """
     lines: list[str] = []
     data = cfg.data
-    common = dict(cache_dir=data.cache_dir, main_process=accelerator.is_main_process,
-                  wait_for_everyone=accelerator.wait_for_everyone)
+    common = dict(cache_dir=data.cache_dir, rank=accelerator.process_index, world=accelerator.num_processes,
+                  barrier=accelerator.wait_for_everyone)
     if data.cache_latents and not data.center_crop:
         lines.append("note: data.center_crop=false draws a new crop every step, so latents are not cached (the VAE "
                      "encodes each step); set data.center_crop=true to cache them")

@@ -41,7 +41,7 @@ def _stream(data, comps):
 
 
 def _attach(stream, comps, cache_dir: Path) -> list[str]:
-    common = dict(cache_dir=cache_dir, main_process=True, wait_for_everyone=lambda: None)
+    common = dict(cache_dir=cache_dir)
     return [attach_latent_cache(stream, comps.vae, **common), attach_text_cache(stream, comps.text_encoder, **common)]
 
 
@@ -53,7 +53,7 @@ def test_cached_micro_batches_are_bitwise_the_uncached_ones(tmp_path: Path, comp
     vae, text_encoder = copy.deepcopy(comps.vae).to(dtype=dtype), copy.deepcopy(comps.text_encoder).to(dtype=dtype)
     data = config_from_dict({"data": _data(tmp_path, kind)}).data
     plain, cached = _stream(data, comps), _stream(data, comps)
-    common = dict(cache_dir=tmp_path / "cache", main_process=True, wait_for_everyone=lambda: None)
+    common = dict(cache_dir=tmp_path / "cache")
     attach_latent_cache(cached, vae, **common)
     attach_text_cache(cached, text_encoder, **common)
     conditioner = Conditioner(vae, text_encoder, dtype, train_text_encoder=False)
