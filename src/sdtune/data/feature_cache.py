@@ -43,7 +43,8 @@ def tensor_digest(tensor: torch.Tensor) -> str:
 
 
 def module_hash(module: torch.nn.Module) -> str:
-    """sha256 of a module's class, config and every weight (name, dtype, shape, bytes) as it is now."""
+    """sha256 of a module's class, config, every weight (name, dtype, shape, bytes) and the scales and switches
+    of its adapters (a frozen LoRA at another weight encodes differently), as it is now."""
     digest = hashlib.sha256(type(module).__name__.encode())
     config = getattr(module, "config", None)
     if config is not None:
@@ -53,6 +54,11 @@ def module_hash(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor_digest(tensor).encode())
+    for name, layer in module.named_modules():  # adapters (LoRA) act through scales and switches, not weights
+        state = {attr: getattr(layer, attr) for attr in ("scaling", "active_adapters", "merged", "disable_adapters")
+                 if isinstance(getattr(layer, "scaling", None), dict) and hasattr(layer, attr)}
+        if state:
+            digest.update(f"{name}:{json.dumps(state, sort_keys=True, default=str)}".encode())
     return digest.hexdigest()
 
 

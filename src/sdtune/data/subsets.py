@@ -101,7 +101,7 @@ class ExampleStream(Dataset):
         self.tokenizer, self.data, self.seed = tokenizer, data, seed
         step = (bucket_step or SD_STEP) if data.buckets else None
         self.step = step if step is not None and step <= data.resolution else None  # too coarse: the square
-        self.sizes = {e.path: image_size(e.path) for e in [*train, *classes]}
+        self.sizes = {path: image_size(path) for path in dict.fromkeys(e.path for e in [*train, *classes])}
         self.train_targets = target_sizes([self.sizes[e.path] for e in train], data.resolution, self.step)
         self.class_targets = target_sizes([self.sizes[e.path] for e in classes], data.resolution, self.step)
         self.train_order = PositionOrder(self.train_targets, batch_size, seed, salt=0)
