@@ -219,23 +219,39 @@ def on_device(device: torch.device | str, *modules: torch.nn.Module) -> Iterator
             offload(module)
 
 
-def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Module, accelerator) -> list[str]:
+ALWAYS_CACHE = 512  # items: below this a cache is cheap whatever the run's length (and helps its reruns)
+
+
+def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Module, accelerator,
+                  step: int) -> list[str]:
     """Attach the caches a run's settings allow, offload the encoders they free; returns lines to print.
 
     Latents are cached unless ``data.cache_latents`` is off or crops are random (each step then needs its own
     pixels: one notice says so); text embeddings unless ``data.cache_text`` is off or the text encoder trains.
+    A cache that would encode more items than the run still encodes without one (from ``step`` on), and more
+    than ALWAYS_CACHE, would cost more than it saves (a short run on a large folder): skipped, with a notice.
     """
     lines: list[str] = []
-    data = cfg.data
+    data, train = cfg.data, cfg.train
+    draws = ((train.max_steps - step) * train.gradient_accumulation_steps * train.batch_size
+             * accelerator.num_processes * (2 if stream.classes else 1))
     common = dict(cache_dir=data.cache_dir, rank=accelerator.process_index, world=accelerator.num_processes,
                   barrier=accelerator.wait_for_everyone)
+
+    def worth(what: str, items: int) -> bool:
+        if items <= max(draws, ALWAYS_CACHE):
+            return True
+        lines.append(f"note: {what} not cached: {items} to encode, more than the {draws} this run encodes "
+                     "without a cache (a longer run caches them)")
+        return False
+
     if data.cache_latents and not data.center_crop:
         lines.append("note: data.center_crop=false draws a new crop every step, so latents are not cached (the VAE "
                      "encodes each step); set data.center_crop=true to cache them")
-    elif data.cache_latents:
+    elif data.cache_latents and worth("latents", len(stream.variants())):
         lines.append(attach_latent_cache(stream, vae, **common))
         offload(vae)
-    if data.cache_text and not cfg.train.train_text_encoder:
+    if data.cache_text and not cfg.train.train_text_encoder and worth("prompts", len(stream.prompts())):
         lines.append(attach_text_cache(stream, text_encoder, **common))
         offload(text_encoder)
     return lines

@@ -211,7 +211,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
 
     if accelerator.is_main_process and (line := write_bucket_record(stream, run_dir)):
         print(line)
-    for line in cache_for_run(cfg, stream, comps.vae, comps.text_encoder, accelerator):
+    for line in cache_for_run(cfg, stream, comps.vae, comps.text_encoder, accelerator, state.step):
         if accelerator.is_main_process:
             print(line)
     conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.train_text_encoder,
