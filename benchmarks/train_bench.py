@@ -96,15 +96,44 @@ def _env(threads: int) -> dict[str, str]:
                          "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false"}
 
 
+def _gpu_memory_mb() -> float | None:
+    """GPU memory in use (MiB, all GPUs) from nvidia-smi, or None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    proc = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                          capture_output=True, text=True)
+    try:
+        return sum(float(x) for x in proc.stdout.split())
+    except ValueError:
+        return None
+
+
 def _measured(command: list[str], env: dict, log: Path) -> dict:
-    """Run a command under the wrapper: exit code, wall seconds, peak RSS of its process tree."""
+    """Run a command under the wrapper: exit code, wall seconds, peak RSS of its process tree, and on a GPU
+    machine the peak GPU memory in use above what was in use before (nvidia-smi, polled twice a second)."""
+    import threading
+
+    base, peak, done = _gpu_memory_mb(), [0.0], threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.5):
+            used = _gpu_memory_mb()
+            if used is not None and base is not None:
+                peak[0] = max(peak[0], used - base)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
     with log.open("w") as out:
         proc = subprocess.run([sys.executable, "-c", WRAPPER, *command], env=env, stdout=subprocess.PIPE,
                               stderr=out, text=True)
+    done.set()
+    watcher.join()
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
     result = json.loads(line[len("BENCH "):]) if line else {"rc": proc.returncode}
     if result["rc"] != 0:
         raise SystemExit(f"{' '.join(command[:3])} ... failed (exit {result['rc']}); see {log}")
+    if base is not None:
+        result["gpu_peak_mb"] = peak[0]
     return result
 
 
@@ -230,6 +259,8 @@ def main() -> None:
 def report(args, rounds: list[dict], loads: list[str], variants: list[str], model: Path) -> None:
     metrics = [("steady steps/s", lambda m: 1 / m["step_seconds"]), ("whole command s", lambda m: m["seconds"]),
                ("peak RSS MB", lambda m: m["maxrss_kb"] / 1024), ("checkpoint MB", lambda m: m["checkpoint_mb"])]
+    if "gpu_peak_mb" in rounds[0]["peer"]:
+        metrics.append(("peak GPU MB", lambda m: m["gpu_peak_mb"]))
     print(f"\n{model.name}, {args.resolution} px, DreamBooth LoRA rank {args.rank}, batch 1, {args.steps} steps "
           f"(steady state: steps {args.warmup}-{args.steps - 1}), {args.photos} photos, {args.threads} threads, "
           f"mixed precision {args.mixed_precision}, {args.rounds} interleaved rounds")
