@@ -41,8 +41,10 @@ test: lint compat-venv
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest -q -m "not slow"
 
+# Side by side with the diffusers DreamBooth-LoRA script (fetched, in its own venv with torchvision; see the
+# docstring of benchmarks/train_bench.py): make bench ARGS="--peer-script PATH --peer-python PATH"
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/train_bench.py $(ARGS)
 
 # Every ready config on the real SD architectures (random weights, no download) on a CUDA GPU: steps/s, peak
 # memory, fits 16 GB, exact resume. Options: make gpu-check ARGS="--configs lora --steps 20" (docs/gpu-check.md)
