@@ -253,5 +253,6 @@ def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Modu
         offload(vae)
     if data.cache_text and not cfg.train.train_text_encoder and worth("prompts", len(stream.prompts())):
         lines.append(attach_text_cache(stream, text_encoder, **common))
-        offload(text_encoder)
+        if getattr(train, "preservation", None) is None:  # a preservation term encodes its prompts every step
+            offload(text_encoder)
     return lines
