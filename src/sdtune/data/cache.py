@@ -110,11 +110,14 @@ class TextCache:
 
 
 def _fill(store: FeatureStore, wanted: dict[str, tuple], shape_of: Callable, dtype: torch.dtype,
-          encode: Callable, label: str, rank: int, world: int, barrier: Callable[[], None]) -> dict[str, int]:
+          encode: Callable, label: str, rank: int, world: int, barrier: Callable[[], None],
+          should_stop: Callable[[], bool] = lambda: False) -> dict[str, int]:
     """Verify every wanted entry and encode the missing or invalid ones, shared out between processes.
 
     Each process encodes every ``world``-th missing entry (its share), waits for the others, then verifies the
     rest and encodes anything still missing itself (never trusts). Returns counts for a one-line summary.
+    ``should_stop`` (a stop request) ends the encoding after the entry being written: the entries written stay
+    valid, the caller must not train on the incomplete cache.
     """
     counts = {"reused": 0, "encoded": 0, "rebuilt": 0}
     todo = []
@@ -127,6 +130,8 @@ def _fill(store: FeatureStore, wanted: dict[str, tuple], shape_of: Callable, dty
 
     def encode_all(items: list, show: bool) -> None:
         for key, item in tqdm(items, desc=label, unit="item", disable=not show or not items, dynamic_ncols=True):
+            if should_stop():
+                return
             value = encode(item)
             if tuple(value.shape) != tuple(shape_of(item)) or value.dtype != dtype:
                 raise DataError(f"{label}: the encoder returned {tuple(value.shape)} {value.dtype}, expected "
@@ -149,7 +154,8 @@ def _summary(what: str, counts: dict[str, int], store: FeatureStore) -> str:
 
 
 def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None, rank: int = 0, world: int = 1,
-                        barrier: Callable[[], None] = lambda: None) -> str:
+                        barrier: Callable[[], None] = lambda: None,
+                        should_stop: Callable[[], bool] = lambda: False) -> str:
     """Encode every variant of the stream not cached yet (shared out between the ``world`` processes) and make
     the stream serve cached posteriors. Returns a one-line summary."""
     param = next(vae.parameters())
@@ -174,13 +180,15 @@ def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None,
         path, plan = item
         return encode_posterior(vae, apply_transform(load_rgb(path), plan, path))
 
-    counts = _fill(store, wanted, shape_of, param.dtype, encode, "caching latents", rank, world, barrier)
+    counts = _fill(store, wanted, shape_of, param.dtype, encode, "caching latents", rank, world, barrier,
+                   should_stop)
     stream.latent_cache = cache
     return _summary("latent cache", counts, store)
 
 
 def attach_text_cache(stream, text_encoder: torch.nn.Module, *, cache_dir: Path | None, rank: int = 0,
-                      world: int = 1, barrier: Callable[[], None] = lambda: None) -> str:
+                      world: int = 1, barrier: Callable[[], None] = lambda: None,
+                      should_stop: Callable[[], bool] = lambda: False) -> str:
     """Encode every distinct prompt of the stream once (frozen text encoder) and serve the cached embeddings."""
     param = next(text_encoder.parameters())
     store = FeatureStore(default_root(cache_dir), "text", module_hash(text_encoder))
@@ -193,7 +201,8 @@ def attach_text_cache(stream, text_encoder: torch.nn.Module, *, cache_dir: Path 
         wanted[key], keys[ids] = ids, key
     shape = (int(stream.tokenizer.model_max_length), int(text_encoder.config.hidden_size))
     encode = lambda ids: encode_prompt(text_encoder, torch.tensor(ids))  # noqa: E731
-    counts = _fill(store, wanted, lambda _: shape, param.dtype, encode, "caching prompts", rank, world, barrier)
+    counts = _fill(store, wanted, lambda _: shape, param.dtype, encode, "caching prompts", rank, world, barrier,
+                   should_stop)
     stream.text_cache = TextCache(store, keys, shape, param.dtype)
     return _summary("text cache", counts, store)
 
@@ -223,20 +232,21 @@ ALWAYS_CACHE = 512  # items: below this a cache is cheap whatever the run's leng
 
 
 def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Module, accelerator,
-                  step: int) -> list[str]:
+                  step: int, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
     """Attach the caches a run's settings allow, offload the encoders they free; returns lines to print.
 
     Latents are cached unless ``data.cache_latents`` is off or crops are random (each step then needs its own
     pixels: one notice says so); text embeddings unless ``data.cache_text`` is off or the text encoder trains.
     A cache that would encode more items than the run still encodes without one (from ``step`` on), and more
     than ALWAYS_CACHE, would cost more than it saves (a short run on a large folder): skipped, with a notice.
+    After ``should_stop`` says yes the caches may be incomplete: the caller stops before training.
     """
     lines: list[str] = []
     data, train = cfg.data, cfg.train
     draws = ((train.max_steps - step) * train.gradient_accumulation_steps * train.batch_size
              * accelerator.num_processes * (2 if stream.classes else 1))
     common = dict(cache_dir=data.cache_dir, rank=accelerator.process_index, world=accelerator.num_processes,
-                  barrier=accelerator.wait_for_everyone)
+                  barrier=accelerator.wait_for_everyone, should_stop=should_stop)
 
     def worth(what: str, items: int) -> bool:
         if items <= max(draws, ALWAYS_CACHE):

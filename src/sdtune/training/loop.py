@@ -200,6 +200,14 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         resuming.write_run_config(cfg, run_dir / "config.yaml", state.history)
+    if accelerator.is_main_process and (line := write_bucket_record(stream, run_dir)):
+        print(line)
+    with stop.during("training has not started; stopping after the entry being cached (those cached are kept)",
+                     "quit: nothing was trained", QUIT_NOW):
+        for line in cache_for_run(cfg, stream, comps.vae, comps.text_encoder, accelerator, state.step,
+                                  should_stop=lambda: stop.requested):
+            if accelerator.is_main_process:
+                print(line)
     _not_started(stop, plan, accelerator)  # the last chance before trackers start a logged run
     if cfg.logging.trackers:
         from sdtune.training.trackers import flat_config, tracker_init_kwargs
@@ -209,11 +217,6 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
         if resumed is not None:
             accelerator.log({"resume": resuming.describe(resumed)}, step=state.step)
 
-    if accelerator.is_main_process and (line := write_bucket_record(stream, run_dir)):
-        print(line)
-    for line in cache_for_run(cfg, stream, comps.vae, comps.text_encoder, accelerator, state.step):
-        if accelerator.is_main_process:
-            print(line)
     conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.train_text_encoder,
                               device=accelerator.device)
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,

@@ -109,3 +109,15 @@ def test_damaged_and_stale_entries_are_rebuilt_never_served(tmp_path: Path, comp
     finally:
         with torch.no_grad():
             comps.vae.encoder.conv_in.bias.sub_(1e-3)
+
+
+def test_a_stop_request_ends_caching_after_the_entry_being_written_and_keeps_those(tmp_path: Path, comps) -> None:
+    """Caching a large folder can take long: a Ctrl-C must not wait for all of it, nor lose what was cached."""
+    data = config_from_dict({"data": _data(tmp_path, "t2i")}).data
+    asked = iter([False, False, True, True, True, True, True, True])
+    line = attach_latent_cache(_stream(data, comps), comps.vae, cache_dir=tmp_path / "cache",
+                               should_stop=lambda: next(asked))
+    assert "10 encoded" in line  # 5 images x flips, counted as to be encoded; 2 written before the stop
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+    again = attach_latent_cache(_stream(data, comps), comps.vae, cache_dir=tmp_path / "cache")
+    assert "2 reused, 8 encoded" in again
