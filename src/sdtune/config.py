@@ -31,6 +31,9 @@ class ModelConfig(Section):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="override the scheduler's prediction type (default: the model's own)"
     )
+    vae: str | None = Field(None, description="a VAE to use instead of the model's (folder, file or hub id), e.g. "
+                            "madebyollin/sdxl-vae-fp16-fix: SDXL's own VAE stays fp32 under fp16, an fp16-safe one "
+                            "need not")
 
 
 class SubsetConfig(Section):
@@ -311,6 +314,8 @@ def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
     base_path = Path(cfg.model.base).expanduser()
     if base_path.exists():
         cfg.model.base = str(base_path.resolve())
+    if cfg.model.vae and Path(cfg.model.vae).expanduser().exists():
+        cfg.model.vae = str(Path(cfg.model.vae).expanduser().resolve())
     return cfg
 
 

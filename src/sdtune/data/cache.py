@@ -7,8 +7,9 @@ run (DESIGN.md). For that, both paths encode one image at a time (a batched conv
 bits from single ones), and the uncached path stacks the per-image parameters before the one draw.
 
 The text cache does the same for every distinct prompt when the text encoder is frozen (caption dropout's
-empty prompt included). Entries live in :class:`~sdtune.data.feature_cache.FeatureStore`; after caching, the
-encoder leaves the accelerator (``offload``): its memory goes back to the UNet.
+empty prompt included): its hidden states, and on SDXL the pooled embedding too (``sdtune.models.family``).
+Entries live in :class:`~sdtune.data.feature_cache.FeatureStore`; after caching, the encoder leaves the accelerator
+(``offload``): its memory goes back to the UNet.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sdtune.data.feature_cache import FeatureStore, default_root, entry_key, mod
 from sdtune.data.images import file_hash
 from sdtune.data.transforms import Transform, apply_transform
 from sdtune.errors import DataError
+from sdtune.models.family import SD, Family, TextConditioning
 
 
 def encode_posterior(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -34,22 +36,31 @@ def encode_posterior(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor
         return vae.encode(pixels[None].to(param.device, param.dtype)).latent_dist.parameters[0]
 
 
-def encode_prompt(text_encoder: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Embeddings (L, D) of ONE prompt's token ids (L,) by a frozen text encoder."""
+def encode_prompt(text_encoder: torch.nn.Module, input_ids: torch.Tensor, family: Family = SD) -> TextConditioning:
+    """Conditioning of ONE prompt's token ids ((L,), SDXL (2, L)) by a frozen text encoder: hidden (L, D), and
+    pooled (P,) on SDXL."""
     device = next(text_encoder.parameters()).device
     with torch.no_grad():
-        return text_encoder(input_ids[None].to(device), return_dict=False)[0][0]
+        cond = family.encode(text_encoder, input_ids[None].to(device))
+    return TextConditioning(cond.hidden[0], None if cond.pooled is None else cond.pooled[0])
+
+
+def _stack(conds: list[TextConditioning]) -> TextConditioning:
+    pooled = [c.pooled for c in conds]
+    return TextConditioning(torch.stack([c.hidden for c in conds]),
+                            None if pooled[0] is None else torch.stack(pooled))  # type: ignore[arg-type]
 
 
 @dataclass
 class Conditioner:
-    """Latents and text embeddings of a batch group, from the cache when the group carries cached entries."""
+    """Latents and text conditioning of a batch group, from the cache when the group carries cached entries."""
 
     vae: torch.nn.Module
     text_encoder: torch.nn.Module
     weight_dtype: torch.dtype
     train_text_encoder: bool
     device: torch.device | str = "cpu"
+    family: Family = SD
 
     @property
     def scaling_factor(self) -> float:
@@ -65,13 +76,25 @@ class Conditioner:
             params = torch.stack([encode_posterior(self.vae, px) for px in group["pixel_values"]]).to(self.device)
         return DiagonalGaussianDistribution(params).sample() * self.scaling_factor
 
-    def text_embeddings(self, group: dict[str, torch.Tensor]) -> torch.Tensor:
+    def text_conditioning(self, group: dict[str, torch.Tensor]) -> TextConditioning:
         if "text_embeddings" in group:
-            return group["text_embeddings"].to(self.device)
+            pooled = group.get("pooled_embeddings")
+            return TextConditioning(group["text_embeddings"].to(self.device),
+                                    None if pooled is None else pooled.to(self.device))
         input_ids = group["input_ids"]
         if self.train_text_encoder:
-            return self.text_encoder(input_ids.to(self.device), return_dict=False)[0]
-        return torch.stack([encode_prompt(self.text_encoder, ids) for ids in input_ids]).to(self.device)
+            return self.family.encode(self.text_encoder, input_ids.to(self.device))
+        cond = _stack([encode_prompt(self.text_encoder, ids, self.family) for ids in input_ids])
+        return TextConditioning(cond.hidden.to(self.device), None if cond.pooled is None else
+                                cond.pooled.to(self.device))
+
+    def text_embeddings(self, group: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The hidden states (B, L, D) alone (what SD's UNet takes)."""
+        return self.text_conditioning(group).hidden
+
+    def unet_kwargs(self, group: dict[str, torch.Tensor]) -> dict:
+        """The UNet's conditioning keywords for a group (SDXL adds pooled text and time ids, see models.family)."""
+        return self.family.unet_kwargs(self.text_conditioning(group), group.get("crop_geometry"))
 
 
 class LatentCache:
@@ -93,20 +116,33 @@ class LatentCache:
         return value
 
 
+# item key of each cached part of a prompt's conditioning (``Family.text_shapes``)
+TEXT_ITEM_KEYS = {"hidden": "text_embeddings", "pooled": "pooled_embeddings"}
+
+
+def ids_key(input_ids: torch.Tensor) -> tuple[int, ...]:
+    """A prompt's token ids as a flat tuple (SDXL's (2, L) ids included)."""
+    return tuple(input_ids.reshape(-1).tolist())
+
+
 class TextCache:
-    """Cached embeddings of a stream's prompts, by token ids."""
+    """Cached conditioning of a stream's prompts, by token ids: one entry per part (hidden, SDXL's pooled)."""
 
-    def __init__(self, store: FeatureStore, keys: dict[tuple[int, ...], str], shape: tuple[int, int],
-                 dtype: torch.dtype):
-        self.store, self.keys, self.shape, self.dtype = store, keys, shape, dtype
+    def __init__(self, store: FeatureStore, keys: dict[tuple[tuple[int, ...], str], str],
+                 shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
+        self.store, self.keys, self.shapes, self.dtype = store, keys, shapes, dtype
 
-    def load(self, input_ids: torch.Tensor) -> torch.Tensor:
-        key = self.keys.get(tuple(input_ids.tolist()))
-        value = None if key is None else self.store.read(key, self.shape, self.dtype)
-        if value is None:
-            raise DataError("a cached prompt embedding is missing or damaged since the run started; continue "
-                            "with --resume latest (it is re-encoded then)")
-        return value
+    def load(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"text_embeddings": (L, D)[, "pooled_embeddings": (P,)]}`` of one prompt's ids."""
+        out = {}
+        for part, shape in self.shapes.items():
+            key = self.keys.get((ids_key(input_ids), part))
+            value = None if key is None else self.store.read(key, shape, self.dtype)
+            if value is None:
+                raise DataError("a cached prompt embedding is missing or damaged since the run started; continue "
+                                "with --resume latest (it is re-encoded then)")
+            out[TEXT_ITEM_KEYS[part]] = value
+        return out
 
 
 def _fill(store: FeatureStore, wanted: dict[str, tuple], shape_of: Callable, dtype: torch.dtype,
@@ -188,22 +224,37 @@ def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None,
 
 def attach_text_cache(stream, text_encoder: torch.nn.Module, *, cache_dir: Path | None, rank: int = 0,
                       world: int = 1, barrier: Callable[[], None] = lambda: None,
-                      should_stop: Callable[[], bool] = lambda: False) -> str:
-    """Encode every distinct prompt of the stream once (frozen text encoder) and serve the cached embeddings."""
+                      should_stop: Callable[[], bool] = lambda: False, family: Family = SD) -> str:
+    """Encode every distinct prompt of the stream once (frozen text encoder) and serve the cached conditioning.
+
+    Each part of a prompt's conditioning (``family.text_shapes``: hidden states, and SDXL's pooled embedding) is an
+    entry of its own; SD's entries keep the keys they always had."""
     param = next(text_encoder.parameters())
     store = FeatureStore(default_root(cache_dir), "text", module_hash(text_encoder))
-    wanted: dict[str, tuple[int, ...]] = {}
-    keys: dict[tuple[int, ...], str] = {}
+    shapes = family.text_shapes(text_encoder, int(stream.tokenizer.model_max_length))
+    wanted: dict[str, tuple[torch.Tensor, str]] = {}
+    keys: dict[tuple[tuple[int, ...], str], str] = {}
     for prompt in sorted(stream.prompts()):
-        ids = tuple(stream._tokenize(prompt).tolist())
-        key = entry_key(kind="text-embedding", model=store.model_hash, dtype=str(param.dtype),
-                        device=param.device.type, ids=ids)
-        wanted[key], keys[ids] = ids, key
-    shape = (int(stream.tokenizer.model_max_length), int(text_encoder.config.hidden_size))
-    encode = lambda ids: encode_prompt(text_encoder, torch.tensor(ids))  # noqa: E731
-    counts = _fill(store, wanted, lambda _: shape, param.dtype, encode, "caching prompts", rank, world, barrier,
-                   should_stop)
-    stream.text_cache = TextCache(store, keys, shape, param.dtype)
+        tokens = stream.tokens(prompt)
+        ids = ids_key(tokens)
+        for part in shapes:
+            extra = {} if part == "hidden" else {"part": part}
+            key = entry_key(kind="text-embedding", model=store.model_hash, dtype=str(param.dtype),
+                            device=param.device.type, ids=ids, **extra)
+            wanted[key], keys[(ids, part)] = (tokens, part), key
+    memo: dict[tuple[int, ...], TextConditioning] = {}
+
+    def encode(item: tuple[torch.Tensor, str]) -> torch.Tensor:
+        tokens, part = item
+        if ids_key(tokens) not in memo:
+            memo.clear()
+            memo[ids_key(tokens)] = encode_prompt(text_encoder, tokens, family)
+        cond = memo[ids_key(tokens)]
+        return cond.hidden if part == "hidden" else cond.pooled  # type: ignore[return-value]
+
+    counts = _fill(store, wanted, lambda item: shapes[item[1]], param.dtype, encode, "caching prompts", rank, world,
+                   barrier, should_stop)
+    stream.text_cache = TextCache(store, keys, shapes, param.dtype)
     return _summary("text cache", counts, store)
 
 
@@ -232,7 +283,7 @@ ALWAYS_CACHE = 512  # items: below this a cache is cheap whatever the run's leng
 
 
 def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Module, accelerator,
-                  step: int, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
+                  step: int, should_stop: Callable[[], bool] = lambda: False, family: Family = SD) -> list[str]:
     """Attach the caches a run's settings allow, offload the encoders they free; returns lines to print.
 
     Latents are cached unless ``data.cache_latents`` is off or crops are random (each step then needs its own
@@ -262,7 +313,7 @@ def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Modu
         lines.append(attach_latent_cache(stream, vae, **common))
         offload(vae)
     if data.cache_text and not cfg.train.train_text_encoder and worth("prompts", len(stream.prompts())):
-        lines.append(attach_text_cache(stream, text_encoder, **common))
+        lines.append(attach_text_cache(stream, text_encoder, family=family, **common))
         if getattr(train, "preservation", None) is None:  # a preservation term encodes its prompts every step
             offload(text_encoder)
     return lines

@@ -90,7 +90,8 @@ class ExampleStream(Dataset):
     Each image trains at its aspect-ratio bucket (``data.buckets``, ``sdtune.data.buckets``) or at the
     ``resolution`` square; every batch of ``batch_size`` positions is one shape. An item holds the image's pixels
     (``pixel_values``) or, once a latent cache is attached, its cached VAE posterior (``latent_params``); and the
-    prompt's token ids (``input_ids``) or its cached embedding (``text_embeddings``).
+    prompt's token ids (``input_ids``) or its cached conditioning (``text_embeddings``, and ``pooled_embeddings`` on
+    SDXL); and the crop geometry SDXL conditions on (``crop_geometry``, see ``Transform.crop_geometry``).
     """
 
     def __init__(self, train: list[Example], classes: list[Example], tokenizer, data: DataConfig, seed: int, *,
@@ -136,34 +137,38 @@ class ExampleStream(Dataset):
                 seen[(example.path, replace(plan, flip=flip))] = None
         return list(seen)
 
+    def tokens(self, prompt: str) -> torch.Tensor:
+        """Token ids of a prompt: (L,), or (2, L) for SDXL's two tokenizers."""
+        return self._tokenize(prompt)
+
     def _item(self, example: Example, epoch: int, target: tuple[int, int], rng: random.Random,
-              allow_dropout: bool) -> tuple[torch.Tensor, torch.Tensor]:
+              allow_dropout: bool) -> dict[str, torch.Tensor]:
+        """One example's image (pixels or cached posterior), text (ids or cached conditioning) and crop geometry."""
         plan = plan_transform(self.sizes[example.path], target, self.data.center_crop, self.data.random_flip, rng)
         if self.latent_cache is not None:
-            image = self.latent_cache.load(example.path, plan)
+            item = {"latent_params": self.latent_cache.load(example.path, plan)}
         else:
-            image = apply_transform(load_rgb(example.path), plan, example.path)
+            item = {"pixel_values": apply_transform(load_rgb(example.path), plan, example.path)}
         prompt = example.prompt(epoch)
         if allow_dropout and self.data.caption_dropout > 0 and rng.random() < self.data.caption_dropout:
             prompt = ""
         ids = self._tokenize(prompt)
-        return image, (self.text_cache.load(ids) if self.text_cache is not None else ids)
+        if self.text_cache is not None:
+            item.update(self.text_cache.load(ids))
+        else:
+            item["input_ids"] = ids
+        item["crop_geometry"] = torch.tensor(plan.crop_geometry(), dtype=torch.float32)
+        item["loss_weight"] = torch.tensor(example.loss_weight, dtype=torch.float32)
+        return item
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         rng = random.Random(self.seed * 1_000_003 + position)
-        image_key = "latent_params" if self.latent_cache is not None else "pixel_values"
-        text_key = "text_embeddings" if self.text_cache is not None else "input_ids"
         index, epoch = self.train_order.item(position)
-        example = self.train[index]
-        image, text = self._item(example, epoch, self.train_targets[index], rng, allow_dropout=True)
-        item = {image_key: image, text_key: text, "loss_weight": torch.tensor(example.loss_weight,
-                                                                             dtype=torch.float32)}
+        item = self._item(self.train[index], epoch, self.train_targets[index], rng, allow_dropout=True)
         if self.class_order is not None:
             c_index, c_epoch = self.class_order.item(position)
-            cls = self.classes[c_index]
-            c_image, c_text = self._item(cls, c_epoch, self.class_targets[c_index], rng, allow_dropout=False)
-            item.update({f"class_{image_key}": c_image, f"class_{text_key}": c_text,
-                         "class_loss_weight": torch.tensor(cls.loss_weight, dtype=torch.float32)})
+            cls = self._item(self.classes[c_index], c_epoch, self.class_targets[c_index], rng, allow_dropout=False)
+            item.update({f"class_{key}": value for key, value in cls.items()})
         return item
 
     def bucket_record(self) -> dict:

@@ -38,6 +38,16 @@ class Transform:
         return (f"bicubic:{self.source[0]}x{self.source[1]}>{self.resized[0]}x{self.resized[1]}"
                 f"/crop:{self.left},{self.top},{self.target[0]}x{self.target[1]}/flip:{int(self.flip)}")
 
+    def crop_geometry(self) -> tuple[int, int, int, int, int, int]:
+        """(original height, width, crop top, crop left, target height, width): SDXL's ``time_ids`` for this variant.
+
+        The crop is in the resized image, as SDXL was trained (the SDXL paper; diffusers, kohya, OneTrainer). A
+        flipped variant reports the crop of the flipped image (its left edge is the original's right one), which
+        is what flipping before cropping gives (diffusers fixed that order for this reason, PR #6547).
+        """
+        left = self.resized[0] - self.target[0] - self.left if self.flip else self.left
+        return (self.source[1], self.source[0], self.top, left, self.target[1], self.target[0])
+
     def kept_fraction(self) -> tuple[float, float, float, float]:
         """Share of the source image cut away at the (left, top, right, bottom) edges."""
         w, h = self.resized

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ModelLoadError
+from sdtune.models.family import SD, Family, family_of_source
 from sdtune.models.presets import PRESETS, is_preset, preset_path
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -62,7 +63,11 @@ def _quiet_weight_loading() -> None:
 
 @dataclass
 class SDComponents:
-    """The parts of a Stable Diffusion model that training needs."""
+    """The parts of a Stable Diffusion model that training needs.
+
+    On SDXL ``tokenizer`` / ``text_encoder`` are both of its tokenizers / encoders as one object
+    (``sdtune.models.family.DualTokenizer`` / ``DualTextEncoder``); ``family`` knows how to use them.
+    """
 
     tokenizer: Any
     text_encoder: Any
@@ -70,6 +75,7 @@ class SDComponents:
     unet: Any
     noise_scheduler: Any  # DDPM-style training scheduler (same betas/prediction type as the model's)
     source: str  # resolved folder or hub id
+    family: Family = SD
 
 
 def resolve_model_ref(ref: str) -> str:
@@ -178,31 +184,59 @@ def _offline_hint(ref: str) -> str:
     )
 
 
+def model_family(ref: str, revision: str | None = None) -> Family:
+    """The family (SD 1/2 or SDXL) of a model reference, from its configs or tensor names only."""
+    source = resolve_model_ref(ref)
+    return family_of_source(source, revision, local_files_only=_local_files_only(source))
+
+
+def load_vae(ref: str, *, revision: str | None = None, allow_pickle: bool = False) -> Any:
+    """A separate VAE (``model.vae``): a diffusers VAE folder, a model folder with ``vae/``, or a hub id."""
+    from diffusers import AutoencoderKL
+
+    path = Path(ref).expanduser()
+    kw: dict[str, Any] = {"revision": revision, "use_safetensors": None if allow_pickle else True}
+    try:
+        if path.is_dir() or not looks_local(ref):
+            source = str(path) if path.is_dir() else ref
+            sub = "vae" if (path / "vae" / "config.json").is_file() else None
+            return AutoencoderKL.from_pretrained(source, subfolder=sub, local_files_only=_local_files_only(source),
+                                                 **kw)
+        if path.is_file():
+            check_weights_file(path, allow_pickle)
+            return AutoencoderKL.from_single_file(str(path))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.vae: cannot load the VAE {ref} ({type(exc).__name__}: {str(exc)[:200]})") from None
+    raise _no_such_path(ref)
+
+
 def load_components(ref: str, *, allow_pickle: bool = False, revision: str | None = None,
-                    variant: str | None = None, prediction_type: str | None = None) -> SDComponents:
-    """Load tokenizer, text encoder, VAE, UNet and a DDPM training scheduler in fp32 on the CPU."""
+                    variant: str | None = None, prediction_type: str | None = None,
+                    vae: str | None = None) -> SDComponents:
+    """Load tokenizer(s), text encoder(s), VAE, UNet and a DDPM training scheduler in fp32 on the CPU.
+
+    The family (SD 1/2 or SDXL) is read from the model; ``vae`` replaces the model's VAE (``model.vae``).
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     _quiet_weight_loading()
     source = resolve_model_ref(ref)
     path = Path(source)
     if path.is_file():
         pipe = load_pipeline(ref, allow_pickle=allow_pickle)
+        family = family_of_pipeline(pipe)
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        comps = SDComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, noise_scheduler, source)
+        comps = SDComponents(*family.text_of(pipe), pipe.vae, pipe.unet, noise_scheduler, source, family)
     else:
         _refuse_pickle_only_folder(path, allow_pickle)
         kw: dict[str, Any] = {"revision": revision, "local_files_only": _local_files_only(source)}
         if variant:
             kw["variant"] = variant
         safe = None if allow_pickle else True
+        family = family_of_source(source, revision, local_files_only=kw["local_files_only"])
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision,
-                                                      local_files_only=kw["local_files_only"])
-            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=safe,
-                                                         **kw)
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=safe, **kw)
+            tokenizer, text_encoder = family.load_text(source, use_safetensors=safe, **kw)
+            vae_model = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=safe, **kw)
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=safe, **kw)
             noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision,
                                                             local_files_only=kw["local_files_only"])
@@ -213,7 +247,9 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
                     "its source set model.allow_pickle=true."
                 ) from exc
             raise ModelLoadError(_offline_hint(ref) + f" ({type(exc).__name__}: {exc})") from exc
-        comps = SDComponents(tokenizer, text_encoder, vae, unet, noise_scheduler, source)
+        comps = SDComponents(tokenizer, text_encoder, vae_model, unet, noise_scheduler, source, family)
+    if vae:
+        comps.vae = load_vae(vae, allow_pickle=allow_pickle)
     if prediction_type:
         comps.noise_scheduler.register_to_config(prediction_type=prediction_type)
     return comps
@@ -243,6 +279,10 @@ def base_prediction_type(ref: str, revision: str | None = None) -> str | None:
         return json.loads(Path(file).read_text(encoding="utf-8")).get("prediction_type", "epsilon")
     except (OSError, ValueError):
         return None
+def family_of_pipeline(pipe: Any) -> Family:
+    from sdtune.models.family import SDXL
+
+    return SDXL if getattr(pipe, "text_encoder_2", None) is not None else SD
 
 
 def compute_dtype(mixed_precision: str) -> Any:
@@ -263,26 +303,31 @@ def set_prediction_type(pipe: Any, prediction_type: str | None) -> None:
 
 
 def load_pipeline(ref: str, *, allow_pickle: bool = False, revision: str | None = None,
-                  variant: str | None = None, torch_dtype: Any = None):
-    """Load a full ``StableDiffusionPipeline`` (for generating class images, validation and inference)."""
-    from diffusers import StableDiffusionPipeline
-
+                  variant: str | None = None, torch_dtype: Any = None, vae: str | None = None):
+    """Load the model's pipeline (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``, by its family) for
+    class images, validation and inference. ``vae``: a VAE to use instead of the model's (``model.vae``)."""
     _quiet_weight_loading()
     source = resolve_model_ref(ref)
     path = Path(source)
-    kw: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
-    if torch_dtype is not None:
-        kw["torch_dtype"] = torch_dtype
     try:
         if path.is_file():
             check_weights_file(path, allow_pickle)
             if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
                 raise ModelLoadError(f"{path}: expected a .safetensors checkpoint file")
-            return StableDiffusionPipeline.from_single_file(str(path), **kw)
+        family = family_of_source(source, revision, local_files_only=_local_files_only(source))
+        kw: dict[str, Any] = dict(family.pipeline_kwargs())
+        if torch_dtype is not None:
+            kw["torch_dtype"] = torch_dtype
+        if vae:
+            kw["vae"] = load_vae(vae, allow_pickle=allow_pickle)
+            if torch_dtype is not None:
+                kw["vae"].to(torch_dtype)
+        if path.is_file():
+            return family.pipeline_class().from_single_file(str(path), **kw)
         _refuse_pickle_only_folder(path, allow_pickle)
         if variant:
             kw["variant"] = variant
-        return StableDiffusionPipeline.from_pretrained(
+        return family.pipeline_class().from_pretrained(
             source, revision=revision, use_safetensors=None if allow_pickle else True,
             local_files_only=_local_files_only(source), **kw
         )

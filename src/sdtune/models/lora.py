@@ -123,34 +123,53 @@ def portable_text_encoder_state(state: dict[str, torch.Tensor]) -> dict[str, tor
 
 def write_lora_file(folder: Path, unet_state: dict[str, torch.Tensor] | None,
                     text_encoder_state: dict[str, torch.Tensor] | None = None, *, unet_config: dict | None = None,
-                    text_encoder_config: dict | None = None) -> Path:
+                    text_encoder_config: dict | None = None,
+                    text_encoder_2_state: dict[str, torch.Tensor] | None = None,
+                    text_encoder_2_config: dict | None = None) -> Path:
     """Write ``folder/pytorch_lora_weights.safetensors``: peft key names, portable metadata and text-encoder names.
 
     ``*_state`` map module-relative peft keys (``<layer>.lora_A.weight``) to tensors; ``*_config`` are peft
-    ``LoraConfig.to_dict()`` dicts (None: no metadata, loaders then assume ``alpha == rank``).
+    ``LoraConfig.to_dict()`` dicts (None: no metadata, loaders then assume ``alpha == rank``). ``text_encoder_2_*``:
+    SDXL's second text encoder (``text_encoder_2.`` keys, what ``StableDiffusionXLPipeline`` loads).
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    StableDiffusionPipeline.save_lora_weights(
-        str(folder),
-        unet_lora_layers=unet_state or None,
-        text_encoder_lora_layers=portable_text_encoder_state(text_encoder_state) if text_encoder_state else None,
-        weight_name=LORA_WEIGHTS,
-        unet_lora_adapter_metadata=portable_metadata(unet_config) if unet_config and unet_state else None,
-        text_encoder_lora_adapter_metadata=(portable_metadata(text_encoder_config)
-                                            if text_encoder_config and text_encoder_state else None),
-    )
+    def meta(config: dict | None, state: dict | None) -> dict | None:
+        return portable_metadata(config) if config and state else None
+
+    texts: dict = {
+        "text_encoder_lora_layers": portable_text_encoder_state(text_encoder_state) if text_encoder_state else None,
+        "text_encoder_lora_adapter_metadata": meta(text_encoder_config, text_encoder_state)}
+    writer = StableDiffusionPipeline
+    if text_encoder_2_state:
+        writer = StableDiffusionXLPipeline
+        texts |= {"text_encoder_2_lora_layers": portable_text_encoder_state(text_encoder_2_state),
+                  "text_encoder_2_lora_adapter_metadata": meta(text_encoder_2_config, text_encoder_2_state)}
+    writer.save_lora_weights(str(folder), unet_lora_layers=unet_state or None, weight_name=LORA_WEIGHTS,
+                             unet_lora_adapter_metadata=meta(unet_config, unet_state), **texts)
     return Path(folder) / LORA_WEIGHTS
+
+
+def text_lora_states(text_encoder: torch.nn.Module | None) -> dict[str, dict[str, torch.Tensor]]:
+    """The text-encoder LoRA per pipeline component: ``{"text_encoder": ...}``, and ``"text_encoder_2"`` for SDXL's
+    two encoders trained as one module (``sdtune.models.family.DualTextEncoder``)."""
+    from sdtune.models.family import SD, SDXL, DualTextEncoder
+
+    if text_encoder is None:
+        return {}
+    family = SDXL if isinstance(text_encoder, DualTextEncoder) else SD
+    return family.lora_components(lora_state(text_encoder))
 
 
 def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
               settings: LoraSettings) -> Path:
     """Write ``folder/pytorch_lora_weights.safetensors`` in the diffusers format (see :func:`write_lora_file`)."""
+    texts = text_lora_states(text_encoder)
+    te_config = peft_config(settings, settings.text_encoder_targets).to_dict() if texts else None
     return write_lora_file(
-        folder, lora_state(unet), lora_state(text_encoder) if text_encoder is not None else None,
-        unet_config=peft_config(settings, settings.targets).to_dict(),
-        text_encoder_config=(peft_config(settings, settings.text_encoder_targets).to_dict()
-                             if text_encoder is not None else None),
+        folder, lora_state(unet), texts.get("text_encoder"),
+        unet_config=peft_config(settings, settings.targets).to_dict(), text_encoder_config=te_config,
+        text_encoder_2_state=texts.get("text_encoder_2"), text_encoder_2_config=te_config,
     )
 
 

@@ -4,7 +4,8 @@
 to train on a CPU in seconds. It is built in code with a fixed seed, so every process and every session gets
 bitwise the same weights, and written once to a cache folder so that it is then loaded through the same
 ``from_pretrained`` path as a real model. ``tiny-v`` is the same model with a v-prediction scheduler,
-like SD 2.x at 768 px.
+like SD 2.x at 768 px. ``tiny-xl`` is a random tiny SDXL (two CLIP text encoders, the second with a projection,
+and a UNet with SDXL's ``text_time`` added conditioning), built the same way.
 
 ``toy`` is different: a *pretrained* small Stable Diffusion that ships inside the package (``assets/toy``),
 built by ``sdtune toy pretrain`` on the toy world of coloured shapes (see ``sdtune.toy``). It knows something,
@@ -26,7 +27,7 @@ from pathlib import Path
 from sdtune.models.real import REAL_PRESETS, REAL_VERSION
 
 PRESET_VERSION = 1
-PRESETS = ("tiny", "tiny-v", "toy", *REAL_PRESETS)
+PRESETS = ("tiny", "tiny-v", "tiny-xl", "toy", *REAL_PRESETS)
 
 TINY_RESOLUTION = 32  # pixels; the VAE halves it once, so latents are 16x16
 
@@ -67,6 +68,8 @@ def preset_path(name: str) -> Path:
 
             shared = REAL_PRESETS[name][1]
             write_real_preset(name, staging, shared_from=preset_path(shared) if shared else None)
+        elif name == "tiny-xl":
+            build_tiny_xl_pipeline().save_pretrained(staging, safe_serialization=True)
         else:
             build_tiny_pipeline(v_prediction=(name == "tiny-v")).save_pretrained(staging, safe_serialization=True)
         try:
@@ -123,72 +126,78 @@ def build_tiny_tokenizer(folder: Path | None = None):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
+def _tiny_unet(**extra):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=TINY_RESOLUTION // 2, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, **extra)
+
+
+def _tiny_vae(**extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), sample_size=TINY_RESOLUTION,
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), **extra)
+
+
+def _tiny_clip_config(tokenizer, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, intermediate_size=64, num_attention_heads=4,
+                          num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=77, **extra)
+
+
+def _tiny_scheduler(cls_name: str = "DDIMScheduler", prediction_type: str = "epsilon"):
+    import diffusers
+
+    extra = {"clip_sample": False, "set_alpha_to_one": False} if cls_name == "DDIMScheduler" else {}
+    return getattr(diffusers, cls_name)(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        steps_offset=1, prediction_type=prediction_type, **extra)
+
+
+def build_tiny_xl_pipeline():
+    """The random tiny SDXL (deterministic: seeded): 32 + 32 wide text encoders (cross-attention 64), pooled 32,
+    6 time ids x 8 (projection input 32 + 48 = 80), SDXL's linear projections and per-block transformer depth."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer_2 = build_tiny_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = _tiny_unet(attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                          addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                          projection_class_embeddings_input_dim=80, cross_attention_dim=64)
+        vae = _tiny_vae(force_upcast=True)
+        text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer, hidden_size=32, projection_dim=32,
+                                                       hidden_act="quick_gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_config(tokenizer_2, hidden_size=32,
+                                                                       projection_dim=32, hidden_act="gelu"))
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                     scheduler=_tiny_scheduler("EulerDiscreteScheduler"),
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+
+
 def build_tiny_pipeline(v_prediction: bool = False):
     """Build the random tiny Stable Diffusion pipeline (deterministic: seeded)."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=TINY_RESOLUTION // 2,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(16, 32),
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=TINY_RESOLUTION,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                hidden_size=32,
-                intermediate_size=64,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-                projection_dim=32,
-            )
-        )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction" if v_prediction else "epsilon",
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=8)
+        vae = _tiny_vae()
+        text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer, hidden_size=32, projection_dim=32))
+    scheduler = _tiny_scheduler("DDIMScheduler", "v_prediction" if v_prediction else "epsilon")
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)

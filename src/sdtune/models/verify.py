@@ -65,30 +65,51 @@ class Check:
                 f"{max(self.effect.values()):.2f}{stored}) {verdict}{extra}")
 
 
+def _family(text_encoder: torch.nn.Module):
+    from sdtune.models.family import SD, SDXL, DualTextEncoder
+
+    return SDXL if isinstance(text_encoder, DualTextEncoder) else SD
+
+
 def probe_inputs(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Fixed inputs: 2 latents of 8x8 (any SD UNet downsamples that far), 2 timesteps, random context, token ids."""
+    """Fixed inputs: 2 latents of 8x8 (any SD UNet downsamples that far), 2 timesteps, random context, token ids;
+    for SDXL (``text_encoder`` a ``DualTextEncoder``) also a pooled embedding and crop geometries (time ids)."""
     gen = torch.Generator().manual_seed(0)
-    length = min(16, int(text_encoder.config.max_position_embeddings))
-    return {"sample": torch.randn(2, unet.config.in_channels, 8, 8, generator=gen),
-            "timesteps": torch.tensor([50, 700]),
-            "context": torch.randn(2, 8, unet.config.cross_attention_dim, generator=gen),
-            "ids": torch.randint(0, int(text_encoder.config.vocab_size), (2, length), generator=gen)}
+    sdxl = _family(text_encoder).name == "sdxl"
+    config = text_encoder.text_encoder.config if sdxl else text_encoder.config
+    length = min(16, int(config.max_position_embeddings))
+    shape = (2, 2, length) if sdxl else (2, length)
+    inputs = {"sample": torch.randn(2, unet.config.in_channels, 8, 8, generator=gen),
+              "timesteps": torch.tensor([50, 700]),
+              "context": torch.randn(2, 8, unet.config.cross_attention_dim, generator=gen),
+              "ids": torch.randint(0, int(config.vocab_size), shape, generator=gen)}
+    if sdxl:
+        inputs["pooled"] = torch.randn(2, text_encoder.pooled_size, generator=gen)
+        inputs["crop_geometry"] = torch.tensor([[32.0, 32, 0, 0, 32, 32], [40.0, 36, 2, 1, 32, 28]])
+    return inputs
 
 
 @torch.no_grad()
 def probe_outputs(unet: torch.nn.Module, text_encoder: torch.nn.Module,
                   inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """UNet and text-encoder outputs (fp32, CPU) on :func:`probe_inputs`; the modules are put in eval mode."""
+    """UNet and text-encoder outputs (fp32, CPU) on :func:`probe_inputs`; the modules are put in eval mode.
+    SDXL's text output is both encoders' hidden states and the pooled embedding, flattened side by side."""
+    from sdtune.models.family import TextConditioning
+
+    family = _family(text_encoder)
     inputs = inputs or probe_inputs(unet, text_encoder)
     unet.eval()
     text_encoder.eval()
     dtype = next(unet.parameters()).dtype
     device = next(unet.parameters()).device
+    pooled = inputs.get("pooled")
+    cond = TextConditioning(inputs["context"].to(device, dtype), None if pooled is None else pooled.to(device, dtype))
     out = unet(inputs["sample"].to(device, dtype), inputs["timesteps"].to(device),
-               inputs["context"].to(device, dtype)).sample
+               **family.unet_kwargs(cond, inputs.get("crop_geometry"))).sample
     te_device = next(text_encoder.parameters()).device
-    te = text_encoder(inputs["ids"].to(te_device))[0]
-    return {"unet": out.float().cpu(), "text_encoder": te.float().cpu()}
+    te = family.encode(text_encoder, inputs["ids"].to(te_device))
+    text = te.hidden.flatten(1) if te.pooled is None else torch.cat([te.hidden.flatten(1), te.pooled], dim=1)
+    return {"unet": out.float().cpu(), "text_encoder": text.float().cpu()}
 
 
 def file_dtype(file: Path) -> torch.dtype:
@@ -130,7 +151,7 @@ def apply_reference(unet: torch.nn.Module, text_encoder: torch.nn.Module, source
     with safe_open(str(source), "pt") as fh:
         configs = _component_metadata(fh.metadata())
     layers = read_diffusers_lora(source)
-    for component, module in (("unet", unet), ("text_encoder", text_encoder)):
+    for component, module in (("unet", unet), *_family(text_encoder).text_parts(text_encoder).items()):
         mine = [layer for layer in layers if layer.component == component]
         if not mine:
             continue
@@ -160,15 +181,19 @@ def apply_reference(unet: torch.nn.Module, text_encoder: torch.nn.Module, source
 
 
 def comfyui_key_map(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """ComfyUI's kohya names for an SD 1.x/2.x model: ``lora_unet_`` + every UNet weight's diffusers module path
-    with dots as underscores; ``lora_te_text_model_encoder_layers_{b}_{layer}`` for the six CLIP layers of each
-    of the first 32 blocks (comfy/lora.py ``model_lora_keys_unet`` / ``model_lora_keys_clip``)."""
+    """ComfyUI's kohya names: ``lora_unet_`` + every UNet weight's diffusers module path with dots as underscores
+    (for SDXL ComfyUI maps these diffusers names as well as the SGM ones); for the six CLIP layers of each of the
+    first 32 blocks ``lora_te_text_model_encoder_layers_{b}_{layer}`` (SD), or ``lora_te1_...`` (CLIP-L) and
+    ``lora_te2_...`` (CLIP-G) on SDXL (comfy/lora.py ``model_lora_keys_unet`` / ``model_lora_keys_clip``)."""
     keys = {f"lora_unet_{name.replace('.', '_')}": module for name, module in unet.named_modules()
             if name and isinstance(getattr(module, "weight", None), torch.Tensor)}
-    encoder = getattr(text_encoder, "text_model", text_encoder).encoder
-    for b, block in enumerate(list(encoder.layers)[:32]):
-        for path, kohya in COMFY_CLIP_LAYERS.items():
-            keys[f"lora_te_text_model_encoder_layers_{b}_{kohya}"] = block.get_submodule(path)
+    parts = _family(text_encoder).text_parts(text_encoder)
+    prefixes = {"text_encoder": "lora_te1" if len(parts) > 1 else "lora_te", "text_encoder_2": "lora_te2"}
+    for component, module in parts.items():
+        encoder = getattr(module, "text_model", module).encoder
+        for b, block in enumerate(list(encoder.layers)[:32]):
+            for path, kohya in COMFY_CLIP_LAYERS.items():
+                keys[f"{prefixes[component]}_text_model_encoder_layers_{b}_{kohya}"] = block.get_submodule(path)
     return keys
 
 
@@ -198,17 +223,26 @@ def _load(consumer: str, pipe: Any, file: Path) -> str:
         pipe.load_lora_weights(str(file.parent), weight_name=file.name)
         return ""
     if consumer == "kohya-comfyui":
-        left = apply_kohya_comfyui(pipe.unet, pipe.text_encoder, file)
+        left = apply_kohya_comfyui(pipe.unet, _text_module(pipe), file)
         return f"ComfyUI would not load {len(left)} keys (first: {left[0]})" if left else ""
     raise SdtuneError(f"unknown LoRA consumer '{consumer}'; choose from {', '.join(CONSUMERS)}")
 
 
-def _fresh(pipe: Any) -> Any:
-    from diffusers import StableDiffusionPipeline
+def _text_module(pipe: Any) -> torch.nn.Module:
+    """The pipeline's text encoder(s) as training holds them (SDXL: one ``DualTextEncoder`` of both)."""
+    from sdtune.models.loading import family_of_pipeline
 
-    return StableDiffusionPipeline(vae=pipe.vae, text_encoder=copy.deepcopy(pipe.text_encoder),
-                                   tokenizer=pipe.tokenizer, unet=copy.deepcopy(pipe.unet), scheduler=pipe.scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return family_of_pipeline(pipe).text_of(pipe)[1]
+
+
+def _fresh(pipe: Any) -> Any:
+    """A pipeline sharing ``pipe``'s VAE, with copies of its UNet and text encoder(s) to load a LoRA into."""
+    from sdtune.models.loading import family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    tokenizer, text = family.text_of(pipe)
+    return family.assemble(vae=pipe.vae, unet=copy.deepcopy(pipe.unet), scheduler=pipe.scheduler,
+                           tokenizer=tokenizer, text_encoder=copy.deepcopy(text))
 
 
 def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source: Path | None = None,
@@ -223,22 +257,22 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
     file = Path(file)
     pipe = load_pipeline(base, allow_pickle=allow_pickle, revision=revision, variant=variant)
     pipe.unet.to(torch.float32)  # fp32 everywhere: the tolerance assumes it (a base may be saved in fp16)
-    pipe.text_encoder.to(torch.float32)
+    text = _text_module(pipe).to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    inputs = probe_inputs(pipe.unet, pipe.text_encoder)
-    base_out = probe_outputs(pipe.unet, pipe.text_encoder, inputs)
+    inputs = probe_inputs(pipe.unet, text)
+    base_out = probe_outputs(pipe.unet, text, inputs)
     results: list[tuple[str, dict[str, torch.Tensor] | None, str]] = []
     for consumer in consumers:
         candidate = _fresh(pipe)
         try:
             problem = _load(consumer, candidate, file)
-            results.append((consumer, probe_outputs(candidate.unet, candidate.text_encoder, inputs), problem))
+            results.append((consumer, probe_outputs(candidate.unet, _text_module(candidate), inputs), problem))
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             results.append((consumer, None, f"{consumer} could not load it: {type(exc).__name__}: {exc}"[:400]))
         del candidate
     stored = file_dtype(file)
-    apply_reference(pipe.unet, pipe.text_encoder, Path(source or file), rounded_to=stored)
-    reference = probe_outputs(pipe.unet, pipe.text_encoder, inputs)
+    apply_reference(pipe.unet, text, Path(source or file), rounded_to=stored)
+    reference = probe_outputs(pipe.unet, text, inputs)
     effect = {k: float((reference[k] - base_out[k]).abs().max()) for k in base_out}
     tolerance = {k: TOLERANCE * max(1.0, float(reference[k].abs().max())) for k in base_out}
     dtype = str(stored).removeprefix("torch.")
@@ -271,14 +305,19 @@ def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.M
         stored = {k: fh.get_tensor(k) for k in fh.keys()}
         configs = _component_metadata(fh.metadata())
     expected: dict[str, torch.Tensor] = {}
-    for component, module in (("unet", unet), ("text_encoder", text_encoder)):
+    parts: list[tuple[str, dict[str, torch.Tensor], Any]] = []  # (component, its state, the module's live config)
+    for role, module in (("unet", unet), ("text", text_encoder)):
         if module is None or not getattr(module, "peft_config", None):
             continue
         state = get_peft_model_state_dict(module, save_embedding_layers=False)
-        if component == "text_encoder":
-            state = portable_text_encoder_state(state)
-        expected.update({f"{component}.{k}": v for k, v in state.items()})
         live = next(iter(module.peft_config.values()))
+        if role == "unet":
+            parts.append(("unet", state, live))
+        else:  # SDXL: one adapter over both encoders, saved per encoder
+            parts += [(component, portable_text_encoder_state(sub), live)
+                      for component, sub in _family(module).lora_components(state).items()]
+    for component, state, live in parts:
+        expected.update({f"{component}.{k}": v for k, v in state.items()})
         meta = configs.get(component, {})
         if (meta.get("r"), meta.get("lora_alpha")) != (live.r, live.lora_alpha) or \
                 sorted(meta.get("target_modules") or []) != sorted(live.target_modules or []):

@@ -103,13 +103,13 @@ def finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: 
         stopped = stop.requested
     if accelerator.is_main_process and not stopped:
         metrics = {"status": "finished", "steps": state.step, "final_loss": state.last_loss,
-                   "prediction_type": comps.noise_scheduler.config.prediction_type,
+                   "prediction_type": comps.noise_scheduler.config.prediction_type, "family": comps.family.name,
                    "mixed_precision": cfg.train.mixed_precision,
                    **timing, "method": cfg.method, **counts,
                    "outputs": result.outputs, "processes": accelerator.num_processes,
                    "rank_weight_checksums": checksums, "history": state.history}
         outputs.write_metrics(run_dir, metrics)
-        outputs.write_model_card(run_dir, cfg, metrics)
+        outputs.write_model_card(run_dir, cfg, metrics, comps.family.pipeline_class_name)
     stopped = bool(accelerator.gather(torch.tensor([float(stopped)], device=accelerator.device)).any())
     accelerator.end_training()
     if stopped:

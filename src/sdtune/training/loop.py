@@ -163,7 +163,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     _ensure_class_images(cfg, accelerator, stop, plan)
 
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
-                            variant=cfg.model.variant, prediction_type=cfg.model.prediction_type)
+                            variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae)
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,
                           bucket_step=bucket_step_of(comps.vae.config, comps.unet.config))
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
@@ -205,7 +205,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     with stop.during("training has not started; stopping after the entry being cached (those cached are kept)",
                      "quit: nothing was trained", QUIT_NOW):
         for line in cache_for_run(cfg, stream, comps.vae, comps.text_encoder, accelerator, state.step,
-                                  should_stop=lambda: stop.requested):
+                                  should_stop=lambda: stop.requested, family=comps.family):
             if accelerator.is_main_process:
                 print(line)
     _not_started(stop, plan, accelerator)  # the last chance before trackers start a logged run
@@ -218,7 +218,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             accelerator.log({"resume": resuming.describe(resumed)}, step=state.step)
 
     conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.train_text_encoder,
-                              device=accelerator.device)
+                              device=accelerator.device, family=comps.family)
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
                         num_workers=cfg.train.num_workers,
                         sampler=StreamPositions(state.micro_step, cfg.train.batch_size, accelerator.num_processes,
@@ -261,7 +261,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
 
     def group_loss(group, num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
         latents = conditioner.latents(group)
-        embeddings = conditioner.text_embeddings(group)
+        conditioning = conditioner.unet_kwargs(group)  # text (SDXL: + pooled text and time ids), per family
         noise = torch.randn_like(latents)
         if cfg.train.noise_offset:
             noise = noise + cfg.train.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
@@ -271,7 +271,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         target = training_target(noise_scheduler, latents, noise, timesteps)
         with accelerator.autocast():
-            pred = unet(noisy, timesteps, embeddings, return_dict=False)[0]
+            pred = unet(noisy, timesteps, **conditioning, return_dict=False)[0]
         weights = group["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)

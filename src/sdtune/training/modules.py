@@ -41,7 +41,7 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
     dtype = weight_dtype_for(train.mixed_precision)
     comps.vae.requires_grad_(False)
     comps.text_encoder.requires_grad_(False)
-    comps.vae.to(device, dtype=dtype)
+    comps.vae.to(device, dtype=comps.family.vae_dtype(comps.vae, dtype))  # SDXL's VAE stays fp32 under fp16
     unet, text_encoder = comps.unet, comps.text_encoder
     if train.lora is not None:
         unet.to(device, dtype=dtype)

@@ -28,7 +28,7 @@ def base_pipeline(cfg: RunConfig):
 
     model = cfg.model
     pipe = load_pipeline(model.base, allow_pickle=model.allow_pickle, revision=model.revision, variant=model.variant,
-                         torch_dtype=torch.float32)
+                         torch_dtype=torch.float32, vae=model.vae)
     set_prediction_type(pipe, model.prediction_type)
     return pipe
 
@@ -65,10 +65,13 @@ def save_full_model(run_dir: Path, cfg: RunConfig, unet, text_encoder=None) -> P
 
     ``text_encoder`` is None when it was frozen: the base's own (fp32) one is saved, not the training copy.
     """
+    from sdtune.models.loading import family_of_pipeline
+
     pipe = base_pipeline(cfg)
     pipe.unet = unet.to(torch.float32)  # trained weights are fp32 already (configure_trainables): a no-op
-    if text_encoder is not None:
-        pipe.text_encoder = text_encoder.to(torch.float32)
+    if text_encoder is not None:  # SDXL: both encoders (one module in training, see models.family)
+        for name, module in family_of_pipeline(pipe).text_parts(text_encoder.to(torch.float32)).items():
+            setattr(pipe, name, module)
     return write_folder(run_dir / "model", lambda tmp: save_pipeline(pipe, tmp))
 
 
@@ -93,7 +96,8 @@ def _images_row(metrics: dict) -> str:
     return str(images if images is not None else examples)
 
 
-def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict) -> None:
+def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_class: str = "StableDiffusionPipeline"
+                     ) -> None:
     """RUN/README.md from the config and ``metrics`` (images / examples / class_images counts, steps, loss)."""
     data = cfg.data
     prompt = data.instance_prompt or (cfg.validation.prompts[0] if cfg.validation.prompts else "")
@@ -125,15 +129,17 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict) -> None:
                for entry in metrics.get("history") or [] if (changes := entry.get("changes"))]
     if resumes:
         lines.append(f"| resumed with changes | {'; '.join(resumes)} |")
-    lines += ["", "## Use it", "", "```python", "from diffusers import StableDiffusionPipeline", "",
-              f'pipe = StableDiffusionPipeline.from_pretrained("{cfg.model.base}")']
+    if cfg.model.vae:
+        lines.append(f"| VAE | `{cfg.model.vae}` |")
+    lines += ["", "## Use it", "", "```python", f"from diffusers import {pipeline_class}", "",
+              f'pipe = {pipeline_class}.from_pretrained("{cfg.model.base}")']
     if cfg.train.lora is not None:
         lines.append(f'pipe.load_lora_weights("{run_dir / "lora"}")')
         if cfg.model.prediction_type:  # the LoRA trained another objective than the base's scheduler says
             lines.append("pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
                          f'prediction_type="{cfg.model.prediction_type}")')
     else:
-        lines[-1] = f'pipe = StableDiffusionPipeline.from_pretrained("{run_dir / "model"}")'
+        lines[-1] = f'pipe = {pipeline_class}.from_pretrained("{run_dir / "model"}")'
     lines += [f'image = pipe("{prompt}").images[0]', "```", "",
               f"Or: `sdtune generate {run_dir} --prompt \"{prompt}\"`. Resume state is in `checkpoints/`, the exact "
               "config in `config.yaml`.", ""]

@@ -20,15 +20,12 @@ class ValidationStopped(Exception):  # noqa: N818 - a state, not a failure
 
 def validation_pipeline(comps, unet, text_encoder):
     """A pipeline that shares the live training modules (no copy), with a fast sampler."""
-    from diffusers import StableDiffusionPipeline
-
     from sdtune.inference.samplers import make_scheduler
 
     # The sampler `sdtune generate` uses by default, built the same way (one rule for every sampler: see samplers).
     scheduler = make_scheduler("dpm++", comps.noise_scheduler.config)
-    pipe = StableDiffusionPipeline(vae=comps.vae, text_encoder=text_encoder, tokenizer=comps.tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = comps.family.assemble(vae=comps.vae, unet=unet, scheduler=scheduler, tokenizer=comps.tokenizer,
+                                 text_encoder=text_encoder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
