@@ -19,8 +19,8 @@ from sdtune.models.real import REAL_PRESET_FOR_BASE
 
 # Run first, so that a run cut short by its time budget has covered each family with LoRA and with full
 # fine-tuning (+ EMA, the largest memory): the rest follow in file order, the two-stage recipe's stages last.
-PRIORITY = ("sd15-dreambooth-lora", "sd2-base-dreambooth-lora", "sd2-768-dreambooth-lora",
-            "sd15-t2i-full", "sd2-base-t2i-full", "sd2-768-t2i-full")
+PRIORITY = ("sd15-dreambooth-lora", "sd2-base-dreambooth-lora", "sd2-768-dreambooth-lora", "sdxl-dreambooth-lora",
+            "sd15-t2i-full", "sd2-base-t2i-full", "sd2-768-t2i-full", "sdxl-dreambooth-full")
 CAPTIONS = ["a photo of a person giving a thumbs up", "a red ball on a table", "a blue square, photo",
             "a woman giving a thumbs up, photo"]
 

@@ -33,6 +33,13 @@ COMBOS = {
         lambda tmp: {"train_dir": str(_mixed_shapes(tmp / "t2i", ["a red disc", "a ball"])), "random_flip": True,
                      "caption_dropout": 0.3},
         {}),
+    # SDXL: cached hidden states of both encoders and the pooled embedding; time ids from each bucket and flip
+    "xl-dreambooth-lora-prior": (
+        lambda tmp: {"instance_dir": str(_mixed_shapes(tmp / "inst")), "instance_prompt": "a photo of sks dog",
+                     "random_flip": True, "with_prior_preservation": True, "class_prompt": "a photo of a dog",
+                     "class_dir": str(make_images(tmp / "class", 2, size=(32, 32))), "num_class_images": 2,
+                     "caption_dropout": 0.3},
+        {"lora": {"rank": 2}, "batch_size": 2}),
 }
 
 
@@ -43,7 +50,7 @@ def test_uncached_resume_of_a_cached_bucketed_run_is_bitwise_the_cached_run(tmp_
     data, train = COMBOS[name]
     cached = tmp_path / "cached"
     cfg = tiny_config(cached, data(tmp_path), train, checkpoint={"every": 2, "keep": 5},
-                      save={"lora": False, "verify": False})
+                      save={"lora": False, "verify": False}, model={"base": "tiny-xl" if "xl" in name else "tiny"})
     first = run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
     assert "latent cache:" in first.stdout and "aspect-ratio buckets" in first.stdout
     assert ("text cache:" in first.stdout) != bool(train.get("train_text_encoder"))

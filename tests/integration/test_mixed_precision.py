@@ -33,6 +33,10 @@ COMBOS = {
                           {"full_model": True}),
     # validation mid-run swaps the EMA weights in and out: the straight run must still match the resumed one
     "db-full-prior-ema": ("db", {"ema": {"decay": 0.9}}, {"prediction_type": "v_prediction"}, 1, {}),
+    # SDXL in bf16 on the CPU: LoRA on the UNet and both text encoders, prior preservation (class images from the
+    # SDXL pipeline in bf16), validation mid-run, fused model
+    "xl-db-lora-te-prior-fused": ("db", {"lora": {"rank": 4}, "train_text_encoder": True},
+                                  {"base": "tiny-xl", "prediction_type": "v_prediction"}, 1, {"full_model": True}),
 }
 
 

@@ -26,16 +26,21 @@ def _images(pipe, prompt: str) -> np.ndarray:
     return out.images
 
 
-def _base_pipe():
+def _base_pipe(base: str = "tiny"):
     from sdtune.models.loading import load_pipeline
 
-    return load_pipeline("tiny")
+    return load_pipeline(base)
 
 
-@pytest.mark.parametrize("method,lora", [("t2i", True), ("t2i", False), ("db", True), ("db", False)])
-def test_method_output_loads_in_diffusers_and_changes_images(tmp_path: Path, method: str, lora: bool) -> None:
-    from diffusers import StableDiffusionPipeline
+# SDXL (tiny-xl): the same loop and outputs; its LoRA trains both text encoders (train.text_encoder_lr for both)
+@pytest.mark.parametrize("method,lora,base", [("t2i", True, "tiny"), ("t2i", False, "tiny"), ("db", True, "tiny"),
+                                              ("db", False, "tiny"), ("t2i", False, "tiny-xl"),
+                                              ("db", True, "tiny-xl")])
+def test_method_output_loads_in_diffusers_and_changes_images(tmp_path: Path, method: str, lora: bool,
+                                                             base: str) -> None:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    xl = base == "tiny-xl"
     if method == "t2i":
         data = {"train_dir": str(make_images(tmp_path / "data", 4, captions=["a red disc", "a photo of a ball"]))}
         prompt = "a red disc"
@@ -45,24 +50,33 @@ def test_method_output_loads_in_diffusers_and_changes_images(tmp_path: Path, met
     train = {"max_steps": 4, "learning_rate": 5e-3}
     if lora:
         train["lora"] = {"rank": 4}
+    if xl:  # both text encoders train, at their own rate
+        train |= {"train_text_encoder": True, "text_encoder_lr": 1e-3}
     run = tmp_path / "run"
-    cfg = tiny_config(run, data, train, validation={"prompts": [prompt], "steps": 2})
+    cfg = tiny_config(run, data, train, validation={"prompts": [prompt], "steps": 2}, model={"base": base})
     result = run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
     assert "done: 4 steps" in result.stdout
     assert "Traceback" not in result.stderr
 
-    base_images = _images(_base_pipe(), prompt)
+    base_images = _images(_base_pipe(base), prompt)
     if lora:
         assert "RUN/lora verified: diffusers: largest difference" in result.stdout  # loaded back before it is kept
-        pipe = _base_pipe()
+        pipe = _base_pipe(base)
         pipe.load_lora_weights(str(run / "lora"))
         assert not (run / "model").exists()
+        if xl:
+            assert set(pipe.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
     else:
         from safetensors import safe_open
 
-        with safe_open(str(run / "model" / "text_encoder" / "model.safetensors"), "pt") as f:
-            assert all(k.startswith("text_model.") for k in f.keys()), "transformers 4 loads other names as random"
-        pipe = StableDiffusionPipeline.from_pretrained(str(run / "model"))
+        for te in ("text_encoder", "text_encoder_2") if xl else ("text_encoder",):
+            with safe_open(str(run / "model" / te / "model.safetensors"), "pt") as f:
+                assert all(k.startswith("text_model.") or k == "text_projection.weight" for k in f.keys()), \
+                    "transformers 4 loads other names as random"
+        pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_pretrained(str(run / "model"))
+        if xl:  # trained encoders are saved, not the base's
+            base_te2 = _base_pipe(base).text_encoder_2.state_dict()
+            assert any(not torch.equal(v, base_te2[k]) for k, v in pipe.text_encoder_2.state_dict().items())
     tuned_images = _images(pipe, prompt)
     assert np.abs(tuned_images - base_images).mean() > 1e-3
 
@@ -70,7 +84,8 @@ def test_method_output_loads_in_diffusers_and_changes_images(tmp_path: Path, met
     assert Path(saved["output_dir"]).is_absolute()
     assert (run / "samples" / "step-000004" / "00-00.png").exists()
     card = (run / "README.md").read_text()
-    assert "tiny" in card and ("lora" in card) == lora
+    assert base in card and ("lora" in card) == lora
+    assert ("StableDiffusionXLPipeline" in card) == xl
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["steps"] == 4
 

@@ -39,13 +39,18 @@ COMBOS = {
     "db-lora-te-prior": ("db", {"lora": {"rank": 4, "alpha": 8}, "train_text_encoder": True,
                                 "gradient_accumulation_steps": 2, "noise_offset": 0.05}, True),
     "db-full-prior-ema": ("db", {"ema": {"decay": 0.9}, "lr_scheduler": "linear", "batch_size": 2}, True),
+    # SDXL: full UNet fine-tuning with frozen encoders (their hidden states and pooled embedding cached), random
+    # crops and flips (time ids change with each crop), caption dropout. SDXL LoRA on both text encoders with prior
+    # preservation resumes bitwise in test_mixed_precision and test_cache_buckets (one kill test is enough time).
+    "xl-t2i-full": ("t2i", {"lr_scheduler": "cosine", "lr_warmup_steps": 3}, False),
 }
 
 
 def _config(tmp: Path, name: str, run: str) -> Path:
     method, train, prior = COMBOS[name]
     cfg = tiny_config(tmp / run, _data(tmp, method, prior), {"max_steps": STEPS, **train},
-                      checkpoint={"every": EVERY, "keep": 10})
+                      checkpoint={"every": EVERY, "keep": 10},
+                      model={"base": "tiny-xl" if name.startswith("xl-") else "tiny"})
     return write_config(tmp / f"{run}.yaml", cfg)
 
 

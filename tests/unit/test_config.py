@@ -79,7 +79,10 @@ def test_every_shipped_run_config_is_valid(path: Path) -> None:
         assert cfg.train.lora is None and cfg.train.learning_rate <= 1e-5
     if "dreambooth-full" in path.name:
         assert cfg.data.with_prior_preservation and cfg.train.learning_rate <= 5e-6
-    assert cfg.data.resolution == (768 if "768" in path.name else 512)
+    assert cfg.data.resolution == (1024 if "sdxl" in path.name else 768 if "768" in path.name else 512)
+    if "sdxl" in path.name:  # the field's SDXL defaults: buckets, gradient checkpointing, 8-bit Adam for full
+        assert cfg.data.buckets and cfg.train.gradient_checkpointing
+        assert (cfg.train.lora is not None and 16 <= cfg.train.lora.rank <= 32) or cfg.train.optimizer == "adamw8bit"
 
 
 def test_resolved_config_is_absolute_and_round_trips(tmp_path: Path) -> None:

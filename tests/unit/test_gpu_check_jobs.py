@@ -24,8 +24,10 @@ def _args(**kw) -> argparse.Namespace:
 def test_every_ready_config_and_each_two_stage_stage_is_a_job() -> None:
     jobs = discover(ROOT / "configs")
     names = {j.name for j in jobs}
-    stems = {p.stem for p in (ROOT / "configs").glob("*.yaml")} - {"two-stage"}
-    assert stems | {"two-stage/concept", "two-stage/person"} == names
+    recipes = {"two-stage", "sdxl-two-stage"}
+    stems = {p.stem for p in (ROOT / "configs").glob("*.yaml")} - recipes
+    assert stems | {f"{r}/{stage}" for r in recipes for stage in ("concept", "person")} == names
+    assert {"sdxl-t2i-lora", "sdxl-dreambooth-lora", "sdxl-dreambooth-full"} <= names
     assert {j.name for j in select(jobs, "full")} == {s for s in stems if s.endswith("-full")}
     assert [j.name for j in select(jobs, "two-stage,sd15-t2i-lora")] == ["two-stage/concept", "two-stage/person",
                                                                          "sd15-t2i-lora"]

@@ -1,4 +1,5 @@
-"""Real-shape built-in models: the architecture of SD 1.5 / 2.1-base / 2.1 (768) with seeded random weights.
+"""Real-shape built-in models: the architecture of SD 1.5 / 2.1-base / 2.1 (768) / SDXL base 1.0 with seeded random
+weights (``real-sdxl``: UNet 2.57 G, text encoders 123 M + 695 M parameters, 10.3 GB in fp32 on disk).
 
 A shape error (a head count, a cross-attention width, a LoRA target, a kohya key name, v-prediction) shows on
 the real architecture whether or not its weights were learned, so tests and ``benchmarks/gpu_check.py`` train
@@ -37,6 +38,7 @@ REAL_PRESETS: dict[str, tuple[str, str | None]] = {
     "real-sd15": ("sd15", None),
     "real-sd2-base": ("sd2-base", None),
     "real-sd2-768": ("sd2-768", "real-sd2-base"),
+    "real-sdxl": ("sdxl", None),
 }
 
 # hub ids of the ready configs -> the preset with their architecture (for gpu_check and tests)
@@ -47,9 +49,10 @@ REAL_PRESET_FOR_BASE: dict[str, str] = {
     "stabilityai/stable-diffusion-2-base": "real-sd2-base",
     "stabilityai/stable-diffusion-2-1": "real-sd2-768",
     "stabilityai/stable-diffusion-2": "real-sd2-768",
+    "stabilityai/stable-diffusion-xl-base-1.0": "real-sdxl",
 }
 
-COMPONENTS = ("unet", "vae", "text_encoder")
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL only
 
 
 def configs_path(name: str) -> Path:
@@ -69,11 +72,12 @@ def _empty_module(component: str, config: dict[str, Any]):
 
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     with init_empty_weights(include_buffers=False):
-        if component == "text_encoder":
-            from transformers import CLIPTextConfig, CLIPTextModel
+        if component.startswith("text_encoder"):
+            import transformers
+            from transformers import CLIPTextConfig
 
-            config.pop("architectures", None)
-            return CLIPTextModel(CLIPTextConfig(**config))
+            cls = getattr(transformers, (config.pop("architectures", None) or ["CLIPTextModel"])[0])
+            return cls(CLIPTextConfig(**config))
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         cls = UNet2DConditionModel if component == "unet" else AutoencoderKL
@@ -133,13 +137,17 @@ def write_real_preset(name: str, folder: Path, shared_from: Path | None = None) 
     from sdtune.models.presets import build_tiny_tokenizer
 
     _quiet_weight_loading()
-    build_tiny_tokenizer(folder / "tokenizer").save_pretrained(str(folder / "tokenizer"))
+    sdxl = (configs_path(name) / "text_encoder_2").is_dir()
+    for tokenizer in ("tokenizer", "tokenizer_2") if sdxl else ("tokenizer",):
+        build_tiny_tokenizer(folder / tokenizer).save_pretrained(str(folder / tokenizer))
     for component in COMPONENTS:
+        if not (configs_path(name) / component).is_dir():
+            continue
         module = _empty_module(component, read_component_config(name, component))
         target = folder / component
         if shared_from is not None:
             target.mkdir(parents=True, exist_ok=True)
-            if component == "text_encoder":
+            if component.startswith("text_encoder"):
                 module.config.to_json_file(str(target / "config.json"))
             else:
                 module.save_config(str(target))

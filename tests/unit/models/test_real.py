@@ -28,6 +28,11 @@ REAL_COUNTS = {
     ("real-sd2-768", "unet"): 865_910_724,
     ("real-sd2-768", "text_encoder"): 340_387_840,
     ("real-sd15", "vae"): 83_653_863,
+    # SDXL base 1.0: UNet, CLIP ViT-L (as SD 1.5's), OpenCLIP bigG with projection, its VAE (SD's architecture)
+    ("real-sdxl", "unet"): 2_567_463_684,
+    ("real-sdxl", "text_encoder"): 123_060_480,
+    ("real-sdxl", "text_encoder_2"): 694_659_840,
+    ("real-sdxl", "vae"): 83_653_863,
 }
 
 
