@@ -90,11 +90,15 @@ def _kohya_out(run: Path, out: Path | None) -> Path:
 
 
 def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = None) -> Path:
+    from sdtune.models.family import SDXL
     from sdtune.models.kohya import export_kohya
+    from sdtune.models.loading import model_family
 
     source = _run_lora(run)
-    check = _verifier(("kohya-diffusers", "kohya-comfyui"), _base_for(source, base), source=source)
-    target = export_kohya(source, _kohya_out(run, out), dtype=dtype, check=check)
+    base_kw = _base_for(source, base)
+    check = _verifier(("kohya-diffusers", "kohya-comfyui"), base_kw, source=source)
+    sdxl = model_family(base_kw["base"], base_kw.get("revision")) is SDXL  # lora_te1_/lora_te2_ names
+    target = export_kohya(source, _kohya_out(run, out), dtype=dtype, check=check, sdxl=sdxl)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")

@@ -29,6 +29,8 @@ import torch
 from sdtune.errors import ModelLoadError, SdtuneError
 
 KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+# SDXL's two text encoders: CLIP-L is ``lora_te1``, OpenCLIP-bigG ``lora_te2`` (kohya sd-scripts, ComfyUI, diffusers)
+SDXL_PREFIXES = {**KOHYA_PREFIXES, "text_encoder": "lora_te1"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _DIFFUSERS_KEY = re.compile(
@@ -51,17 +53,21 @@ class LoraLayer:
         return int(self.down.shape[0])
 
 
-def kohya_name(component: str, module: str) -> str:
+def kohya_name(component: str, module: str, sdxl: bool = False) -> str:
     """``('unet', 'down_blocks.1.attentions.0.proj_in')`` -> ``lora_unet_down_blocks_1_attentions_0_proj_in``.
 
     Text encoder layers are named as in transformers 4's ``CLIPTextModel`` (``text_model.encoder...``), which
-    is what kohya, AUTOMATIC1111 and ComfyUI expect; transformers 5 dropped the ``text_model`` level.
+    is what kohya, AUTOMATIC1111 and ComfyUI expect; transformers 5 dropped the ``text_model`` level. On SDXL
+    (``sdxl``) the first text encoder is ``lora_te1_``, the second ``lora_te2_``. UNet layers keep their diffusers
+    paths on SDXL too (``lora_unet_down_blocks_...``): what diffusers' own converter writes, and a name ComfyUI
+    maps for SDXL as for SD; kohya's own files use the SGM block names (``input_blocks``), which both also read.
     """
-    if component not in KOHYA_PREFIXES:
+    prefixes = SDXL_PREFIXES if sdxl else KOHYA_PREFIXES
+    if component not in prefixes:
         raise SdtuneError(f"no kohya name for LoRA component '{component}'")
     if component.startswith("text_encoder") and not module.startswith("text_model."):
         module = f"text_model.{module}"
-    return f"{KOHYA_PREFIXES[component]}_{module.replace('.', '_')}"
+    return f"{prefixes[component]}_{module.replace('.', '_')}"
 
 
 def _pattern_value(patterns: dict, module: str, default: float) -> float:
@@ -117,7 +123,7 @@ def read_diffusers_lora(path: Path) -> list[LoraLayer]:
     for key, tensor in tensors.items():
         match = _DIFFUSERS_KEY.match(key)
         if match is None:
-            if key.startswith(tuple(f"{p}_" for p in KOHYA_PREFIXES.values())):
+            if key.startswith(tuple(f"{p}_" for p in {*KOHYA_PREFIXES.values(), *SDXL_PREFIXES.values()})):
                 raise SdtuneError(f"{path} is already in the kohya format")
             raise SdtuneError(f"{path}: key {key} is not a diffusers LoRA weight (expected unet./text_encoder. "
                               "... .lora.down.weight / .lora.up.weight)")
@@ -136,11 +142,16 @@ def read_diffusers_lora(path: Path) -> list[LoraLayer]:
     return layers
 
 
-def to_kohya(layers: list[LoraLayer], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """kohya state dict: ``<name>.lora_down.weight``, ``<name>.lora_up.weight``, ``<name>.alpha`` per layer."""
+def to_kohya(layers: list[LoraLayer], dtype: torch.dtype = torch.float32,
+             sdxl: bool | None = None) -> dict[str, torch.Tensor]:
+    """kohya state dict: ``<name>.lora_down.weight``, ``<name>.lora_up.weight``, ``<name>.alpha`` per layer.
+
+    ``sdxl``: name text-encoder layers ``lora_te1_`` / ``lora_te2_`` (None: when the LoRA has a second encoder)."""
+    if sdxl is None:
+        sdxl = any(layer.component == "text_encoder_2" for layer in layers)
     state: dict[str, torch.Tensor] = {}
     for layer in layers:
-        name = kohya_name(layer.component, layer.module)
+        name = kohya_name(layer.component, layer.module, sdxl)
         if f"{name}.alpha" in state:
             raise SdtuneError(f"two layers map to the kohya name {name}")
         state[f"{name}.lora_down.weight"] = layer.down.to(dtype).contiguous()
@@ -151,7 +162,7 @@ def to_kohya(layers: list[LoraLayer], dtype: torch.dtype = torch.float32) -> dic
 
 
 def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
-                 check: Callable[[Path], None] | None = None) -> Path:
+                 check: Callable[[Path], None] | None = None, sdxl: bool | None = None) -> Path:
     """Convert a diffusers-format LoRA file to a kohya-format ``.safetensors`` file.
 
     Written under a temporary name; ``check(tmp)`` (e.g. a load-and-compare verification) may raise, and then no
@@ -162,7 +173,7 @@ def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
     if dtype not in DTYPES:
         raise SdtuneError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     layers = read_diffusers_lora(Path(lora_file))
-    state = to_kohya(layers, DTYPES[dtype])
+    state = to_kohya(layers, DTYPES[dtype], sdxl)
     ranks = sorted({layer.rank for layer in layers})
     alphas = sorted({round(layer.scale * layer.rank, 6) for layer in layers})
     metadata = {

@@ -174,9 +174,9 @@ def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module
 
 
 def rewrite_lora_file(source: Path, target: Path, *, check: Callable[[Path], None] | None = None) -> Path:
-    """Rewrite any diffusers-format SD LoRA file (an older sdtune's, the diffusers scripts' ``lora.down`` names) in
-    the format :func:`write_lora_file` writes, keeping its adapter config. ``check(tmp_file)`` may raise before
-    the file takes its name; then nothing is left behind."""
+    """Rewrite any diffusers-format SD / SDXL LoRA file (an older sdtune's, the diffusers scripts' ``lora.down``
+    names) in the format :func:`write_lora_file` writes, keeping its adapter config. ``check(tmp_file)`` may raise
+    before the file takes its name; then nothing is left behind."""
     import shutil
 
     from safetensors import safe_open
@@ -186,10 +186,10 @@ def rewrite_lora_file(source: Path, target: Path, *, check: Callable[[Path], Non
 
     with safe_open(str(source), "pt") as fh:
         configs = _component_metadata(fh.metadata())
-    states: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "text_encoder": {}}
+    states: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "text_encoder": {}, "text_encoder_2": {}}
     for layer in read_diffusers_lora(source):
         if layer.component not in states:
-            raise SdtuneError(f"{source}: {layer.component} LoRA layers are not an SD 1.x/2.x LoRA")
+            raise SdtuneError(f"{source}: {layer.component} LoRA layers are not an SD 1.x/2.x or SDXL LoRA")
         states[layer.component][f"{layer.module}.lora_A.weight"] = layer.down
         states[layer.component][f"{layer.module}.lora_B.weight"] = layer.up
     target = Path(target)
@@ -198,7 +198,9 @@ def rewrite_lora_file(source: Path, target: Path, *, check: Callable[[Path], Non
     try:
         staging.mkdir(parents=True)
         written = write_lora_file(staging, states["unet"], states["text_encoder"],
-                                  unet_config=configs.get("unet"), text_encoder_config=configs.get("text_encoder"))
+                                  unet_config=configs.get("unet"), text_encoder_config=configs.get("text_encoder"),
+                                  text_encoder_2_state=states["text_encoder_2"],
+                                  text_encoder_2_config=configs.get("text_encoder_2"))
         if check is not None:
             check(written)
         written.replace(target)

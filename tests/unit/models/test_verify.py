@@ -22,29 +22,49 @@ from tests.helpers import tiny_pipeline_with_lora
 WIDE = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
 
 
-def _run(folder: Path, rank: int = 4, alpha: float = 8.0) -> Path:
+def _run(folder: Path, rank: int = 4, alpha: float = 8.0, base: str = "tiny") -> Path:
     """A run folder (config.yaml naming its base) whose LoRA covers attention, convs, feed-forwards and the text
-    encoder, saved by the training writer with non-zero weights."""
+    encoder(s), saved by the training writer with non-zero weights."""
+    from sdtune.models.loading import family_of_pipeline
     from sdtune.models.lora import save_lora
 
     settings = LoraSettings(rank=rank, alpha=alpha, targets=WIDE)
-    pipe = tiny_pipeline_with_lora(settings, seed=0, scale=0.1)
+    if base == "tiny":
+        pipe = tiny_pipeline_with_lora(settings, seed=0, scale=0.1)
+        text_encoder = pipe.text_encoder
+    else:  # SDXL: both encoders as one module with one adapter, as training holds them
+        pipe = load_pipeline(base)
+        text_encoder = family_of_pipeline(pipe).text_of(pipe)[1]
+        add_lora(pipe.unet, settings, settings.targets)
+        add_lora(text_encoder, settings, settings.text_encoder_targets)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for module in (pipe.unet, text_encoder):
+                for name, param in module.named_parameters():
+                    if "lora_" in name:
+                        param.copy_(0.1 * torch.randn(param.shape, generator=gen))
     (folder / "lora").mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"}, "train": {"lora": {}}}))
-    save_lora(folder / "lora", pipe.unet, pipe.text_encoder, settings)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"base": base}, "train": {"lora": {}}}))
+    save_lora(folder / "lora", pipe.unet, text_encoder, settings)
     return folder
 
 
-def test_kohya_export_prints_each_consumers_largest_difference(tmp_path: Path) -> None:
-    run = _run(tmp_path / "me")
+@pytest.mark.parametrize("base", ["tiny", "tiny-xl"])
+def test_kohya_export_prints_each_consumers_largest_difference(tmp_path: Path, base: str) -> None:
+    """SDXL: text encoders as lora_te1_ / lora_te2_, loaded by diffusers' kohya converter and by ComfyUI's names."""
+    run = _run(tmp_path / "me", base=base)
     result = CliRunner().invoke(app, ["export", str(run), "--format", "kohya", "--dtype", "float16"])
     assert result.exit_code == 0, result.output
     lines = [ln for ln in result.output.splitlines() if "verified:" in ln]
     assert [ln.split("verified: ")[1].split(":")[0] for ln in lines] == ["kohya-diffusers", "kohya-comfyui"]
     assert all("largest difference UNet" in ln and "text encoder" in ln and ln.endswith(" ok") for ln in lines)
     assert "rounded to float16" in lines[0]
+    te = "lora_te1" if base == "tiny-xl" else "lora_te"
     with safe_open(str(run / "export" / "me.safetensors"), "pt") as fh:  # alpha stays exact in a float16 file
-        assert fh.get_tensor("lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha").dtype == torch.float32
+        assert fh.get_tensor(f"{te}_text_model_encoder_layers_0_self_attn_q_proj.alpha").dtype == torch.float32
+        prefixes = {key.split("_text_model")[0].split("_down_blocks")[0].split("_up_blocks")[0].split("_mid")[0]
+                     for key in fh.keys()}
+    assert prefixes == ({"lora_unet", "lora_te1", "lora_te2"} if base == "tiny-xl" else {"lora_unet", "lora_te"})
     assert sorted(p.name for p in (run / "export").iterdir()) == ["me.safetensors"]
 
 
