@@ -176,9 +176,11 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
     totals = _Totals()
     with torch.no_grad():
         unet_state = extract_module(base.unet, tuned.unet, rank, conv=conv, totals=totals, component="unet")
-        te_state = extract_module(base.text_encoder, tuned.text_encoder, rank, totals=totals,
-                                  component="text_encoder")
-    if not unet_state and not te_state:
+        te_states = {name: extract_module(getattr(base, name), getattr(tuned, name), rank, totals=totals,
+                                          component=name)
+                     for name in ("text_encoder", "text_encoder_2") if getattr(base, name, None) is not None}
+    te_state = te_states.get("text_encoder")
+    if not unet_state and not any(te_states.values()):
         raise SdtuneError(f"{tuned_ref} has the same weights as {base_ref}: there is nothing to extract")
     report = totals.report(rank, source=str(tuned_ref), base=str(base_ref))
     report.conv = conv
@@ -187,7 +189,8 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
 
     def write(tmp: Path) -> None:
         staged.append(tmp)
-        file = write_lora_file(tmp, unet_state, te_state)  # the one writer: key names every diffusers version loads
+        # the one writer: key names every diffusers version loads; SDXL's second encoder as text_encoder_2
+        file = write_lora_file(tmp, unet_state, te_state, text_encoder_2_state=te_states.get("text_encoder_2"))
         (tmp / EXTRACTION_REPORT).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
         if check is not None:
             check(file)

@@ -125,3 +125,31 @@ def test_truncated_extraction_reports_its_error_and_conv_option(tmp_path: Path) 
 def test_nothing_to_extract_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SdtuneError, match="nothing to extract"):
         extract_lora("tiny", "tiny", tmp_path / "out", 4)
+
+
+def test_sdxl_extraction_covers_both_text_encoders(tmp_path: Path) -> None:
+    """A full SDXL fine-tune that changed the second text encoder: its LoRA carries text_encoder_2 layers, and
+    StableDiffusionXLPipeline.load_lora_weights reproduces the tuned encoder."""
+    from sdtune.models.loading import load_pipeline
+
+    pipe = load_pipeline("tiny-xl")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, module in pipe.text_encoder_2.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith("q_proj"):
+                out, inp = module.weight.shape
+                module.weight += 0.2 * torch.randn(out, 2, generator=g) @ torch.randn(2, inp, generator=g)
+    pipe.save_pretrained(tmp_path / "tuned", safe_serialization=True)
+    report = extract_lora("tiny-xl", str(tmp_path / "tuned"), tmp_path / "lora", 2)
+    assert report.components == ["text_encoder_2"] and report.relative_error < 1e-4
+    ids = torch.tensor([[49, 50, 51, 52]])
+
+    def encode(p) -> torch.Tensor:
+        with torch.no_grad():
+            return p.text_encoder_2(ids).last_hidden_state  # every position (pooling reads one)
+
+    loaded = load_pipeline("tiny-xl")
+    loaded.load_lora_weights(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
+    expected = encode(load_pipeline(str(tmp_path / "tuned")))
+    assert (encode(loaded) - expected).abs().max() < 1e-4
+    assert (encode(load_pipeline("tiny-xl")) - expected).abs().max() > 1e-2
