@@ -82,6 +82,11 @@ class DualTokenizer:
         return len(self.tokenizer)
 
 
+def _dtype(kw: dict[str, Any]) -> dict[str, Any]:
+    """``dtype=`` (None: fp32) as transformers' keyword."""
+    return {**kw, "dtype": kw.get("dtype") or torch.float32}
+
+
 class Family:
     """Stable Diffusion 1.x / 2.x: one CLIP text encoder, last hidden states, no added conditioning."""
 
@@ -100,13 +105,13 @@ class Family:
         return {"safety_checker": None, "requires_safety_checker": False}
 
     def load_text(self, source: str, *, revision: str | None, local_files_only: bool, **kw: Any) -> tuple[Any, Any]:
-        """(tokenizer, text encoder) of a diffusers folder or hub id, fp32 on the CPU."""
+        """(tokenizer, text encoder) of a diffusers folder or hub id on the CPU (``dtype=``: fp32 unless given)."""
         from transformers import CLIPTextModel, CLIPTokenizer
 
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision,
                                                   local_files_only=local_files_only)
         return tokenizer, CLIPTextModel.from_pretrained(source, subfolder="text_encoder", revision=revision,
-                                                        local_files_only=local_files_only, **kw)
+                                                        local_files_only=local_files_only, **_dtype(kw))
 
     def text_of(self, pipe: Any) -> tuple[Any, Any]:
         """(tokenizer, text encoder) of a loaded pipeline."""
@@ -161,8 +166,8 @@ class SDXLFamily(Family):
 
         common = {"revision": revision, "local_files_only": local_files_only}
         toks = [CLIPTokenizer.from_pretrained(source, subfolder=sub, **common) for sub in ("tokenizer", "tokenizer_2")]
-        first = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **common, **kw)
-        second = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **common, **kw)
+        first = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **common, **_dtype(kw))
+        second = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **common, **_dtype(kw))
         return DualTokenizer(*toks), DualTextEncoder(first, second)
 
     def text_of(self, pipe: Any) -> tuple[Any, Any]:

@@ -212,8 +212,12 @@ def load_vae(ref: str, *, revision: str | None = None, allow_pickle: bool = Fals
 
 def load_components(ref: str, *, allow_pickle: bool = False, revision: str | None = None,
                     variant: str | None = None, prediction_type: str | None = None,
-                    vae: str | None = None) -> SDComponents:
-    """Load tokenizer(s), text encoder(s), VAE, UNet and a DDPM training scheduler in fp32 on the CPU.
+                    vae: str | None = None, unet_dtype: Any = None, text_encoder_dtype: Any = None
+                    ) -> SDComponents:
+    """Load tokenizer(s), text encoder(s), VAE, UNet and a DDPM training scheduler on the CPU, in fp32 unless
+    ``unet_dtype`` / ``text_encoder_dtype`` say otherwise (a frozen part is loaded straight into the training's
+    compute dtype: the same rounding as a cast after loading, without holding the fp32 copy: SDXL's UNet is 10 GB
+    in fp32).
 
     The family (SD 1/2 or SDXL) is read from the model; ``vae`` replaces the model's VAE (``model.vae``).
     """
@@ -235,9 +239,10 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
         safe = None if allow_pickle else True
         family = family_of_source(source, revision, local_files_only=kw["local_files_only"])
         try:
-            tokenizer, text_encoder = family.load_text(source, use_safetensors=safe, **kw)
+            tokenizer, text_encoder = family.load_text(source, use_safetensors=safe, dtype=text_encoder_dtype, **kw)
             vae_model = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=safe, **kw)
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=safe, **kw)
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=safe,
+                                                        torch_dtype=unet_dtype, **kw)
             noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision,
                                                             local_files_only=kw["local_files_only"])
         except (OSError, ValueError) as exc:

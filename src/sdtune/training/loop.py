@@ -46,6 +46,7 @@ from sdtune.training.modules import (
     check_machine,
     check_mixed_precision,
     configure_trainables,
+    frozen_dtypes,
 )
 
 
@@ -163,7 +164,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     _ensure_class_images(cfg, accelerator, stop, plan)
 
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
-                            variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae)
+                            variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae,
+                            **frozen_dtypes(cfg))
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,
                           bucket_step=bucket_step_of(comps.vae.config, comps.unet.config))
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's

@@ -31,6 +31,17 @@ def weight_dtype_for(mixed_precision: str) -> torch.dtype:
     return compute_dtype(mixed_precision)
 
 
+def frozen_dtypes(cfg: RunConfig) -> dict[str, torch.dtype | None]:
+    """The dtypes to load the UNet and text encoder(s) in: the compute dtype where their base weights stay frozen
+    (LoRA, or a frozen text encoder), as :func:`configure_trainables` would cast them; None (fp32) where they train."""
+    dtype = weight_dtype_for(cfg.train.mixed_precision)
+    if dtype == torch.float32:
+        return {"unet_dtype": None, "text_encoder_dtype": None}
+    lora = cfg.train.lora is not None
+    return {"unet_dtype": dtype if lora else None,
+            "text_encoder_dtype": dtype if lora or not cfg.train.train_text_encoder else None}
+
+
 def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.device) -> Trainables:
     """Freeze what is not trained, add LoRA adapters, cast frozen weights to the mixed-precision dtype.
 

@@ -103,3 +103,16 @@ def test_family_is_read_from_the_folder() -> None:
     assert family_of_folder(preset_path("tiny")) is SD and model_family("tiny") is SD
     comps = load_components("tiny-xl")
     assert comps.family is SDXL and type(comps.text_encoder).__name__ == "DualTextEncoder"
+
+
+def test_sdxl_buckets_are_its_64_px_shapes() -> None:
+    """SDXL downsamples 32x but trained on 64 px buckets: 1024 px gives its usual shapes, not hundreds."""
+    from sdtune.data.buckets import bucket_resolutions, bucket_step_of
+    from sdtune.models.real import read_component_config
+
+    step = bucket_step_of(read_component_config("real-sdxl", "vae"), read_component_config("real-sdxl", "unet"))
+    assert step == 64 and bucket_step_of(read_component_config("real-sd15", "vae"),
+                                         read_component_config("real-sd15", "unet")) == 64
+    buckets = bucket_resolutions(1024, step)
+    assert {(1024, 1024), (1152, 896), (1216, 832), (1344, 768), (896, 1152)} <= set(buckets)
+    assert len(buckets) < 100
