@@ -22,6 +22,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _no_empty_path(value: Any) -> Any:
+    """An empty path (``output_dir=`` on the command line) would mean the current folder: never what was meant."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty (it would mean the current folder): give a folder, e.g. runs/me")
+    return value
+
+
 class ModelConfig(Section):
     base: str = Field("tiny", description="hub id, local diffusers folder, single .safetensors file, or a built-in "
                       f"model ({', '.join(PRESETS)})")
@@ -46,6 +53,11 @@ class SubsetConfig(Section):
     role: Literal["train", "class"] = Field(
         "train", description="'class' subsets are paired with train examples for prior preservation"
     )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_given(cls, value: Any) -> Any:
+        return _no_empty_path(value)
 
 
 class DataConfig(Section):
@@ -80,6 +92,11 @@ class DataConfig(Section):
                              "(bitwise the same training)")
     cache_dir: Path | None = Field(None, description="where cached latents/embeddings go (default: "
                                    "$SDTUNE_CACHE/features or ~/.cache/sdtune/features; shared by every run)")
+
+    @field_validator("train_dir", "instance_dir", "class_dir", mode="before")
+    @classmethod
+    def _paths_given(cls, value: Any) -> Any:
+        return _no_empty_path(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
@@ -196,6 +213,11 @@ class RunConfig(Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     save: SaveConfig = Field(default_factory=SaveConfig)
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_given(cls, value: Any) -> Any:
+        return _no_empty_path(value)
 
     @property
     def is_lora(self) -> bool:

@@ -106,3 +106,17 @@ def test_lora_divergence_without_clipping_never_saves_a_bad_checkpoint(tmp_path:
         assert all(bool(t.isfinite().all()) for t in load_file(str(path)).values()), f"{path} holds NaN"
     done = run_cli("train", config, "train.learning_rate=1e-3", "train.max_steps=2")  # starting again is allowed
     assert "done: 2 steps" in done.stdout
+
+
+def test_train_never_writes_over_a_users_folder_or_into_the_data(tmp_path: Path) -> None:
+    """Issue #10: `output_dir=` (the current folder) replaced the user's README.md / config.yaml / metrics.json."""
+    config = _config(tmp_path)
+    user = tmp_path / "user"
+    user.mkdir()
+    for name in ("README.md", "config.yaml", "metrics.json"):
+        (user / name).write_text("mine\n")
+    _fails("train", str(config), "output_dir=", needle="output_dir=: is empty", cwd=user)
+    _fails("train", str(config), "output_dir=.", needle="is not an sdtune run folder", cwd=user)
+    assert all((user / n).read_text() == "mine\n" for n in ("README.md", "config.yaml", "metrics.json"))
+    _fails("train", str(config), f"output_dir={tmp_path / 'inst'}", needle="is the training data folder itself")
+    assert not (tmp_path / "inst" / "config.yaml").exists()

@@ -324,6 +324,18 @@ def prepare_shared(concept: Path, configs: list[RunConfig], echo: Callable[[str]
             echo(f"class images: {made} new in {folder} ({cfg.data.class_prompt})")
 
 
+def _check_out_folder(out_dir: Path, subjects: list[Subject], configs: list[RunConfig]) -> None:
+    """OUT: new, empty, an earlier personalize folder (summary.csv), or only subject folders and class images;
+    every subject's folder a run folder (or new) that is not its own photos folder."""
+    from sdtune.output_folders import check_group_folder, check_run_output
+
+    own = {s.name for s in subjects} | {"class-images", "summary.md"}
+    check_group_folder(out_dir, own, configs, "personalize output folder", "summary.csv", "--out",
+                       "sdtune personalize")
+    for cfg in configs:
+        check_run_output(cfg)
+
+
 def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: Path | None = None,
                 stage: str = "person", overrides: list[str] | None = None, instance_prompt: str | None = None,
                 class_prompt: str | None = None, echo: Callable[[str], None] = print) -> PersonalizeResult:
@@ -337,6 +349,7 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
     tmpl = load_template(template, stage)
     configs = [subject_config(s, tmpl, concept, out_dir, overrides=overrides, instance_prompt=instance_prompt,
                               class_prompt=class_prompt) for s in subjects]
+    _check_out_folder(out_dir, subjects, configs)
     procs = Processes()
     try:
         problem = None

@@ -119,12 +119,27 @@ def _check_unchanged(name: str, cfg: RunConfig) -> None:
                           f"{run_dir} to train that stage again")
 
 
+def check_recipe_folder(output_dir: Path, plans: list[tuple[Stage, RunConfig]], recipe_path: Path | None = None
+                        ) -> None:
+    """The recipe's OUTPUT: new, empty, a recipe folder already (manifest.json), or holding only its stage folders,
+    the recipe file and data folders the recipe itself names there (class images)."""
+    from sdtune.output_folders import check_group_folder
+
+    own = {stage.name for stage, _ in plans}
+    if recipe_path is not None and Path(recipe_path).resolve().parent == Path(output_dir).resolve():
+        own.add(Path(recipe_path).name)
+    check_group_folder(output_dir, own, [cfg for _, cfg in plans],
+                       "recipe output folder", MANIFEST, "output_dir", "sdtune run")
+
+
 def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:
     """Before any training: every stage's state, config drift and training data (seconds, not hours, to fail)."""
     from sdtune.data.check_before_train import check_training_data
+    from sdtune.output_folders import check_run_output
 
     states = {}
     for stage, cfg in plans:
+        check_run_output(cfg)  # a stage folder that is someone's files, or the data: refused before any stage runs
         state = run_state(Path(cfg.output_dir))
         states[stage.name] = state
         if state != "new":
@@ -148,6 +163,7 @@ def run_recipe(recipe: Recipe, recipe_path: Path | None = None, *,
         stop.phase("no stage has started; stopping before one does", "quit: nothing was trained", QUIT_NOW)
         plans = stage_configs(recipe)
         output_dir = Path(plans[0][1].output_dir).parent
+        check_recipe_folder(output_dir, plans, recipe_path)
         manifest = Manifest(output_dir / MANIFEST, recipe_path, [stage.name for stage, _ in plans])
         states = preflight(plans)
         result = RecipeResult("finished", output_dir)

@@ -55,7 +55,10 @@ def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
 
 
 def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
+    from sdtune.output_folders import check_run_output
+
     run_dir = Path(cfg.output_dir)
+    check_run_output(cfg)  # never over a user's files, never into the data (before anything is written)
     ckpt.clean_partial(run_dir / "checkpoints")
     if resume is None:
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
