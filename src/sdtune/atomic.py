@@ -103,6 +103,37 @@ def disk_full_as_error(what: str, target: Path, needed: int | None = None, then:
         raise disk_full_error(what, target, exc, needed, then) from None
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(path: Path) -> Path:
+    """Give ``path`` (a file, or a folder with everything in it) the mode a plain ``open()`` would have given it.
+
+    safetensors' ``save_file`` and ``tempfile.mkstemp``/``mkdtemp`` create 0600 files and 0700 folders whatever the
+    umask, so a shared folder, or an AUTOMATIC1111/ComfyUI server running as another user, could not read the
+    outputs. Called on every temporary file or folder just before it takes its final name: 0644 / 0755 under umask
+    022. Links are left alone.
+    """
+    mask = current_umask()
+    path = Path(path)
+    items = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for item in items:
+        if item.is_symlink():
+            continue
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see half a file (a config, a manifest, metrics)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +157,7 @@ def atomic_save(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         with disk_full_as_error(path.name, path):
             write(tmp)
+            umask_mode(tmp)
             tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -133,7 +165,11 @@ def atomic_save(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def replace_folder(tmp: Path, target: Path) -> Path:
-    """Move the finished folder ``tmp`` to ``target``, replacing an older ``target`` without a gap."""
+    """Move the finished folder ``tmp`` to ``target``, replacing an older ``target`` without a gap.
+
+    Its files and folders take the umask's modes first (:func:`umask_mode`).
+    """
+    umask_mode(tmp)
     if target.exists():
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,13 @@ def test_method_output_loads_in_diffusers_and_changes_images(tmp_path: Path, met
 def test_saved_config_reruns_as_is_and_lora_checkpoint_is_small(tmp_path: Path) -> None:
     data = {"instance_dir": str(make_images(tmp_path / "data", 3)), "instance_prompt": "a photo of sks dog"}
     run = tmp_path / "run"
-    run_cli("train", str(write_config(tmp_path / "c.yaml", tiny_config(run, data, {"lora": {"rank": 2}}))))
+    old_umask = os.umask(0o027)  # the run's files follow it (safetensors alone makes 0600 files)
+    try:
+        run_cli("train", str(write_config(tmp_path / "c.yaml", tiny_config(run, data, {"lora": {"rank": 2}}))))
+    finally:
+        os.umask(old_umask)
+    modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in run.rglob("*") if p.is_file()}
+    assert "lora/pytorch_lora_weights.safetensors" in modes and set(modes.values()) == {"0o640"}, modes
     ckpt = run / "checkpoints" / "step-000004" / "trainable.safetensors"
     unet_bytes = sum(p.stat().st_size for p in (_tiny_folder() / "unet").glob("*.safetensors"))
     assert ckpt.stat().st_size < unet_bytes / 10, "a LoRA checkpoint must not hold the UNet"

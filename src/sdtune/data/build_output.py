@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sdtune.atomic import umask_mode
 from sdtune.data.captions import safe_member
 from sdtune.data.folders import METADATA, list_images
 from sdtune.data.images import is_image_file
@@ -101,6 +102,7 @@ def commit(out: Path, staging: Path, names: list[str], rows: list[dict[str, Any]
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        umask_mode(Path(tmp))  # mkstemp makes 0600 files
         os.replace(tmp, out / METADATA)
     finally:
         if os.path.exists(tmp):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from sdtune.atomic import umask_mode
 from sdtune.errors import ModelLoadError, SdtuneError
 
 KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
@@ -192,5 +193,6 @@ def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    umask_mode(tmp)  # save_file makes 0600 files: a UI running as another user could not read it
     tmp.replace(out_file)
     return out_file

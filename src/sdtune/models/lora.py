@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from sdtune.atomic import umask_mode
 from sdtune.config import LoraConfig as LoraSettings
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -203,6 +204,7 @@ def rewrite_lora_file(source: Path, target: Path, *, check: Callable[[Path], Non
                                   text_encoder_2_config=configs.get("text_encoder_2"))
         if check is not None:
             check(written)
+        umask_mode(written)
         written.replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,6 +20,8 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sdtune.atomic import umask_mode
+
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 TOKENIZERS = ("tokenizer", "tokenizer_2")
 CLIP_ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection")
@@ -50,6 +52,7 @@ def portable_text_encoder(folder: Path) -> bool:
             tensors = {portable_key(k): handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - not a dict
         tmp = file.with_name(f".{file.name}.tmp")
         save_file(tensors, str(tmp), metadata=metadata)
+        umask_mode(tmp)  # save_file makes 0600 files
         tmp.replace(file)
     index = folder / INDEX
     if index.is_file():

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sdtune.atomic import umask_mode
 from sdtune.models.real import REAL_PRESETS, REAL_VERSION
 
 PRESET_VERSION = 1
@@ -72,6 +73,7 @@ def preset_path(name: str) -> Path:
             build_tiny_xl_pipeline().save_pretrained(staging, safe_serialization=True)
         else:
             build_tiny_pipeline(v_prediction=(name == "tiny-v")).save_pretrained(staging, safe_serialization=True)
+        umask_mode(staging)  # mkdtemp makes a 0700 folder, save_file 0600 files
         try:
             staging.rename(target)
         except OSError:  # another process finished first; its copy is identical

@@ -131,7 +131,10 @@ def save_judge(judge: Judge, folder: Path, metrics: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
+    from sdtune.atomic import umask_mode
+
     save_file({k: v.half().contiguous() for k, v in judge.state_dict().items()}, str(folder / "judge.safetensors"))
+    umask_mode(folder / "judge.safetensors")
     (folder / "judge.json").write_text(json.dumps({"colours": COLOUR_NAMES, "shapes": list(ALL_SHAPES),
                                                    "patterns": list(PATTERNS), "resolution": RESOLUTION,
                                                    "held_out_accuracy": metrics or {}}, indent=2))
