@@ -6,6 +6,7 @@ leaves a folder that loads half a model.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import torch
@@ -96,11 +97,71 @@ def _images_row(metrics: dict) -> str:
     return str(images if images is not None else examples)
 
 
+def example_prompt(cfg: RunConfig) -> str:
+    """A prompt the run was trained for: the instance prompt, a validation prompt, else a caption of its data."""
+    if cfg.data.instance_prompt:
+        return cfg.data.instance_prompt
+    if cfg.validation.prompts:
+        return cfg.validation.prompts[0]
+    from sdtune.data.folders import read_folder
+    from sdtune.data.subsets import subsets_from_config
+
+    for subset in subsets_from_config(cfg.data):
+        if subset.role != "train":
+            continue
+        if subset.prompt:
+            return subset.prompt
+        try:
+            captions = [c for record in read_folder(subset.path).records for c in record.captions if c.strip()]
+        except Exception:  # noqa: BLE001 - the card must be written even when the data moved away since
+            captions = []
+        if captions:
+            return captions[0]
+    return "a photo"
+
+
+def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: str = "StableDiffusionPipeline"
+                  ) -> list[str]:
+    """Python lines that load the run's result and generate ``prompt``: runnable as pasted (strings quoted with
+    ``repr``, built-in bases loaded through sdtune, the fused ``RUN/model`` when there is one)."""
+    cls = pipeline_class
+    lines = [f"from diffusers import {cls}", ""]
+    model_dir = run_dir / "model"
+    base = cfg.model.base
+    if (model_dir / "model_index.json").is_file():
+        fused = " (the base with this run's LoRA fused in)" if cfg.train.lora is not None else ""
+        lines.append(f"pipe = {cls}.from_pretrained({str(model_dir)!r})  # full model{fused}")
+    else:
+        from sdtune.models.presets import is_preset
+
+        if is_preset(base):
+            lines = [f"from diffusers import {cls}",
+                     f"from sdtune.models.presets import preset_path  # {base!r} is built into sdtune", "",
+                     f"pipe = {cls}.from_pretrained(preset_path({base!r}))"]
+        elif Path(base).is_file():
+            lines.append(f"pipe = {cls}.from_single_file({base!r})")
+        else:
+            extra = "".join(f", {key}={value!r}" for key, value in (("revision", cfg.model.revision),
+                                                                      ("variant", cfg.model.variant)) if value)
+            lines.append(f"pipe = {cls}.from_pretrained({base!r}{extra})")
+        if cfg.model.vae:  # the VAE the run trained with, in place of the base's
+            lines[0] = f"from diffusers import AutoencoderKL, {cls}"
+            vae = cfg.model.vae
+            load = "from_single_file" if Path(vae).is_file() else "from_pretrained"
+            lines.append(f"pipe.vae = AutoencoderKL.{load}({vae!r})")
+        if cfg.train.lora is not None:
+            lines.append(f"pipe.load_lora_weights({str(run_dir / 'lora')!r})")
+            if cfg.model.prediction_type:  # the LoRA trained another objective than the base's scheduler says
+                lines.append("pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
+                             f"prediction_type={cfg.model.prediction_type!r})")
+    return lines + [f"image = pipe({prompt!r}).images[0]", 'image.save("sample.png")']
+
+
 def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_class: str = "StableDiffusionPipeline"
                      ) -> None:
     """RUN/README.md from the config and ``metrics`` (images / examples / class_images counts, steps, loss)."""
     data = cfg.data
-    prompt = data.instance_prompt or (cfg.validation.prompts[0] if cfg.validation.prompts else "")
+    prompt = example_prompt(cfg)
     lines = [
         f"# {run_dir.name}",
         "",
@@ -131,16 +192,8 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
         lines.append(f"| resumed with changes | {'; '.join(resumes)} |")
     if cfg.model.vae:
         lines.append(f"| VAE | `{cfg.model.vae}` |")
-    lines += ["", "## Use it", "", "```python", f"from diffusers import {pipeline_class}", "",
-              f'pipe = {pipeline_class}.from_pretrained("{cfg.model.base}")']
-    if cfg.train.lora is not None:
-        lines.append(f'pipe.load_lora_weights("{run_dir / "lora"}")')
-        if cfg.model.prediction_type:  # the LoRA trained another objective than the base's scheduler says
-            lines.append("pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
-                         f'prediction_type="{cfg.model.prediction_type}")')
-    else:
-        lines[-1] = f'pipe = {pipeline_class}.from_pretrained("{run_dir / "model"}")'
-    lines += [f'image = pipe("{prompt}").images[0]', "```", "",
-              f"Or: `sdtune generate {run_dir} --prompt \"{prompt}\"`. Resume state is in `checkpoints/`, the exact "
-              "config in `config.yaml`.", ""]
+    lines += ["", "## Use it", "", "```python", *usage_snippet(run_dir, cfg, prompt, pipeline_class), "```", "",
+              "Or from the shell:", "", "```sh", f"sdtune generate {shlex.quote(str(run_dir))} --prompt "
+              f"{shlex.quote(prompt)}", "```", "",
+              "Resume state is in `checkpoints/`, the exact config in `config.yaml`.", ""]
     atomic_write_text(run_dir / "README.md", "\n".join(lines))

@@ -1,0 +1,74 @@
+"""The run's model card gives code that runs as pasted (item 3): loadable base, a real prompt, quoted strings."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from sdtune.config import config_from_dict, resolve_config
+from sdtune.training.outputs import write_model_card
+from tests.helpers import make_images, tiny_config
+
+QUOTED = 'a photo of "sks" thing, it\'s `odd` $HOME'
+
+
+def _card(tmp_path: Path, data: dict, train: dict | None = None, **sections) -> tuple[str, str, Path]:
+    run = tmp_path / "my run"
+    cfg = resolve_config(config_from_dict(tiny_config(run, data, train or {"lora": {"rank": 2}}, **sections)))
+    run.mkdir(parents=True, exist_ok=True)
+    write_model_card(run, cfg, {"steps": 4})
+    text = (run / "README.md").read_text()
+    python = re.search(r"```python\n(.*?)```", text, re.S).group(1)  # type: ignore[union-attr]
+    shell = re.search(r"```sh\n(.*?)```", text, re.S).group(1)  # type: ignore[union-attr]
+    return python, shell, run
+
+
+def test_t2i_card_without_validation_prompts_uses_a_caption_and_quotes_it(tmp_path: Path) -> None:
+    data = make_images(tmp_path / "data", 2, captions=[QUOTED])
+    python, shell, run = _card(tmp_path, {"train_dir": str(data)})
+    ast.parse(python)
+    call = [n for n in ast.walk(ast.parse(python)) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "pipe"]
+    assert call and call[0].args[0].value == QUOTED  # type: ignore[attr-defined]
+    assert shlex.split(shell) == ["sdtune", "generate", str(run), "--prompt", QUOTED]
+    assert 'from_pretrained("tiny")' not in python and "preset_path('tiny')" in python
+
+
+def test_card_of_a_built_in_base_runs_as_pasted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdtune.config import LoraConfig
+    from sdtune.models.lora import save_lora
+    from tests.helpers import tiny_pipeline_with_lora
+
+    data = make_images(tmp_path / "data", 2)
+    python, _, run = _card(tmp_path, {"instance_dir": str(data), "instance_prompt": QUOTED})
+    settings = LoraConfig(rank=2)
+    pipe = tiny_pipeline_with_lora(settings)
+    save_lora(run / "lora", pipe.unet, pipe.text_encoder, settings)
+    python = python.replace(f"pipe({QUOTED!r})", f"pipe({QUOTED!r}, num_inference_steps=2)")  # fast, same code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(python, "README.md", "exec"), {"__name__": "card"})  # noqa: S102 - the card's own code
+    assert (tmp_path / "sample.png").is_file()
+
+
+@pytest.mark.parametrize("base", ["stabilityai/stable-diffusion-2-1-base", "model.safetensors", "it's/a folder"])
+def test_card_code_parses_for_any_base(tmp_path: Path, base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    if base.endswith(".safetensors"):
+        (tmp_path / base).write_bytes(b"")
+    data = make_images(tmp_path / "data", 2)
+    python, _, _ = _card(tmp_path, {"instance_dir": str(data), "instance_prompt": "a 'sks' dog"},
+                         model={"base": base})
+    ast.parse(python)
+    assert ("from_single_file" in python) == base.endswith(".safetensors")
+
+
+def test_a_full_model_in_the_run_is_what_the_card_loads(tmp_path: Path) -> None:
+    data = make_images(tmp_path / "data", 2)
+    run = tmp_path / "my run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "model_index.json").write_text("{}")
+    python, _, _ = _card(tmp_path, {"instance_dir": str(data), "instance_prompt": "x"}, {})
+    assert f"from_pretrained({str(run / 'model')!r})" in python and "load_lora_weights" not in python
