@@ -6,6 +6,7 @@ wrote), never after a guessed delay; each phase lasts seconds longer than the si
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -148,3 +149,23 @@ def test_a_stop_at_the_end_keeps_the_final_checkpoint_then_resume_only_finishes(
     done = run_cli("train", str(config), *extra, "validation.steps=2", "--resume", "latest")
     assert "done: 3 steps" in done.stdout and (run / "model" / "model_index.json").is_file()
     assert len(list((run / "samples" / "step-000003").glob("*.png"))) == len(prompts)
+
+
+def test_a_finished_run_resumed_further_and_stopped_is_unfinished_for_every_reader(tmp_path: Path) -> None:
+    """Reported (issue #10): a finished 3-step run resumed with train.max_steps=400 and stopped kept metrics.json
+    "finished, 3 steps"; generate and export then used the step-3 LoRA silently."""
+    run = tmp_path / "run"
+    run_cli("train", str(_config(tmp_path)), "train.lora.rank=2")
+    child = Child("train", str(run / "config.yaml"), "train.max_steps=400", "checkpoint.every=2", "--resume",
+                  "latest")
+    child.wait_for(lambda: (run / "checkpoints" / "step-000004" / "state.json").exists(), "checkpoint step 4")
+    child.signal(signal.SIGINT)
+    assert child.end() == 130, child.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    step = metrics["step"]
+    assert metrics["status"] == "unfinished" and step >= 4 and metrics["outputs_step"] == 3, metrics
+    line = f"{run} stopped at step {step} of 400; `sdtune train {run} --resume latest` to finish"
+    for args in (("generate", str(run), "-p", "x", "-o", str(tmp_path / "gen")), ("export", str(run)),
+                 ("eval", str(run), "-p", "x", "--out", str(tmp_path / "eval"))):
+        proc = run_cli(*args, check=False)
+        assert proc.returncode == 2 and line in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -48,6 +48,10 @@ def _run_lora(run: Path) -> Path:
 
     if run.is_file():
         return run
+    from sdtune.run_status import require_finished
+
+    if (run / "config.yaml").is_file():
+        require_finished(run)  # resumed past its outputs and stopped: its lora/ is an older step's
     lora = run / "lora" / LORA_WEIGHTS
     if lora.is_file():
         return lora

@@ -84,6 +84,23 @@ def _validate(req: EvalRequest) -> None:
         raise SdtuneError("no prompts: pass --prompts FILE (one prompt per line) or --prompt TEXT")
     if not req.seeds:
         raise SdtuneError("no seeds: pass --seeds K (K >= 1)")
+    check_models(req.models)
+
+
+def check_models(models: Sequence[str]) -> None:
+    """Every model at once, before any is loaded: a run resumed past its outputs and stopped is named with the
+    step it stopped at (``sdtune.run_status``), not found after the other models generated for minutes."""
+    from sdtune.inference.pipeline import is_run_folder
+    from sdtune.run_status import run_progress
+
+    problems = []
+    for ref in models:
+        if is_run_folder(ref):
+            progress = run_progress(ref)
+            if progress.trained and not progress.finished:
+                problems.append(progress.unfinished_line(ref))
+    if problems:
+        raise SdtuneError("; ".join(problems))
 
 
 def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:

@@ -158,8 +158,12 @@ def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None
     (run folders or files) applied on top with the given weights. A run's ``model.prediction_type`` replaces the
     scheduler's (its base's), also for an older ``RUN/model`` saved with the base's scheduler.
     """
+    from sdtune.models.fit import check_lora_fits
+    from sdtune.run_status import require_finished, run_progress
+
     stack: list[Adapter] = []
     if is_run_folder(ref):
+        require_finished(ref)  # a run resumed past its outputs and stopped: say so, never use them silently
         run = read_run(ref)
         allow_pickle = allow_pickle or run.allow_pickle
         if run.model_dir is not None:
@@ -170,14 +174,20 @@ def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None
             if run.lora_file is not None:
                 stack.append(Adapter(run.lora_file, 1.0, "run"))
         else:
+            progress = run_progress(ref)
             raise ModelLoadError(
-                f"{run.path} has no weights yet (neither model/ nor lora/{LORA_WEIGHTS_NAME}); has training finished?"
+                f"{run.path} has no weights yet (neither model/ nor lora/{LORA_WEIGHTS_NAME}): "
+                + (progress.unfinished_line(ref) if progress.trained else "it was never trained")
             )
         set_prediction_type(pipe, run.prediction_type)
     else:
         pipe = load_pipeline(ref, allow_pickle=allow_pickle)
     for i, (path, weight) in enumerate(adapters or []):
         stack.append(Adapter(resolve_adapter_file(path, allow_pickle), weight, f"extra{i}_{Path(path).stem}"))
+    base = run.base if is_run_folder(ref) else ref  # a full fine-tune has its base's shapes
+    shown = [None] * (len(stack) - len(adapters or [])) + [str(path) for path, _ in adapters or []]
+    for adapter, name in zip(stack, shown, strict=True):
+        check_lora_fits(adapter.path, pipe, base, name=name)  # one line, not peft's kilobytes of mismatches
     apply_adapters(pipe, stack)
     if torch_dtype is not None and torch_dtype != pipe.unet.dtype:
         pipe.to(dtype=torch_dtype)  # after loading, so LoRA weights are cast along with the rest

@@ -255,7 +255,10 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
     from sdtune.models.loading import load_pipeline
 
     file = Path(file)
+    from sdtune.models.fit import check_lora_fits
+
     pipe = load_pipeline(base, allow_pickle=allow_pickle, revision=revision, variant=variant)
+    check_lora_fits(Path(source or file), pipe, base)  # another base: one line, not peft's mismatch dump
     pipe.unet.to(torch.float32)  # fp32 everywhere: the tolerance assumes it (a base may be saved in fp16)
     text = _text_module(pipe).to(torch.float32)
     pipe.set_progress_bar_config(disable=True)

@@ -42,9 +42,11 @@ def has_checkpoints(run_dir: Path) -> bool:
 
 
 def run_state(run_dir: Path) -> str:
-    """``finished`` (metrics.json says so), ``interrupted`` (has a checkpoint to resume from) or ``new``."""
-    metrics = read_metrics(run_dir)
-    if metrics is not None and metrics.get("status") == "finished":
+    """``finished`` (metrics.json says so and no checkpoint lies beyond it: ``sdtune.run_status``), ``interrupted``
+    (has a checkpoint to resume from, e.g. a finished run resumed with more steps and stopped) or ``new``."""
+    from sdtune.run_status import run_progress
+
+    if run_progress(run_dir).finished:
         return "finished"
     return "interrupted" if has_checkpoints(run_dir) else "new"
 

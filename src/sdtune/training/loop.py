@@ -33,6 +33,7 @@ from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
+from sdtune.run_status import mark_unfinished
 from sdtune.stopping import QUIT_NOW, NotStarted, Stop, stop_scope
 from sdtune.training import checkpoint as ckpt
 from sdtune.training import resume as resuming
@@ -244,6 +245,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                 ckpt.save_checkpoint(run_dir / "checkpoints", current, trainables.modules(), optimizer, lr_scheduler,
                                      scaler=accelerator.scaler, ema=ema, keep=cfg.checkpoint.keep,
                                      config_text=config_text, keep_also=guard.keep_also())
+                mark_unfinished(run_dir, current.step)  # a finished run trained further: its outputs are older
             except Exception as exc:  # every process must hear of it, or the others wait forever
                 error = exc
         failed = accelerator.gather(torch.tensor([float(error is not None)], device=accelerator.device))
