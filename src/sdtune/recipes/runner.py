@@ -111,12 +111,41 @@ def _refuse_distributed() -> None:
 
 
 def _check_unchanged(name: str, cfg: RunConfig) -> None:
+    """Refuse a stage trained with another config; when every change may apply to a checkpoint (the rule table of
+    ``sdtune.config_resume``, as ``sdtune train --resume`` uses it), say the command that applies them."""
+    import shlex
+
+    from sdtune import typed_yaml
+    from sdtune.config import dump_config
+    from sdtune.config_resume import split_changes
+    from sdtune.recipes.runs import read_run_config
+
     run_dir = Path(cfg.output_dir)
     changed = saved_config_changes(run_dir, cfg)
-    if changed:
-        raise ConfigError(f"stage '{name}' in {run_dir} was run with another config (changed: "
-                          f"{', '.join(changed[:6])}). Restore the recipe, use another output_dir, or delete "
-                          f"{run_dir} to train that stage again")
+    if not changed:
+        return
+    new = typed_yaml.load(dump_config(cfg), RunConfig)
+    allowed, refused = split_changes(read_run_config(run_dir), new)
+    shown = ", ".join(f"{key} {old!r} -> {value!r}" for key, (old, value) in {**refused, **allowed}.items()) \
+        if allowed or refused else ", ".join(changed[:6])
+    if allowed and not refused:
+        sets = " ".join(shlex.quote(f"{key}={_override_text(value)}") for key, (_, value) in allowed.items())
+        raise ConfigError(f"stage '{name}' in {run_dir} was trained with another config (changed: {shown}). These "
+                          f"changes apply to its checkpoint: `sdtune train {shlex.quote(str(run_dir))} {sets} "
+                          "--resume latest` continues it with them, then run the recipe again (stages after it are "
+                          f"not redone: delete their folders to redo them). Or restore the recipe, or delete "
+                          f"{run_dir} to train that stage from the start")
+    raise ConfigError(f"stage '{name}' in {run_dir} was run with another config (changed: {shown}). Restore the "
+                      f"recipe, use another output_dir, or delete {run_dir} to train that stage again")
+
+
+def _override_text(value: Any) -> str:
+    """A value as ``key=value`` on the command line reads it back (YAML flow for lists and mappings)."""
+    import json
+
+    if isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, list | dict | bool) or value is None else str(value)
 
 
 def check_recipe_folder(output_dir: Path, plans: list[tuple[Stage, RunConfig]], recipe_path: Path | None = None
