@@ -18,7 +18,12 @@ def parse_seeds(seeds: str) -> list[int]:
     """``K`` means seeds 0..K-1; ``3,7,42`` lists them."""
     try:
         if "," in seeds:
-            return [int(s) for s in seeds.split(",") if s.strip()]
+            listed = [int(s) for s in seeds.split(",") if s.strip()]
+            twice = sorted({s for s in listed if listed.count(s) > 1})
+            if twice:  # the same seed twice is the same image twice: a spread of 0 that means nothing
+                raise SdtuneError(f"--seeds {seeds!r}: seed {twice[0]} is listed twice; each seed must be another "
+                                  "sample (e.g. 0,1,2,3 or a count: --seeds 4)")
+            return listed
         k = int(seeds)
     except ValueError:
         raise SdtuneError(f"--seeds {seeds!r}: expected a count K or a list like 0,7,42") from None

@@ -60,6 +60,15 @@ class EvalRequest:
 def choose_clip(models: Sequence[str], clip: str | None) -> str:
     """The user's ``--clip``, else the models' common default (scores from two backbones never mix)."""
     if clip:
+        from sdtune.models.presets import is_preset
+
+        if clip == "toy":  # the toy model's own CLIP, as its models default to
+            from sdtune.evaluation.clip_score import toy_clip
+
+            return str(toy_clip())
+        if is_preset(clip):
+            raise SdtuneError(f"--clip {clip}: the built-in model {clip} has no CLIP; pass a hub id or a local "
+                              "CLIP folder (or --clip toy)")
         return clip
     defaults = sorted({default_clip_for(m) for m in models})
     if len(defaults) > 1:
@@ -88,19 +97,41 @@ def _validate(req: EvalRequest) -> None:
 
 
 def check_models(models: Sequence[str]) -> None:
-    """Every model at once, before any is loaded: a run resumed past its outputs and stopped is named with the
-    step it stopped at (``sdtune.run_status``), not found after the other models generated for minutes."""
+    """Every model at once, before any is loaded, so a bad one is not found after the others generated for minutes:
+    a folder that is no model (a dataset), the same model twice (``toy1`` and ``toy1/``), and runs resumed past
+    their outputs and stopped (named with the step they stopped at, ``sdtune.run_status``)."""
     from sdtune.inference.pipeline import is_run_folder
+    from sdtune.models.presets import is_preset
     from sdtune.run_status import run_progress
 
     problems = []
+    seen: dict[str, str] = {}
     for ref in models:
+        path = Path(ref).expanduser()
+        key = str(path.resolve()) if path.exists() else ref
+        if key in seen:
+            raise SdtuneError(f"{seen[key]} and {ref} are the same model: pass it once")
+        seen[key] = ref
+        if path.is_dir() and not is_preset(ref) and not is_run_folder(ref) \
+                and not (path / "model_index.json").is_file():
+            raise SdtuneError(f"{ref} is not a model (a folder without model_index.json or a run's config.yaml"
+                              f"{': it holds images' if _has_images(path) else ''}); pass base models (hub id, "
+                              "diffusers folder, .safetensors, built-in name) or run folders to compare")
         if is_run_folder(ref):
             progress = run_progress(ref)
             if progress.trained and not progress.finished:
                 problems.append(progress.unfinished_line(ref))
     if problems:
         raise SdtuneError("; ".join(problems))
+
+
+def _has_images(folder: Path) -> bool:
+    from sdtune.data.folders import list_images
+
+    try:
+        return bool(list_images(folder))
+    except Exception:  # noqa: BLE001 - only the wording of an error depends on it
+        return False
 
 
 def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
