@@ -327,6 +327,9 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             apply_update(optimizer, lr_scheduler, ema, trainables.unet)
             state.step += 1
             state.micro_step += accum
+            if state.step == cfg.train.max_steps:  # a stop from here on ends in the final phase, not a resume point
+                stop.phase(f"saving the final checkpoint {ckpt.step_dir_name(state.step)}; --resume latest then "
+                           "writes the outputs without training again", lost)
             guard.step_done(state.step)
             state.last_loss = sum(losses) / len(losses)
             lr = lr_scheduler.get_last_lr()[0]

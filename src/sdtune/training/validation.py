@@ -66,6 +66,7 @@ def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_roo
     folder = out_root / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     images: list[Image.Image] = []
+    written: list[Path] = []
 
     def check(pipeline, step_index, timestep, callback_kwargs):  # noqa: ARG001 - diffusers' callback signature
         if should_stop is not None and should_stop():
@@ -81,8 +82,14 @@ def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_roo
                               guidance_scale=val.guidance_scale, height=cfg.data.resolution,
                               width=cfg.data.resolution, generator=generator, callback_on_step_end=check).images
                 for k, image in enumerate(result):
-                    atomic_save(folder / f"{p_index:02d}-{k:02d}.png", image.save)  # a full disk: no half PNG
+                    written.append(atomic_save(folder / f"{p_index:02d}-{k:02d}.png", image.save))  # no half PNG
                     images.append(image)
+    except ValidationStopped:  # no partial set of images (or an empty step folder) is left behind
+        for file in written:
+            file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: images of an earlier, complete validation at this step stay
+        raise
     finally:
         unet.train(was_training)
         text_encoder.train(te_training)
