@@ -47,7 +47,7 @@ def _no_such_path(ref: str) -> ModelLoadError:
     if not parent.is_dir():
         return ModelLoadError(f"model path {ref} does not exist (nor does its folder {parent})")
     names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
-    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)  # typos only: not /tmp/cost for nonexist
     hint = f"; did you mean {' or '.join(str(parent / c) for c in close)}?" if close else ""
     return ModelLoadError(f"model path {ref} does not exist: no such folder or file{hint}")
 

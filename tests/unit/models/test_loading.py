@@ -44,3 +44,13 @@ def test_bad_references(tmp_path: Path) -> None:
         resolve_model_ref(str(tmp_path))
     with pytest.raises(ModelLoadError, match="does not exist"):
         resolve_model_ref("./missing/model")
+
+
+def test_a_missing_path_suggests_only_close_names_in_its_folder(tmp_path: Path) -> None:
+    """Reported: `generate /tmp/nonexist` suggested /tmp/cost."""
+    from sdtune.models.loading import _no_such_path
+
+    for name in ("cost", "my-run"):
+        (tmp_path / name).mkdir()
+    assert "did you mean" not in str(_no_such_path(str(tmp_path / "nonexist")))
+    assert f"did you mean {tmp_path / 'my-run'}?" in str(_no_such_path(str(tmp_path / "my-rnu")))
