@@ -104,6 +104,13 @@ def route_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
             field = rest.split("=", 1)[0].split(".", 1)[0]
             where = "" if field in Stage.model_fields else "config."
             routed.append(f"stages.{index}.{where}{rest}")
+        elif rest and "=" in rest and head not in Recipe.model_fields and "=" not in head:
+            import difflib
+
+            close = difflib.get_close_matches(head, [n for n in names if n], n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}.{rest.split('=', 1)[0]}? " if close else ""
+            raise ConfigError(f"override '{item}': '{head}' is not a stage of this recipe; {hint}its stages: "
+                              f"{', '.join(str(n) for n in names)} (recipe keys: {', '.join(Recipe.model_fields)})")
         else:
             routed.append(item)
     return routed
