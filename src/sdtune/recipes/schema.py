@@ -104,21 +104,30 @@ def route_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
             field = rest.split("=", 1)[0].split(".", 1)[0]
             where = "" if field in Stage.model_fields else "config."
             routed.append(f"stages.{index}.{where}{rest}")
-        elif rest and "=" in rest and head not in Recipe.model_fields and "=" not in head:
-            import difflib
-
-            close = difflib.get_close_matches(head, [n for n in names if n], n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}.{rest.split('=', 1)[0]}? " if close else ""
-            raise ConfigError(f"override '{item}': '{head}' is not a stage of this recipe; {hint}its stages: "
-                              f"{', '.join(str(n) for n in names)} (recipe keys: {', '.join(Recipe.model_fields)})")
         else:
             routed.append(item)
     return routed
 
 
+def check_stage_names(data: dict[str, Any], overrides: list[str]) -> None:
+    """``persn.train.max_steps=2``: name the recipe's stages (and the close one), not the run config keys."""
+    import difflib
+
+    names = [str(s.get("name")) for s in data.get("stages") or [] if isinstance(s, dict)]
+    for item in overrides:
+        head, _, rest = item.partition(".")
+        if head in names or head in Recipe.model_fields or not rest or "=" not in rest or "=" in head:
+            continue
+        close = difflib.get_close_matches(head, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}.{rest.split('=', 1)[0]}? " if close else ""
+        raise ConfigError(f"override '{item}': '{head}' is not a stage of this recipe; {hint}its stages: "
+                          f"{', '.join(names)} (recipe keys: {', '.join(Recipe.model_fields)})")
+
+
 def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML, apply overrides, validate the recipe and every stage's run config."""
     data = read_yaml(Path(path), Recipe)
+    check_stage_names(data, list(overrides or []))
     routed = route_overrides(data, list(overrides or []))
     try:
         data = apply_overrides(data, routed, Recipe)
