@@ -18,7 +18,8 @@ from sdtune.errors import ConfigError
 
 # What `sdtune train` (and personalize, per subject) writes into a run folder.
 RUN_ENTRIES = frozenset({"config.yaml", "README.md", "metrics.json", "checkpoints", "lora", "model", "samples",
-                         "logs", "stack", "export", "train.log", "subject.json"})
+                         "logs", "stack", "export", "train.log", "subject.json", "buckets.json",
+                         "adapters.json"})
 _RUN_FILES_NEEDING_CONFIG = ("README.md", "metrics.json")  # a user's files of these names, without a run config
 
 # Files that tell what another kind of folder is, for the refusal's wording.

@@ -72,11 +72,12 @@ def run_progress(run_dir: str | Path) -> RunProgress:
 
     path = Path(run_dir).expanduser()
     metrics = _read_json(path / "metrics.json") or {}
-    done = metrics.get("status") == "finished" and isinstance(metrics.get("steps"), int)
-    outputs_step = metrics["steps"] if done else metrics.get("outputs_step")
+    done = metrics.get("status") == "finished"
     checkpoints = list_checkpoints(path / "checkpoints")
     newest = step_of(checkpoints[-1]) if checkpoints else 0
-    finished = done and newest <= outputs_step  # type: ignore[operator]
+    steps = metrics.get("steps") if isinstance(metrics.get("steps"), int) else newest  # no count: the newest
+    outputs_step = steps if done else metrics.get("outputs_step")
+    finished = done and newest <= steps
     trained = bool(checkpoints) or (path / "metrics.json").is_file()
     return RunProgress(path, finished, max(newest, outputs_step or 0), _max_steps(path), outputs_step, trained)
 

@@ -52,3 +52,11 @@ def test_lora_export_and_dataset_metadata_follow_the_umask(tmp_path: Path, umask
     (staging / "a.png").write_bytes(b"x")
     commit(out, staging, ["a.png"], [{"file_name": "a.png", "text": "a"}])
     assert _mode(out / "metadata.jsonl") == 0o666 & ~umask
+
+
+def test_shared_feature_cache_entries_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    from sdtune.data.feature_cache import FeatureStore
+
+    store = FeatureStore(tmp_path / "features", "latents", "abc")
+    store.write("k" * 64, torch.zeros(2))
+    assert _mode(store.path("k" * 64)) == 0o666 & ~umask

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from sdtune.atomic import umask_mode
+
 FORMAT = "1"
 
 
@@ -108,6 +110,7 @@ class FeatureStore:
         try:
             save_file({"value": tensor}, tmp, metadata={"format": FORMAT, "key": key, "sha256": tensor_digest(tensor),
                                                         "note": note})
+            umask_mode(Path(tmp))  # mkstemp/save_file make 0600: a cache shared by users must be readable
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
