@@ -64,8 +64,10 @@ def check_training_data(cfg: RunConfig) -> None:
             continue
         report = check_folder(subset.path, resolution=cfg.data.resolution, require_captions=subset.prompt is None,
                               tokenizer=tokenizer, fixed_prompt=subset.prompt)
-        checked.append(subset.path)
-        errors += [p for p in report.problems if p.level == "error"]
+        found = [p for p in report.problems if p.level == "error"]
+        if found:
+            checked.append(subset.path)  # the folders worth a full report: those with problems
+        errors += found
         warnings += [p for p in report.problems if p.level == "warning"]
         if subset.prompt is not None and report.captioned:
             warnings.append(Problem(str(subset.path), _ignored_captions(cfg, subset, report.captioned, report.images),
@@ -73,9 +75,10 @@ def check_training_data(cfg: RunConfig) -> None:
     for line in summarize_problems(warnings):
         print(f"warning: {line}")
     if errors:
-        see = " ".join(f"`sdtune dataset check {p}`" for p in checked[:2]) or "the paths in your config"
+        see = " ".join(f"`sdtune dataset check {p}`" for p in checked[:2])
         raise DataError(f"the training data has {len(errors)} problem{'s' if len(errors) > 1 else ''}; fix "
-                        f"{'it' if len(errors) == 1 else 'them'} and run again (full report: {see}):\n  "
+                        f"{'it' if len(errors) == 1 else 'them'} and run again{f' (full report: {see})' if see else ''}"
+                        ":\n  "
                         + "\n  ".join(summarize([str(p) for p in errors])))
 
 

@@ -258,7 +258,7 @@ def train_subject(subject: Subject, cfg: RunConfig, procs: Processes, stop: Stop
     try:
         check_training_data(cfg)
     except DataError as exc:
-        outcome.note = re.sub(r"\s*\n\s*", "; ", str(exc).strip())
+        outcome.note = re.sub(r":?\s*\n\s*", "; ", str(exc).strip())  # one line, no stray ':;'
         outcome.save(run_dir)
         echo(f"[process {procs.rank}] {subject.name}: bad training data, skipped: {outcome.note}")
         return outcome

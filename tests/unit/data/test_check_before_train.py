@@ -40,3 +40,18 @@ def test_repeated_warnings_summarized_and_ignored_captions_said_once(tmp_path, c
     assert len(small) == 4 and "and 37 more" in small[-1], printed
     ignored = [line for line in printed if "captions that are not read" in line]
     assert len(ignored) == 1 and "data.instance_dir" in ignored[0] and "data.train_dir" in ignored[0]
+
+
+def test_the_full_report_names_the_folder_with_the_problem(tmp_path):
+    """Reported: a missing photos folder got `full report: sdtune dataset check <the class folder>` (a folder
+    without problems), and with no folder to check, 'full report: the paths in your config'."""
+    classes = tmp_path / "class"
+    classes.mkdir()
+    for i in range(2):
+        pattern(i).save(classes / f"{i}.png")
+    data = {"instance_dir": str(tmp_path / "missing"), "instance_prompt": "a photo of sks person", "resolution": 32,
+            "with_prior_preservation": True, "class_dir": str(classes), "class_prompt": "a photo of a person"}
+    with pytest.raises(DataError) as failure:
+        check_training_data(config_from_dict({"model": {"base": "toy"}, "data": data}))
+    message = str(failure.value)
+    assert "missing" in message and "full report" not in message and str(classes) not in message, message
