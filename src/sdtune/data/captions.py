@@ -223,12 +223,9 @@ def _jsonl_rows(file: Path, content: str, problems: list[Problem], file_keys: tu
             continue
         text_key = _pick(row, text_keys)
         text = row.get(text_key) if text_key else None
-        extra = {k: v for k, v in row.items() if k not in (file_key, text_key) and _scalar(v)}
+        # Every other column is kept as the file has it (lists and objects too): JSON in, the same JSON out.
+        extra = {k: v for k, v in row.items() if k not in (file_key, text_key)}
         yield where, row[file_key], text, extra
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
 
 
 def _csv_rows(file: Path, content: str, problems: list[Problem], file_keys: tuple[str, ...],

@@ -115,6 +115,19 @@ def test_rebuild_removes_images_gone_from_src(tmp_path):
     assert {r["text"] for r in _rows(out)} == {"a photo of sks person"}
 
 
+def test_every_metadata_column_is_kept_as_the_file_has_it(tmp_path):
+    # Lists and objects in other columns were dropped silently while scalar columns were kept.
+    src = tmp_path / "src"
+    src.mkdir()
+    pattern(0).save(src / "a.png")
+    row = {"file_name": "a.png", "text": "a photo", "tags": ["x", "y"], "meta": {"k": 1}, "score": 0.5, "ok": None}
+    (src / "metadata.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    build_dataset([Source(src)], tmp_path / "out")
+    (kept,) = _rows(tmp_path / "out")
+    assert {k: kept[k] for k in ("tags", "meta", "score", "ok")} == {"tags": ["x", "y"], "meta": {"k": 1},
+                                                                      "score": 0.5, "ok": None}
+
+
 def test_strict_stops_on_the_first_problem_and_leaves_out_untouched(tmp_path):
     src = make_corpus(tmp_path / "src")
     out = tmp_path / "out"
