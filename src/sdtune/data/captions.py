@@ -138,7 +138,8 @@ def safe_member(root: Path, name: str) -> Path | str:
     return path
 
 
-def read_captions_file(file: Path, root: Path, *, metadata: bool = False) -> tuple[list[CaptionRow], list[Problem]]:
+def read_captions_file(file: Path, root: Path, *, metadata: bool = False,
+                       refused: set[Path] | None = None) -> tuple[list[CaptionRow], list[Problem]]:
     """Rows of a CSV or JSONL captions file naming images in ``root``; bad rows become problems, not exceptions.
 
     CSV: a header naming a file column (file_name/file/image/path) and a caption column (text/caption/prompt),
@@ -146,6 +147,7 @@ def read_captions_file(file: Path, root: Path, *, metadata: bool = False) -> tup
     per line with the same keys; its caption may be a list of captions (alternatives). Extra columns are kept
     (e.g. ``concept``). ``metadata=True`` reads a ``metadata.jsonl``/``metadata.csv`` as Hugging Face does:
     the file column must be ``file_name``. A UTF-8 byte-order mark is fine (Windows editors write one).
+    ``refused`` collects the images whose rows were refused (their error names them; they are listed, not missing).
     """
     file_keys = ("file_name",) if metadata else FILE_KEYS
     problems: list[Problem] = []
@@ -173,6 +175,8 @@ def read_captions_file(file: Path, root: Path, *, metadata: bool = False) -> tup
         captions = caption_values(text)
         if isinstance(captions, str):
             problems.append(Problem(where, captions, "error"))
+            if refused is not None:
+                refused.add(target.resolve())
             continue
         if target in seen:
             problems.append(Problem(where, f"{name!r} is listed more than once; the first row is used", "warning"))

@@ -148,8 +148,9 @@ def _from_metadata(folder: Path, files: list[Path], images: list[Path], problems
                                 "format (Hugging Face datasets refuses the mix)", "error"))
     records: list[ImageRecord] = []
     listed: set[Path] = set()
+    refused: set[Path] = set()  # listed, with a row refused as an error: not also "not listed"
     for meta in metas:
-        rows, row_problems = read_captions_file(meta, meta.parent, metadata=True)
+        rows, row_problems = read_captions_file(meta, meta.parent, metadata=True, refused=refused)
         problems.extend(row_problems)
         for row in rows:
             if row.path in listed:
@@ -160,7 +161,7 @@ def _from_metadata(folder: Path, files: list[Path], images: list[Path], problems
             records.append(_record(row, folder))
     shown = metas[0].name if len(metas) == 1 else f"{metas[0].name} files"
     for image in images:
-        if image.resolve() not in listed:
+        if image.resolve() not in listed | refused:
             problems.append(Problem(str(image), f"not listed in {shown}: not used (add a row for it, or remove it)",
                                     "warning"))
     sidecars = [p for p in files if is_caption_file(p)]

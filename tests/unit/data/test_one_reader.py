@@ -130,7 +130,10 @@ def test_list_captions_are_alternatives_by_stream_position_never_a_repr(tmp_path
 def test_caption_that_is_not_text_is_an_error_everywhere(tmp_path: Path, tokenizer) -> None:
     _image(tmp_path / "a.png", 0)
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": {"en": "x"}}) + "\n")
-    assert any("must be text or a list of texts" in e for e in check_folder(tmp_path).errors)
+    report = check_folder(tmp_path)
+    assert any("must be text or a list of texts" in e for e in report.errors)
+    # The image is listed (its row is wrong): no second, contradicting "not listed" warning.
+    assert not any("not listed" in w for w in report.warnings), report.warnings
     data = config_from_dict({"data": {"train_dir": str(tmp_path), "resolution": 16}}).data
     with pytest.raises(Exception, match="must be text or a list of texts"):
         build_stream(data, tokenizer, seed=0)
