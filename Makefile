@@ -35,8 +35,10 @@ $(COMPAT)/.installed:
 
 compat-venv: $(COMPAT)/.installed
 
+# Two workers (pytest-xdist), one test file each at a time: the real-shape models (up to ~16 GB of RAM) stay in
+# one file, so they never run beside each other.
 test: lint compat-venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest -q -m "not slow"
