@@ -74,15 +74,15 @@ def test_a_file_that_loads_as_another_model_is_an_error_and_no_file(tmp_path: Pa
     if fault == "alpha of one layer":
         real = kohya.to_kohya
 
-        def to_kohya(layers, dtype=torch.float32):
-            state = real(layers, dtype)
+        def to_kohya(layers, dtype=torch.float32, sdxl=None):
+            state = real(layers, dtype, sdxl)
             key = next(k for k in state if k.endswith("attn1_to_q.alpha"))
             state[key] = state[key] * 2
             return state
 
         monkeypatch.setattr(kohya, "to_kohya", to_kohya)
     else:  # what kohya_name wrote before it restored transformers 4's text_model level
-        monkeypatch.setattr(kohya, "kohya_name", lambda component, module: (
+        monkeypatch.setattr(kohya, "kohya_name", lambda component, module, sdxl=False: (
             f"{kohya.KOHYA_PREFIXES[component]}_{module.removeprefix('text_model.').replace('.', '_')}"))
     result = CliRunner().invoke(app, ["export", str(run), "--format", "kohya"])
     assert isinstance(result.exception, SdtuneError), result.output
