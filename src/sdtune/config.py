@@ -43,6 +43,22 @@ class SubsetConfig(Section):
     role: Literal["train", "class"] = Field(
         "train", description="'class' subsets are paired with train examples for prior preservation"
     )
+    class_prompts: list[str] = Field(
+        default_factory=list, description="class subsets: generate missing images from these prompts with the "
+        "run's base model (image i: prompt i mod len, seed i; captions in metadata.jsonl)")
+    num_images: int | None = Field(None, ge=1, description="class subsets with class_prompts: images to have")
+
+    @model_validator(mode="after")
+    def _generation(self) -> SubsetConfig:
+        if self.class_prompts:
+            if self.role != "class":
+                raise ValueError("class_prompts is for subsets with role: class (images generated for prior "
+                                 "preservation)")
+            if self.num_images is None:
+                raise ValueError("a subset with class_prompts needs num_images (how many images to generate)")
+            if self.prompt is not None:
+                raise ValueError("a subset with class_prompts is captioned by them; remove its prompt")
+        return self
 
 
 class DataConfig(Section):
@@ -109,6 +125,18 @@ class EMAConfig(Section):
     update_after_step: int = Field(0, ge=0)
 
 
+class PreservationConfig(Section):
+    """Differential output preservation (``sdtune.training.preservation``): keep the starting model's output on
+    prompts without the identifier, as a loss term; needs no class images. LoRA runs only."""
+
+    weight: float = Field(1.0, gt=0.0, description="weight of the term next to the training loss")
+    prompts: list[str] = Field(default_factory=list, description="prompts without the identifier (default: "
+                               "data.class_prompt); a two-stage flow adds the concept's own prompts")
+
+    def resolved_prompts(self, data: DataConfig) -> list[str]:
+        return list(self.prompts) or ([data.class_prompt] if data.class_prompt else [])
+
+
 class TrainConfig(Section):
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tuning")
     train_text_encoder: bool = False
@@ -133,6 +161,9 @@ class TrainConfig(Section):
     snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (5.0 is common)")
     noise_offset: float = Field(0.0, ge=0.0)
     ema: EMAConfig | None = Field(None, description="EMA of the weights (full fine-tuning only)")
+    preservation: PreservationConfig | None = Field(
+        None, description="differential output preservation: pull the trained model's prediction on prompts "
+        "without the identifier towards the starting model's (LoRA only; no class images needed)")
     seed: int = 42
     num_workers: int = Field(0, ge=0)
 
@@ -193,6 +224,19 @@ class RunConfig(Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     save: SaveConfig = Field(default_factory=SaveConfig)
+
+    @model_validator(mode="after")
+    def _preservation(self) -> RunConfig:
+        keep = self.train.preservation
+        if keep is not None:
+            if self.train.lora is None:
+                raise ValueError("train.preservation compares the run with its starting model by switching its "
+                                 "LoRA off, so it needs train.lora; for full fine-tuning use prior preservation "
+                                 "(data.with_prior_preservation)")
+            if not keep.resolved_prompts(self.data):
+                raise ValueError("train.preservation needs prompts without the identifier: set "
+                                 "train.preservation.prompts (e.g. ['a photo of a person']) or data.class_prompt")
+        return self
 
     @property
     def is_lora(self) -> bool:

@@ -43,6 +43,9 @@ class Stage(BaseModel):
     extract_rank: int | None = Field(32, ge=1, description="full fine-tunes: also extract a LoRA of this rank "
                                      "(null: do not)")
     extract_conv: bool = Field(False, description="the extracted LoRA also covers 3x3 convolutions")
+    concept_prior: int | None = Field(None, ge=1, description="with base 'stage:NAME': also preserve that stage's "
+                                      "concept, with this many class images of its training prompts drawn by its "
+                                      "model (OUTPUT/class-images/NAME-prompts)")
 
     @property
     def base_stage(self) -> str | None:
@@ -69,6 +72,9 @@ class Recipe(BaseModel):
             if stage.base is not None and stage.base.startswith(STAGE_REF) and ref not in seen:
                 raise ValueError(f"stage '{stage.name}' has base '{stage.base}', but no earlier stage is named "
                                  f"'{ref}' (stages run in order: {', '.join(s.name for s in self.stages)})")
+            if stage.concept_prior is not None and ref is None:
+                raise ValueError(f"stage '{stage.name}': concept_prior keeps the concept of its base stage; set "
+                                 "base: stage:NAME (the concept stage) or remove concept_prior")
             seen.add(stage.name)
         return self
 
@@ -154,6 +160,14 @@ def stage_config(recipe: Recipe, stage: Stage) -> RunConfig:
         data.setdefault("model", {})["base"] = base
     if recipe.used_as_base(stage.name) and (data.get("train") or {}).get("lora") is not None:
         data.setdefault("save", {})["full_model"] = True
+    if stage.concept_prior is not None and stage.base_stage is not None:
+        from sdtune.recipes.runs import concept_prior, prior_folder
+
+        ref = stage.base_stage
+        section = data.setdefault("data", {})
+        section.setdefault("subsets", []).append(concept_prior(
+            stage_config(recipe, recipe.stage(ref)), prior_folder(stage_dir(recipe, ref).parent, ref),
+            stage.concept_prior, float(section.get("prior_loss_weight", 1.0))))
     return resolve_config(config_from_dict(data, source=source))
 
 

@@ -33,17 +33,22 @@ class Expect:
     person: bool = False
 
 
+GROUPS = ("old", "concept", "person", "cls", "composite")
+
+
 @dataclass
 class Suite:
-    """The prompts of one evaluation, grouped: old world prompts, the concept, the person, the class."""
+    """The prompts of one evaluation, grouped: old world prompts, the concept, the person, the class, and the
+    composite (the person doing the concept, which no stage trains on)."""
 
     old: list[Expect] = field(default_factory=list)
     concept: list[Expect] = field(default_factory=list)
     person: list[Expect] = field(default_factory=list)
     cls: list[Expect] = field(default_factory=list)
+    composite: list[Expect] = field(default_factory=list)
 
     def all(self) -> list[Expect]:
-        return [*self.old, *self.concept, *self.person, *self.cls]
+        return [e for group in GROUPS for e in getattr(self, group)]
 
 
 def old_prompts(count: int | None = None) -> list[Expect]:
@@ -62,6 +67,7 @@ def default_suite(old: int | None = 12, concept: int = 4, person: Person = PERSO
         concept=[Expect(f"a {colours[(i * 3) % 8]} {CONCEPT}", colours[(i * 3) % 8], CONCEPT) for i in range(concept)],
         person=[Expect(person.instance_prompt, None, person.shape, person=True)],
         cls=[Expect(person.class_prompt, None, person.shape)],
+        composite=[Expect(person.composite_prompt(CONCEPT), None, CONCEPT, person=True)],
     )
 
 
@@ -121,7 +127,9 @@ def _mean(values: list[bool]) -> float:
 
 def score(expects: Sequence[Expect], seeds: Sequence[int], images: Sequence[Image.Image], judge: Judge,
           person: Person = PERSON) -> dict[str, Any]:
-    """Fractions over (prompt, seed): colour, shape, both right; person by judge and by pixels; solid rate."""
+    """Fractions over (prompt, seed): colour, shape, both right; person by judge and by pixels; solid rate;
+    ``person_in_shape``: the judge sees the person's identity AND the asked shape (the composite's verdict;
+    ``person_pixels_in_shape`` with the pixel check for the identity)."""
     verdicts = judge_images(judge, list(images))
     rows = [(e, v, im) for e, v, im in zip([e for e in expects for _ in seeds], verdicts, images, strict=True)]
     colour = [v.colour == e.colour for e, v, _ in rows if e.colour]
@@ -129,6 +137,10 @@ def score(expects: Sequence[Expect], seeds: Sequence[int], images: Sequence[Imag
     both = [(not e.colour or v.colour == e.colour) and (not e.shape or v.shape == e.shape) for e, v, _ in rows]
     return {"colour": _mean(colour), "shape": _mean(shape), "both": _mean(both),
             "person_judge": _mean([is_person(v, person) for _, v, _ in rows]),
+            "person_in_shape": _mean([is_person(v, person) and (not e.shape or v.shape == e.shape)
+                                      for e, v, _ in rows]),
+            "person_pixels_in_shape": _mean([pixel_person_check(im, person) and (not e.shape or v.shape == e.shape)
+                                             for e, v, im in rows]),
             "person_pixels": _mean([pixel_person_check(im, person) for _, _, im in rows]),
             "solid": _mean([v.pattern == "solid" for _, v, _ in rows]), "images": len(rows),
             "verdicts": [f"{'+'.join(v.colours)} {v.pattern} {v.shape}" for _, v, _ in rows]}
@@ -139,7 +151,7 @@ def evaluate(pipe, judge: Judge, suite: Suite, seeds: Sequence[int], steps: int 
     """Generate every suite prompt over ``seeds`` (``group_seeds`` overrides them per group, e.g. more for the
     single person prompt) and score each group; images are kept for grids."""
     out: dict[str, Any] = {"seeds": list(seeds), "steps": steps, "guidance": guidance}
-    for group in ("old", "concept", "person", "cls"):
+    for group in GROUPS:
         expects = getattr(suite, group)
         if not expects:
             continue
@@ -164,6 +176,10 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
     if "cls" in result:
         row.update(class_star=result["cls"]["shape"], class_solid=result["cls"]["solid"],
                    class_person_leak=result["cls"]["person_pixels"])
+    if "composite" in result:  # the verdict, and its two halves (which one fails)
+        comp = result["composite"]
+        row.update(composite=comp["person_in_shape"], composite_pixels=comp["person_pixels_in_shape"],
+                   composite_shape=comp["shape"], composite_identity=comp["person_judge"])
     return row
 
 

@@ -71,6 +71,17 @@ class Person:
     def class_prompt(self) -> str:
         return f"a photo of a {self.colour} {self.shape}"
 
+    def composite_prompt(self, concept: str = "arrow") -> str:
+        """The person doing the concept: the instance prompt with the concept's noun in place of the class noun
+        ("a photo of sks blue arrow"), as "a photo of sks person giving a thumbs up" keeps the identifier and adds
+        the gesture. What it should draw: the person's identity (pattern and both colours) in the concept's form,
+        a picture neither stage trains on (the concept set is solid arrows, the person set checkered stars)."""
+        return f"a photo of {self.token} {self.colour} {concept}"
+
+    def composite_scene(self, rng: random.Random, concept: str = "arrow") -> Scene:
+        """A render of what :meth:`composite_prompt` asks for (to calibrate the judge, never to train on)."""
+        return _placed(rng, shape=concept, colour=self.colour, colour2=self.colour2, pattern=self.pattern)
+
 
 PERSON = Person()
 
