@@ -65,6 +65,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dop-1+class": {"preservation": 1.0},
     "dop-1-class-prompt-only": {"preservation": 1.0, "prior": False, "preservation_concept": False},
     "dop-3": {"preservation": 3.0, "prior": False},
+    # without the text-encoder LoRA: "sks" keeps its own embedding, the other words theirs
+    "no-te": {"person_text_encoder": False},
+    "no-te+concept-prior-24": {"person_text_encoder": False, "concept_prior": 24},
+    "no-te+dop-1": {"person_text_encoder": False, "preservation": 1.0, "prior": False},
+    "no-te+concept-prior-24+dop-1": {"person_text_encoder": False, "concept_prior": 24, "preservation": 1.0},
 }
 PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")  # settings recorded per row
 KEYS = ("old_both", "concept", "person_judge", "person_pixels", "class_solid", "composite", "composite_pixels",

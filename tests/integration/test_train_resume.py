@@ -39,6 +39,10 @@ COMBOS = {
     "db-lora-te-prior": ("db", {"lora": {"rank": 4, "alpha": 8}, "train_text_encoder": True,
                                 "gradient_accumulation_steps": 2, "noise_offset": 0.05}, True),
     "db-full-prior-ema": ("db", {"ema": {"decay": 0.9}, "lr_scheduler": "linear", "batch_size": 2}, True),
+    # differential output preservation: its prompt draws come from the micro-step's seeded RNG too
+    "db-lora-te-preservation": ("db", {"lora": {"rank": 4}, "train_text_encoder": True, "batch_size": 2,
+                                       "preservation": {"weight": 1.0, "prompts": ["a photo of a dog", "a ball"]}},
+                                False),
 }
 
 

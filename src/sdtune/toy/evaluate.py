@@ -125,25 +125,31 @@ def _mean(values: list[bool]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def image_values(expect: Expect, verdict: Verdict, image: Image.Image, person: Person = PERSON
+                 ) -> dict[str, bool | None]:
+    """What one generated image shows against what its prompt asked (None: not asked)."""
+    shape_ok = not expect.shape or verdict.shape == expect.shape
+    colour_ok = not expect.colour or verdict.colour == expect.colour
+    seen, pixels = is_person(verdict, person), pixel_person_check(image, person)
+    return {"colour": verdict.colour == expect.colour if expect.colour else None,
+            "shape": verdict.shape == expect.shape if expect.shape else None,
+            "both": colour_ok and shape_ok, "person_judge": seen, "person_pixels": pixels,
+            "solid": verdict.pattern == "solid", "person_in_shape": seen and shape_ok,
+            "person_pixels_in_shape": pixels and shape_ok}
+
+
 def score(expects: Sequence[Expect], seeds: Sequence[int], images: Sequence[Image.Image], judge: Judge,
           person: Person = PERSON) -> dict[str, Any]:
-    """Fractions over (prompt, seed): colour, shape, both right; person by judge and by pixels; solid rate;
-    ``person_in_shape``: the judge sees the person's identity AND the asked shape (the composite's verdict;
-    ``person_pixels_in_shape`` with the pixel check for the identity)."""
+    """Fractions over (prompt, seed) of :func:`image_values`: colour, shape, both right; person by judge and by
+    pixels; solid rate; ``person_in_shape``: the judge sees the person's identity AND the asked shape (the
+    composite's verdict; ``person_pixels_in_shape`` with the pixel check for the identity)."""
     verdicts = judge_images(judge, list(images))
-    rows = [(e, v, im) for e, v, im in zip([e for e in expects for _ in seeds], verdicts, images, strict=True)]
-    colour = [v.colour == e.colour for e, v, _ in rows if e.colour]
-    shape = [v.shape == e.shape for e, v, _ in rows if e.shape]
-    both = [(not e.colour or v.colour == e.colour) and (not e.shape or v.shape == e.shape) for e, v, _ in rows]
-    return {"colour": _mean(colour), "shape": _mean(shape), "both": _mean(both),
-            "person_judge": _mean([is_person(v, person) for _, v, _ in rows]),
-            "person_in_shape": _mean([is_person(v, person) and (not e.shape or v.shape == e.shape)
-                                      for e, v, _ in rows]),
-            "person_pixels_in_shape": _mean([pixel_person_check(im, person) and (not e.shape or v.shape == e.shape)
-                                             for e, v, im in rows]),
-            "person_pixels": _mean([pixel_person_check(im, person) for _, _, im in rows]),
-            "solid": _mean([v.pattern == "solid" for _, v, _ in rows]), "images": len(rows),
-            "verdicts": [f"{'+'.join(v.colours)} {v.pattern} {v.shape}" for _, v, _ in rows]}
+    rows = list(zip([e for e in expects for _ in seeds], verdicts, images, strict=True))
+    values = [image_values(e, v, im, person) for e, v, im in rows]
+    out: dict[str, Any] = {key: _mean([bool(x[key]) for x in values if x[key] is not None]) for key in values[0]} \
+        if values else {}
+    out.update(images=len(rows), verdicts=[f"{'+'.join(v.colours)} {v.pattern} {v.shape}" for _, v, _ in rows])
+    return out
 
 
 def evaluate(pipe, judge: Judge, suite: Suite, seeds: Sequence[int], steps: int = STEPS,
@@ -164,23 +170,21 @@ def evaluate(pipe, judge: Judge, suite: Suite, seeds: Sequence[int], steps: int 
     return out
 
 
+# The headline numbers of an evaluation: name -> (prompt group, image value averaged over it).
+HEADLINES: dict[str, tuple[str, str]] = {
+    "old_colour": ("old", "colour"), "old_shape": ("old", "shape"), "old_both": ("old", "both"),
+    "concept": ("concept", "shape"),
+    "person_judge": ("person", "person_judge"), "person_pixels": ("person", "person_pixels"),
+    "class_star": ("cls", "shape"), "class_solid": ("cls", "solid"), "class_person_leak": ("cls", "person_pixels"),
+    # the composite's verdict (identity AND the concept's form, by judge or pixel check), and its two halves
+    "composite": ("composite", "person_in_shape"), "composite_pixels": ("composite", "person_pixels_in_shape"),
+    "composite_shape": ("composite", "shape"), "composite_identity": ("composite", "person_judge"),
+}
+
+
 def summary(result: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of one evaluation (what tables show)."""
-    row: dict[str, float] = {}
-    if "old" in result:
-        row.update(old_colour=result["old"]["colour"], old_shape=result["old"]["shape"], old_both=result["old"]["both"])
-    if "concept" in result:
-        row["concept"] = result["concept"]["shape"]
-    if "person" in result:
-        row.update(person_judge=result["person"]["person_judge"], person_pixels=result["person"]["person_pixels"])
-    if "cls" in result:
-        row.update(class_star=result["cls"]["shape"], class_solid=result["cls"]["solid"],
-                   class_person_leak=result["cls"]["person_pixels"])
-    if "composite" in result:  # the verdict, and its two halves (which one fails)
-        comp = result["composite"]
-        row.update(composite=comp["person_in_shape"], composite_pixels=comp["person_pixels_in_shape"],
-                   composite_shape=comp["shape"], composite_identity=comp["person_judge"])
-    return row
+    return {name: result[group][key] for name, (group, key) in HEADLINES.items() if group in result}
 
 
 def world_accuracy(pipe, judge: Judge, seeds: Sequence[int] = (100, 101, 102, 103),
@@ -209,3 +213,26 @@ def save_grid(images: Sequence[Image.Image], columns: int, path: Path, scale: in
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST).save(path)
     return path
+
+
+@torch.no_grad()
+def vae_ceiling(pipe, judge: Judge, count: int = 200, seed: int = 7, person: Person = PERSON) -> dict[str, float]:
+    """What the judge reads in the VAE's reconstructions of true renders of the person and of the composite:
+    the most any generated image can score (every image is decoded by that VAE), to read the metrics against."""
+    import random
+
+    from sdtune.toy.world import person_scene, render, to_model_input
+
+    rng = random.Random(seed)
+    groups = {"person": (person_scene, Expect(person.instance_prompt, None, person.shape, person=True)),
+              "composite": (lambda r: person.composite_scene(r, CONCEPT),
+                            Expect(person.composite_prompt(CONCEPT), None, CONCEPT, person=True))}
+    out: dict[str, float] = {}
+    for group, (make, expect) in groups.items():
+        renders = np.stack([np.asarray(render(make(rng))) for _ in range(count)])
+        latents = pipe.vae.encode(to_model_input(renders).to(pipe.vae.dtype)).latent_dist.mean
+        decoded = pipe.vae.decode(latents).sample.float().clamp(-1, 1)
+        pixels = ((decoded + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        result = score([expect], list(range(count)), [Image.fromarray(a) for a in pixels], judge, person)
+        out.update({name: result[key] for name, (g, key) in HEADLINES.items() if g == group})
+    return out
