@@ -70,8 +70,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-te+concept-prior-24": {"person_text_encoder": False, "concept_prior": 24},
     "no-te+dop-1": {"person_text_encoder": False, "preservation": 1.0, "prior": False},
     "no-te+concept-prior-24+dop-1": {"person_text_encoder": False, "concept_prior": 24, "preservation": 1.0},
+    # (d) where the LoRA sits: the UNet's finer levels only (texture, colour), not the coarse ones (form)
+    "fine+dop-1": {"person_targets": "fine", "preservation": 1.0, "prior": False},
+    "fine+no-te+dop-1": {"person_targets": "fine", "person_text_encoder": False, "preservation": 1.0,
+                         "prior": False},
 }
-PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")  # settings recorded per row
+PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")  # the settings recorded per row
 KEYS = ("old_both", "concept", "person_judge", "person_pixels", "class_solid", "composite", "composite_pixels",
         "composite_shape", "composite_identity")
 LABELS = {"old_both": "old acc", "concept": "concept", "person_judge": "person (judge)",

@@ -111,13 +111,15 @@ def _slug(text: str) -> str:
 
 def subject_config(subject: Subject, template: dict[str, Any], concept: Path, out_dir: Path, *,
                    overrides: list[str] | None = None, instance_prompt: str | None = None,
-                   class_prompt: str | None = None, concept_prior: int | None = None) -> RunConfig:
+                   class_prompt: str | None = None, concept_prior: int | None = None,
+                   concept_preservation: bool = False) -> RunConfig:
     """A DreamBooth LoRA run config for one subject on the concept's full model.
 
     The template decides the training (LoRA rank, steps, learning rate, prior preservation, ...); the subject
     decides the photos and prompts. Class images go to ``OUT/class-images/<class>/``, shared by every subject
     of that class and generated once, by the concept model, before training starts. ``concept_prior``: also
-    that many images of the concept run's own prompts (``OUT/class-images/<concept>-prompts``, shared too).
+    that many images of the concept run's own prompts (``OUT/class-images/<concept>-prompts``, shared too);
+    ``concept_preservation``: the concept's prompts join ``train.preservation``'s.
     """
     from sdtune.recipes.schema import deep_merge
 
@@ -141,14 +143,13 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
         section["class_dir"] = str(out_dir / "class-images" / _slug(subject.class_name))
     if "resolution" not in section and (concept_cfg.get("data") or {}).get("resolution"):
         section["resolution"] = concept_cfg["data"]["resolution"]
-    if concept_prior:
-        from sdtune.recipes.runs import concept_prior as prior_subset
-        from sdtune.recipes.runs import prior_folder
-
-        concept_config = config_from_dict(concept_cfg, source=str(concept / "config.yaml"))
-        section["subsets"] = [prior_subset(concept_config, prior_folder(out_dir, concept.name), concept_prior,
-                                           float(section.get("prior_loss_weight", 1.0)))]
     data["data"] = section
+    if concept_prior or concept_preservation:
+        from sdtune.recipes.schema import keep_concept
+
+        keep_concept(data, config_from_dict(concept_cfg, source=str(concept / "config.yaml")), concept.name,
+                     out_dir, prior=concept_prior, preservation=concept_preservation,
+                     source=f"subject {subject.name}")
     train = data.setdefault("train", {})
     if train.get("lora") is None:
         train["lora"] = {}
@@ -354,8 +355,10 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
     tmpl, chosen = template_stage(template, stage)
     if concept_prior is None and chosen is not None:
         concept_prior = chosen.concept_prior
+    keep = bool(chosen is not None and chosen.concept_preservation)
     configs = [subject_config(s, tmpl, concept, out_dir, overrides=overrides, instance_prompt=instance_prompt,
-                              class_prompt=class_prompt, concept_prior=concept_prior) for s in subjects]
+                              class_prompt=class_prompt, concept_prior=concept_prior, concept_preservation=keep)
+               for s in subjects]
     procs = Processes()
     try:
         problem = None

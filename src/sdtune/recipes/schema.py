@@ -46,6 +46,9 @@ class Stage(BaseModel):
     concept_prior: int | None = Field(None, ge=1, description="with base 'stage:NAME': also preserve that stage's "
                                       "concept, with this many class images of its training prompts drawn by its "
                                       "model (OUTPUT/class-images/NAME-prompts)")
+    concept_preservation: bool = Field(False, description="with base 'stage:NAME' and train.preservation: "
+                                       "preserve the starting model's output on that stage's training prompts "
+                                       "too (no class images needed)")
 
     @property
     def base_stage(self) -> str | None:
@@ -72,9 +75,10 @@ class Recipe(BaseModel):
             if stage.base is not None and stage.base.startswith(STAGE_REF) and ref not in seen:
                 raise ValueError(f"stage '{stage.name}' has base '{stage.base}', but no earlier stage is named "
                                  f"'{ref}' (stages run in order: {', '.join(s.name for s in self.stages)})")
-            if stage.concept_prior is not None and ref is None:
-                raise ValueError(f"stage '{stage.name}': concept_prior keeps the concept of its base stage; set "
-                                 "base: stage:NAME (the concept stage) or remove concept_prior")
+            for key in ("concept_prior", "concept_preservation"):
+                if getattr(stage, key) and ref is None:
+                    raise ValueError(f"stage '{stage.name}': {key} keeps the concept of its base stage; set "
+                                     f"base: stage:NAME (the concept stage) or remove {key}")
             seen.add(stage.name)
         return self
 
@@ -160,15 +164,32 @@ def stage_config(recipe: Recipe, stage: Stage) -> RunConfig:
         data.setdefault("model", {})["base"] = base
     if recipe.used_as_base(stage.name) and (data.get("train") or {}).get("lora") is not None:
         data.setdefault("save", {})["full_model"] = True
-    if stage.concept_prior is not None and stage.base_stage is not None:
-        from sdtune.recipes.runs import concept_prior, prior_folder
-
-        ref = stage.base_stage
-        section = data.setdefault("data", {})
-        section.setdefault("subsets", []).append(concept_prior(
-            stage_config(recipe, recipe.stage(ref)), prior_folder(stage_dir(recipe, ref).parent, ref),
-            stage.concept_prior, float(section.get("prior_loss_weight", 1.0))))
+    if stage.base_stage is not None and (stage.concept_prior or stage.concept_preservation):
+        keep_concept(data, stage_config(recipe, recipe.stage(stage.base_stage)), stage.base_stage,
+                     stage_dir(recipe, stage.base_stage).parent, prior=stage.concept_prior,
+                     preservation=stage.concept_preservation, source=source)
     return resolve_config(config_from_dict(data, source=source))
+
+
+def keep_concept(data: dict[str, Any], concept: RunConfig, concept_name: str, root: Path, *, prior: int | None,
+                 preservation: bool, source: str) -> None:
+    """Add to a person run's config (dict, in place) what keeps the concept run's concept: class images of its
+    prompts (``prior``: how many, in ROOT/class-images/<concept>-prompts) and/or its prompts in
+    ``train.preservation``. Shared by recipes and ``sdtune personalize``."""
+    from sdtune.recipes.runs import concept_prior, prior_folder, training_prompts
+
+    section = data.setdefault("data", {})
+    if prior:
+        section.setdefault("subsets", []).append(concept_prior(
+            concept, prior_folder(root, concept_name), prior, float(section.get("prior_loss_weight", 1.0))))
+    if preservation:
+        train = data.setdefault("train", {})
+        if not isinstance(train.get("preservation"), dict):
+            raise ConfigError(f"{source}: concept_preservation adds the concept's prompts to train.preservation; "
+                              "set train.preservation (e.g. {weight: 1.0}) or remove concept_preservation")
+        keep = train["preservation"]
+        own = list(keep.get("prompts") or ([section["class_prompt"]] if section.get("class_prompt") else []))
+        keep["prompts"] = list(dict.fromkeys([*own, *training_prompts(concept)]))
 
 
 def stage_configs(recipe: Recipe) -> list[tuple[Stage, RunConfig]]:

@@ -48,6 +48,28 @@ def test_recipe_stage_adds_the_concepts_prompts_to_the_prior(tmp_path: Path) -> 
     assert plain.data.subsets == []
 
 
+def test_concept_preservation_adds_the_concepts_prompts_to_the_loss_term(tmp_path: Path) -> None:
+    thumbs = make_images(tmp_path / "thumbs", 5, captions=CAPTIONS)
+    path = _recipe(tmp_path, thumbs, concept_preservation=True)
+    with pytest.raises(ConfigError, match="set train.preservation"):
+        load_recipe(path)
+    data = yaml.safe_load(path.read_text())
+    data["stages"][1]["config"]["train"]["preservation"] = {"weight": 0.5}
+    path.write_text(yaml.safe_dump(data))
+    (_, _), (_, person) = stage_configs(load_recipe(path))
+    assert person.train.preservation.prompts == ["a photo of a person", *CAPTIONS]
+    assert person.train.preservation.weight == 0.5 and person.data.subsets == []
+    template, stage = template_stage(path, "person")
+    concept = tmp_path / "concept"
+    (concept / "model").mkdir(parents=True)
+    (concept / "model" / "model_index.json").write_text("{}")
+    (concept / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"},
+                                                        "data": {"train_dir": str(thumbs), "resolution": 32}}))
+    cfg = subject_config(Subject("ann", tmp_path / "ann", "sks", "woman"), template, concept, tmp_path / "people",
+                         concept_preservation=stage.concept_preservation)
+    assert cfg.train.preservation.prompts == ["a photo of a woman", *CAPTIONS]
+
+
 def test_concept_prior_needs_a_base_stage(tmp_path: Path) -> None:
     thumbs = make_images(tmp_path / "thumbs", 2, captions=CAPTIONS)
     path = _recipe(tmp_path, thumbs, concept_prior=4)
