@@ -22,6 +22,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class FrozenAdapter(Section):
+    """A LoRA applied to the base model, unfused and frozen, below the LoRA a run trains (a concept kept as an
+    adapter: the stack base + concept + person is then what training sees, and generation loads it the same)."""
+
+    path: Path = Field(description="a LoRA .safetensors (diffusers format) or a run folder with lora/")
+    weight: float = Field(1.0, description="its scale")
+    name: str = Field("frozen", pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="its adapter name")
+
+
 class ModelConfig(Section):
     base: str = Field("tiny", description="hub id, local diffusers folder, single .safetensors file, or a built-in "
                       f"model ({', '.join(PRESETS)})")
@@ -31,6 +40,15 @@ class ModelConfig(Section):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="override the scheduler's prediction type (default: the model's own)"
     )
+    adapters: list[FrozenAdapter] = Field(default_factory=list, description="LoRAs applied unfused and frozen "
+                                          "below the trained one (LoRA runs)")
+
+    @model_validator(mode="after")
+    def _adapter_names(self) -> ModelConfig:
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names) or "default" in names:
+            raise ValueError("model.adapters need distinct names, other than 'default' (the trained LoRA's)")
+        return self
 
 
 class SubsetConfig(Section):
@@ -226,6 +244,16 @@ class RunConfig(Section):
     save: SaveConfig = Field(default_factory=SaveConfig)
 
     @model_validator(mode="after")
+    def _frozen_adapters(self) -> RunConfig:
+        if self.model.adapters and self.train.lora is None:
+            raise ValueError("model.adapters (frozen LoRAs under the trained one) need train.lora; to fine-tune "
+                             "fully on a LoRA'd model, fuse it first (its run's save.full_model)")
+        if self.model.adapters and self.save.full_model:
+            raise ValueError("save.full_model fuses the run's LoRA into model.base alone; with model.adapters "
+                             "use the stack (sdtune generate RUN) or fuse the adapters into the base first")
+        return self
+
+    @model_validator(mode="after")
     def _preservation(self) -> RunConfig:
         keep = self.train.preservation
         if keep is not None:
@@ -352,6 +380,8 @@ def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
     cfg.data.cache_dir = fix(data.cache_dir)
     for sub in cfg.data.subsets:
         sub.path = fix(sub.path)  # type: ignore[assignment]
+    for adapter in cfg.model.adapters:
+        adapter.path = fix(adapter.path)  # type: ignore[assignment]
     base_path = Path(cfg.model.base).expanduser()
     if base_path.exists():
         cfg.model.base = str(base_path.resolve())

@@ -106,13 +106,15 @@ def _write_manifest(folder: Path, identity: dict[str, Any], images: dict[str, An
 def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int, model_ref: str, *,
                           resolution: int, steps: int = 30, allow_pickle: bool = False, batch_size: int = 4,
                           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                          revision: str | None = None, variant: str | None = None) -> int:
+                          revision: str | None = None, variant: str | None = None,
+                          adapters: Sequence[tuple[Path, float, str]] = ()) -> int:
     """Fill ``folder`` up to ``wanted`` images; returns how many were generated.
 
     ``prompt``: one prompt (the folder then needs no captions: the run gives its subset that prompt), or a list
     (image ``i`` gets prompt ``i mod len`` and the folder a ``metadata.jsonl`` of them). ``dtype`` is the
     precision the base model runs in (see :func:`generate_for_run`); ``revision``/``variant`` pick the same base
-    weights the run trains on. Raises ConfigError for a folder made for something else
+    weights the run trains on; ``adapters`` ``(file, weight, name)`` are LoRAs it trains on unfused (part of
+    what the images were made for). Raises ConfigError for a folder made for something else
     (:func:`check_class_folder`) and :class:`~sdtune.errors.Interrupted` when Ctrl-C / SIGTERM stopped it after
     a batch (what was made is kept, with its record).
     """
@@ -126,6 +128,8 @@ def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int
     if not prompts:
         raise ValueError("no prompts to generate class images from")
     identity = class_identity(prompt, model_ref, resolution=resolution, revision=revision, variant=variant)
+    if adapters:
+        identity["adapters"] = [[str(Path(file).resolve()), weight] for file, weight, _ in adapters]
     check_class_folder(folder, identity)
     if read_manifest(folder) is None and any(folder.glob("class-*.png")):
         print(f"note: {folder} has class images with no record of what made them (your own, or an older sdtune): "
@@ -147,6 +151,10 @@ def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int
                                             QUIT_NOW):
         pipe = load_pipeline(model_ref, allow_pickle=allow_pickle, revision=revision, variant=variant,
                              torch_dtype=dtype).to(device)
+        for file, _, name in adapters:
+            pipe.load_lora_weights(str(Path(file).parent), weight_name=Path(file).name, adapter_name=name)
+        if adapters:
+            pipe.set_adapters([name for _, _, name in adapters], [weight for _, weight, _ in adapters])
         pipe.set_progress_bar_config(disable=True)
         how = {"steps": steps, "dtype": str(dtype).replace("torch.", ""), "sampler": type(pipe.scheduler).__name__,
                "prediction_type": pipe.scheduler.config.get("prediction_type")}
@@ -213,11 +221,13 @@ def generate_for_run(cfg: RunConfig, device: str | torch.device,
     Every caller (``sdtune train``, ``sdtune personalize``) goes through here so they make the same images.
     """
     from sdtune.models.loading import compute_dtype
+    from sdtune.models.lora import adapter_file
 
+    frozen = [(adapter_file(a.path), a.weight, a.name) for a in cfg.model.adapters]
     made = 0
     for folder, prompts, wanted in class_image_jobs(cfg.data) if jobs is None else jobs:
         made += generate_class_images(folder, prompts, wanted, cfg.model.base, resolution=cfg.data.resolution,
                                       steps=cfg.data.class_generation_steps, allow_pickle=cfg.model.allow_pickle,
                                       device=device, dtype=compute_dtype(cfg.train.mixed_precision),
-                                      revision=cfg.model.revision, variant=cfg.model.variant)
+                                      revision=cfg.model.revision, variant=cfg.model.variant, adapters=frozen)
     return made

@@ -61,7 +61,7 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     from sdtune.atomic import atomic_write_json, write_folder
     from sdtune.config import config_from_dict
     from sdtune.models.loading import load_components
-    from sdtune.models.lora import add_lora, save_lora
+    from sdtune.models.lora import add_lora, apply_model_adapters, save_lora
     from sdtune.recipes.runs import read_run_config
     from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
 
@@ -78,6 +78,7 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
                             variant=cfg.model.variant)
     lora = cfg.train.lora
     modules = {"unet": comps.unet}
+    apply_model_adapters(cfg, comps.unet, comps.text_encoder)  # as training built it (same parameter names)
     add_lora(comps.unet, lora, lora.targets)
     if cfg.train.train_text_encoder:
         add_lora(comps.text_encoder, lora, lora.text_encoder_targets)

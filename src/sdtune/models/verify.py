@@ -265,7 +265,7 @@ def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.M
     from safetensors import safe_open
 
     from sdtune.models.kohya import _component_metadata
-    from sdtune.models.lora import portable_text_encoder_state
+    from sdtune.models.lora import TRAINED_ADAPTER, portable_text_encoder_state
 
     with safe_open(str(file), "pt") as fh:
         stored = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -278,7 +278,8 @@ def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.M
         if component == "text_encoder":
             state = portable_text_encoder_state(state)
         expected.update({f"{component}.{k}": v for k, v in state.items()})
-        live = next(iter(module.peft_config.values()))
+        # the trained adapter; frozen ones below it (model.adapters) are not the run's to save
+        live = module.peft_config.get(TRAINED_ADAPTER) or next(iter(module.peft_config.values()))
         meta = configs.get(component, {})
         if (meta.get("r"), meta.get("lora_alpha")) != (live.r, live.lora_alpha) or \
                 sorted(meta.get("target_modules") or []) != sorted(live.target_modules or []):
