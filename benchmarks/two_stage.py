@@ -75,6 +75,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # (c) the concept kept as a frozen, unfused adapter under the person's LoRA (the same function as fused)
     "adapter": {"person_on": "adapter"},
     "adapter+dop-1": {"person_on": "adapter", "preservation": 1.0, "prior": False},
+    # (d) rank and learning rate around differential output preservation (steps: its checkpoints, --checkpoints)
+    "dop-1+rank-16": {"preservation": 1.0, "prior": False, "person_rank": 16},
+    "dop-1+lr-2e-3": {"preservation": 1.0, "prior": False, "person_lr": 2e-3},
     "fine+no-te+dop-1": {"person_targets": "fine", "person_text_encoder": False, "preservation": 1.0,
                          "prior": False},
 }
@@ -97,8 +100,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--person-seeds", type=int, default=24, help="images of the person, class and composite prompts")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="I/N: this process takes every N-th person run from I")
+    p.add_argument("--checkpoints", default="", help="comma list of variants whose person checkpoints are "
+                   "evaluated too (steps 250, 500, 750: the steps dimension without retraining)")
     p.add_argument("--report-only", action="store_true", help="no training: the table of what is measured")
     p.add_argument("--publish", action="store_true", help=f"also write {PUBLISHED.name} for the demo")
+    p.add_argument("--demo", default="dop-1", help="the variant the demo runs (its row is printed beside it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny steps (numbers not meaningful)")
     return p.parse_args()
 
@@ -192,6 +198,19 @@ class Bench:
                                          "train_seconds": seconds})
 
 
+    def checkpoints(self, variant: str, seed: int) -> None:
+        """Each checkpoint of a finished person run, evaluated as a model (rows ``<variant>@<step>-s<seed>``)."""
+        from sdtune.evaluation.checkpoints import expand_checkpoints
+
+        run_dir = self.out / "runs" / f"{variant}-s{seed}"
+        if run_state(run_dir) != "finished":
+            return
+        for c in expand_checkpoints(run_dir, self.out / "materialised"):
+            if not c.final:
+                self.measure(f"{variant}@{c.step}-s{seed}", str(c.folder),
+                             {"stage": "checkpoint", "variant": f"{variant}@{c.step}", "seed": seed, "step": c.step})
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -242,11 +261,25 @@ def main() -> int:
         for i, (variant, seed) in enumerate(jobs):
             if i % shards == shard:
                 bench.person(variant, seed)
-    tab = table(load_done(bench.results), variants, seeds)
+        marked = [v for v in args.checkpoints.split(",") if v]
+        for i, (variant, seed) in enumerate([(v, s) for s in seeds for v in marked]):
+            if i % shards == shard:
+                bench.checkpoints(variant, seed)
+        variants += [f"{v}@{step}" for v in marked for step in (250, 500, 750)]
+    done = load_done(bench.results)
+    if "vae-ceiling" not in done and not args.report_only:
+        from sdtune.toy.evaluate import vae_ceiling
+
+        record(bench.results, {"key": "vae-ceiling", **vae_ceiling(load_toy_pipeline("toy"), bench.judge)})
+        done = load_done(bench.results)
+    tab = table(done, variants, seeds)
+    if "vae-ceiling" in done:
+        tab["ceiling"] = {k: v for k, v in done["vae-ceiling"].items() if k != "key"}
     text = markdown(tab)
     (bench.out / "README.md").write_text(text + "\n")
     print(text)
     if args.publish:
+        tab["demo"] = args.demo
         PUBLISHED.write_text(json.dumps(tab, indent=1) + "\n")
         print(f"published: {PUBLISHED}")
     return 0

@@ -255,6 +255,18 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
     return checks
 
 
+def _targeted(module: torch.nn.Module, targets: Any) -> set[str]:
+    """The layers of ``module`` that ``target_modules`` select, as peft matches them. Compared instead of the lists:
+    peft shortens a long list of full names to the shortest suffixes that select the same layers (more than 20
+    targets, e.g. a LoRA on some blocks only), so the live list and the written one differ while meaning the same."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = LoraConfig(target_modules=targets if isinstance(targets, str) else sorted(targets))
+    names = [n for n, _ in module.named_modules() if n and "lora_" not in n and not n.endswith("base_layer")]
+    return {n for n in names if check_target_module_exists(config, n)}
+
+
 def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
     """The file holds exactly the live adapter: every trained LoRA matrix under its portable name, equal after the
     file's dtype cast, and the adapter config (rank, alpha, targets) the modules were trained with.
@@ -282,7 +294,7 @@ def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.M
         live = module.peft_config.get(TRAINED_ADAPTER) or next(iter(module.peft_config.values()))
         meta = configs.get(component, {})
         if (meta.get("r"), meta.get("lora_alpha")) != (live.r, live.lora_alpha) or \
-                sorted(meta.get("target_modules") or []) != sorted(live.target_modules or []):
+                _targeted(module, meta.get("target_modules") or []) != _targeted(module, live.target_modules or []):
             raise SdtuneError(f"{file}: its {component} adapter config (r={meta.get('r')}, alpha="
                               f"{meta.get('lora_alpha')}) is not the trained one (r={live.r}, alpha={live.lora_alpha})")
     if set(stored) != set(expected):
