@@ -112,14 +112,16 @@ def _slug(text: str) -> str:
 def subject_config(subject: Subject, template: dict[str, Any], concept: Path, out_dir: Path, *,
                    overrides: list[str] | None = None, instance_prompt: str | None = None,
                    class_prompt: str | None = None, concept_prior: int | None = None,
-                   concept_preservation: bool = False) -> RunConfig:
+                   concept_preservation: bool | None = None) -> RunConfig:
     """A DreamBooth LoRA run config for one subject on the concept's full model.
 
-    The template decides the training (LoRA rank, steps, learning rate, prior preservation, ...); the subject
-    decides the photos and prompts. Class images go to ``OUT/class-images/<class>/``, shared by every subject
+    The template decides the training (LoRA rank, steps, learning rate, how the class and the concept are kept,
+    ...); the subject decides the photos and prompts. A template that chooses neither prior preservation nor
+    ``train.preservation`` gets output preservation on the class prompt and the concept's prompts (the measured
+    default). With prior preservation, class images go to ``OUT/class-images/<class>/``, shared by every subject
     of that class and generated once, by the concept model, before training starts. ``concept_prior``: also
     that many images of the concept run's own prompts (``OUT/class-images/<concept>-prompts``, shared too);
-    ``concept_preservation``: the concept's prompts join ``train.preservation``'s.
+    ``concept_preservation``: the concept's prompts join ``train.preservation``'s (None: on for the default).
     """
     from sdtune.recipes.schema import deep_merge
 
@@ -135,12 +137,17 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
     section["instance_dir"] = str(subject.photos)
     section["instance_prompt"] = subject.fill(
         instance_prompt or (template_prompt if "{token}" in template_prompt else DEFAULT_INSTANCE_PROMPT))
-    section.setdefault("with_prior_preservation", True)
-    if section["with_prior_preservation"]:
-        template_class = section.get("class_prompt") or ""
-        section["class_prompt"] = subject.fill(
-            class_prompt or (template_class if "{class}" in template_class else DEFAULT_CLASS_PROMPT))
-        section["class_dir"] = str(out_dir / "class-images" / _slug(subject.class_name))
+    template_class = section.get("class_prompt") or ""
+    section["class_prompt"] = subject.fill(
+        class_prompt or (template_class if "{class}" in template_class else DEFAULT_CLASS_PROMPT))
+    section.pop("class_dir", None)  # class images go to OUT/class-images/<class>, shared per class (below)
+    train = data.setdefault("train", {})
+    if "with_prior_preservation" not in section and train.get("preservation") is None:
+        # the template chose neither: the measured default (docs/two-stage.md, "Keeping the concept") keeps the
+        # class prompt and the concept by output preservation, with no class images to generate
+        section["with_prior_preservation"] = False
+        train["preservation"] = {"weight": 1.0}
+        concept_preservation = True if concept_preservation is None else concept_preservation
     if "resolution" not in section and (concept_cfg.get("data") or {}).get("resolution"):
         section["resolution"] = concept_cfg["data"]["resolution"]
     data["data"] = section
@@ -150,10 +157,11 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
         keep_concept(data, config_from_dict(concept_cfg, source=str(concept / "config.yaml")), concept.name,
                      out_dir, prior=concept_prior, preservation=concept_preservation,
                      source=f"subject {subject.name}")
-    train = data.setdefault("train", {})
     if train.get("lora") is None:
         train["lora"] = {}
     data = apply_overrides(data, list(overrides or []))
+    if data["data"].get("with_prior_preservation") and not data["data"].get("class_dir"):
+        data["data"]["class_dir"] = str(out_dir / "class-images" / _slug(subject.class_name))
     validation = data.get("validation") or {}
     if validation.get("prompts"):
         validation["prompts"] = [subject.fill(p) for p in validation["prompts"]]
@@ -355,7 +363,7 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
     tmpl, chosen = template_stage(template, stage)
     if concept_prior is None and chosen is not None:
         concept_prior = chosen.concept_prior
-    keep = bool(chosen is not None and chosen.concept_preservation)
+    keep = chosen.concept_preservation if chosen is not None else None
     configs = [subject_config(s, tmpl, concept, out_dir, overrides=overrides, instance_prompt=instance_prompt,
                               class_prompt=class_prompt, concept_prior=concept_prior, concept_preservation=keep)
                for s in subjects]
