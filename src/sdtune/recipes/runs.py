@@ -161,8 +161,8 @@ def training_prompts(cfg: Any) -> list[str]:
             prompts[subset.prompt] = None
             continue
         if not Path(subset.path).is_dir():
-            raise SdtuneError(f"{subset.path}: the concept run's training data is not there any more; its prompts "
-                              "are needed to keep the concept (restore the folder, or drop concept_prior)")
+            raise SdtuneError(f"{subset.path}: the concept's training data folder does not exist; its prompts "
+                              "are needed to keep the concept (concept_prior, concept_preservation)")
         for record in read_folder(subset.path).records:
             prompts.update(dict.fromkeys(record.captions))
     return [p for p in prompts if p.strip()]

@@ -56,10 +56,13 @@ class DemoSettings:
     # A text-encoder LoRA too, as DreamBooth users do for faces: on the base model, person 0.50 of images (pixel
     # check) and class prompt intact 0.29, against 0.38 and 0.04 without (600 steps, lr 1e-3, measured)
     person_text_encoder: bool = True
-    prior: bool = True  # prior preservation with class images of the class prompt ("a photo of a blue star")
+    # How the person stage keeps the class prompt and the concept (docs/two-stage.md, "Keeping the concept", has
+    # every option's numbers over three seeds): differential output preservation on the class prompt and the
+    # concept's own prompts, no class images.
+    prior: bool = False  # prior preservation with class images of the class prompt ("a photo of a blue star")
     class_images: int = 12
     concept_prior: int = 0  # (a) also class images of the concept stage's prompts, drawn by the concept model
-    preservation: float = 0.0  # (b) weight of differential output preservation (0: off)
+    preservation: float = 1.0  # (b) weight of differential output preservation (0: off)
     preservation_concept: bool = True  # (b) its prompts: the class prompt and the concept's own prompts
     seed: int = 0  # training seed of both stages
     checkpoint_every: int = 250  # person checkpoints, all kept: `sdtune pick` chooses among them

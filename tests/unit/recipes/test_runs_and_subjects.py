@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from sdtune.errors import ConfigError, SdtuneError
-from sdtune.recipes.personalize import DIST_VARS, PersonalizeResult, child_env, load_template, subject_config
+from sdtune.recipes.personalize import (
+    DIST_VARS,
+    PersonalizeResult,
+    child_env,
+    load_template,
+    subject_config,
+    template_stage,
+)
 from sdtune.recipes.runner import Manifest
 from sdtune.recipes.runs import (
     concept_run,
@@ -144,12 +151,14 @@ def test_subject_config_is_dreambooth_lora_on_the_concept_model(tmp_path: Path) 
 
 def test_subject_template_from_a_recipe_stage(tmp_path: Path) -> None:
     concept = _fake_concept(tmp_path / "concept")
-    template = load_template(REPO / "configs" / "two-stage.yaml", "person")
+    template, stage = template_stage(REPO / "configs" / "two-stage.yaml", "person")
+    assert template == load_template(REPO / "configs" / "two-stage.yaml", "person")
     cfg = subject_config(Subject("bob", tmp_path / "bob", "zwx", "man"), template, concept, tmp_path / "out",
-                         instance_prompt="{token} {class}, portrait")
+                         instance_prompt="{token} {class}, portrait", concept_preservation=stage.concept_preservation)
     assert cfg.train.lora is not None and cfg.train.lora.rank == 16 and cfg.train.max_steps == 800
     assert cfg.data.instance_prompt == "zwx man, portrait" and cfg.data.class_prompt == "a photo of a man"
-    assert cfg.data.resolution == 512 and cfg.data.num_class_images == 200
+    assert cfg.data.resolution == 512 and not cfg.data.with_prior_preservation
+    assert cfg.train.preservation.prompts == ["a photo of a man", "a thumbs up", "a photo of a thumbs up"]
     assert cfg.model.base == str(concept / "model")
 
 
