@@ -140,8 +140,8 @@ def clip_scores(results: dict[str, Any], clip_dir: Path) -> None:
     """Add the mean toy-CLIP score of the old prompts' images against their prompts, in place.
 
     Only there: the toy CLIP knows "sks" as a green-and-pink striped heart (``world.NAMED``), so its score of
-    the person prompt FALLS as the person is learned (74.9 for the base, 4.8 after the person stage) - the judge's
-    person and composite rates are the subject's metrics."""
+    the person prompt FALLS as the person is learned (73 for the base, 4-9 after the person stage, measured) -
+    the judge's person and composite rates are the subject's metrics."""
     from sdtune.evaluation.clip_score import ClipScorer
 
     scorer = ClipScorer(str(clip_dir), local_files_only=True)
@@ -226,7 +226,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
              for name, row in rows.items()}
     benchmark = benchmark_rows(settings)
     notes = ["toy-CLIP score of the person prompt: not shown, it misleads - the toy CLIP knows 'sks' as a "
-             "green-and-pink striped heart, so the score falls as the person is learned (74.9 base, 4.8 after)"]
+             "green-and-pink striped heart, so the score falls as the person is learned (73 for the base, 4-9 "
+             "after the person stage, measured)"]
     if benchmark and benchmark.get("ceiling"):
         c = benchmark["ceiling"]
         notes.append(f"ceiling: the judge reads the person in {c['person_judge']:.2f} (pixel check "
