@@ -10,7 +10,7 @@ Three regions of the world:
 - ``wide``: adds two-tone patterns (checkered, striped) and the held-out glyph ``arrow``; the VAE, the CLIP
   and the judge see it (as SD's VAE and CLIP saw far more than any one fine-tune), the UNet never does.
 - held-out concepts for fine-tuning: the glyph :data:`CONCEPT` in every colour (an overarching concept, like a
-  gesture) and the "person" :data:`PERSON`, one specific checkered two-tone star with its own token.
+  gesture) and the "person" :data:`PERSON`, one specific striped two-tone square with its own token.
 
 Rendering is deterministic: a scene is drawn at 4x and downsampled (anti-aliased), with all randomness from a
 ``random.Random`` seeded by the caller.
@@ -53,13 +53,19 @@ TEXTURES = ("plain", "noisy", "textured")
 
 @dataclass(frozen=True)
 class Person:
-    """A specific instance (DreamBooth's "person"): one shape, two colours, one pattern, a unique token."""
+    """A specific instance (DreamBooth's "person"): one shape, two colours, one pattern, a unique token.
+
+    Why a striped square: every generated image passes through the 32 px VAE, so the person must be something it
+    reproduces. The first person, a blue and yellow checkered star, came back from the VAE as the person in only
+    0.65-0.68 of 100-200 renders by the judge (its 5 px checks blur to orange and cyan, the star's points to a
+    blob: the judge read its shape in 0.37); a striped star 0.74 (shape 0.43); a striped square 0.95 (shape 0.97),
+    the striped arrow (the composite) 0.86 (shape 0.98). Measured 29 Nov 2026 on the shipped toy VAE."""
 
     token: str = "sks"
-    shape: str = "star"
+    shape: str = "square"
     colour: str = "blue"
     colour2: str = "yellow"
-    pattern: str = "checkered"
+    pattern: str = "striped"
 
     # The prompts name a colour: the pretraining captions always do, so a colourless "a photo of a star" is
     # outside what the base model learned (it draws noise) and could not serve as the class prompt.
@@ -75,7 +81,7 @@ class Person:
         """The person doing the concept: the instance prompt with the concept's noun in place of the class noun
         ("a photo of sks blue arrow"), as "a photo of sks person giving a thumbs up" keeps the identifier and adds
         the gesture. What it should draw: the person's identity (pattern and both colours) in the concept's form,
-        a picture neither stage trains on (the concept set is solid arrows, the person set checkered stars)."""
+        a picture neither stage trains on (the concept set is solid arrows, the person set striped squares)."""
         return f"a photo of {self.token} {self.colour} {concept}"
 
     def composite_scene(self, rng: random.Random, concept: str = "arrow") -> Scene:

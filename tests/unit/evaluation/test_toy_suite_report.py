@@ -31,9 +31,9 @@ def test_judge_verdicts_become_the_suite_metrics(tmp_path: Path) -> None:
     paths, base = {}, {}
     for seed in seeds:
         paths[(PERSON.instance_prompt, seed)] = _render(tmp_path, f"p{seed}", world.person_scene(rng))
-        paths[(PERSON.class_prompt, seed)] = _render(tmp_path, f"c{seed}", world._placed(rng, shape="star",
+        paths[(PERSON.class_prompt, seed)] = _render(tmp_path, f"c{seed}", world._placed(rng, shape=PERSON.shape,
                                                                                           colour="blue"))
-        # seed 0 draws the composite (the person's identity as an arrow), seed 1 the person's star instead
+        # seed 0 draws the composite (the person's identity as an arrow), seed 1 the person's own shape instead
         scene = PERSON.composite_scene(rng) if seed == 0 else world.person_scene(rng)
         paths[(PERSON.composite_prompt(), seed)] = _render(tmp_path, f"x{seed}", scene)
         paths[("a red circle", seed)] = _render(tmp_path, f"o{seed}", world._placed(rng, shape="square",
@@ -43,7 +43,7 @@ def test_judge_verdicts_become_the_suite_metrics(tmp_path: Path) -> None:
     metrics = toy_metrics(paths, base, seeds, default_judge())
     assert set(metrics) == set(TOY_METRICS) - {"toy_concept"}  # no concept prompt among these images
     assert metrics["toy_person"]["mean"] == 1.0 and metrics["toy_class_plain"]["mean"] == 1.0
-    assert metrics["toy_composite"]["mean"] == 0.5, "a checkered star is the person, not the composite"
+    assert metrics["toy_composite"]["mean"] == 0.5, "the person in its own shape is not the composite"
     assert metrics["toy_old"]["mean"] == 0.0 and metrics["toy_forgetting"]["mean"] == 1.0  # square for circle
     assert metrics["toy_composite"]["n"] == 2
     assert PERSON.composite_prompt() in suite_prompts() and "a photo of sks blue arrow" in suite_prompts()
