@@ -9,7 +9,7 @@ does the model draw the person doing the concept (the composite)?
 For every training seed: stage 1 (the concept LoRA, the demo's settings) is trained once and evaluated; then
 every variant of stage 2 (the person) is trained on that seed's concept model and evaluated with the same
 prompts and seeds: old-prompt accuracy (forgetting), concept, person (judge / pixel check), class prompt kept
-plain, composite ("a photo of sks blue arrow": the person's checkered blue-and-yellow in the arrow's form, which
+plain, composite ("a photo of sks blue arrow": the person's striped blue-and-yellow in the arrow's form, which
 no stage trains on). Every number is a fraction of generated images; the table is mean +- std over training seeds.
 
 Rows are appended to ``OUT/results.jsonl`` as they come; a rerun skips measured rows and re-evaluates finished
@@ -80,6 +80,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dop-1+lr-2e-3": {"preservation": 1.0, "prior": False, "person_lr": 2e-3},
     "fine+no-te+dop-1": {"person_targets": "fine", "person_text_encoder": False, "preservation": 1.0,
                          "prior": False},
+    # the demo's default since the striped person: a short person stage (the demo must stay under 5 minutes)
+    "dop-1-250": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3},
 }
 PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")  # the settings recorded per row
 KEYS = ("old_both", "concept", "person_judge", "person_pixels", "class_solid", "composite", "composite_pixels",
@@ -104,7 +106,7 @@ def parse() -> argparse.Namespace:
                    "evaluated too (steps 250, 500, 750: the steps dimension without retraining)")
     p.add_argument("--report-only", action="store_true", help="no training: the table of what is measured")
     p.add_argument("--publish", action="store_true", help=f"also write {PUBLISHED.name} for the demo")
-    p.add_argument("--demo", default="dop-1", help="the variant the demo runs (its row is printed beside it)")
+    p.add_argument("--demo", default="dop-1-250", help="the variant the demo runs (its row is printed beside it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny steps (numbers not meaningful)")
     return p.parse_args()
 
