@@ -103,7 +103,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="I/N: this process takes every N-th person run from I")
     p.add_argument("--checkpoints", default="", help="comma list of variants whose person checkpoints are "
-                   "evaluated too (steps 250, 500, 750: the steps dimension without retraining)")
+                   "evaluated too (rows VARIANT@STEP: the steps dimension without retraining)")
     p.add_argument("--report-only", action="store_true", help="no training: the table of what is measured")
     p.add_argument("--publish", action="store_true", help=f"also write {PUBLISHED.name} for the demo")
     p.add_argument("--demo", default="dop-1-250", help="the variant the demo runs (its row is printed beside it)")
@@ -267,8 +267,11 @@ def main() -> int:
         for i, (variant, seed) in enumerate([(v, s) for s in seeds for v in marked]):
             if i % shards == shard:
                 bench.checkpoints(variant, seed)
-        variants += [f"{v}@{step}" for v in marked for step in (250, 500, 750)]
     done = load_done(bench.results)
+    marked = [v for v in args.checkpoints.split(",") if v]
+    steps = {r["variant"] for r in done.values()
+             if r.get("stage") == "checkpoint" and r["variant"].split("@")[0] in marked}
+    variants += sorted(steps, key=lambda v: (v.split("@")[0], int(v.split("@")[1])))
     if "vae-ceiling" not in done and not args.report_only:
         from sdtune.toy.evaluate import vae_ceiling
 
