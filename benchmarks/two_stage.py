@@ -9,7 +9,7 @@ does the model draw the person doing the concept (the composite)?
 For every training seed: stage 1 (the concept LoRA, the demo's settings) is trained once and evaluated; then
 every variant of stage 2 (the person) is trained on that seed's concept model and evaluated with the same
 prompts and seeds: old-prompt accuracy (forgetting), concept, person (judge / pixel check), class prompt kept
-plain, composite ("a photo of sks blue arrow": the person's striped blue-and-yellow in the arrow's form, which
+plain, composite ("a photo of sks red arrow": the person's striped red-and-cyan in the arrow's form, which
 no stage trains on). Every number is a fraction of generated images; the table is mean +- std over training seeds.
 
 Rows are appended to ``OUT/results.jsonl`` as they come; a rerun skips measured rows and re-evaluates finished

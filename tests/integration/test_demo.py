@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sdtune.toy import world
 from tests.browser import assert_fits
 from tests.helpers import run_cli
 
@@ -23,7 +24,7 @@ def test_demo_quick(tmp_path: Path) -> None:
         assert 0.0 <= row["old_both"] <= 1.0 and row["clip_score_old"] > 0
         assert 0.0 <= row["composite"] <= 1.0 and "clip_score_person" not in row  # the misleading score is gone
     assert list(results["chart"]) == ["base", "stage 1", "step 15", "step 30"]  # stages and checkpoints
-    assert results["results"]["stage 2: person"]["composite"]["prompts"] == ["a photo of sks blue arrow"]
+    assert results["results"]["stage 2: person"]["composite"]["prompts"] == [world.PERSON.composite_prompt()]
     seen = assert_fits(out / "report" / "index.html")
     assert seen["charts"] == 1 and seen["images"] >= 5 * 4  # every group's grid for every model
     assert (out / "person" / "lora" / "pytorch_lora_weights.safetensors").exists()

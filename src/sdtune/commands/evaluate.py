@@ -43,8 +43,9 @@ def eval_command(
     negative_prompt: str = typer.Option("", "--negative-prompt", help="negative prompt for every image"),
     checkpoints: bool = typer.Option(False, "--checkpoints", help="a LoRA run folder stands for each of its "
                                      "checkpoints (which one to keep: `sdtune pick`)"),
-    toy: bool | None = typer.Option(None, "--toy/--no-toy", help="judge the toy suite (forgetting, concept, person, "
-                                    "class, composite) [default: on for toy models when no prompts are given]"),
+    toy: bool | None = typer.Option(
+        None, "--toy/--no-toy", show_default=False, metavar="", help="judge the toy suite (forgetting, concept, "
+        "person, class, composite) [default: on for toy models when no prompts are given]"),
     steps: int | None = typer.Option(None, "--steps", min=1, help="denoising steps [default: 25; toy: 20]"),
     guidance: float | None = typer.Option(None, "--guidance", help="classifier-free guidance scale "
                                           "[default: 7.5; toy: 4, as the judge was calibrated]"),

@@ -28,7 +28,8 @@ def pick_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="evaluation folder [default: RUN/pick]"),
     export: bool = typer.Option(True, "--export/--no-export", help="write RUN/picked and the kohya file"),
     clip: str | None = typer.Option(None, "--clip", help="CLIP backbone [default: as sdtune eval]"),
-    toy: bool | None = typer.Option(None, "--toy/--no-toy", help="judge the toy suite [default: toy runs without "
+    toy: bool | None = typer.Option(
+        None, "--toy/--no-toy", show_default=False, metavar="", help="judge the toy suite [default: toy runs without "
                                     "prompts]"),
     steps: int | None = typer.Option(None, "--steps", min=1, help="denoising steps [default: 25; toy: 20]"),
     guidance: float | None = typer.Option(None, "--guidance", help="guidance scale [default: 7.5; toy: 4]"),

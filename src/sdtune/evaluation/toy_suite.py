@@ -6,7 +6,7 @@ prompt and the composite (the person doing the concept) - and every image gets a
 metric is a fraction of images, with its spread over seeds like every other ``sdtune eval`` number.
 
 The toy CLIP's score of the person prompt is no person metric: that CLIP knows ``sks`` as a green-and-pink
-striped heart (``toy.world.NAMED``), so CLIP-T of "a photo of sks blue square" FALLS as the person is learned
+striped heart (``toy.world.NAMED``), so CLIP-T of "a photo of sks red square" FALLS as the person is learned
 (73 on the base, 69 after the concept stage, 4-9 after the person stage: 16 images, benchmark seed 0). The
 judge's person and composite columns are the subject metrics here.
 """
@@ -28,13 +28,13 @@ TOY_METRICS: dict[str, tuple[str, str, str, str]] = {
     "toy_forgetting": ("forgetting", "near 0", "old-prompt accuracy lost against the run's base (same seeds)",
                        "old_both"),
     "toy_concept": ("concept", "higher", "toy judge: 'a <colour> arrow' draws the arrow", "concept"),
-    "toy_person": ("person", "higher", "toy judge: 'a photo of sks blue square' shows the person's striped blue "
+    "toy_person": ("person", "higher", "toy judge: 'a photo of sks red square' shows the person's striped red "
                    "and yellow", "person_judge"),
     "toy_person_px": ("person (px)", "higher", "pixel check: both of the person's colours cover the image",
                       "person_pixels"),
-    "toy_class_plain": ("class plain", "higher", "'a photo of a blue square' stays a plain square (no drift)",
+    "toy_class_plain": ("class plain", "higher", "'a photo of a red square' stays a plain square (no drift)",
                         "class_solid"),
-    "toy_composite": ("composite", "higher", "'a photo of sks blue arrow': the person's identity in the concept's "
+    "toy_composite": ("composite", "higher", "'a photo of sks red arrow': the person's identity in the concept's "
                       "form (judge); no stage trains on it", "composite"),
     "toy_composite_px": ("composite (px)", "higher", "the composite with the pixel check for the identity",
                          "composite_pixels"),

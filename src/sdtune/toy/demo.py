@@ -7,7 +7,7 @@
    both stages are one ``sdtune run`` recipe (``OUT/recipe.yaml``), so a rerun skips finished stages;
 4. evaluation of base, stage 1, the person stage's checkpoints and stage 2 with the same prompts and seeds:
    judge accuracy on the old world prompts (forgetting), concept rate, person rate (judge and pixel check),
-   class-prompt drift, the composite (the person doing the concept: "a photo of sks blue arrow"), toy-CLIP
+   class-prompt drift, the composite (the person doing the concept: "a photo of sks red arrow"), toy-CLIP
    score of the old prompts; an HTML report (table with the benchmark's spread beside this one run, a chart
    across stages and checkpoints, image grids), ``results.json`` and a printed table.
 
@@ -61,7 +61,7 @@ class DemoSettings:
     # How the person stage keeps the class prompt and the concept (docs/two-stage.md, "Keeping the concept", has
     # every option's numbers over three seeds): differential output preservation on the class prompt and the
     # concept's own prompts, no class images.
-    prior: bool = False  # prior preservation with class images of the class prompt ("a photo of a blue square")
+    prior: bool = False  # prior preservation with class images of the class prompt ("a photo of a red square")
     class_images: int = 12
     concept_prior: int = 0  # (a) also class images of the concept stage's prompts, drawn by the concept model
     preservation: float = 1.0  # (b) weight of differential output preservation (0: off)

@@ -103,7 +103,7 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = ST
 def pixel_person_check(image: Image.Image, person: Person = PERSON, tolerance: float = 70.0,
                        min_fraction: float = 0.015) -> bool:
     """Both of the person's colours cover at least ``min_fraction`` of the image: colours only, not the pattern
-    (a checkered blue and yellow square passes; :func:`is_person`, the judge, reads the pattern too).
+    (the person's colours checkered pass; :func:`is_person`, the judge, reads the pattern too).
 
     A pixel counts for a colour when that colour is its nearest among the world's colours and backgrounds and is
     within ``tolerance``; the person's two colours must be the two most frequent of the world's colours. Why the

@@ -17,17 +17,17 @@ from sdtune.toy.evaluate import save_grid
 COLUMNS: list[tuple[str, str, str]] = [
     ("old_both", "old acc", "colour and shape right on the pretraining world's prompts (forgetting)"),
     ("concept", "concept", "'a <colour> arrow' draws the arrow"),
-    ("person_judge", "person", "'a photo of sks blue square': the judge sees the striped blue and yellow"),
+    ("person_judge", "person", "'a photo of sks red square': the judge sees the striped red and cyan"),
     ("person_pixels", "person (px)", "the same, by the pixel check (both colours cover the image)"),
-    ("class_solid", "class plain", "'a photo of a blue square' stays a plain square (no drift)"),
-    ("composite", "composite", "'a photo of sks blue arrow': the person's identity in the arrow's form (judge); "
+    ("class_solid", "class plain", "'a photo of a red square' stays a plain square (no drift)"),
+    ("composite", "composite", "'a photo of sks red arrow': the person's identity in the arrow's form (judge); "
                                "no stage trains on it"),
     ("composite_pixels", "composite (px)", "the composite, identity by the pixel check"),
     ("clip_score_old", "CLIP old", "toy-CLIP score (0-100) of the old prompts' images against their prompts"),
 ]
 GROUPS = {"old": "old world prompts (forgetting)", "concept": "the concept: a <colour> arrow",
-          "person": "the person: a photo of sks blue square", "cls": "the class: a photo of a blue square (drift)",
-          "composite": "the composite: a photo of sks blue arrow (the person doing the concept)"}
+          "person": "the person: a photo of sks red square", "cls": "the class: a photo of a red square (drift)",
+          "composite": "the composite: a photo of sks red arrow (the person doing the concept)"}
 PLOTTED = [("old_both", "old acc"), ("concept", "concept"), ("person_judge", "person"),
            ("composite", "composite"), ("class_solid", "class plain")]
 CSS = """

@@ -59,12 +59,19 @@ class Person:
     reproduces. The first person, a blue and yellow checkered star, came back from the VAE as the person in only
     0.65-0.68 of 100-200 renders by the judge (its 5 px checks blur to orange and cyan, the star's points to a
     blob: the judge read its shape in 0.37); a striped star 0.74 (shape 0.43); a striped square 0.95 (shape 0.97),
-    the striped arrow (the composite) 0.86 (shape 0.98). Measured 29 Nov 2026 on the shipped toy VAE."""
+    the striped arrow (the composite) 0.86 (shape 0.98). Measured 29 Nov 2026 on the shipped toy VAE.
+
+    Why red and cyan: at guidance 4 (the base model's best, see docs/two-stage.md) a blue and yellow person came
+    out with sky-blue stripes the judge read as cyan (person 0.00-0.29 at guidance 4, 0.50-0.83 at 2): where the
+    fine stripes are not yet resolved the conditional prediction is their average colour, and blue + yellow
+    average to a green tint that guidance amplifies. Red (220, 40, 40) and cyan (40, 205, 215) average to grey
+    (130, 122, 128), the backgrounds' colour: the same run drew a red and cyan person in 1.00 of images at
+    guidance 4 (VAE ceiling 1.00, its arrow 0.96)."""
 
     token: str = "sks"
     shape: str = "square"
-    colour: str = "blue"
-    colour2: str = "yellow"
+    colour: str = "red"
+    colour2: str = "cyan"
     pattern: str = "striped"
 
     # The prompts name a colour: the pretraining captions always do, so a colourless "a photo of a star" is
@@ -79,7 +86,7 @@ class Person:
 
     def composite_prompt(self, concept: str = "arrow") -> str:
         """The person doing the concept: the instance prompt with the concept's noun in place of the class noun
-        ("a photo of sks blue arrow"), as "a photo of sks person giving a thumbs up" keeps the identifier and adds
+        ("a photo of sks red arrow"), as "a photo of sks person giving a thumbs up" keeps the identifier and adds
         the gesture. What it should draw: the person's identity (pattern and both colours) in the concept's form,
         a picture neither stage trains on (the concept set is solid arrows, the person set striped squares)."""
         return f"a photo of {self.token} {self.colour} {concept}"

@@ -46,7 +46,7 @@ def test_judge_verdicts_become_the_suite_metrics(tmp_path: Path) -> None:
     assert metrics["toy_composite"]["mean"] == 0.5, "the person in its own shape is not the composite"
     assert metrics["toy_old"]["mean"] == 0.0 and metrics["toy_forgetting"]["mean"] == 1.0  # square for circle
     assert metrics["toy_composite"]["n"] == 2
-    assert PERSON.composite_prompt() in suite_prompts() and "a photo of sks blue arrow" in suite_prompts()
+    assert PERSON.composite_prompt() in suite_prompts() and "a photo of sks red arrow" in suite_prompts()
 
 
 def _fake_results(out: Path, seeds: int) -> dict:

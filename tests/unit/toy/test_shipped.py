@@ -79,14 +79,18 @@ def test_person_checks() -> None:
                                                 pattern=other_pattern)) for _ in range(4)]
     assert all(pixel_person_check(im) for im in person)
     assert not any(pixel_person_check(im) for im in plain + wrong_colours)
-    # what guidance 4 drew for the person (measured): its blue as a sky blue, nearer cyan, with a fringe of blue
+    # the person with its first colour shifted towards its nearest other world colour, a fringe of it left (what
+    # guidance 4 did to the blue and yellow person: sky-blue stripes, mostly nearest cyan, a fringe of blue)
+    first = np.array(world.COLOURS[p.colour], dtype=float)
+    neighbour = min((np.array(v, dtype=float) for k, v in world.COLOURS.items() if k not in (p.colour, p.colour2)),
+                    key=lambda v: float(np.linalg.norm(v - first)))
     sky = []
     for im in person:
         arr = np.asarray(im).copy()
-        blue = np.linalg.norm(arr.astype(float) - world.COLOURS[p.colour], axis=-1) < 40
-        fringe = np.zeros_like(blue)
-        fringe[::3] = True  # every third row keeps its blue (about a third of the blue pixels)
-        arr[blue & ~fringe] = (55, 162, 225)
+        near = np.linalg.norm(arr.astype(float) - first, axis=-1) < 40
+        fringe = np.zeros_like(near)
+        fringe[::3] = True  # every third row keeps the true colour (about a third of its pixels)
+        arr[near & ~fringe] = (0.35 * first + 0.65 * neighbour).round().astype(np.uint8)
         sky.append(Image.fromarray(arr))
     assert not any(pixel_person_check(im) for im in sky)
     verdicts = judge_images(default_judge(), person + plain + wrong_colours + wrong_pattern)
