@@ -85,6 +85,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # half the learning rate: at guidance 4 a person LoRA trained at 2e-3 drew the person at weight 0.75 (0.83) but
     # not at 1.0 (0.25, its blue sky blue): the trained LoRA overshoots
     "dop-1-250-lr-1e-3": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 1e-3},
+    # without the text-encoder LoRA: it changes every prompt's embedding, the old world's prompts too
+    "no-te+dop-1-250": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
+                        "person_text_encoder": False},
 }
 PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")  # the settings recorded per row
 KEYS = ("old_both", "concept", "person_judge", "person_pixels", "class_solid", "composite", "composite_pixels",
