@@ -58,7 +58,7 @@ class DemoSettings:
     # (With the first person a text-encoder LoRA helped, as DreamBooth users find for faces: on the base model,
     # person 0.50 of images (pixel check) and class prompt intact 0.29, against 0.38 and 0.04 without.)
     # Off since the striped person: the text-encoder LoRA changes every prompt's embedding, the old world's too
-    # (old-prompt accuracy 0.21 below stage 1 without it, 0.33 with it; person 1.00 vs 0.83; benchmark, 29 Nov 2026)
+    # (old-prompt accuracy 0.19 below stage 1 without it, 0.33 with it; person 1.00 vs 0.83; benchmark, 29 Nov 2026)
     person_text_encoder: bool = False
     # How the person stage keeps the class prompt and the concept (docs/two-stage.md, "Keeping the concept", has
     # every option's numbers over three seeds): differential output preservation on the class prompt and the
