@@ -62,13 +62,21 @@ def discover(configs_dir: Path) -> list[Job]:
         if "stages" not in data:
             jobs.append(Job(path.stem, data, (data.get("model") or {}).get("base", "")))
             continue
-        recipe = load_recipe(path)
+        # the person stage's concept_preservation / concept_prior read the concept stage's data, which a check makes
+        # up later: without them here (a note says so)
+        keeps = {i for i, stage in enumerate(data["stages"]) if stage.get("concept_preservation")
+                 or stage.get("concept_prior")}
+        overrides = [f"{data['stages'][i]['name']}.{key}={value}" for i in keeps
+                     for key, value in (("concept_preservation", "false"), ("concept_prior", "null"))]
+        recipe = load_recipe(path, overrides)
         default_base = (recipe.defaults.get("model") or {}).get("base", "")
         for stage in recipe.stages:
             raw = stage_config(recipe, stage).model_dump(mode="json")
             base = (stage.config.get("model") or {}).get("base") or default_base
             note = ("on the preset, not on the concept stage's model (chaining: tests/integration/test_two_stage.py)"
                     if stage.base_stage else "")
+            if any(data["stages"][i]["name"] == stage.name for i in keeps):
+                note += "; without the concept stage's prompts (concept_preservation / concept_prior need its data)"
             jobs.append(Job(f"{path.stem}/{stage.name}", raw, base, note))
     first = [j for name in PRIORITY for j in jobs if j.name == name]
     return first + [j for j in jobs if j not in first]

@@ -29,6 +29,15 @@ def _no_empty_path(value: Any) -> Any:
     return value
 
 
+class FrozenAdapter(Section):
+    """A LoRA applied to the base model, unfused and frozen, below the LoRA a run trains (a concept kept as an
+    adapter: the stack base + concept + person is then what training sees, and generation loads it the same)."""
+
+    path: Path = Field(description="a LoRA .safetensors (diffusers format) or a run folder with lora/")
+    weight: float = Field(1.0, description="its scale")
+    name: str = Field("frozen", pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="its adapter name")
+
+
 class ModelConfig(Section):
     base: str = Field("tiny", description="hub id, local diffusers folder, single .safetensors file, or a built-in "
                       f"model ({', '.join(PRESETS)})")
@@ -41,6 +50,15 @@ class ModelConfig(Section):
     vae: str | None = Field(None, description="a VAE to use instead of the model's (folder, file or hub id), e.g. "
                             "madebyollin/sdxl-vae-fp16-fix: SDXL's own VAE stays fp32 under fp16, an fp16-safe one "
                             "need not")
+    adapters: list[FrozenAdapter] = Field(default_factory=list, description="LoRAs applied unfused and frozen "
+                                          "below the trained one (LoRA runs)")
+
+    @model_validator(mode="after")
+    def _adapter_names(self) -> ModelConfig:
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names) or "default" in names:
+            raise ValueError("model.adapters need distinct names, other than 'default' (the trained LoRA's)")
+        return self
 
 
 class SubsetConfig(Section):
@@ -53,6 +71,22 @@ class SubsetConfig(Section):
     role: Literal["train", "class"] = Field(
         "train", description="'class' subsets are paired with train examples for prior preservation"
     )
+    class_prompts: list[str] = Field(
+        default_factory=list, description="class subsets: generate missing images from these prompts with the "
+        "run's base model (image i: prompt i mod len, seed i; captions in metadata.jsonl)")
+    num_images: int | None = Field(None, ge=1, description="class subsets with class_prompts: images to have")
+
+    @model_validator(mode="after")
+    def _generation(self) -> SubsetConfig:
+        if self.class_prompts:
+            if self.role != "class":
+                raise ValueError("class_prompts is for subsets with role: class (images generated for prior "
+                                 "preservation)")
+            if self.num_images is None:
+                raise ValueError("a subset with class_prompts needs num_images (how many images to generate)")
+            if self.prompt is not None:
+                raise ValueError("a subset with class_prompts is captioned by them; remove its prompt")
+        return self
 
     @field_validator("path", mode="before")
     @classmethod
@@ -129,6 +163,18 @@ class EMAConfig(Section):
     update_after_step: int = Field(0, ge=0)
 
 
+class PreservationConfig(Section):
+    """Differential output preservation (``sdtune.training.preservation``): keep the starting model's output on
+    prompts without the identifier, as a loss term; needs no class images. LoRA runs only."""
+
+    weight: float = Field(1.0, gt=0.0, description="weight of the term next to the training loss")
+    prompts: list[str] = Field(default_factory=list, description="prompts without the identifier (default: "
+                               "data.class_prompt); a two-stage flow adds the concept's own prompts")
+
+    def resolved_prompts(self, data: DataConfig) -> list[str]:
+        return list(self.prompts) or ([data.class_prompt] if data.class_prompt else [])
+
+
 class TrainConfig(Section):
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tuning")
     train_text_encoder: bool = False
@@ -153,6 +199,9 @@ class TrainConfig(Section):
     snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (5.0 is common)")
     noise_offset: float = Field(0.0, ge=0.0)
     ema: EMAConfig | None = Field(None, description="EMA of the weights (full fine-tuning only)")
+    preservation: PreservationConfig | None = Field(
+        None, description="differential output preservation: pull the trained model's prediction on prompts "
+        "without the identifier towards the starting model's (LoRA only; no class images needed)")
     seed: int = 42
     num_workers: int = Field(0, ge=0)
 
@@ -218,6 +267,29 @@ class RunConfig(Section):
     @classmethod
     def _output_given(cls, value: Any) -> Any:
         return _no_empty_path(value)
+
+    @model_validator(mode="after")
+    def _frozen_adapters(self) -> RunConfig:
+        if self.model.adapters and self.train.lora is None:
+            raise ValueError("model.adapters (frozen LoRAs under the trained one) need train.lora; to fine-tune "
+                             "fully on a LoRA'd model, fuse it first (its run's save.full_model)")
+        if self.model.adapters and self.save.full_model:
+            raise ValueError("save.full_model fuses the run's LoRA into model.base alone; with model.adapters "
+                             "use the stack (sdtune generate RUN) or fuse the adapters into the base first")
+        return self
+
+    @model_validator(mode="after")
+    def _preservation(self) -> RunConfig:
+        keep = self.train.preservation
+        if keep is not None:
+            if self.train.lora is None:
+                raise ValueError("train.preservation compares the run with its starting model by switching its "
+                                 "LoRA off, so it needs train.lora; for full fine-tuning use prior preservation "
+                                 "(data.with_prior_preservation)")
+            if not keep.resolved_prompts(self.data):
+                raise ValueError("train.preservation needs prompts without the identifier: set "
+                                 "train.preservation.prompts (e.g. ['a photo of a person']) or data.class_prompt")
+        return self
 
     @property
     def is_lora(self) -> bool:
@@ -333,6 +405,8 @@ def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
     cfg.data.cache_dir = fix(data.cache_dir)
     for sub in cfg.data.subsets:
         sub.path = fix(sub.path)  # type: ignore[assignment]
+    for adapter in cfg.model.adapters:
+        adapter.path = fix(adapter.path)  # type: ignore[assignment]
     base_path = Path(cfg.model.base).expanduser()
     if base_path.exists():
         cfg.model.base = str(base_path.resolve())

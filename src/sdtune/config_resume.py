@@ -78,6 +78,8 @@ RESUME_RULES: dict[str, Rule] = {
     "train.ema.decay": _change("re-applied to the EMA after loading"),
     "train.ema.update_after_step": _change("re-applied to the EMA after loading"),
     "train.seed": _refuse("the data order and every random draw of the run"),
+    "train.preservation": _change("a loss term: no weights of its own, its prompt draws come after the step's own "
+                                  "draws from the step's reseeded RNG"),
     "train.num_workers": _change("data loading only; examples are position-addressed"),
     "checkpoint": _change("when and how many checkpoints are kept"),
     "validation": _change("what is sampled during training"),

@@ -55,7 +55,8 @@ def _subjects(tmp: Path) -> Path:
 def _args(csv_path: Path, concept: Path, out: Path) -> list[str]:
     return [str(csv_path), "--concept", str(concept), "--out", str(out), f"train.max_steps={STEPS}",
             "train.learning_rate=0.001", "train.lora.rank=4", "checkpoint.every=2", "checkpoint.keep=5",
-            "logging.trackers=[]", "data.num_class_images=2", "data.class_generation_steps=2"]
+            "logging.trackers=[]", "data.with_prior_preservation=true", "data.num_class_images=2",
+            "data.class_generation_steps=2"]  # class images shared per class (the default needs none)
 
 
 def _summary(out: Path) -> dict[str, dict[str, str]]:

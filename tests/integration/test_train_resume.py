@@ -43,6 +43,10 @@ COMBOS = {
     # crops and flips (time ids change with each crop), caption dropout. SDXL LoRA on both text encoders with prior
     # preservation resumes bitwise in test_mixed_precision and test_cache_buckets (one kill test is enough time).
     "xl-t2i-full": ("t2i", {"lr_scheduler": "cosine", "lr_warmup_steps": 3}, False),
+    # differential output preservation: its prompt draws come from the micro-step's seeded RNG too
+    "db-lora-te-preservation": ("db", {"lora": {"rank": 4}, "train_text_encoder": True, "batch_size": 2,
+                                       "preservation": {"weight": 1.0, "prompts": ["a photo of a dog", "a ball"]}},
+                                False),
 }
 
 

@@ -45,7 +45,8 @@ def overrides(data: Path, out: Path, *extra: str) -> list[str]:
         "concept.train.max_steps=4", "concept.train.learning_rate=0.001", "concept.train.lora.rank=4",
         f"person.data.instance_dir={data / 'me'}", f"person.data.class_dir={out / 'class-person'}",
         "person.data.num_class_images=2", "person.data.class_generation_steps=2", "person.validation.prompts=[]",
-        "person.train.max_steps=4", "person.train.learning_rate=0.001", "person.train.lora.rank=4", *extra,
+        "person.train.max_steps=4", "person.train.learning_rate=0.001", "person.train.lora.rank=4",
+        "person.checkpoint.every=2", *extra,  # the recipe checkpoints the person every 100 steps
     ]
 
 

@@ -17,12 +17,14 @@ def demo_command(
                                 "shared CPU two threads per process ran up to 6x slower (measured)"),
 ) -> None:
     """Two-stage fine-tuning on the toy model, measured: the concept (a LoRA), then a person DreamBooth LoRA on the
-    concept model, then evaluation of base / stage 1 / stage 2 (judge accuracy, forgetting, CLIP score) with an
-    HTML report. Offline, CPU, about 3.5 minutes. Re-running continues: finished stages are kept."""
+    concept model, then evaluation of base / stage 1 / the person stage's checkpoints / stage 2 (forgetting,
+    concept, person, class drift, and the composite: the person doing the concept) with an HTML report. Offline,
+    CPU, about 4 minutes. Re-running continues: finished stages are kept."""
     import torch
 
     from sdtune.commands.args import output_folder
-    from sdtune.toy.demo import DemoSettings, format_table, run_demo
+    from sdtune.toy.demo import DemoSettings, run_demo
+    from sdtune.toy.report import COLUMNS, format_table
 
     output_folder(out, "--out")
     torch.set_num_threads(threads)
@@ -31,10 +33,17 @@ def demo_command(
         settings.seeds = seeds
     result = run_demo(out, settings, echo=typer.echo)
     typer.echo("")
-    typer.echo(format_table(result["table"]))
-    typer.echo("\nfractions of images (prompt x seed) the toy judge reads as asked. old acc: colour and shape right "
-               "on the pretraining world (forgetting); concept: the new glyph; person: 'a photo of sks blue star' "
-               "by judge / pixel check; class solid: 'a photo of a blue star' still plain (drift); CLIP: toy CLIP")
+    typer.echo(format_table(result["table"], result["benchmark"]))
+    bench = result["benchmark"]
+    typer.echo("\nThis is ONE run: other seeds or machines move these numbers." + (
+        f" The benchmark rows are mean ± std over {len(bench['seeds'])} training seeds of the same settings "
+        "(benchmarks/two_stage.py)." if bench and bench["rows"] else ""))
+    typer.echo("Fractions of images (prompt x seed) the toy judge reads as asked:")
+    for _, label, what in COLUMNS:
+        typer.echo(f"  {label}: {what}")
+    for note in result["notes"]:
+        typer.echo(f"  {note}")
+    typer.echo("Which person checkpoint to keep, by the numbers: sdtune pick " + result["paths"]["person run"])
     for name, path in result["paths"].items():
         typer.echo(f"  {name}: {path}")
     typer.echo(f"  total: {sum(result['seconds'].values()):.0f} s")

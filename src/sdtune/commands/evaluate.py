@@ -46,8 +46,14 @@ def eval_command(
                                                 "to measure forgetting against each run's base"),
     base: str | None = typer.Option(None, "--base", help="base model for forgetting when a model is not a run folder"),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="negative prompt for every image"),
-    steps: int = typer.Option(25, "--steps", min=1, help="denoising steps"),
-    guidance: float = typer.Option(7.5, "--guidance", help="classifier-free guidance scale"),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="a LoRA run folder stands for each of its "
+                                     "checkpoints (which one to keep: `sdtune pick`)"),
+    toy: bool | None = typer.Option(
+        None, "--toy/--no-toy", show_default=False, metavar="", help="judge the toy suite (forgetting, concept, "
+        "person, class, composite) [default: on for toy models when no prompts are given]"),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="denoising steps [default: 25; toy: 20]"),
+    guidance: float | None = typer.Option(None, "--guidance", help="classifier-free guidance scale "
+                                          "[default: 7.5; toy: 4, as the judge was calibrated]"),
     scheduler: str = typer.Option("dpm++", "--scheduler", help=SCHEDULER_HELP),
     size: str | None = typer.Option(None, "--size", help="N or WIDTHxHEIGHT; default: each model's native size"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="images per forward pass"),
@@ -71,6 +77,13 @@ def eval_command(
     - Forgetting (--generic-prompts): on prompts not about the concept, the CLIP-T change against the run's
       base model and how similar the images stay to the base's at the same seed.
 
+    - On the toy model (--toy): the judge's verdicts on the toy suite, as fractions of images: old-prompt
+      accuracy and forgetting, the concept, the person, the class prompt kept plain, and the composite (the
+      person doing the concept).
+
+    - Over a run's checkpoints (--checkpoints): every LoRA checkpoint is a model of the table; `sdtune pick`
+      names the one to keep and exports it.
+
     Writes OUT/results.json, OUT/results.csv, OUT/results_per_prompt.csv and OUT/report.html (opens offline).
 
     Examples:
@@ -82,9 +95,14 @@ def eval_command(
 
       sdtune eval runs/db --prompts p.txt \\
           --clip ~/models/clip-vit-large-patch14
+
+      sdtune eval toy runs/demo/concept runs/demo/person --seeds 8
+
+      sdtune eval runs/demo/person --checkpoints --seeds 8
     """
     from sdtune.evaluation.report import summary_rows, write_reports
     from sdtune.evaluation.runner import EvalRequest, run_eval
+    from sdtune.evaluation.toy_suite import resolve_toy
     from sdtune.inference.generate import GenerationSettings, read_prompts
 
     device, dtype = args.device(device), args.dtype(dtype)
@@ -94,13 +112,15 @@ def eval_command(
     args.output_folder(out, "--out")
     args.output_folder(tensorboard, "--tensorboard")
     width, height = parse_size(size)
+    toy, steps, guidance = resolve_toy(models, toy, bool(prompts_file or prompt), steps, guidance)
     request = EvalRequest(
         models=list(models), prompts=read_prompts(prompts_file, prompt), seeds=parse_seeds(seeds), out_dir=out,
         settings=GenerationSettings(steps=steps, guidance=guidance, scheduler=scheduler, width=width,
                                     height=height, negative_prompt=negative_prompt),
         clip=clip, dino=dino, reference_dir=reference,
         generic_prompts=read_prompts(generic_prompts) if generic_prompts else [], base=base,
-        device=device, dtype=dtype, batch_size=batch_size, allow_pickle=allow_pickle,
+        device=device, dtype=dtype, batch_size=batch_size, allow_pickle=allow_pickle, toy=toy,
+        checkpoints=checkpoints,
     )
     if generic_prompts and not request.generic_prompts:
         raise SdtuneError(f"{generic_prompts}: no prompts in the file")

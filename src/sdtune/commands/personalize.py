@@ -22,6 +22,9 @@ def personalize_command(
     instance_prompt: str = typer.Option(None, "--instance-prompt",
                                         help="default: 'a photo of {token} {class}' ({name} also works)"),
     class_prompt: str = typer.Option(None, "--class-prompt", help="default: 'a photo of a {class}'"),
+    concept_prior: int = typer.Option(None, "--concept-prior", min=0, help="also keep the concept: this many "
+                                      "class images of the concept run's own prompts, drawn by the concept model, "
+                                      "in every subject's prior (default: the recipe stage's concept_prior; 0: off)"),
     strict: bool = typer.Option(False, "--strict", help="exit with status 3 when a subject failed (default: 0, "
                                 "failures are in the summary)"),
 ) -> None:
@@ -45,7 +48,8 @@ def personalize_command(
     existing_file(config, "--config", " (a run config or recipe YAML)")
     output_folder(out, "--out")
     result = personalize(subjects, concept, out, template=config, stage=stage, overrides=overrides or [],
-                         instance_prompt=instance_prompt, class_prompt=class_prompt, echo=typer.echo)
+                         instance_prompt=instance_prompt, class_prompt=class_prompt, concept_prior=concept_prior,
+                         echo=typer.echo)
     failed = [o.subject for o in result.summary if o.status != "finished"]
     if failed and result.rank == 0:
         typer.echo(f"not finished: {', '.join(failed)} (see {result.out_dir / 'summary.md'})", err=True)

@@ -125,13 +125,15 @@ def copy_references(results: dict[str, Any], out_dir: Path, size: int = 256) -> 
     return out
 
 
+# Every table takes the page's width and no more: image cells shrink (up to THUMB px) so any number of seeds fits.
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222}
-table{border-collapse:collapse;margin:12px 0}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+body{font-family:system-ui,sans-serif;margin:16px auto;max-width:1200px;padding:0 12px;color:#222}
+table{border-collapse:collapse;margin:12px 0;width:100%}
+table.grid{table-layout:fixed}
+th,td{border:1px solid #ccc;padding:3px 5px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f4f4f4;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
-img.cell{width:THUMBpx;height:auto;image-rendering:pixelated;display:block}
-.note{color:#555;font-size:90%} .prompt{max-width:320px}
+img.cell{width:100%;max-width:THUMBpx;height:auto;image-rendering:pixelated;display:block}
+.note{color:#555;font-size:90%}
 """.replace("THUMB", str(THUMB))
 
 
@@ -160,6 +162,7 @@ def render_html(results: dict[str, Any], grids: dict[str, str], references: list
     parts.append("</table><ul class='note'>" + "".join(
         f"<li><b>{e(m['label'])}</b> ({e(m['better'])} is better): {e(m['help'])}</li>"
         for m in results["metrics"].values()) + "</ul>")
+    parts.extend(checkpoint_charts(results))
     clip = results["metrics"].get("clip_t", {})
     parts.append(f"<h2>CLIP-T per prompt <span class='note'>[{e(str(clip.get('backbone')))}, "
                  f"{e(str(clip.get('scale')))}]</span></h2><table><tr><th>prompt</th>"
@@ -173,7 +176,7 @@ def render_html(results: dict[str, Any], grids: dict[str, str], references: list
                      + "</tr></table>")
     parts.append("<h2>Side by side</h2>")
     for i, prompt in enumerate(s["prompts"]):
-        parts.append(f"<h3>{e(prompt)}</h3><table><tr><th>model</th>"
+        parts.append(f"<h3>{e(prompt)}</h3><table class='grid'><tr><th>model</th>"
                      + "".join(f"<th>seed {sd}</th>" for sd in seeds) + "</tr>")
         for m in results["models"]:
             per_seed = m["per_prompt"]["clip_t"][i]["per_seed"]
@@ -195,10 +198,36 @@ def render_html(results: dict[str, Any], grids: dict[str, str], references: list
     return "\n".join(parts)
 
 
+def checkpoint_charts(results: dict[str, Any]) -> list[str]:
+    """Per run evaluated over its checkpoints (``--checkpoints``): one chart per metric scale, the metrics' mean
+    +- std over seeds from step to step (scales are never mixed on one axis)."""
+    from sdtune.evaluation.plot import line_chart_svg
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for m in results["models"]:
+        if m.get("checkpoint"):
+            runs.setdefault(m["checkpoint"]["run"], []).append(m)
+    out = []
+    for run, models in runs.items():
+        models = sorted(models, key=lambda m: m["checkpoint"]["step"])
+        by_scale: dict[str, list[str]] = {}
+        for name, info in results["metrics"].items():
+            by_scale.setdefault(f"{info['scale']} [{short_backbone(str(info['backbone']))}]", []).append(name)
+        out.append(f"<h2>Across the checkpoints of {html.escape(Path(run).name)}</h2>")
+        for scale, names in by_scale.items():
+            labels = [f"step {m['checkpoint']['step']}" for m in models]
+            series = {results["metrics"][n]["label"]: [(m["metrics"].get(n) or {}).get("mean") for m in models]
+                      for n in names}
+            spread = {results["metrics"][n]["label"]: [(m["metrics"].get(n) or {}).get("std") for m in models]
+                      for n in names}
+            out.append(line_chart_svg(labels, series, spread, y_label=scale))
+    return out
+
+
 def _grid_table(prompts: list[str], seeds: list[int], rows: list[list[str]],
                 below: list[list[str]] | None = None) -> str:
     e = html.escape
-    out = ["<table><tr><th>prompt</th>" + "".join(f"<th>seed {sd}</th>" for sd in seeds) + "</tr>"]
+    out = ["<table class='grid'><tr><th>prompt</th>" + "".join(f"<th>seed {sd}</th>" for sd in seeds) + "</tr>"]
     for i, prompt in enumerate(prompts):
         cells = "".join(f"<td>{_img(rel, prompt)}" + (f"{_img(below[i][j], 'base')}" if below else "") + "</td>"
                         for j, rel in enumerate(rows[i]))

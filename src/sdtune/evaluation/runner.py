@@ -23,6 +23,7 @@ from sdtune.evaluation.stats import per_prompt, summarize
 from sdtune.inference.generate import GenerationSettings, pick_device
 from sdtune.inference.pipeline import base_of
 
+TOY_BACKBONE = "toy judge"
 # name -> (label, backbone kind, scale, what is better, what it measures)
 METRICS: dict[str, tuple[str, str, str, str, str]] = {
     "clip_t": ("CLIP-T", "clip", CLIP_T_SCALE, "higher", "image-prompt agreement on the evaluation prompts"),
@@ -55,6 +56,8 @@ class EvalRequest:
     batch_size: int = 4
     allow_pickle: bool = False
     local_files_only: bool | None = None
+    toy: bool = False  # the toy suite's prompts too, each image judged (sdtune.evaluation.toy_suite)
+    checkpoints: bool = False  # a LoRA run folder stands for all its checkpoints (sdtune.evaluation.checkpoints)
 
 
 def choose_clip(models: Sequence[str], clip: str | None) -> str:
@@ -89,7 +92,7 @@ def _labels(models: Sequence[str]) -> list[str]:
 def _validate(req: EvalRequest) -> None:
     if not req.models:
         raise SdtuneError("no models to evaluate: pass one or more base models or run folders")
-    if not req.prompts:
+    if not req.prompts and not req.toy:
         raise SdtuneError("no prompts: pass --prompts FILE (one prompt per line) or --prompt TEXT")
     if not req.seeds:
         raise SdtuneError("no seeds: pass --seeds K (K >= 1)")
@@ -134,9 +137,29 @@ def _has_images(folder: Path) -> bool:
         return False
 
 
+def expand_models(req: EvalRequest) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """``(ref, label, checkpoint info or None)`` of every model to evaluate: with ``checkpoints``, each run folder
+    that has checkpoints stands for all of them (written out as run folders under OUT/checkpoints), oldest first."""
+    from sdtune.evaluation.checkpoints import expand_checkpoints, run_checkpoints
+    from sdtune.inference.pipeline import is_run_folder
+
+    out: list[tuple[str, str, dict[str, Any] | None]] = []
+    for ref, label in zip(req.models, _labels(req.models), strict=True):
+        if req.checkpoints and is_run_folder(ref) and run_checkpoints(Path(ref)):
+            out += [(str(c.folder), c.label, {"run": str(c.run), "step": c.step, "final": c.final})
+                    for c in expand_checkpoints(Path(ref), req.out_dir)]
+        else:
+            out.append((ref, label, None))
+    return out
+
+
 def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
     """Generate what is missing, score everything, return the results (see ``report.write_reports``)."""
     _validate(req)
+    if req.toy:
+        from sdtune.evaluation.toy_suite import suite_prompts
+
+        req.prompts = list(dict.fromkeys([*req.prompts, *suite_prompts()]))
     clip_ref = choose_clip(req.models, req.clip)
     references = load_reference_images(req.reference_dir) if req.reference_dir else []
     if req.dino and not references:
@@ -151,11 +174,18 @@ def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
     main_jobs = [(p, s) for p in req.prompts for s in req.seeds]
     generic_jobs = [(p, s) for p in req.generic_prompts for s in req.seeds]
 
+    judge = None
+    if req.toy:
+        from sdtune.toy.evaluate import default_judge
+
+        judge = default_judge()
     models: list[dict[str, Any]] = []
-    for ref, label in zip(req.models, _labels(req.models), strict=True):
+    for ref, label, checkpoint in expand_models(req):
         spec = ModelSpec(ref, label=label)
         entry: dict[str, Any] = {"label": label, "ref": ref, "base": None, "fingerprint": spec.digest[:12],
-                                 "paths": {"main": cache.ensure(spec, main_jobs)}}
+                                 "checkpoint": checkpoint, "paths": {"main": cache.ensure(spec, main_jobs)}}
+        if judge is not None:
+            entry["toy"] = _toy_metrics(entry["paths"]["main"], ref, req, cache, main_jobs, judge)
         if generic_jobs:
             entry["paths"]["generic"] = cache.ensure(spec, generic_jobs)
             base_ref = base_of(ref) or req.base  # a run folder's own base wins over --base
@@ -201,6 +231,7 @@ def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
             m["metrics"][name] = {**summarize(vals, req.seeds).as_dict(), "backbone": backbones[info[1]],
                                   "scale": info[2]}
             m["per_prompt"][name] = per_prompt(vals, prompts, req.seeds)
+        m["metrics"].update(m.pop("toy", {}))
         m["generated"] = cache.generated[m["label"]]
         m["reused"] = cache.reused[m["label"]]
         m["images"] = {group: [[_rel(paths[(p, s)], out) for s in req.seeds] for p in _prompts_of(group, req)]
@@ -211,14 +242,39 @@ def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
         "settings": {**req.settings.as_dict(), "seeds": list(req.seeds), "prompts": list(req.prompts),
                      "generic_prompts": list(req.generic_prompts)},
         "backbones": backbones,
-        "metrics": {name: {"label": i[0], "backbone": backbones[i[1]], "scale": i[2], "better": i[3], "help": i[4]}
-                    for name, i in METRICS.items() if any(name in m["metrics"] for m in models)},
+        "metrics": {**{name: {"label": i[0], "backbone": backbones[i[1]], "scale": i[2], "better": i[3],
+                              "help": i[4]} for name, i in METRICS.items()
+                       if any(name in m["metrics"] for m in models)}, **_toy_metric_info(models)},
         "references": [str(p) for p, _ in references],
         "generation": {"generated": sum(cache.generated.values()), "reused": sum(cache.reused.values()),
                        "by_model": {k: {"generated": cache.generated[k], "reused": cache.reused[k]}
                                     for k in sorted(set(cache.generated) | set(cache.reused))}},
         "models": models,
     }
+
+
+def _toy_metrics(paths: dict[Job, Path], ref: str, req: EvalRequest, cache: GenerationCache, jobs: list[Job],
+                 judge: Any) -> dict[str, Any]:
+    """The judge's metrics of one model's toy-suite images; forgetting against its run's base (same seeds)."""
+    from sdtune.evaluation.toy_suite import toy_metrics
+    from sdtune.toy.evaluate import old_prompts
+
+    base_paths = None
+    base_ref = base_of(ref)
+    if base_ref is not None:
+        old = {e.prompt for e in old_prompts(12)}
+        base_paths = cache.ensure(ModelSpec(base_ref, label=f"base of {Path(ref).name}"),
+                                  [j for j in jobs if j[0] in old])
+    return {name: {**summary, "backbone": TOY_BACKBONE, "scale": "fraction"}
+            for name, summary in toy_metrics(paths, base_paths, req.seeds, judge).items()}
+
+
+def _toy_metric_info(models: list[dict[str, Any]]) -> dict[str, Any]:
+    from sdtune.evaluation.toy_suite import TOY_METRICS
+
+    return {name: {"label": label, "backbone": TOY_BACKBONE, "scale": "fraction", "better": better,
+                   "help": what} for name, (label, better, what, _) in TOY_METRICS.items()
+            if any(name in m["metrics"] for m in models)}
 
 
 def _prompts_of(group: str, req: EvalRequest) -> list[str]:

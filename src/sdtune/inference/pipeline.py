@@ -81,8 +81,12 @@ def read_run(folder: str | Path) -> RunFolder:
     lora = path / "lora" / LORA_WEIGHTS_NAME
     if lora.is_file():
         run.lora_file = lora
+    for i, entry in enumerate(model.get("adapters") or []):  # LoRAs it trained on unfused (model.adapters)
+        raw = Path(str(entry["path"])).expanduser()
+        run.stack.append(Adapter(path=resolve_adapter_file(raw if raw.is_absolute() else path / raw, run.allow_pickle),
+                                 weight=float(entry.get("weight", 1.0)), name=str(entry.get("name") or f"frozen{i}")))
     if (path / ADAPTERS_FILE).is_file():
-        run.stack = _read_stack(path / ADAPTERS_FILE, run.allow_pickle)
+        run.stack += _read_stack(path / ADAPTERS_FILE, run.allow_pickle)
     return run
 
 

@@ -48,6 +48,9 @@ def peft_config(settings: LoraSettings, targets: list[str]):
     )
 
 
+TRAINED_ADAPTER = "default"  # the name peft gives the adapter a run trains; frozen ones have their own
+
+
 def layer_names(module: torch.nn.Module) -> list[str]:
     """Names LoRA targets can use: the last part of each linear/conv layer's name (``to_q``, ``to_out.0``)."""
     names = set()
@@ -64,8 +67,11 @@ def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]
 
     Raises ConfigError naming ``key`` (the config key that listed ``targets``) when a target matches no layer:
     peft skips such a name silently when another one matches, so a typo would train fewer layers unnoticed.
+    Frozen adapters already in the module (``load_frozen_adapters``) stay active below it and stay frozen:
+    only the new adapter's matrices train.
     """
     from peft import inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     from sdtune.errors import ConfigError
 
@@ -79,9 +85,43 @@ def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]
         module.add_adapter(peft_config(settings, targets))
     else:
         inject_adapter_in_model(peft_config(settings, targets), module)
+    for layer in module.modules():  # adding an adapter activates it alone: keep the frozen ones on too
+        if isinstance(layer, BaseTunerLayer) and len(getattr(layer, "lora_A", {})) > 1:
+            layer.set_adapter(list(layer.lora_A.keys()))  # (this marks them all trainable: undone below)
     for name, param in module.named_parameters():
-        if "lora_" in name:
-            param.requires_grad_(True)
+        param.requires_grad_("lora_" in name and f".{TRAINED_ADAPTER}." in name)
+
+
+def load_frozen_adapters(unet: torch.nn.Module, text_encoder: torch.nn.Module,
+                         adapters: list[tuple[Path, float, str]]) -> None:
+    """Load diffusers-format LoRA files ``(file, weight, name)`` into a UNet and text encoder as named adapters,
+    active with their weights and frozen: the base a run trains on stays base + these adapters, unfused."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    with torch.random.fork_rng(devices=[]):  # loading draws init weights: the trained LoRA's init must not move
+        _load_named(unet, text_encoder, adapters)
+    for module in (unet, text_encoder):
+        names = {n for layer in module.modules() if isinstance(layer, BaseTunerLayer) for n in layer.lora_A}
+        for layer in module.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.set_adapter([n for n in names if n in layer.lora_A])
+        module.requires_grad_(False)
+
+
+def _load_named(unet: torch.nn.Module, text_encoder: torch.nn.Module,
+                adapters: list[tuple[Path, float, str]]) -> None:
+    from diffusers import StableDiffusionPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for file, weight, name in adapters:
+        state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(str(file), return_lora_metadata=True)
+        StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet, adapter_name=name, metadata=metadata)
+        StableDiffusionPipeline.load_lora_into_text_encoder(state, alphas, text_encoder, adapter_name=name,
+                                                            metadata=metadata)
+        for module in (unet, text_encoder):
+            for layer in module.modules():
+                if isinstance(layer, BaseTunerLayer) and name in getattr(layer, "scaling", {}):
+                    layer.scaling[name] *= weight
 
 
 def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -209,3 +249,22 @@ def rewrite_lora_file(source: Path, target: Path, *, check: Callable[[Path], Non
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def adapter_file(path: Path) -> Path:
+    """The LoRA weights file of ``path``: the file itself, a run folder's ``lora/``, or a LoRA folder."""
+    from sdtune.errors import ModelLoadError
+
+    path = Path(path)
+    for candidate in (path, path / "lora" / LORA_WEIGHTS, path / LORA_WEIGHTS):
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(f"no LoRA weights at {path}: pass a .safetensors file, a run folder with lora/"
+                         f"{LORA_WEIGHTS}, or a folder holding {LORA_WEIGHTS}")
+
+
+def apply_model_adapters(cfg, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
+    """The run's ``model.adapters`` (``RunConfig``), loaded frozen below the LoRA it trains."""
+    if cfg.model.adapters:
+        load_frozen_adapters(unet, text_encoder, [(adapter_file(a.path), a.weight, a.name)
+                                                  for a in cfg.model.adapters])

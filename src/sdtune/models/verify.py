@@ -292,6 +292,18 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
     return checks
 
 
+def _targeted(module: torch.nn.Module, targets: Any) -> set[str]:
+    """The layers of ``module`` that ``target_modules`` select, as peft matches them. Compared instead of the lists:
+    peft shortens a long list of full names to the shortest suffixes that select the same layers (more than 20
+    targets, e.g. a LoRA on some blocks only), so the live list and the written one differ while meaning the same."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = LoraConfig(target_modules=targets if isinstance(targets, str) else sorted(targets))
+    names = [n for n, _ in module.named_modules() if n and "lora_" not in n and not n.endswith("base_layer")]
+    return {n for n in names if check_target_module_exists(config, n)}
+
+
 def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
     """The file holds exactly the live adapter: every trained LoRA matrix under its portable name, equal after the
     file's dtype cast, and the adapter config (rank, alpha, targets) the modules were trained with.
@@ -302,28 +314,30 @@ def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.M
     from safetensors import safe_open
 
     from sdtune.models.kohya import _component_metadata
-    from sdtune.models.lora import portable_text_encoder_state
+    from sdtune.models.lora import TRAINED_ADAPTER, portable_text_encoder_state
 
     with safe_open(str(file), "pt") as fh:
         stored = {k: fh.get_tensor(k) for k in fh.keys()}
         configs = _component_metadata(fh.metadata())
     expected: dict[str, torch.Tensor] = {}
-    parts: list[tuple[str, dict[str, torch.Tensor], Any]] = []  # (component, its state, the module's live config)
+    # (component, its state, the module's live config, the module)
+    parts: list[tuple[str, dict[str, torch.Tensor], Any, torch.nn.Module]] = []
     for role, module in (("unet", unet), ("text", text_encoder)):
         if module is None or not getattr(module, "peft_config", None):
             continue
         state = get_peft_model_state_dict(module, save_embedding_layers=False)
-        live = next(iter(module.peft_config.values()))
+        # the trained adapter; frozen ones below it (model.adapters) are not the run's to save
+        live = module.peft_config.get(TRAINED_ADAPTER) or next(iter(module.peft_config.values()))
         if role == "unet":
-            parts.append(("unet", state, live))
+            parts.append(("unet", state, live, module))
         else:  # SDXL: one adapter over both encoders, saved per encoder
-            parts += [(component, portable_text_encoder_state(sub), live)
+            parts += [(component, portable_text_encoder_state(sub), live, module)
                       for component, sub in _family(module).lora_components(state).items()]
-    for component, state, live in parts:
+    for component, state, live, module in parts:
         expected.update({f"{component}.{k}": v for k, v in state.items()})
         meta = configs.get(component, {})
         if (meta.get("r"), meta.get("lora_alpha")) != (live.r, live.lora_alpha) or \
-                sorted(meta.get("target_modules") or []) != sorted(live.target_modules or []):
+                _targeted(module, meta.get("target_modules") or []) != _targeted(module, live.target_modules or []):
             raise SdtuneError(f"{file}: its {component} adapter config (r={meta.get('r')}, alpha="
                               f"{meta.get('lora_alpha')}) is not the trained one (r={live.r}, alpha={live.lora_alpha})")
     if set(stored) != set(expected):

@@ -77,11 +77,17 @@ class PersonalizeResult:
 
 def load_template(path: Path | None, stage: str = "person") -> dict[str, Any]:
     """Run config keys every subject starts from: a run config YAML, or one stage of a recipe YAML."""
+    return template_stage(path, stage)[0]
+
+
+def template_stage(path: Path | None, stage: str = "person") -> tuple[dict[str, Any], Any]:
+    """``(run config keys, the recipe's Stage or None)`` of a template: a run config YAML or a recipe's stage (whose
+    own fields, e.g. ``concept_prior``, personalize takes over too)."""
     if path is None:
-        return {}
+        return {}, None
     data = read_yaml(Path(path))
     if "stages" not in data:
-        return data
+        return data, None
     from pydantic import ValidationError
 
     from sdtune.recipes.schema import Recipe, deep_merge
@@ -96,7 +102,7 @@ def load_template(path: Path | None, stage: str = "person") -> dict[str, Any]:
     merged = dict(recipe.defaults)
     if chosen.config_file is not None:
         merged = deep_merge(merged, read_yaml(chosen.config_file))
-    return deep_merge(merged, chosen.config)
+    return deep_merge(merged, chosen.config), chosen
 
 
 def _slug(text: str) -> str:
@@ -105,12 +111,17 @@ def _slug(text: str) -> str:
 
 def subject_config(subject: Subject, template: dict[str, Any], concept: Path, out_dir: Path, *,
                    overrides: list[str] | None = None, instance_prompt: str | None = None,
-                   class_prompt: str | None = None) -> RunConfig:
+                   class_prompt: str | None = None, concept_prior: int | None = None,
+                   concept_preservation: bool | None = None) -> RunConfig:
     """A DreamBooth LoRA run config for one subject on the concept's full model.
 
-    The template decides the training (LoRA rank, steps, learning rate, prior preservation, ...); the subject
-    decides the photos and prompts. Class images go to ``OUT/class-images/<class>/``, shared by every subject
-    of that class and generated once, by the concept model, before training starts.
+    The template decides the training (LoRA rank, steps, learning rate, how the class and the concept are kept,
+    ...); the subject decides the photos and prompts. A template that chooses neither prior preservation nor
+    ``train.preservation`` gets output preservation on the class prompt and the concept's prompts (the measured
+    default). With prior preservation, class images go to ``OUT/class-images/<class>/``, shared by every subject
+    of that class and generated once, by the concept model, before training starts. ``concept_prior``: also
+    that many images of the concept run's own prompts (``OUT/class-images/<concept>-prompts``, shared too);
+    ``concept_preservation``: the concept's prompts join ``train.preservation``'s (None: on for the default).
     """
     from sdtune.recipes.schema import deep_merge
 
@@ -126,19 +137,31 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
     section["instance_dir"] = str(subject.photos)
     section["instance_prompt"] = subject.fill(
         instance_prompt or (template_prompt if "{token}" in template_prompt else DEFAULT_INSTANCE_PROMPT))
-    section.setdefault("with_prior_preservation", True)
-    if section["with_prior_preservation"]:
-        template_class = section.get("class_prompt") or ""
-        section["class_prompt"] = subject.fill(
-            class_prompt or (template_class if "{class}" in template_class else DEFAULT_CLASS_PROMPT))
-        section["class_dir"] = str(out_dir / "class-images" / _slug(subject.class_name))
+    template_class = section.get("class_prompt") or ""
+    section["class_prompt"] = subject.fill(
+        class_prompt or (template_class if "{class}" in template_class else DEFAULT_CLASS_PROMPT))
+    section.pop("class_dir", None)  # class images go to OUT/class-images/<class>, shared per class (below)
+    train = data.setdefault("train", {})
+    if "with_prior_preservation" not in section and train.get("preservation") is None:
+        # the template chose neither: the measured default (docs/two-stage.md, "Keeping the concept") keeps the
+        # class prompt and the concept by output preservation, with no class images to generate
+        section["with_prior_preservation"] = False
+        train["preservation"] = {"weight": 1.0}
+        concept_preservation = True if concept_preservation is None else concept_preservation
     if "resolution" not in section and (concept_cfg.get("data") or {}).get("resolution"):
         section["resolution"] = concept_cfg["data"]["resolution"]
     data["data"] = section
-    train = data.setdefault("train", {})
+    if concept_prior or concept_preservation:
+        from sdtune.recipes.schema import keep_concept
+
+        keep_concept(data, config_from_dict(concept_cfg, source=str(concept / "config.yaml")), concept.name,
+                     out_dir, prior=concept_prior, preservation=concept_preservation,
+                     source=f"subject {subject.name}")
     if train.get("lora") is None:
         train["lora"] = {}
     data = apply_overrides(data, list(overrides or []))
+    if data["data"].get("with_prior_preservation") and not data["data"].get("class_dir"):
+        data["data"]["class_dir"] = str(out_dir / "class-images" / _slug(subject.class_name))
     validation = data.get("validation") or {}
     if validation.get("prompts"):
         validation["prompts"] = [subject.fill(p) for p in validation["prompts"]]
@@ -300,7 +323,7 @@ def prepare_shared(concept: Path, configs: list[RunConfig], echo: Callable[[str]
     each class's prior images once (two processes filling one folder would race)."""
     import torch
 
-    from sdtune.data.class_images import generate_for_run
+    from sdtune.data.class_images import class_image_jobs, generate_for_run
 
     if not (concept / "model" / "model_index.json").is_file() and (concept / "lora" / LORA_WEIGHTS).is_file():
         from sdtune.config import load_config
@@ -310,18 +333,17 @@ def prepare_shared(concept: Path, configs: list[RunConfig], echo: Callable[[str]
         save_fused_model(concept, load_config(concept / "config.yaml"))
     concept_run(concept)  # a clear error now if it still has no model
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    wanted: dict[Path, RunConfig] = {}
+    wanted: dict[Path, tuple[RunConfig, str | list[str], int]] = {}
     for cfg in configs:
-        data = cfg.data
-        if data.with_prior_preservation and data.class_dir is not None:
-            best = wanted.get(data.class_dir)
-            if best is None or data.num_class_images > best.data.num_class_images:
-                wanted[data.class_dir] = cfg
-    for folder, cfg in wanted.items():
-        assert cfg.data.class_prompt is not None
-        made = generate_for_run(cfg, device)  # as `sdtune train` would make them: same base, dtype, revision
+        for folder, prompts, count in class_image_jobs(cfg.data):
+            if folder not in wanted or count > wanted[folder][2]:
+                wanted[folder] = (cfg, prompts, count)
+    for folder, (cfg, prompts, count) in wanted.items():
+        # as `sdtune train` would make them: same base, dtype, revision
+        made = generate_for_run(cfg, device, [(folder, prompts, count)])
         if made:
-            echo(f"class images: {made} new in {folder} ({cfg.data.class_prompt})")
+            label = prompts if isinstance(prompts, str) else f"{len(prompts)} prompts of the concept"
+            echo(f"class images: {made} new in {folder} ({label})")
 
 
 def _check_out_folder(out_dir: Path, subjects: list[Subject], configs: list[RunConfig]) -> None:
@@ -338,17 +360,25 @@ def _check_out_folder(out_dir: Path, subjects: list[Subject], configs: list[RunC
 
 def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: Path | None = None,
                 stage: str = "person", overrides: list[str] | None = None, instance_prompt: str | None = None,
-                class_prompt: str | None = None, echo: Callable[[str], None] = print) -> PersonalizeResult:
-    """Train every subject's LoRA on the concept model (this process's share of them); see the module doc."""
+                class_prompt: str | None = None, concept_prior: int | None = None,
+                echo: Callable[[str], None] = print) -> PersonalizeResult:
+    """Train every subject's LoRA on the concept model (this process's share of them); see the module doc.
+
+    ``concept_prior``: class images of the concept's own prompts kept in every subject's prior (default: the
+    template stage's ``concept_prior``; 0 turns it off)."""
     subjects = read_subjects(Path(subjects_csv))
     concept = Path(concept).expanduser().resolve()
     if not (concept / "config.yaml").is_file():
         raise SdtuneError(f"--concept {concept} is not a run folder (no config.yaml): pass the concept stage's "
                           "run folder, e.g. runs/two-stage/concept")
     out_dir = Path(out_dir).expanduser().resolve()
-    tmpl = load_template(template, stage)
+    tmpl, chosen = template_stage(template, stage)
+    if concept_prior is None and chosen is not None:
+        concept_prior = chosen.concept_prior
+    keep = chosen.concept_preservation if chosen is not None else None
     configs = [subject_config(s, tmpl, concept, out_dir, overrides=overrides, instance_prompt=instance_prompt,
-                              class_prompt=class_prompt) for s in subjects]
+                              class_prompt=class_prompt, concept_prior=concept_prior, concept_preservation=keep)
+               for s in subjects]
     _check_out_folder(out_dir, subjects, configs)
     procs = Processes()
     try:

@@ -142,3 +142,43 @@ def read_stack(folder: Path) -> tuple[str, list[tuple[Path, float, str]]]:
     entries = json.loads((folder / ADAPTERS_FILE).read_text(encoding="utf-8"))
     return base, [((folder / e["path"]).resolve(), float(e.get("weight", 1.0)), str(e.get("name", f"a{i}")))
                   for i, e in enumerate(entries)]
+
+
+def prior_folder(root: Path, concept_name: str) -> Path:
+    """Where a concept's prior images go: ``ROOT/class-images/<concept>-prompts`` (shared by every person)."""
+    return Path(root) / "class-images" / f"{concept_name}-prompts"
+
+
+def training_prompts(cfg: Any) -> list[str]:
+    """Every prompt a run (``RunConfig``) trains its own images with, once each, in data order: the captions of
+    its captioned folders (all alternatives) and its fixed prompts; class subsets are not its training data."""
+    from sdtune.data.folders import read_folder
+    from sdtune.data.subsets import subsets_from_config
+
+    prompts: dict[str, None] = {}
+    for subset in subsets_from_config(cfg.data):
+        if subset.role == "class":
+            continue
+        if subset.prompt is not None:
+            prompts[subset.prompt] = None
+            continue
+        if not Path(subset.path).is_dir():
+            raise SdtuneError(f"{subset.path}: the concept's training data folder does not exist; its prompts "
+                              "are needed to keep the concept (concept_prior, concept_preservation)")
+        for record in read_folder(subset.path).records:
+            prompts.update(dict.fromkeys(record.captions))
+    return [p for p in prompts if p.strip()]
+
+
+def concept_prior(concept_cfg: Any, folder: Path, images: int, loss_weight: float = 1.0) -> dict[str, Any]:
+    """A class subset (config dict) that keeps a concept through later training: ``images`` pictures of the
+    concept run's own training prompts, drawn by the model the subset's run trains on (the concept model).
+
+    Why: prior preservation with one class prompt ("a photo of a person") keeps that prompt, not the concept; the
+    concept faded to a third of its images while the person was learned (toy demo, measured). Replaying the
+    concept's prompts through its own model is the class-image form of keeping it."""
+    prompts = training_prompts(concept_cfg)
+    if not prompts:
+        raise SdtuneError(f"the concept run {concept_cfg.output_dir} has no training prompts to keep")
+    return {"path": str(folder), "role": "class", "class_prompts": prompts, "num_images": images,
+            "loss_weight": loss_weight}

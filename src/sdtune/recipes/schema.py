@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,6 +43,15 @@ class Stage(BaseModel):
     extract_rank: int | None = Field(32, ge=1, description="full fine-tunes: also extract a LoRA of this rank "
                                      "(null: do not)")
     extract_conv: bool = Field(False, description="the extracted LoRA also covers 3x3 convolutions")
+    concept_prior: int | None = Field(None, ge=1, description="with base 'stage:NAME': also preserve that stage's "
+                                      "concept, with this many class images of its training prompts drawn by its "
+                                      "model (OUTPUT/class-images/NAME-prompts)")
+    base_as: Literal["model", "adapter"] = Field("model", description="with base 'stage:NAME': train on that "
+                                                 "stage's full model (its LoRA fused in), or on its own base with "
+                                                 "its LoRA kept as a frozen, unfused adapter (model.adapters)")
+    concept_preservation: bool = Field(False, description="with base 'stage:NAME' and train.preservation: "
+                                       "preserve the starting model's output on that stage's training prompts "
+                                       "too (no class images needed)")
 
     @property
     def base_stage(self) -> str | None:
@@ -69,6 +78,13 @@ class Recipe(BaseModel):
             if stage.base is not None and stage.base.startswith(STAGE_REF) and ref not in seen:
                 raise ValueError(f"stage '{stage.name}' has base '{stage.base}', but no earlier stage is named "
                                  f"'{ref}' (stages run in order: {', '.join(s.name for s in self.stages)})")
+            if stage.base_as == "adapter" and ref is None:
+                raise ValueError(f"stage '{stage.name}': base_as: adapter keeps a base stage's LoRA as an adapter; "
+                                 "set base: stage:NAME")
+            for key in ("concept_prior", "concept_preservation"):
+                if getattr(stage, key) and ref is None:
+                    raise ValueError(f"stage '{stage.name}': {key} keeps the concept of its base stage; set "
+                                     f"base: stage:NAME (the concept stage) or remove {key}")
             seen.add(stage.name)
         return self
 
@@ -167,10 +183,47 @@ def stage_config(recipe: Recipe, stage: Stage) -> RunConfig:
             raise ConfigError(f"stage '{stage.name}' sets both base and config.model.base; keep one")
         ref = stage.base_stage
         base = str(stage_dir(recipe, ref) / "model") if ref else stage.base
+        if ref and stage.base_as == "adapter":
+            from sdtune.models.lora import LORA_WEIGHTS
+
+            below = stage_config(recipe, recipe.stage(ref))
+            if below.train.lora is None and recipe.stage(ref).extract_rank is None:
+                raise ConfigError(f"stage '{stage.name}': base_as: adapter needs a LoRA of stage '{ref}'; it is a "
+                                  "full fine-tune without extract_rank")
+            base = below.model.base
+            data.setdefault("model", {})["adapters"] = [
+                *below.model.model_dump(mode="json")["adapters"],
+                {"path": str(stage_dir(recipe, ref) / "lora" / LORA_WEIGHTS), "weight": 1.0,
+                 "name": ref.replace("-", "_").replace(".", "_")}]
         data.setdefault("model", {})["base"] = base
     if recipe.used_as_base(stage.name) and (data.get("train") or {}).get("lora") is not None:
         data.setdefault("save", {})["full_model"] = True
+    if stage.base_stage is not None and (stage.concept_prior or stage.concept_preservation):
+        keep_concept(data, stage_config(recipe, recipe.stage(stage.base_stage)), stage.base_stage,
+                     stage_dir(recipe, stage.base_stage).parent, prior=stage.concept_prior,
+                     preservation=stage.concept_preservation, source=source)
     return resolve_config(config_from_dict(data, source=source))
+
+
+def keep_concept(data: dict[str, Any], concept: RunConfig, concept_name: str, root: Path, *, prior: int | None,
+                 preservation: bool, source: str) -> None:
+    """Add to a person run's config (dict, in place) what keeps the concept run's concept: class images of its
+    prompts (``prior``: how many, in ROOT/class-images/<concept>-prompts) and/or its prompts in
+    ``train.preservation``. Shared by recipes and ``sdtune personalize``."""
+    from sdtune.recipes.runs import concept_prior, prior_folder, training_prompts
+
+    section = data.setdefault("data", {})
+    if prior:
+        section.setdefault("subsets", []).append(concept_prior(
+            concept, prior_folder(root, concept_name), prior, float(section.get("prior_loss_weight", 1.0))))
+    if preservation:
+        train = data.setdefault("train", {})
+        if not isinstance(train.get("preservation"), dict):
+            raise ConfigError(f"{source}: concept_preservation adds the concept's prompts to train.preservation; "
+                              "set train.preservation (e.g. {weight: 1.0}) or remove concept_preservation")
+        keep = train["preservation"]
+        own = list(keep.get("prompts") or ([section["class_prompt"]] if section.get("class_prompt") else []))
+        keep["prompts"] = list(dict.fromkeys([*own, *training_prompts(concept)]))
 
 
 def stage_configs(recipe: Recipe) -> list[tuple[Stage, RunConfig]]:

@@ -21,6 +21,27 @@ FULL_LR = 1e-4
 # person 0.83 at lr 1e-3 (measured on the shipped toy model, 25 Nov 2026).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                 "conv2"]
+# The toy UNet's finer levels: 8x8 latents (no attention) and 4x4 (the first cross-attention level). The shape of
+# what is drawn is laid out at the coarser 2x2 level and the middle block; a LoRA kept off them changes texture and
+# colour more than form (the idea of B-LoRA's block choice), which the composite needs: the person's identity on
+# the concept's form.
+FINE_LEVELS = ("down_blocks.0.", "down_blocks.1.", "up_blocks.1.", "up_blocks.2.")
+
+
+def level_targets(levels: tuple[str, ...], base: str = "toy", targets: list[str] | None = None) -> list[str]:
+    """Full module names of ``targets`` (default :data:`LORA_TARGETS`) inside the UNet blocks ``levels`` (peft
+    takes full names as exact matches)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from sdtune.models.loading import resolve_model_ref
+
+    config = UNet2DConditionModel.load_config(str(Path(resolve_model_ref(base)) / "unet"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    leaves = targets or LORA_TARGETS
+    return [name for name, _ in unet.named_modules() if name.startswith(levels)
+            and any(name == t or name.endswith("." + t) for t in leaves)]
 
 
 def _common(base: str, out: Path, steps: int, lr: float, lora_rank: int | None, seed: int,

@@ -276,7 +276,8 @@ def write_model_card(out: Path, report: dict) -> Path:
                      f"{base['both']:.2f}; shape by prompted shape: " + ", ".join(
                          f"{k} {v:.2f}" for k, v in base["shape_by_prompt_shape"].items()))
     lines += ["", "Held out of the UNet's pretraining (the VAE, CLIP and judge saw them): the glyph `arrow` and the "
-              "checkered/striped patterns; `sks blue star` is the demo's person (a blue and yellow checkered star). "
+              "checkered/striped patterns; `sks red square` is the demo's person (a red and cyan striped "
+              "square). "
               "The CLIP also learned six rare names of specific things (`world.NAMED`; `sks` names a green and pink "
               "striped heart), as a web-trained CLIP knows rare words: a DreamBooth identifier needs a text "
               "representation of its own. The UNet never saw a name."]

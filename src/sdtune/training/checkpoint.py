@@ -243,10 +243,16 @@ def read_state(path: Path) -> TrainerState:
     return TrainerState(**data)
 
 
+def read_trainable_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's trainable weights, keyed ``<module>.<param name>`` (``unet.``, ``text_encoder.``), as saved
+    by :func:`save_checkpoint`. The one reader of them: resume and checkpoint evaluation both come here."""
+    return load_file(str(Path(path) / "trainable.safetensors"))
+
+
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, scaler=None,
                     ema=None) -> TrainerState:
     """Restore everything a checkpoint holds into the live objects (in place)."""
-    load_trainable_state_(modules, load_file(str(path / "trainable.safetensors")))
+    load_trainable_state_(modules, read_trainable_weights(path))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if scaler is not None and (path / "scaler.pt").exists():

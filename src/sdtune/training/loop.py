@@ -49,6 +49,7 @@ from sdtune.training.modules import (
     configure_trainables,
     frozen_dtypes,
 )
+from sdtune.training.preservation import build_preservation
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -106,10 +107,10 @@ def _make_accelerator(cfg: RunConfig, run_dir: Path):
 
 def _ensure_class_images(cfg: RunConfig, accelerator, stop: Stop, plan) -> None:
     """Process 0 makes the missing class images; a stop between batches keeps them and ends before training."""
-    if not cfg.data.with_prior_preservation:
-        return
-    from sdtune.data.class_images import generate_for_run
+    from sdtune.data.class_images import class_image_jobs, generate_for_run
 
+    if not class_image_jobs(cfg.data):
+        return
     stopped = ""
     if accelerator.is_main_process:
         try:
@@ -232,6 +233,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     batches = iter(loader)
     noise_scheduler = comps.noise_scheduler
     accum = cfg.train.gradient_accumulation_steps
+    preservation = build_preservation(cfg, comps.tokenizer)
 
     guard = DivergenceGuard(cfg, run_dir, main_process=accelerator.is_main_process,
                             grad_scaler=accelerator.scaler is not None, resumed_step=plan.step if plan else None)
@@ -284,7 +286,13 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
         with torch.no_grad():
             zero = weighted_loss(torch.zeros_like(target), target, weights, num_train)
-        return weighted_loss(pred, target, weights, num_train), zero
+        loss = weighted_loss(pred, target, weights, num_train)
+        if preservation is not None:  # pulled towards the starting model on prompts without the identifier
+            with accelerator.autocast():
+                loss = loss + preservation.loss(unet, text_encoder, cfg.train.train_text_encoder,
+                                                noisy[:num_train], timesteps[:num_train], comps.family,
+                                                _first(group.get("crop_geometry"), num_train))
+        return loss, zero
 
     bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
@@ -382,3 +390,8 @@ def apply_update(optimizer, lr_scheduler, ema, unet: torch.nn.Module) -> bool:
     if ema is not None and not skipped:
         ema.step(unet.parameters())
     return not skipped
+
+
+def _first(rows: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """The first ``n`` rows (the training examples of a group), or None."""
+    return None if rows is None else rows[:n]

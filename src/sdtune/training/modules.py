@@ -9,7 +9,7 @@ import torch
 from sdtune.config import RunConfig
 from sdtune.errors import ConfigError, SdtuneError
 from sdtune.models.loading import SDComponents, compute_dtype
-from sdtune.models.lora import add_lora
+from sdtune.models.lora import add_lora, apply_model_adapters
 
 
 @dataclass
@@ -55,6 +55,7 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
     comps.vae.to(device, dtype=comps.family.vae_dtype(comps.vae, dtype))  # SDXL's VAE stays fp32 under fp16
     unet, text_encoder = comps.unet, comps.text_encoder
     if train.lora is not None:
+        apply_model_adapters(cfg, unet, text_encoder)  # frozen LoRAs below the trained one (model.adapters)
         unet.to(device, dtype=dtype)
         add_lora(unet, train.lora, train.lora.targets)
         if train.train_text_encoder:

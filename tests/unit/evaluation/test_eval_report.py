@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,9 +14,9 @@ from sdtune.evaluation.report import write_reports
 from sdtune.evaluation.runner import EvalRequest, run_eval
 from sdtune.evaluation.tracking import log_tensorboard, log_wandb
 from sdtune.inference.generate import GenerationSettings
+from tests.browser import assert_fits
 
 HOSTILE = 'a <b>bold</b> & "quoted" photo of sks person'
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +80,10 @@ def test_grid_png_is_prompts_by_seeds(report):
         assert grid.size == (2 * 32 + 2, 2 * 32 + 2)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium is not installed at /usr/bin/chromium")
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    out, _, paths = report
-    shot = tmp_path / "shot.png"
-    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=1280,2000", paths["html"].resolve().as_uri()], check=True, timeout=120,
-                   capture_output=True)
-    with Image.open(shot) as im:
-        colors = im.convert("RGB").getcolors(maxcolors=1 << 20)
-    assert colors is None or len(colors) > 50  # not a blank page
+    _, results, paths = report
+    seen = assert_fits(paths["html"])  # every image loads, nothing wider than the window, no raw JSON
+    assert seen["images"] >= sum(len(row) for m in results["models"] for g in m["images"].values() for row in g)
 
 
 def test_tensorboard_log(report, tmp_path):

@@ -158,3 +158,26 @@ def test_end_of_training_check_of_run_lora(tmp_path: Path) -> None:
     save_file(state, str(file), metadata=safe_open(str(file), "pt").metadata())
     with pytest.raises(SdtuneError, match="is not the trained weight"):
         verify_saved_lora(file, pipe.unet, pipe.text_encoder, base="tiny")
+
+
+def test_a_lora_on_some_blocks_only_verifies(tmp_path: Path) -> None:
+    """More than 20 full layer names as targets (a LoRA kept off some blocks): peft shortens the live list to
+    the suffixes that select the same layers, so the written list differs in text but not in the layers it
+    selects. The end-of-training check compared the lists and refused every such run after training it."""
+    from sdtune.models.lora import save_lora
+    from sdtune.models.verify import verify_saved_lora
+
+    pipe = load_pipeline("tiny")
+    leaves = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
+    targets = [n for n, _ in pipe.unet.named_modules() if n.startswith(("down_blocks.", "up_blocks."))
+               and any(n == t or n.endswith("." + t) for t in leaves)]
+    assert len(targets) > 20
+    settings = LoraSettings(rank=2, targets=targets)
+    add_lora(pipe.unet, settings, targets)
+    assert sorted(pipe.unet.peft_config["default"].target_modules) != sorted(targets)  # peft shortened them
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.01)
+    file = save_lora(tmp_path, pipe.unet, None, settings)
+    assert verify_saved_lora(file, pipe.unet, None, base="tiny").ok

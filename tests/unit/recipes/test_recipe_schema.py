@@ -94,13 +94,19 @@ def test_unknown_stage_in_an_override_is_a_clear_error(tmp_path: Path) -> None:
     assert "config-keys" not in str(caught.value)
 
 
-def test_shipped_two_stage_recipe_is_valid() -> None:
-    recipe = load_recipe(REPO / "configs" / "two-stage.yaml")
+def test_shipped_two_stage_recipe_is_valid(tmp_path: Path) -> None:
+    from tests.helpers import make_images
+
+    thumbs = make_images(tmp_path / "thumbs", 2, captions=["a man giving a thumbs up", "a thumbs up"])
+    recipe = load_recipe(REPO / "configs" / "two-stage.yaml", [f"concept.data.train_dir={thumbs}"])
     (concept, c_cfg), (person, p_cfg) = stage_configs(recipe)
     assert [concept.name, person.name] == ["concept", "person"] and person.base == "stage:concept"
     assert c_cfg.train.lora is not None and c_cfg.save.full_model and c_cfg.data.train_dir is not None
-    assert p_cfg.method == "dreambooth-lora"
-    assert p_cfg.data.with_prior_preservation and p_cfg.data.class_prompt == "a photo of a person"
-    assert p_cfg.model.base.endswith("concept/model")
-    full = stage_configs(load_recipe(REPO / "configs" / "two-stage.yaml", ["concept.train.lora=null"]))
+    assert p_cfg.method == "dreambooth-lora" and p_cfg.data.class_prompt == "a photo of a person"
+    # the measured default keeps the class prompt and the concept by output preservation, no class images
+    assert not p_cfg.data.with_prior_preservation and p_cfg.train.preservation is not None
+    assert p_cfg.train.preservation.prompts == ["a photo of a person", "a man giving a thumbs up", "a thumbs up"]
+    assert p_cfg.model.base.endswith("concept/model") and p_cfg.checkpoint.keep >= 8
+    full = stage_configs(load_recipe(REPO / "configs" / "two-stage.yaml", ["concept.train.lora=null",
+                                                                         f"concept.data.train_dir={thumbs}"]))
     assert full[0][1].method == "text-to-image-full"

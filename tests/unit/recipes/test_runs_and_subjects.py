@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from sdtune.errors import ConfigError, SdtuneError
-from sdtune.recipes.personalize import DIST_VARS, PersonalizeResult, child_env, load_template, subject_config
+from sdtune.recipes.personalize import (
+    DIST_VARS,
+    PersonalizeResult,
+    child_env,
+    load_template,
+    subject_config,
+    template_stage,
+)
 from sdtune.recipes.runner import Manifest
 from sdtune.recipes.runs import (
     concept_run,
@@ -20,15 +27,18 @@ from sdtune.recipes.runs import (
     write_stack_profile,
 )
 from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, summary_markdown, write_summary
+from tests.helpers import make_images
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def _fake_concept(folder: Path, with_lora: bool = True) -> Path:
-    """The files of a finished concept run (weights are not read by these tests)."""
+    """The files of a finished concept run (weights are not read by these tests), trained on two captions."""
     (folder / "model").mkdir(parents=True)
     (folder / "model" / "model_index.json").write_text("{}")
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"}, "data": {"resolution": 48}}))
+    thumbs = make_images(folder.parent / f"{folder.name}-data", 2, captions=["a thumbs up", "a photo of a thumbs up"])
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"},
+                                                        "data": {"resolution": 48, "train_dir": str(thumbs)}}))
     if with_lora:
         (folder / "lora").mkdir()
         (folder / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
@@ -129,19 +139,26 @@ def test_subject_config_is_dreambooth_lora_on_the_concept_model(tmp_path: Path) 
     assert cfg.model.base == str(concept / "model") and Path(cfg.output_dir) == tmp_path / "out" / "alice"
     assert cfg.method == "dreambooth-lora" and cfg.train.max_steps == 9 and cfg.train.learning_rate == 0.002
     assert cfg.data.instance_prompt == "a photo of sks woman" and cfg.data.class_prompt == "a photo of a woman"
-    assert cfg.data.with_prior_preservation and cfg.data.class_dir == tmp_path / "out" / "class-images" / "woman"
     assert cfg.data.resolution == 48, "the concept's resolution, unless the template says otherwise"
     assert cfg.validation.prompts == ["sks woman ok"]
+    # the template chose no preservation: output preservation on the class and the concept's prompts
+    assert not cfg.data.with_prior_preservation and cfg.train.preservation.weight == 1.0
+    assert cfg.train.preservation.prompts == ["a photo of a woman", "a thumbs up", "a photo of a thumbs up"]
+    prior = subject_config(subject, {"data": {"with_prior_preservation": True}}, concept, tmp_path / "out")
+    assert prior.data.with_prior_preservation and prior.train.preservation is None
+    assert prior.data.class_dir == tmp_path / "out" / "class-images" / "woman"
 
 
 def test_subject_template_from_a_recipe_stage(tmp_path: Path) -> None:
     concept = _fake_concept(tmp_path / "concept")
-    template = load_template(REPO / "configs" / "two-stage.yaml", "person")
+    template, stage = template_stage(REPO / "configs" / "two-stage.yaml", "person")
+    assert template == load_template(REPO / "configs" / "two-stage.yaml", "person")
     cfg = subject_config(Subject("bob", tmp_path / "bob", "zwx", "man"), template, concept, tmp_path / "out",
-                         instance_prompt="{token} {class}, portrait")
+                         instance_prompt="{token} {class}, portrait", concept_preservation=stage.concept_preservation)
     assert cfg.train.lora is not None and cfg.train.lora.rank == 16 and cfg.train.max_steps == 800
     assert cfg.data.instance_prompt == "zwx man, portrait" and cfg.data.class_prompt == "a photo of a man"
-    assert cfg.data.resolution == 512 and cfg.data.num_class_images == 200
+    assert cfg.data.resolution == 512 and not cfg.data.with_prior_preservation
+    assert cfg.train.preservation.prompts == ["a photo of a man", "a thumbs up", "a photo of a thumbs up"]
     assert cfg.model.base == str(concept / "model")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
+from PIL import Image
 
 from sdtune.models.presets import toy_path
 from sdtune.toy import world
@@ -61,15 +63,37 @@ def test_toy_clip_is_an_evaluation_backbone() -> None:
 
 
 def test_person_checks() -> None:
+    """Both checks accept the person and reject near misses: the judge rejects the wrong pattern and the wrong
+    colours (cyan for blue is what too strong guidance draws), the pixel check the wrong colours."""
     from sdtune.toy.evaluate import default_judge, is_person, pixel_person_check
     from sdtune.toy.judge import judge_images
 
     rng = random.Random(3)
+    p = world.PERSON
     person = [world.render(world.person_scene(rng)) for _ in range(4)]
-    plain = [world.render(world.Scene("star", c, size=0.8)) for c in ("blue", "yellow", "red", "green")]
+    plain = [world.render(world.Scene(p.shape, c, size=0.8)) for c in ("blue", "yellow", "red", "green")]
+    wrong_colours = [world.render(world._placed(rng, shape=p.shape, colour=a, colour2=b, pattern=p.pattern))
+                     for a, b in (("cyan", "yellow"), ("blue", "orange"), ("purple", "yellow"), ("cyan", "orange"))]
+    other_pattern = "checkered" if p.pattern == "striped" else "striped"
+    wrong_pattern = [world.render(world._placed(rng, shape=p.shape, colour=p.colour, colour2=p.colour2,
+                                                pattern=other_pattern)) for _ in range(4)]
     assert all(pixel_person_check(im) for im in person)
-    assert not any(pixel_person_check(im) for im in plain)
-    verdicts = judge_images(default_judge(), person + plain)
+    assert not any(pixel_person_check(im) for im in plain + wrong_colours)
+    # the person with its first colour shifted towards its nearest other world colour, a fringe of it left (what
+    # guidance 4 did to the blue and yellow person: sky-blue stripes, mostly nearest cyan, a fringe of blue)
+    first = np.array(world.COLOURS[p.colour], dtype=float)
+    neighbour = min((np.array(v, dtype=float) for k, v in world.COLOURS.items() if k not in (p.colour, p.colour2)),
+                    key=lambda v: float(np.linalg.norm(v - first)))
+    sky = []
+    for im in person:
+        arr = np.asarray(im).copy()
+        near = np.linalg.norm(arr.astype(float) - first, axis=-1) < 40
+        fringe = np.zeros_like(near)
+        fringe[::3] = True  # every third row keeps the true colour (about a third of its pixels)
+        arr[near & ~fringe] = (0.35 * first + 0.65 * neighbour).round().astype(np.uint8)
+        sky.append(Image.fromarray(arr))
+    assert not any(pixel_person_check(im) for im in sky)
+    verdicts = judge_images(default_judge(), person + plain + wrong_colours + wrong_pattern)
     assert sum(is_person(v) for v in verdicts[:4]) >= 3
     assert not any(is_person(v) for v in verdicts[4:])
 

@@ -1,0 +1,115 @@
+"""``sdtune pick RUN``: which checkpoint to keep, by the numbers, exported for use."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+
+from sdtune.commands.evaluate import parse_seeds
+
+ORDER = 46
+
+
+def pick_command(
+    run: Path = typer.Argument(..., help="a LoRA run folder with several checkpoints"),
+    prompts_file: Path | None = typer.Option(None, "--prompts", help="prompts of the composite, one per line "
+                                             "(e.g. 'a photo of sks person giving a thumbs up')"),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="a composite prompt; repeat for several"),
+    reference: Path | None = typer.Option(None, "--reference", help="photos of the subject (person fidelity)"),
+    dino: str | None = typer.Option(None, "--dino", help="ViT for DINO fidelity, e.g. facebook/dino-vits16"),
+    generic_prompts: Path | None = typer.Option(None, "--generic-prompts", help="prompts NOT about the subject "
+                                                "(forgetting against the run's base)"),
+    seeds: str = typer.Option("8", "--seeds", help="K (seeds 0..K-1) or a list 0,7,42"),
+    max_forgetting: float | None = typer.Option(None, "--max-forgetting", help="checkpoints that forgot more are "
+                                                "not kept [default: toy 0.05 old-prompt accuracy; otherwise 1.0 "
+                                                "CLIP-T points on --generic-prompts]"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="evaluation folder [default: RUN/pick]"),
+    export: bool = typer.Option(True, "--export/--no-export", help="write RUN/picked and the kohya file"),
+    clip: str | None = typer.Option(None, "--clip", help="CLIP backbone [default: as sdtune eval]"),
+    toy: bool | None = typer.Option(
+        None, "--toy/--no-toy", show_default=False, metavar="", help="judge the toy suite [default: toy runs without "
+                                    "prompts]"),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="denoising steps [default: 25; toy: 20]"),
+    guidance: float | None = typer.Option(None, "--guidance", help="guidance scale [default: 7.5; toy: 4]"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU), float32, float16, bfloat16"),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="images per forward pass"),
+) -> None:
+    """Evaluate every checkpoint of a run and keep the best one, with its numbers.
+
+    Each checkpoint is measured as `sdtune eval --checkpoints` does (same prompts and seeds for all, images cached
+    in OUT/cache): person fidelity (DINO or CLIP-I against --reference; on toy, the judge's person rate), the
+    composite (CLIP-T on --prompts; on toy, the person doing the concept) and forgetting (--generic-prompts
+    against the run's base; on toy, old-prompt accuracy lost). Kept: the best mean of fidelity and composite,
+    each relative to its best, among checkpoints that forgot at most --max-forgetting; ties go to the earlier
+    one.
+
+    Writes OUT/report.html (every checkpoint side by side), RUN/picked/ (the kept checkpoint as a run folder:
+    `sdtune generate RUN/picked`, its diffusers LoRA in RUN/picked/lora/, pick.json with the numbers) and
+    RUN/export/<run>-step-N.safetensors (kohya, for AUTOMATIC1111 and ComfyUI).
+
+    Examples:
+
+      sdtune pick runs/demo/person
+
+      sdtune pick runs/me --prompts composite.txt --reference data/me \\
+          --dino facebook/dino-vits16 --generic-prompts generic.txt
+    """
+    from sdtune.atomic import atomic_write_json, write_folder
+    from sdtune.commands import args
+    from sdtune.commands.evaluate import _print_table
+    from sdtune.commands.export import _write_kohya
+    from sdtune.errors import SdtuneError
+    from sdtune.evaluation.pick import choose, describe
+    from sdtune.evaluation.report import summary_rows, write_reports
+    from sdtune.evaluation.runner import EvalRequest, run_eval
+    from sdtune.evaluation.toy_suite import resolve_toy
+    from sdtune.inference.generate import GenerationSettings, read_prompts
+
+    device, dtype = args.device(device), args.dtype(dtype)
+    for path, option in ((prompts_file, "--prompts"), (generic_prompts, "--generic-prompts")):
+        args.existing_file(path, option)
+    args.existing_folder(reference, "--reference")
+    args.output_folder(out, "--out")
+    run = args.existing_folder(run.expanduser(), "RUN").resolve()
+    if not (run / "config.yaml").is_file():
+        raise SdtuneError(f"{run} is not a run folder (no config.yaml)")
+    has_prompts = bool(prompts_file or prompt)
+    toy, steps, guidance = resolve_toy([str(run)], toy, has_prompts, steps, guidance)
+    if not toy and not has_prompts:
+        raise SdtuneError("pass the composite prompts to judge the checkpoints by (--prompts FILE or --prompt), "
+                          "e.g. 'a photo of sks person giving a thumbs up'")
+    out = out or run / "pick"
+    request = EvalRequest(
+        models=[str(run)], prompts=read_prompts(prompts_file, prompt) if has_prompts else [],
+        seeds=parse_seeds(seeds), out_dir=out, settings=GenerationSettings(steps=steps, guidance=guidance),
+        clip=clip, dino=dino, reference_dir=reference,
+        generic_prompts=read_prompts(generic_prompts) if generic_prompts else [],
+        device=device, dtype=dtype, batch_size=batch_size, toy=toy, checkpoints=True)
+    results = run_eval(request)
+    paths = write_reports(results, out)
+    _print_table(*summary_rows(results, short=True))
+    choice = choose(results, max_forgetting)
+    lines = describe(choice, results)
+    typer.echo("\n".join(lines))
+    typer.echo(f"report: {paths['html']}")
+    if not export:
+        return
+    kept = Path(choice.model["ref"])
+    step = choice.model["checkpoint"]["step"]
+    record = {"run": str(run), "step": step, "label": choice.model["label"], "rule": lines[-1],
+              "checkpoints": choice.rows, "metrics": results["metrics"], "report": str(paths["html"])}
+
+    def fill(tmp: Path) -> None:
+        shutil.copytree(kept, tmp, dirs_exist_ok=True)
+        atomic_write_json(tmp / "pick.json", record)
+
+    picked = write_folder(run / "picked", fill)
+    typer.echo(f"kept: step {step} -> {picked} (diffusers LoRA in {picked / 'lora'})")
+    _write_kohya(picked, run / "export" / f"{run.name}-step-{step:06d}.safetensors", "float32")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pick")(pick_command)

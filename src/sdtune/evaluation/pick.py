@@ -1,0 +1,109 @@
+"""Which checkpoint to keep, decided by the numbers ``sdtune eval --checkpoints`` measured.
+
+The rule, the same on every model family (only the metrics behind it differ):
+
+1. **Forgetting** first: a checkpoint that forgot more than ``max_forgetting`` is not a candidate (toy: the
+   old-prompt accuracy lost against the run's base, default 0.05; real models: CLIP-T points lost on the
+   ``--generic-prompts`` against the base, default 1.0). When every checkpoint forgot more, the one that forgot
+   least is kept, and the report says so.
+2. Among the candidates, the best **subject score**: the mean of person fidelity and the composite, each divided
+   by its best value among the candidates (so two metrics on different scales weigh the same). Toy: the judge's
+   person and composite rates; real models: DINO (else CLIP-I) against the reference photos, and CLIP-T on the
+   evaluation prompts (write the composite there: "a photo of sks person giving a thumbs up").
+3. Ties go to the earlier checkpoint: fewer steps, less drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdtune.errors import SdtuneError
+
+TOY_FORGETTING = 0.05  # old-prompt accuracy (fraction of images)
+CLIP_FORGETTING = 1.0  # CLIP-T points on the generic prompts
+
+
+@dataclass
+class Choice:
+    """The kept checkpoint, every candidate's numbers, and the rule in words."""
+
+    model: dict[str, Any]  # the chosen entry of results["models"]
+    rows: list[dict[str, Any]] = field(default_factory=list)  # per checkpoint: label, step, values, score, kept
+    subject: list[str] = field(default_factory=list)  # metric names behind the subject score
+    forgetting: str | None = None  # metric name of the forgetting filter
+    limit: float | None = None
+    note: str = ""
+
+
+def _value(model: dict[str, Any], name: str) -> float | None:
+    metric = model["metrics"].get(name) or {}
+    return metric.get("mean")
+
+
+def rule_metrics(results: dict[str, Any]) -> tuple[list[str], str | None, str]:
+    """(subject metrics, forgetting metric or None, 'toy'|'clip') for what ``results`` measured."""
+    names = set(results["metrics"])
+    if "toy_person" in names:
+        return ["toy_person", "toy_composite"], ("toy_forgetting" if "toy_forgetting" in names else None), "toy"
+    fidelity = "dino" if "dino" in names else ("clip_i" if "clip_i" in names else None)
+    subject = [m for m in (fidelity, "clip_t") if m is not None]
+    return subject, ("generic_clip_delta" if "generic_clip_delta" in names else None), "clip"
+
+
+def forgot(model: dict[str, Any], metric: str | None, kind: str) -> float | None:
+    """How much a model forgot, as a positive number (None when not measured)."""
+    if metric is None:
+        return None
+    value = _value(model, metric)
+    if value is None:
+        return None
+    return value if kind == "toy" else -value  # ΔCLIP-T is negative when the model forgot
+
+
+def choose(results: dict[str, Any], max_forgetting: float | None = None) -> Choice:
+    """Apply the module's rule to the checkpoints in ``results`` (models with a ``checkpoint`` entry)."""
+    checkpoints = [m for m in results["models"] if m.get("checkpoint")]
+    if not checkpoints:
+        raise SdtuneError("no checkpoints were evaluated: pass a LoRA run folder that has checkpoints")
+    subject, forgetting, kind = rule_metrics(results)
+    limit = max_forgetting if max_forgetting is not None else (TOY_FORGETTING if kind == "toy" else CLIP_FORGETTING)
+    lost = {m["label"]: forgot(m, forgetting, kind) for m in checkpoints}
+    candidates = [m for m in checkpoints if lost[m["label"]] is None or lost[m["label"]] <= limit]
+    note = ""
+    if not candidates:
+        least = min(checkpoints, key=lambda m: lost[m["label"]])
+        candidates = [least]
+        note = (f"every checkpoint forgot more than {limit:g}; kept the one that forgot least "
+                f"({lost[least['label']]:.3f})")
+    best = {name: max((_value(m, name) or 0.0) for m in candidates) for name in subject}
+    rows = []
+    for m in checkpoints:
+        parts = [(_value(m, n) or 0.0) / best[n] if best[n] > 0 else 0.0 for n in subject]
+        score = sum(parts) / len(parts) if parts and m in candidates else None
+        rows.append({"label": m["label"], "step": m["checkpoint"]["step"], "ref": m["ref"],
+                     "values": {n: _value(m, n) for n in [*subject, *([forgetting] if forgetting else [])]},
+                     "forgot": lost[m["label"]], "candidate": m in candidates, "score": score})
+    ranked = [r for r in rows if r["score"] is not None]
+    kept = max(ranked, key=lambda r: (round(r["score"], 9), -r["step"]))
+    kept["kept"] = True
+    model = next(m for m in checkpoints if m["label"] == kept["label"])
+    return Choice(model, rows, subject, forgetting, limit, note)
+
+
+def describe(choice: Choice, results: dict[str, Any]) -> list[str]:
+    """The choice as lines of text: a table of every checkpoint (the kept one marked) and the rule."""
+    labels = {n: results["metrics"][n]["label"] for n in choice.rows[0]["values"]}
+    head = ["checkpoint", *labels.values(), "score", ""]
+    lines = [" | ".join(head)]
+    for r in choice.rows:
+        cells = [r["label"], *(f"{v:.3f}" if v is not None else "n/a" for v in r["values"].values()),
+                 f"{r['score']:.3f}" if r["score"] is not None else "forgot too much",
+                 "<- keep" if r.get("kept") else ""]
+        lines.append(" | ".join(cells))
+    subject = " and ".join(labels[n] for n in choice.subject)
+    rule = f"kept: the best mean of {subject} (each relative to its best)"
+    if choice.forgetting:
+        rule += f" among checkpoints whose {labels[choice.forgetting]} is within {choice.limit:g}"
+    lines.append(rule + ("; " + choice.note if choice.note else ""))
+    return lines
