@@ -22,7 +22,8 @@ from sdtune.training.validation import run_validation
 
 def _cfg(tmp: Path, **train):
     return config_from_dict({"data": {"instance_dir": str(tmp), "instance_prompt": "sks", "resolution": 32,
-                                      "class_dir": str(tmp / "class"), "class_prompt": "a dog",
+                                      "with_prior_preservation": True, "class_dir": str(tmp / "class"),
+                                      "class_prompt": "a dog",
                                       "num_class_images": 1, "class_generation_steps": 2},
                              "train": train, "validation": {"prompts": ["a photo of sks dog"], "steps": 1}})
 
