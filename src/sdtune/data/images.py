@@ -8,9 +8,11 @@ RGB image or a :class:`~sdtune.errors.DataError` whose message names the file an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,19 +188,17 @@ def open_image(path: Path, *, max_size: int | None = None, max_pixels: int = MAX
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open_checked(path, max_pixels) as img:
-                fmt, (width, height) = img.format, img.size
-                _, notes = _frames_note(img)
-                if max_size and fmt == "JPEG":
-                    img.draft(img.mode, (max_size, max_size))
-                img.load()
-                icc = img.info.get("icc_profile")
-                oriented = _orient(img, notes)
-                if oriented.size != img.size:  # rotated by 90 degrees
-                    width, height = height, width
-                rgb = to_rgb(oriented)
+        with _opened_quietly(path, max_pixels) as img:
+            fmt, (width, height) = img.format, img.size
+            _, notes = _frames_note(img)
+            if max_size and fmt == "JPEG":
+                img.draft(img.mode, (max_size, max_size))
+            img.load()
+            icc = img.info.get("icc_profile")
+            oriented = _orient(img, notes)
+            if oriented.size != img.size:  # rotated by 90 degrees
+                width, height = height, width
+            rgb = to_rgb(oriented)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure on a user file is "unreadable", never a traceback
@@ -214,6 +214,15 @@ def load_rgb(path: Path) -> Image.Image:
     return open_image(Path(path)).image
 
 
+@contextlib.contextmanager
+def _opened_quietly(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """:func:`_open_checked` without Pillow's decompression-bomb warning (the pixel limit is checked there)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _open_checked(path, max_pixels) as img:
+            yield img
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) as :func:`load_rgb` returns the image (EXIF rotation applied), from the header only.
 
@@ -222,14 +231,12 @@ def image_size(path: Path) -> tuple[int, int]:
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open_checked(path, MAX_PIXELS) as img:
-                width, height = img.size
-                try:
-                    orientation = img.getexif().get(0x0112, 1)
-                except Exception:  # noqa: BLE001 - as _orient: a broken EXIF block means no rotation
-                    orientation = 1
+        with _opened_quietly(path, MAX_PIXELS) as img:
+            width, height = img.size
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception:  # noqa: BLE001 - as _orient: a broken EXIF block means no rotation
+                orientation = 1
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - see open_image
@@ -278,19 +285,17 @@ def probe_image(path: Path, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open_checked(path, max_pixels) as img:
-                width, height = img.size
-                mode, fmt = img.mode, img.format
-                frames, notes = _frames_note(img)
-                if fmt == "JPEG":  # 1/8 scale for photos, but keep >= 128 px so dHash still sees the picture
-                    img.draft(img.mode, (min(width, max(width // 8, 128)), min(height, max(height // 8, 128))))
-                img.load()
-                oriented = to_rgb(_orient(img, notes))
-                fingerprint, colors = dhash(oriented), color_thumb(oriented)
-                if oriented.size != img.size:  # rotated by 90 degrees: report the size the user sees
-                    width, height = height, width
+        with _opened_quietly(path, max_pixels) as img:
+            width, height = img.size
+            mode, fmt = img.mode, img.format
+            frames, notes = _frames_note(img)
+            if fmt == "JPEG":  # 1/8 scale for photos, but keep >= 128 px so dHash still sees the picture
+                img.draft(img.mode, (min(width, max(width // 8, 128)), min(height, max(height // 8, 128))))
+            img.load()
+            oriented = to_rgb(_orient(img, notes))
+            fingerprint, colors = dhash(oriented), color_thumb(oriented)
+            if oriented.size != img.size:  # rotated by 90 degrees: report the size the user sees
+                width, height = height, width
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - see open_image
