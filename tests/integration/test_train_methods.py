@@ -35,8 +35,9 @@ def _base_pipe(base: str = "tiny"):
 
 # SDXL (tiny-xl): the same loop and outputs; its LoRA trains both text encoders (train.text_encoder_lr for both)
 @pytest.mark.parametrize("method,lora,base", [("t2i", True, "tiny"), ("t2i", False, "tiny"), ("db", True, "tiny"),
-                                              ("db", False, "tiny"), ("t2i", False, "tiny-xl"),
-                                              ("db", True, "tiny-xl")])
+                                              ("db", False, "tiny"), ("t2i", True, "tiny-xl"),
+                                              ("t2i", False, "tiny-xl"), ("db", True, "tiny-xl"),
+                                              ("db", False, "tiny-xl")])
 def test_method_output_loads_in_diffusers_and_changes_images(tmp_path: Path, method: str, lora: bool,
                                                              base: str) -> None:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
