@@ -75,6 +75,16 @@ def _shape_problems(lora_file: Path, components: dict[str, torch.nn.Module | Non
     return problems, len(layers)
 
 
+def _text_components(pipe) -> dict[str, torch.nn.Module | None]:
+    """The text encoders by their LoRA file names: a pipeline's, or a training model's (SDXL's two held as one)."""
+    from sdtune.models.family import DualTextEncoder
+
+    text = getattr(pipe, "text_encoder", None)
+    if isinstance(text, DualTextEncoder):
+        return {"text_encoder": text.text_encoder, "text_encoder_2": text.text_encoder_2}
+    return {"text_encoder": text, "text_encoder_2": getattr(pipe, "text_encoder_2", None)}
+
+
 def check_lora_fits(lora_file: Path, pipe, base: str, *, name: str | None = None) -> None:
     """Raise one :class:`ModelLoadError` line when ``lora_file`` does not fit ``pipe`` (loaded from ``base``).
 
@@ -82,8 +92,7 @@ def check_lora_fits(lora_file: Path, pipe, base: str, *, name: str | None = None
     diffusers-format LoRA (kohya) is left to the loader.
     """
     try:
-        problems, count = _shape_problems(Path(lora_file), {"unet": pipe.unet,
-                                                           "text_encoder": getattr(pipe, "text_encoder", None)})
+        problems, count = _shape_problems(Path(lora_file), {"unet": pipe.unet, **_text_components(pipe)})
     except SdtuneError:
         return
     if not problems:

@@ -110,14 +110,23 @@ def load_frozen_adapters(unet: torch.nn.Module, text_encoder: torch.nn.Module,
 
 def _load_named(unet: torch.nn.Module, text_encoder: torch.nn.Module,
                 adapters: list[tuple[Path, float, str]]) -> None:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    from sdtune.models.family import DualTextEncoder
+
+    # SDXL: the file's text-encoder layers go to both encoders by their prefixes, as its pipeline loads them
+    # (and its kohya keys lora_te1_/lora_te2_ convert with the SDXL converter)
+    xl = isinstance(text_encoder, DualTextEncoder)
+    loader = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    encoders = [(text_encoder.text_encoder, "text_encoder"), (text_encoder.text_encoder_2, "text_encoder_2")] \
+        if xl else [(text_encoder, "text_encoder")]
     for file, weight, name in adapters:
-        state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(str(file), return_lora_metadata=True)
-        StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet, adapter_name=name, metadata=metadata)
-        StableDiffusionPipeline.load_lora_into_text_encoder(state, alphas, text_encoder, adapter_name=name,
-                                                            metadata=metadata)
+        state, alphas, metadata = loader.lora_state_dict(str(file), return_lora_metadata=True)
+        loader.load_lora_into_unet(state, alphas, unet, adapter_name=name, metadata=metadata)
+        for encoder, prefix in encoders:
+            loader.load_lora_into_text_encoder(state, alphas, encoder, prefix=prefix, adapter_name=name,
+                                               metadata=metadata)
         for module in (unet, text_encoder):
             for layer in module.modules():
                 if isinstance(layer, BaseTunerLayer) and name in getattr(layer, "scaling", {}):
@@ -265,6 +274,21 @@ def adapter_file(path: Path) -> Path:
 
 def apply_model_adapters(cfg, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
     """The run's ``model.adapters`` (``RunConfig``), loaded frozen below the LoRA it trains."""
-    if cfg.model.adapters:
-        load_frozen_adapters(unet, text_encoder, [(adapter_file(a.path), a.weight, a.name)
-                                                  for a in cfg.model.adapters])
+    if not cfg.model.adapters:
+        return
+    from types import SimpleNamespace
+
+    from sdtune.errors import ModelLoadError
+    from sdtune.models.fit import check_lora_fits
+
+    files = [(adapter_file(a.path), a.weight, a.name) for a in cfg.model.adapters]
+    model = SimpleNamespace(unet=unet, text_encoder=text_encoder)
+    for (file, _, _), adapter in zip(files, cfg.model.adapters, strict=True):
+        check_lora_fits(file, model, cfg.model.base, name=f"model.adapters {adapter.path}")
+    try:
+        load_frozen_adapters(unet, text_encoder, files)
+    except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # e.g. a kohya file of another family
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"model.adapters: {', '.join(str(a.path) for a in cfg.model.adapters)} could not be "
+                             f"loaded onto {cfg.model.base} ({first[:200]}); was it trained on another base "
+                             "model?") from None

@@ -63,3 +63,61 @@ def test_adapters_need_a_lora_run_and_no_fused_output() -> None:
     with pytest.raises(ConfigError, match="distinct names"):
         config_from_dict({"data": data, "train": {"lora": {}},
                           "model": {"adapters": [{"path": "a", "name": "x"}, {"path": "b", "name": "x"}]}})
+
+
+def _xl_lora_with_both_text_encoders(folder: Path) -> Path:
+    from sdtune.config import LoraConfig
+    from sdtune.models.loading import load_components
+    from sdtune.models.lora import add_lora, save_lora
+
+    comps = load_components("tiny-xl")
+    settings = LoraConfig(rank=2)
+    add_lora(comps.unet, settings, settings.targets)
+    add_lora(comps.text_encoder, settings, settings.text_encoder_targets)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in (comps.unet, comps.text_encoder):
+            for name, param in module.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(0.2 * torch.randn(param.shape, generator=gen))
+    folder.mkdir(parents=True)
+    return save_lora(folder, comps.unet, comps.text_encoder, settings)
+
+
+def test_sdxl_concept_with_text_encoder_layers_loads_frozen_on_both_encoders(tmp_path: Path) -> None:
+    # DualTextEncoder has no load_adapter: SDXL adapters with text-encoder layers crashed with a traceback.
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from sdtune.models.loading import load_components
+    from sdtune.models.lora import apply_model_adapters
+
+    file = _xl_lora_with_both_text_encoders(tmp_path / "concept")
+    cfg = config_from_dict({"data": {"instance_dir": "x", "instance_prompt": "sks"}, "train": {"lora": {"rank": 2}},
+                            "model": {"base": "tiny-xl", "adapters": [{"path": str(file), "name": "concept"}]}})
+    comps = load_components("tiny-xl")
+    ids = comps.tokenizer("a photo of sks dog", padding="max_length", max_length=comps.tokenizer.model_max_length,
+                          return_tensors="pt").input_ids
+    with torch.no_grad():
+        before = comps.family.encode(comps.text_encoder, ids)
+    apply_model_adapters(cfg, comps.unet, comps.text_encoder)
+    for encoder in (comps.text_encoder.text_encoder, comps.text_encoder.text_encoder_2):
+        layers = [m for m in encoder.modules() if isinstance(m, BaseTunerLayer) and "concept" in m.lora_A]
+        assert layers, "the concept's layers of each encoder are loaded"
+    assert not any(p.requires_grad for p in comps.text_encoder.parameters()), "frozen"
+    with torch.no_grad():
+        after = comps.family.encode(comps.text_encoder, ids)
+    assert not torch.allclose(before.hidden, after.hidden) and not torch.allclose(before.pooled, after.pooled)
+
+
+def test_an_adapter_of_another_family_is_one_line(tmp_path: Path) -> None:
+    from sdtune.errors import ModelLoadError
+    from sdtune.models.loading import load_components
+    from sdtune.models.lora import apply_model_adapters
+
+    sd_lora = make_lora_file(tmp_path / "sd", seed=1, scale=0.5)
+    cfg = config_from_dict({"data": {"instance_dir": "x", "instance_prompt": "sks"}, "train": {"lora": {"rank": 2}},
+                            "model": {"base": "tiny-xl", "adapters": [{"path": str(sd_lora), "name": "concept"}]}})
+    comps = load_components("tiny-xl")
+    with pytest.raises(ModelLoadError, match="model.adapters") as caught:
+        apply_model_adapters(cfg, comps.unet, comps.text_encoder)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
