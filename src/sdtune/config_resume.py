@@ -152,6 +152,18 @@ def _unused(config: dict[str, Any], key: str) -> bool:
     return switch is not None and not value_at(config, switch)
 
 
+def unused_overrides(overrides: list[str], config: dict[str, Any]) -> list[str]:
+    """One note per ``key=value`` override the run will not use because its switch is off (e.g.
+    ``train.text_encoder_lr`` while ``train.train_text_encoder`` is false): a setting never silently ignored."""
+    notes = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if _unused(config, key):
+            switch = USED_ONLY_WITH[key]
+            notes.append(f"note: {key} has no effect: {switch} is off (set {switch}=true to use it)")
+    return notes
+
+
 def split_changes(old: dict[str, Any], new: dict[str, Any],
                   known: dict[str, Any] | None = None) -> tuple[dict[str, list], dict[str, list]]:
     """``(allowed, refused)``: each maps a changed dotted key to ``[old value, new value]`` (as written).

@@ -83,3 +83,16 @@ def test_derived_values_still_count_when_they_differ_and_the_model_tells_its_own
     plain = _dict(RunConfig.model_validate({"data": {"train_dir": "d"}}))
     assert split_changes(plain, eps, {"model.prediction_type": "epsilon"}) == ({}, {})
     assert set(split_changes(plain, eps, {"model.prediction_type": "v_prediction"})[1]) == {"model.prediction_type"}
+
+
+def test_an_override_the_run_will_not_use_gets_a_note() -> None:
+    from sdtune.config import config_from_dict
+    from sdtune.config_resume import unused_overrides
+
+    frozen = config_from_dict({"data": {"train_dir": "d"}, "train": {"text_encoder_lr": 1e-5}}).model_dump(mode="json")
+    notes = unused_overrides(["train.text_encoder_lr=1e-5", "train.learning_rate=1e-4"], frozen)
+    assert notes == ["note: train.text_encoder_lr has no effect: train.train_text_encoder is off (set "
+                     "train.train_text_encoder=true to use it)"]
+    trained = config_from_dict({"data": {"train_dir": "d"}, "train": {"text_encoder_lr": 1e-5,
+                                                                      "train_text_encoder": True}})
+    assert unused_overrides(["train.text_encoder_lr=1e-5"], trained.model_dump(mode="json")) == []

@@ -37,9 +37,13 @@ def train_command(
 
         config = run_config(config)
         cfg = load_config(config, overrides or [])
-        note = foreign_output_dir(config, cfg.output_dir, overrides or [])
-        if note and _is_main_process():
-            typer.echo(note, err=True)
+        from sdtune.config_resume import unused_overrides
+
+        notes = [foreign_output_dir(config, cfg.output_dir, overrides or []),
+                 *unused_overrides(overrides or [], cfg.model_dump(mode="json"))]
+        for note in notes:
+            if note and _is_main_process():
+                typer.echo(note, err=True)
         try:
             result = train(cfg, resume=resume)
         finally:
