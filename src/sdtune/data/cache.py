@@ -164,19 +164,27 @@ def _fill(store: FeatureStore, wanted: dict[str, tuple], shape_of: Callable, dty
             counts["rebuilt" if store.path(key).exists() else "encoded"] += 1
             todo.append((key, item))
 
-    def encode_all(items: list, show: bool) -> None:
-        for key, item in tqdm(items, desc=label, unit="item", disable=not show or not items, dynamic_ncols=True):
+    def encode_all(items: list, show: bool) -> int:
+        """Encode ``items``; returns how many were left unencoded by a stop request."""
+        for done, (key, item) in enumerate(tqdm(items, desc=label, unit="item", disable=not show or not items,
+                                                dynamic_ncols=True)):
             if should_stop():
-                return
+                return len(items) - done
             value = encode(item)
             if tuple(value.shape) != tuple(shape_of(item)) or value.dtype != dtype:
                 raise DataError(f"{label}: the encoder returned {tuple(value.shape)} {value.dtype}, expected "
                                 f"{tuple(shape_of(item))} {dtype}")
             store.write(key, value, note=label)
+        return 0
 
-    encode_all(todo[rank::world], show=rank == 0)
+    left = encode_all(todo[rank::world], show=rank == 0)
     barrier()
-    if world > 1:
+    if left:  # stopped: what was counted to encode and was not is said as such (the next run encodes it)
+        taken = min(left, counts["encoded"])
+        counts["encoded"] -= taken
+        counts["rebuilt"] -= left - taken
+        counts["left"] = left
+    elif world > 1:
         encode_all([(k, i) for k, i in todo if store.read(k, shape_of(i), dtype) is None], show=False)
     return counts
 
@@ -186,6 +194,8 @@ def _summary(what: str, counts: dict[str, int], store: FeatureStore) -> str:
     parts = [f"{counts['reused']} reused", f"{counts['encoded']} encoded"]
     if counts["rebuilt"]:
         parts.append(f"{counts['rebuilt']} rebuilt (damaged or unreadable)")
+    if counts.get("left"):
+        parts.append(f"{counts['left']} not encoded: stopped (the next run encodes them)")
     return f"{what}: {total} in {store.folder} ({', '.join(parts)})"
 
 

@@ -117,7 +117,8 @@ def test_a_stop_request_ends_caching_after_the_entry_being_written_and_keeps_tho
     asked = iter([False, False, True, True, True, True, True, True])
     line = attach_latent_cache(_stream(data, comps), comps.vae, cache_dir=tmp_path / "cache",
                                should_stop=lambda: next(asked))
-    assert "10 encoded" in line  # 5 images x flips, counted as to be encoded; 2 written before the stop
+    # 5 images x flips wanted; 2 written before the stop, and the line says so (it said "10 encoded")
+    assert "0 reused, 2 encoded, 8 not encoded: stopped" in line, line
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
     again = attach_latent_cache(_stream(data, comps), comps.vae, cache_dir=tmp_path / "cache")
     assert "2 reused, 8 encoded" in again
