@@ -7,7 +7,6 @@ same module fingerprints a model (``model_fingerprint``) so that generations can
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ModelLoadError
+from sdtune.models.fit import diffusers_quiet, loader_error
 from sdtune.models.loading import (
     PICKLE_SUFFIXES,
     check_weights_file,
@@ -202,19 +202,6 @@ def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None
     return pipe
 
 
-@contextlib.contextmanager
-def _diffusers_quiet():
-    """diffusers' logger at errors-only off: it logs a line per mismatched layer before raising."""
-    from diffusers.utils import logging as dlogging
-
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity(dlogging.CRITICAL + 10)
-    try:
-        yield
-    finally:
-        dlogging.set_verbosity(level)
-
-
 def apply_adapters(pipe: Any, stack: list[Adapter]) -> list[str]:
     """Load each LoRA under its own adapter name and activate them all with their weights."""
     if not stack:
@@ -224,14 +211,12 @@ def apply_adapters(pipe: Any, stack: list[Adapter]) -> list[str]:
     for adapter in stack:
         name = _adapter_name(adapter.name, taken)
         try:
-            with warnings.catch_warnings(), _diffusers_quiet():  # a misfit is said below in one line, not per layer
+            with warnings.catch_warnings(), diffusers_quiet():  # a misfit is said below in one line, not per layer
                 warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # a stack is what we want
                 pipe.load_lora_weights(str(adapter.path.parent), weight_name=adapter.path.name, adapter_name=name)
         except (ValueError, RuntimeError, KeyError, IndexError, OSError) as exc:
-            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-            more = f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""
-            raise ModelLoadError(f"cannot apply LoRA {adapter.path}: {lines[0][:200]}{more}. Was it trained on "
-                                 "this base model?") from None
+            raise ModelLoadError(f"cannot apply LoRA {adapter.path}: {loader_error(exc)}. Was it trained on this "
+                                 "base model?") from None
         names.append(name)
     pipe.set_adapters(names, [a.weight for a in stack])
     return names

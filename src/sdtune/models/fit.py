@@ -8,6 +8,8 @@ from a run folder, its config.yaml says which base it was trained on, and that i
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -105,3 +107,25 @@ def check_lora_fits(lora_file: Path, pipe, base: str, *, name: str | None = None
                              "the base model it was trained on)")
     raise ModelLoadError(f"{who} does not fit {base}: {len(problems)} of its {count} layers have other shapes "
                          f"(first: {problems[0]}); was it trained on another base model?")
+
+
+@contextlib.contextmanager
+def diffusers_quiet() -> Iterator[None]:
+    """diffusers' logger silenced while a LoRA loads: it logs a line per mismatched layer before it raises, and the
+    caller says the misfit in one line (:func:`loader_error`)."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(dlogging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def loader_error(exc: BaseException) -> str:
+    """A loader's exception as one line: its first line (at most 200 characters) and how many lines it left out
+    (torch's size-mismatch error lists every layer)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    more = f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""
+    return f"{lines[0][:200]}{more}"

@@ -279,16 +279,16 @@ def apply_model_adapters(cfg, unet: torch.nn.Module, text_encoder: torch.nn.Modu
     from types import SimpleNamespace
 
     from sdtune.errors import ModelLoadError
-    from sdtune.models.fit import check_lora_fits
+    from sdtune.models.fit import check_lora_fits, diffusers_quiet, loader_error
 
     files = [(adapter_file(a.path), a.weight, a.name) for a in cfg.model.adapters]
     model = SimpleNamespace(unet=unet, text_encoder=text_encoder)
     for (file, _, _), adapter in zip(files, cfg.model.adapters, strict=True):
         check_lora_fits(file, model, cfg.model.base, name=f"model.adapters {adapter.path}")
     try:
-        load_frozen_adapters(unet, text_encoder, files)
+        with diffusers_quiet():
+            load_frozen_adapters(unet, text_encoder, files)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # e.g. a kohya file of another family
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"model.adapters: {', '.join(str(a.path) for a in cfg.model.adapters)} could not be "
-                             f"loaded onto {cfg.model.base} ({first[:200]}); was it trained on another base "
+                             f"loaded onto {cfg.model.base} ({loader_error(exc)}); was it trained on another base "
                              "model?") from None
