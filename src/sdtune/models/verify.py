@@ -3,7 +3,8 @@
 A file that loads without an error can still load as another model: diffusers once silently dropped every
 attention layer of a file that also held conv layers, an older diffusers ignored text-encoder layers named for
 transformers 5, and ComfyUI only warns about keys it cannot place. So after writing, the file is loaded into a
-fresh copy of its base model by each consumer, and the UNet and text encoder are run on fixed inputs next to:
+fresh base model by each consumer (one after the other, each undone before the next), and the UNet and text
+encoder are run on fixed inputs next to:
 
 - the reference: the run's LoRA (the diffusers-format file training wrote) applied through peft, as training
   applied it, with its matrices rounded to the checked file's storage type (a float16 export is compared with the
@@ -20,8 +21,8 @@ tiny model), far above that.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,14 +236,30 @@ def _text_module(pipe: Any) -> torch.nn.Module:
     return family_of_pipeline(pipe).text_of(pipe)[1]
 
 
-def _fresh(pipe: Any) -> Any:
-    """A pipeline sharing ``pipe``'s VAE, with copies of its UNet and text encoder(s) to load a LoRA into."""
-    from sdtune.models.loading import family_of_pipeline
+@contextlib.contextmanager
+def _loaded_then_undone(consumer: str, pipe: Any, file: Path) -> Iterator[None]:
+    """Within the block ``pipe`` holds what ``consumer`` loaded from ``file``; afterwards the base again.
 
-    family = family_of_pipeline(pipe)
-    tokenizer, text = family.text_of(pipe)
-    return family.assemble(vae=pipe.vae, unet=copy.deepcopy(pipe.unet), scheduler=pipe.scheduler,
-                           tokenizer=tokenizer, text_encoder=copy.deepcopy(text))
+    Why not a copy of the base per consumer (as before): at SD-2 shapes a copy is 4.8 GB, on top of the loaded
+    base and the trained model, which made the end of a CPU run peak at 15.3 GB against the diffusers script's
+    6.3 GB (benchmarks/train_bench.py, real-sd2-base, 256 px). diffusers' ``unload_lora_weights`` puts the
+    original layers back; ComfyUI's merge is undone by restoring the touched weights (copies of those only)."""
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if consumer == "kohya-comfyui":
+        from safetensors import safe_open
+
+        with safe_open(str(file), "pt") as fh:
+            keys = set(fh.keys())
+        for name, module in comfyui_key_map(pipe.unet, _text_module(pipe)).items():
+            if f"{name}.lora_up.weight" in keys:
+                saved.append((module.weight.data, module.weight.detach().clone()))
+    try:
+        yield
+    finally:
+        if consumer in ("diffusers", "kohya-diffusers"):
+            pipe.unload_lora_weights()
+        for weight, original in saved:
+            weight.copy_(original)
 
 
 def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source: Path | None = None,
@@ -265,15 +282,21 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
     inputs = probe_inputs(pipe.unet, text)
     base_out = probe_outputs(pipe.unet, text, inputs)
     results: list[tuple[str, dict[str, torch.Tensor] | None, str]] = []
-    for consumer in consumers:
-        candidate = _fresh(pipe)
+    for consumer in consumers:  # each into the same base, undone after it (no copy of the model)
         try:
-            problem = _load(consumer, candidate, file)
-            results.append((consumer, probe_outputs(candidate.unet, _text_module(candidate), inputs), problem))
+            with _loaded_then_undone(consumer, pipe, file):
+                problem = _load(consumer, pipe, file)
+                results.append((consumer, probe_outputs(pipe.unet, _text_module(pipe), inputs), problem))
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             results.append((consumer, None, f"{consumer} could not load it: {type(exc).__name__}: {exc}"[:400]))
-        del candidate
+        again = probe_outputs(pipe.unet, _text_module(pipe), inputs)
+        if any(not torch.equal(again[k], base_out[k]) for k in base_out):  # never compare against a changed base
+            pipe = load_pipeline(base, allow_pickle=allow_pickle, revision=revision, variant=variant)
+            pipe.unet.to(torch.float32)
+            _text_module(pipe).to(torch.float32)
+            pipe.set_progress_bar_config(disable=True)
     stored = file_dtype(file)
+    text = _text_module(pipe)
     apply_reference(pipe.unet, text, Path(source or file), rounded_to=stored)
     reference = probe_outputs(pipe.unet, text, inputs)
     effect = {k: float((reference[k] - base_out[k]).abs().max()) for k in base_out}
@@ -349,11 +372,15 @@ def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.M
 
 
 def verify_saved_lora(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None, *, base: str,
-                      allow_pickle: bool = False, revision: str | None = None, variant: str | None = None) -> Check:
+                      allow_pickle: bool = False, revision: str | None = None, variant: str | None = None,
+                      release: Callable[[], None] | None = None) -> Check:
     """End-of-training check of ``RUN/lora``: the file holds the live adapter (:func:`check_file_holds`) and
     diffusers' ``load_lora_weights`` loads it as that adapter (:func:`verify_lora_file`). Costs one load of the
-    base model and two small forward passes. Raises SdtuneError on a mismatch; returns the check to print."""
+    base model and a few small forward passes. ``release`` is called between the two halves (the live model is
+    not used after the first). Raises SdtuneError on a mismatch; returns the check to print."""
     check_file_holds(file, unet, text_encoder)
+    if release is not None:
+        release()
     (result,) = verify_lora_file(file, ["diffusers"], base=base, allow_pickle=allow_pickle, revision=revision,
                                  variant=variant)
     if not result.ok:

@@ -62,7 +62,18 @@ def _rank_checksums(accelerator, trainables) -> list[float]:
     return sums
 
 
-def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema) -> list[tuple[str, Callable[[], Path]]]:
+def release_models(*modules: torch.nn.Module | None) -> None:
+    """Free the weights of spent modules (moved to the meta device: every holder of the module sees it, so the
+    memory goes even though the loop, the accelerator and the pipeline objects still refer to them). Used once the
+    final checkpoint and the LoRA file are written: the LoRA check that follows loads the base model afresh, and
+    the fused model (``RUN/model``) is built from the written files, so neither needs the live weights."""
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            module.to("meta")
+
+
+def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema,
+                    comps=None) -> list[tuple[str, Callable[[], Path]]]:
     """The final outputs in the order they are written (the fused model reads the written lora/)."""
     from sdtune.training import outputs
 
@@ -73,7 +84,12 @@ def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema) -> list[tupl
                 ema.copy_to(unet.parameters())
             return outputs.save_full_model(run_dir, cfg, unet, text_encoder)
         return [("model", full_model)]
-    return ([("lora", lambda: outputs.save_lora_output(run_dir, cfg, unet, text_encoder))] if cfg.save.lora else []) \
+    def release() -> None:
+        if comps is not None:
+            release_models(unet, text_encoder, comps.unet, comps.vae, comps.text_encoder)
+
+    return ([("lora", lambda: outputs.save_lora_output(run_dir, cfg, unet, text_encoder, release))]
+            if cfg.save.lora else []) \
         + ([("model", lambda: outputs.save_fused_model(run_dir, cfg))] if cfg.save.full_model else [])
 
 
@@ -96,7 +112,7 @@ def finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: 
     if cfg.validation.prompts and validated != state.step and not stopped:
         stopped = not validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir, stop)
     if accelerator.is_main_process and not stopped:
-        for name, write in _output_writers(cfg, run_dir, trainables, ema):
+        for name, write in _output_writers(cfg, run_dir, trainables, ema, comps):
             if stop.requested:
                 break
             result.outputs[name] = str(write())
