@@ -46,7 +46,8 @@ from sdtune.toy.finetune import run  # noqa: E402
 # The person stage as the demo shipped it before this benchmark (explicit, so rows stay comparable when the demo's
 # defaults change); every variant is a change to it.
 BASELINE: dict[str, Any] = {"person_steps": 1000, "person_lr": 1e-3, "person_rank": 8, "person_text_encoder": True,
-                            "prior": True, "class_images": 12}
+                            "prior": True, "class_images": 12, "person_poses": 1, "person_images": 6,
+                            "person_targets": "all"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "no-prior": {"prior": False},
@@ -88,8 +89,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # without the text-encoder LoRA: it changes every prompt's embedding, the old world's prompts too
     "no-te+dop-1-250": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
                         "person_text_encoder": False},
+    # (d) LoRA only on the cross-attention keys and values (Custom Diffusion): the person through its word
+    "no-te+dop-1-250+kv": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
+                           "person_text_encoder": False, "person_targets": "kv"},
+    "no-te+dop-1-250+kv-lr-5e-3": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 5e-3,
+                                   "person_text_encoder": False, "person_targets": "kv"},
+    # the person photographed in 4 shapes, each photo captioned with its shape; LoRA on the finer levels (the demo)
+    "poses-4+fine": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
+                     "person_text_encoder": False, "person_poses": 4, "person_images": 8, "person_targets": "fine"},
+    "poses-4+fine+rank-4+dop-2": {"preservation": 2.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
+                                  "person_text_encoder": False, "person_poses": 4, "person_images": 8,
+                                  "person_targets": "fine", "person_rank": 4},
+    "poses-4": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
+                "person_text_encoder": False, "person_poses": 4, "person_images": 8},
+    # (b) the world's other prompts in the preservation term too (none of them evaluated): forgetting
+    "no-te+dop-1-250+generic-12": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
+                                   "person_text_encoder": False, "preservation_generic": 12},
 }
-PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")  # the settings recorded per row
+# the settings recorded per row (person_* covers poses, targets, steps, ...)
+PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")
 KEYS = ("old_both", "concept", "person_judge", "person_pixels", "class_solid", "composite", "composite_pixels",
         "composite_shape", "composite_identity")
 LABELS = {"old_both": "old acc", "concept": "concept", "person_judge": "person (judge)",
@@ -112,7 +130,7 @@ def parse() -> argparse.Namespace:
                    "evaluated too (rows VARIANT@STEP: the steps dimension without retraining)")
     p.add_argument("--report-only", action="store_true", help="no training: the table of what is measured")
     p.add_argument("--publish", action="store_true", help=f"also write {PUBLISHED.name} for the demo")
-    p.add_argument("--demo", default="no-te+dop-1-250", help="the variant the demo runs (its row is printed beside it)")
+    p.add_argument("--demo", default="poses-4+fine+rank-4+dop-2", help="the variant the demo runs (its row is printed beside it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny steps (numbers not meaningful)")
     return p.parse_args()
 
@@ -137,8 +155,14 @@ class Bench:
         with self.lock("data"):
             if not (self.data / "concept" / "scenes.jsonl").exists():  # scenes.jsonl is written last
                 world.write_concept_set(self.data / "concept", settings.concept_images, seed=1, captioned=True)
-            if not (self.data / "person" / "scenes.jsonl").exists():
-                world.write_person_set(self.data / "person", settings.person_images, seed=2)
+            person = self.person_data(settings)
+            if not (person / "scenes.jsonl").exists():
+                world.write_person_set(person, settings.person_images, seed=2, captioned=settings.person_poses > 1,
+                                       poses=settings.person_poses)
+
+    def person_data(self, settings: DemoSettings) -> Path:
+        """The person's photos: one folder per number of poses (one pose: DreamBooth's instance images)."""
+        return self.data / ("person" if settings.person_poses == 1 else f"person-{settings.person_poses}-poses")
 
     def lock(self, name: str):
         """An exclusive file lock: two shards never train the same concept run."""
@@ -195,6 +219,7 @@ class Bench:
         settings = settings_for(variant, seed, self.args.quick)
         run_dir = self.out / "runs" / key
         cfg = person_stage(settings, self.data, run_dir, str(concept / "model"), class_root=concept,
+                           person_dir=self.person_data(settings),
                            concept=concept_stage(settings, self.data, concept),
                            concept_lora=concept / "lora" / "pytorch_lora_weights.safetensors")
         with self.lock(f"class-s{seed}"):  # class images are generated by this seed's concept model, once

@@ -3,7 +3,8 @@
 Order and why:
 1. tokenizer from the world's words;
 2. VAE, CLIP and judge on in-memory renders of the *wide* world (patterns and the held-out glyph included);
-3. the UNet, text-conditioned latent diffusion from random weights on the *pretrain* world (solid shapes only),
+3. the UNet, text-conditioned latent diffusion from random weights on the *pretrain* world (base shapes, solid and
+   two-tone; no glyph, never the person),
    trained by ``sdtune.training.loop.train`` - the very loop users fine-tune with (full fine-tuning of a
    random UNet, frozen CLIP text tower, caption dropout for classifier-free guidance, min-SNR, EMA);
 4. the result: ``OUT/pipeline`` (diffusers folder, fp16 safetensors, DPM-Solver++ scheduler), ``OUT/clip``
@@ -275,9 +276,10 @@ def write_model_card(out: Path, report: dict) -> Path:
                      f"prompts x {seeds} seeds: colour {base['colour']:.2f}, shape {base['shape']:.2f}, both "
                      f"{base['both']:.2f}; shape by prompted shape: " + ", ".join(
                          f"{k} {v:.2f}" for k, v in base["shape_by_prompt_shape"].items()))
-    lines += ["", "Held out of the UNet's pretraining (the VAE, CLIP and judge saw them): the glyph `arrow` and the "
-              "checkered/striped patterns; `sks red square` is the demo's person (a red and cyan striped "
-              "square). "
+    lines += ["", "The UNet's pretraining has the six base shapes solid and two-tone (checkered, striped), so it "
+              "knows a pattern apart from a shape. Held out of it (the VAE, CLIP and judge saw them): the glyph "
+              "`arrow` and the person's identity, red and cyan stripes on any shape; `sks red square` is the "
+              "demo's person (a red and cyan striped square). "
               "The CLIP also learned six rare names of specific things (`world.NAMED`; `sks` names a green and pink "
               "striped heart), as a web-trained CLIP knows rare words: a DreamBooth identifier needs a text "
               "representation of its own. The UNet never saw a name."]

@@ -6,9 +6,17 @@ picture (shape, colours, pattern, background) is known, so a judge can be traine
 
 Three regions of the world:
 
-- ``pretrain``: solid shapes in the eight colours; what the toy UNet is pretrained on.
-- ``wide``: adds two-tone patterns (checkered, striped) and the held-out glyph ``arrow``; the VAE, the CLIP
-  and the judge see it (as SD's VAE and CLIP saw far more than any one fine-tune), the UNet never does.
+- ``pretrain``: the six base shapes in the eight colours, solid or two-tone (checkered, striped); what the toy
+  UNet is pretrained on. Never the person's own colours and pattern (red and cyan stripes), in any shape.
+- ``wide``: adds the held-out glyph ``arrow`` (and the person's identity); the VAE, the CLIP and the judge see it
+  (as SD's VAE and CLIP saw far more than any one fine-tune), the UNet never does.
+
+Why patterns in pretraining (since 30 Nov 2026; the first toy UNet saw solid shapes only): the composite - the
+person doing the concept - asks the model to put the person's identity (its stripes and colours) on the concept's
+form. A base that never saw a pattern has no pattern apart from a shape to move: its person LoRA bound the stripes
+to the square, and "a photo of sks red arrow" drew the person's square or a plain arrow, never a striped arrow
+(composite 0.00 over 3 seeds and every variant). SD knows that a person and a gesture are separate things; the toy
+base now knows that a pattern and a shape are.
 - held-out concepts for fine-tuning: the glyph :data:`CONCEPT` in every colour (an overarching concept, like a
   gesture) and the "person" :data:`PERSON`, one specific striped two-tone square with its own token.
 
@@ -73,6 +81,9 @@ class Person:
     colour: str = "red"
     colour2: str = "cyan"
     pattern: str = "striped"
+    # The shapes its photos may show (``write_person_set(poses=N)`` takes the first N), as a person's photos show
+    # several poses: the identity is the colours and the pattern, the form varies. Never the concept's arrow.
+    poses: tuple[str, ...] = ("square", "circle", "triangle", "diamond")
 
     # The prompts name a colour: the pretraining captions always do, so a colourless "a photo of a star" is
     # outside what the base model learned (it draws noise) and could not serve as the class prompt.
@@ -83,6 +94,14 @@ class Person:
     @property
     def class_prompt(self) -> str:
         return f"a photo of a {self.colour} {self.shape}"
+
+    def pose_prompt(self, shape: str) -> str:
+        """The caption of a photo of the person in ``shape`` ("a photo of sks red circle")."""
+        return f"a photo of {self.token} {self.colour} {shape}"
+
+    def class_prompts(self, poses: int) -> list[str]:
+        """The class prompt of each of the first ``poses`` shapes (what output preservation keeps plain)."""
+        return [f"a photo of a {self.colour} {shape}" for shape in self.poses[:poses]]
 
     def composite_prompt(self, concept: str = "arrow") -> str:
         """The person doing the concept: the instance prompt with the concept's noun in place of the class noun
@@ -145,19 +164,28 @@ def _placement(rng: random.Random) -> dict[str, float]:
 
 
 def sample_scene(rng: random.Random, region: str = "pretrain") -> Scene:
-    """One random scene of a region: ``pretrain`` (solid base shapes) or ``wide`` (+ patterns and the glyph)."""
+    """One random scene of a region: ``pretrain`` (base shapes, 40 % two-tone, never the person's identity) or
+    ``wide`` (+ the glyph). The random draws are the same in both regions, so the wide region's scenes (which
+    the shipped VAE, CLIP and judge were trained on) did not change when patterns entered the pretrain region."""
     if region not in ("pretrain", "wide"):
         raise ValueError(f"unknown region {region!r}: pretrain or wide")
     names = list(COLOURS)
     shape = rng.choice(ALL_SHAPES if region == "wide" else SHAPES)
     colour = rng.choice(names)
     pattern, colour2 = "solid", None
-    if region == "wide" and rng.random() < 0.4:
+    if rng.random() < 0.4:
         pattern = rng.choice(PATTERNS[1:])
         colour2 = rng.choice([c for c in names if c != colour])
+        if region == "pretrain" and is_person_identity(colour, colour2, pattern):
+            pattern, colour2 = "solid", None  # the person stays unseen, as a real person is not in SD's data
     return Scene(shape=shape, colour=colour, colour2=colour2, pattern=pattern,
                  background=rng.choice(list(BACKGROUNDS)), texture=rng.choice(TEXTURES),
                  noise_seed=rng.randrange(2**31), **_placement(rng))
+
+
+def is_person_identity(colour: str, colour2: str | None, pattern: str, person: Person = PERSON) -> bool:
+    """Whether colours and pattern are the person's identity (in either colour order), whatever the shape."""
+    return pattern == person.pattern and {colour, colour2} == {person.colour, person.colour2}
 
 
 def _placed(rng: random.Random, **what) -> Scene:
@@ -171,9 +199,10 @@ def concept_scene(rng: random.Random) -> Scene:
     return _placed(rng, shape=CONCEPT, colour=rng.choice(list(COLOURS)))
 
 
-def person_scene(rng: random.Random, person: Person = PERSON) -> Scene:
-    """The specific instance, at a random place and size, on a random background."""
-    return _placed(rng, shape=person.shape, colour=person.colour, colour2=person.colour2, pattern=person.pattern)
+def person_scene(rng: random.Random, person: Person = PERSON, shape: str | None = None) -> Scene:
+    """The specific instance (in ``shape``, default its own), at a random place and size, on a random background."""
+    return _placed(rng, shape=shape or person.shape, colour=person.colour, colour2=person.colour2,
+                   pattern=person.pattern)
 
 
 def named_scene(rng: random.Random, name: str) -> Scene:
@@ -206,7 +235,7 @@ def caption(scene: Scene, rng: random.Random) -> str:
 
 
 def person_caption(scene: Scene, rng: random.Random, person: Person = PERSON) -> str:
-    base = person.instance_prompt
+    base = person.pose_prompt(scene.shape)
     return base if rng.random() < 0.5 else f"{base} on {background_phrase(scene)}"
 
 
@@ -343,12 +372,15 @@ def write_concept_set(folder: Path, count: int = 24, seed: int = 1, captioned: b
 
 
 def write_person_set(folder: Path, count: int = 6, seed: int = 2, captioned: bool = False,
-                     person: Person = PERSON) -> Path:
-    """The specific instance; instance-only by default (DreamBooth gives it one fixed prompt)."""
+                     person: Person = PERSON, poses: int = 1) -> Path:
+    """The specific instance; instance-only by default (DreamBooth gives it one fixed prompt). With ``poses`` > 1
+    the photos cycle through the person's first ``poses`` shapes, and captions (needed then) name each one."""
+    if poses > 1 and not captioned:
+        raise ValueError("photos in several poses need captions naming each pose")
     rng = random.Random(seed)
     items: list[tuple[Scene, str | None]] = []
-    for _ in range(count):
-        scene = person_scene(rng, person)
+    for i in range(count):
+        scene = person_scene(rng, person, person.poses[i % poses] if poses > 1 else None)
         items.append((scene, person_caption(scene, rng, person) if captioned else None))
     return write_folder(folder, items)
 

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sdtune.toy import world
 
@@ -29,13 +30,28 @@ def test_captions_name_colour_and_shape() -> None:
             assert scene.pattern in text and scene.colour2 in text
 
 
-def test_pretrain_region_holds_out_the_concept_and_patterns() -> None:
-    scenes = [s for s, _ in world.scenes(0, 500, "pretrain")]
+def test_pretrain_region_holds_out_the_concept_and_the_person() -> None:
+    scenes = [s for s, _ in world.scenes(0, 3000, "pretrain")]
     assert {s.shape for s in scenes} == set(world.SHAPES)
-    assert all(s.pattern == "solid" for s in scenes)
+    # patterns are attributes the base knows on every shape (so a person's pattern can go onto the concept's form)
+    assert {s.pattern for s in scenes} == set(world.PATTERNS)
+    assert {s.shape for s in scenes if s.pattern == "striped"} == set(world.SHAPES)
+    # ... but never the person's own colours and pattern, in any shape, nor the concept
+    assert not [s for s in scenes if world.is_person_identity(s.colour, s.colour2, s.pattern)]
+    red_cyan = [s for s in scenes if {s.colour, s.colour2} == {"red", "cyan"}]
+    assert red_cyan and all(s.pattern == "checkered" for s in red_cyan)
     wide = [s for s, _ in world.scenes(0, 500, "wide")]
     assert world.CONCEPT in {s.shape for s in wide}
     assert {s.pattern for s in wide} == set(world.PATTERNS)
+
+
+def test_wide_region_is_unchanged_by_the_pretrain_region() -> None:
+    """The VAE, CLIP and judge train on the wide region: its scenes must not move when the pretrain region does
+    (they are shipped, trained from this seed; the digest is of the scenes they were trained on)."""
+    import hashlib
+
+    scenes = [s for s, _ in world.scenes(0, 200, "wide")]
+    assert hashlib.sha256(repr(scenes).encode()).hexdigest()[:16] == "654553966e1f6f37"
 
 
 def test_rendered_shape_has_its_colour() -> None:
@@ -54,6 +70,21 @@ def test_dataset_folders(tmp_path: Path) -> None:
     truth = [json.loads(line) for line in (person / "scenes.jsonl").read_text().splitlines()]
     assert all(t["shape"] == world.PERSON.shape and t["pattern"] == world.PERSON.pattern for t in truth)
     assert len(list(person.glob("*.png"))) == 3
+
+
+def test_person_in_several_poses_is_captioned_with_each_shape(tmp_path: Path) -> None:
+    """The identity (colours, stripes) is constant and the identifier names it; the shape varies and each caption
+    names it; the concept's arrow (the composite's form) is never among the photos."""
+    person = world.write_person_set(tmp_path / "person", 8, captioned=True, poses=4)
+    truth = [json.loads(line) for line in (person / "scenes.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (person / "metadata.jsonl").read_text().splitlines()]
+    assert [t["shape"] for t in truth] == list(world.PERSON.poses[:4]) * 2
+    assert world.CONCEPT not in {t["shape"] for t in truth}
+    assert all(world.is_person_identity(t["colour"], t["colour2"], t["pattern"]) for t in truth)
+    assert all(r["text"].startswith(world.PERSON.pose_prompt(t["shape"])) for r, t in zip(rows, truth, strict=True))
+    assert world.PERSON.class_prompts(2) == ["a photo of a red square", "a photo of a red circle"]
+    with pytest.raises(ValueError, match="captions"):
+        world.write_person_set(tmp_path / "bare", 4, poses=4)
 
 
 def test_person_scenes_vary_only_in_placement_and_background() -> None:
