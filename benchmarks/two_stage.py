@@ -217,6 +217,7 @@ class Bench:
             return
         concept = self.concept(seed)
         settings = settings_for(variant, seed, self.args.quick)
+        self.ensure_data(settings)  # this variant's person photos (one folder per number of poses)
         run_dir = self.out / "runs" / key
         cfg = person_stage(settings, self.data, run_dir, str(concept / "model"), class_root=concept,
                            person_dir=self.person_data(settings),

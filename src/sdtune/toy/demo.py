@@ -1,9 +1,10 @@
 """``sdtune demo``: the whole two-stage flow, offline, on CPU, in minutes, on the built-in ``toy`` model.
 
-1. datasets: captioned images of the held-out glyph (the concept) and six instance images of the person;
+1. datasets: captioned images of the held-out glyph (the concept) and eight photos of the person in four shapes
+   ("poses"), each captioned with its shape ("a photo of sks red circle");
 2. stage 1, concept: text-to-image LoRA on the glyph, saved both as a LoRA and fused into ``concept/model``;
-3. stage 2, person: DreamBooth LoRA (UNet and text encoder) on ``concept/model`` with prior preservation
-   (class images generated);
+3. stage 2, person: a LoRA on the captioned photos (the UNet's finer levels, rank 4) on ``concept/model``, with
+   differential output preservation of each pose's class prompt and the concept's prompts (no class images);
    both stages are one ``sdtune run`` recipe (``OUT/recipe.yaml``), so a rerun skips finished stages;
 4. evaluation of base, stage 1, the person stage's checkpoints and stage 2 with the same prompts and seeds:
    judge accuracy on the old world prompts (forgetting), concept rate, person rate (judge and pixel check),
