@@ -130,7 +130,8 @@ def parse() -> argparse.Namespace:
                    "evaluated too (rows VARIANT@STEP: the steps dimension without retraining)")
     p.add_argument("--report-only", action="store_true", help="no training: the table of what is measured")
     p.add_argument("--publish", action="store_true", help=f"also write {PUBLISHED.name} for the demo")
-    p.add_argument("--demo", default="poses-4+fine+rank-4+dop-2", help="the variant the demo runs (its row is printed beside it)")
+    p.add_argument("--demo", default="poses-4+fine+rank-4+dop-2",
+                   help="the variant the demo runs (its row is printed beside it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny steps (numbers not meaningful)")
     return p.parse_args()
 
