@@ -121,3 +121,18 @@ def test_clip_targets_count_a_name_as_a_true_description() -> None:
     assert target.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     by_name = [_caption_parts(sks, random.Random(i)) for i in range(20)]
     assert {p[0] for _, p in by_name} == {"sks", world.subject_phrase(sks)}
+
+
+def test_generic_preservation_prompts_are_never_the_evaluated_ones() -> None:
+    """Output preservation on "other prompts" must not train on the prompts forgetting is measured with."""
+    from sdtune.toy.evaluate import EVALUATED_OLD, generic_prompts, old_prompts
+
+    evaluated = {(e.colour, e.shape) for e in old_prompts(EVALUATED_OLD)}
+    prompts = generic_prompts(36)
+    pairs = {tuple(p.removeprefix("a photo of a ").split()) for p in prompts}
+    assert len(pairs) == 36 and not pairs & evaluated
+    assert {s for _, s in pairs} == set(world.SHAPES)
+    # a smaller evaluation (the quick demo's 6) takes a prefix of the 12, so it is never among them either
+    assert old_prompts(6) == old_prompts(EVALUATED_OLD)[:6]
+    with pytest.raises(ValueError, match="at most 36"):
+        generic_prompts(37)
