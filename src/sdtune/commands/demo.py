@@ -11,7 +11,7 @@ ORDER = 5
 
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where datasets, runs and the report go"),
-    quick: bool = typer.Option(False, "--quick", help="a few dozen steps and two seeds (a smoke test, ~1 min)"),
+    quick: bool = typer.Option(False, "--quick", help="a few dozen steps and two seeds (a smoke test, ~30 s)"),
     seeds: int = typer.Option(None, help="evaluation seeds per prompt (default 4, --quick 2)"),
     threads: int = typer.Option(1, help="torch threads; 1 because a 32 px model gains little from more, and on a "
                                 "shared CPU two threads per process ran up to 6x slower (measured)"),

@@ -202,6 +202,22 @@ def benchmark_rows(settings: DemoSettings) -> dict[str, Any] | None:
     return {"variant": variant, "seeds": data.get("seeds"), "rows": out, "ceiling": data.get("ceiling")}
 
 
+def check_demo_folder(out: Path, recipe_text: str) -> None:
+    """``--out`` must be new, empty, or this very demo's folder (its ``recipe.yaml``, the same settings: a rerun
+    continues); anything else is refused before a file is written: a folder of other files or data, another
+    recipe's runs, or a demo with other settings (``--quick``), whose stages would not match."""
+    from sdtune.errors import ConfigError
+    from sdtune.output_folders import check_group_folder
+
+    written = out / "recipe.yaml"
+    if written.is_file():
+        if written.read_text(encoding="utf-8") != recipe_text:
+            raise ConfigError(f"--out {out} holds other runs: its recipe.yaml is not this demo's (another recipe, "
+                              "or the demo with other settings such as --quick). Choose a new folder with --out")
+        return
+    check_group_folder(out, {"data"}, [], "demo folder", "recipe.yaml", "--out", "sdtune demo")
+
+
 def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out`` and return ``{"table": ..., "benchmark": ..., "paths": ..., "seconds": ...}``."""
     from sdtune.errors import Interrupted
@@ -220,6 +236,11 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
         clock = time.time()
         echo(f"[demo] {name}: {seconds[name]:.0f} s")
 
+    recipe = demo_recipe(out, settings)
+    recipe_text = typed_yaml.dump(recipe.model_dump(mode="json"))
+    check_demo_folder(out, recipe_text)  # before anything is written into it
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
     data = out / "data"
     if not (data / "concept" / "metadata.jsonl").exists():
         world.write_concept_set(data / "concept", settings.concept_images, seed=1, captioned=True)
@@ -229,8 +250,6 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     lap("datasets")
 
     concept_dir, person_dir = out / "concept", out / "person"
-    recipe = demo_recipe(out, settings)
-    (out / "recipe.yaml").write_text(typed_yaml.dump(recipe.model_dump(mode="json")), encoding="utf-8")
     if run_recipe(recipe, out / "recipe.yaml", echo=echo).status != "finished":
         raise Interrupted("the demo stopped during training (a checkpoint was saved): run the same command again "
                           "to continue")
