@@ -140,9 +140,22 @@ def check_stage_names(data: dict[str, Any], overrides: list[str]) -> None:
                           f"{', '.join(names)} (recipe keys: {', '.join(Recipe.model_fields)})")
 
 
+def check_recipe_keys(data: dict[str, Any], path: Path) -> None:
+    """An unknown top-level key of a recipe file, named with the close one, before overrides are read."""
+    import difflib
+
+    for key in data:
+        if key not in Recipe.model_fields:
+            close = difflib.get_close_matches(str(key), list(Recipe.model_fields), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"invalid recipe {path}: {key}: unknown key; {hint}(recipe keys: "
+                              f"{', '.join(Recipe.model_fields)})")
+
+
 def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML, apply overrides, validate the recipe and every stage's run config."""
     data = read_yaml(Path(path), Recipe)
+    check_recipe_keys(data, Path(path))  # `stage:` for `stages:` would otherwise surface as "no stages"
     check_stage_names(data, list(overrides or []))
     routed = route_overrides(data, list(overrides or []))
     try:

@@ -94,6 +94,15 @@ def test_unknown_stage_in_an_override_is_a_clear_error(tmp_path: Path) -> None:
     assert "config-keys" not in str(caught.value)
 
 
+def test_a_misspelt_top_level_key_is_named_even_with_stage_overrides(tmp_path: Path) -> None:
+    """`stage:` for `stages:` used to surface as "'concept' is not a stage of this recipe; its stages: " (none)."""
+    data = _recipe(tmp_path)
+    data["stage"] = data.pop("stages")
+    path = _write(tmp_path / "r.yaml", data)
+    with pytest.raises(ConfigError, match=r"r\.yaml: stage: unknown key; did you mean stages\?"):
+        load_recipe(path, ["concept.train.max_steps=2"])
+
+
 def test_shipped_two_stage_recipe_is_valid(tmp_path: Path) -> None:
     from tests.helpers import make_images
 
