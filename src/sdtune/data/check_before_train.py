@@ -60,7 +60,7 @@ def check_training_data(cfg: RunConfig) -> None:
             continue  # class images are generated when missing
         if not subset.path.is_dir():
             errors.append(Problem(str(subset.path), f"data folder ({_key(cfg, subset)}) does not exist; check the "
-                                  "path in your config"))
+                                  "path in your config or the override that set it"))
             continue
         report = check_folder(subset.path, resolution=cfg.data.resolution, require_captions=subset.prompt is None,
                               tokenizer=tokenizer, fixed_prompt=subset.prompt)

@@ -24,7 +24,7 @@ from typing import Any
 
 from sdtune.atomic import atomic_write_json
 from sdtune.config import RunConfig
-from sdtune.errors import ConfigError, SdtuneError
+from sdtune.errors import ConfigError, DataError, SdtuneError
 from sdtune.recipes.runs import (
     concept_run,
     read_json,
@@ -174,7 +174,11 @@ def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:
         if state != "new":
             _check_unchanged(stage.name, cfg)
         if state != "finished":
-            check_training_data(cfg)
+            try:
+                check_training_data(cfg)
+            except DataError as exc:  # its keys are the stage's: name the stage (its overrides are STAGE.data...)
+                where = f"stage '{stage.name}' (override its keys as {stage.name}.data.KEY=...)"
+                raise DataError(f"{where}: {exc}") from None
     return states
 
 

@@ -119,3 +119,20 @@ def test_shipped_two_stage_recipe_is_valid(tmp_path: Path) -> None:
     full = stage_configs(load_recipe(REPO / "configs" / "two-stage.yaml", ["concept.train.lora=null",
                                                                          f"concept.data.train_dir={thumbs}"]))
     assert full[0][1].method == "text-to-image-full"
+
+
+def test_a_missing_data_folder_names_its_stage(tmp_path: Path) -> None:
+    """The folder came from `person.data.instance_dir=...`: the message says which stage's key it is."""
+    from sdtune.errors import DataError
+    from sdtune.recipes.runner import preflight
+
+    data = _recipe(tmp_path)
+    from tests.helpers import make_images
+
+    thumbs = make_images(tmp_path / "thumbs", 3, captions=["a thumbs up"])
+    data["stages"][0]["config"]["data"]["train_dir"] = str(thumbs)
+    recipe = load_recipe(_write(tmp_path / "r.yaml", data), [f"person.data.instance_dir={tmp_path / 'nope'}"])
+    with pytest.raises(DataError, match=r"(?s)stage 'person' \(override its keys as person\.data\.KEY=\.\.\.\)"
+                                        r".*nope: data folder \(data\.instance_dir\) does not exist; check the path "
+                                        r"in your config or the override that set it"):
+        preflight(stage_configs(recipe))
