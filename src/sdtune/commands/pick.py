@@ -75,7 +75,14 @@ def pick_command(
     args.output_folder(out, "--out")
     run = args.existing_folder(run.expanduser(), "RUN").resolve()
     if not (run / "config.yaml").is_file():
-        raise SdtuneError(f"{run} is not a run folder (no config.yaml)")
+        stages = sorted(p.parent.name for p in run.glob("*/config.yaml"))
+        inside = f"; the run folders in it: {', '.join(str(run / s) for s in stages)}" if stages else ""
+        raise SdtuneError(f"{run} is not a run folder (no config.yaml){inside}")
+    steps_kept = [p.name for p in (run / "checkpoints").glob("step-*") if p.is_dir()]
+    if len(steps_kept) < 2:
+        typer.echo(f"note: {run} has {len(steps_kept) or 'no'} checkpoint{'s' if len(steps_kept) != 1 else ''}: "
+                   "nothing to choose between. Keep several while training: checkpoint.every below "
+                   "train.max_steps and checkpoint.keep large enough")
     has_prompts = bool(prompts_file or prompt)
     toy, steps, guidance = resolve_toy([str(run)], toy, has_prompts, steps, guidance)
     if not toy and not has_prompts:

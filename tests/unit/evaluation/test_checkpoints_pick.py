@@ -88,3 +88,18 @@ def test_real_models_rank_on_fidelity_and_clip_t_with_clip_points_forgetting() -
     choice = choose(results)
     assert choice.subject == ["dino", "clip_t"] and choice.limit == 1.0
     assert choice.model["checkpoint"]["step"] == 500
+
+
+def test_pick_on_a_recipe_folder_names_the_run_folders_in_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdtune.cli import app
+
+    for stage in ("concept", "person"):
+        (tmp_path / "two-stage" / stage).mkdir(parents=True)
+        (tmp_path / "two-stage" / stage / "config.yaml").write_text("data: {}\n")
+    result = CliRunner().invoke(app, ["pick", str(tmp_path / "two-stage")])
+    assert isinstance(result.exception, SdtuneError)  # the CLI's handler prints it as one line
+    message = str(result.exception)
+    assert "is not a run folder (no config.yaml); the run folders in it: " in message
+    assert str(tmp_path / "two-stage" / "person") in message
