@@ -74,6 +74,7 @@ def main(args: list[str] | None = None) -> None:
 
     ``args``: the command line without the program name (default: ``sys.argv[1:]``), e.g. for tests.
     """
+    calm_progress_bars_in_logs()
     quiet_libraries()
     try:
         app(args=args, prog_name="sdtune")
@@ -90,6 +91,18 @@ def main(args: list[str] | None = None) -> None:
         if interrupt is None:
             raise
         _interrupted(interrupt)
+
+
+LOG_BAR_SECONDS = "30"
+
+
+def calm_progress_bars_in_logs() -> None:
+    """Progress bars redraw up to ten times a second; into a log file (nohup, Slurm, a CI job) each redraw is kept,
+    and a run's log becomes one line of thousands of carriage returns. When stderr is not a terminal, bars redraw
+    at most every 30 s (tqdm reads ``TQDM_MININTERVAL`` when it is first imported; a value you set wins); their
+    first and last state are always written."""
+    if not sys.stderr.isatty() and "tqdm" not in sys.modules:
+        os.environ.setdefault("TQDM_MININTERVAL", LOG_BAR_SECONDS)
 
 
 def _keyboard_interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:

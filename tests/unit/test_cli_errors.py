@@ -172,3 +172,25 @@ def test_library_deprecation_notices_are_quiet_and_ours_are_not(tmp_path):
         load()
         warnings.warn_explicit("sdtune's own", FutureWarning, "x.py", 1, module="sdtune.data.check")
     assert [str(w.message) for w in caught] == ["sdtune's own"]
+
+
+def test_progress_bars_in_a_log_file_keep_their_first_and_last_state_only(tmp_path) -> None:
+    """A run's stderr in a file (nohup, Slurm) was one line of a redraw per step; now at most one per 30 s."""
+    import subprocess
+    import sys
+
+    from tests.helpers import make_images
+
+    data = make_images(tmp_path / "data", 2, captions=["a red ball"])
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TQDM_MININTERVAL"}
+    with open(tmp_path / "log.txt", "w") as log:
+        (tmp_path / "c.yaml").write_text("model:\n  base: tiny\n")
+        proc = subprocess.run([sys.executable, "-m", "sdtune", "train", str(tmp_path / "c.yaml"),
+                               f"data.train_dir={data}", "data.resolution=32", "train.max_steps=12",
+                               f"output_dir={tmp_path / 'run'}",
+                               "logging.trackers=[]", "checkpoint.every=12", "save.verify=false"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600)
+    assert proc.returncode == 0, (tmp_path / "log.txt").read_text()
+    draws = [d for d in (tmp_path / "log.txt").read_text().replace("\r", "\n").splitlines() if d.startswith("train:")]
+    assert len(draws) <= 3, draws  # first, last (and a close redraw), not one per step
+    assert "12/12" in draws[-1] and "loss=" in draws[-1]

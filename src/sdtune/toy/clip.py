@@ -121,7 +121,7 @@ def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, steps: int, s
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return clip.eval()
 
 

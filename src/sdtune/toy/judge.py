@@ -90,7 +90,7 @@ def train_judge(images: np.ndarray, scenes: list[Scene], steps: int, seed: int =
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return judge.eval()
 
 

@@ -72,7 +72,7 @@ def train_vae(images: np.ndarray, steps: int, seed: int = 0, batch_size: int = 3
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     vae.eval()
     with torch.no_grad():
         sample = to_model_input(images[:256])

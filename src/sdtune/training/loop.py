@@ -343,7 +343,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             lr = lr_scheduler.get_last_lr()[0]
             step_times.append(time.time() - step_start)
             accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": step_times[-1]}, step=state.step)
-            bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # drawn by update()
             bar.update(1)
             if state.step % cfg.checkpoint.every == 0:
                 save(state)
