@@ -32,7 +32,7 @@ def _model_at(schema: Any, keys: list[str]) -> type[BaseModel] | None:
     return None
 
 
-def _suggest(schema: Any, parts: list[str], keys: list[str]) -> str | None:
+def suggest_key(schema: Any, parts: list[str], keys: list[str]) -> str | None:
     """The valid key closest to a misspelt one: a sibling (``train.learning_rat``), else a key of the same
     name in another section (``learning_rate`` -> ``train.learning_rate``; ``keys``: every dotted key)."""
     parent = _model_at(schema, parts[:-1])
@@ -81,7 +81,7 @@ def format_validation_error(exc: ValidationError, source: str, overrides: list[s
                    else loc)
         msg = str(err["msg"]).removeprefix("Value error, ")
         if kind == "extra_forbidden":
-            close = _suggest(schema, parts, keys or [])
+            close = suggest_key(schema, parts, keys or [])
             lines.append(f"{subject}: unknown key; " + (f"did you mean {close}?" if close else
                                                          "`sdtune config-keys` lists the keys"))
         elif kind == "missing" and missing and loc in missing:

@@ -142,12 +142,12 @@ def check_stage_names(data: dict[str, Any], overrides: list[str]) -> None:
 
 def check_recipe_keys(data: dict[str, Any], path: Path) -> None:
     """An unknown top-level key of a recipe file, named with the close one, before overrides are read."""
-    import difflib
+    from sdtune.config_errors import suggest_key
 
     for key in data:
         if key not in Recipe.model_fields:
-            close = difflib.get_close_matches(str(key), list(Recipe.model_fields), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}? " if close else ""
+            close = suggest_key(Recipe, [str(key)], [])
+            hint = f"did you mean {close}? " if close else ""
             raise ConfigError(f"invalid recipe {path}: {key}: unknown key; {hint}(recipe keys: "
                               f"{', '.join(Recipe.model_fields)})")
 
