@@ -269,16 +269,20 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
     diffusers-format ``source`` (default: ``file``) applied through peft. Returns one :class:`Check` per consumer;
     raises SdtuneError when the reference itself cannot be built (a LoRA for another base model).
     """
+    from sdtune.models.fit import check_lora_fits
     from sdtune.models.loading import load_pipeline
 
-    file = Path(file)
-    from sdtune.models.fit import check_lora_fits
+    def fresh_base() -> Any:
+        pipe = load_pipeline(base, allow_pickle=allow_pickle, revision=revision, variant=variant)
+        pipe.unet.to(torch.float32)  # fp32 everywhere: the tolerance assumes it (a base may be saved in fp16)
+        _text_module(pipe).to(torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
-    pipe = load_pipeline(base, allow_pickle=allow_pickle, revision=revision, variant=variant)
+    file = Path(file)
+    pipe = fresh_base()
     check_lora_fits(Path(source or file), pipe, base)  # another base: one line, not peft's mismatch dump
-    pipe.unet.to(torch.float32)  # fp32 everywhere: the tolerance assumes it (a base may be saved in fp16)
-    text = _text_module(pipe).to(torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    text = _text_module(pipe)
     inputs = probe_inputs(pipe.unet, text)
     base_out = probe_outputs(pipe.unet, text, inputs)
     results: list[tuple[str, dict[str, torch.Tensor] | None, str]] = []
@@ -291,10 +295,7 @@ def verify_lora_file(file: Path, consumers: Sequence[str], *, base: str, source:
             results.append((consumer, None, f"{consumer} could not load it: {type(exc).__name__}: {exc}"[:400]))
         again = probe_outputs(pipe.unet, _text_module(pipe), inputs)
         if any(not torch.equal(again[k], base_out[k]) for k in base_out):  # never compare against a changed base
-            pipe = load_pipeline(base, allow_pickle=allow_pickle, revision=revision, variant=variant)
-            pipe.unet.to(torch.float32)
-            _text_module(pipe).to(torch.float32)
-            pipe.set_progress_bar_config(disable=True)
+            pipe = fresh_base()
     stored = file_dtype(file)
     text = _text_module(pipe)
     apply_reference(pipe.unet, text, Path(source or file), rounded_to=stored)

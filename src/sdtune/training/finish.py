@@ -72,8 +72,7 @@ def release_models(*modules: torch.nn.Module | None) -> None:
             module.to("meta")
 
 
-def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema,
-                    comps=None) -> list[tuple[str, Callable[[], Path]]]:
+def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema, comps) -> list[tuple[str, Callable[[], Path]]]:
     """The final outputs in the order they are written (the fused model reads the written lora/)."""
     from sdtune.training import outputs
 
@@ -84,9 +83,8 @@ def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema,
                 ema.copy_to(unet.parameters())
             return outputs.save_full_model(run_dir, cfg, unet, text_encoder)
         return [("model", full_model)]
-    def release() -> None:
-        if comps is not None:
-            release_models(unet, text_encoder, comps.unet, comps.vae, comps.text_encoder)
+    def release() -> None:  # comps.unet is the trained unet; comps.text_encoder the frozen one when not trained
+        release_models(unet, text_encoder, comps.vae, comps.text_encoder)
 
     return ([("lora", lambda: outputs.save_lora_output(run_dir, cfg, unet, text_encoder, release))]
             if cfg.save.lora else []) \
