@@ -31,10 +31,10 @@ from sdtune.toy.finetune import FINE_LEVELS, LORA_RANK, concept_config, dreamboo
 from sdtune.toy.report import write_report
 from sdtune.toy.world import PERSON
 
-BENCHMARK_FILE = "two_stage_benchmark.json"
+BENCHMARK_FILE = "two_stage_benchmark.json"  # in the toy model's folder, written by benchmarks/two_stage.py
 # The cross-attention key and value projections: the only layers that read the prompt (Kumari et al., "Multi-Concept
 # Customization of Text-to-Image Diffusion", 2023, fine-tune only these to learn a subject that composes).
-CROSS_ATTENTION_KV = ("attn2.to_k", "attn2.to_v")  # in the toy model's folder, written by benchmarks/two_stage.py
+CROSS_ATTENTION_KV = ("attn2.to_k", "attn2.to_v")
 
 
 @dataclass
@@ -116,8 +116,8 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
         raise ValueError("prior preservation (class images of one class prompt) needs the one-pose person; "
                          "photos in several poses keep their class prompts with output preservation")
     cfg = dreambooth_config(concept_model, person_dir or data / "person", out, steps=settings.person_steps,
-                            lr=settings.person_lr,
-                            lora_rank=settings.person_rank, seed=settings.seed, prior=settings.prior,
+                            lr=settings.person_lr, lora_rank=settings.person_rank, seed=settings.seed,
+                            prior=settings.prior,
                             class_dir=class_root / "class-person", train_text_encoder=settings.person_text_encoder,
                             num_class_images=settings.class_images)
     if settings.person_targets == "fine":

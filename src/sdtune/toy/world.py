@@ -89,19 +89,23 @@ class Person:
     # outside what the base model learned (it draws noise) and could not serve as the class prompt.
     @property
     def instance_prompt(self) -> str:
-        return f"a photo of {self.token} {self.colour} {self.shape}"
+        return self.pose_prompt(self.shape)
 
     @property
     def class_prompt(self) -> str:
-        return f"a photo of a {self.colour} {self.shape}"
+        return self.class_prompt_of(self.shape)
 
     def pose_prompt(self, shape: str) -> str:
         """The caption of a photo of the person in ``shape`` ("a photo of sks red circle")."""
         return f"a photo of {self.token} {self.colour} {shape}"
 
+    def class_prompt_of(self, shape: str) -> str:
+        """The class prompt of a pose: the caption without the identifier ("a photo of a red circle")."""
+        return f"a photo of a {self.colour} {shape}"
+
     def class_prompts(self, poses: int) -> list[str]:
         """The class prompt of each of the first ``poses`` shapes (what output preservation keeps plain)."""
-        return [f"a photo of a {self.colour} {shape}" for shape in self.poses[:poses]]
+        return [self.class_prompt_of(shape) for shape in self.poses[:poses]]
 
     def composite_prompt(self, concept: str = "arrow") -> str:
         """The person doing the concept: the instance prompt with the concept's noun in place of the class noun
