@@ -39,7 +39,7 @@ from sdtune.config import config_from_dict  # noqa: E402
 from sdtune.data.class_images import generate_for_run  # noqa: E402
 from sdtune.recipes.runs import run_state  # noqa: E402
 from sdtune.toy import world  # noqa: E402
-from sdtune.toy.demo import DemoSettings, concept_stage, person_stage  # noqa: E402
+from sdtune.toy.demo import DemoSettings, concept_stage, person_stage, write_person_photos  # noqa: E402
 from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, summary  # noqa: E402
 from sdtune.toy.finetune import run  # noqa: E402
 
@@ -48,6 +48,9 @@ from sdtune.toy.finetune import run  # noqa: E402
 BASELINE: dict[str, Any] = {"person_steps": 1000, "person_lr": 1e-3, "person_rank": 8, "person_text_encoder": True,
                             "prior": True, "class_images": 12, "person_poses": 1, "person_images": 6,
                             "person_targets": "all"}
+# The short person stage the later variants start from: 250 steps at 2e-3, UNet LoRA only, output preservation.
+SHORT_UNET_DOP: dict[str, Any] = {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
+                                  "person_text_encoder": False}
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "no-prior": {"prior": False},
@@ -87,24 +90,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # not at 1.0 (0.25, its blue sky blue): the trained LoRA overshoots
     "dop-1-250-lr-1e-3": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 1e-3},
     # without the text-encoder LoRA: it changes every prompt's embedding, the old world's prompts too
-    "no-te+dop-1-250": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
-                        "person_text_encoder": False},
+    "no-te+dop-1-250": SHORT_UNET_DOP,
     # (d) LoRA only on the cross-attention keys and values (Custom Diffusion): the person through its word
-    "no-te+dop-1-250+kv": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
-                           "person_text_encoder": False, "person_targets": "kv"},
-    "no-te+dop-1-250+kv-lr-5e-3": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 5e-3,
-                                   "person_text_encoder": False, "person_targets": "kv"},
+    "no-te+dop-1-250+kv": {**SHORT_UNET_DOP, "person_targets": "kv"},
+    "no-te+dop-1-250+kv-lr-5e-3": {**SHORT_UNET_DOP, "person_targets": "kv", "person_lr": 5e-3},
     # the person photographed in 4 shapes, each photo captioned with its shape; LoRA on the finer levels (the demo)
-    "poses-4+fine": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
-                     "person_text_encoder": False, "person_poses": 4, "person_images": 8, "person_targets": "fine"},
-    "poses-4+fine+rank-4+dop-2": {"preservation": 2.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
-                                  "person_text_encoder": False, "person_poses": 4, "person_images": 8,
-                                  "person_targets": "fine", "person_rank": 4},
-    "poses-4": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
-                "person_text_encoder": False, "person_poses": 4, "person_images": 8},
+    "poses-4+fine": {**SHORT_UNET_DOP, "person_poses": 4, "person_images": 8, "person_targets": "fine"},
+    "poses-4+fine+rank-4+dop-2": {**SHORT_UNET_DOP, "person_poses": 4, "person_images": 8, "person_targets": "fine",
+                                  "person_rank": 4, "preservation": 2.0},
+    "poses-4": {**SHORT_UNET_DOP, "person_poses": 4, "person_images": 8},
     # (b) the world's other prompts in the preservation term too (none of them evaluated): forgetting
-    "no-te+dop-1-250+generic-12": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
-                                   "person_text_encoder": False, "preservation_generic": 12},
+    "no-te+dop-1-250+generic-12": {**SHORT_UNET_DOP, "preservation_generic": 12},
 }
 # the settings recorded per row (person_* covers poses, targets, steps, ...)
 PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")
@@ -158,8 +154,7 @@ class Bench:
                 world.write_concept_set(self.data / "concept", settings.concept_images, seed=1, captioned=True)
             person = self.person_data(settings)
             if not (person / "scenes.jsonl").exists():
-                world.write_person_set(person, settings.person_images, seed=2, captioned=settings.person_poses > 1,
-                                       poses=settings.person_poses)
+                write_person_photos(person, settings)
 
     def person_data(self, settings: DemoSettings) -> Path:
         """The person's photos: one folder per number of poses (one pose: DreamBooth's instance images)."""

@@ -202,6 +202,13 @@ def benchmark_rows(settings: DemoSettings) -> dict[str, Any] | None:
     return {"variant": variant, "seeds": data.get("seeds"), "rows": out, "ceiling": data.get("ceiling")}
 
 
+def write_person_photos(folder: Path, settings: DemoSettings) -> Path:
+    """The person's photos as the settings ask: one pose (DreamBooth's instance images, no captions) or several,
+    each captioned with its shape."""
+    return world.write_person_set(folder, settings.person_images, seed=2, captioned=settings.person_poses > 1,
+                                  poses=settings.person_poses)
+
+
 def check_demo_folder(out: Path, recipe_text: str) -> None:
     """``--out`` must be new, empty, or this very demo's folder (its ``recipe.yaml``, the same settings: a rerun
     continues); anything else is refused before a file is written: a folder of other files or data, another
@@ -245,8 +252,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     if not (data / "concept" / "metadata.jsonl").exists():
         world.write_concept_set(data / "concept", settings.concept_images, seed=1, captioned=True)
     if not (data / "person" / "scenes.jsonl").exists():
-        world.write_person_set(data / "person", settings.person_images, seed=2, captioned=settings.person_poses > 1,
-                               poses=settings.person_poses)
+        write_person_photos(data / "person", settings)
     lap("datasets")
 
     concept_dir, person_dir = out / "concept", out / "person"
