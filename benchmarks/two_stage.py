@@ -51,6 +51,10 @@ BASELINE: dict[str, Any] = {"person_steps": 1000, "person_lr": 1e-3, "person_ran
 # The short person stage the later variants start from: 250 steps at 2e-3, UNet LoRA only, output preservation.
 SHORT_UNET_DOP: dict[str, Any] = {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
                                   "person_text_encoder": False}
+# textual inversion of the person (4 captioned poses) on the concept model: only the token's embedding trains
+TEXTUAL_INVERSION: dict[str, Any] = {"person_method": "textual-inversion", "person_poses": 4, "person_images": 8,
+                                     "person_steps": 400, "person_lr": 2e-2, "person_batch": 8, "prior": False,
+                                     "preservation": 0.0, "checkpoint_every": 100}
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "no-prior": {"prior": False},
@@ -99,6 +103,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "poses-4+fine+rank-4+dop-2": {**SHORT_UNET_DOP, "person_poses": 4, "person_images": 8, "person_targets": "fine",
                                   "person_rank": 4, "preservation": 2.0},
     "poses-4": {**SHORT_UNET_DOP, "person_poses": 4, "person_images": 8},
+    # textual inversion: only a new token's embedding trains, on the concept model (nothing of it changes)
+    "ti-400": TEXTUAL_INVERSION,
+    "ti-400-lr-1e-2": {**TEXTUAL_INVERSION, "person_lr": 1e-2},
+    # its row grew to 10-20x the vocabulary's longest (0.43 -> 4.5-4.9) and outweighed "arrow": capped
+    "ti-400-norm-1": {**TEXTUAL_INVERSION, "person_norm_limit": 1.0},
+    "ti-400-norm-2": {**TEXTUAL_INVERSION, "person_norm_limit": 2.0},
+    "ti-400-norm-4": {**TEXTUAL_INVERSION, "person_norm_limit": 4.0},
+    # started from words of the person's look (diffusers' --initializer_token) instead of the rare word "sks"
+    "ti-400-init-striped": {**TEXTUAL_INVERSION, "person_initializer": "striped"},
+    "ti-400-init-striped-cyan": {**TEXTUAL_INVERSION, "person_initializer": "striped cyan"},
+    "ti-200-init-striped-cyan": {**TEXTUAL_INVERSION, "person_initializer": "striped cyan", "person_steps": 200},
     # (b) the world's other prompts in the preservation term too (none of them evaluated): forgetting
     "no-te+dop-1-250+generic-12": {**SHORT_UNET_DOP, "preservation_generic": 12},
 }

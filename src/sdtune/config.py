@@ -175,8 +175,23 @@ class PreservationConfig(Section):
         return list(self.prompts) or ([data.class_prompt] if data.class_prompt else [])
 
 
+class TextualInversionConfig(Section):
+    """Textual inversion (``sdtune.models.embeddings``): a new token whose embedding is all the run trains; the
+    model is untouched, so nothing it drew before changes. Saved as RUN/embeddings/<token>.safetensors."""
+
+    token: str = Field(pattern=r"^\S+$", description="the new token, as prompts write it (e.g. sks or <sks>); "
+                       "instance prompts and captions must contain it")
+    initializer: str | None = Field(None, description="text whose embedding the token starts from (default: the "
+                                    "token as the tokenizer read it before, e.g. the rare word sks)")
+    norm_limit: float | None = Field(None, gt=0.0, description="cap the token's embedding norm at this multiple "
+                                     "of the vocabulary's longest embedding (an unbounded one grows until it "
+                                     "outweighs the prompt's other words); null = no cap")
+
+
 class TrainConfig(Section):
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tuning")
+    textual_inversion: TextualInversionConfig | None = Field(
+        None, description="train only a new token's embedding (excludes lora and full fine-tuning)")
     train_text_encoder: bool = False
     learning_rate: float = Field(1e-4, gt=0.0)
     text_encoder_lr: float | None = Field(None, gt=0.0)
@@ -212,8 +227,21 @@ class TrainConfig(Section):
         spelled = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "no", "fp32": "no"}
         return spelled.get(value.strip().lower(), value) if isinstance(value, str) else value
 
+    @property
+    def trains_text(self) -> bool:
+        """Gradients flow through the text encoder (it trains, or a learned token does): no text cache."""
+        return self.train_text_encoder or self.textual_inversion is not None
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.textual_inversion is not None:
+            clash = [key for key, on in (("train.lora", self.lora is not None),
+                                         ("train.train_text_encoder", self.train_text_encoder),
+                                         ("train.ema", self.ema is not None),
+                                         ("train.preservation", self.preservation is not None)) if on]
+            if clash:
+                raise ValueError(f"train.textual_inversion trains one token's embedding alone; remove "
+                                 f"{' and '.join(clash)} (or remove train.textual_inversion)")
         if self.ema is not None and self.lora is not None:
             raise ValueError("train.ema is for full fine-tuning; remove it or remove train.lora")
         if self.lr_warmup_steps and self.lr_scheduler == "constant":
@@ -270,9 +298,20 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _frozen_adapters(self) -> RunConfig:
-        if self.model.adapters and self.train.lora is None:
-            raise ValueError("model.adapters (frozen LoRAs under the trained one) need train.lora; to fine-tune "
-                             "fully on a LoRA'd model, fuse it first (its run's save.full_model)")
+        if self.model.adapters and self.train.lora is None and self.train.textual_inversion is None:
+            raise ValueError("model.adapters (frozen LoRAs under the trained one) need train.lora or "
+                             "train.textual_inversion; to fine-tune fully on a LoRA'd model, fuse it first (its "
+                             "run's save.full_model)")
+        learned = self.train.textual_inversion
+        prompt = self.data.instance_prompt
+        if learned is not None and prompt and learned.token not in prompt:
+            raise ValueError(f"data.instance_prompt {prompt!r} does not contain train.textual_inversion.token "
+                             f"{learned.token!r}, the word whose embedding is trained: write it into the prompt "
+                             f"(e.g. 'a photo of {learned.token} person')")
+        if learned is not None and self.save.full_model:
+            raise ValueError("save.full_model is for LoRA runs; a textual-inversion run saves its token's embedding "
+                             "(RUN/embeddings), loaded on the base model with load_textual_inversion: remove "
+                             "save.full_model")
         if self.model.adapters and self.save.full_model:
             raise ValueError("save.full_model fuses the run's LoRA into model.base alone; with model.adapters "
                              "use the stack (sdtune generate RUN) or fuse the adapters into the base first")
@@ -296,9 +335,14 @@ class RunConfig(Section):
         return self.train.lora is not None
 
     @property
+    def is_textual_inversion(self) -> bool:
+        return self.train.textual_inversion is not None
+
+    @property
     def method(self) -> str:
         kind = "dreambooth" if self.data.instance_dir is not None else "text-to-image"
-        return f"{kind}-{'lora' if self.is_lora else 'full'}"
+        how = "textual-inversion" if self.is_textual_inversion else "lora" if self.is_lora else "full"
+        return f"{kind}-{how}"
 
 
 # ----------------------------------------------------------------------------- loading and overrides

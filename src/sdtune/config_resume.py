@@ -56,6 +56,7 @@ RESUME_RULES: dict[str, Rule] = {
     "train.lora": _refuse("the shape and scale of the trained LoRA weights"),
     "train.lora.dropout": _change("LoRA dropout has no weights; it applies from the resume step on"),
     "train.train_text_encoder": _refuse("which weights are trained"),
+    "train.textual_inversion": _refuse("the token and the embedding rows trained for it"),
     "train.learning_rate": _change("re-applied to the optimizer after loading; the schedule continues"),
     "train.text_encoder_lr": _change("re-applied to the optimizer after loading"),
     "train.scale_lr": _change("re-applied to the optimizer after loading"),

@@ -37,6 +37,9 @@ COMBOS = {
     # SDXL pipeline in bf16), validation mid-run, fused model
     "xl-db-lora-te-prior-fused": ("db", {"lora": {"rank": 4}, "train_text_encoder": True},
                                   {"base": "tiny-xl", "prediction_type": "v_prediction"}, 1, {"full_model": True}),
+    # SDXL textual inversion in bf16: a row on each text encoder, fp32 under the bf16 frozen model
+    "xl-db-ti": ("db", {"textual_inversion": {"token": "sks"}, "learning_rate": 5e-2},
+                 {"base": "tiny-xl", "prediction_type": "v_prediction"}, 1, {}),
 }
 
 
@@ -100,8 +103,9 @@ def test_bf16_run_finishes_resumes_bitwise_and_outputs_say_what_trained(tmp_path
 
     final = f"checkpoints/step-{STEPS:06d}"
     _assert_bitwise(_tensors(straight / final), _tensors(resumed / final), "final trainable weights")
-    lora = "lora" in train
-    outputs = ["lora"] * lora + ["model"] * (not lora or bool(save.get("full_model")))
+    lora, learned = "lora" in train, "textual_inversion" in train
+    outputs = (["embeddings"] if learned else
+               ["lora"] * lora + ["model"] * (not lora or bool(save.get("full_model"))))
     for folder in outputs:
         _assert_bitwise(_tensors(straight / folder), _tensors(resumed / folder), f"{folder}/")
     assert not (straight / "model").exists() or "model" in outputs
@@ -121,7 +125,11 @@ def test_bf16_run_finishes_resumes_bitwise_and_outputs_say_what_trained(tmp_path
         assert scheduler["prediction_type"] == "v_prediction", "model/ must sample with the objective it trained"
         unet = load_file(str(straight / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
         assert {t.dtype for t in unet.values()} == {torch.float32}
-    if not lora:  # frozen parts are saved as the base's own weights, not as a bf16 round trip of them
+    if learned:
+        rows = load_file(str(straight / "embeddings" / "sks.safetensors"))
+        assert {k: (tuple(v.shape), v.dtype) for k, v in rows.items()} == {
+            "clip_l": ((1, 32), torch.float32), "clip_g": ((1, 32), torch.float32)}
+    if not lora and not learned:  # frozen parts are saved as the base's own weights, not a bf16 round trip
         for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
             # key names: model/ stores the text encoder under transformers-4 names (models/portable.py)
             base = {portable_key(k) if part.startswith("text_encoder") else k: v

@@ -47,6 +47,9 @@ COMBOS = {
     "db-lora-te-preservation": ("db", {"lora": {"rank": 4}, "train_text_encoder": True, "batch_size": 2,
                                        "preservation": {"weight": 1.0, "prompts": ["a photo of a dog", "a ball"]}},
                                 False),
+    # textual inversion: one token's row trains (no weight decay), with prior preservation's class images
+    "db-ti-prior": ("db", {"textual_inversion": {"token": "sks"}, "learning_rate": 5e-3, "adam_weight_decay": 0.0,
+                           "batch_size": 2}, True),
 }
 
 
@@ -85,6 +88,11 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path: Path, name: str) -> 
     if "lora" in name:
         assert all("lora" in key for key in expected), "a LoRA checkpoint must hold only LoRA weights"
         assert any(key.startswith("text_encoder.") for key in expected) == ("te" in name)
+    if "textual_inversion" in COMBOS[name][1]:
+        assert expected.keys() == {"text_encoder.embeddings.token_embedding.learned.weight"}, \
+            "a textual-inversion checkpoint holds the token's row alone"
+        assert load_file(str(tmp_path / "straight/embeddings/sks.safetensors"))["sks"].equal(
+            load_file(str(tmp_path / "killed/embeddings/sks.safetensors"))["sks"])
     for key in expected:
         assert (expected[key] == actual[key]).all(), f"{key} differs after resume"
     straight_state = json.loads((tmp_path / "straight/metrics.json").read_text())

@@ -114,8 +114,18 @@ def pick_command(
         atomic_write_json(tmp / "pick.json", record)
 
     picked = write_folder(run / "picked", fill)
+    export_file = run / "export" / f"{run.name}-step-{step:06d}.safetensors"
+    embeddings = sorted((picked / "embeddings").glob("*.safetensors"))
+    if embeddings:  # textual inversion: the one file diffusers, AUTOMATIC1111 and ComfyUI all load
+        typer.echo(f"kept: step {step} -> {picked} (the token's embedding in {embeddings[0]})")
+        export_file = run / "export" / embeddings[0].name  # AUTOMATIC1111 names an embedding after its file
+        export_file.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(embeddings[0], export_file)
+        typer.echo(f"wrote {export_file} (step {step}; for AUTOMATIC1111 / ComfyUI: put it in their embeddings "
+                   "folder, the prompt word is the file's name)")
+        return
     typer.echo(f"kept: step {step} -> {picked} (diffusers LoRA in {picked / 'lora'})")
-    _write_kohya(picked, run / "export" / f"{run.name}-step-{step:06d}.safetensors", "float32")
+    _write_kohya(picked, export_file, "float32")
 
 
 def register(app: typer.Typer) -> None:

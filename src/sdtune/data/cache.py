@@ -322,7 +322,7 @@ def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Modu
     elif data.cache_latents and worth("latents", len(stream.variants())):
         lines.append(attach_latent_cache(stream, vae, **common))
         offload(vae)
-    if data.cache_text and not cfg.train.train_text_encoder and worth("prompts", len(stream.prompts())):
+    if data.cache_text and not cfg.train.trains_text and worth("prompts", len(stream.prompts())):
         lines.append(attach_text_cache(stream, text_encoder, family=family, **common))
         if getattr(train, "preservation", None) is None:  # a preservation term encodes its prompts every step
             offload(text_encoder)

@@ -4,7 +4,8 @@ Users of every trainer ask which checkpoint to keep. A checkpoint (``RUN/checkpo
 the trainable weights, optimizer, RNG. To generate with it, its LoRA matrices are written out as a small run
 folder ``OUT/checkpoints/<run>/step-N/`` (the run's ``config.yaml`` and ``lora/``), exactly what the run itself
 would have saved had it stopped there: the adapter is rebuilt as training built it (``models.lora.add_lora`` with
-the run's settings), the checkpoint's weights are copied in, and ``models.lora.save_lora`` writes them. Every
+the run's settings), the checkpoint's weights are copied in, and ``models.lora.save_lora`` writes them (a
+textual-inversion checkpoint: its token's row as ``embeddings/<token>.safetensors``, see ``_write_embedding``). Every
 tool that takes a run folder (``generate``, ``eval``, ``export``) then takes a checkpoint too. A folder is
 rewritten only when its checkpoint's weights changed (content hash).
 """
@@ -67,10 +68,16 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
 
     digest = _sha256(checkpoint / "trainable.safetensors")
     source = folder / SOURCE_FILE
-    if source.is_file() and json.loads(source.read_text(encoding="utf-8")).get("sha256") == digest \
-            and (folder / "lora" / "pytorch_lora_weights.safetensors").is_file():
-        return folder
     cfg = config_from_dict(read_run_config(run), source=str(run / "config.yaml"))
+    written = (folder / "lora" / "pytorch_lora_weights.safetensors" if cfg.train.textual_inversion is None
+               else _embedding_file(folder, cfg.train.textual_inversion.token))
+    if source.is_file() and json.loads(source.read_text(encoding="utf-8")).get("sha256") == digest \
+            and written.is_file():
+        return folder
+    if cfg.train.textual_inversion is not None:
+        _write_embedding(cfg, run, checkpoint, folder)
+        atomic_write_json(source, {"run": str(run), "checkpoint": str(checkpoint), "sha256": digest})
+        return folder
     if cfg.train.lora is None:
         raise SdtuneError(f"{run} is a full fine-tune: its checkpoints hold the whole UNet, which this evaluation "
                           "does not write out; evaluate its final model/, or train with train.lora")
@@ -89,6 +96,33 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     write_folder(folder / "lora", lambda tmp: save_lora(tmp, comps.unet, modules.get("text_encoder"), lora))
     atomic_write_json(source, {"run": str(run), "checkpoint": str(checkpoint), "sha256": digest})
     return folder
+
+
+def _embedding_file(folder: Path, token: str) -> Path:
+    from sdtune.models.embeddings import EMBEDDINGS_DIR, embedding_file_name
+
+    return folder / EMBEDDINGS_DIR / embedding_file_name(token)
+
+
+def _write_embedding(cfg, run: Path, checkpoint: Path, folder: Path) -> None:
+    """A textual-inversion checkpoint's row as ``folder/embeddings/<token>.safetensors``: the token added and the
+    embedding wrapped as training did (same parameter names), the checkpoint's row copied in, saved as the run
+    saves it."""
+    from sdtune.atomic import write_folder
+    from sdtune.models.embeddings import EMBEDDINGS_DIR, add_learned_token, save_embedding
+    from sdtune.models.loading import load_components
+    from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
+
+    learned = cfg.train.textual_inversion
+    comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
+                            variant=cfg.model.variant)
+    comps.text_encoder.requires_grad_(False)  # the row alone is trainable, as in training
+    add_learned_token(comps.tokenizer, comps.text_encoder, learned.token, learned.initializer,
+                      learned.norm_limit)
+    load_trainable_state_({"text_encoder": comps.text_encoder}, read_trainable_weights(checkpoint))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    write_folder(folder / EMBEDDINGS_DIR, lambda tmp: save_embedding(tmp, comps.text_encoder, learned.token))
 
 
 def expand_checkpoints(run: Path, out: Path) -> list[CheckpointModel]:

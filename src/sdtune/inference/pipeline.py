@@ -1,4 +1,5 @@
-"""Load a model for inference: a base model, a run folder (LoRA or full), or either with a stack of adapters.
+"""Load a model for inference: a base model, a run folder (LoRA, full or textual inversion), or either with a stack
+of adapters.
 
 A run folder is what ``sdtune train`` writes (``RUN/config.yaml``, ``RUN/lora/``, ``RUN/model/``). Users should not
 have to remember which base a LoRA was trained on, so a run folder is enough: its config names the base. The
@@ -53,6 +54,8 @@ class RunFolder:
     model_dir: Path | None = None  # full pipeline (full fine-tune, or saved on request)
     lora_file: Path | None = None
     stack: list[Adapter] = field(default_factory=list)  # from RUN/adapters.json, applied below the run's LoRA
+    embedding_file: Path | None = None  # textual inversion: RUN/embeddings/<token>.safetensors
+    token: str | None = None  # its token (train.textual_inversion.token)
 
 
 def is_run_folder(ref: str | Path) -> bool:
@@ -82,6 +85,13 @@ def read_run(folder: str | Path) -> RunFolder:
     lora = path / "lora" / LORA_WEIGHTS_NAME
     if lora.is_file():
         run.lora_file = lora
+    learned = (cfg.get("train") or {}).get("textual_inversion") or {}
+    if learned.get("token"):
+        from sdtune.models.embeddings import EMBEDDINGS_DIR, embedding_file_name
+
+        run.token = str(learned["token"])
+        embedding = path / EMBEDDINGS_DIR / embedding_file_name(run.token)
+        run.embedding_file = embedding if embedding.is_file() else None
     for i, entry in enumerate(model.get("adapters") or []):  # LoRAs it trained on unfused (model.adapters)
         raw = Path(str(entry["path"])).expanduser()
         run.stack.append(Adapter(path=resolve_adapter_file(raw if raw.is_absolute() else path / raw, run.allow_pickle),
@@ -173,18 +183,23 @@ def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None
         allow_pickle = allow_pickle or run.allow_pickle
         if run.model_dir is not None:
             pipe = load_pipeline(str(run.model_dir), allow_pickle=allow_pickle)
-        elif run.lora_file is not None or run.stack:
+        elif run.lora_file is not None or run.stack or run.embedding_file is not None:
             pipe = load_pipeline(run.base, allow_pickle=allow_pickle, revision=run.revision, variant=run.variant)
             stack += run.stack
             if run.lora_file is not None:
                 stack.append(Adapter(run.lora_file, 1.0, "run"))
         else:
             progress = run_progress(ref)
+            what = f"embeddings/{run.token}.safetensors" if run.token else f"model/ nor lora/{LORA_WEIGHTS_NAME}"
             raise ModelLoadError(
-                f"{run.path} has no weights yet (neither model/ nor lora/{LORA_WEIGHTS_NAME}): "
+                f"{run.path} has no weights yet ({'no' if run.token else 'neither'} {what}): "
                 + (progress.unfinished_line(ref) if progress.trained else "it was never trained")
             )
         set_prediction_type(pipe, run.prediction_type)
+        if run.embedding_file is not None:  # its token, loaded as users load it
+            from sdtune.models.embeddings import load_into_pipeline
+
+            load_into_pipeline(pipe, run.embedding_file, run.token)
     else:
         pipe = load_pipeline(ref, allow_pickle=allow_pickle)
     for i, (path, weight) in enumerate(adapters or []):
@@ -272,6 +287,8 @@ def model_fingerprint(ref: str, adapters: list[tuple[str, float]] | None = None)
             fp["base"] = _base_fingerprint(run.base, run.revision, run.variant)
             fp["stack"] = [(file_sha256(a.path), a.weight) for a in run.stack]
             fp["lora"] = file_sha256(run.lora_file) if run.lora_file else None
+        if run.embedding_file is not None:  # only when there is one, as prediction_type below
+            fp["embedding"] = (run.token, file_sha256(run.embedding_file))
         if run.prediction_type:  # only when set, so fingerprints of runs without it stay what they were
             fp["prediction_type"] = run.prediction_type
     else:

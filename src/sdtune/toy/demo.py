@@ -66,6 +66,13 @@ class DemoSettings:
     # than form; "all"; "kv": only the cross-attention keys and values (Custom Diffusion)
     person_targets: str = "fine"
     person_on: str = "model"  # (c) "adapter": on the base with the concept LoRA as a frozen, unfused adapter
+    # "lora", or "textual-inversion": only the embedding of a new token "sks" trains (the model is untouched, so
+    # the concept and the old world stay exactly as stage 1 left them); person_steps / person_lr / person_batch
+    # apply, person_rank / person_targets / preservation / prior do not
+    person_method: str = "lora"
+    person_batch: int = 4
+    person_norm_limit: float | None = None  # textual inversion: train.textual_inversion.norm_limit
+    person_initializer: str | None = None  # textual inversion: the text the token starts from (None: "sks")
     # (With the first person a text-encoder LoRA helped, as DreamBooth users find for faces: on the base model,
     # person 0.50 of images (pixel check) and class prompt intact 0.29, against 0.38 and 0.04 without.)
     # Off since the striped person: the text-encoder LoRA changes every prompt's embedding, the old world's too
@@ -112,11 +119,14 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
     ``settings.preservation_concept`` and ``settings.person_on`` outside a recipe (a recipe's stage does it).
     ``person_dir``: the person's photos (default ``data/person``)."""
     class_root = class_root or data
+    if settings.person_method == "textual-inversion":
+        return _textual_inversion_stage(settings, data, out, concept_model, concept_lora, person_dir)
     if settings.person_poses > 1 and settings.prior:
         raise ValueError("prior preservation (class images of one class prompt) needs the one-pose person; "
                          "photos in several poses keep their class prompts with output preservation")
     cfg = dreambooth_config(concept_model, person_dir or data / "person", out, steps=settings.person_steps,
                             lr=settings.person_lr, lora_rank=settings.person_rank, seed=settings.seed,
+                            batch_size=settings.person_batch,
                             prior=settings.prior,
                             class_dir=class_root / "class-person", train_text_encoder=settings.person_text_encoder,
                             num_class_images=settings.class_images)
@@ -126,14 +136,7 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
         cfg["train"]["lora"]["targets"] = list(CROSS_ATTENTION_KV)
     elif settings.person_targets != "all":
         raise ValueError(f"person_targets {settings.person_targets!r}: all, fine or kv")
-    steps = settings.person_steps
-    every = min(settings.checkpoint_every, steps)
-    cfg["checkpoint"] = {"every": every, "keep": -(-steps // every)}  # all of them: small LoRA states
-    if settings.person_on == "adapter" and concept_lora is not None:
-        cfg["model"] = {"base": "toy", "adapters": [{"path": str(concept_lora), "name": "concept"}]}
-    if settings.person_poses > 1:  # captioned photos: text-to-image on them (DreamBooth has one fixed prompt)
-        cfg["data"] = {"train_dir": cfg["data"]["instance_dir"], "resolution": cfg["data"]["resolution"],
-                       "check": False}
+    _person_common(cfg, settings, concept_lora)
     if settings.preservation:
         from sdtune.toy.evaluate import generic_prompts
 
@@ -147,6 +150,36 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
 
         keep_concept(cfg, config_from_dict(concept), "concept", class_root, prior=settings.concept_prior,
                      preservation=keep_prompts, source="the person stage")
+    return cfg
+
+
+def _person_common(cfg: dict[str, Any], settings: DemoSettings, concept_lora: Path | None) -> None:
+    """What both person methods share (in place): every checkpoint kept, the concept as an adapter when asked, the
+    captioned photos as text-to-image data."""
+    steps = settings.person_steps
+    every = min(settings.checkpoint_every, steps)
+    cfg["checkpoint"] = {"every": every, "keep": -(-steps // every)}  # all of them: small states
+    if settings.person_on == "adapter" and concept_lora is not None:
+        cfg["model"] = {"base": "toy", "adapters": [{"path": str(concept_lora), "name": "concept"}]}
+    if settings.person_poses > 1:  # captioned photos: text-to-image on them (DreamBooth has one fixed prompt)
+        cfg["data"] = {"train_dir": cfg["data"]["instance_dir"], "resolution": cfg["data"]["resolution"],
+                       "check": False}
+
+
+def _textual_inversion_stage(settings: DemoSettings, data: Path, out: Path, concept_model: str,
+                             concept_lora: Path | None, person_dir: Path | None) -> dict[str, Any]:
+    """The person as a new token "sks" on the concept model: its embedding is all that trains (no weight decay:
+    decay would pull the one vector towards zero), started from the word "sks" the toy vocabulary already has."""
+    if settings.prior or settings.preservation or settings.concept_prior:
+        raise ValueError("textual inversion changes no weight of the model, so nothing needs preserving: set "
+                         "prior=False, preservation=0 and concept_prior=0")
+    cfg = dreambooth_config(concept_model, person_dir or data / "person", out, steps=settings.person_steps,
+                            lr=settings.person_lr, lora_rank=None, seed=settings.seed,
+                            batch_size=settings.person_batch)
+    cfg["train"].update(textual_inversion={"token": PERSON.token, "norm_limit": settings.person_norm_limit,
+                                           "initializer": settings.person_initializer},
+                        adam_weight_decay=0.0)
+    _person_common(cfg, settings, concept_lora)
     return cfg
 
 

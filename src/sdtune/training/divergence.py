@@ -36,7 +36,9 @@ BLOWUP = 10.0  # a loss this many times that of predicting zero: the weights bef
 # fine-tuning 1e-6..1e-5 (diffusers' DreamBooth 5e-6, text-to-image 1e-5), LoRA 1e-4..1e-3 (diffusers and kohya
 # 1e-4); a text encoder trains lower than the UNet (kohya's text_encoder_lr 5e-5 for LoRA, ~2e-6 full).
 USUAL_RATES = {("unet", "full"): (1e-6, 1e-5), ("unet", "lora"): (1e-4, 1e-3),
-               ("text_encoder", "full"): (1e-6, 5e-6), ("text_encoder", "lora"): (1e-5, 1e-4)}
+               ("text_encoder", "full"): (1e-6, 5e-6), ("text_encoder", "lora"): (1e-5, 1e-4),
+               # one embedding row: the diffusers script's 5e-4 x batch 8 (its scale_lr) is 4e-3; 2e-2 on the toy world
+               ("unet", "textual_inversion"): (5e-4, 2e-2)}
 
 
 def _rate(value: float) -> str:
@@ -51,8 +53,9 @@ def lower_rates(train: TrainConfig, processes: int | None = None) -> tuple[list[
     gets back into it in one restart instead of one decade at a time. ``train.scale_lr`` multiplies the UNet rate
     by batch x accumulation x ``processes`` (default: ``WORLD_SIZE``); the suggestion is for the config value.
     """
-    method = "lora" if train.lora is not None else "full"
-    what = "LoRA" if method == "lora" else "full fine-tuning"
+    method = ("textual_inversion" if train.textual_inversion is not None else "lora" if train.lora is not None
+              else "full")
+    what = {"lora": "LoRA", "full": "full fine-tuning", "textual_inversion": "textual inversion"}[method]
     factor = 1
     if train.scale_lr:
         factor = train.batch_size * train.gradient_accumulation_steps * (processes or int(os.environ.get(

@@ -1,4 +1,4 @@
-"""The end of a run: final validation, outputs (lora/, model/), metrics.json and the model card.
+"""The end of a run: final validation, outputs (lora/, model/, embeddings/), metrics.json and the model card.
 
 metrics.json is written last: it is what marks a run finished. A stop request (``sdtune.stopping``) lets the
 output being written complete and skips the rest; the final checkpoint is already saved, so ``sdtune train
@@ -77,6 +77,10 @@ def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema, comps) -> li
     from sdtune.training import outputs
 
     unet, text_encoder = trainables.unet, trainables.text_encoder
+    if cfg.train.textual_inversion is not None:
+        from sdtune.training.textual_inversion import save_embedding_output
+
+        return [("embedding", lambda: save_embedding_output(run_dir, cfg, comps.tokenizer, text_encoder))]
     if cfg.train.lora is None:
         def full_model() -> Path:
             if ema is not None:

@@ -48,8 +48,10 @@ from sdtune.training.modules import (
     check_mixed_precision,
     configure_trainables,
     frozen_dtypes,
+    prepare_models,
 )
 from sdtune.training.preservation import build_preservation
+from sdtune.training.textual_inversion import check_learned_token
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -171,19 +173,17 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae,
                             **frozen_dtypes(cfg))
+    torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
+    trainables = configure_trainables(cfg, comps, accelerator.device)  # a learned token joins the tokenizer here
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,
                           bucket_step=bucket_step_of(comps.vae.config, comps.unet.config))
-    torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
-    trainables = configure_trainables(cfg, comps, accelerator.device)
+    check_learned_token(cfg, stream, comps.tokenizer)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
     fresh_hyperparameters = resuming.optimizer_hyperparameters(optimizer)  # the new config's, before loading
     ema = build_ema(cfg, trainables.unet)
     _not_started(stop, plan, accelerator)
-    prepared = accelerator.prepare(trainables.unet, optimizer,
-                                   *([trainables.text_encoder] if trainables.text_encoder is not None else []))
-    unet, optimizer = prepared[0], prepared[1]
-    text_encoder_ddp = prepared[2] if trainables.text_encoder is not None else None
+    unet, optimizer, text_encoder_ddp = prepare_models(accelerator, trainables, optimizer)
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
     resumed = None
@@ -224,7 +224,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
         if resumed is not None:
             accelerator.log({"resume": resuming.describe(resumed)}, step=state.step)
 
-    conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.train_text_encoder,
+    conditioner = Conditioner(comps.vae, text_encoder, comps.vae.dtype, cfg.train.trains_text,
                               device=accelerator.device, family=comps.family)
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
                         num_workers=cfg.train.num_workers,

@@ -37,9 +37,9 @@ def frozen_dtypes(cfg: RunConfig) -> dict[str, torch.dtype | None]:
     dtype = weight_dtype_for(cfg.train.mixed_precision)
     if dtype == torch.float32:
         return {"unet_dtype": None, "text_encoder_dtype": None}
-    lora = cfg.train.lora is not None
-    return {"unet_dtype": dtype if lora else None,
-            "text_encoder_dtype": dtype if lora or not cfg.train.train_text_encoder else None}
+    frozen_unet = cfg.train.lora is not None or cfg.train.textual_inversion is not None
+    return {"unet_dtype": dtype if frozen_unet else None,
+            "text_encoder_dtype": dtype if frozen_unet or not cfg.train.train_text_encoder else None}
 
 
 def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.device) -> Trainables:
@@ -54,6 +54,8 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
     comps.text_encoder.requires_grad_(False)
     comps.vae.to(device, dtype=comps.family.vae_dtype(comps.vae, dtype))  # SDXL's VAE stays fp32 under fp16
     unet, text_encoder = comps.unet, comps.text_encoder
+    if train.textual_inversion is not None:
+        return _textual_inversion(cfg, comps, device, dtype)
     if train.lora is not None:
         apply_model_adapters(cfg, unet, text_encoder)  # frozen LoRAs below the trained one (model.adapters)
         unet.to(device, dtype=dtype)
@@ -88,6 +90,39 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
     return Trainables(unet, text_encoder if train.train_text_encoder else None)
 
 
+def _textual_inversion(cfg: RunConfig, comps: SDComponents, device: torch.device, dtype: torch.dtype) -> Trainables:
+    """The UNet and the text encoder frozen in the compute dtype; the new token's fp32 row(s) the one trainable
+    parameter (``sdtune.models.embeddings``). The tokenizer learns the token here, before the data is tokenized."""
+    from sdtune.models.embeddings import add_learned_token
+
+    learned = cfg.train.textual_inversion
+    assert learned is not None
+    unet, text_encoder = comps.unet, comps.text_encoder
+    apply_model_adapters(cfg, unet, text_encoder)
+    unet.requires_grad_(False)
+    unet.to(device, dtype=dtype)
+    text_encoder.to(device, dtype=dtype)
+    add_learned_token(comps.tokenizer, text_encoder, learned.token, learned.initializer, learned.norm_limit)
+    if cfg.train.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()  # activations through the frozen UNet still flow back to the text
+    unet.eval()  # nothing of them trains; no dropout in the frozen parts
+    text_encoder.eval()
+    comps.vae.eval()
+    return Trainables(unet, text_encoder)
+
+
+def prepare_models(accelerator, trainables: Trainables, optimizer):
+    """``accelerator.prepare`` of the modules that train (data-parallel wrapping refuses a module with no trainable
+    parameter: the frozen UNet of textual inversion). Returns (unet, optimizer, the wrapped text encoder or None)."""
+    def trains(module: torch.nn.Module | None) -> bool:
+        return module is not None and any(p.requires_grad for p in module.parameters())
+
+    unet = accelerator.prepare(trainables.unet) if trains(trainables.unet) else trainables.unet
+    optimizer = accelerator.prepare(optimizer)
+    text_encoder = accelerator.prepare(trainables.text_encoder) if trains(trainables.text_encoder) else None
+    return unet, optimizer, text_encoder
+
+
 def build_optimizer(cfg: RunConfig, trainables: Trainables, world_size: int) -> torch.optim.Optimizer:
     train = cfg.train
     lr = train.learning_rate
@@ -95,8 +130,9 @@ def build_optimizer(cfg: RunConfig, trainables: Trainables, world_size: int) -> 
         lr = lr * train.batch_size * train.gradient_accumulation_steps * world_size
     groups = [{"params": [p for p in trainables.unet.parameters() if p.requires_grad], "lr": lr}]
     if trainables.text_encoder is not None:
-        te_lr = train.text_encoder_lr or lr
+        te_lr = (train.text_encoder_lr or lr) if train.train_text_encoder else lr  # a learned token: the run's lr
         groups.append({"params": [p for p in trainables.text_encoder.parameters() if p.requires_grad], "lr": te_lr})
+    groups = [group for group in groups if group["params"]]  # textual inversion: the frozen UNet has none
     kwargs = dict(betas=(train.adam_beta1, train.adam_beta2), weight_decay=train.adam_weight_decay,
                   eps=train.adam_epsilon)
     if train.optimizer == "adamw8bit":

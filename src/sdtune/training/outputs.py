@@ -1,4 +1,5 @@
-"""What a finished run leaves behind (DESIGN.md layout): RUN/lora, RUN/model, RUN/README.md, RUN/metrics.json.
+"""What a finished run leaves behind (DESIGN.md layout): RUN/lora, RUN/model, RUN/embeddings, RUN/README.md,
+RUN/metrics.json.
 
 Each output folder is written under a temporary name and renamed into place, so a crash while saving never
 leaves a folder that loads half a model.
@@ -158,7 +159,23 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
             if cfg.model.prediction_type:  # the LoRA trained another objective than the base's scheduler says
                 lines.append("pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
                              f"prediction_type={cfg.model.prediction_type!r})")
+    if cfg.train.textual_inversion is not None:
+        lines += _embedding_lines(run_dir, cfg.train.textual_inversion.token, pipeline_class)
     return lines + [f"image = pipe({prompt!r}).images[0]", 'image.save("sample.png")']
+
+
+def _embedding_lines(run_dir: Path, token: str, pipeline_class: str) -> list[str]:
+    """Loading the run's token: one call on SD; on SDXL one per text encoder (the diffusers documentation's way)."""
+    from sdtune.models.embeddings import EMBEDDINGS_DIR, embedding_file_name
+
+    file = str(run_dir / EMBEDDINGS_DIR / embedding_file_name(token))
+    if "XL" not in pipeline_class:
+        return [f"pipe.load_textual_inversion({file!r}, token={token!r})"]
+    return ["from safetensors.torch import load_file", "", f"state = load_file({file!r})",
+            f"pipe.load_textual_inversion(state['clip_l'], token={token!r}, text_encoder=pipe.text_encoder, "
+            "tokenizer=pipe.tokenizer)",
+            f"pipe.load_textual_inversion(state['clip_g'], token={token!r}, text_encoder=pipe.text_encoder_2, "
+            "tokenizer=pipe.tokenizer_2)"]
 
 
 def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_class: str = "StableDiffusionPipeline"
@@ -185,6 +202,9 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
         lines.append(f"| prediction type | {metrics['prediction_type']} |")
     if cfg.train.lora is not None:
         lines.append(f"| LoRA rank / alpha | {cfg.train.lora.rank} / {cfg.train.lora.alpha or cfg.train.lora.rank} |")
+    if (learned := cfg.train.textual_inversion) is not None:
+        lines.append(f"| learned token | `{learned.token}` (started from `{learned.initializer or learned.token}`; "
+                     "AUTOMATIC1111 / ComfyUI: the file in `embeddings/`) |")
     if data.instance_prompt:
         lines.append(f"| instance prompt | `{data.instance_prompt}` |")
     if data.with_prior_preservation:

@@ -1,0 +1,68 @@
+"""What a textual-inversion run adds to the one loop: a check that its data names the token, and its output.
+
+The mechanics (the added token, the wrapped embedding, the file format) are ``sdtune.models.embeddings``; the loop
+trains the token's row as it trains any parameter (``sdtune.training.modules``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdtune.config import RunConfig
+from sdtune.errors import DataError
+
+
+def check_learned_token(cfg: RunConfig, stream, tokenizer) -> None:
+    """Refuse a run whose training prompts never contain the token (it would train nothing); say how many lack it.
+
+    Checked on the token ids (as the tokenizer splits the prompt), not the text: "asks" holds the token too."""
+    learned = cfg.train.textual_inversion
+    if learned is None:
+        return
+    from sdtune.models.embeddings import tokenizers
+
+    first = tokenizers(tokenizer)[0]
+    token_id = first.convert_tokens_to_ids(learned.token)
+    prompts = sorted({p for example in stream.train for p in example.prompts})
+    lacking = [p for p in prompts if token_id not in first(p).input_ids]
+    if len(lacking) == len(prompts):
+        shown = "; ".join(repr(p) for p in prompts[:3])
+        raise DataError(f"no training prompt contains train.textual_inversion.token {learned.token!r} (e.g. {shown}), "
+                        "so its embedding would learn nothing: put the token into the captions or the instance "
+                        "prompt")
+    if lacking:
+        print(f"note: {len(lacking)} of {len(prompts)} training prompts lack the token {learned.token!r} (e.g. "
+              f"{lacking[0]!r}); they teach its embedding nothing")
+
+
+def example_prompt_with_token(cfg: RunConfig) -> str:
+    from sdtune.training.outputs import example_prompt
+
+    assert cfg.train.textual_inversion is not None
+    prompt = example_prompt(cfg)
+    token = cfg.train.textual_inversion.token
+    return prompt if token in prompt else f"a photo of {token}"
+
+
+def save_embedding_output(run_dir: Path, cfg: RunConfig, tokenizer, text_encoder) -> Path:
+    """``RUN/embeddings/<token>.safetensors`` (fp32, the dtype the row trained in), written whole or not at all.
+
+    With ``save.verify`` it is loaded into a fresh base with diffusers ``load_textual_inversion`` before the folder
+    takes its name, and the token's ids and row compared with training's (``models.embeddings``)."""
+    from sdtune.atomic import write_folder
+    from sdtune.models.embeddings import EMBEDDINGS_DIR, embedding_file_name, save_embedding, verify_embedding_file
+
+    learned = cfg.train.textual_inversion
+    assert learned is not None
+
+    def write(tmp: Path) -> None:
+        file = save_embedding(tmp, text_encoder, learned.token)
+        if cfg.save.verify:
+            model = cfg.model
+            line = verify_embedding_file(file, tokenizer, text_encoder, example_prompt_with_token(cfg),
+                                         base=model.base, allow_pickle=model.allow_pickle, revision=model.revision,
+                                         variant=model.variant)
+            print(f"RUN/{EMBEDDINGS_DIR} verified: {line}")
+
+    write_folder(run_dir / EMBEDDINGS_DIR, write)
+    return run_dir / EMBEDDINGS_DIR / embedding_file_name(learned.token)
