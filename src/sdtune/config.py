@@ -339,6 +339,11 @@ class RunConfig(Section):
         return self.train.textual_inversion is not None
 
     @property
+    def is_full(self) -> bool:
+        """A full fine-tune: it writes a whole model (neither a LoRA nor a learned token's embedding)."""
+        return not self.is_lora and not self.is_textual_inversion
+
+    @property
     def method(self) -> str:
         kind = "dreambooth" if self.data.instance_dir is not None else "text-to-image"
         how = "textual-inversion" if self.is_textual_inversion else "lora" if self.is_lora else "full"

@@ -260,7 +260,7 @@ def complete_stage(recipe: Recipe, stage: Stage, cfg: RunConfig, manifest: Manif
     from sdtune.recipes.schema import stage_dir
 
     run_dir = Path(cfg.output_dir)
-    if not cfg.is_lora and stage.extract_rank is not None:
+    if cfg.is_full and stage.extract_rank is not None:
         report = _ensure_extracted(run_dir, stage.extract_rank, stage.extract_conv, echo)
         outcome.outputs["lora"] = str(run_dir / "lora" / "pytorch_lora_weights.safetensors")
         manifest.update(stage.name, extraction={k: report.get(k) for k in

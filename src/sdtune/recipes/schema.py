@@ -196,6 +196,10 @@ def stage_config(recipe: Recipe, stage: Stage) -> RunConfig:
             raise ConfigError(f"stage '{stage.name}' sets both base and config.model.base; keep one")
         ref = stage.base_stage
         base = str(stage_dir(recipe, ref) / "model") if ref else stage.base
+        if ref and stage_config(recipe, recipe.stage(ref)).is_textual_inversion:
+            raise ConfigError(f"stage '{stage.name}': base stage:{ref} learns a token by textual inversion and "
+                              "writes no model (only RUN/embeddings); base this stage on the model stage "
+                              f"'{ref}' trained on, or make '{ref}' a LoRA stage")
         if ref and stage.base_as == "adapter":
             from sdtune.models.lora import LORA_WEIGHTS
 

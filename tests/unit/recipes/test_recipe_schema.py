@@ -136,3 +136,15 @@ def test_a_missing_data_folder_names_its_stage(tmp_path: Path) -> None:
                                         r".*nope: data folder \(data\.instance_dir\) does not exist; check the path "
                                         r"in your config or the override that set it"):
         preflight(stage_configs(recipe))
+
+
+def test_a_stage_cannot_build_on_a_textual_inversion_stage(tmp_path: Path) -> None:
+    """A textual-inversion stage writes only its token's embedding (no model/), so no stage can train on it: the
+    recipe is refused before anything trains, naming the stage and what to do."""
+    data = _recipe(tmp_path)
+    data["stages"][0]["config"]["train"] = {"textual_inversion": {"token": "sks"}}
+    with pytest.raises(ConfigError, match="stage 'person': base stage:concept learns a token by textual inversion"):
+        stage_configs(load_recipe(_write(tmp_path / "r.yaml", data)))
+    data["stages"] = data["stages"][:1]  # alone, the same stage is a valid recipe (its extract_rank does not apply)
+    ((_, cfg),) = stage_configs(load_recipe(_write(tmp_path / "r.yaml", data)))
+    assert cfg.is_textual_inversion and not cfg.is_full and not cfg.save.full_model
