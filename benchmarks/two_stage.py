@@ -47,7 +47,7 @@ from sdtune.toy.finetune import run  # noqa: E402
 # defaults change); every variant is a change to it.
 BASELINE: dict[str, Any] = {"person_steps": 1000, "person_lr": 1e-3, "person_rank": 8, "person_text_encoder": True,
                             "prior": True, "class_images": 12, "person_poses": 1, "person_images": 6,
-                            "person_targets": "all"}
+                            "person_targets": "all", "person_method": "lora", "person_batch": 4}
 # The short person stage the later variants start from: 250 steps at 2e-3, UNet LoRA only, output preservation.
 SHORT_UNET_DOP: dict[str, Any] = {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
                                   "person_text_encoder": False}
@@ -141,15 +141,18 @@ def parse() -> argparse.Namespace:
                    "evaluated too (rows VARIANT@STEP: the steps dimension without retraining)")
     p.add_argument("--report-only", action="store_true", help="no training: the table of what is measured")
     p.add_argument("--publish", action="store_true", help=f"also write {PUBLISHED.name} for the demo")
-    p.add_argument("--demo", default="poses-4+fine+rank-4+dop-2",
+    p.add_argument("--demo", default="ti-400",
                    help="the variant the demo runs (its row is printed beside it)")
+    p.add_argument("--concept-two-tone", type=float, default=None,
+                   help="the share of two-tone arrows in the concept set (default: the demo's); use a new --out")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny steps (numbers not meaningful)")
     return p.parse_args()
 
 
-def settings_for(variant: str, seed: int, quick: bool) -> DemoSettings:
+def settings_for(variant: str, seed: int, quick: bool, two_tone: float | None = None) -> DemoSettings:
     base = DemoSettings.quick() if quick else DemoSettings()
-    return replace(base, seed=seed, **{**({} if quick else BASELINE), **VARIANTS[variant]})
+    return replace(base, seed=seed, **{**({} if quick else BASELINE), **VARIANTS[variant]},
+                   **({} if two_tone is None else {"concept_two_tone": two_tone}))
 
 
 class Bench:
@@ -166,7 +169,8 @@ class Bench:
     def ensure_data(self, settings: DemoSettings) -> None:
         with self.lock("data"):
             if not (self.data / "concept" / "scenes.jsonl").exists():  # scenes.jsonl is written last
-                world.write_concept_set(self.data / "concept", settings.concept_images, seed=1, captioned=True)
+                world.write_concept_set(self.data / "concept", settings.concept_images, seed=1, captioned=True,
+                                        two_tone=settings.concept_two_tone)
             person = self.person_data(settings)
             if not (person / "scenes.jsonl").exists():
                 write_person_photos(person, settings)
@@ -211,7 +215,7 @@ class Bench:
         return round(time.time() - started, 1)
 
     def concept(self, seed: int) -> Path:
-        settings = settings_for("baseline", seed, self.args.quick)
+        settings = settings_for("baseline", seed, self.args.quick, self.args.concept_two_tone)
         self.ensure_data(settings)
         run_dir = self.out / "runs" / f"concept-s{seed}"
         with self.lock(f"concept-s{seed}"):
@@ -227,7 +231,7 @@ class Bench:
         if key in load_done(self.results):
             return
         concept = self.concept(seed)
-        settings = settings_for(variant, seed, self.args.quick)
+        settings = settings_for(variant, seed, self.args.quick, self.args.concept_two_tone)
         self.ensure_data(settings)  # this variant's person photos (one folder per number of poses)
         run_dir = self.out / "runs" / key
         cfg = person_stage(settings, self.data, run_dir, str(concept / "model"), class_root=concept,

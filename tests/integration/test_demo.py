@@ -27,5 +27,7 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert results["results"]["stage 2: person"]["composite"]["prompts"] == [world.PERSON.composite_prompt()]
     seen = assert_fits(out / "report" / "index.html")
     assert seen["charts"] == 1 and seen["images"] >= 5 * 4  # every group's grid for every model
-    assert (out / "person" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    # the person is learned by textual inversion: an embedding file, no LoRA (the concept model stays untouched)
+    assert (out / "person" / "embeddings" / f"{world.PERSON.token}.safetensors").exists()
+    assert not (out / "person" / "lora").exists()
     assert (out / "concept" / "model" / "model_index.json").exists()

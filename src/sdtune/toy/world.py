@@ -111,7 +111,8 @@ class Person:
         """The person doing the concept: the instance prompt with the concept's noun in place of the class noun
         ("a photo of sks red arrow"), as "a photo of sks person giving a thumbs up" keeps the identifier and adds
         the gesture. What it should draw: the person's identity (pattern and both colours) in the concept's form,
-        a picture neither stage trains on (the concept set is solid arrows, the person set striped squares)."""
+        a picture neither stage trains on (the concept's arrows are solid or two-tone, never in the person's look;
+        the person's photos are never arrows)."""
         return f"a photo of {self.token} {self.colour} {concept}"
 
     def composite_scene(self, rng: random.Random, concept: str = "arrow") -> Scene:
@@ -198,9 +199,18 @@ def _placed(rng: random.Random, **what) -> Scene:
                  noise_seed=rng.randrange(2**31), **_placement(rng))
 
 
-def concept_scene(rng: random.Random) -> Scene:
-    """The held-out glyph in a random colour, solid, anywhere (the overarching concept's training set)."""
-    return _placed(rng, shape=CONCEPT, colour=rng.choice(list(COLOURS)))
+def concept_scene(rng: random.Random, two_tone: float = 0.0, person: Person = PERSON) -> Scene:
+    """The held-out glyph anywhere (the overarching concept's training set): solid in a random colour, or with
+    probability ``two_tone`` checkered or striped in two random colours, as a thumbs-up set shows the gesture
+    done by many different people. Never the person's own look (its pattern in its two colours): that is the
+    composite, which no stage trains on."""
+    colour = rng.choice(list(COLOURS))
+    if two_tone <= 0.0 or rng.random() >= two_tone:  # no draw when solid only: the solid set stays as it was
+        return _placed(rng, shape=CONCEPT, colour=colour)
+    while True:
+        colour2, pattern = rng.choice([c for c in COLOURS if c != colour]), rng.choice(PATTERNS[1:])
+        if not (pattern == person.pattern and {colour, colour2} == {person.colour, person.colour2}):
+            return _placed(rng, shape=CONCEPT, colour=colour, colour2=colour2, pattern=pattern)
 
 
 def person_scene(rng: random.Random, person: Person = PERSON, shape: str | None = None) -> Scene:
@@ -365,12 +375,14 @@ def write_pretrain_set(folder: Path, count: int, seed: int = 0) -> Path:
     return write_folder(folder, list(scenes(seed, count, "pretrain")))
 
 
-def write_concept_set(folder: Path, count: int = 24, seed: int = 1, captioned: bool = True) -> Path:
-    """The glyph in many colours; captioned ("a red arrow ...") or instance-only (no captions)."""
+def write_concept_set(folder: Path, count: int = 24, seed: int = 1, captioned: bool = True,
+                      two_tone: float = 0.0) -> Path:
+    """The glyph in many colours (a ``two_tone`` share of them patterned, see :func:`concept_scene`); captioned
+    ("a red arrow ...") or instance-only (no captions)."""
     rng = random.Random(seed)
     items: list[tuple[Scene, str | None]] = []
     for _ in range(count):
-        scene = concept_scene(rng)
+        scene = concept_scene(rng, two_tone)
         items.append((scene, caption(scene, rng) if captioned else None))
     return write_folder(folder, items)
 

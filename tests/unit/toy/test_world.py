@@ -72,6 +72,22 @@ def test_dataset_folders(tmp_path: Path) -> None:
     assert len(list(person.glob("*.png"))) == 3
 
 
+def test_two_tone_concept_set_never_shows_the_persons_look() -> None:
+    """Two-tone arrows are the gesture done by other people: never the person's pattern in its two colours (the
+    composite, which no stage trains on); with two_tone=0 every arrow is solid."""
+    rng = random.Random(0)
+    scenes = [world.concept_scene(rng, two_tone=1.0) for _ in range(2000)]
+    person = world.PERSON
+    assert all(s.shape == world.CONCEPT and s.pattern != "solid" and s.colour2 not in (None, s.colour)
+               for s in scenes)
+    looks = {(s.pattern, frozenset((s.colour, s.colour2))) for s in scenes}
+    assert (person.pattern, frozenset((person.colour, person.colour2))) not in looks
+    assert ("checkered", frozenset((person.colour, person.colour2))) in looks  # only the exact look is held out
+    assert all(world.concept_scene(rng).pattern == "solid" for _ in range(200))
+    mixed = [world.concept_scene(rng, two_tone=0.5).pattern for _ in range(400)]
+    assert 0.4 < sum(p != "solid" for p in mixed) / len(mixed) < 0.6
+
+
 def test_person_in_several_poses_is_captioned_with_each_shape(tmp_path: Path) -> None:
     """The identity (colours, stripes) is constant and the identifier names it; the shape varies and each caption
     names it; the concept's arrow (the composite's form) is never among the photos."""
