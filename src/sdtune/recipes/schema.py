@@ -191,19 +191,19 @@ def stage_config(recipe: Recipe, stage: Stage) -> RunConfig:
         raise ConfigError(f"stage '{stage.name}': stages run in OUTPUT/{stage.name}; set the recipe's output_dir "
                           "instead of a stage's")
     data["output_dir"] = str(stage_dir(recipe, stage.name))
+    ref, below = stage.base_stage, None
     if stage.base is not None:
         if ((stage.config.get("model") or {}).get("base")) is not None:
             raise ConfigError(f"stage '{stage.name}' sets both base and config.model.base; keep one")
-        ref = stage.base_stage
+        below = stage_config(recipe, recipe.stage(ref)) if ref else None  # the stage this one trains on, built once
         base = str(stage_dir(recipe, ref) / "model") if ref else stage.base
-        if ref and stage_config(recipe, recipe.stage(ref)).is_textual_inversion:
+        if below is not None and below.is_textual_inversion:
             raise ConfigError(f"stage '{stage.name}': base stage:{ref} learns a token by textual inversion and "
                               "writes no model (only RUN/embeddings); base this stage on the model stage "
                               f"'{ref}' trained on, or make '{ref}' a LoRA stage")
-        if ref and stage.base_as == "adapter":
+        if below is not None and stage.base_as == "adapter":
             from sdtune.models.lora import LORA_WEIGHTS
 
-            below = stage_config(recipe, recipe.stage(ref))
             if below.train.lora is None and recipe.stage(ref).extract_rank is None:
                 raise ConfigError(f"stage '{stage.name}': base_as: adapter needs a LoRA of stage '{ref}'; it is a "
                                   "full fine-tune without extract_rank")
@@ -215,9 +215,8 @@ def stage_config(recipe: Recipe, stage: Stage) -> RunConfig:
         data.setdefault("model", {})["base"] = base
     if recipe.used_as_base(stage.name) and (data.get("train") or {}).get("lora") is not None:
         data.setdefault("save", {})["full_model"] = True
-    if stage.base_stage is not None and (stage.concept_prior or stage.concept_preservation):
-        keep_concept(data, stage_config(recipe, recipe.stage(stage.base_stage)), stage.base_stage,
-                     stage_dir(recipe, stage.base_stage).parent, prior=stage.concept_prior,
+    if below is not None and (stage.concept_prior or stage.concept_preservation):
+        keep_concept(data, below, ref, stage_dir(recipe, ref).parent, prior=stage.concept_prior,
                      preservation=stage.concept_preservation, source=source)
     return resolve_config(config_from_dict(data, source=source))
 
