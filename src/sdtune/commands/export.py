@@ -102,11 +102,35 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
     base_kw = _base_for(source, base)
     check = _verifier(("kohya-diffusers", "kohya-comfyui"), base_kw, source=source)
     sdxl = model_family(base_kw["base"], base_kw.get("revision")) is SDXL  # lora_te1_/lora_te2_ names
-    target = export_kohya(source, _kohya_out(run, out), dtype=dtype, check=check, sdxl=sdxl)
+    embedding = _run_embedding(run)
+    bundle = None
+    if embedding is not None:
+        from sdtune.models.embeddings import bundle_state
+
+        bundle = bundle_state(embedding)
+    target = export_kohya(source, _kohya_out(run, out), dtype=dtype, check=check, sdxl=sdxl, bundle=bundle)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
+    if embedding is not None:
+        import shutil
+
+        copy = target.with_name(embedding.name)
+        if copy.resolve() != target.resolve():
+            shutil.copyfile(embedding, copy)
+        typer.echo(f"  with the run's learned token: bundled in the LoRA file (AUTOMATIC1111 loads it with the LoRA; "
+                   f"diffusers' load_lora_weights refuses such a file: use RUN/lora and RUN/embeddings) and as "
+                   f"{copy} (ComfyUI: models/embeddings/, write embedding:{copy.stem} in the prompt)")
     return target
+
+
+def _run_embedding(run: Path) -> Path | None:
+    """The learned token's embedding file of a run folder (textual inversion / pivotal tuning), else None."""
+    if run.is_file() or not (run / "config.yaml").is_file():
+        return None
+    from sdtune.inference.pipeline import read_run
+
+    return read_run(run).embedding_file
 
 
 def _write_diffusers(run: Path, out: Path | None, base: str | None) -> Path:

@@ -163,11 +163,14 @@ def to_kohya(layers: list[LoraLayer], dtype: torch.dtype = torch.float32,
 
 
 def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
-                 check: Callable[[Path], None] | None = None, sdxl: bool | None = None) -> Path:
+                 check: Callable[[Path], None] | None = None, sdxl: bool | None = None,
+                 bundle: dict[str, torch.Tensor] | None = None) -> Path:
     """Convert a diffusers-format LoRA file to a kohya-format ``.safetensors`` file.
 
     Written under a temporary name; ``check(tmp)`` (e.g. a load-and-compare verification) may raise, and then no
-    file is left behind: a file under ``out_file`` is always complete and checked.
+    file is left behind: a file under ``out_file`` is always complete and checked. ``bundle``: embeddings to carry
+    in the file (``models.embeddings.bundle_state``, fp32), added after ``check`` has passed on the LoRA alone
+    (diffusers' ``load_lora_weights`` refuses keys without ``lora``) and read back bitwise before the rename.
     """
     from safetensors.torch import save_file
 
@@ -190,6 +193,13 @@ def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
         save_file(state, str(tmp), metadata=metadata)
         if check is not None:
             check(tmp)
+        if bundle:
+            from safetensors.torch import load_file
+
+            save_file({**state, **bundle}, str(tmp), metadata=metadata)
+            back = load_file(str(tmp))
+            if not all(torch.equal(back[key], value) for key, value in bundle.items()):
+                raise SdtuneError(f"{out_file}: the bundled embedding did not read back as written")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
