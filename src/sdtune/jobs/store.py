@@ -30,7 +30,7 @@ from typing import Any
 
 from sdtune.errors import SdtuneError
 
-KINDS = ("train", "run", "personalize", "caption", "eval", "pick")
+KINDS = ("train", "run", "personalize", "caption", "eval", "pick", "export")
 STATES = ("queued", "running", "stopping", "finished", "failed", "stopped", "cancelled")
 ACTIVE = ("queued", "running", "stopping")
 ENDED = ("finished", "failed", "stopped", "cancelled")
