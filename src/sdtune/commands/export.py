@@ -66,8 +66,8 @@ def _base_for(path: Path, base: str | None) -> dict:
     """How to load the base model a LoRA was trained on (to verify against): ``--base``, else the run folder's
     config (its base, revision, variant and pickle permission), as keyword arguments of ``verify_lora_file``."""
     from sdtune.errors import SdtuneError
-    from sdtune.inference.pipeline import is_run_folder
     from sdtune.models.verify import run_base
+    from sdtune.run_folder import is_run_folder
 
     if base:
         return {"base": base}
