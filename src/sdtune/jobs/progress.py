@@ -8,29 +8,12 @@ from typing import Any
 
 from sdtune.jobs.store import Job
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def samples(run_dir: Path, limit: int = 24) -> list[str]:
-    """Validation images, newest step first, as paths relative to the run folder (``samples/step-000004/0.png``)."""
-    root = run_dir / "samples"
-    if not root.is_dir():
-        return []
-    found: list[str] = []
-    for step_dir in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
-        for image in sorted(step_dir.iterdir()):
-            if image.suffix.lower() in IMAGE_SUFFIXES and image.is_file():
-                found.append(image.relative_to(run_dir).as_posix())
-                if len(found) >= limit:
-                    return found
-    return found
-
 
 def run_state(run_dir: Path, points: int = 400) -> dict[str, Any]:
     """Progress of ``run_dir``: ``step``, ``max_steps``, ``loss``, ``eta_seconds`` (median of the last 20 step times
     x steps left), ``finished``, ``curve`` ([[step, loss], ...], thinned to ``points``), ``samples``, ``outputs``."""
+    from sdtune.run_folder import CARD_FILE, LORA_DIR, LORA_WEIGHTS_NAME, METRICS_FILE, list_samples, read_progress
     from sdtune.run_status import run_progress
-    from sdtune.training.progress_log import read_progress
 
     rows = read_progress(run_dir, max_points=100_000)
     status = run_progress(run_dir)
@@ -42,11 +25,11 @@ def run_state(run_dir: Path, points: int = 400) -> dict[str, Any]:
     if times and max_steps and not status.finished:
         eta = round(statistics.median(times) * max(max_steps - step, 0), 1)
     thin = rows if len(rows) <= points else [rows[int(i * len(rows) / points)] for i in range(points)] + [rows[-1]]
-    outputs = [name for name in ("lora/pytorch_lora_weights.safetensors", "README.md", "metrics.json")
+    outputs = [name for name in (f"{LORA_DIR}/{LORA_WEIGHTS_NAME}", CARD_FILE, METRICS_FILE)
                if (run_dir / name).is_file()]
     return {"step": step, "max_steps": max_steps, "loss": last.get("loss"), "eta_seconds": eta,
             "finished": status.finished, "curve": [[r["step"], r["loss"]] for r in thin],
-            "samples": samples(run_dir), "outputs": outputs}
+            "samples": list_samples(run_dir), "outputs": outputs}
 
 
 def job_progress(job: Job) -> dict[str, Any] | None:
