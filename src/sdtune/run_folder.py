@@ -258,3 +258,24 @@ def list_samples(run_dir: str | Path, limit: int = 24) -> list[str]:
                 if len(found) >= limit:
                     return found
     return found
+
+
+def last_progress(run_dir: str | Path, lines: int = 20) -> list[dict[str, Any]]:
+    """The last ``lines`` steps of ``RUN/logs/progress.jsonl``, read from its end (cheap on a long run's log)."""
+    path = Path(run_dir) / PROGRESS_FILE
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 256 * lines))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines()[1:] if not text.startswith("{") else text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows[-lines:]

@@ -32,16 +32,34 @@ def run_state(run_dir: Path, points: int = 400) -> dict[str, Any]:
             "samples": list_samples(run_dir), "outputs": outputs}
 
 
-def job_progress(job: Job) -> dict[str, Any] | None:
-    """:func:`run_state` of a job with a run folder, None for one without (an eval, a caption job)."""
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """What a list shows, cheaply (no torch, no full log): ``step``, ``max_steps``, ``loss``, ``eta_seconds`` from
+    the end of the progress log, ``finished`` from metrics.json."""
+    from sdtune.run_folder import last_progress, read_metrics
+
+    rows = last_progress(run_dir)
+    metrics = read_metrics(run_dir) or {}
+    finished = metrics.get("status") == "finished"
+    last = rows[-1] if rows else {}
+    step = last.get("step", metrics.get("steps", 0) if finished else 0)
+    max_steps = last.get("max_steps") or metrics.get("steps")
+    times = [r["seconds"] for r in rows if isinstance(r.get("seconds"), int | float)]
+    eta = None
+    if times and max_steps and not finished:
+        eta = round(statistics.median(times) * max(max_steps - step, 0), 1)
+    return {"step": step, "max_steps": max_steps, "loss": last.get("loss"), "eta_seconds": eta, "finished": finished}
+
+
+def job_progress(job: Job, full: bool = True) -> dict[str, Any] | None:
+    """:func:`run_state` (``full``) or :func:`run_summary` of a job's run folder; None without one (eval, caption)."""
     if not job.run_dir or not Path(job.run_dir).is_dir():
         return None
-    return run_state(Path(job.run_dir))
+    return run_state(Path(job.run_dir)) if full else run_summary(Path(job.run_dir))
 
 
 def progress_line(job: Job) -> str:
     """``step 120/800, loss 0.1234, ETA 14m`` for `sdtune jobs list`; empty without a run folder."""
-    state = job_progress(job)
+    state = job_progress(job, full=False)
     if not state or not state["step"]:
         return ""
     text = f"step {state['step']}/{state['max_steps'] or '?'}"
