@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdtune import config_errors, typed_yaml
 from sdtune.config_errors import MINIMAL_CONFIG
 from sdtune.errors import ConfigError
-from sdtune.models.presets import PRESETS
+from sdtune.preset_names import PRESETS
 
 
 class Section(BaseModel):

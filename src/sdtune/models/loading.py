@@ -15,8 +15,9 @@ from typing import Any
 from sdtune.errors import ModelLoadError
 from sdtune.models.family import SD, Family, family_of_source
 from sdtune.models.presets import PRESETS, is_preset, preset_path
+from sdtune.models.quiet import quiet_weight_loading as _quiet_weight_loading
+from sdtune.run_folder import PICKLE_SUFFIXES, check_weights_file
 
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 BUILT_IN = ", ".join(PRESETS)  # for messages: every built-in model, from the one list in models/presets.py
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -50,15 +51,6 @@ def _no_such_path(ref: str) -> ModelLoadError:
     close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)  # typos only: not /tmp/cost for nonexist
     hint = f"; did you mean {' or '.join(str(parent / c) for c in close)}?" if close else ""
     return ModelLoadError(f"model path {ref} does not exist: no such folder or file{hint}")
-
-
-def _quiet_weight_loading() -> None:
-    """Per-file 'Loading weights' bars say nothing to a user; download bars (huggingface_hub) stay."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.disable_progress_bar()
 
 
 @dataclass
@@ -145,15 +137,6 @@ def _local_files_only(source: str) -> bool:
         return False
     except OSError:
         return True
-
-
-def check_weights_file(path: Path, allow_pickle: bool) -> None:
-    """Refuse a pickle-format weights file unless explicitly allowed."""
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise ModelLoadError(
-            f"{path} is a pickle-format file, which can run arbitrary code when loaded. Convert it to "
-            "safetensors, or if you trust its source set model.allow_pickle=true."
-        )
 
 
 def _refuse_pickle_only_folder(path: Path, allow_pickle: bool) -> None:

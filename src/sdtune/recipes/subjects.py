@@ -22,7 +22,7 @@ from typing import Any
 
 from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.errors import ConfigError
-from sdtune.recipes.runs import read_json
+from sdtune.run_folder import read_json
 
 SUBJECT_FILE = "subject.json"
 COLUMNS = {"name": ("name", "subject"), "photos": ("photos", "folder", "instance_dir", "images"),

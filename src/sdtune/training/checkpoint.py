@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -36,9 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from sdtune.atomic import atomic_write_json, disk_full_as_error, replace_folder
 from sdtune.errors import SdtuneError
+from sdtune.run_folder import STATE_FILE, STEP_DIR, list_checkpoints, step_dir_name, step_of  # noqa: F401
 
-STEP_DIR = re.compile(r"^step-(\d{6,})$")
-STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"  # the run config this checkpoint was made with
 EVALUATED_FILE = "evaluated.safetensors"  # the EMA / schedule-free average, when it is not the trained weights
 
@@ -52,19 +50,6 @@ class TrainerState:
     last_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # resumes of this trajectory and their changes
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
-    return [p for _, p in sorted(found)]
 
 
 def resolve_checkpoint(run_dir: Path, resume: str) -> Path | None:
@@ -215,13 +200,6 @@ def read_config(path: Path) -> dict[str, Any] | None:
     except (OSError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def step_of(path: Path) -> int:
-    match = STEP_DIR.match(path.name)
-    if match is None:
-        raise SdtuneError(f"{path} is not named like a checkpoint (step-000123)")
-    return int(match.group(1))
 
 
 def move_aside(root: Path, checkpoints: list[Path], folder: str, note: dict[str, Any]) -> Path:

@@ -51,6 +51,7 @@ from sdtune.training.modules import (
     prepare_models,
 )
 from sdtune.training.preservation import build_preservation
+from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
 
 
@@ -62,7 +63,10 @@ def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
     from sdtune.output_folders import check_run_output
 
     run_dir = Path(cfg.output_dir)
-    check_run_output(cfg)  # never over a user's files, never into the data (before anything is written)
+    from sdtune.models.presets import check_preset_cache
+
+    check_run_output(cfg)  # never over a user's files, never into the data, writable (before anything is written)
+    check_preset_cache(cfg.model.base)  # a built-in model built on first use: its cache must be writable
     ckpt.clean_partial(run_dir / "checkpoints")
     if resume is None:
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
@@ -308,6 +312,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
         return f"quit without saving at step {state.step}: {since}"
 
     stop.phase("finishing this step and saving a checkpoint", lost)
+    progress_log = ProgressLog(run_dir, accelerator.is_main_process)  # RUN/logs/progress.jsonl, for watchers
     with bar:  # the bar ends its line before any message
         while state.step < cfg.train.max_steps:
             step_start = time.time()
@@ -345,6 +350,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             lr = lr_scheduler.get_last_lr()[0]
             step_times.append(time.time() - step_start)
             accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": step_times[-1]}, step=state.step)
+            progress_log.step(state.step, cfg.train.max_steps, state.last_loss, lr, step_times[-1])
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # drawn by update()
             bar.update(1)
             if state.step % cfg.checkpoint.every == 0:

@@ -19,7 +19,7 @@ class ValidationStopped(Exception):  # noqa: N818 - a state, not a failure
 
 def validation_pipeline(comps, unet, text_encoder):
     """A pipeline that shares the live training modules (no copy), with a fast sampler."""
-    from sdtune.inference.samplers import make_scheduler
+    from sdtune.models.samplers import make_scheduler
 
     # The sampler `sdtune generate` uses by default, built the same way (one rule for every sampler: see samplers).
     scheduler = make_scheduler("dpm++", comps.noise_scheduler.config)
