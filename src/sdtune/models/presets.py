@@ -61,6 +61,7 @@ def preset_path(name: str) -> Path:
     target = cache_root() / f"{name}-v{version}"
     if (target / "model_index.json").exists():
         return target
+    check_preset_cache(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
@@ -82,6 +83,23 @@ def preset_path(name: str) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def check_preset_cache(name: str) -> None:
+    """Refuse in one line when the built-in model ``name`` is not built yet and its cache cannot be written.
+
+    Commands call it before anything else loads (and :func:`preset_path` before building), so an unwritable
+    ``SDTUNE_CACHE`` is named instead of ending a run in a ``PermissionError`` traceback.
+    """
+    if name not in PRESETS or name == "toy":
+        return
+    version = REAL_VERSION if name in REAL_PRESETS else PRESET_VERSION
+    if (cache_root() / f"{name}-v{version}" / "model_index.json").exists():
+        return
+    from sdtune.writable import check_writable
+
+    check_writable(cache_root(), "SDTUNE_CACHE", f"the built-in model '{name}' is built there on first use; set "
+                   "SDTUNE_CACHE to a writable folder or fix its permissions")
 
 
 def _tiny_unet(**extra):

@@ -63,7 +63,10 @@ def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
     from sdtune.output_folders import check_run_output
 
     run_dir = Path(cfg.output_dir)
-    check_run_output(cfg)  # never over a user's files, never into the data (before anything is written)
+    from sdtune.models.presets import check_preset_cache
+
+    check_run_output(cfg)  # never over a user's files, never into the data, writable (before anything is written)
+    check_preset_cache(cfg.model.base)  # a built-in model built on first use: its cache must be writable
     ckpt.clean_partial(run_dir / "checkpoints")
     if resume is None:
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
