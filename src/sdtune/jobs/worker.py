@@ -161,7 +161,7 @@ class Worker:
         if job.state == "stopping":  # the user's stop / cancel wins over the restart
             self.store.ended(job_id, 130, "stopped")
         else:
-            self.store.unclaim(job_id, "the worker stopped; it resumes when a worker starts")
+            self.store.requeue(job_id, "the worker stopped; it resumes when a worker starts")
             self._log(job_id, "--- the worker stopped: queued again, resumes from its checkpoint")
 
     def _log(self, job_id: int, line: str) -> None:

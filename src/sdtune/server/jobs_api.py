@@ -50,10 +50,11 @@ def _ws(request: Request) -> Path:
     return request.app.state.workspace
 
 
-def job_view(ws: Path, job: Job, progress: bool = True) -> dict[str, Any]:
+def job_view(ws: Path, job: Job, progress: bool = True, full: bool = True) -> dict[str, Any]:
+    """The job as the page sees it; ``progress``: read its run folder (``full``: curve and samples too)."""
     data = job.to_dict()
     data["run"] = relative_name(ws, Path(job.run_dir)) if job.run_dir else None
-    data["progress"] = job_progress(job) if progress else None
+    data["progress"] = job_progress(job, full=full) if progress else None
     return data
 
 
@@ -67,7 +68,7 @@ def status(request: Request) -> dict[str, Any]:
 @router.get("/jobs")
 def list_jobs(request: Request, limit: int = 200) -> list[dict[str, Any]]:
     ws, store = _ws(request), request.app.state.store
-    return [job_view(ws, job) for job in store.jobs(limit=min(max(limit, 1), 1000))]
+    return [job_view(ws, job, full=False) for job in store.jobs(limit=min(max(limit, 1), 1000))]
 
 
 @router.get("/jobs/{job_id}")
