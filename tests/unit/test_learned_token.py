@@ -82,7 +82,6 @@ def _cfg(**train) -> dict:
     ({"textual_inversion": {"token": "sks", "ti_fraction": 0.5}}, "add train.lora, or set ti_fraction to 1.0"),
     ({"train_text_encoder": True}, "remove train.train_text_encoder"),
     ({"lora": {"rank": 4}, "train_text_encoder": True}, "remove train.train_text_encoder"),
-    ({"ema": {"decay": 0.9}}, "remove train.ema"),
     ({"preservation": {"weight": 1.0, "prompts": ["a dog"]}}, "it needs train.lora"),
 ])
 def test_textual_inversion_refuses_what_it_cannot_train_with(train: dict, message: str) -> None:

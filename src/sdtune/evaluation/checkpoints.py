@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +46,9 @@ def _sha256(path: Path) -> str:
 
 def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of a run's complete checkpoints, oldest first."""
-    from sdtune.training.checkpoint import list_checkpoints
+    from sdtune.run_folder import CHECKPOINTS_DIR, list_checkpoints, step_of
 
-    found = []
-    for path in list_checkpoints(Path(run) / "checkpoints"):
-        match = re.match(r"^step-(\d+)$", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return found
+    return [(step_of(path), path) for path in list_checkpoints(Path(run) / CHECKPOINTS_DIR)]
 
 
 def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
@@ -65,8 +59,8 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     from sdtune.models.embeddings import EMBEDDINGS_DIR, add_learned_token, save_embedding
     from sdtune.models.loading import load_components
     from sdtune.models.lora import add_lora, apply_model_adapters, save_lora
-    from sdtune.recipes.runs import read_run_config
-    from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
+    from sdtune.run_folder import read_run_config
+    from sdtune.training.checkpoint import load_trainable_state_, read_evaluated_weights
 
     digest = _sha256(checkpoint / "trainable.safetensors")
     source = folder / SOURCE_FILE
@@ -95,7 +89,7 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
         add_learned_token(comps.tokenizer, comps.text_encoder, learned.token, learned.initializer,
                           learned.norm_limit, learned.num_vectors)
         modules["text_encoder"] = comps.text_encoder
-    load_trainable_state_(modules, read_trainable_weights(checkpoint))
+    load_trainable_state_(modules, read_evaluated_weights(checkpoint))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     if learned is not None:
@@ -120,7 +114,7 @@ def expand_checkpoints(run: Path, out: Path) -> list[CheckpointModel]:
     if not found:
         raise SdtuneError(f"{run} has no checkpoints to compare (RUN/checkpoints/step-N). Keep several with "
                           "checkpoint.every and checkpoint.keep (LoRA checkpoints are small)")
-    from sdtune.recipes.runs import read_metrics
+    from sdtune.run_folder import read_metrics
 
     root = Path(out) / "checkpoints" / f"{run.name}-{hashlib.sha256(str(run).encode()).hexdigest()[:6]}"
     final_step = (read_metrics(run) or {}).get("steps")
