@@ -132,6 +132,16 @@ class DataConfig(Section):
     def _paths_given(cls, value: Any) -> Any:
         return _no_empty_path(value)
 
+    @field_validator("resolution")
+    @classmethod
+    def _whole_latent_pixels(cls, value: int) -> int:
+        # The pipelines (validation images, class images, generate) refuse sizes not divisible by 8, and the VAE
+        # of every real family works in 8-pixel blocks: refused here, not after the first training steps.
+        if value % 8:
+            raise ValueError(f"{value} is not a multiple of 8 (Stable Diffusion's VAE and pipelines work in 8-pixel "
+                             f"blocks): use {value - value % 8 or 8} or {value - value % 8 + 8}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
         if self.train_dir is None and self.instance_dir is None and not self.subsets:

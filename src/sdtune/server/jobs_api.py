@@ -155,7 +155,9 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
     else:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
                           "use `sdtune jobs submit --kind` for run and personalize")
-    sub = command_submission(body.kind, args, name=body.name or Path(args[0]).name, cwd=ws, run_dir=run_dir)
+    label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
+                             run_dir=run_dir)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
 
