@@ -48,9 +48,11 @@ def personalize_command(
 
         sdtune personalize people.csv --concept runs/two-stage/concept
 
-        sdtune personalize people.csv --concept runs/two-stage/concept --gpus-per-person 0.5
+        sdtune personalize people.csv --concept runs/concept \\
+            --gpus-per-person 0.5
 
-        RAY_ADDRESS=10.0.0.5:6379 sdtune personalize people.csv --concept /shared/runs/concept --out /shared/people
+        RAY_ADDRESS=10.0.0.5:6379 sdtune personalize people.csv \\
+            --concept /shared/concept --out /shared/people
 
     Before any training, one line each: duplicate names, missing photo folders, tokens the concept's tokenizer
     splits, people without usable photos (these are skipped; the others train), an unreachable --address. A live
