@@ -28,12 +28,17 @@ METRICS_FILE = "metrics.json"
 CHECKPOINTS_DIR = "checkpoints"
 LORA_DIR = "lora"
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
+LYCORIS_NAME = "lycoris.safetensors"  # DoRA / LoHa / LoKr runs: the kohya/LyCORIS file (sdtune.models.lycoris)
 MODEL_DIR = "model"
 EMBEDDINGS_DIR = "embeddings"
 ADAPTERS_FILE = "adapters.json"  # a stack of adapters a run needs below its own LoRA (two-stage recipes)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 STEP_DIR = re.compile(r"^step-(\d{6,})$")  # RUN/checkpoints/step-000300
 STATE_FILE = "state.json"  # written last into a checkpoint: a folder without it is incomplete
+PROGRESS_FILE = "logs/progress.jsonl"  # one JSON line per optimizer step (training.progress_log), for watchers
+SAMPLES_DIR = "samples"  # RUN/samples/step-000300/*.png: validation images
+EXPORT_DIR = "export"  # RUN/export/*.safetensors: kohya files (sdtune export, sdtune pick)
+CARD_FILE = "README.md"  # the model card
 
 
 @dataclass
@@ -57,6 +62,7 @@ class RunFolder:
     prediction_type: str | None = None  # model.prediction_type: the objective trained, when not the base's own
     model_dir: Path | None = None  # full pipeline (full fine-tune, or saved on request)
     lora_file: Path | None = None
+    lycoris_file: Path | None = None  # LoHa / LoKr (no diffusers-format file): RUN/lora/lycoris.safetensors
     stack: list[Adapter] = field(default_factory=list)  # from RUN/adapters.json, applied below the run's LoRA
     embedding_file: Path | None = None  # textual inversion: RUN/embeddings/<token>.safetensors
     token: str | None = None  # its token (train.textual_inversion.token)
@@ -187,6 +193,8 @@ def read_run(folder: str | Path) -> RunFolder:
     lora = path / LORA_DIR / LORA_WEIGHTS_NAME
     if lora.is_file():
         run.lora_file = lora
+    elif (path / LORA_DIR / LYCORIS_NAME).is_file():
+        run.lycoris_file = path / LORA_DIR / LYCORIS_NAME
     learned = (cfg.get("train") or {}).get("textual_inversion") or {}
     if learned.get("token"):
         run.token = str(learned["token"])
@@ -217,3 +225,61 @@ def _read_stack(file: Path, allow_pickle: bool) -> list[Adapter]:
         stack.append(Adapter(path=resolve_adapter_file(raw, allow_pickle), weight=float(entry.get("weight", 1.0)),
                              name=str(entry.get("name") or f"stack{i}")))
     return stack
+
+
+def read_progress(run_dir: str | Path, max_points: int = 2000) -> list[dict[str, Any]]:
+    """``RUN/logs/progress.jsonl`` ordered by step, the last line of each step winning (a resumed run logs its
+    steps again from its checkpoint on); unreadable lines skipped; thinned evenly to ``max_points`` (last kept)."""
+    try:
+        text = (Path(run_dir) / PROGRESS_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            by_step[row["step"]] = row
+    rows = [by_step[s] for s in sorted(by_step)]
+    if len(rows) > max_points > 1:
+        stride = len(rows) / max_points
+        rows = [rows[int(i * stride)] for i in range(max_points - 1)] + [rows[-1]]
+    return rows
+
+
+def list_samples(run_dir: str | Path, limit: int = 24) -> list[str]:
+    """Validation images, newest step first, relative to the run folder (``samples/step-000004/0.png``)."""
+    root = Path(run_dir) / SAMPLES_DIR
+    if not root.is_dir():
+        return []
+    found: list[str] = []
+    for step_dir in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        for image in sorted(step_dir.iterdir()):
+            if image.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") and image.is_file():
+                found.append(image.relative_to(run_dir).as_posix())
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def last_progress(run_dir: str | Path, lines: int = 20) -> list[dict[str, Any]]:
+    """The last ``lines`` steps of ``RUN/logs/progress.jsonl``, read from its end (cheap on a long run's log)."""
+    path = Path(run_dir) / PROGRESS_FILE
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 256 * lines))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines()[1:] if not text.startswith("{") else text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows[-lines:]

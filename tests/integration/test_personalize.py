@@ -259,7 +259,7 @@ def test_bad_input_is_refused_before_training(concept: Path, tmp_path: Path) -> 
                       "bob,photos/bob,sks,man\n", encoding="utf-8")
     proc = run_cli("personalize", str(people), "--concept", str(concept), "--out", str(out), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "line 3: the name 'ALICE' is used twice (line 2: 'alice')" in proc.stderr
+    assert "line 3: the name 'ALICE' differs from 'alice' (line 2) only in case" in proc.stderr
     assert "line 4: the photo folder" in proc.stderr and "of 'bob' does not exist" in proc.stderr
     people.write_text("name,photos,token,class\nalice,photos/alice,zwx,woman\n", encoding="utf-8")
     proc = run_cli("personalize", str(people), "--concept", str(concept), "--out", str(out), check=False)

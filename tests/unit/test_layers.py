@@ -18,18 +18,20 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS: dict[str, int] = {
     # base: no sdtune imports above them
     "sdtune": 0, "sdtune.errors": 0, "sdtune.atomic": 0, "sdtune.typed_yaml": 0, "sdtune.helptext": 0,
-    "sdtune.devices": 0, "sdtune.stopping": 0, "sdtune.preset_names": 0,
+    "sdtune.devices": 0, "sdtune.stopping": 0, "sdtune.preset_names": 0, "sdtune.writable": 0,
     # the config, and what reads the files a run wrote (sdtune.run_folder: the one reader of a run folder)
-    "sdtune.config": 1, "sdtune.config_errors": 1, "sdtune.config_resume": 1, "sdtune.output_folders": 1,
+    "sdtune.config": 1, "sdtune.config_errors": 1, "sdtune.config_options": 1, "sdtune.config_resume": 1,
+    "sdtune.output_folders": 1,
     "sdtune.run_folder": 1, "sdtune.run_status": 1,
     "sdtune.models": 2,
     "sdtune.data": 3,
     "sdtune.training": 4,
     "sdtune.inference": 5, "sdtune.evaluation": 5, "sdtune.recipes": 5, "sdtune.toy": 5,
     "sdtune.commands": 6, "sdtune.cli": 6, "sdtune.__main__": 6, "sdtune.server": 6, "sdtune.jobs": 6,
+    "sdtune.engine": 6,  # runs sdtune command lines as units of work (for jobs and the server)
 }
 NAMES = ["base", "config/run folder", "models", "data", "training", "inference/evaluation/recipes/toy",
-         "commands/cli/server/jobs"]
+         "commands/cli/server/jobs/engine"]
 
 
 def _module_name(path: Path, src: Path) -> tuple[str, bool]:
@@ -71,11 +73,12 @@ def import_graph(src: Path = SRC) -> dict[str, set[str]]:
 
 
 def layer_of(module: str) -> int | None:
+    """The layer of the longest prefix of ``module`` in LAYERS (``sdtune`` itself: only its ``__init__``)."""
     parts = module.split(".")
-    for i in range(len(parts), 0, -1):
+    for i in range(len(parts), 1, -1):
         if ".".join(parts[:i]) in LAYERS:
             return LAYERS[".".join(parts[:i])]
-    return None
+    return LAYERS["sdtune"] if module == "sdtune" else None
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -161,6 +164,7 @@ def test_the_checks_see_what_they_check(tmp_path):
     assert cycles(graph) == [["sdtune.inference.pipeline", "sdtune.models.fit"]]
     assert upward_imports(graph) == ["sdtune.models.fit (models) imports sdtune.inference.pipeline "
                                      "(inference/evaluation/recipes/toy)"]
+    assert layer_of("sdtune.brand_new") is None  # a new module must be given a layer
 
 
 @pytest.mark.parametrize("module", ["sdtune.run_folder", "sdtune.config"])

@@ -118,16 +118,37 @@ def _kohya_out(run: Path, out: Path | None) -> Path:
 
 
 def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = None) -> Path:
-    from sdtune.models.family import SDXL
-    from sdtune.models.kohya import export_kohya
-    from sdtune.models.loading import model_family
+    from sdtune.config import DataConfig
+    from sdtune.models.kohya import base_metadata, export_kohya
+    from sdtune.models.loading import model_generation
+    from sdtune.run_folder import LYCORIS_NAME, is_run_folder, read_run
 
+    if run.is_dir() and (run / "lora" / LYCORIS_NAME).is_file():  # DoRA / LoHa / LoKr: written and verified in training
+        import shutil
+
+        from sdtune.run_status import require_finished
+
+        require_finished(run)  # resumed past its outputs and stopped: its lora/ is an older step's
+        target = _writable_target(_kohya_out(run, out), out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(run / "lora" / LYCORIS_NAME, partial)
+        partial.replace(target)  # never a half-copied file under the name
+        typer.echo(f"kohya/LyCORIS file: {target} (RUN/lora/{LYCORIS_NAME}, verified in ComfyUI's loader logic when "
+                   "the run finished)")
+        return target
     source = _run_lora(run)
     target = _writable_target(_kohya_out(run, out), out)
     base_kw = _base_for(source, base)
     check = _verifier(("kohya-diffusers", "kohya-comfyui"), base_kw, source=source)
-    sdxl = model_family(base_kw["base"], base_kw.get("revision")) is SDXL  # lora_te1_/lora_te2_ names
-    target = export_kohya(source, target, dtype=dtype, check=check, sdxl=sdxl)
+    generation, prediction = model_generation(base_kw["base"], base_kw.get("revision"))
+    home = source.parent.parent if source.parent.name == "lora" else source.parent
+    trained = read_run(home) if is_run_folder(home) else None  # its objective and resolution, when a run says
+    resolution = (trained.config.get("data") or {}).get("resolution", DataConfig.model_fields["resolution"].default) \
+        if trained else None
+    meta = base_metadata(generation, (trained.prediction_type if trained else None) or prediction,
+                         title=target.stem, resolution=resolution if isinstance(resolution, int) else None)
+    target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")

@@ -58,7 +58,7 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     from sdtune.models.loading import load_components
     from sdtune.models.lora import add_lora, apply_model_adapters, save_lora
     from sdtune.run_folder import read_run_config
-    from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
+    from sdtune.training.checkpoint import load_trainable_state_, read_evaluated_weights
 
     digest = _sha256(checkpoint / "trainable.safetensors")
     source = folder / SOURCE_FILE
@@ -75,16 +75,19 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     if cfg.train.lora is None:
         raise SdtuneError(f"{run} is a full fine-tune: its checkpoints hold the whole UNet, which this evaluation "
                           "does not write out; evaluate its final model/, or train with train.lora")
+    lora = cfg.train.lora
+    if lora.kind in ("loha", "lokr"):
+        raise SdtuneError(f"{run} trains a {lora.kind} adapter: checkpoint evaluation writes diffusers-format LoRA "
+                          "files, which cannot hold it; evaluate its final lora/ (sdtune eval RUN)")
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant)
-    lora = cfg.train.lora
     modules = {"unet": comps.unet}
     apply_model_adapters(cfg, comps.unet, comps.text_encoder)  # as training built it (same parameter names)
     add_lora(comps.unet, lora, lora.targets)
     if cfg.train.train_text_encoder:
         add_lora(comps.text_encoder, lora, lora.text_encoder_targets)
         modules["text_encoder"] = comps.text_encoder
-    load_trainable_state_(modules, read_trainable_weights(checkpoint))
+    load_trainable_state_(modules, read_evaluated_weights(checkpoint))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     write_folder(folder / "lora", lambda tmp: save_lora(tmp, comps.unet, modules.get("text_encoder"), lora))
@@ -105,7 +108,7 @@ def _write_embedding(cfg, run: Path, checkpoint: Path, folder: Path) -> None:
     from sdtune.atomic import write_folder
     from sdtune.models.embeddings import EMBEDDINGS_DIR, add_learned_token, save_embedding
     from sdtune.models.loading import load_components
-    from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
+    from sdtune.training.checkpoint import load_trainable_state_, read_evaluated_weights
 
     learned = cfg.train.textual_inversion
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
@@ -113,7 +116,7 @@ def _write_embedding(cfg, run: Path, checkpoint: Path, folder: Path) -> None:
     comps.text_encoder.requires_grad_(False)  # the row alone is trainable, as in training
     add_learned_token(comps.tokenizer, comps.text_encoder, learned.token, learned.initializer,
                       learned.norm_limit)
-    load_trainable_state_({"text_encoder": comps.text_encoder}, read_trainable_weights(checkpoint))
+    load_trainable_state_({"text_encoder": comps.text_encoder}, read_evaluated_weights(checkpoint))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     write_folder(folder / EMBEDDINGS_DIR, lambda tmp: save_embedding(tmp, comps.text_encoder, learned.token))

@@ -173,6 +173,14 @@ def model_family(ref: str, revision: str | None = None) -> Family:
     return family_of_source(source, revision, local_files_only=_local_files_only(source))
 
 
+def model_generation(ref: str, revision: str | None = None) -> tuple[str, str | None]:
+    """("sd1" | "sd2" | "sdxl", its scheduler's prediction_type) of a model reference (``family.base_generation``)."""
+    from sdtune.models.family import base_generation
+
+    source = resolve_model_ref(ref)
+    return base_generation(source, revision, local_files_only=_local_files_only(source))
+
+
 def load_vae(ref: str, *, revision: str | None = None, allow_pickle: bool = False) -> Any:
     """A separate VAE (``model.vae``): a diffusers VAE folder, a model folder with ``vae/``, or a hub id."""
     from diffusers import AutoencoderKL

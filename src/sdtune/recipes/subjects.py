@@ -6,8 +6,10 @@
     alice,photos/alice,sks,woman
     bob,photos/bob,zwx,man
 
-``photos`` is a folder, relative to the CSV file's folder unless absolute. Each subject's outcome is written to
-``OUT/<name>/subject.json``; the summary is built from those files, so it survives reruns.
+``photos`` is a folder, relative to the CSV file's folder unless absolute. ``name`` becomes the subject's folder
+``OUT/<name>/``: names that differ only in case are refused (one folder on macOS and Windows disks). Each
+subject's outcome is written to ``OUT/<name>/subject.json`` by the process that trained it; the summary is built
+from those files, so it is the same whichever process wrote them and survives reruns.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def read_subjects(path: Path) -> list[Subject]:
             raise ConfigError(f"{path}: the header needs a '{key}' column (columns: name,photos,token,class; "
                               f"found: {', '.join(reader.fieldnames or []) or 'none'})")
         columns[key] = found
-    subjects, problems, seen = [], [], {}
+    subjects, problems = [], []
+    seen: dict[str, tuple[str, int]] = {}  # lower-cased name -> (name, line)
     for line, row in enumerate(reader, start=2):
         values = {key: (row.get(col) or "").strip() for key, col in columns.items()}
         if not any(values.values()):
@@ -72,10 +75,12 @@ def read_subjects(path: Path) -> list[Subject]:
         if not NAME.match(values["name"]):
             problems.append(f"line {line}: name '{values['name']}' must be letters, digits, '.', '_' or '-' (it "
                             "becomes a folder name)")
-        elif values["name"].lower() in seen:  # one folder on case-insensitive file systems (macOS, Windows)
-            first = seen[values["name"].lower()]
-            problems.append(f"line {line}: the name '{values['name']}' is used twice (line {first[1]}: "
-                            f"'{first[0]}'); each subject needs its own name (it becomes its folder)")
+        elif (first := seen.get(values["name"].lower())) is not None:
+            problems.append(f"line {line}: the name '{values['name']}' is used twice (line {first[1]})"
+                            if first[0] == values["name"] else
+                            f"line {line}: the name '{values['name']}' differs from '{first[0]}' (line {first[1]}) "
+                            "only in case: on a case-insensitive disk (macOS, Windows) both are one folder; rename "
+                            "one")
         seen.setdefault(values["name"].lower(), (values["name"], line))
         photos = Path(values["photos"]).expanduser()
         photos = photos if photos.is_absolute() else (path.parent / photos)

@@ -50,10 +50,11 @@ def _ws(request: Request) -> Path:
     return request.app.state.workspace
 
 
-def job_view(ws: Path, job: Job, progress: bool = True) -> dict[str, Any]:
+def job_view(ws: Path, job: Job, progress: bool = True, full: bool = True) -> dict[str, Any]:
+    """The job as the page sees it; ``progress``: read its run folder (``full``: curve and samples too)."""
     data = job.to_dict()
     data["run"] = relative_name(ws, Path(job.run_dir)) if job.run_dir else None
-    data["progress"] = job_progress(job) if progress else None
+    data["progress"] = job_progress(job, full=full) if progress else None
     return data
 
 
@@ -67,7 +68,7 @@ def status(request: Request) -> dict[str, Any]:
 @router.get("/jobs")
 def list_jobs(request: Request, limit: int = 200) -> list[dict[str, Any]]:
     ws, store = _ws(request), request.app.state.store
-    return [job_view(ws, job) for job in store.jobs(limit=min(max(limit, 1), 1000))]
+    return [job_view(ws, job, full=False) for job in store.jobs(limit=min(max(limit, 1), 1000))]
 
 
 @router.get("/jobs/{job_id}")
@@ -140,8 +141,7 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         if not body.run:
             raise SdtuneError(f"a {body.kind} job needs a run")
         run = inside(ws, body.run, "run")
-        args = [str(run)] + (["--format", "kohya"] if body.kind == "export" else [])
-        run_dir = None
+        args = [str(run)] + (["--format", "kohya"] if body.kind == "export" else _pick_prompts(run, body.prompts))
     elif body.kind == "eval":
         runs = [str(inside(ws, r, "run")) for r in body.runs]
         if not runs or not body.prompts:
@@ -154,9 +154,26 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
     else:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
                           "use `sdtune jobs submit --kind` for run and personalize")
-    sub = command_submission(body.kind, args, name=body.name or Path(args[0]).name, cwd=ws, run_dir=run_dir)
+    label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
+                             run_dir=run_dir)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
+
+
+def _pick_prompts(run: Path, prompts: list[str]) -> list[str]:
+    """``--prompt`` options for `sdtune pick`: the request's, else the run's validation prompts; none on a toy run
+    (pick then judges the toy suite)."""
+    from sdtune.run_folder import read_run_config
+
+    config = read_run_config(run)
+    validation = (config.get("validation") or {}).get("prompts") or []
+    base = (config.get("model") or {}).get("base")
+    chosen = prompts or ([] if base == "toy" else validation)
+    if not chosen and base != "toy":
+        raise SdtuneError("pick needs the prompts to judge the checkpoints by: give prompts, or train with "
+                          "validation prompts")
+    return [arg for prompt in chosen for arg in ("--prompt", prompt.replace("\n", " "))]
 
 
 @router.post("/jobs/{job_id}/{action}")

@@ -7,7 +7,6 @@ and eval folders (``results.json`` + ``report.html``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +14,33 @@ from fastapi import APIRouter, HTTPException, Request
 
 from sdtune.jobs.progress import run_state
 from sdtune.jobs.workspace import check_name, relative_name
+from sdtune.run_folder import (
+    CARD_FILE,
+    CONFIG_FILE,
+    EMBEDDINGS_DIR,
+    EXPORT_DIR,
+    LORA_DIR,
+    LORA_WEIGHTS_NAME,
+    read_json,
+    read_metrics,
+)
 
 router = APIRouter()
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _downloads(ws: Path, run: Path) -> list[dict[str, str]]:
     found = []
-    lora = run / "lora" / "pytorch_lora_weights.safetensors"
+    lora = run / LORA_DIR / LORA_WEIGHTS_NAME
     if lora.is_file():
         found.append({"label": "LoRA (diffusers)", "path": relative_name(ws, lora)})
-    for path in sorted((run / "export").glob("*.safetensors")) if (run / "export").is_dir() else []:
+    for path in sorted((run / EXPORT_DIR).glob("*.safetensors")) if (run / EXPORT_DIR).is_dir() else []:
         found.append({"label": f"LoRA (kohya / AUTOMATIC1111 / ComfyUI): {path.name}", "path": relative_name(ws, path)})
-    for path in sorted((run / "embeddings").glob("*.safetensors")) if (run / "embeddings").is_dir() else []:
+    for path in sorted((run / EMBEDDINGS_DIR).glob("*.safetensors")) if (run / EMBEDDINGS_DIR).is_dir() else []:
         found.append({"label": f"embedding {path.stem}", "path": relative_name(ws, path)})
-    if (run / "README.md").is_file():
-        found.append({"label": "model card (README.md)", "path": relative_name(ws, run / "README.md")})
-    if (run / "config.yaml").is_file():
-        found.append({"label": "config.yaml", "path": relative_name(ws, run / "config.yaml")})
+    if (run / CARD_FILE).is_file():
+        found.append({"label": "model card (README.md)", "path": relative_name(ws, run / CARD_FILE)})
+    if (run / CONFIG_FILE).is_file():
+        found.append({"label": "config.yaml", "path": relative_name(ws, run / CONFIG_FILE)})
     return found
 
 
@@ -62,7 +64,7 @@ def runs(request: Request) -> list[dict[str, Any]]:
         if kind == "run":
             state = run_state(run, points=0)
             entry.update(step=state["step"], max_steps=state["max_steps"], finished=state["finished"],
-                         lora=(run / "lora" / "pytorch_lora_weights.safetensors").is_file())
+                         lora=(run / LORA_DIR / LORA_WEIGHTS_NAME).is_file())
         out.append(entry)
     return out
 
@@ -77,13 +79,13 @@ def run_detail(request: Request, name: str) -> dict[str, Any]:
                               "downloads": _downloads(ws, run)}
     if detail["kind"] == "run":
         detail["progress"] = run_state(run)
-        detail["metrics"] = _read_json(run / "metrics.json")
-    card = run / "README.md"
+        detail["metrics"] = read_metrics(run)
+    card = run / CARD_FILE
     detail["card"] = card.read_text(encoding="utf-8", errors="replace")[:20000] if card.is_file() else None
-    pick = _read_json(run / "picked" / "pick.json")
+    pick = read_json(run / "picked" / "pick.json")
     detail["pick"] = pick
     reports = [p for p in (run / "pick" / "report.html", run / "report.html") if p.is_file()]
     detail["reports"] = [relative_name(ws, p) for p in reports]
-    results = _read_json(run / "results.json")
+    results = read_json(run / "results.json")
     detail["results"] = results.get("table") if isinstance(results, dict) and "table" in results else results
     return detail

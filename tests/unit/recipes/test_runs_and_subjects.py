@@ -122,11 +122,15 @@ def test_read_subjects_reports_every_problem_with_line_numbers(tmp_path: Path) -
     with pytest.raises(ConfigError) as info:
         read_subjects(bad)
     text = str(info.value)
-    assert "line 3: the name 'Alice' is used twice (line 2: 'alice')" in text and "line 4: name 'bad/name'" in text
+    assert "line 3: the name 'Alice' differs from 'alice' (line 2) only in case" in text
+    assert "line 4: name 'bad/name'" in text
     assert "line 5: empty photos" in text
     assert f"line 6: the photo folder {tmp_path / 'nowhere'} of 'dave' does not exist" in text
     assert "line 7: the photo folder" in text and "of 'erin' is a file" in text
     assert len(text.splitlines()) == 6, "one line per problem, under one heading"
+    _csv(bad, "name,photos,token,class\nalice,p,sks,woman\nalice,q,zwx,man\n")
+    with pytest.raises(ConfigError, match="line 3: the name 'alice' is used twice \\(line 2\\)"):
+        read_subjects(bad)
     with pytest.raises(ConfigError, match="lists no subjects"):
         read_subjects(_csv(tmp_path / "c.csv", "name,photos,token,class\n"))
 
@@ -188,3 +192,28 @@ def test_exit_codes() -> None:
     assert PersonalizeResult(Path("."), summary=[done, failed]).exit_code() == 0
     assert PersonalizeResult(Path("."), summary=[done, failed]).exit_code(strict=True) == 3
     assert PersonalizeResult(Path("."), summary=[done, SubjectOutcome("c", "pending")]).exit_code() == 130
+
+
+def test_names_that_differ_only_in_case_are_refused_with_both_rows(tmp_path: Path) -> None:
+    """Ann and ann are one folder OUT/ann on macOS and Windows disks: one subject would train over the other."""
+    for folder in "abc":
+        (tmp_path / folder).mkdir()
+    path = _csv(tmp_path / "p.csv", "name,photos,token,class\nAnn,a,sks,woman\nbob,b,zwx,man\nann,c,qwe,woman\n")
+    with pytest.raises(ConfigError) as info:
+        read_subjects(path)
+    assert "line 4: the name 'ann' differs from 'Ann' (line 2) only in case" in str(info.value)
+
+
+def test_the_readme_shows_the_subjects_csv_that_personalize_reads(tmp_path: Path) -> None:
+    import re
+
+    from sdtune.recipes.subjects import COLUMNS
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"`people\.csv`.*?```csv\n(.*?)```", readme, re.S)
+    assert block, "the README shows people.csv's columns"
+    assert block.group(1).splitlines()[0].split(",") == list(COLUMNS)
+    for row in block.group(1).splitlines()[1:]:
+        (tmp_path / row.split(",")[1]).mkdir(parents=True)  # photo folders must exist
+    subjects = read_subjects(_csv(tmp_path / "people.csv", block.group(1)))
+    assert [s.name for s in subjects] == ["alice", "bob"] and subjects[0].photos == (tmp_path / "photos" / "alice")

@@ -275,14 +275,14 @@ $("#train-form").addEventListener("submit", async (ev) => {
 // ---- jobs ----------------------------------------------------------------------------------------------------
 function percent(p) { return p && p.max_steps ? Math.min(100, Math.round(100 * p.step / p.max_steps)) : 0; }
 
-async function loadJobs(open) {
+async function loadJobs(open, listOnly = false) {
   const jobs = await api("/jobs");
   $("#job-list").replaceChildren(...jobs.map(j => el("li", { class: j.id === open ? "selected" : "",
       "data-job": j.id, onclick: () => { location.hash = "jobs/" + j.id; } },
     el("span", {}, `#${j.id} ${j.name}`),
     el("span", { class: "state " + j.state }, j.state + (j.progress && j.progress.max_steps ? ` ${percent(j.progress)}%` : "")))));
   if (!jobs.length) $("#job-list").append(el("li", { class: "muted" }, "no jobs yet"));
-  if (open) watchJob(open);
+  if (open && !listOnly) watchJob(open);
 }
 
 function watchJob(id) {
@@ -394,4 +394,7 @@ async function showRun(name) {
 
 workerStatus();
 setInterval(workerStatus, 10000);
+setInterval(() => {  // the queue's states change without this page: keep the list current
+  if (location.hash.startsWith("#jobs") && !document.hidden) loadJobs(state.job, true).catch(() => {});
+}, 3000);
 route();
