@@ -33,7 +33,7 @@ def test_changed_data_is_refused_then_a_new_data_epoch_is_recorded(tmp_path: Pat
     cfg = tiny_config(run, {"train_dir": str(photos)}, {"max_steps": 4}, checkpoint={"every": 2, "keep": 10})
     run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
     config = str(run / "config.yaml")
-    assert json.loads((run / "checkpoints" / "step-000004" / ckpt.DATA_FILE).read_text())["subsets"]
+    assert json.loads((run / "checkpoints" / "step-000004" / "data.json").read_text())["subsets"]
 
     original = {p: p.read_bytes() for p in photos.iterdir()}
     pixels = np.asarray(Image.open(photos / "img02.png")).copy()

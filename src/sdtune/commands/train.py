@@ -44,7 +44,8 @@ def train_command(
         from sdtune.config_resume import unused_overrides
 
         notes = [foreign_output_dir(config, cfg.output_dir, overrides or []),
-                 *unused_overrides(overrides or [], cfg.model_dump(mode="json"))]
+                 *unused_overrides(overrides or [], cfg.model_dump(mode="json")),
+                 "note: --new-data-epoch has no effect without --resume" if new_data_epoch and not resume else None]
         for note in notes:
             if note and _is_main_process():
                 typer.echo(note, err=True)
