@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdtune import config_errors, typed_yaml
 from sdtune.config_errors import MINIMAL_CONFIG
 from sdtune.errors import ConfigError
-from sdtune.models.presets import PRESETS
+from sdtune.preset_names import PRESETS
 
 
 class Section(BaseModel):
@@ -132,6 +132,16 @@ class DataConfig(Section):
     def _paths_given(cls, value: Any) -> Any:
         return _no_empty_path(value)
 
+    @field_validator("resolution")
+    @classmethod
+    def _whole_latent_pixels(cls, value: int) -> int:
+        # The pipelines (validation images, class images, generate) refuse sizes not divisible by 8, and the VAE
+        # of every real family works in 8-pixel blocks: refused here, not after the first training steps.
+        if value % 8:
+            raise ValueError(f"{value} is not a multiple of 8 (Stable Diffusion's VAE and pipelines work in 8-pixel "
+                             f"blocks): use {value - value % 8 or 8} or {value - value % 8 + 8}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
         if self.train_dir is None and self.instance_dir is None and not self.subsets:
@@ -196,7 +206,12 @@ class TrainConfig(Section):
     learning_rate: float = Field(1e-4, gt=0.0)
     text_encoder_lr: float | None = Field(None, gt=0.0)
     scale_lr: bool = False
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adamw_schedulefree", "adafactor"] = Field(
+        "adamw", description="adamw; adamw8bit (CUDA); prodigy (learning_rate 1.0); adamw_schedulefree (constant "
+        "schedule); adafactor. Rates that fit each: docs/training-options.md")
+    optimizer_args: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="further keyword arguments of the optimizer's class, e.g. "
+        "{d_coef: 0.5, safeguard_warmup: true} for prodigy")
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
@@ -213,7 +228,8 @@ class TrainConfig(Section):
         "no", description="no, fp16 or bf16 (float16, bfloat16, fp32 and float32 are read as these)")
     snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (5.0 is common)")
     noise_offset: float = Field(0.0, ge=0.0)
-    ema: EMAConfig | None = Field(None, description="EMA of the weights (full fine-tuning only)")
+    ema: EMAConfig | None = Field(None, description="EMA of the trained weights (the UNet, a LoRA, a token's "
+                                  "embedding): what is validated, saved and exported; the raw ones resume")
     preservation: PreservationConfig | None = Field(
         None, description="differential output preservation: pull the trained model's prediction on prompts "
         "without the identifier towards the starting model's (LoRA only; no class images needed)")
@@ -234,17 +250,17 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        from sdtune.config_options import check_train_options
+
+        check_train_options(self)  # the newer options' combinations (optimizers, LoRA kinds, EMA), one table
         if self.textual_inversion is not None:
             clash = [key for key, on in (("train.lora", self.lora is not None),
                                          ("train.train_text_encoder", self.train_text_encoder),
-                                         ("train.ema", self.ema is not None),
                                          ("train.preservation", self.preservation is not None)) if on]
             if clash:
                 raise ValueError(f"train.textual_inversion trains one token's embedding alone; remove "
                                  f"{' and '.join(clash)} (or remove train.textual_inversion)")
-        if self.ema is not None and self.lora is not None:
-            raise ValueError("train.ema is for full fine-tuning; remove it or remove train.lora")
-        if self.lr_warmup_steps and self.lr_scheduler == "constant":
+        if self.lr_warmup_steps and self.lr_scheduler == "constant" and self.optimizer != "adamw_schedulefree":
             raise ValueError(f"train.lr_warmup_steps={self.lr_warmup_steps} has no effect with "
                              "train.lr_scheduler=constant: use constant_with_warmup, or set lr_warmup_steps=0")
         if self.lr_warmup_steps >= self.max_steps and self.lr_scheduler != "constant":

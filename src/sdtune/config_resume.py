@@ -61,6 +61,7 @@ RESUME_RULES: dict[str, Rule] = {
     "train.text_encoder_lr": _change("re-applied to the optimizer after loading"),
     "train.scale_lr": _change("re-applied to the optimizer after loading"),
     "train.optimizer": _refuse("the optimizer state (Adam moments) belongs to the optimizer"),
+    "train.optimizer_args": _refuse("the optimizer's own settings, restored with its state"),
     "train.adam_beta1": _change("re-applied to the optimizer after loading"),
     "train.adam_beta2": _change("re-applied to the optimizer after loading"),
     "train.adam_weight_decay": _change("re-applied to the optimizer after loading"),

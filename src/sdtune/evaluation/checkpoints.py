@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +46,9 @@ def _sha256(path: Path) -> str:
 
 def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of a run's complete checkpoints, oldest first."""
-    from sdtune.training.checkpoint import list_checkpoints
+    from sdtune.run_folder import CHECKPOINTS_DIR, list_checkpoints, step_of
 
-    found = []
-    for path in list_checkpoints(Path(run) / "checkpoints"):
-        match = re.match(r"^step-(\d+)$", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return found
+    return [(step_of(path), path) for path in list_checkpoints(Path(run) / CHECKPOINTS_DIR)]
 
 
 def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
@@ -63,8 +57,8 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     from sdtune.config import config_from_dict
     from sdtune.models.loading import load_components
     from sdtune.models.lora import add_lora, apply_model_adapters, save_lora
-    from sdtune.recipes.runs import read_run_config
-    from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
+    from sdtune.run_folder import read_run_config
+    from sdtune.training.checkpoint import load_trainable_state_, read_evaluated_weights
 
     digest = _sha256(checkpoint / "trainable.safetensors")
     source = folder / SOURCE_FILE
@@ -90,7 +84,7 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     if cfg.train.train_text_encoder:
         add_lora(comps.text_encoder, lora, lora.text_encoder_targets)
         modules["text_encoder"] = comps.text_encoder
-    load_trainable_state_(modules, read_trainable_weights(checkpoint))
+    load_trainable_state_(modules, read_evaluated_weights(checkpoint))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     write_folder(folder / "lora", lambda tmp: save_lora(tmp, comps.unet, modules.get("text_encoder"), lora))
@@ -111,7 +105,7 @@ def _write_embedding(cfg, run: Path, checkpoint: Path, folder: Path) -> None:
     from sdtune.atomic import write_folder
     from sdtune.models.embeddings import EMBEDDINGS_DIR, add_learned_token, save_embedding
     from sdtune.models.loading import load_components
-    from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
+    from sdtune.training.checkpoint import load_trainable_state_, read_evaluated_weights
 
     learned = cfg.train.textual_inversion
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
@@ -119,7 +113,7 @@ def _write_embedding(cfg, run: Path, checkpoint: Path, folder: Path) -> None:
     comps.text_encoder.requires_grad_(False)  # the row alone is trainable, as in training
     add_learned_token(comps.tokenizer, comps.text_encoder, learned.token, learned.initializer,
                       learned.norm_limit)
-    load_trainable_state_({"text_encoder": comps.text_encoder}, read_trainable_weights(checkpoint))
+    load_trainable_state_({"text_encoder": comps.text_encoder}, read_evaluated_weights(checkpoint))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     write_folder(folder / EMBEDDINGS_DIR, lambda tmp: save_embedding(tmp, comps.text_encoder, learned.token))
@@ -132,7 +126,7 @@ def expand_checkpoints(run: Path, out: Path) -> list[CheckpointModel]:
     if not found:
         raise SdtuneError(f"{run} has no checkpoints to compare (RUN/checkpoints/step-N). Keep several with "
                           "checkpoint.every and checkpoint.keep (LoRA checkpoints are small)")
-    from sdtune.recipes.runs import read_metrics
+    from sdtune.run_folder import read_metrics
 
     root = Path(out) / "checkpoints" / f"{run.name}-{hashlib.sha256(str(run).encode()).hexdigest()[:6]}"
     final_step = (read_metrics(run) or {}).get("steps")

@@ -19,7 +19,7 @@ class EngineExecutor:
         self.engine = Engine(address)
 
     def start(self, job: Job, log: Path) -> str:
-        return self.engine.submit(job.argv, log=log, cwd=job.cwd, name=f"job-{job.id}")
+        return self.engine.submit(job.argv, log=log, cwd=job.cwd, name=f"job-{job.id}", run_dir=job.run_dir)
 
     def exit_code(self, handle: str) -> int | None:
         return self.engine.poll(handle)

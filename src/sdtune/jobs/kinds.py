@@ -25,6 +25,7 @@ COMMANDS: dict[str, list[str]] = {
     "caption": ["dataset", "build"],
     "eval": ["eval"],
     "pick": ["pick"],
+    "export": ["export"],
 }
 
 

@@ -8,29 +8,12 @@ from typing import Any
 
 from sdtune.jobs.store import Job
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def samples(run_dir: Path, limit: int = 24) -> list[str]:
-    """Validation images, newest step first, as paths relative to the run folder (``samples/step-000004/0.png``)."""
-    root = run_dir / "samples"
-    if not root.is_dir():
-        return []
-    found: list[str] = []
-    for step_dir in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
-        for image in sorted(step_dir.iterdir()):
-            if image.suffix.lower() in IMAGE_SUFFIXES and image.is_file():
-                found.append(image.relative_to(run_dir).as_posix())
-                if len(found) >= limit:
-                    return found
-    return found
-
 
 def run_state(run_dir: Path, points: int = 400) -> dict[str, Any]:
     """Progress of ``run_dir``: ``step``, ``max_steps``, ``loss``, ``eta_seconds`` (median of the last 20 step times
     x steps left), ``finished``, ``curve`` ([[step, loss], ...], thinned to ``points``), ``samples``, ``outputs``."""
+    from sdtune.run_folder import CARD_FILE, LORA_DIR, LORA_WEIGHTS_NAME, METRICS_FILE, list_samples, read_progress
     from sdtune.run_status import run_progress
-    from sdtune.training.progress_log import read_progress
 
     rows = read_progress(run_dir, max_points=100_000)
     status = run_progress(run_dir)
@@ -42,23 +25,41 @@ def run_state(run_dir: Path, points: int = 400) -> dict[str, Any]:
     if times and max_steps and not status.finished:
         eta = round(statistics.median(times) * max(max_steps - step, 0), 1)
     thin = rows if len(rows) <= points else [rows[int(i * len(rows) / points)] for i in range(points)] + [rows[-1]]
-    outputs = [name for name in ("lora/pytorch_lora_weights.safetensors", "README.md", "metrics.json")
+    outputs = [name for name in (f"{LORA_DIR}/{LORA_WEIGHTS_NAME}", CARD_FILE, METRICS_FILE)
                if (run_dir / name).is_file()]
     return {"step": step, "max_steps": max_steps, "loss": last.get("loss"), "eta_seconds": eta,
             "finished": status.finished, "curve": [[r["step"], r["loss"]] for r in thin],
-            "samples": samples(run_dir), "outputs": outputs}
+            "samples": list_samples(run_dir), "outputs": outputs}
 
 
-def job_progress(job: Job) -> dict[str, Any] | None:
-    """:func:`run_state` of a job with a run folder, None for one without (an eval, a caption job)."""
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """What a list shows, cheaply (no torch, no full log): ``step``, ``max_steps``, ``loss``, ``eta_seconds`` from
+    the end of the progress log, ``finished`` from metrics.json."""
+    from sdtune.run_folder import last_progress, read_metrics
+
+    rows = last_progress(run_dir)
+    metrics = read_metrics(run_dir) or {}
+    finished = metrics.get("status") == "finished"
+    last = rows[-1] if rows else {}
+    step = last.get("step", metrics.get("steps", 0) if finished else 0)
+    max_steps = last.get("max_steps") or metrics.get("steps")
+    times = [r["seconds"] for r in rows if isinstance(r.get("seconds"), int | float)]
+    eta = None
+    if times and max_steps and not finished:
+        eta = round(statistics.median(times) * max(max_steps - step, 0), 1)
+    return {"step": step, "max_steps": max_steps, "loss": last.get("loss"), "eta_seconds": eta, "finished": finished}
+
+
+def job_progress(job: Job, full: bool = True) -> dict[str, Any] | None:
+    """:func:`run_state` (``full``) or :func:`run_summary` of a job's run folder; None without one (eval, caption)."""
     if not job.run_dir or not Path(job.run_dir).is_dir():
         return None
-    return run_state(Path(job.run_dir))
+    return run_state(Path(job.run_dir)) if full else run_summary(Path(job.run_dir))
 
 
 def progress_line(job: Job) -> str:
     """``step 120/800, loss 0.1234, ETA 14m`` for `sdtune jobs list`; empty without a run folder."""
-    state = job_progress(job)
+    state = job_progress(job, full=False)
     if not state or not state["step"]:
         return ""
     text = f"step {state['step']}/{state['max_steps'] or '?'}"

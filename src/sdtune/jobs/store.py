@@ -30,7 +30,7 @@ from typing import Any
 
 from sdtune.errors import SdtuneError
 
-KINDS = ("train", "run", "personalize", "caption", "eval", "pick")
+KINDS = ("train", "run", "personalize", "caption", "eval", "pick", "export")
 STATES = ("queued", "running", "stopping", "finished", "failed", "stopped", "cancelled")
 ACTIVE = ("queued", "running", "stopping")
 ENDED = ("finished", "failed", "stopped", "cancelled")
@@ -224,11 +224,12 @@ class JobStore:
         with self._write() as db:
             db.execute("UPDATE jobs SET handle=? WHERE id=?", (handle, int(job_id)))
 
-    def unclaim(self, job_id: int, message: str = "") -> None:
-        """A claimed job the worker could not start (it is shutting down): back to the queue."""
+    def requeue(self, job_id: int, message: str = "") -> None:
+        """A running job whose worker is shutting down (its unit stopped at a checkpoint): back to the queue, to
+        resume first when a worker starts (``attempts`` keeps counting the attempts started)."""
         with self._write() as db:
-            db.execute("UPDATE jobs SET state='queued', handle=NULL, message=?, attempts=MAX(attempts-1, 0) "
-                       "WHERE id=? AND state='running'", (message, int(job_id)))
+            db.execute("UPDATE jobs SET state='queued', handle=NULL, message=? WHERE id=? AND state='running'",
+                       (message, int(job_id)))
 
     def ended(self, job_id: int, exit_code: int | None, message: str = "") -> Job:
         """Record how an attempt ended: 0 finished; a stop or cancel asked for: stopped / cancelled; else failed."""

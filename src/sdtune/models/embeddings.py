@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from sdtune.errors import ConfigError, ModelLoadError
+from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name  # noqa: F401 - the run folder's layout
 
-EMBEDDINGS_DIR = "embeddings"
 SDXL_PARTS = ("clip_l", "clip_g")  # AUTOMATIC1111 / ComfyUI names of SDXL's two text encoders
 
 
@@ -151,13 +151,6 @@ def learned_state(text_encoder: torch.nn.Module, token: str) -> dict[str, torch.
     rows = [learned_wrapper(model).rows().detach().float().cpu().contiguous()
             for model in text_models(text_encoder)]
     return {token: rows[0]} if len(rows) == 1 else dict(zip(SDXL_PARTS, rows, strict=True))
-
-
-def embedding_file_name(token: str) -> str:
-    """``<token>.safetensors`` with characters no file name takes replaced (AUTOMATIC1111 names the embedding after
-    its file, so the prompt word stays the token)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in token).strip(".") or "embedding"
-    return f"{safe}.safetensors"
 
 
 def save_embedding(folder: Path, text_encoder: torch.nn.Module, token: str) -> Path:

@@ -23,8 +23,9 @@ import torch
 
 from sdtune.atomic import umask_mode
 from sdtune.config import LoraConfig as LoraSettings
+from sdtune.run_folder import LORA_WEIGHTS_NAME
 
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_WEIGHTS = LORA_WEIGHTS_NAME  # the run folder's RUN/lora/<this>
 
 # LoraConfig fields written to the file (all in peft >= 0.9). Others are left out; one that would change the
 # loaded model if set (bias, fan_in_fan_out, ...) is refused instead of silently dropped.

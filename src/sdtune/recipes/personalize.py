@@ -34,16 +34,9 @@ from typing import Any
 from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config, save_config
 from sdtune.errors import ConfigError, DataError, SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
-from sdtune.recipes.runs import (
-    ConceptRun,
-    concept_run,
-    read_metrics,
-    read_run_config,
-    run_state,
-    saved_config_changes,
-    write_stack_profile,
-)
+from sdtune.recipes.runs import ConceptRun, concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, write_summary
+from sdtune.run_folder import read_metrics, read_run_config
 
 DEFAULT_INSTANCE_PROMPT = "a photo of {token} {class}"
 DEFAULT_CLASS_PROMPT = "a photo of a {class}"

@@ -6,9 +6,10 @@
     alice,photos/alice,sks,woman
     bob,photos/bob,zwx,man
 
-``photos`` is a folder, relative to the CSV file's folder unless absolute. Each subject's outcome is written to
-``OUT/<name>/subject.json`` by the process that trained it; the summary is built from those files, so it is
-the same whichever process wrote them and survives reruns.
+``photos`` is a folder, relative to the CSV file's folder unless absolute. ``name`` becomes the subject's folder
+``OUT/<name>/``: names that differ only in case are refused (one folder on macOS and Windows disks). Each
+subject's outcome is written to ``OUT/<name>/subject.json`` by the process that trained it; the summary is built
+from those files, so it is the same whichever process wrote them and survives reruns.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.errors import ConfigError
-from sdtune.recipes.runs import read_json
+from sdtune.run_folder import read_json
 
 SUBJECT_FILE = "subject.json"
 COLUMNS = {"name": ("name", "subject"), "photos": ("photos", "folder", "instance_dir", "images"),
@@ -59,7 +60,8 @@ def read_subjects(path: Path) -> list[Subject]:
             raise ConfigError(f"{path}: the header needs a '{key}' column (columns: name,photos,token,class; "
                               f"found: {', '.join(reader.fieldnames or []) or 'none'})")
         columns[key] = found
-    subjects, problems, seen = [], [], set()
+    subjects, problems = [], []
+    seen: dict[str, tuple[str, int]] = {}  # lower-cased name -> (name, line)
     for line, row in enumerate(reader, start=2):
         values = {key: (row.get(col) or "").strip() for key, col in columns.items()}
         if not any(values.values()):
@@ -71,9 +73,13 @@ def read_subjects(path: Path) -> list[Subject]:
         if not NAME.match(values["name"]):
             problems.append(f"line {line}: name '{values['name']}' must be letters, digits, '.', '_' or '-' (it "
                             "becomes a folder name)")
-        elif values["name"] in seen:
-            problems.append(f"line {line}: the name '{values['name']}' is used twice")
-        seen.add(values["name"])
+        elif (first := seen.get(values["name"].lower())) is not None:
+            problems.append(f"line {line}: the name '{values['name']}' is used twice (line {first[1]})"
+                            if first[0] == values["name"] else
+                            f"line {line}: the name '{values['name']}' differs from '{first[0]}' (line {first[1]}) "
+                            "only in case: on a case-insensitive disk (macOS, Windows) both are one folder; rename "
+                            "one")
+        seen.setdefault(values["name"].lower(), (values["name"], line))
         photos = Path(values["photos"]).expanduser()
         photos = photos if photos.is_absolute() else (path.parent / photos)
         subjects.append(Subject(values["name"], photos.resolve(), values["token"], values["class"]))

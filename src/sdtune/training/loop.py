@@ -40,10 +40,10 @@ from sdtune.training import checkpoint as ckpt
 from sdtune.training import data_resume
 from sdtune.training import resume as resuming
 from sdtune.training.divergence import DivergenceGuard
+from sdtune.training.eval_weights import EvalWeights, build_ema
 from sdtune.training.finish import TrainResult, finish, validate
 from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
 from sdtune.training.modules import (
-    build_ema,
     build_lr_scheduler,
     build_optimizer,
     check_machine,
@@ -65,7 +65,10 @@ def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
     from sdtune.output_folders import check_run_output
 
     run_dir = Path(cfg.output_dir)
-    check_run_output(cfg)  # never over a user's files, never into the data (before anything is written)
+    from sdtune.models.presets import check_preset_cache
+
+    check_run_output(cfg)  # never over a user's files, never into the data, writable (before anything is written)
+    check_preset_cache(cfg.model.base)  # a built-in model built on first use: its cache must be writable
     ckpt.clean_partial(run_dir / "checkpoints")
     if resume is None:
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
@@ -186,10 +189,11 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
     fresh_hyperparameters = resuming.optimizer_hyperparameters(optimizer)  # the new config's, before loading
-    ema = build_ema(cfg, trainables.unet)
+    ema = build_ema(cfg, trainables)
     _not_started(stop, plan, accelerator)
     unet, optimizer, text_encoder_ddp = prepare_models(accelerator, trainables, optimizer)
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
+    view = EvalWeights(cfg, trainables, optimizer, ema)  # EMA / schedule-free average: what is evaluated and saved
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
     resumed = None
     if plan is not None:
@@ -254,7 +258,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
             try:
                 ckpt.save_checkpoint(run_dir / "checkpoints", current, trainables.modules(), optimizer, lr_scheduler,
                                      scaler=accelerator.scaler, ema=ema, keep=cfg.checkpoint.keep,
-                                     config_text=config_text, keep_also=guard.keep_also(), data_record=data_record)
+                                     config_text=config_text, keep_also=guard.keep_also(),
+                                     evaluated=evaluated_state(cfg, view, trainables), data_record=data_record)
                 mark_unfinished(run_dir, current.step)  # a finished run trained further: its outputs are older
             except Exception as exc:  # every process must hear of it, or the others wait forever
                 error = exc
@@ -341,7 +346,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                 grads = [p.grad for p in trainables.parameters() if p.grad is not None]
                 grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
             guard.check_gradients(grad_norm, state.step + 1)
-            apply_update(optimizer, lr_scheduler, ema, trainables.unet)
+            apply_update(optimizer, lr_scheduler, ema, view.ema_parameters)
             state.step += 1
             state.micro_step += accum
             if state.step == cfg.train.max_steps:  # a stop from here on ends in the final phase, not a resume point
@@ -359,7 +364,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                 save(state)
                 last_saved = state.step
             if cfg.validation.prompts and cfg.validation.every and state.step % cfg.validation.every == 0:
-                if validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir, stop):
+                if validate(cfg, accelerator, comps, trainables, view, state.step, run_dir, stop):
                     validated = state.step
             stop_now = accelerator.gather(torch.tensor([float(stop.requested)], device=accelerator.device)).any()
             if stop_now and state.step < cfg.train.max_steps:
@@ -377,7 +382,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     timing = {"seconds": round(time.time() - started, 2),
               "median_step_seconds": round(statistics.median(step_times[1:] or step_times or [0.0]), 4)}
     try:
-        return finish(cfg, accelerator, comps, trainables, ema, state, run_dir, timing, data_counts(stream), stop,
+        return finish(cfg, accelerator, comps, trainables, view, state, run_dir, timing, data_counts(stream), stop,
                        validated)
     except DiskFullError as exc:
         raise DiskFullError(f"{exc}. Training itself is complete (checkpoint {ckpt.step_dir_name(state.step)}): "
@@ -385,8 +390,10 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                             "the outputs without training again") from None
 
 
-def apply_update(optimizer, lr_scheduler, ema, unet: torch.nn.Module) -> bool:
+def apply_update(optimizer, lr_scheduler, ema, averaged: torch.nn.Module | list[torch.nn.Parameter]) -> bool:
     """One optimizer update; returns False when fp16's grad scaler skipped it (overflowed gradients).
+
+    ``averaged``: what the EMA averages (a module's parameters, or ``EvalWeights.ema_parameters``).
 
     A skipped step changes no weight, so the LR schedule and the EMA do not advance either (what accelerate's
     prepared scheduler does): otherwise the first fp16 steps, which the scaler skips while it finds its scale,
@@ -398,8 +405,18 @@ def apply_update(optimizer, lr_scheduler, ema, unet: torch.nn.Module) -> bool:
         lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     if ema is not None and not skipped:
-        ema.step(unet.parameters())
+        ema.step(averaged.parameters() if isinstance(averaged, torch.nn.Module) else averaged)
     return not skipped
+
+
+def evaluated_state(cfg: RunConfig, view: EvalWeights, trainables) -> dict[str, torch.Tensor] | None:
+    """A checkpoint's evaluated weights (EMA, schedule-free average) for LoRA and textual-inversion runs, whose
+    checkpoints ``sdtune pick`` evaluates; None when they are the trained ones, or for a full fine-tune (its EMA is
+    in ema.pt already and its checkpoints are not evaluated: a second UNet per checkpoint would buy nothing)."""
+    if not view.differs or cfg.is_full:
+        return None
+    with view.swapped():
+        return ckpt.trainable_state(trainables.modules())
 
 
 def _first(rows: torch.Tensor | None, n: int) -> torch.Tensor | None:

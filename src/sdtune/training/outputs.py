@@ -17,6 +17,7 @@ from sdtune.atomic import atomic_write_json, atomic_write_text, write_folder
 from sdtune.config import RunConfig
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
+from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name
 
 
 def base_pipeline(cfg: RunConfig):
@@ -155,7 +156,8 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
             load = "from_single_file" if Path(vae).is_file() else "from_pretrained"
             lines.append(f"pipe.vae = AutoencoderKL.{load}({vae!r})")
         if cfg.train.lora is not None:
-            lines.append(f"pipe.load_lora_weights({str(run_dir / 'lora')!r})")
+            # weight_name given: diffusers 0.35 refuses a folder without it offline ("you must specify a weight_name")
+            lines.append(f"pipe.load_lora_weights({str(run_dir / 'lora')!r}, weight_name={LORA_WEIGHTS!r})")
             if cfg.model.prediction_type:  # the LoRA trained another objective than the base's scheduler says
                 lines.append("pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
                              f"prediction_type={cfg.model.prediction_type!r})")
@@ -166,8 +168,6 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
 
 def _embedding_lines(run_dir: Path, token: str, pipeline_class: str) -> list[str]:
     """Loading the run's token: one call on SD; on SDXL one per text encoder (the diffusers documentation's way)."""
-    from sdtune.models.embeddings import EMBEDDINGS_DIR, embedding_file_name
-
     file = str(run_dir / EMBEDDINGS_DIR / embedding_file_name(token))
     if "XL" not in pipeline_class:
         return [f"pipe.load_textual_inversion({file!r}, token={token!r})"]
@@ -203,8 +203,11 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
     if cfg.train.lora is not None:
         lines.append(f"| LoRA rank / alpha | {cfg.train.lora.rank} / {cfg.train.lora.alpha or cfg.train.lora.rank} |")
     if (learned := cfg.train.textual_inversion) is not None:
-        lines.append(f"| learned token | `{learned.token}` (started from `{learned.initializer or learned.token}`; "
-                     "AUTOMATIC1111 / ComfyUI: the file in `embeddings/`) |")
+        word = Path(embedding_file_name(learned.token)).stem  # what AUTOMATIC1111 and ComfyUI call it: the file's stem
+        lines.append(f"| learned token | `{learned.token}` (started from `{learned.initializer or learned.token}`) |")
+        lines.append(f"| AUTOMATIC1111 / ComfyUI | copy `embeddings/{word}.safetensors` to their `embeddings/` folder; "
+                     f"in the prompt write `{word}` (AUTOMATIC1111) or `embedding:{word}` (ComfyUI) where this card "
+                     f"writes `{learned.token}` |")
     if data.instance_prompt:
         lines.append(f"| instance prompt | `{data.instance_prompt}` |")
     if data.with_prior_preservation:

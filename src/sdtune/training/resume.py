@@ -94,7 +94,11 @@ def _why(key: str) -> str:
 
 def optimizer_hyperparameters(optimizer) -> list[dict[str, Any]]:
     """Each param group's settings without its parameters: taken from a freshly built optimizer + schedule."""
-    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    from sdtune.training.optimizers import config_settings
+
+    # only what the config sets: an optimizer's own state in its groups (Prodigy's d, schedule-free's step count
+    # and train/eval mode) comes from the checkpoint and must not be reset by a changed learning rate
+    return [config_settings(group) for group in optimizer.param_groups]
 
 
 def apply_changes(plan: ResumePlan, cfg: RunConfig, optimizer, lr_scheduler, ema,

@@ -193,3 +193,24 @@ def test_child_env_leaves_the_process_group_behind(monkeypatch: pytest.MonkeyPat
     env = child_env(1, distributed=True)
     assert not any(var in env for var in DIST_VARS) and "TORCHELASTIC_RUN_ID" not in env
     assert env["ACCELERATE_USE_CPU"] == "1"
+
+
+def test_names_that_differ_only_in_case_are_refused_with_both_rows(tmp_path: Path) -> None:
+    """Ann and ann are one folder OUT/ann on macOS and Windows disks: one subject would train over the other."""
+    path = _csv(tmp_path / "p.csv", "name,photos,token,class\nAnn,a,sks,woman\nbob,b,zwx,man\nann,c,qwe,woman\n")
+    with pytest.raises(ConfigError) as info:
+        read_subjects(path)
+    assert "line 4: the name 'ann' differs from 'Ann' (line 2) only in case" in str(info.value)
+
+
+def test_the_readme_shows_the_subjects_csv_that_personalize_reads(tmp_path: Path) -> None:
+    import re
+
+    from sdtune.recipes.subjects import COLUMNS
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"`people\.csv`.*?```csv\n(.*?)```", readme, re.S)
+    assert block, "the README shows people.csv's columns"
+    assert block.group(1).splitlines()[0].split(",") == list(COLUMNS)
+    subjects = read_subjects(_csv(tmp_path / "people.csv", block.group(1)))
+    assert [s.name for s in subjects] == ["alice", "bob"] and subjects[0].photos == (tmp_path / "photos" / "alice")

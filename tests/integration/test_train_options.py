@@ -1,0 +1,146 @@
+"""The training options of issue 24 through the one loop: each trains under bf16 on SD or SDXL, resumes bitwise
+from a copy of its half-way checkpoint (what an interruption leaves), and saves the weights it claims to.
+
+Optimizers (Prodigy, schedule-free AdamW, Adafactor) and the EMA of a LoRA / a learned token: the files written
+(``lora/``, ``embeddings/``, each checkpoint's ``evaluated.safetensors``) hold the evaluated weights (EMA, or
+schedule-free's average ``x``), computed here independently from the checkpoint's raw weights and state, while the
+checkpoint's ``trainable.safetensors`` keeps the raw ones for resume.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.helpers import make_images, run_cli, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+STEPS, HALF = 4, 2
+
+# name: (model, train section, validation.every)
+COMBOS = {
+    "prodigy-lora-te": ("tiny", {"optimizer": "prodigy", "learning_rate": 1.0, "lora": {"rank": 4},
+                                 "train_text_encoder": True, "lr_scheduler": "cosine", "lr_warmup_steps": 1,
+                                 "optimizer_args": {"safeguard_warmup": True, "d_coef": 2.0}}, 0),
+    # schedule-free with validation between checkpoints: swapping x in and out must not move the trajectory
+    "xl-schedulefree-lora-te": ("tiny-xl", {"optimizer": "adamw_schedulefree", "learning_rate": 1e-2,
+                                            "lora": {"rank": 4}, "train_text_encoder": True,
+                                            "lr_warmup_steps": 1}, 1),
+    "adafactor-full": ("tiny", {"optimizer": "adafactor", "learning_rate": 1e-4,
+                                "optimizer_args": {"beta1": 0.9}}, 0),
+    "xl-ema-lora": ("tiny-xl", {"lora": {"rank": 4}, "learning_rate": 1e-2, "ema": {"decay": 0.5}}, 1),
+    "ema-ti": ("tiny", {"textual_inversion": {"token": "sks"}, "learning_rate": 5e-2, "adam_weight_decay": 0.0,
+                        "ema": {"decay": 0.5}}, 1),
+}
+
+
+def _config(tmp: Path, name: str, run: str) -> Path:
+    model, train, every = COMBOS[name]
+    data = {"instance_dir": str(make_images(tmp / "instance", 3, color=(30, 160, 60))),
+            "instance_prompt": "a photo of sks dog"}
+    cfg = tiny_config(tmp / run, data, {"max_steps": STEPS, "mixed_precision": "bf16", **train},
+                      checkpoint={"every": HALF, "keep": 5},
+                      validation={"prompts": ["a photo of sks dog"], "every": every, "steps": 1})
+    cfg["model"]["base"] = model
+    return write_config(tmp / f"{run}.yaml", cfg)
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for file in sorted(folder.rglob("*.safetensors")):
+        out |= {f"{file.relative_to(folder)}:{k}": v for k, v in load_file(str(file)).items()}
+    return out
+
+
+def _resume_from_copy(tmp: Path, name: str) -> Path:
+    run = tmp / "resumed"
+    config = _config(tmp, name, "resumed")
+    step = f"step-{HALF:06d}"
+    shutil.copytree(tmp / "straight" / "checkpoints" / step, run / "checkpoints" / step)
+    saved = yaml.safe_load((tmp / "straight" / "config.yaml").read_text())
+    saved["output_dir"] = str(run)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    out = run_cli("train", str(config), "--resume", "latest")
+    assert "resumed from" in out.stdout and f"done: {STEPS} steps" in out.stdout
+    return run
+
+
+def _evaluated_independently(name: str, checkpoint: Path) -> dict[str, torch.Tensor] | None:
+    """The weights a checkpoint should evaluate, from its raw weights and saved state alone (None: the raw ones)."""
+    raw = load_file(str(checkpoint / "trainable.safetensors"))
+    train = COMBOS[name][1]
+    if "ema" in train:
+        shadow = torch.load(checkpoint / "ema.pt", weights_only=True)["shadow_params"]
+        assert len(shadow) == len(raw)
+        return dict(zip(_trainable_order(raw, checkpoint), shadow, strict=True))
+    if train.get("optimizer") == "adamw_schedulefree":
+        state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+        beta1 = state["param_groups"][0]["betas"][0]
+        assert all(group["train_mode"] for group in state["param_groups"]), "saved in training mode (raw y)"
+        z = state["state"]
+        # a LoRA no gradient reaches (SDXL's last text-encoder layer: its penultimate states are used) has no z
+        return {key: raw[key].lerp(z[i]["z"], 1 - 1 / beta1) if "z" in z.get(i, {}) else raw[key]
+                for i, key in enumerate(_trainable_order(raw, checkpoint))}
+    return None
+
+
+def _trainable_order(raw: dict[str, torch.Tensor], checkpoint: Path) -> list[str]:
+    """Checkpoint keys in parameter order (the optimizer's and the EMA's order; safetensors sorts names)."""
+    from sdtune.config import load_config
+    from sdtune.models.loading import load_components
+    from sdtune.training.checkpoint import trainable_state
+    from sdtune.training.modules import configure_trainables
+
+    cfg = load_config(checkpoint / "config.yaml")
+    trainables = configure_trainables(cfg, load_components(cfg.model.base), torch.device("cpu"))
+    order = list(trainable_state(trainables.modules()))
+    assert sorted(order) == sorted(raw)
+    return order
+
+
+@pytest.mark.parametrize("name", list(COMBOS))
+def test_option_trains_in_bf16_resumes_bitwise_and_saves_the_evaluated_weights(tmp_path: Path, name: str) -> None:
+    straight = tmp_path / "straight"
+    run_cli("train", str(_config(tmp_path, name, "straight")))
+    resumed = _resume_from_copy(tmp_path, name)
+    final = f"checkpoints/step-{STEPS:06d}"
+    for folder in (final, "lora", "embeddings", "model"):
+        expected, actual = _tensors(straight / folder), _tensors(resumed / folder)
+        assert expected.keys() == actual.keys(), folder
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), f"{folder}: {key} differs after resume"
+
+    evaluated = _evaluated_independently(name, straight / final)
+    written = straight / final / "evaluated.safetensors"
+    if evaluated is None or "lora" not in COMBOS[name][1] and "textual_inversion" not in COMBOS[name][1]:
+        assert not written.exists()
+        return
+    raw = load_file(str(straight / final / "trainable.safetensors"))
+    on_disk = load_file(str(written))
+    assert on_disk.keys() == evaluated.keys()
+    assert all(torch.equal(on_disk[k], evaluated[k]) for k in on_disk), "evaluated.safetensors = EMA / x"
+    assert not all(torch.equal(on_disk[k], raw[k]) for k in raw), "the evaluated weights must differ here"
+    if "lora" in COMBOS[name][1]:  # the LoRA file holds the evaluated matrices (peft names without the adapter)
+        lora = load_file(str(straight / "lora" / "pytorch_lora_weights.safetensors"))
+        for key, value in on_disk.items():
+            part, rest = key.split(".", 1)
+            if part == "unet":
+                assert torch.equal(lora[f"unet.{rest.replace('.default.', '.')}"], value), key
+    else:
+        row = load_file(str(straight / "embeddings" / "sks.safetensors"))["sks"]
+        (value,) = on_disk.values()
+        assert torch.equal(row.reshape(value.shape), value), "the embedding file holds the EMA row"
+
+
+def test_schedule_free_needs_a_constant_schedule_and_prodigy_a_rate_near_one(tmp_path: Path) -> None:
+    config = _config(tmp_path, "prodigy-lora-te", "refused")
+    for override, needle in (("train.optimizer=adamw_schedulefree", "set train.lr_scheduler=constant"),
+                             ("train.learning_rate=1e-4", "use train.learning_rate=1.0")):
+        proc = run_cli("train", str(config), override, check=False)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
