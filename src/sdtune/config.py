@@ -161,11 +161,15 @@ class DataConfig(Section):
 
 
 class LoraConfig(Section):
+    kind: Literal["lora", "dora", "loha", "lokr"] = Field(
+        "lora", description="lora; dora (weight-decomposed); loha (Hadamard product); lokr (Kronecker product), "
+        "all through peft: docs/training-options.md")
     rank: int = Field(8, ge=1)
     alpha: float | None = Field(None, description="scale numerator; default = rank (scale 1)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     text_encoder_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    lokr_factor: int = Field(-1, description="kind lokr: the Kronecker factor size (-1: as square as the layer allows)")
 
 
 class EMAConfig(Section):
@@ -331,6 +335,13 @@ class RunConfig(Section):
         if self.model.adapters and self.save.full_model:
             raise ValueError("save.full_model fuses the run's LoRA into model.base alone; with model.adapters "
                              "use the stack (sdtune generate RUN) or fuse the adapters into the base first")
+        return self
+
+    @model_validator(mode="after")
+    def _options(self) -> RunConfig:
+        from sdtune.config_options import check_run_options
+
+        check_run_options(self)  # combinations across sections (LoRA kinds with adapters, validation loss)
         return self
 
     @model_validator(mode="after")

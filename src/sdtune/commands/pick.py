@@ -89,6 +89,12 @@ def pick_command(
         raise SdtuneError("pass the composite prompts to judge the checkpoints by (--prompts FILE or --prompt), "
                           "e.g. 'a photo of sks person giving a thumbs up'")
     out = out or run / "pick"
+    from sdtune.writable import check_writable
+
+    check_writable(out, "--out")  # checked before any checkpoint is evaluated
+    if export:  # RUN/picked/ and RUN/export/ are written into the run folder
+        check_writable(run, "RUN", "pick writes picked/ and export/ into the run folder: fix its permissions, or "
+                       "pass --no-export")
     request = EvalRequest(
         models=[str(run)], prompts=read_prompts(prompts_file, prompt) if has_prompts else [],
         seeds=parse_seeds(seeds), out_dir=out, settings=GenerationSettings(steps=steps, guidance=guidance),

@@ -75,9 +75,12 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     if cfg.train.lora is None:
         raise SdtuneError(f"{run} is a full fine-tune: its checkpoints hold the whole UNet, which this evaluation "
                           "does not write out; evaluate its final model/, or train with train.lora")
+    lora = cfg.train.lora
+    if lora.kind in ("loha", "lokr"):
+        raise SdtuneError(f"{run} trains a {lora.kind} adapter: checkpoint evaluation writes diffusers-format LoRA "
+                          "files, which cannot hold it; evaluate its final lora/ (sdtune eval RUN)")
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant)
-    lora = cfg.train.lora
     modules = {"unet": comps.unet}
     apply_model_adapters(cfg, comps.unet, comps.text_encoder)  # as training built it (same parameter names)
     add_lora(comps.unet, lora, lora.targets)

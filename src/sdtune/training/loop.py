@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sdtune.config import RunConfig, dump_config, resolve_config
-from sdtune.data.buckets import bucket_step_of
+from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
 from sdtune.data.stream_record import stream_record
@@ -172,6 +172,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     check_class_images(cfg)  # generated for another model, prompt or resolution: refused in seconds too
     _not_started(stop, plan)
     check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
+    check_bucket_resolution(cfg.data, cfg.model.base, cfg.model.revision)  # the model's configs only
     _not_started(stop, plan)
     accelerator = _make_accelerator(cfg, run_dir)
     _ensure_class_images(cfg, accelerator, stop, plan)
