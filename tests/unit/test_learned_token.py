@@ -81,7 +81,6 @@ def _cfg(**train) -> dict:
 @pytest.mark.parametrize("train,message", [
     ({"lora": {"rank": 4}}, "remove train.lora"),
     ({"train_text_encoder": True}, "remove train.train_text_encoder"),
-    ({"ema": {"decay": 0.9}}, "remove train.ema"),
     ({"preservation": {"weight": 1.0, "prompts": ["a dog"]}}, "remove train.preservation"),
 ])
 def test_textual_inversion_refuses_what_it_cannot_train_with(train: dict, message: str) -> None:

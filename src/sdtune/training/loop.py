@@ -28,15 +28,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sdtune.config import RunConfig, dump_config, resolve_config
-from sdtune.data.buckets import bucket_step_of
+from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
 from sdtune.data.held_out import held_out_paths
+from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
 from sdtune.run_status import mark_unfinished
 from sdtune.stopping import QUIT_NOW, NotStarted, Stop, stop_scope
 from sdtune.training import checkpoint as ckpt
+from sdtune.training import data_resume
 from sdtune.training import resume as resuming
 from sdtune.training.divergence import DivergenceGuard
 from sdtune.training.eval_weights import EvalWeights, build_ema
@@ -128,7 +130,7 @@ def _ensure_class_images(cfg: RunConfig, accelerator, stop: Stop, plan) -> None:
     _not_started(stop, plan, accelerator, stopped)
 
 
-def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
+def train(cfg: RunConfig, resume: str | None = None, new_data_epoch: bool = False) -> TrainResult:
     """Run (or continue) one training run and write its outputs; see the module docstring for guarantees.
 
     Returns status "interrupted" when Ctrl-C / SIGTERM stopped it (it printed what was saved); a second Ctrl-C
@@ -136,7 +138,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     """
     with stop_scope() as stop:
         try:
-            return _train(cfg, resume, stop)
+            return _train(cfg, resume, stop, new_data_epoch)
         except NotStarted as exc:
             if os.environ.get("RANK", "0") == "0":
                 print(exc)
@@ -155,7 +157,7 @@ def _not_started(stop: Stop, plan, accelerator=None, why: str = "") -> None:
                                  "still the checkpoint to resume from)"), plan.step if plan is not None else 0)
 
 
-def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
+def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool) -> TrainResult:
     from sdtune.data.check_before_train import check_training_data
     from sdtune.models.loading import load_components
 
@@ -172,9 +174,12 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     check_class_images(cfg)  # generated for another model, prompt or resolution: refused in seconds too
     _not_started(stop, plan)
     check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
+    check_bucket_resolution(cfg.data, cfg.model.base, cfg.model.revision)  # the model's configs only
     _not_started(stop, plan)
     accelerator = _make_accelerator(cfg, run_dir)
     _ensure_class_images(cfg, accelerator, stop, plan)
+    data_record = stream_record(cfg.data)  # what the stream is built from: in every checkpoint, compared on resume
+    data_lines = data_resume.check_data(plan, data_record, new_data_epoch) if plan is not None else []
 
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae,
@@ -206,6 +211,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                               "batch define the data of every step (this run has "
                               f"{accelerator.num_processes} x {cfg.train.batch_size})")
         resuming.apply_changes(plan, cfg, optimizer, lr_scheduler, ema, fresh_hyperparameters)
+        data_resume.start_new_epoch(state, plan)
         branch = resuming.start_branch(run_dir, plan) if accelerator.is_main_process else None
         accelerator.wait_for_everyone()
         resumed = resuming.history_entry(plan, branch)
@@ -214,6 +220,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             print(f"resumed from {plan.checkpoint} (step {state.step})")
             if plan.changes or branch:
                 print(resuming.describe(resumed))
+            for line in data_lines:
+                print(line)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         resuming.write_run_config(cfg, run_dir / "config.yaml", state.history)
@@ -238,8 +246,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                               device=accelerator.device, family=comps.family)
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
                         num_workers=cfg.train.num_workers,
-                        sampler=StreamPositions(state.micro_step, cfg.train.batch_size, accelerator.num_processes,
-                                                accelerator.process_index))
+                        sampler=StreamPositions(data_resume.stream_start(state), cfg.train.batch_size,
+                                                accelerator.num_processes, accelerator.process_index))
     batches = iter(loader)
     noise_scheduler = comps.noise_scheduler
     accum = cfg.train.gradient_accumulation_steps
@@ -257,7 +265,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                 ckpt.save_checkpoint(run_dir / "checkpoints", current, trainables.modules(), optimizer, lr_scheduler,
                                      scaler=accelerator.scaler, ema=ema, keep=cfg.checkpoint.keep,
                                      config_text=config_text, keep_also=guard.keep_also(),
-                                     evaluated=evaluated_state(cfg, view, trainables))
+                                     evaluated=evaluated_state(cfg, view, trainables), data_record=data_record)
                 mark_unfinished(run_dir, current.step)  # a finished run trained further: its outputs are older
             except Exception as exc:  # every process must hear of it, or the others wait forever
                 error = exc
