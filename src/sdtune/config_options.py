@@ -25,3 +25,15 @@ def check_train_options(train: Any) -> None:
     if train.optimizer == "prodigy" and train.learning_rate < PRODIGY_LOWEST_RATE:
         raise ValueError(f"train.optimizer=prodigy estimates its own step size and train.learning_rate scales it: "
                          f"{train.learning_rate:g} would barely train; use train.learning_rate=1.0 (0.5 to step less)")
+
+
+def check_run_options(cfg: Any) -> None:
+    """Rules across sections of a run config (``RunConfig``); ValueError in one line."""
+    lora = cfg.train.lora
+    if lora is None:
+        return
+    if lora.kind in ("loha", "lokr") and cfg.model.adapters:
+        raise ValueError(f"train.lora.kind={lora.kind} cannot train on top of model.adapters (frozen LoRAs: peft "
+                         "stacks one adapter type per layer); fuse them into the base first, or use kind lora/dora")
+    if lora.kind != "lokr" and lora.lokr_factor != -1:
+        raise ValueError(f"train.lora.lokr_factor is for train.lora.kind=lokr (this run's kind is {lora.kind})")

@@ -121,8 +121,22 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
     from sdtune.config import DataConfig
     from sdtune.models.kohya import base_metadata, export_kohya
     from sdtune.models.loading import model_generation
-    from sdtune.run_folder import is_run_folder, read_run
+    from sdtune.run_folder import LYCORIS_NAME, is_run_folder, read_run
 
+    if run.is_dir() and (run / "lora" / LYCORIS_NAME).is_file():  # DoRA / LoHa / LoKr: written and verified in training
+        import shutil
+
+        from sdtune.run_status import require_finished
+
+        require_finished(run)  # resumed past its outputs and stopped: its lora/ is an older step's
+        target = _writable_target(_kohya_out(run, out), out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(run / "lora" / LYCORIS_NAME, partial)
+        partial.replace(target)  # never a half-copied file under the name
+        typer.echo(f"kohya/LyCORIS file: {target} (RUN/lora/{LYCORIS_NAME}, verified in ComfyUI's loader logic when "
+                   "the run finished)")
+        return target
     source = _run_lora(run)
     target = _writable_target(_kohya_out(run, out), out)
     base_kw = _base_for(source, base)

@@ -5,7 +5,7 @@ the trainable weights, optimizer, RNG. To generate with it, its LoRA matrices ar
 folder ``OUT/checkpoints/<run>/step-N/`` (the run's ``config.yaml`` and ``lora/``), exactly what the run itself
 would have saved had it stopped there: the adapter is rebuilt as training built it (``models.lora.add_lora`` with
 the run's settings), the checkpoint's weights are copied in, and ``models.lora.save_lora`` writes them (a
-textual-inversion checkpoint: its token's row as ``embeddings/<token>.safetensors``, see ``_write_embedding``). Every
+checkpoint that learns a token: its rows as ``embeddings/<token>.safetensors``, beside the LoRA when pivotal). Every
 tool that takes a run folder (``generate``, ``eval``, ``export``) then takes a checkpoint too. A folder is
 rewritten only when its checkpoint's weights changed (content hash).
 """
@@ -74,6 +74,9 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     if not written:
         raise SdtuneError(f"{run} is a full fine-tune: its checkpoints hold the whole UNet, which this evaluation "
                           "does not write out; evaluate its final model/, or train with train.lora")
+    if lora is not None and lora.kind in ("loha", "lokr"):
+        raise SdtuneError(f"{run} trains a {lora.kind} adapter: checkpoint evaluation writes diffusers-format LoRA "
+                          "files, which cannot hold it; evaluate its final lora/ (sdtune eval RUN)")
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant)
     comps.text_encoder.requires_grad_(False)

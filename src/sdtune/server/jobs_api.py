@@ -141,8 +141,7 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         if not body.run:
             raise SdtuneError(f"a {body.kind} job needs a run")
         run = inside(ws, body.run, "run")
-        args = [str(run)] + (["--format", "kohya"] if body.kind == "export" else [])
-        run_dir = None
+        args = [str(run)] + (["--format", "kohya"] if body.kind == "export" else _pick_prompts(run, body.prompts))
     elif body.kind == "eval":
         runs = [str(inside(ws, r, "run")) for r in body.runs]
         if not runs or not body.prompts:
@@ -160,6 +159,21 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
                              run_dir=run_dir)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
+
+
+def _pick_prompts(run: Path, prompts: list[str]) -> list[str]:
+    """``--prompt`` options for `sdtune pick`: the request's, else the run's validation prompts; none on a toy run
+    (pick then judges the toy suite)."""
+    from sdtune.run_folder import read_run_config
+
+    config = read_run_config(run)
+    validation = (config.get("validation") or {}).get("prompts") or []
+    base = (config.get("model") or {}).get("base")
+    chosen = prompts or ([] if base == "toy" else validation)
+    if not chosen and base != "toy":
+        raise SdtuneError("pick needs the prompts to judge the checkpoints by: give prompts, or train with "
+                          "validation prompts")
+    return [arg for prompt in chosen for arg in ("--prompt", prompt.replace("\n", " "))]
 
 
 @router.post("/jobs/{job_id}/{action}")
