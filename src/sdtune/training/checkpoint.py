@@ -38,6 +38,7 @@ from sdtune.errors import SdtuneError
 from sdtune.run_folder import STATE_FILE, STEP_DIR, list_checkpoints, step_dir_name, step_of  # noqa: F401
 
 CONFIG_FILE = "config.yaml"  # the run config this checkpoint was made with
+DATA_FILE = "data.json"  # what its data stream was built from (sdtune.data.stream_record)
 EVALUATED_FILE = "evaluated.safetensors"  # the EMA / schedule-free average, when it is not the trained weights
 
 
@@ -140,14 +141,16 @@ def _torch_save(obj: Any, path: Path) -> None:
 
 def save_checkpoint(root: Path, state: TrainerState, modules: dict[str, torch.nn.Module], optimizer,
                     lr_scheduler, scaler=None, ema=None, keep: int = 3, config_text: str | None = None,
-                    keep_also: str | None = None, evaluated: dict[str, torch.Tensor] | None = None) -> Path:
+                    keep_also: str | None = None, evaluated: dict[str, torch.Tensor] | None = None,
+                    data_record: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically and keep only the newest ``keep`` live ones (and ``keep_also``, by name).
 
     ``evaluated``: the weights to evaluate at this step when they are not the trained ones (an EMA, schedule-free's
     average; ``sdtune.training.eval_weights``), keyed as ``trainable.safetensors``: written as
     ``evaluated.safetensors``, which checkpoint evaluation reads; resume reads the trained ones.
 
-    ``config_text``: the run config (YAML) stored with it. Raises :class:`DiskFullError` (after removing the
+    ``config_text``: the run config (YAML) stored with it; ``data_record``: what the data stream was built from
+    (``sdtune.data.stream_record``), compared on resume. Raises :class:`DiskFullError` (after removing the
     half-written folder) when the disk, a quota or a file size limit is full.
     """
     root.mkdir(parents=True, exist_ok=True)
@@ -181,6 +184,8 @@ def save_checkpoint(root: Path, state: TrainerState, modules: dict[str, torch.nn
             save_file(rng, str(tmp / "rng.safetensors"))
             if config_text is not None:
                 (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+            if data_record is not None:
+                (tmp / DATA_FILE).write_text(json.dumps(data_record, ensure_ascii=False), encoding="utf-8")
             payload = asdict(state) | {"python_random": _python_rng_state()}
             (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")  # written last: the marker
             _fsync_tree(tmp)
@@ -200,6 +205,15 @@ def read_config(path: Path) -> dict[str, Any] | None:
     except (OSError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_data_record(path: Path) -> dict[str, Any] | None:
+    """What a checkpoint's data stream was built from (None for checkpoints made before it was recorded)."""
+    try:
+        data = json.loads((path / DATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("subsets"), list) else None
 
 
 def move_aside(root: Path, checkpoints: list[Path], folder: str, note: dict[str, Any]) -> Path:

@@ -31,11 +31,14 @@ from sdtune.config import RunConfig, dump_config, resolve_config
 from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
+from sdtune.data.held_out import held_out_paths
+from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
 from sdtune.run_status import mark_unfinished
 from sdtune.stopping import QUIT_NOW, NotStarted, Stop, stop_scope
 from sdtune.training import checkpoint as ckpt
+from sdtune.training import data_resume
 from sdtune.training import resume as resuming
 from sdtune.training.divergence import DivergenceGuard
 from sdtune.training.eval_weights import EvalWeights, build_ema
@@ -53,6 +56,7 @@ from sdtune.training.modules import (
 from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
+from sdtune.training.val_loss import build_validation_loss
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -126,7 +130,7 @@ def _ensure_class_images(cfg: RunConfig, accelerator, stop: Stop, plan) -> None:
     _not_started(stop, plan, accelerator, stopped)
 
 
-def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
+def train(cfg: RunConfig, resume: str | None = None, new_data_epoch: bool = False) -> TrainResult:
     """Run (or continue) one training run and write its outputs; see the module docstring for guarantees.
 
     Returns status "interrupted" when Ctrl-C / SIGTERM stopped it (it printed what was saved); a second Ctrl-C
@@ -134,7 +138,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     """
     with stop_scope() as stop:
         try:
-            return _train(cfg, resume, stop)
+            return _train(cfg, resume, stop, new_data_epoch)
         except NotStarted as exc:
             if os.environ.get("RANK", "0") == "0":
                 print(exc)
@@ -153,7 +157,7 @@ def _not_started(stop: Stop, plan, accelerator=None, why: str = "") -> None:
                                  "still the checkpoint to resume from)"), plan.step if plan is not None else 0)
 
 
-def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
+def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool) -> TrainResult:
     from sdtune.data.check_before_train import check_training_data
     from sdtune.models.loading import load_components
 
@@ -174,6 +178,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     _not_started(stop, plan)
     accelerator = _make_accelerator(cfg, run_dir)
     _ensure_class_images(cfg, accelerator, stop, plan)
+    data_record = stream_record(cfg.data)  # what the stream is built from: in every checkpoint, compared on resume
+    data_lines = data_resume.check_data(plan, data_record, new_data_epoch) if plan is not None else []
 
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae,
@@ -181,7 +187,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
     trainables = configure_trainables(cfg, comps, accelerator.device)  # a learned token joins the tokenizer here
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,
-                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config))
+                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config),
+                          held_out=held_out_paths(cfg))  # validation.loss.split: never trained on
     check_learned_token(cfg, stream, comps.tokenizer)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
@@ -191,6 +198,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     unet, optimizer, text_encoder_ddp = prepare_models(accelerator, trainables, optimizer)
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
     view = EvalWeights(cfg, trainables, optimizer, ema)  # EMA / schedule-free average: what is evaluated and saved
+    val_loss = build_validation_loss(cfg, comps, trainables.text_encoder or comps.text_encoder, accelerator.device,
+                                     bucket_step_of(comps.vae.config, comps.unet.config))
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
     resumed = None
     if plan is not None:
@@ -202,6 +211,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                               "batch define the data of every step (this run has "
                               f"{accelerator.num_processes} x {cfg.train.batch_size})")
         resuming.apply_changes(plan, cfg, optimizer, lr_scheduler, ema, fresh_hyperparameters)
+        data_resume.start_new_epoch(state, plan)
         branch = resuming.start_branch(run_dir, plan) if accelerator.is_main_process else None
         accelerator.wait_for_everyone()
         resumed = resuming.history_entry(plan, branch)
@@ -210,6 +220,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             print(f"resumed from {plan.checkpoint} (step {state.step})")
             if plan.changes or branch:
                 print(resuming.describe(resumed))
+            for line in data_lines:
+                print(line)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         resuming.write_run_config(cfg, run_dir / "config.yaml", state.history)
@@ -234,8 +246,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                               device=accelerator.device, family=comps.family)
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
                         num_workers=cfg.train.num_workers,
-                        sampler=StreamPositions(state.micro_step, cfg.train.batch_size, accelerator.num_processes,
-                                                accelerator.process_index))
+                        sampler=StreamPositions(data_resume.stream_start(state), cfg.train.batch_size,
+                                                accelerator.num_processes, accelerator.process_index))
     batches = iter(loader)
     noise_scheduler = comps.noise_scheduler
     accum = cfg.train.gradient_accumulation_steps
@@ -253,7 +265,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                 ckpt.save_checkpoint(run_dir / "checkpoints", current, trainables.modules(), optimizer, lr_scheduler,
                                      scaler=accelerator.scaler, ema=ema, keep=cfg.checkpoint.keep,
                                      config_text=config_text, keep_also=guard.keep_also(),
-                                     evaluated=evaluated_state(cfg, view, trainables))
+                                     evaluated=evaluated_state(cfg, view, trainables), data_record=data_record)
                 mark_unfinished(run_dir, current.step)  # a finished run trained further: its outputs are older
             except Exception as exc:  # every process must hear of it, or the others wait forever
                 error = exc
@@ -354,6 +366,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             progress_log.step(state.step, cfg.train.max_steps, state.last_loss, lr, step_times[-1])
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # drawn by update()
             bar.update(1)
+            if val_loss is not None:  # before the checkpoint: it carries the value (sdtune pick --by val_loss)
+                val_loss.after_step(state, accelerator, trainables.unet, view)
             if state.step % cfg.checkpoint.every == 0:
                 save(state)
                 last_saved = state.step

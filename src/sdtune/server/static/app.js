@@ -42,6 +42,18 @@ function flash(text, bad = false) {
   flash.timer = setTimeout(() => { box.hidden = true; }, bad ? 9000 : 4000);
 }
 
+// A side list: one row per item (its name, a note on the right), the open one marked, a line when there is none.
+function sideList(ul, items, { selected, hash, name, note, noteClass = () => "muted", empty }) {
+  ul.replaceChildren(...items.map(it => el("li", { class: selected(it) ? "selected" : "", onclick: () => {
+    location.hash = hash(it); } }, el("span", {}, name(it)), el("span", { class: noteClass(it) }, note(it)))));
+  if (!items.length) ul.append(el("li", { class: "muted" }, empty));
+}
+
+// A detail panel's data, or its error in the panel.
+async function load(view, path) {
+  try { return await api(path); } catch (e) { view.replaceChildren(el("p", { class: "err" }, e.message)); return null; }
+}
+
 const fileUrl = (path, download = false) =>
   "/api/files/" + path.split("/").map(encodeURIComponent).join("/") + (download ? "?download=1" : "");
 
@@ -69,21 +81,16 @@ async function workerStatus() {
 // ---- datasets ------------------------------------------------------------------------------------------------
 async function loadDatasets(open) {
   const list = await api("/datasets");
-  const ul = $("#dataset-list");
-  ul.replaceChildren(...list.map(d => el("li", { class: d.path === open ? "selected" : "", onclick: () => {
-    location.hash = "datasets/" + encodeURIComponent(d.path); } },
-    el("span", {}, d.name), el("span", { class: "muted" }, `${d.images} img, ${d.captioned} capt.`))));
-  if (!list.length) ul.append(el("li", { class: "muted" }, "none yet"));
+  sideList($("#dataset-list"), list, { selected: d => d.path === open, hash: d => "datasets/" + encodeURIComponent(d.path),
+    name: d => d.name, note: d => `${d.images} img, ${d.captioned} capt.`, empty: "none yet" });
   if (open) showDataset(open);
 }
 
 async function showDataset(path) {
   state.dataset = path;
   const view = $("#dataset-view");
-  let d;
-  try { d = await api("/dataset?path=" + encodeURIComponent(path)); } catch (e) {
-    view.replaceChildren(el("p", { class: "err" }, e.message)); return;
-  }
+  const d = await load(view, "/dataset?path=" + encodeURIComponent(path));
+  if (!d) return;
   const missing = d.records.filter(r => !r.caption).length;
   const thumbs = d.records.map(r => {
     const area = el("textarea", { "aria-label": "caption of " + r.file, placeholder: "no caption" });
@@ -277,11 +284,9 @@ function percent(p) { return p && p.max_steps ? Math.min(100, Math.round(100 * p
 
 async function loadJobs(open, listOnly = false) {
   const jobs = await api("/jobs");
-  $("#job-list").replaceChildren(...jobs.map(j => el("li", { class: j.id === open ? "selected" : "",
-      "data-job": j.id, onclick: () => { location.hash = "jobs/" + j.id; } },
-    el("span", {}, `#${j.id} ${j.name}`),
-    el("span", { class: "state " + j.state }, j.state + (j.progress && j.progress.max_steps ? ` ${percent(j.progress)}%` : "")))));
-  if (!jobs.length) $("#job-list").append(el("li", { class: "muted" }, "no jobs yet"));
+  sideList($("#job-list"), jobs, { selected: j => j.id === open, hash: j => "jobs/" + j.id, name: j => `#${j.id} ${j.name}`,
+    note: j => j.state + (j.progress && j.progress.max_steps ? ` ${percent(j.progress)}%` : ""),
+    noteClass: j => "state " + j.state, empty: "no jobs yet" });
   if (open && !listOnly) watchJob(open);
 }
 
@@ -362,20 +367,17 @@ function renderJob(j) {
 // ---- results -------------------------------------------------------------------------------------------------
 async function loadRuns(open) {
   const runs = await api("/runs");
-  $("#run-list").replaceChildren(...runs.map(r => el("li", { class: r.name === open ? "selected" : "", onclick: () => {
-    location.hash = "results/" + encodeURIComponent(r.name); } }, el("span", {}, r.name),
-    el("span", { class: "muted" }, r.kind === "run" ? (r.finished ? "finished" : `step ${r.step}/${r.max_steps ?? "?"}`) : r.kind))));
-  if (!runs.length) $("#run-list").append(el("li", { class: "muted" }, "no runs yet"));
+  sideList($("#run-list"), runs, { selected: r => r.name === open, hash: r => "results/" + encodeURIComponent(r.name),
+    name: r => r.name, note: r => r.kind === "run" ? (r.finished ? "finished" : `step ${r.step}/${r.max_steps ?? "?"}`) : r.kind,
+    empty: "no runs yet" });
   if (open) showRun(open);
 }
 
 async function showRun(name) {
   state.run = name;
   const view = $("#run-view");
-  let r;
-  try { r = await api("/runs/" + encodeURIComponent(name)); } catch (e) {
-    view.replaceChildren(el("p", { class: "err" }, e.message)); return;
-  }
+  const r = await load(view, "/runs/" + encodeURIComponent(name));
+  if (!r) return;
   const queue = (kind, label) => el("button", { id: `run-${kind}`, onclick: async () => {
     try { const job = await api("/jobs/other", { method: "POST", json: { kind, run: r.path } });
           flash(`${label}: job ${job.id} queued`); } catch (e) { flash(e.message, true); } } }, label);
