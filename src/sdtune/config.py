@@ -111,7 +111,8 @@ class DataConfig(Section):
     subsets: list[SubsetConfig] = Field(default_factory=list)
     repeats: int = Field(1, ge=1, description="repeats of train_dir / instance_dir")
 
-    resolution: int = Field(512, ge=8)
+    resolution: int = Field(512, ge=8, description="training size in px: a multiple of 8, and with buckets at least "
+                            "the model's bucket step (64 on SD)")
     center_crop: bool = True
     random_flip: bool = False
     caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="probability of an empty prompt (for CFG)")
@@ -279,7 +280,28 @@ class CheckpointConfig(Section):
     keep: int = Field(3, ge=1, description="keep the last K checkpoints")
 
 
+class ValidationLossConfig(Section):
+    """A loss on images the run never trains on (``sdtune.training.val_loss``), at fixed timesteps with fixed noise:
+    comparable across steps and runs; logged, in metrics.json and the checkpoints, and ``sdtune pick --by val_loss``."""
+
+    split: float | None = Field(None, gt=0.0, lt=1.0, description="fraction of the training images held out "
+                                "(chosen by validation.loss.seed; never trained on)")
+    data_dir: Path | None = Field(None, description="a folder of held-out images (captions, or data.instance_prompt)")
+    every: int = Field(0, ge=0, description="every N steps (0 = at every checkpoint); always at the last step")
+    timesteps: int = Field(4, ge=1, description="fixed timesteps spread evenly over the schedule; every image is "
+                           "measured at each")
+    seed: int = Field(0, description="which images split holds out, and the fixed noise")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValidationLossConfig:
+        if (self.split is None) == (self.data_dir is None):
+            raise ValueError("validation.loss needs exactly one of split (a fraction of the training images held "
+                             "out, e.g. 0.1) or data_dir (a folder of held-out images)")
+        return self
+
+
 class ValidationConfig(Section):
+    loss: ValidationLossConfig | None = Field(None, description="a validation loss on held-out images")
     prompts: list[str] = Field(default_factory=list)
     every: int = Field(0, ge=0, description="every N steps (0 = only at the end when prompts are set)")
     num_images: int = Field(1, ge=1, description="images per prompt")
@@ -479,6 +501,8 @@ def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
     cfg.data.instance_dir = fix(data.instance_dir)
     cfg.data.class_dir = fix(data.class_dir)
     cfg.data.cache_dir = fix(data.cache_dir)
+    if cfg.validation.loss is not None:
+        cfg.validation.loss.data_dir = fix(cfg.validation.loss.data_dir)
     for sub in cfg.data.subsets:
         sub.path = fix(sub.path)  # type: ignore[assignment]
     for adapter in cfg.model.adapters:

@@ -229,12 +229,14 @@ def data_counts(stream: ExampleStream) -> dict[str, int]:
 
 
 def build_stream(data: DataConfig, tokenizer, seed: int, *, batch_size: int = 1,
-                 bucket_step: int | None = None) -> ExampleStream:
+                 bucket_step: int | None = None, held_out: frozenset[Path] = frozenset()) -> ExampleStream:
     """The run's stream. ``batch_size``: examples per process per micro-step (a batch is one bucket);
-    ``bucket_step``: the model's side multiple (``sdtune.data.buckets.bucket_step_of``; default SD's 64)."""
+    ``bucket_step``: the model's side multiple (``sdtune.data.buckets.bucket_step_of``; default SD's 64);
+    ``held_out``: training images kept out of it (``validation.loss.split``, ``sdtune.data.held_out``)."""
     train, classes = [], []
     for subset in subsets_from_config(data):
         (classes if subset.role == "class" else train).extend(examples_of(subset))
+    train = [e for e in train if e.path not in held_out]
     return ExampleStream(train, classes, tokenizer, data, seed, batch_size=batch_size, bucket_step=bucket_step)
 
 

@@ -126,7 +126,8 @@ def finish(cfg: RunConfig, accelerator, comps, trainables, view, state, run_dir:
                    "mixed_precision": cfg.train.mixed_precision,
                    **timing, "method": cfg.method, **counts,
                    "outputs": result.outputs, "processes": accelerator.num_processes,
-                   "rank_weight_checksums": checksums, "history": state.history}
+                   "rank_weight_checksums": checksums, "history": state.history,
+                   **({"val_loss": state.extra["val_loss"]} if "val_loss" in state.extra else {})}
         outputs.write_metrics(run_dir, metrics)
         outputs.write_model_card(run_dir, cfg, metrics, comps.family.pipeline_class_name)
     stopped = bool(accelerator.gather(torch.tensor([float(stopped)], device=accelerator.device)).any())

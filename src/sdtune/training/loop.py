@@ -31,6 +31,7 @@ from sdtune.config import RunConfig, dump_config, resolve_config
 from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
+from sdtune.data.held_out import held_out_paths
 from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
@@ -55,6 +56,7 @@ from sdtune.training.modules import (
 from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
+from sdtune.training.val_loss import build_validation_loss
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -185,7 +187,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
     trainables = configure_trainables(cfg, comps, accelerator.device)  # a learned token joins the tokenizer here
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,
-                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config))
+                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config),
+                          held_out=held_out_paths(cfg))  # validation.loss.split: never trained on
     check_learned_token(cfg, stream, comps.tokenizer)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
@@ -195,6 +198,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     unet, optimizer, text_encoder_ddp = prepare_models(accelerator, trainables, optimizer)
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
     view = EvalWeights(cfg, trainables, optimizer, ema)  # EMA / schedule-free average: what is evaluated and saved
+    val_loss = build_validation_loss(cfg, comps, trainables.text_encoder or comps.text_encoder, accelerator.device,
+                                     bucket_step_of(comps.vae.config, comps.unet.config))
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
     resumed = None
     if plan is not None:
@@ -361,6 +366,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
             progress_log.step(state.step, cfg.train.max_steps, state.last_loss, lr, step_times[-1])
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # drawn by update()
             bar.update(1)
+            if val_loss is not None:  # before the checkpoint: it carries the value (sdtune pick --by val_loss)
+                val_loss.after_step(state, accelerator, trainables.unet, view)
             if state.step % cfg.checkpoint.every == 0:
                 save(state)
                 last_saved = state.step
