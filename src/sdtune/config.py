@@ -111,7 +111,8 @@ class DataConfig(Section):
     subsets: list[SubsetConfig] = Field(default_factory=list)
     repeats: int = Field(1, ge=1, description="repeats of train_dir / instance_dir")
 
-    resolution: int = Field(512, ge=8)
+    resolution: int = Field(512, ge=8, description="training size in px: a multiple of 8, and with buckets at least "
+                            "the model's bucket step (64 on SD)")
     center_crop: bool = True
     random_flip: bool = False
     caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="probability of an empty prompt (for CFG)")
