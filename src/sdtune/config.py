@@ -201,12 +201,19 @@ class TextualInversionConfig(Section):
     norm_limit: float | None = Field(None, gt=0.0, description="cap the token's embedding norm at this multiple "
                                      "of the vocabulary's longest embedding (an unbounded one grows until it "
                                      "outweighs the prompt's other words); null = no cap")
+    num_vectors: int = Field(1, ge=1, le=16, description="embedding vectors per token (AUTOMATIC1111's vectors "
+                             "per token; diffusers adds them as token, token_1, ...)")
+    learning_rate: float | None = Field(None, gt=0.0, description="the embedding's own learning rate (default: "
+                                        "train.learning_rate); with train.lora this is pivotal tuning")
+    ti_fraction: float = Field(1.0, gt=0.0, le=1.0, description="train the embedding for this fraction of the "
+                               "steps, then freeze it while the LoRA trains on (pivotal tuning: needs train.lora)")
 
 
 class TrainConfig(Section):
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tuning")
     textual_inversion: TextualInversionConfig | None = Field(
-        None, description="train only a new token's embedding (excludes lora and full fine-tuning)")
+        None, description="train a new token's embedding: alone (textual inversion) or with train.lora (pivotal "
+        "tuning)")
     train_text_encoder: bool = False
     learning_rate: float = Field(1e-4, gt=0.0)
     text_encoder_lr: float | None = Field(None, gt=0.0)
@@ -259,12 +266,13 @@ class TrainConfig(Section):
 
         check_train_options(self)  # the newer options' combinations (optimizers, LoRA kinds, EMA), one table
         if self.textual_inversion is not None:
-            clash = [key for key, on in (("train.lora", self.lora is not None),
-                                         ("train.train_text_encoder", self.train_text_encoder),
-                                         ("train.preservation", self.preservation is not None)) if on]
+            clash = [key for key, on in (("train.train_text_encoder", self.train_text_encoder),) if on]
             if clash:
-                raise ValueError(f"train.textual_inversion trains one token's embedding alone; remove "
-                                 f"{' and '.join(clash)} (or remove train.textual_inversion)")
+                raise ValueError(f"train.textual_inversion trains a token's embedding (with train.lora: pivotal "
+                                 f"tuning); remove {' and '.join(clash)} (or remove train.textual_inversion)")
+            if self.lora is None and self.textual_inversion.ti_fraction < 1.0:
+                raise ValueError("train.textual_inversion.ti_fraction freezes the embedding while a LoRA trains on "
+                                 "(pivotal tuning): add train.lora, or set ti_fraction to 1.0")
         if self.lr_warmup_steps and self.lr_scheduler == "constant" and self.optimizer != "adamw_schedulefree":
             raise ValueError(f"train.lr_warmup_steps={self.lr_warmup_steps} has no effect with "
                              "train.lr_scheduler=constant: use constant_with_warmup, or set lr_warmup_steps=0")
@@ -351,8 +359,8 @@ class RunConfig(Section):
                              f"{learned.token!r}, the word whose embedding is trained: write it into the prompt "
                              f"(e.g. 'a photo of {learned.token} person')")
         if learned is not None and self.save.full_model:
-            raise ValueError("save.full_model is for LoRA runs; a textual-inversion run saves its token's embedding "
-                             "(RUN/embeddings), loaded on the base model with load_textual_inversion: remove "
+            raise ValueError("save.full_model is for LoRA runs; a run that learns a token saves its embedding "
+                             "(RUN/embeddings), loaded with load_textual_inversion next to the LoRA: remove "
                              "save.full_model")
         if self.model.adapters and self.save.full_model:
             raise ValueError("save.full_model fuses the run's LoRA into model.base alone; with model.adapters "
@@ -385,7 +393,13 @@ class RunConfig(Section):
 
     @property
     def is_textual_inversion(self) -> bool:
+        """It learns a token's embedding (alone, or with a LoRA: :attr:`is_pivotal`)."""
         return self.train.textual_inversion is not None
+
+    @property
+    def is_pivotal(self) -> bool:
+        """Pivotal tuning: a token's embedding and a LoRA trained together (``sdtune.training.pivotal``)."""
+        return self.train.textual_inversion is not None and self.train.lora is not None
 
     @property
     def is_full(self) -> bool:
@@ -395,7 +409,8 @@ class RunConfig(Section):
     @property
     def method(self) -> str:
         kind = "dreambooth" if self.data.instance_dir is not None else "text-to-image"
-        how = "textual-inversion" if self.is_textual_inversion else "lora" if self.is_lora else "full"
+        how = ("pivotal" if self.is_pivotal else "textual-inversion" if self.is_textual_inversion else "lora"
+               if self.is_lora else "full")
         return f"{kind}-{how}"
 
 

@@ -152,10 +152,26 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
         if trained else None
     meta = base_metadata(generation, (trained.prediction_type if trained else None) or prediction,
                          title=target.stem, resolution=resolution if isinstance(resolution, int) else None)
-    target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta)
+    embedding = trained.embedding_file if trained else None  # textual inversion / pivotal tuning: its token
+    bundle = None
+    if embedding is not None:
+        from sdtune.models.embeddings import bundle_state
+
+        bundle = bundle_state(embedding)
+    target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta,
+                          bundle=bundle)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
+    if embedding is not None:
+        import shutil
+
+        copy = target.with_name(embedding.name)
+        if copy.resolve() != target.resolve():
+            shutil.copyfile(embedding, copy)
+        typer.echo(f"  with the run's learned token: bundled in the LoRA file (AUTOMATIC1111 loads it with the LoRA; "
+                   f"diffusers' load_lora_weights refuses such a file: use RUN/lora and RUN/embeddings) and as "
+                   f"{copy} (ComfyUI: models/embeddings/, write embedding:{copy.stem} in the prompt)")
     return target
 
 

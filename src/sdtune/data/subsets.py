@@ -114,6 +114,9 @@ class ExampleStream(Dataset):
         return len(self.train)
 
     def _tokenize(self, prompt: str) -> torch.Tensor:
+        from sdtune.models.embeddings import expand_prompt
+
+        prompt = expand_prompt(prompt, self.tokenizer)  # a multi-vector learned token, as pipelines write it out
         return self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids[0]
 

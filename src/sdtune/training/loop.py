@@ -53,6 +53,7 @@ from sdtune.training.modules import (
     frozen_dtypes,
     prepare_models,
 )
+from sdtune.training.pivotal import freeze_embedding_if_due
 from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
@@ -345,6 +346,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                     guard.check_loss(all_losses, gathered[:, 1], state.step + 1)  # judges the weights of state.step
                     accelerator.backward(loss / accum)
                     losses.append(all_losses.mean().item())
+            freeze_embedding_if_due(cfg, trainables.text_encoder if cfg.is_pivotal else None, state.step)
             grad_norm = None
             if cfg.train.max_grad_norm is not None:
                 grad_norm = accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)
