@@ -78,11 +78,15 @@ def _embedding_hint(run: Path) -> str:
 
 def _writable_target(target: Path, out: Path | None) -> Path:
     """``target`` when its folder can be written (checked before the base model loads for verification)."""
-    from sdtune.writable import check_writable
+    from sdtune.errors import SdtuneError
+    from sdtune.writable import check_writable, replace_problem, unwritable
 
     key = "--out" if out is not None else "the run's export/ folder"
     fix = None if out is not None else "pass --out FILE in a writable folder or fix the permissions"
     check_writable(target.parent, key, fix)
+    if problem := replace_problem(target):
+        raise SdtuneError(unwritable(target, key, problem, "pass --out with another file, or clear its attributes "
+                                     "(chattr -i)"))
     return target
 
 

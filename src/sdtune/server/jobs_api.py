@@ -18,7 +18,7 @@ from sdtune.jobs.progress import job_progress
 from sdtune.jobs.store import ENDED, Job
 from sdtune.jobs.worker import WorkerLock, log_path
 from sdtune.jobs.workspace import check_name, inside, relative_name
-from sdtune.server.training_form import FORM_KEYS, bases, build_config, ready_configs
+from sdtune.server.training_form import FORM_KEYS, HUB_ID, bases, build_config, ready_configs
 
 router = APIRouter()
 SERVED = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".safetensors", ".md", ".html", ".json", ".csv", ".txt",
@@ -129,7 +129,8 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         src = inside(ws, body.dataset, "dataset")
         out = ws / "datasets" / check_name(f"{src.name}-captioned", "dataset name")
         if body.captioner:
-            model = body.captioner if not (ws / body.captioner).exists() else str(inside(ws, body.captioner))
+            hub_id = HUB_ID.match(body.captioner) and not (ws / body.captioner).exists()
+            model = body.captioner if hub_id else str(inside(ws, body.captioner, "captioner"))
             args = [str(src), str(out), "--captioner", model]
         elif body.caption:
             args = [str(src), str(out), "--caption", body.caption]

@@ -75,6 +75,18 @@ def test_pick_and_export_jobs_from_the_page(tmp_path):
     assert export["argv"] == ["export", str(ws / "runs" / "sdrun"), "--format", "kohya"]
     caption = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun"}).json()
     assert "say how to caption" in caption["error"]
+    (ws / "models" / "blip").mkdir(parents=True)
+    for captioner, expected in (("Salesforce/blip-image-captioning-base", "Salesforce/blip-image-captioning-base"),
+                                ("models/blip", str(ws / "models" / "blip"))):
+        job = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun",
+                                                   "captioner": captioner}).json()
+        assert job["argv"][:2] == ["dataset", "build"] and job["argv"][-2:] == ["--captioner", expected]
+        assert job["argv"][3] == str(ws / "datasets" / "sdrun-captioned")
+    for bad in ("/etc", "../blip", "models/../../blip"):
+        r = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": bad})
+        assert r.status_code == 403, (bad, r.text)
+    tilde = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": "~/m"})
+    assert tilde.json()["argv"][-1] == str(ws / "~" / "m")  # a folder named ~ inside the workspace, never home
 
 
 def test_eval_and_pick_tables(tmp_path):
