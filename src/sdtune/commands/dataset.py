@@ -150,6 +150,9 @@ def check_command(
                               f"limit (diffusers folder, hub id or built-in: {', '.join(PRESETS)}); without it "
                               "counts are estimates"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON for scripts"),
+    masks: str = typer.Option(None, "--masks", help="check the masked loss's masks: a folder of masks named as "
+                              "the images (data.mask_dir), or 'alpha' for the images' alpha channels; missing, "
+                              "other-size or empty masks are errors"),
 ) -> None:
     """Report what is wrong with a dataset; exit status 1 when there are errors.
 
@@ -166,6 +169,7 @@ def check_command(
     \b
     Examples:
       sdtune dataset check data/me --resolution 512
+      sdtune dataset check data/me --masks data/me-masks
       sdtune dataset check data/t2i --require-captions \\
           --model tiny --json
     """
@@ -177,8 +181,10 @@ def check_command(
     existing_folder(folder, "dataset folder")
     tokenizer = load_tokenizer(model) if model else None
     step = model_bucket_step(model)[0] if model else SD_STEP
+    if masks is not None and masks != "alpha":
+        existing_folder(Path(masks), "mask folder (--masks)")
     report = check_folder(folder, resolution=resolution, require_captions=require_captions, tokenizer=tokenizer,
-                          progress=not as_json, bucket_step=step)
+                          progress=not as_json, bucket_step=step, masks=masks)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.to_text())
     if not report.ok:
         raise typer.Exit(1)
