@@ -28,6 +28,7 @@ METRICS_FILE = "metrics.json"
 CHECKPOINTS_DIR = "checkpoints"
 LORA_DIR = "lora"
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
+LYCORIS_NAME = "lycoris.safetensors"  # DoRA / LoHa / LoKr runs: the kohya/LyCORIS file (sdtune.models.lycoris)
 MODEL_DIR = "model"
 EMBEDDINGS_DIR = "embeddings"
 ADAPTERS_FILE = "adapters.json"  # a stack of adapters a run needs below its own LoRA (two-stage recipes)
@@ -61,6 +62,7 @@ class RunFolder:
     prediction_type: str | None = None  # model.prediction_type: the objective trained, when not the base's own
     model_dir: Path | None = None  # full pipeline (full fine-tune, or saved on request)
     lora_file: Path | None = None
+    lycoris_file: Path | None = None  # LoHa / LoKr (no diffusers-format file): RUN/lora/lycoris.safetensors
     stack: list[Adapter] = field(default_factory=list)  # from RUN/adapters.json, applied below the run's LoRA
     embedding_file: Path | None = None  # textual inversion: RUN/embeddings/<token>.safetensors
     token: str | None = None  # its token (train.textual_inversion.token)
@@ -191,6 +193,8 @@ def read_run(folder: str | Path) -> RunFolder:
     lora = path / LORA_DIR / LORA_WEIGHTS_NAME
     if lora.is_file():
         run.lora_file = lora
+    elif (path / LORA_DIR / LYCORIS_NAME).is_file():
+        run.lycoris_file = path / LORA_DIR / LYCORIS_NAME
     learned = (cfg.get("train") or {}).get("textual_inversion") or {}
     if learned.get("token"):
         run.token = str(learned["token"])
@@ -266,16 +270,22 @@ def last_progress(run_dir: str | Path, lines: int = 20) -> list[dict[str, Any]]:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 256 * lines))
+            start = max(0, fh.tell() - 256 * lines)
+            fh.seek(start)
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return []
-    rows = []
-    for line in text.splitlines()[1:] if not text.startswith("{") else text.splitlines():
+    found = text.splitlines()
+    if start > 0:
+        found = found[1:]  # the seek may have landed inside a line
+    rows: list[dict[str, Any]] = []
+    for line in reversed(found):
         try:
             row = json.loads(line)
         except ValueError:
-            continue
+            continue  # a line being written
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append(row)
-    return rows[-lines:]
+            if len(rows) == lines:
+                break
+    return rows[::-1]

@@ -1,5 +1,6 @@
 """The queue end to end on the real engine: `sdtune jobs submit` + `sdtune jobs work`, a worker stopped mid-job
-and started again, priorities and cancel. Nothing is lost: the job resumes from the checkpoint its stop saved."""
+(SIGTERM) and one killed mid-job (SIGKILL), each followed by a new worker; cancel. Nothing is lost: after a stop the
+job resumes from the checkpoint the stop saved, after a crash from the newest checkpoint."""
 
 from __future__ import annotations
 
@@ -70,9 +71,23 @@ def test_worker_restart_resumes_the_running_job(tmp_path):
     job = _jobs(ws)[1]
     assert job["state"] == "queued" and job["attempts"] == 1, job
     stopped_at = max(_steps(run))
-    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
-    assert checkpoints[-1] == f"step-{stopped_at:06d}"  # the stop saved the step it reached: nothing lost
+    assert _checkpoints(run)[-1] == stopped_at  # the stop saved the step it reached: nothing lost
     assert _jobs(ws)[2]["state"] == "cancelled" and _jobs(ws)[2]["attempts"] == 0
+    # now a crash: the worker is killed (SIGKILL, an OOM kill) while the job runs
+    worker = _worker(ws, log)
+    try:
+        _wait(lambda: max(_steps(run)) >= stopped_at + 6, 240, "six more steps of job 1", log)
+        worker.kill()
+        worker.wait(60)
+        time.sleep(3)  # its unit of work dies with it (parent-death signal)
+        killed_at = max(_steps(run))
+        kept = _checkpoints(run)[-1]
+        assert kept <= killed_at and _jobs(ws)[1]["state"] == "running"  # the store still says running
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    time.sleep(2)
+    assert max(_steps(run)) == killed_at  # nothing trains without a worker
     worker = _worker(ws, log)
     try:
         _wait(lambda: _jobs(ws)[1]["state"] == "finished", 300, "job 1 to finish after the restart", log)
@@ -80,11 +95,20 @@ def test_worker_restart_resumes_the_running_job(tmp_path):
         worker.send_signal(signal.SIGTERM)
         worker.wait(120)
     job = _jobs(ws)[1]
-    assert job["attempts"] == 2 and job["exit_code"] == 0
+    assert job["attempts"] == 3 and job["exit_code"] == 0
     lines = [json.loads(line)["step"] for line in (run / "logs" / "progress.jsonl").read_text().splitlines()]
-    resumed = lines[lines.index(stopped_at) + 1:]
-    assert resumed[0] == stopped_at + 1 and resumed[-1] == 40  # continued after the checkpoint, no step redone
+    second = lines[lines.index(stopped_at) + 1:]
+    assert second[0] == stopped_at + 1  # continued after the stop's checkpoint, no step redone
+    third = second[second.index(killed_at) + 1:]
+    assert third[0] == kept + 1 and third[-1] == 40  # after the crash: from the newest checkpoint, nothing before it
     job_log = run_cli("jobs", "logs", "1", "--workspace", str(ws)).stdout
-    assert "attempt 1" in job_log and "attempt 2" in job_log and "done: 40 steps" in job_log
+    assert "attempt 1" in job_log and "attempt 3" in job_log and "done: 40 steps" in job_log
+    assert "after the previous worker ended" in log.read_text()
     listing = run_cli("jobs", "list", "--all", "--workspace", str(ws)).stdout
     assert "finished" in listing and "step 40/40" in listing
+
+
+def _checkpoints(run: Path) -> list[int]:
+    from sdtune.run_folder import list_checkpoints, step_of
+
+    return [step_of(p) for p in list_checkpoints(run / "checkpoints")]  # complete ones, oldest first

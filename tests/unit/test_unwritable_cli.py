@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from sdtune.cli import main
-from sdtune.inference.testing import make_run_folder
-from tests.helpers import locked_folder, make_images, tiny_config, write_config
+from tests.helpers import immutable, locked_folder, make_images, tiny_config, write_config
 
 
 def _refused(capsys, *argv: str, key: str, folder: Path) -> str:
@@ -25,6 +24,18 @@ def _refused(capsys, *argv: str, key: str, folder: Path) -> str:
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"error: cannot write to {folder} ({key}): "), err
     return line
+
+
+def _run_folder(run: Path) -> Path:
+    """A LoRA run folder's files as the commands find them (no weights are loaded: they refuse first)."""
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    (run / "lora").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"}, "output_dir": str(run)}))
+    save_file({"x": torch.zeros(1)}, str(run / "lora" / "pytorch_lora_weights.safetensors"))
+    return run
 
 
 def _config(tmp_path: Path) -> Path:
@@ -61,7 +72,7 @@ def test_a_continued_run_with_a_locked_subfolder_is_refused(tmp_path, capsys) ->
 
 
 def test_every_command_checks_its_output_folder_first(tmp_path, capsys) -> None:
-    run = make_run_folder(tmp_path / "runs" / "db", kind="lora", seed=1)
+    run = _run_folder(tmp_path / "runs" / "db")
     people = tmp_path / "people.csv"
     people.write_text(f"name,photos\nann,{make_images(tmp_path / 'ann', 2)}\n", encoding="utf-8")
     with locked_folder(tmp_path) as locked:
@@ -74,3 +85,34 @@ def test_every_command_checks_its_output_folder_first(tmp_path, capsys) -> None:
         _refused(capsys, "personalize", str(people), "--concept", str(run), "--out", str(out), key="--out",
                  folder=out)
         _refused(capsys, "demo", "--out", str(out), key="--out", folder=out)
+
+
+def test_pick_and_the_job_workspace_check_where_they_write(tmp_path, capsys, monkeypatch) -> None:
+    run = _run_folder(tmp_path / "run")
+    with locked_folder(tmp_path, "run") as locked:
+        if locked != run:
+            pytest.skip("no way to lock a folder of our own here (chattr +i refused)")
+        line = _refused(capsys, "pick", str(run), "--prompt", "a dog", "--out", str(tmp_path / "pick"), key="RUN",
+                        folder=run)
+        assert "--no-export" in line
+        _refused(capsys, "pick", str(run), "--prompt", "a dog", key="--out", folder=run / "pick")
+    with locked_folder(tmp_path) as locked:
+        monkeypatch.setenv("SDTUNE_WORKSPACE", str(locked / "ws"))
+        _refused(capsys, "jobs", "list", key="SDTUNE_WORKSPACE", folder=locked / "ws")
+        _refused(capsys, "jobs", "list", "--workspace", str(locked / "w2"), key="--workspace", folder=locked / "w2")
+
+
+def test_a_continued_run_whose_config_is_immutable_is_refused(tmp_path, capsys) -> None:
+    import subprocess
+
+    config = str(_config(tmp_path))
+    (tmp_path / "run").mkdir()
+    kept = tmp_path / "run" / "config.yaml"
+    kept.write_text((tmp_path / "c.yaml").read_text())
+    if not immutable(kept):
+        pytest.skip("chattr +i is not available here")
+    try:
+        line = _refused(capsys, "train", config, key="output_dir", folder=kept)
+    finally:
+        subprocess.run(["chattr", "-i", str(kept)], check=True)
+    assert "immutable or append-only" in line and "chattr -i" in line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 
@@ -54,7 +55,13 @@ def serve_command(
     shown = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     typer.echo(f"sdtune serve: {shown}{'?token=...' if required else ''}  (workspace {ws}; Ctrl-C stops)", err=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # SSE streams never end by themselves: shut down after 3 s of grace
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    except SystemExit as exc:
+        # uvicorn re-raises the SIGTERM/SIGINT it caught once it is down; Ray's driver handler turns that into
+        # sys.exit(15): a requested stop, not a failure
+        if exc.code not in (signal.SIGTERM, signal.SIGINT, 130, 143):
+            raise
     finally:
         if runner is not None and thread is not None:
             typer.echo("stopping the running jobs at a checkpoint (they stay queued)...", err=True)

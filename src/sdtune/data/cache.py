@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sdtune.data.feature_cache import FeatureStore, default_root, entry_key, module_hash, unwritable_note
-from sdtune.data.images import file_hash
+from sdtune.data.images import content_hash
 from sdtune.data.transforms import Transform, apply_transform
 from sdtune.errors import DataError
 from sdtune.models.family import SD, Family, TextConditioning
@@ -211,7 +211,7 @@ def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None,
     keys: dict[tuple[Path, Transform], str] = {}
     for path, plan in stream.variants():
         if path not in hashes:
-            hashes[path] = file_hash(path)
+            hashes[path] = content_hash(path)
         key = entry_key(kind="vae-posterior", model=store.model_hash, dtype=str(param.dtype),
                         device=param.device.type, image=hashes[path], transform=plan.key())
         wanted[key] = (path, plan)

@@ -111,6 +111,22 @@ def check_address(address: str, timeout: float = 3.0) -> None:
                           "to run on this machine") from None
 
 
+def use_token_if_available() -> None:
+    """Ray >= 2.52's ``ray start --head`` turns on token authentication when a token exists (``~/.ray/auth_token``,
+    ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``), but a driver given an explicit address does not send it unless
+    ``RAY_AUTH_MODE=token`` was set before Ray read its config: it is refused ("InvalidAuthToken") after a minute
+    of retries. Do what Ray itself does for ``address="auto"`` (a chosen ``RAY_AUTH_MODE`` wins, e.g. disabled)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 class Engine:
     """Submit units, poll them, cancel them; see the module docstring. Thread-safe."""
 
@@ -134,6 +150,7 @@ class Engine:
             pass
         elif address:
             check_address(address)
+            use_token_if_available()
             try:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:

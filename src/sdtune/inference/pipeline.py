@@ -18,7 +18,7 @@ from typing import Any
 
 from sdtune.errors import ModelLoadError
 from sdtune.models.fit import diffusers_quiet, loader_error
-from sdtune.models.loading import load_pipeline, resolve_model_ref, set_prediction_type
+from sdtune.models.loading import family_of_pipeline, load_pipeline, resolve_model_ref, set_prediction_type
 from sdtune.run_folder import (  # the run folder is read in sdtune.run_folder (also imported from here)
     LORA_WEIGHTS_NAME,
     PICKLE_SUFFIXES,
@@ -77,11 +77,15 @@ def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None
         allow_pickle = allow_pickle or run.allow_pickle
         if run.model_dir is not None:
             pipe = load_pipeline(str(run.model_dir), allow_pickle=allow_pickle)
-        elif run.lora_file is not None or run.stack or run.embedding_file is not None:
+        elif run.lora_file is not None or run.stack or run.embedding_file is not None or run.lycoris_file:
             pipe = load_pipeline(run.base, allow_pickle=allow_pickle, revision=run.revision, variant=run.variant)
             stack += run.stack
             if run.lora_file is not None:
                 stack.append(Adapter(run.lora_file, 1.0, "run"))
+            if run.lycoris_file is not None:  # LoHa / LoKr: no diffusers loader; merged as ComfyUI merges it
+                from sdtune.models.lycoris import merge_comfyui
+
+                merge_comfyui(pipe.unet, family_of_pipeline(pipe).text_of(pipe)[1], run.lycoris_file)
         else:
             progress = run_progress(ref)
             what = f"embeddings/{run.token}.safetensors" if run.token else f"model/ nor lora/{LORA_WEIGHTS_NAME}"

@@ -41,7 +41,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     metrics = read_metrics(run_dir) or {}
     finished = metrics.get("status") == "finished"
     last = rows[-1] if rows else {}
-    step = last.get("step", metrics.get("steps", 0) if finished else 0)
+    step = metrics.get("steps", 0) if finished else last.get("step", 0)
     max_steps = last.get("max_steps") or metrics.get("steps")
     times = [r["seconds"] for r in rows if isinstance(r.get("seconds"), int | float)]
     eta = None

@@ -165,8 +165,12 @@ class Worker:
             self._log(job_id, "--- the worker stopped: queued again, resumes from its checkpoint")
 
     def _log(self, job_id: int, line: str) -> None:
-        with open(log_path(self.workspace, job_id), "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        path = log_path(self.workspace, job_id)
+        with open(path, "a+b") as fh:
+            fh.seek(0, 2)
+            fresh_line = fh.tell() == 0 or (fh.seek(-1, 2) or True) and fh.read(1) in (b"\n", b"\r")
+            fh.seek(0, 2)  # a progress bar's last redraw ends without a newline: start a line of our own
+            fh.write(("" if fresh_line else "\n").encode() + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n".encode())
 
 
 def _ending(code: int) -> str:

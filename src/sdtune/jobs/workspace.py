@@ -44,6 +44,10 @@ def find_workspace(option: str | Path | None = None) -> Path:
     path = Path(chosen).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise SdtuneError(f"workspace {path} is a file; give a folder with --workspace or {ENV}")
+    from sdtune.writable import check_writable
+
+    check_writable(path, "--workspace" if option else ENV if os.environ.get(ENV) else "workspace",
+                   f"choose a writable folder with --workspace FOLDER or {ENV}=..., or fix its permissions")
     for sub in ("jobs", "datasets", "runs", "uploads"):
         (path / sub).mkdir(parents=True, exist_ok=True)
     return path
@@ -80,6 +84,10 @@ def inside(workspace: Path, relative: str | Path, what: str = "path") -> Path:
 
 def relative_name(workspace: Path, path: Path) -> str:
     """How a path inside the workspace is shown to users of the page (``runs/me``)."""
+    try:
+        return path.relative_to(workspace).as_posix()  # stored paths are absolute and resolved: no file-system calls
+    except ValueError:
+        pass
     try:
         return path.resolve().relative_to(workspace.resolve()).as_posix()
     except ValueError:

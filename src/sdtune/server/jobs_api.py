@@ -18,7 +18,7 @@ from sdtune.jobs.progress import job_progress
 from sdtune.jobs.store import ENDED, Job
 from sdtune.jobs.worker import WorkerLock, log_path
 from sdtune.jobs.workspace import check_name, inside, relative_name
-from sdtune.server.training_form import FORM_KEYS, bases, build_config, ready_configs
+from sdtune.server.training_form import FORM_KEYS, HUB_ID, bases, build_config, ready_configs
 
 router = APIRouter()
 SERVED = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".safetensors", ".md", ".html", ".json", ".csv", ".txt",
@@ -129,7 +129,8 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         src = inside(ws, body.dataset, "dataset")
         out = ws / "datasets" / check_name(f"{src.name}-captioned", "dataset name")
         if body.captioner:
-            model = body.captioner if not (ws / body.captioner).exists() else str(inside(ws, body.captioner))
+            hub_id = HUB_ID.match(body.captioner) and not (ws / body.captioner).exists()
+            model = body.captioner if hub_id else str(inside(ws, body.captioner, "captioner"))
             args = [str(src), str(out), "--captioner", model]
         elif body.caption:
             args = [str(src), str(out), "--caption", body.caption]
@@ -141,8 +142,7 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         if not body.run:
             raise SdtuneError(f"a {body.kind} job needs a run")
         run = inside(ws, body.run, "run")
-        args = [str(run)] + (["--format", "kohya"] if body.kind == "export" else [])
-        run_dir = None
+        args = [str(run)] + (["--format", "kohya"] if body.kind == "export" else _pick_prompts(run, body.prompts))
     elif body.kind == "eval":
         runs = [str(inside(ws, r, "run")) for r in body.runs]
         if not runs or not body.prompts:
@@ -155,9 +155,26 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
     else:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
                           "use `sdtune jobs submit --kind` for run and personalize")
-    sub = command_submission(body.kind, args, name=body.name or Path(args[0]).name, cwd=ws, run_dir=run_dir)
+    label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
+                             run_dir=run_dir)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
+
+
+def _pick_prompts(run: Path, prompts: list[str]) -> list[str]:
+    """``--prompt`` options for `sdtune pick`: the request's, else the run's validation prompts; none on a toy run
+    (pick then judges the toy suite)."""
+    from sdtune.run_folder import read_run_config
+
+    config = read_run_config(run)
+    validation = (config.get("validation") or {}).get("prompts") or []
+    base = (config.get("model") or {}).get("base")
+    chosen = prompts or ([] if base == "toy" else validation)
+    if not chosen and base != "toy":
+        raise SdtuneError("pick needs the prompts to judge the checkpoints by: give prompts, or train with "
+                          "validation prompts")
+    return [arg for prompt in chosen for arg in ("--prompt", prompt.replace("\n", " "))]
 
 
 @router.post("/jobs/{job_id}/{action}")

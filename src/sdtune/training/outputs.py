@@ -15,6 +15,7 @@ import torch
 
 from sdtune.atomic import atomic_write_json, atomic_write_text, write_folder
 from sdtune.config import RunConfig
+from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
 from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name
@@ -52,6 +53,8 @@ def save_lora_output(run_dir: Path, cfg: RunConfig, unet, text_encoder,
     """
     assert cfg.train.lora is not None
     lora = cfg.train.lora
+    if lora.kind != "lora":
+        return _save_variant_output(run_dir, cfg, unet, text_encoder, release)
 
     def write(tmp: Path) -> None:
         file = save_lora(tmp, unet, text_encoder, lora)
@@ -65,6 +68,37 @@ def save_lora_output(run_dir: Path, cfg: RunConfig, unet, text_encoder,
 
     write_folder(run_dir / "lora", write)
     return run_dir / "lora" / LORA_WEIGHTS
+
+
+def _save_variant_output(run_dir: Path, cfg: RunConfig, unet, text_encoder,
+                         release: Callable[[], None] | None) -> Path:
+    """``RUN/lora`` of a DoRA / LoHa / LoKr run (``sdtune.models.lycoris``): peft's own format, the kohya/LyCORIS
+    file, and for DoRA the diffusers file; each loaded by its consumer and compared with the trained adapter."""
+    from sdtune.models.lora_variants import kind_of
+    from sdtune.models.lycoris import LYCORIS_FILE, write_lycoris_and_verify, write_peft_folder
+
+    lora = cfg.train.lora
+    assert lora is not None
+    kind = kind_of(lora)
+
+    def write(tmp: Path) -> None:
+        if kind.diffusers:
+            save_lora(tmp, unet, text_encoder, lora)
+        write_peft_folder(tmp, unet, text_encoder, lora)
+        if release is not None:
+            release()
+        model = cfg.model
+        checks = write_lycoris_and_verify(tmp, kind.name, verify=cfg.save.verify, base=model.base,
+                                          allow_pickle=model.allow_pickle, revision=model.revision,
+                                          variant=model.variant)
+        for check in checks:
+            print(f"RUN/lora verified: {check.line()}")
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            raise SdtuneError(f"RUN/lora does not load as the trained {kind.name} adapter: {bad[0].line()}")
+
+    write_folder(run_dir / "lora", write)
+    return run_dir / "lora" / (LORA_WEIGHTS if kind.diffusers else LYCORIS_FILE)
 
 
 def save_full_model(run_dir: Path, cfg: RunConfig, unet, text_encoder=None) -> Path:
@@ -85,6 +119,14 @@ def save_full_model(run_dir: Path, cfg: RunConfig, unet, text_encoder=None) -> P
 def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
     """A full pipeline with the run's LoRA fused into the base weights (for tools that take no LoRA)."""
     pipe = base_pipeline(cfg)
+    if cfg.train.lora is not None and cfg.train.lora.kind != "lora":  # DoRA / LoHa / LoKr: merge the LyCORIS file
+        from sdtune.models.loading import family_of_pipeline
+        from sdtune.models.lycoris import LYCORIS_FILE, merge_comfyui
+
+        left = merge_comfyui(pipe.unet, family_of_pipeline(pipe).text_of(pipe)[1], run_dir / "lora" / LYCORIS_FILE)
+        if left:
+            raise SdtuneError(f"{run_dir / 'lora' / LYCORIS_FILE}: {len(left)} keys fit no layer (first: {left[0]})")
+        return write_folder(run_dir / "model", lambda tmp: save_pipeline(pipe, tmp))
     pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
