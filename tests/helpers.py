@@ -108,3 +108,12 @@ def locked_folder(parent: Path, name: str = "locked"):
     finally:
         if undo is not None:
             undo()
+
+
+def immutable(file: Path) -> bool:
+    """Make ``file`` immutable (``chattr +i``: not even root may replace it); False where that is not possible.
+    The caller undoes it with ``chattr -i``."""
+    import shutil
+
+    return bool(shutil.which("chattr")) and subprocess.run(["chattr", "+i", str(file)],
+                                                            capture_output=True).returncode == 0

@@ -9,6 +9,7 @@ checkpoint's ``trainable.safetensors`` keeps the raw ones for resume.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -181,3 +182,44 @@ def _check_kind_outputs(run: Path, kind: str, resumed_log: Path) -> None:
     assert np.isfinite(image).all()
     out = run_cli("export", str(run), "--format", "kohya")
     assert "kohya/LyCORIS file" in out.stdout
+
+
+def test_validation_loss_is_fixed_logged_resumes_exactly_and_picks(tmp_path: Path) -> None:
+    """validation.loss.split: the held-out image is never trained on; the loss at each checkpoint is the same in a
+    resumed run (fixed noise and timesteps, no global RNG), logged to tensorboard, and `pick --by val_loss` keeps
+    the lowest."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = {"instance_dir": str(make_images(tmp_path / "instance", 3, color=(30, 160, 60))),
+            "instance_prompt": "a photo of sks dog"}
+
+    def config(run: str) -> Path:
+        cfg = tiny_config(tmp_path / run, data, {"max_steps": STEPS, "mixed_precision": "bf16", "lora": {"rank": 4},
+                                                 "learning_rate": 1e-2, "train_text_encoder": True},
+                          checkpoint={"every": 1, "keep": 10}, logging={"trackers": ["tensorboard"]},
+                          validation={"loss": {"split": 0.34, "timesteps": 2}})
+        return write_config(tmp_path / f"{run}.yaml", cfg)
+
+    run_cli("train", str(config("straight")))
+    straight = json.loads((tmp_path / "straight/metrics.json").read_text())
+    assert straight["images"] == 2, "the held-out image is not trained on"
+    assert list(straight["val_loss"]) == [str(s) for s in range(1, STEPS + 1)]
+    assert len(set(straight["val_loss"].values())) > 1, "training moves the loss"
+
+    run = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight/checkpoints/step-000002", run / "checkpoints/step-000002")
+    saved = yaml.safe_load((tmp_path / "straight/config.yaml").read_text())
+    saved["output_dir"] = str(run)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    run_cli("train", str(config("resumed")), "--resume", "latest")
+    assert json.loads((run / "metrics.json").read_text())["val_loss"] == straight["val_loss"]
+
+    events = EventAccumulator(str(next((tmp_path / "straight/logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("val_loss")}
+    assert logged == pytest.approx({int(k): v for k, v in straight["val_loss"].items()}, rel=1e-6)
+
+    out = run_cli("pick", str(tmp_path / "straight"), "--by", "val_loss")
+    best = min(straight["val_loss"].items(), key=lambda kv: (kv[1], int(kv[0])))
+    assert f"kept: step {best[0]}," in out.stdout
+    assert json.loads((tmp_path / "straight/picked/pick.json").read_text())["step"] == int(best[0])

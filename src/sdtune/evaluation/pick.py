@@ -94,6 +94,27 @@ def choose(results: dict[str, Any], max_forgetting: float | None = None) -> Choi
     return Choice(model, rows, subject, forgetting, limit, note)
 
 
+def choose_by_val_loss(run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every live checkpoint of ``run`` with the validation loss measured at its step (``validation.loss``), and
+    the kept one: the lowest loss, ties to the earlier step. SdtuneError when no checkpoint has one."""
+    from pathlib import Path
+
+    from sdtune.training.checkpoint import list_checkpoints, read_state
+    from sdtune.training.val_loss import STATE_KEY
+
+    rows = []
+    for path in list_checkpoints(Path(run) / "checkpoints"):
+        state = read_state(path)
+        rows.append({"step": state.step, "checkpoint": str(path),
+                     "val_loss": (state.extra.get(STATE_KEY) or {}).get(str(state.step))})
+    measured = [r for r in rows if r["val_loss"] is not None]
+    if not measured:
+        raise SdtuneError(f"{run}: no checkpoint carries a validation loss; train with validation.loss (split: 0.1 "
+                          "or data_dir: FOLDER) and keep several checkpoints, or pick by the generated images "
+                          "(--by subject)")
+    return rows, min(measured, key=lambda r: (r["val_loss"], r["step"]))
+
+
 def _scale(values: list[float]) -> tuple[float, float]:
     """(zero, best) that map a metric to its part of the score: ``(value - zero) / (best - zero)``.
 

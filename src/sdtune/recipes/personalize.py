@@ -136,6 +136,8 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
                      source=f"subject {subject.name}")
     if train.get("lora") is None:
         train["lora"] = {}
+    if isinstance(train.get("textual_inversion"), dict):  # pivotal tuning: the subject's token is the one learned
+        train["textual_inversion"] = {**train["textual_inversion"], "token": subject.token}
     data = apply_overrides(data, list(overrides or []))
     if data["data"].get("with_prior_preservation") and not data["data"].get("class_dir"):
         data["data"]["class_dir"] = str(out_dir / "class-images" / _slug(subject.class_name))

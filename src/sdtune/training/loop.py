@@ -31,6 +31,8 @@ from sdtune.config import RunConfig, dump_config, resolve_config
 from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
+from sdtune.data.held_out import held_out_paths
+from sdtune.data.masks import latent_weights
 from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
@@ -52,9 +54,11 @@ from sdtune.training.modules import (
     frozen_dtypes,
     prepare_models,
 )
+from sdtune.training.pivotal import freeze_embedding_if_due
 from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
+from sdtune.training.val_loss import build_validation_loss
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -185,7 +189,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
     trainables = configure_trainables(cfg, comps, accelerator.device)  # a learned token joins the tokenizer here
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,
-                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config))
+                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config),
+                          held_out=held_out_paths(cfg))  # validation.loss.split: never trained on
     check_learned_token(cfg, stream, comps.tokenizer)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
@@ -195,6 +200,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     unet, optimizer, text_encoder_ddp = prepare_models(accelerator, trainables, optimizer)
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
     view = EvalWeights(cfg, trainables, optimizer, ema)  # EMA / schedule-free average: what is evaluated and saved
+    val_loss = build_validation_loss(cfg, comps, trainables.text_encoder or comps.text_encoder, accelerator.device,
+                                     bucket_step_of(comps.vae.config, comps.unet.config))
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
     resumed = None
     if plan is not None:
@@ -298,9 +305,12 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         weights = group["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
+        masks = group.get("loss_mask")  # data.masked_loss: (B, 1, H, W) pixel masks -> latent-grid weights
+        pixels = None if masks is None else latent_weights(masks.to(latents.device), tuple(latents.shape[-2:]),
+                                                           cfg.data.mask_outside_weight)
         with torch.no_grad():
-            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train)
-        loss = weighted_loss(pred, target, weights, num_train)
+            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train, pixels)
+        loss = weighted_loss(pred, target, weights, num_train, pixels)
         if preservation is not None:  # pulled towards the starting model on prompts without the identifier
             with accelerator.autocast():
                 loss = loss + preservation.loss(unet, text_encoder, cfg.train.train_text_encoder,
@@ -340,6 +350,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                     guard.check_loss(all_losses, gathered[:, 1], state.step + 1)  # judges the weights of state.step
                     accelerator.backward(loss / accum)
                     losses.append(all_losses.mean().item())
+            freeze_embedding_if_due(cfg, trainables.text_encoder if cfg.is_pivotal else None, state.step)
             grad_norm = None
             if cfg.train.max_grad_norm is not None:
                 grad_norm = accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)
@@ -361,6 +372,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
             progress_log.step(state.step, cfg.train.max_steps, state.last_loss, lr, step_times[-1])
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # drawn by update()
             bar.update(1)
+            if val_loss is not None:  # before the checkpoint: it carries the value (sdtune pick --by val_loss)
+                val_loss.after_step(state, accelerator, trainables.unet, view)
             if state.step % cfg.checkpoint.every == 0:
                 save(state)
                 last_saved = state.step

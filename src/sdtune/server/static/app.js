@@ -42,6 +42,18 @@ function flash(text, bad = false) {
   flash.timer = setTimeout(() => { box.hidden = true; }, bad ? 9000 : 4000);
 }
 
+// A side list: one row per item (its name, a note on the right), the open one marked, a line when there is none.
+function sideList(ul, items, { selected, hash, name, note, noteClass = () => "muted", empty }) {
+  ul.replaceChildren(...items.map(it => el("li", { class: selected(it) ? "selected" : "", onclick: () => {
+    location.hash = hash(it); } }, el("span", {}, name(it)), el("span", { class: noteClass(it) }, note(it)))));
+  if (!items.length) ul.append(el("li", { class: "muted" }, empty));
+}
+
+// A detail panel's data, or its error in the panel.
+async function load(view, path) {
+  try { return await api(path); } catch (e) { view.replaceChildren(el("p", { class: "err" }, e.message)); return null; }
+}
+
 const fileUrl = (path, download = false) =>
   "/api/files/" + path.split("/").map(encodeURIComponent).join("/") + (download ? "?download=1" : "");
 
@@ -69,21 +81,16 @@ async function workerStatus() {
 // ---- datasets ------------------------------------------------------------------------------------------------
 async function loadDatasets(open) {
   const list = await api("/datasets");
-  const ul = $("#dataset-list");
-  ul.replaceChildren(...list.map(d => el("li", { class: d.path === open ? "selected" : "", onclick: () => {
-    location.hash = "datasets/" + encodeURIComponent(d.path); } },
-    el("span", {}, d.name), el("span", { class: "muted" }, `${d.images} img, ${d.captioned} capt.`))));
-  if (!list.length) ul.append(el("li", { class: "muted" }, "none yet"));
+  sideList($("#dataset-list"), list, { selected: d => d.path === open, hash: d => "datasets/" + encodeURIComponent(d.path),
+    name: d => d.name, note: d => `${d.images} img, ${d.captioned} capt.`, empty: "none yet" });
   if (open) showDataset(open);
 }
 
 async function showDataset(path) {
   state.dataset = path;
   const view = $("#dataset-view");
-  let d;
-  try { d = await api("/dataset?path=" + encodeURIComponent(path)); } catch (e) {
-    view.replaceChildren(el("p", { class: "err" }, e.message)); return;
-  }
+  const d = await load(view, "/dataset?path=" + encodeURIComponent(path));
+  if (!d) return;
   const missing = d.records.filter(r => !r.caption).length;
   const thumbs = d.records.map(r => {
     const area = el("textarea", { "aria-label": "caption of " + r.file, placeholder: "no caption" });
@@ -100,7 +107,7 @@ async function showDataset(path) {
       el("div", { class: "name" }, r.file), area);
   });
   const captionText = el("input", { id: "caption-text", value: "a photo of sks person", size: 28 });
-  const captioner = el("input", { id: "captioner", placeholder: "or a captioner: Salesforce/blip-image-captioning-base",
+  const captioner = el("input", { id: "captioner", placeholder: "or a captioner: florence-2, joycaption, blip",
                                   size: 36 });
   const resolution = el("input", { id: "check-resolution", type: "number", value: 512, min: 8, step: 8, style: "width:6em" });
   const checkOut = el("div", { id: "check-result" });
@@ -219,9 +226,9 @@ $("#adv-filter").addEventListener("input", (ev) => {
 });
 
 function parseValue(key, text) {
-  if (key === "validation.prompts") return text.split("\n").map(s => s.trim()).filter(Boolean);
   const t = text.trim();
-  if (t === "") return null;
+  if (t === "") return null;  // an empty field keeps the ready config's value (an empty list too)
+  if (key === "validation.prompts" && !t.startsWith("[")) return t.split("\n").map(s => s.trim()).filter(Boolean);
   if (/^-?\d+$/.test(t)) return Number(t);
   if (/^-?(\d+\.?\d*|\.\d+)(e-?\d+)?$/i.test(t)) return Number(t);
   if (t === "true" || t === "false") return t === "true";
@@ -277,11 +284,9 @@ function percent(p) { return p && p.max_steps ? Math.min(100, Math.round(100 * p
 
 async function loadJobs(open, listOnly = false) {
   const jobs = await api("/jobs");
-  $("#job-list").replaceChildren(...jobs.map(j => el("li", { class: j.id === open ? "selected" : "",
-      "data-job": j.id, onclick: () => { location.hash = "jobs/" + j.id; } },
-    el("span", {}, `#${j.id} ${j.name}`),
-    el("span", { class: "state " + j.state }, j.state + (j.progress && j.progress.max_steps ? ` ${percent(j.progress)}%` : "")))));
-  if (!jobs.length) $("#job-list").append(el("li", { class: "muted" }, "no jobs yet"));
+  sideList($("#job-list"), jobs, { selected: j => j.id === open, hash: j => "jobs/" + j.id, name: j => `#${j.id} ${j.name}`,
+    note: j => j.state + (j.progress && j.progress.max_steps ? ` ${percent(j.progress)}%` : ""),
+    noteClass: j => "state " + j.state, empty: "no jobs yet" });
   if (open && !listOnly) watchJob(open);
 }
 
@@ -362,20 +367,34 @@ function renderJob(j) {
 // ---- results -------------------------------------------------------------------------------------------------
 async function loadRuns(open) {
   const runs = await api("/runs");
-  $("#run-list").replaceChildren(...runs.map(r => el("li", { class: r.name === open ? "selected" : "", onclick: () => {
-    location.hash = "results/" + encodeURIComponent(r.name); } }, el("span", {}, r.name),
-    el("span", { class: "muted" }, r.kind === "run" ? (r.finished ? "finished" : `step ${r.step}/${r.max_steps ?? "?"}`) : r.kind))));
-  if (!runs.length) $("#run-list").append(el("li", { class: "muted" }, "no runs yet"));
+  sideList($("#run-list"), runs, { selected: r => r.name === open, hash: r => "results/" + encodeURIComponent(r.name),
+    name: r => r.name, note: r => r.kind === "run" ? (r.finished ? "finished" : `step ${r.step}/${r.max_steps ?? "?"}`) : r.kind,
+    empty: "no runs yet" });
+  $("#run-list").append(el("li", { class: "plain" }, evalForm(runs)));
   if (open) showRun(open);
+}
+
+function evalForm(runs) {
+  const finished = runs.filter(r => r.kind === "run" && r.finished);
+  if (!finished.length) return "";
+  const boxes = finished.map(r => el("label", {}, el("input", { type: "checkbox", value: r.path }), " ", r.name));
+  const prompts = el("textarea", { rows: 3, cols: 28, placeholder: "prompts, one per line" });
+  return el("details", { id: "eval-form" }, el("summary", {}, "Compare runs (eval)"), boxes, prompts,
+    el("button", { onclick: async () => {
+      const chosen = boxes.map(b => b.querySelector("input")).filter(i => i.checked).map(i => i.value);
+      try {
+        const job = await api("/jobs/other", { method: "POST", json: { kind: "eval", runs: chosen,
+          prompts: prompts.value.split("\n").map(x => x.trim()).filter(Boolean) } });
+        flash(`eval job ${job.id} queued: its report appears under Runs when it ends`);
+      } catch (e) { flash(e.message, true); }
+    } }, "Evaluate"));
 }
 
 async function showRun(name) {
   state.run = name;
   const view = $("#run-view");
-  let r;
-  try { r = await api("/runs/" + encodeURIComponent(name)); } catch (e) {
-    view.replaceChildren(el("p", { class: "err" }, e.message)); return;
-  }
+  const r = await load(view, "/runs/" + encodeURIComponent(name));
+  if (!r) return;
   const queue = (kind, label) => el("button", { id: `run-${kind}`, onclick: async () => {
     try { const job = await api("/jobs/other", { method: "POST", json: { kind, run: r.path } });
           flash(`${label}: job ${job.id} queued`); } catch (e) { flash(e.message, true); } } }, label);
@@ -388,6 +407,9 @@ async function showRun(name) {
     el("div", { class: "downloads", id: "downloads" }, r.downloads.map(d => el("a", { href: fileUrl(d.path, true) }, d.label))),
     el("div", {}, queue("export", "Make a kohya file"), queue("pick", "Pick the best checkpoint")),
     r.reports.length ? el("div", {}, el("h3", {}, "Reports"), r.reports.map(p => el("a", { href: fileUrl(p), target: "_blank" }, p))) : "",
+    (r.tables || []).map(t => el("div", {}, el("h3", {}, t.title === "pick" ? "Checkpoints compared (pick)" : "Evaluation"),
+      el("table", { class: "results" }, el("tr", {}, t.columns.map(c => el("th", {}, c))),
+        t.rows.map(row => el("tr", {}, row.map(c => el("td", {}, c))))))),
     pickRows.length ? el("div", {}, el("h3", {}, "Pick"), el("table", {}, pickRows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))))) : "",
     r.card ? el("div", {}, el("h3", {}, "Model card"), el("pre", { class: "card" }, r.card)) : "");
 }
