@@ -64,7 +64,7 @@ def test_captioner_cli_modes_on_each_architecture(tmp_path, arch, mode, own):
     assert "captioning" in proc.stderr and "img" in proc.stderr  # the progress bar over images
 
 
-@pytest.mark.slow  # three CLI starts
+@pytest.mark.slow  # four CLI starts
 def test_captioner_cli_errors_are_one_line(tmp_path):
     src = make_images(tmp_path / "photos", 1)
     bad = tmp_path / "not-a-captioner"
@@ -72,13 +72,16 @@ def test_captioner_cli_errors_are_one_line(tmp_path):
     (bad / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"], "model_type": "clip"}))
     out = tmp_path / "data"
     proc = sdtune("dataset", "build", str(src), str(out), "--captioner", str(bad))
-    lines = proc.stderr.strip().splitlines()
+    lines = proc.stderr.strip().splitlines()  # one line, naming the folder and every supported architecture
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert str(bad) in lines[0] and "CLIPModel" in lines[0] and "Florence2ForConditionalGeneration" in lines[0]
     assert "LlavaForConditionalGeneration" in lines[0] and "BlipForConditionalGeneration" in lines[0]
     assert not (out / "metadata.jsonl").exists()  # failed before any image was written
-    alone = sdtune("dataset", "build", str(src), str(out), "--mode", "replace", "--trigger", "sks")
-    assert alone.returncode == 2 and "--mode, --trigger set how the captioner works: add --captioner" in alone.stderr
+    alone = sdtune("dataset", "build", str(src), str(out), "--mode", "replace", "--trigger", "sks")  # the default
+    assert alone.returncode == 2 and "captioning with florence-community/Florence-2-base (the default" in alone.stderr
+    assert "'florence-community/Florence-2-base' as a hub id (needs network or the hub cache)" in alone.stderr
+    fixed = sdtune("dataset", "build", str(src), str(out), "--caption", "x", "--trigger", "sks")
+    assert fixed.returncode == 2 and "--trigger set how the captioner works, and --caption gives" in fixed.stderr
     mode = sdtune("dataset", "build", str(src), str(out), "--captioner", str(bad), "--mode", "overwrite")
     assert mode.returncode == 2
     assert "caption mode 'overwrite' is not one of fill, replace, prefix, suffix" in mode.stderr

@@ -31,9 +31,10 @@ def build_command(
                                   "to SRC); default: SRC/metadata.jsonl, else .txt/.caption files next to the images"),
     caption: str = typer.Option(None, "--caption", help="fixed caption for every image that has none, "
                                 "e.g. 'a photo of sks person'"),
-    captioner: str = typer.Option(None, "--captioner", help="model that captions the images: florence-2 (the usual "
-                                  "choice: fast, ~0.5 GB), florence-2-large, joycaption (best text, 8B: a GPU with "
-                                  "~20 GB), blip; or any hub id or local folder of a Florence-2, Llava or BLIP model",
+    captioner: str = typer.Option(None, "--captioner", help="model that captions the images: florence-2 (the default "
+                                  "when only --mode/--trigger/--class/--prompt are given: fast, ~0.5 GB), "
+                                  "florence-2-large, joycaption (best text, 8B: a GPU with ~20 GB), blip; or any hub "
+                                  "id or local folder of a Florence-2, Llava or BLIP model",
                                   rich_help_panel="Captioning"),
     mode: str = typer.Option(None, "--mode", help="fill: caption only images without a caption (default; existing "
                              "captions are never touched); replace: caption all, dropping existing ones; prefix / "
@@ -70,10 +71,14 @@ def build_command(
       1. --captions FILE; or SRC/metadata.jsonl (or .csv), whose rows are the images, as for Hugging Face
       2. photo.txt or photo.caption next to photo.jpg (the kohya convention)
       3. --captioner MODEL or --caption TEXT, for images still without one
-    --captioner never overwrites a caption unless asked: --mode replace drops existing captions, --mode prefix or
-    suffix adds to them. --trigger/--class keep "sks person, " in front of what the captioner writes.
     Without any, images stay uncaptioned: fine for DreamBooth (fixed prompt). A row whose text is a list of
     captions keeps them all (training uses each in turn).
+
+    Captioners: Florence-2 (the default; a task prompt), Llava chat models such as JoyCaption (an instruction)
+    and BLIP, told apart by the architecture in the model's config.json. A captioner never overwrites a caption
+    unless asked: --mode fill (default) captions only images without one, --mode replace drops existing
+    captions, --mode prefix / suffix adds to them. --trigger/--class keep "sks person, " in front of what the
+    captioner writes. It runs on the GPU in bf16 when one is visible (--device, --dtype).
 
     Every image is re-encoded: EXIF rotation applied, RGB (transparency on white; CMYK, 16-bit and palette
     images handled), optionally --max-size. Exact duplicates (the same pixels, in any format) become one image that
@@ -88,8 +93,8 @@ def build_command(
           --caption "a photo of sks person"
       sdtune dataset build photos/ data/t2i --captions captions.csv
       sdtune dataset build thumbs/ data/mix --concept thumbsup
-      sdtune dataset build me/ data/me --captioner florence-2 \\
-          --trigger sks --class person
+      sdtune dataset build me/ data/me --trigger sks --class person
+          (captions with Florence-2: "sks person, a woman with ...")
       sdtune dataset build art/ data/art --captioner joycaption \\
           --mode replace --prompt "Write a short caption for this image."
       sdtune dataset build me/ data/mix --concept sks \\
@@ -98,6 +103,7 @@ def build_command(
     from sdtune.commands.args import existing_file, existing_folder, output_folder
     from sdtune.data.build import Source, build_dataset
     from sdtune.data.caption_modes import CaptionSettings
+    from sdtune.data.captioner import DEFAULT_CAPTIONER
 
     sources = list(src)
     for folder in sources:
@@ -109,9 +115,12 @@ def build_command(
     asked = [name for name, value in (("--mode", mode), ("--trigger", trigger), ("--class", class_word),
                                       ("--prompt", prompt), ("--max-new-tokens", max_new_tokens),
                                       ("--device", device)) if value is not None]
-    if asked and not captioner:
-        raise DataError(f"{', '.join(asked)} set how the captioner works: add --captioner MODEL, e.g. "
-                        f"--captioner florence-2 (with --caption, write the words into the caption itself)")
+    if asked and caption:
+        raise DataError(f"{', '.join(asked)} set how the captioner works, and --caption gives a fixed caption "
+                        "instead: write the words into --caption, or drop it to caption with a model")
+    if asked and not captioner:  # captioner options alone: the default captioner
+        captioner = DEFAULT_CAPTIONER
+        typer.echo(f"captioning with {DEFAULT_CAPTIONER} (the default; --captioner to choose another)", err=True)
     if captions is not None and len(sources) > 1:
         raise DataError("--captions names files of one SRC; build the sources one at a time with --concept")
     concepts = list(concept or [])
