@@ -32,6 +32,7 @@ from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
 from sdtune.data.held_out import held_out_paths
+from sdtune.data.masks import latent_weights
 from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
@@ -304,9 +305,12 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         weights = group["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
+        masks = group.get("loss_mask")  # data.masked_loss: (B, 1, H, W) pixel masks -> latent-grid weights
+        pixels = None if masks is None else latent_weights(masks.to(latents.device), tuple(latents.shape[-2:]),
+                                                           cfg.data.mask_outside_weight)
         with torch.no_grad():
-            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train)
-        loss = weighted_loss(pred, target, weights, num_train)
+            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train, pixels)
+        loss = weighted_loss(pred, target, weights, num_train, pixels)
         if preservation is not None:  # pulled towards the starting model on prompts without the identifier
             with accelerator.autocast():
                 loss = loss + preservation.loss(unet, text_encoder, cfg.train.train_text_encoder,
