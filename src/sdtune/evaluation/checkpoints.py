@@ -90,7 +90,17 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
     load_trainable_state_(modules, read_evaluated_weights(checkpoint))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    write_folder(folder / "lora", lambda tmp: save_lora(tmp, comps.unet, modules.get("text_encoder"), lora))
+    def write(tmp: Path) -> None:
+        save_lora(tmp, comps.unet, modules.get("text_encoder"), lora)
+        if lora.kind == "dora":  # and its kohya/LyCORIS file, as the run writes (what pick exports)
+            from sdtune.models.lycoris import write_lycoris_and_verify, write_peft_folder
+
+            write_peft_folder(tmp, comps.unet, modules.get("text_encoder"), lora)
+            write_lycoris_and_verify(tmp, "dora", verify=False, base=cfg.model.base,
+                                     allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
+                                     variant=cfg.model.variant)
+
+    write_folder(folder / "lora", write)
     atomic_write_json(source, {"run": str(run), "checkpoint": str(checkpoint), "sha256": digest})
     return folder
 
