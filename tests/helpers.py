@@ -133,3 +133,12 @@ def safetensors_in(folder: Path) -> dict:
     for file in sorted(folder.rglob("*.safetensors")):
         out |= {f"{file.relative_to(folder)}:{k}": v for k, v in load_file(str(file)).items()}
     return out
+
+
+def immutable(file: Path) -> bool:
+    """Make ``file`` immutable (``chattr +i``: not even root may replace it); False where that is not possible.
+    The caller undoes it with ``chattr -i``."""
+    import shutil
+
+    return bool(shutil.which("chattr")) and subprocess.run(["chattr", "+i", str(file)],
+                                                            capture_output=True).returncode == 0

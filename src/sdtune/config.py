@@ -111,7 +111,8 @@ class DataConfig(Section):
     subsets: list[SubsetConfig] = Field(default_factory=list)
     repeats: int = Field(1, ge=1, description="repeats of train_dir / instance_dir")
 
-    resolution: int = Field(512, ge=8)
+    resolution: int = Field(512, ge=8, description="training size in px: a multiple of 8, and with buckets at least "
+                            "the model's bucket step (64 on SD)")
     center_crop: bool = True
     random_flip: bool = False
     caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="probability of an empty prompt (for CFG)")
@@ -126,8 +127,14 @@ class DataConfig(Section):
                              "(bitwise the same training)")
     cache_dir: Path | None = Field(None, description="where cached latents/embeddings go (default: "
                                    "$SDTUNE_CACHE/features or ~/.cache/sdtune/features; shared by every run)")
+    masked_loss: bool = Field(False, description="weight the loss by a mask per training image (sdtune.data."
+                              "masks): data.mask_dir, else the image's alpha channel")
+    mask_dir: Path | None = Field(None, description="masks named as the training images (me1.png for me1.jpg); "
+                                  "white = the loss counts")
+    mask_outside_weight: float = Field(0.0, ge=0.0, le=1.0, description="the loss weight where the mask is black "
+                                       "(0: only the masked part is learned)")
 
-    @field_validator("train_dir", "instance_dir", "class_dir", mode="before")
+    @field_validator("train_dir", "instance_dir", "class_dir", "mask_dir", mode="before")
     @classmethod
     def _paths_given(cls, value: Any) -> Any:
         return _no_empty_path(value)
@@ -147,6 +154,9 @@ class DataConfig(Section):
         if self.train_dir is None and self.instance_dir is None and not self.subsets:
             raise ValueError("no training data: set data.train_dir (captioned), data.instance_dir (DreamBooth) "
                              "or data.subsets")
+        if self.mask_dir is not None and not self.masked_loss:
+            raise ValueError("data.mask_dir is set but data.masked_loss is false: set data.masked_loss=true to "
+                             "weight the loss by the masks (or remove data.mask_dir)")
         if self.instance_dir is not None and not self.instance_prompt:
             raise ValueError("data.instance_dir needs data.instance_prompt (e.g. 'a photo of sks person')")
         if self.with_prior_preservation:
@@ -200,12 +210,19 @@ class TextualInversionConfig(Section):
     norm_limit: float | None = Field(None, gt=0.0, description="cap the token's embedding norm at this multiple "
                                      "of the vocabulary's longest embedding (an unbounded one grows until it "
                                      "outweighs the prompt's other words); null = no cap")
+    num_vectors: int = Field(1, ge=1, le=16, description="embedding vectors per token (AUTOMATIC1111's vectors "
+                             "per token; diffusers adds them as token, token_1, ...)")
+    learning_rate: float | None = Field(None, gt=0.0, description="the embedding's own learning rate (default: "
+                                        "train.learning_rate); with train.lora this is pivotal tuning")
+    ti_fraction: float = Field(1.0, gt=0.0, le=1.0, description="train the embedding for this fraction of the "
+                               "steps, then freeze it while the LoRA trains on (pivotal tuning: needs train.lora)")
 
 
 class TrainConfig(Section):
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tuning")
     textual_inversion: TextualInversionConfig | None = Field(
-        None, description="train only a new token's embedding (excludes lora and full fine-tuning)")
+        None, description="train a new token's embedding: alone (textual inversion) or with train.lora (pivotal "
+        "tuning)")
     train_text_encoder: bool = False
     learning_rate: float = Field(1e-4, gt=0.0)
     text_encoder_lr: float | None = Field(None, gt=0.0)
@@ -258,12 +275,13 @@ class TrainConfig(Section):
 
         check_train_options(self)  # the newer options' combinations (optimizers, LoRA kinds, EMA), one table
         if self.textual_inversion is not None:
-            clash = [key for key, on in (("train.lora", self.lora is not None),
-                                         ("train.train_text_encoder", self.train_text_encoder),
-                                         ("train.preservation", self.preservation is not None)) if on]
+            clash = [key for key, on in (("train.train_text_encoder", self.train_text_encoder),) if on]
             if clash:
-                raise ValueError(f"train.textual_inversion trains one token's embedding alone; remove "
-                                 f"{' and '.join(clash)} (or remove train.textual_inversion)")
+                raise ValueError(f"train.textual_inversion trains a token's embedding (with train.lora: pivotal "
+                                 f"tuning); remove {' and '.join(clash)} (or remove train.textual_inversion)")
+            if self.lora is None and self.textual_inversion.ti_fraction < 1.0:
+                raise ValueError("train.textual_inversion.ti_fraction freezes the embedding while a LoRA trains on "
+                                 "(pivotal tuning): add train.lora, or set ti_fraction to 1.0")
         if self.lr_warmup_steps and self.lr_scheduler == "constant" and self.optimizer != "adamw_schedulefree":
             raise ValueError(f"train.lr_warmup_steps={self.lr_warmup_steps} has no effect with "
                              "train.lr_scheduler=constant: use constant_with_warmup, or set lr_warmup_steps=0")
@@ -350,8 +368,8 @@ class RunConfig(Section):
                              f"{learned.token!r}, the word whose embedding is trained: write it into the prompt "
                              f"(e.g. 'a photo of {learned.token} person')")
         if learned is not None and self.save.full_model:
-            raise ValueError("save.full_model is for LoRA runs; a textual-inversion run saves its token's embedding "
-                             "(RUN/embeddings), loaded on the base model with load_textual_inversion: remove "
+            raise ValueError("save.full_model is for LoRA runs; a run that learns a token saves its embedding "
+                             "(RUN/embeddings), loaded with load_textual_inversion next to the LoRA: remove "
                              "save.full_model")
         if self.model.adapters and self.save.full_model:
             raise ValueError("save.full_model fuses the run's LoRA into model.base alone; with model.adapters "
@@ -384,7 +402,13 @@ class RunConfig(Section):
 
     @property
     def is_textual_inversion(self) -> bool:
+        """It learns a token's embedding (alone, or with a LoRA: :attr:`is_pivotal`)."""
         return self.train.textual_inversion is not None
+
+    @property
+    def is_pivotal(self) -> bool:
+        """Pivotal tuning: a token's embedding and a LoRA trained together (``sdtune.training.pivotal``)."""
+        return self.train.textual_inversion is not None and self.train.lora is not None
 
     @property
     def is_full(self) -> bool:
@@ -394,7 +418,8 @@ class RunConfig(Section):
     @property
     def method(self) -> str:
         kind = "dreambooth" if self.data.instance_dir is not None else "text-to-image"
-        how = "textual-inversion" if self.is_textual_inversion else "lora" if self.is_lora else "full"
+        how = ("pivotal" if self.is_pivotal else "textual-inversion" if self.is_textual_inversion else "lora"
+               if self.is_lora else "full")
         return f"{kind}-{how}"
 
 

@@ -117,6 +117,16 @@ def test_photos_to_lora_in_the_browser(tmp_path):
             page.fill("input[name='train.max_steps']", "40")
             page.locator("input[name='train.max_steps']").dispatch_event("change")
             expect(page.locator(".field-err[data-key='train.max_steps']")).to_have_text("")
+            page.click("#advanced summary")  # every key of `sdtune config-keys`, the schema's message beside it
+            expect(page.locator(".adv-row[data-key='train.gradient_checkpointing']")).to_be_visible()
+            assert page.locator(".adv-row").count() > 50
+            page.fill("input[name='adv:train.max_grad_norm']", "-1")
+            page.locator("input[name='adv:train.max_grad_norm']").dispatch_event("change")
+            expect(page.locator(".adv-row .field-err[data-key='train.max_grad_norm']")).not_to_have_text("")
+            page.fill("input[name='adv:train.max_grad_norm']", "")
+            page.locator("input[name='adv:train.max_grad_norm']").dispatch_event("change")
+            expect(page.locator("#form-error")).to_have_text("")
+            page.click("#advanced summary")
             shots(page, screenshots, "train")
             page.click("#start-training")
             clicks += 1

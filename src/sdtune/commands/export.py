@@ -82,11 +82,15 @@ def _embedding_hint(run: Path) -> str:
 
 def _writable_target(target: Path, out: Path | None) -> Path:
     """``target`` when its folder can be written (checked before the base model loads for verification)."""
-    from sdtune.writable import check_writable
+    from sdtune.errors import SdtuneError
+    from sdtune.writable import check_writable, replace_problem, unwritable
 
     key = "--out" if out is not None else "the run's export/ folder"
     fix = None if out is not None else "pass --out FILE in a writable folder or fix the permissions"
     check_writable(target.parent, key, fix)
+    if problem := replace_problem(target):
+        raise SdtuneError(unwritable(target, key, problem, "pass --out with another file, or clear its attributes "
+                                     "(chattr -i)"))
     return target
 
 
@@ -157,10 +161,26 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
         if trained else None
     meta = base_metadata(generation, (trained.prediction_type if trained else None) or prediction,
                          title=target.stem, resolution=resolution if isinstance(resolution, int) else None)
-    target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta)
+    embedding = trained.embedding_file if trained else None  # textual inversion / pivotal tuning: its token
+    bundle = None
+    if embedding is not None:
+        from sdtune.models.embeddings import bundle_state
+
+        bundle = bundle_state(embedding)
+    target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta,
+                          bundle=bundle)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
+    if embedding is not None:
+        import shutil
+
+        copy = target.with_name(embedding.name)
+        if copy.resolve() != target.resolve():
+            shutil.copyfile(embedding, copy)
+        typer.echo(f"  with the run's learned token: bundled in the LoRA file (AUTOMATIC1111 loads it with the LoRA; "
+                   f"diffusers' load_lora_weights refuses such a file: use RUN/lora and RUN/embeddings) and as "
+                   f"{copy} (ComfyUI: models/embeddings/, write embedding:{copy.stem} in the prompt)")
     return target
 
 

@@ -136,7 +136,7 @@ def _keep(run: Path, kept: Path, step: int, record: dict) -> None:
     picked = write_folder(run / "picked", fill)
     export_file = run / "export" / f"{run.name}-step-{step:06d}.safetensors"
     embeddings = sorted((picked / "embeddings").glob("*.safetensors"))
-    if embeddings:  # textual inversion: the one file diffusers, AUTOMATIC1111 and ComfyUI all load
+    if embeddings and not (picked / "lora").is_dir():  # textual inversion: the one file every tool loads
         typer.echo(f"kept: step {step} -> {picked} (the token's embedding in {embeddings[0]})")
         export_file = run / "export" / embeddings[0].name  # AUTOMATIC1111 names an embedding after its file
         export_file.parent.mkdir(parents=True, exist_ok=True)
@@ -144,8 +144,9 @@ def _keep(run: Path, kept: Path, step: int, record: dict) -> None:
         typer.echo(f"wrote {export_file} (step {step}; for AUTOMATIC1111 / ComfyUI: put it in their embeddings "
                    "folder, the prompt word is the file's name)")
         return
-    typer.echo(f"kept: step {step} -> {picked} (diffusers LoRA in {picked / 'lora'})")
-    _write_kohya(picked, export_file, "float32")
+    typer.echo(f"kept: step {step} -> {picked} (diffusers LoRA in {picked / 'lora'}"
+               + (f", the token's embedding in {embeddings[0]})" if embeddings else ")"))
+    _write_kohya(picked, export_file, "float32")  # pivotal tuning: the embedding bundled and beside it
 
 
 def _pick_by_val_loss(run: Path, out: Path | None, export: bool) -> None:

@@ -196,13 +196,15 @@ def base_metadata(generation: str, prediction_type: str | None = None, *, title:
 
 def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
                  check: Callable[[Path], None] | None = None, sdxl: bool | None = None,
-                 base: dict[str, str] | None = None) -> Path:
+                 base: dict[str, str] | None = None, bundle: dict[str, torch.Tensor] | None = None) -> Path:
     """Convert a diffusers-format LoRA file to a kohya-format ``.safetensors`` file.
 
     ``base``: :func:`base_metadata` of the model it was trained on (default: SDXL when it has a second text
     encoder or ``sdxl``, else SD 1, epsilon). Written under a temporary name; ``check(tmp)`` (e.g. a load-and-compare
     verification) may raise, and then no file is left behind: a file under ``out_file`` is always complete and
-    checked.
+    checked. ``bundle``: embeddings to carry in the file (``models.embeddings.bundle_state``, fp32), added after
+    ``check`` has passed on the LoRA alone (diffusers' ``load_lora_weights`` refuses keys without ``lora``) and read
+    back bitwise before the rename.
     """
     from safetensors.torch import save_file
 
@@ -228,6 +230,13 @@ def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
         save_file(state, str(tmp), metadata=metadata)
         if check is not None:
             check(tmp)
+        if bundle:
+            from safetensors.torch import load_file
+
+            save_file({**state, **bundle}, str(tmp), metadata=metadata)
+            back = load_file(str(tmp))
+            if not all(torch.equal(back[key], value) for key, value in bundle.items()):
+                raise SdtuneError(f"{out_file}: the bundled embedding did not read back as written")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

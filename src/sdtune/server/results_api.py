@@ -86,6 +86,25 @@ def run_detail(request: Request, name: str) -> dict[str, Any]:
     detail["pick"] = pick
     reports = [p for p in (run / "pick" / "report.html", run / "report.html") if p.is_file()]
     detail["reports"] = [relative_name(ws, p) for p in reports]
-    results = read_json(run / "results.json")
-    detail["results"] = results.get("table") if isinstance(results, dict) and "table" in results else results
+    sources = (("eval", run / "results.json"), ("pick", run / "pick" / "results.json"))
+    detail["tables"] = [table for name, path in sources if (table := results_table(read_json(path), name)) is not None]
     return detail
+
+
+def results_table(results: Any, title: str) -> dict[str, Any] | None:
+    """An eval's results.json as a table: a row per model, a column per metric (mean ± std over seeds)."""
+    if not isinstance(results, dict) or not isinstance(results.get("models"), list):
+        return None
+    names = [str(n) for n in (results.get("metrics") or {})]
+    rows = []
+    for model in results["models"]:
+        if not isinstance(model, dict):
+            continue
+        cells = [str(model.get("label", ""))]
+        for name in names:
+            metric = (model.get("metrics") or {}).get(name) or {}
+            mean, std = metric.get("mean"), metric.get("std")
+            cells.append("" if not isinstance(mean, int | float) else
+                         f"{mean:.3g} ± {std:.2g}" if isinstance(std, int | float) else f"{mean:.3g}")
+        rows.append(cells)
+    return {"title": title, "columns": ["model", *names], "rows": rows}

@@ -78,16 +78,21 @@ def _output_writers(cfg: RunConfig, run_dir: Path, trainables, comps) -> list[tu
     from sdtune.training import outputs
 
     unet, text_encoder = trainables.unet, trainables.text_encoder
-    if cfg.train.textual_inversion is not None:
+    embedding: list[tuple[str, Callable[[], Path]]] = []
+    if cfg.train.textual_inversion is not None:  # first: the LoRA writer below frees the live text encoder
         from sdtune.training.textual_inversion import save_embedding_output
 
-        return [("embedding", lambda: save_embedding_output(run_dir, cfg, comps.tokenizer, text_encoder))]
+        learned_in = text_encoder
+        embedding = [("embedding", lambda: save_embedding_output(run_dir, cfg, comps.tokenizer, learned_in))]
+        if cfg.train.lora is None:
+            return embedding
+        text_encoder = text_encoder if cfg.train.train_text_encoder else None  # pivotal: its rows are no LoRA
     if cfg.train.lora is None:
         return [("model", lambda: outputs.save_full_model(run_dir, cfg, unet, text_encoder))]
     def release() -> None:  # comps.unet is the trained unet; comps.text_encoder the frozen one when not trained
         release_models(unet, text_encoder, comps.vae, comps.text_encoder)
 
-    return ([("lora", lambda: outputs.save_lora_output(run_dir, cfg, unet, text_encoder, release))]
+    return embedding + ([("lora", lambda: outputs.save_lora_output(run_dir, cfg, unet, text_encoder, release))]
             if cfg.save.lora else []) \
         + ([("model", lambda: outputs.save_fused_model(run_dir, cfg))] if cfg.save.full_model else [])
 

@@ -32,6 +32,7 @@ from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
 from sdtune.data.held_out import held_out_paths
+from sdtune.data.masks import latent_weights
 from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
@@ -53,6 +54,7 @@ from sdtune.training.modules import (
     frozen_dtypes,
     prepare_models,
 )
+from sdtune.training.pivotal import freeze_embedding_if_due
 from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
@@ -304,9 +306,12 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         weights = group["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
+        masks = group.get("loss_mask")  # data.masked_loss: (B, 1, H, W) pixel masks -> latent-grid weights
+        pixels = None if masks is None else latent_weights(masks.to(latents.device), tuple(latents.shape[-2:]),
+                                                           cfg.data.mask_outside_weight)
         with torch.no_grad():
-            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train)
-        loss = weighted_loss(pred, target, weights, num_train)
+            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train, pixels)
+        loss = weighted_loss(pred, target, weights, num_train, pixels)
         if preservation is not None:  # pulled towards the starting model on prompts without the identifier
             with accelerator.autocast():
                 loss = loss + preservation.loss(unet, text_encoder, cfg.train.train_text_encoder,
@@ -346,6 +351,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                     guard.check_loss(all_losses, gathered[:, 1], state.step + 1)  # judges the weights of state.step
                     accelerator.backward(loss / accum)
                     losses.append(all_losses.mean().item())
+            freeze_embedding_if_due(cfg, trainables.text_encoder if cfg.is_pivotal else None, state.step)
             grad_norm = None
             if cfg.train.max_grad_norm is not None:
                 grad_norm = accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)

@@ -55,7 +55,7 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
     comps.text_encoder.requires_grad_(False)
     comps.vae.to(device, dtype=comps.family.vae_dtype(comps.vae, dtype))  # SDXL's VAE stays fp32 under fp16
     unet, text_encoder = comps.unet, comps.text_encoder
-    if train.textual_inversion is not None:
+    if train.textual_inversion is not None and train.lora is None:
         return _textual_inversion(cfg, comps, device, dtype)
     if train.lora is not None:
         apply_model_adapters(cfg, unet, text_encoder)  # frozen LoRAs below the trained one (model.adapters)
@@ -78,6 +78,10 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
             text_encoder.requires_grad_(True)
         else:
             text_encoder.to(device, dtype=dtype)
+    if train.textual_inversion is not None:  # pivotal tuning: the token's rows train beside the LoRA
+        from sdtune.training.pivotal import add_pivotal_token
+
+        text_encoder = add_pivotal_token(cfg, comps)
     if train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if train.train_text_encoder:
@@ -88,7 +92,7 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
     else:
         text_encoder.eval()
     comps.vae.eval()
-    return Trainables(unet, text_encoder if train.train_text_encoder else None)
+    return Trainables(unet, text_encoder if train.train_text_encoder or train.textual_inversion else None)
 
 
 def _textual_inversion(cfg: RunConfig, comps: SDComponents, device: torch.device, dtype: torch.dtype) -> Trainables:
@@ -103,7 +107,8 @@ def _textual_inversion(cfg: RunConfig, comps: SDComponents, device: torch.device
     unet.requires_grad_(False)
     unet.to(device, dtype=dtype)
     text_encoder.to(device, dtype=dtype)
-    add_learned_token(comps.tokenizer, text_encoder, learned.token, learned.initializer, learned.norm_limit)
+    add_learned_token(comps.tokenizer, text_encoder, learned.token, learned.initializer, learned.norm_limit,
+                      learned.num_vectors)
     if cfg.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # activations through the frozen UNet still flow back to the text
     unet.eval()  # nothing of them trains; no dropout in the frozen parts
@@ -131,7 +136,9 @@ def build_optimizer(cfg: RunConfig, trainables: Trainables, world_size: int) -> 
         lr = lr * train.batch_size * train.gradient_accumulation_steps * world_size
     groups = [{"params": [p for p in trainables.unet.parameters() if p.requires_grad], "lr": lr}]
     if trainables.text_encoder is not None:
-        te_lr = (train.text_encoder_lr or lr) if train.train_text_encoder else lr  # a learned token: the run's lr
+        learned = train.textual_inversion  # a learned token: its own lr, else the run's
+        te_lr = (train.text_encoder_lr or lr) if train.train_text_encoder else (learned.learning_rate or lr
+                                                                                  if learned else lr)
         groups.append({"params": [p for p in trainables.text_encoder.parameters() if p.requires_grad], "lr": te_lr})
     groups = [group for group in groups if group["params"]]  # textual inversion: the frozen UNet has none
     return make_optimizer(train, groups)

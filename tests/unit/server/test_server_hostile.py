@@ -140,7 +140,9 @@ def test_bad_keys_and_paths_in_the_form(client, ws):
     cases = {"train.bogus": (1, "unknown key"), "train.max_steps": (-1, "greater than or equal"),
              "data.class_dir": ("/etc", "outside the workspace"), "model.adapters": ([{"path": "/root/x"}],
                                                                                        "outside the workspace"),
-             "output_dir": ("/tmp/x", "cannot be set here")}
+             "output_dir": ("/tmp/x", "cannot be set here"),
+             "validation.loss.data_dir": ("/etc", "outside the workspace"),  # any Path key, found by walking
+             "model.vae": ("../vae", "'..'"), "data.subsets": ([{"path": "/srv/photos"}], "outside the workspace")}
     for key, (value, needle) in cases.items():
         r = client.post("/api/jobs/train", json={"dataset": "datasets/me", "values": {key: value}})
         assert r.status_code == 400 and needle in r.json()["error"], (key, r.text)
@@ -173,3 +175,15 @@ def test_token_and_origin_rules(ws):
     assert page.status_code == 200 and remote.cookies.get("sdtune_token") == TOKEN
     assert remote.get("/api/jobs").status_code == 200  # the cookie from the first visit
     assert remote.post("/api/jobs/1/cancel").status_code == 404  # token: allowed through, no such job
+
+
+def test_serve_refuses_a_public_host_without_a_token(tmp_path, monkeypatch, capsys):
+    from sdtune.cli import main
+
+    monkeypatch.delenv("SDTUNE_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--host", "0.0.0.0", "--workspace", str(tmp_path / "ws"), "--no-worker"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0 lets other machines reach the server: give a token" in err and "Traceback" not in err
+    assert not (tmp_path / "ws").exists()  # refused before anything was created

@@ -75,3 +75,37 @@ def test_pick_and_export_jobs_from_the_page(tmp_path):
     assert export["argv"] == ["export", str(ws / "runs" / "sdrun"), "--format", "kohya"]
     caption = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun"}).json()
     assert "say how to caption" in caption["error"]
+    (ws / "models" / "blip").mkdir(parents=True)
+    for captioner, expected in (("Salesforce/blip-image-captioning-base", "Salesforce/blip-image-captioning-base"),
+                                ("models/blip", str(ws / "models" / "blip"))):
+        job = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun",
+                                                   "captioner": captioner}).json()
+        assert job["argv"][:2] == ["dataset", "build"]
+        assert job["argv"][4:] == ["--captioner", expected, "--mode", "fill"]
+        assert job["argv"][3] == str(ws / "datasets" / "sdrun-captioned")
+    job = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": "florence-2",
+                                               "mode": "prefix", "trigger": "sks", "class_word": "person"}).json()
+    assert job["argv"][4:] == ["--captioner", "florence-2", "--mode", "prefix", "--trigger", "sks", "--class", "person"]
+    for bad in ("/etc", "../blip", "models/../../blip"):
+        r = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": bad})
+        assert r.status_code == 403, (bad, r.text)
+    tilde = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": "~/m"})
+    assert tilde.json()["argv"][5] == str(ws / "~" / "m")  # a folder named ~ inside the workspace, never home
+
+
+def test_eval_and_pick_tables(tmp_path):
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    run = _run(ws)
+    (run / "pick").mkdir()
+    (run / "pick" / "results.json").write_text(json.dumps({
+        "metrics": {"clip_t": {}, "dino": {}},
+        "models": [{"label": "step-000004", "metrics": {"clip_t": {"mean": 31.25, "std": 1.5}, "dino": {}}},
+                   {"label": "step-000006", "metrics": {"clip_t": {"mean": 30.0, "std": None}}}, "junk"]}))
+    tables = client.get("/api/runs/me").json()["tables"]
+    assert tables == [{"title": "pick", "columns": ["model", "clip_t", "dino"],
+                       "rows": [["step-000004", "31.2 ± 1.5", ""], ["step-000006", "30", ""]]}]
+    r = client.post("/api/jobs/other", json={"kind": "eval", "runs": ["runs/me"], "prompts": ["a\nb", "c"]}).json()
+    prompts = r["argv"][r["argv"].index("--prompts") + 1]
+    assert r["argv"][:2] == ["eval", str(run)] and open(prompts).read() == "a b\nc\n"
+    assert r["argv"][-2] == "--out" and r["argv"][-1].startswith(str(ws / "runs" / "eval-"))

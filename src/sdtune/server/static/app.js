@@ -107,7 +107,7 @@ async function showDataset(path) {
       el("div", { class: "name" }, r.file), area);
   });
   const captionText = el("input", { id: "caption-text", value: "a photo of sks person", size: 28 });
-  const captioner = el("input", { id: "captioner", placeholder: "or a captioner: Salesforce/blip-image-captioning-base",
+  const captioner = el("input", { id: "captioner", placeholder: "or a captioner: florence-2, joycaption, blip",
                                   size: 36 });
   const resolution = el("input", { id: "check-resolution", type: "number", value: 512, min: 8, step: 8, style: "width:6em" });
   const checkOut = el("div", { id: "check-result" });
@@ -226,9 +226,9 @@ $("#adv-filter").addEventListener("input", (ev) => {
 });
 
 function parseValue(key, text) {
-  if (key === "validation.prompts") return text.split("\n").map(s => s.trim()).filter(Boolean);
   const t = text.trim();
-  if (t === "") return null;
+  if (t === "") return null;  // an empty field keeps the ready config's value (an empty list too)
+  if (key === "validation.prompts" && !t.startsWith("[")) return t.split("\n").map(s => s.trim()).filter(Boolean);
   if (/^-?\d+$/.test(t)) return Number(t);
   if (/^-?(\d+\.?\d*|\.\d+)(e-?\d+)?$/i.test(t)) return Number(t);
   if (t === "true" || t === "false") return t === "true";
@@ -370,7 +370,24 @@ async function loadRuns(open) {
   sideList($("#run-list"), runs, { selected: r => r.name === open, hash: r => "results/" + encodeURIComponent(r.name),
     name: r => r.name, note: r => r.kind === "run" ? (r.finished ? "finished" : `step ${r.step}/${r.max_steps ?? "?"}`) : r.kind,
     empty: "no runs yet" });
+  $("#run-list").append(el("li", { class: "plain" }, evalForm(runs)));
   if (open) showRun(open);
+}
+
+function evalForm(runs) {
+  const finished = runs.filter(r => r.kind === "run" && r.finished);
+  if (!finished.length) return "";
+  const boxes = finished.map(r => el("label", {}, el("input", { type: "checkbox", value: r.path }), " ", r.name));
+  const prompts = el("textarea", { rows: 3, cols: 28, placeholder: "prompts, one per line" });
+  return el("details", { id: "eval-form" }, el("summary", {}, "Compare runs (eval)"), boxes, prompts,
+    el("button", { onclick: async () => {
+      const chosen = boxes.map(b => b.querySelector("input")).filter(i => i.checked).map(i => i.value);
+      try {
+        const job = await api("/jobs/other", { method: "POST", json: { kind: "eval", runs: chosen,
+          prompts: prompts.value.split("\n").map(x => x.trim()).filter(Boolean) } });
+        flash(`eval job ${job.id} queued: its report appears under Runs when it ends`);
+      } catch (e) { flash(e.message, true); }
+    } }, "Evaluate"));
 }
 
 async function showRun(name) {
@@ -390,6 +407,9 @@ async function showRun(name) {
     el("div", { class: "downloads", id: "downloads" }, r.downloads.map(d => el("a", { href: fileUrl(d.path, true) }, d.label))),
     el("div", {}, queue("export", "Make a kohya file"), queue("pick", "Pick the best checkpoint")),
     r.reports.length ? el("div", {}, el("h3", {}, "Reports"), r.reports.map(p => el("a", { href: fileUrl(p), target: "_blank" }, p))) : "",
+    (r.tables || []).map(t => el("div", {}, el("h3", {}, t.title === "pick" ? "Checkpoints compared (pick)" : "Evaluation"),
+      el("table", { class: "results" }, el("tr", {}, t.columns.map(c => el("th", {}, c))),
+        t.rows.map(row => el("tr", {}, row.map(c => el("td", {}, c))))))),
     pickRows.length ? el("div", {}, el("h3", {}, "Pick"), el("table", {}, pickRows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))))) : "",
     r.card ? el("div", {}, el("h3", {}, "Model card"), el("pre", { class: "card" }, r.card)) : "");
 }
