@@ -159,9 +159,10 @@ def fuse_concept(concept: Path, echo: Callable[[str], None] = print) -> ConceptR
     return concept_run(concept)  # a clear error now if it still has no model
 
 
-def check_tokens(subjects: list[Subject], model: Path) -> None:
+def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path) -> None:
     """Refuse tokens the concept's tokenizer splits into several pieces: the person would be learned as a mix of
-    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. One line each."""
+    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. One line each. A
+    pivotal template (``train.textual_inversion``) adds each person's token as a new one: not checked here."""
     from sdtune.data.captions import load_tokenizer
 
     try:
@@ -169,7 +170,9 @@ def check_tokens(subjects: list[Subject], model: Path) -> None:
     except (SdtuneError, OSError, ValueError):
         return  # no tokenizer files to read: training reports the model itself
     problems = []
-    for subject in subjects:
+    for subject, cfg in zip(subjects, configs, strict=True):
+        if cfg.train.textual_inversion is not None:
+            continue
         pieces = tokenizer.tokenize(subject.token)
         if len(pieces) > 1:
             shown = ", ".join(p.replace("</w>", "") for p in pieces)
@@ -281,7 +284,7 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
 
         check_address(scale.address or os.environ["RAY_ADDRESS"])  # before the concept is fused
     info = fuse_concept(concept, echo)
-    check_tokens(subjects, info.model_dir)
+    check_tokens(subjects, configs, info.model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ready = {}
     outcomes: dict[str, SubjectOutcome] = {}
