@@ -62,8 +62,9 @@ def check_training_data(cfg: RunConfig) -> None:
             errors.append(Problem(str(subset.path), f"data folder ({_key(cfg, subset)}) does not exist; check the "
                                   "path in your config or the override that set it"))
             continue
+        masks = (cfg.data.mask_dir or "alpha") if cfg.data.masked_loss and subset.role != "class" else None
         report = check_folder(subset.path, resolution=cfg.data.resolution, require_captions=subset.prompt is None,
-                              tokenizer=tokenizer, fixed_prompt=subset.prompt)
+                              tokenizer=tokenizer, fixed_prompt=subset.prompt, masks=masks)
         found = [p for p in report.problems if p.level == "error"]
         if found:
             checked.append(subset.path)  # the folders worth a full report: those with problems

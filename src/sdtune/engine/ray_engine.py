@@ -45,6 +45,7 @@ from sdtune.errors import SdtuneError
 
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # Ray's minimum is 75 MiB; units exchange only small results
 FINAL = ("finished", "failed", "stopped")
+COLLECT_SECONDS = 0.2
 
 
 @dataclass
@@ -142,6 +143,7 @@ class Engine:
         self._events: list[UnitStatus] = []
         self._id = uuid.uuid4().hex[:8]
         self._count = 0
+        self._collected = 0.0
         address = address or os.environ.get("RAY_ADDRESS") or None
         self.address = address
         self._owns = False  # this engine called ray.init (and ends it at shutdown)
@@ -201,8 +203,14 @@ class Engine:
         options = {"num_gpus": record.gpus, "num_cpus": record.cpus, "name": f"sdtune:{record.status.name}"[:100]}
         record.ref = self._remote.options(**options).remote(record.unit, record.status.attempts, record.token)
 
-    def _collect(self) -> None:
-        """Take the results that are ready, retry crashes, note which attempts have started."""
+    def _collect(self, force: bool = False) -> None:
+        """Take the results that are ready, retry crashes, note which attempts have started. At most every
+        ``COLLECT_SECONDS`` unless ``force``: a caller asking for each of a thousand units in a row reads the
+        attempt files once, not a thousand times."""
+        now = time.monotonic()
+        if not force and now - self._collected < COLLECT_SECONDS:
+            return
+        self._collected = now
         pending = {r.ref: r for r in self._records.values() if not r.status.final and r.ref is not None}
         if pending:
             ready, _ = self._ray.wait(list(pending), num_returns=len(pending), timeout=0)
@@ -251,7 +259,7 @@ class Engine:
     def events(self) -> list[UnitStatus]:
         """State changes since the last call, oldest first (each a snapshot); updates every unit."""
         with self._lock:
-            self._collect()
+            self._collect(force=True)
             events, self._events = self._events, []
         return events
 

@@ -6,12 +6,13 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from sdtune.data.captioner import SHORT_NAMES
 from sdtune.errors import SdtuneError
 from sdtune.jobs.kinds import command_submission, train_submission
 from sdtune.jobs.progress import job_progress
@@ -40,7 +41,10 @@ class OtherJob(BaseModel):
     runs: list[str] = Field(default_factory=list)
     dataset: str | None = None  # caption
     caption: str | None = None
-    captioner: str | None = None
+    captioner: str | None = None  # caption: florence-2, joycaption, blip, a hub id or a workspace folder
+    mode: Literal["fill", "replace", "prefix", "suffix"] = "fill"  # caption: which captions the captioner writes
+    trigger: str | None = None  # caption: "sks" ...
+    class_word: str | None = None  # ... and "person" kept in front: "sks person, <caption>"
     prompts: list[str] = Field(default_factory=list)
     name: str | None = None
     priority: int = 0
@@ -129,14 +133,17 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         src = inside(ws, body.dataset, "dataset")
         out = ws / "datasets" / check_name(f"{src.name}-captioned", "dataset name")
         if body.captioner:
-            hub_id = HUB_ID.match(body.captioner) and not (ws / body.captioner).exists()
+            named = HUB_ID.match(body.captioner) or body.captioner.lower() in SHORT_NAMES
+            hub_id = named and not (ws / body.captioner).exists()
             model = body.captioner if hub_id else str(inside(ws, body.captioner, "captioner"))
-            args = [str(src), str(out), "--captioner", model]
+            args = [str(src), str(out), "--captioner", model, "--mode", body.mode]
+            args += ["--trigger", body.trigger] if body.trigger else []
+            args += ["--class", body.class_word] if body.class_word else []
         elif body.caption:
             args = [str(src), str(out), "--caption", body.caption]
         else:
-            raise SdtuneError("say how to caption: a captioner model (hub id or a folder in the workspace) or a "
-                              "fixed caption")
+            raise SdtuneError("say how to caption: a captioner model (florence-2, joycaption, blip, a hub id or a "
+                              "folder in the workspace) or a fixed caption")
         run_dir = None
     elif body.kind in ("pick", "export"):
         if not body.run:

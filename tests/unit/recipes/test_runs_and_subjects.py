@@ -236,3 +236,19 @@ def test_pivotal_subjects_learn_their_own_token_and_the_stack_carries_it(tmp_pat
     folder = write_stack_profile(person, concept_run(concept), own_name="alice")
     run = read_run(folder)
     assert run.token == "<ann>" and run.embedding_file == folder / "embeddings" / "_ann_.safetensors"
+
+
+def test_tokens_that_split_are_refused_unless_the_template_learns_them(tmp_path: Path) -> None:
+    from sdtune.models.tiny_tokenizer import build_tiny_tokenizer
+    from sdtune.recipes.personalize import check_tokens
+
+    build_tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    concept = _fake_concept(tmp_path / "concept")
+    people = [Subject("ann", tmp_path / "a", "sks", "woman"), Subject("bob", tmp_path / "b", "zwx", "man")]
+    configs = [subject_config(p, {}, concept, tmp_path / "out") for p in people]
+    with pytest.raises(ConfigError) as info:
+        check_tokens(people, configs, tmp_path / "tok")
+    assert str(info.value) == ("bob: token 'zwx' splits into 3 pieces (z, w, x) in the concept's tokenizer; choose a "
+                               "rare single-piece token (e.g. sks, ohwx)")
+    pivotal = {"train": {"textual_inversion": {"token": "<tok>", "learning_rate": 0.01, "ti_fraction": 0.5}}}
+    check_tokens(people, [subject_config(p, pivotal, concept, tmp_path / "out") for p in people], tmp_path / "tok")

@@ -80,13 +80,17 @@ def test_pick_and_export_jobs_from_the_page(tmp_path):
                                 ("models/blip", str(ws / "models" / "blip"))):
         job = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun",
                                                    "captioner": captioner}).json()
-        assert job["argv"][:2] == ["dataset", "build"] and job["argv"][-2:] == ["--captioner", expected]
+        assert job["argv"][:2] == ["dataset", "build"]
+        assert job["argv"][4:] == ["--captioner", expected, "--mode", "fill"]
         assert job["argv"][3] == str(ws / "datasets" / "sdrun-captioned")
+    job = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": "florence-2",
+                                               "mode": "prefix", "trigger": "sks", "class_word": "person"}).json()
+    assert job["argv"][4:] == ["--captioner", "florence-2", "--mode", "prefix", "--trigger", "sks", "--class", "person"]
     for bad in ("/etc", "../blip", "models/../../blip"):
         r = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": bad})
         assert r.status_code == 403, (bad, r.text)
     tilde = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": "~/m"})
-    assert tilde.json()["argv"][-1] == str(ws / "~" / "m")  # a folder named ~ inside the workspace, never home
+    assert tilde.json()["argv"][5] == str(ws / "~" / "m")  # a folder named ~ inside the workspace, never home
 
 
 def test_eval_and_pick_tables(tmp_path):
