@@ -122,12 +122,13 @@ def _embedding_file(folder: Path, token: str) -> Path:
 
 
 def expand_checkpoints(run: Path, out: Path) -> list[CheckpointModel]:
-    """Every complete checkpoint of a LoRA run, materialised under ``OUT/checkpoints/<run name>-<hash>/``."""
+    """Every complete checkpoint of a LoRA or textual-inversion run, materialised under
+    ``OUT/checkpoints/<run name>-<hash>/``."""
     run = Path(run).expanduser().resolve()
     found = run_checkpoints(run)
     if not found:
         raise SdtuneError(f"{run} has no checkpoints to compare (RUN/checkpoints/step-N). Keep several with "
-                          "checkpoint.every and checkpoint.keep (LoRA checkpoints are small)")
+                          "checkpoint.every and checkpoint.keep (LoRA and embedding checkpoints are small)")
     from sdtune.run_folder import read_metrics
 
     root = Path(out) / "checkpoints" / f"{run.name}-{hashlib.sha256(str(run).encode()).hexdigest()[:6]}"
