@@ -45,12 +45,19 @@ def _words_only(model, tokenizer) -> None:
     model.generation_config.forced_eos_token_id = None
 
 
-def _seeded(build):
+def _save(folder: Path, model_class, config, processor, tokenizer=None) -> Path:
+    """Build the model with seed-0 random weights and save it with its processor, as a hub folder is laid out."""
     import torch
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return build()
+        model = model_class(config)
+    if tokenizer is not None:
+        _words_only(model, tokenizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def build_tiny_florence2(folder: Path) -> Path:
@@ -74,12 +81,7 @@ def build_tiny_florence2(folder: Path) -> Path:
     vision = dict(depths=[1, 1, 1, 1], embed_dim=[8, 8, 8, 16], num_heads=[1, 1, 1, 2], num_groups=[1, 1, 1, 2],
                   window_size=2, projection_dim=16, drop_path_rate=0.0)
     config = Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)
-    model = _seeded(lambda: Florence2ForConditionalGeneration(config))
-    _words_only(model, tokenizer)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save(folder, Florence2ForConditionalGeneration, config, processor, tokenizer)
 
 
 def build_tiny_llava(folder: Path) -> Path:
@@ -106,12 +108,7 @@ def build_tiny_llava(folder: Path) -> Path:
                        pad_token_id=tokenizer.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_select_strategy="full",
                          image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1)
-    model = _seeded(lambda: LlavaForConditionalGeneration(config))
-    _words_only(model, tokenizer)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save(folder, LlavaForConditionalGeneration, config, processor, tokenizer)
 
 
 def build_tiny_blip(folder: Path) -> Path:
@@ -132,11 +129,16 @@ def build_tiny_blip(folder: Path) -> Path:
                 eos_token_id=tokenizer.sep_token_id)
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
                   patch_size=8)
-    model = _seeded(lambda: BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision,
-                                                                    projection_dim=16)))
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    config = BlipConfig(text_config=text, vision_config=vision, projection_dim=16)
+    return _save(folder, BlipForConditionalGeneration, config, processor)
+
+
+def made_of_words(text: str) -> bool:
+    """Whether a caption is non-empty and made of the tiny vocabulary only (what a random tiny model can write)."""
+    spaced = text
+    for mark in ".,?:":
+        spaced = spaced.replace(mark, f" {mark} ")
+    return bool(text.strip()) and set(spaced.split()) <= set(WORDS)
 
 
 BUILDERS = {"florence2": build_tiny_florence2, "llava": build_tiny_llava, "blip": build_tiny_blip}

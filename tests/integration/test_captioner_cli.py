@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import make_images  # noqa: E402
-from tiny_captioners import BUILDERS, WORDS  # noqa: E402
+from tiny_captioners import BUILDERS, made_of_words  # noqa: E402
 
 
 def sdtune(*args: str) -> subprocess.CompletedProcess:
@@ -27,10 +27,6 @@ def sdtune(*args: str) -> subprocess.CompletedProcess:
 
 def _rows(out: Path) -> dict[str, str]:
     return {r["file_name"]: r["text"] for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
-
-
-def _made_of_words(text: str) -> bool:
-    return bool(text) and set(text.replace(",", " , ").replace(".", " . ").replace("?", " ? ").split()) <= set(WORDS)
 
 
 # (architecture, mode, what the captioned photo img00 keeps of its own caption "sks person, on a beach")
@@ -51,14 +47,14 @@ def test_captioner_cli_modes_on_each_architecture(tmp_path, arch, mode, own):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = _rows(out)
     for name in ("img01.png", "img02.png"):  # no caption before: "sks person, " + the model's words
-        assert rows[name].startswith("sks person, ") and _made_of_words(rows[name].removeprefix("sks person, "))
+        assert rows[name].startswith("sks person, ") and made_of_words(rows[name].removeprefix("sks person, "))
     mine = rows["img00.png"]
     if "<new>" not in own:
         assert mine == own  # fill: never overwritten
         assert "kept the own caption of 1 images" in proc.stdout and "2 from the captioner" in proc.stdout
     else:
         head, _, tail = own.partition("<new>")
-        assert mine.startswith(head) and mine.endswith(tail) and _made_of_words(mine[len(head):len(mine) - len(tail)])
+        assert mine.startswith(head) and mine.endswith(tail) and made_of_words(mine[len(head):len(mine) - len(tail)])
         assert "3 from the captioner" in proc.stdout
     assert (src / "img00.txt").read_text(encoding="utf-8") == "sks person, on a beach"  # the source is never touched
     assert "captioning" in proc.stderr and "img" in proc.stderr  # the progress bar over images

@@ -155,7 +155,6 @@ def work_command(
     """Run the queue without the page (the same worker `sdtune serve` runs): Ctrl-C stops the running jobs at a
     checkpoint and leaves them queued, so the next `jobs work` or `serve` continues them."""
     from sdtune.jobs.executor import engine_executor
-    from sdtune.jobs.store import JobStore  # noqa: F401 - created by find_workspace's caller
     from sdtune.jobs.worker import Worker
     from sdtune.jobs.workspace import find_workspace
     from sdtune.stopping import stop_scope

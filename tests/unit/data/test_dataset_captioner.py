@@ -11,7 +11,7 @@ import pytest
 from hostile_corpus import pattern
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tiny_captioners import BUILDERS, WORDS  # noqa: E402
+from tiny_captioners import BUILDERS, made_of_words  # noqa: E402
 
 from sdtune.data.build import Source, build_dataset  # noqa: E402
 from sdtune.data.caption_modes import CaptionSettings  # noqa: E402
@@ -29,16 +29,17 @@ def _rows(out: Path) -> dict[str, str]:
     return {r["file_name"]: r["text"] for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
 
 
-def _words(text: str) -> set[str]:
-    return set(text.replace(",", " , ").replace(".", " . ").replace("?", " ? ").replace(":", " : ").split())
+def _photos(folder: Path, n: int, own: str) -> Path:
+    """``n`` images, the first with its own caption ``own`` (a .txt beside it)."""
+    folder.mkdir()
+    for i in range(n):
+        pattern(i).save(folder / f"{i}.png")
+    (folder / "0.txt").write_text(own, encoding="utf-8")
+    return folder
 
 
 def test_captioner_writes_a_caption_for_each_image_without_one(tmp_path, tiny, capsys):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(5):
-        pattern(i).save(src / f"{i}.png")
-    (src / "0.txt").write_text("my own caption", encoding="utf-8")
+    src = _photos(tmp_path / "src", 5, "my own caption")
     out = tmp_path / "out"
     settings = CaptionSettings(tiny["blip"], template="a photo of {caption}", trigger="sks", class_word="person",
                                batch_size=2)
@@ -47,7 +48,7 @@ def test_captioner_writes_a_caption_for_each_image_without_one(tmp_path, tiny, c
     assert rows["0.png"] == "my own caption"  # never overwritten
     for text in (rows[f"{i}.png"] for i in range(1, 5)):
         assert text.startswith("sks person, a photo of ") and len(text) > len("sks person, a photo of ")
-        assert _words(text.removeprefix("sks person, ")) <= set(WORDS)
+        assert made_of_words(text.removeprefix("sks person, "))
     assert report.auto_captioned == 4 and report.captions_kept == 1
     assert "kept the own caption of 1 images" in report.to_text()
     err = capsys.readouterr().err
@@ -55,11 +56,7 @@ def test_captioner_writes_a_caption_for_each_image_without_one(tmp_path, tiny, c
 
 
 def test_suffix_mode_extends_every_caption(tmp_path, tiny):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(2):
-        pattern(i).save(src / f"{i}.png")
-    (src / "0.txt").write_text("sks, my own caption", encoding="utf-8")
+    src = _photos(tmp_path / "src", 2, "sks, my own caption")
     out = tmp_path / "out"
     report = build_dataset([Source(src)], out, captioner=CaptionSettings(tiny["blip"], mode="suffix", trigger="sks"))
     rows = _rows(out)
@@ -76,7 +73,10 @@ def test_each_architecture_loads_by_its_config_and_batches_match_single_images(t
     images = [pattern(i) for i in range(3)]
     batch = captioner.caption(images)
     assert batch == [captioner.caption([im])[0] for im in images]
-    assert all(text and _words(text) <= set(WORDS) for text in batch), batch
+    assert all(made_of_words(text) for text in batch), batch
+    bf16 = load_captioner(tiny[name], max_new_tokens=6, dtype="bf16")  # what a GPU gets by default, here on CPU
+    assert bf16.model.dtype == bf16.dtype and str(bf16.dtype) == "torch.bfloat16"
+    assert all(made_of_words(text) for text in bf16.caption(images[:2]))
 
 
 def test_chat_prompt_goes_through_the_chat_template(tiny):
@@ -106,8 +106,10 @@ def test_unloadable_captioner_is_one_clear_error(tmp_path):
     assert str(tmp_path) in message and "BertModel" in message and "\n" not in message
     for arch in ("Florence2ForConditionalGeneration", "LlavaForConditionalGeneration", "BlipForConditionalGeneration"):
         assert arch in message
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Florence2ForConditionalGeneration"],
-                                                      "model_type": "florence2", "auto_map": {"AutoConfig": "x"}}))
+    microsoft = {"architectures": ["Florence2ForConditionalGeneration"], "model_type": "florence2",
+                 "auto_map": {"AutoConfig": "configuration_florence2.Florence2Config"},
+                 "text_config": {"model_type": "florence2_language"}, "vision_config": {"model_type": "davit"}}
+    (tmp_path / "config.json").write_text(json.dumps(microsoft))
     with pytest.raises(ModelLoadError, match="remote-code Florence-2.*florence-community/Florence-2-base"):
         load_captioner(tmp_path)
 
