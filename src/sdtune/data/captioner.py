@@ -228,7 +228,9 @@ def _architecture(config: dict[str, Any], source: str) -> str:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     model_type = str(config.get("model_type", ""))
-    if model_type == "florence2" and "auto_map" in config:
+    text = config.get("text_config")
+    text_type = text.get("model_type") if isinstance(text, dict) else None
+    if model_type == "florence2" and text_type not in (None, "bart"):  # the original's florence2_language text half
         raise ModelLoadError(f"captioning model {source!r} is Microsoft's remote-code Florence-2, which transformers "
                              "5 no longer runs; use the converted weights, e.g. florence-community/Florence-2-base "
                              "(or -large)")

@@ -147,6 +147,7 @@ class Engine:
         address = address or os.environ.get("RAY_ADDRESS") or None
         self.address = address
         self._owns = False  # this engine called ray.init (and ends it at shutdown)
+        self._reaper = None
         started = time.time()
         if ray.is_initialized():
             pass
@@ -165,6 +166,9 @@ class Engine:
                      include_dashboard=False, object_store_memory=object_store_bytes, log_to_driver=False,
                      logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
             self._owns = True
+            from sdtune.engine.reaper import start_reaper
+
+            self._reaper = start_reaper()  # Ray's processes go even if this one is killed
         self.start_seconds = round(time.time() - started, 2)
         self._remote = ray.remote(max_calls=0, max_retries=0)(_attempt)
 
@@ -321,4 +325,7 @@ class Engine:
             self.cancel(handle)
         self.wait(timeout=grace)
         if self._owns and self._ray.is_initialized():
+            from sdtune.engine.reaper import stop_reaper
+
             self._ray.shutdown()
+            stop_reaper(self._reaper)

@@ -125,8 +125,7 @@ def submit_train(request: Request, form: TrainForm) -> dict[str, Any]:
 def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
     """caption / pick / eval / export jobs, each built from workspace paths only (no free command line)."""
     ws, store = _ws(request), request.app.state.store
-    args: list[str]
-    run_dir = None
+    args: list[str]  # option values as --key=value: a value starting with '-' is never read as an option
     if body.kind == "caption":
         if not body.dataset:
             raise SdtuneError("a caption job needs a dataset")
@@ -136,15 +135,14 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
             named = HUB_ID.match(body.captioner) or body.captioner.lower() in SHORT_NAMES
             hub_id = named and not (ws / body.captioner).exists()
             model = body.captioner if hub_id else str(inside(ws, body.captioner, "captioner"))
-            args = [str(src), str(out), "--captioner", model, "--mode", body.mode]
-            args += ["--trigger", body.trigger] if body.trigger else []
-            args += ["--class", body.class_word] if body.class_word else []
+            args = [str(src), str(out), f"--captioner={model}", f"--mode={body.mode}"]
+            args += [f"--trigger={body.trigger}"] if body.trigger else []
+            args += [f"--class={body.class_word}"] if body.class_word else []
         elif body.caption:
-            args = [str(src), str(out), "--caption", body.caption]
+            args = [str(src), str(out), f"--caption={' '.join(body.caption.split())}"]
         else:
             raise SdtuneError("say how to caption: a captioner model (florence-2, joycaption, blip, a hub id or a "
                               "folder in the workspace) or a fixed caption")
-        run_dir = None
     elif body.kind in ("pick", "export"):
         if not body.run:
             raise SdtuneError(f"a {body.kind} job needs a run")
@@ -163,8 +161,7 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
                           "use `sdtune jobs submit --kind` for run and personalize")
     label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
-    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
-                             run_dir=run_dir)
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
 
@@ -181,7 +178,7 @@ def _pick_prompts(run: Path, prompts: list[str]) -> list[str]:
     if not chosen and base != "toy":
         raise SdtuneError("pick needs the prompts to judge the checkpoints by: give prompts, or train with "
                           "validation prompts")
-    return [arg for prompt in chosen for arg in ("--prompt", prompt.replace("\n", " "))]
+    return [f"--prompt={' '.join(prompt.split())}" for prompt in chosen]
 
 
 @router.post("/jobs/{job_id}/{action}")
