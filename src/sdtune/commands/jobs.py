@@ -87,6 +87,8 @@ def list_command(
         typer.echo("no jobs" + ("" if all_jobs else " queued or running (--all shows ended ones)"))
     for job in reversed(jobs):
         progress = progress_line(job)
+        if job.state in ("failed", "stopped", "cancelled") and job.message:
+            progress = f"{progress}  {job.message}" if progress else job.message  # why it ended, in one line
         typer.echo(f"{job.id:5d}  {job.state:9s}  {job.kind:11s}  {job.name:24s}  try {job.attempts}  "
                    f"prio {job.priority:<3d} {_age(job.created)}  {progress}")
     pid = WorkerLock(ws).holder()
