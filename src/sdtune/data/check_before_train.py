@@ -50,14 +50,17 @@ def check_training_data(cfg: RunConfig) -> None:
     if not cfg.data.check:
         return
     from sdtune.data.check import check_folder
+    from sdtune.data.class_images import class_image_jobs, count_images
 
     tokenizer = run_tokenizer(cfg)
     errors: list[Problem] = []
     warnings: list[Problem] = []
     checked: list[Path] = []
+    generated = {folder for folder, _, _ in class_image_jobs(cfg.data)}
     for subset in subsets_from_config(cfg.data):
-        if subset.role == "class" and not subset.path.exists():
-            continue  # class images are generated when missing
+        if subset.role == "class" and (not subset.path.exists()
+                                       or (subset.path in generated and count_images(subset.path) == 0)):
+            continue  # class images are generated when missing (an empty folder, e.g. left by a failed run, too)
         if not subset.path.is_dir():
             errors.append(Problem(str(subset.path), f"data folder ({_key(cfg, subset)}) does not exist; check the "
                                   "path in your config or the override that set it"))
