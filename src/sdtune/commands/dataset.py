@@ -96,7 +96,7 @@ def build_command(
       sdtune dataset build me/ data/me --trigger sks --class person
           (captions with Florence-2: "sks person, a woman with ...")
       sdtune dataset build art/ data/art --captioner joycaption \\
-          --mode replace --prompt "Write a short caption for this image."
+          --mode replace --prompt "Write a one-line caption."
       sdtune dataset build me/ data/mix --concept sks \\
           --captioner ./blip --template "sks person, {caption}"
     """
