@@ -174,8 +174,11 @@ def load_captioner(model: str | Path, *, device: str | None = None, dtype: str =
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from sdtune.models.loading import hub_reachable
+
     source, local = _resolve(model)
     config = _read_config(source, local)
+    local = local or not hub_reachable()  # a cached hub id, offline: no retries
     arch = _architecture(config, source)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -212,7 +215,9 @@ def _read_config(source: str, local: bool) -> dict[str, Any]:
         else:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(source, "config.json"))
+            from sdtune.models.loading import hub_reachable
+
+            path = Path(hf_hub_download(source, "config.json", local_files_only=not hub_reachable()))
         config = json.loads(path.read_text(encoding="utf-8"))
     except Exception as exc:  # noqa: BLE001  missing file, offline hub, bad JSON: all one line for the user
         raise ModelLoadError(f"cannot load captioning model {source!r} as a {where}: {_first_line(exc)}. It needs a "
