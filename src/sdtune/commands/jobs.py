@@ -159,11 +159,12 @@ def work_command(
     """Run the queue without the page (the same worker `sdtune serve` runs): Ctrl-C stops the running jobs at a
     checkpoint and leaves them queued, so the next `jobs work` or `serve` continues them."""
     from sdtune.jobs.executor import engine_executor
-    from sdtune.jobs.worker import Worker
+    from sdtune.jobs.worker import Worker, WorkerLock
     from sdtune.jobs.workspace import find_workspace
     from sdtune.stopping import stop_scope
 
     ws = find_workspace(workspace)
+    WorkerLock(ws).check_free()  # before the engine (Ray) starts: refused in a second, not after it
     worker = Worker(ws, engine_executor(address), slots=slots, say=lambda s: typer.echo(s, err=True))
     typer.echo(f"worker on {ws} (Ctrl-C stops)", err=True)
     with stop_scope() as stop:

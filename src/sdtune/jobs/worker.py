@@ -49,12 +49,19 @@ class WorkerLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            pid = self.path.read_text(encoding="utf-8").strip() or "?"
-            raise SdtuneError(f"a worker already runs jobs of this workspace (pid {pid}; {self.path}); one per "
-                              "workspace: stop it first, or give another --workspace") from None
+            raise SdtuneError(self._held(self.path.read_text(encoding="utf-8").strip() or "?")) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+
+    def check_free(self) -> None:
+        """Raise SdtuneError when another worker holds the lock (asked before a worker starts its engine)."""
+        if (pid := self.holder()) is not None:
+            raise SdtuneError(self._held(pid))
+
+    def _held(self, pid: object) -> str:
+        return (f"a worker already runs jobs of this workspace (pid {pid}; {self.path}); one per workspace: stop it "
+                "first, or give another --workspace")
 
     def release(self) -> None:
         if self._fd is not None:
