@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from sdtune.recipes.runs import read_metrics, run_state
+from sdtune.recipes.runs import run_state
+from sdtune.run_folder import read_metrics
 from sdtune.toy import world
 from sdtune.toy.evaluate import (
     default_judge,

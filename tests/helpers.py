@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -75,3 +76,35 @@ def tiny_pipeline_with_lora(settings, seed: int = 0, scale: float = 0.1):
                 if "lora_" in name:
                     param.copy_(scale * torch.randn(param.shape, generator=gen))
     return pipe
+
+
+@contextlib.contextmanager
+def locked_folder(parent: Path, name: str = "locked"):
+    """An existing folder nothing can be written into, even by root (tests and CI run as root, and root ignores
+    mode bits): ``chattr +i`` where the file system and capabilities allow it, mode 0555 for other users, else
+    ``/sys/kernel`` (sysfs takes no files). Checked by writing, so a folder that is writable after all fails here,
+    not silently in the test."""
+    import shutil
+    import tempfile
+
+    folder = parent / name
+    folder.mkdir(parents=True, exist_ok=True)
+    undo = None
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = lambda: folder.chmod(0o755)  # noqa: E731
+    elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        undo = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)  # noqa: E731
+    else:
+        folder = Path("/sys/kernel")
+    try:
+        try:
+            os.close(tempfile.mkstemp(dir=folder)[0])
+        except OSError:
+            pass
+        else:
+            raise AssertionError(f"{folder} is writable; the test needs a folder that is not")
+        yield folder
+    finally:
+        if undo is not None:
+            undo()

@@ -84,6 +84,13 @@ def main(args: list[str] | None = None) -> None:
     except Interrupted as exc:
         typer.secho(f"interrupted: {exc}", err=True)
         sys.exit(130)
+    except OSError as exc:  # a permission failure the commands' checks (sdtune.writable) could not foresee
+        from sdtune.writable import denied_line
+
+        if (line := denied_line(exc)) is None:
+            raise
+        typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
     except KeyboardInterrupt as exc:
         _interrupted(exc)
     except SystemExit as exc:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdtune import config_errors, typed_yaml
 from sdtune.config_errors import MINIMAL_CONFIG
 from sdtune.errors import ConfigError
-from sdtune.models.presets import PRESETS
+from sdtune.preset_names import PRESETS
 
 
 class Section(BaseModel):
@@ -111,7 +111,8 @@ class DataConfig(Section):
     subsets: list[SubsetConfig] = Field(default_factory=list)
     repeats: int = Field(1, ge=1, description="repeats of train_dir / instance_dir")
 
-    resolution: int = Field(512, ge=8)
+    resolution: int = Field(512, ge=8, description="training size in px: a multiple of 8, and with buckets at least "
+                            "the model's bucket step (64 on SD)")
     center_crop: bool = True
     random_flip: bool = False
     caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="probability of an empty prompt (for CFG)")
@@ -132,6 +133,16 @@ class DataConfig(Section):
     def _paths_given(cls, value: Any) -> Any:
         return _no_empty_path(value)
 
+    @field_validator("resolution")
+    @classmethod
+    def _whole_latent_pixels(cls, value: int) -> int:
+        # The pipelines (validation images, class images, generate) refuse sizes not divisible by 8, and the VAE
+        # of every real family works in 8-pixel blocks: refused here, not after the first training steps.
+        if value % 8:
+            raise ValueError(f"{value} is not a multiple of 8 (Stable Diffusion's VAE and pipelines work in 8-pixel "
+                             f"blocks): use {value - value % 8 or 8} or {value - value % 8 + 8}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
         if self.train_dir is None and self.instance_dir is None and not self.subsets:
@@ -151,11 +162,15 @@ class DataConfig(Section):
 
 
 class LoraConfig(Section):
+    kind: Literal["lora", "dora", "loha", "lokr"] = Field(
+        "lora", description="lora; dora (weight-decomposed); loha (Hadamard product); lokr (Kronecker product), "
+        "all through peft: docs/training-options.md")
     rank: int = Field(8, ge=1)
     alpha: float | None = Field(None, description="scale numerator; default = rank (scale 1)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     text_encoder_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    lokr_factor: int = Field(-1, description="kind lokr: the Kronecker factor size (-1: as square as the layer allows)")
 
 
 class EMAConfig(Section):
@@ -186,17 +201,29 @@ class TextualInversionConfig(Section):
     norm_limit: float | None = Field(None, gt=0.0, description="cap the token's embedding norm at this multiple "
                                      "of the vocabulary's longest embedding (an unbounded one grows until it "
                                      "outweighs the prompt's other words); null = no cap")
+    num_vectors: int = Field(1, ge=1, le=16, description="embedding vectors per token (AUTOMATIC1111's vectors "
+                             "per token; diffusers adds them as token, token_1, ...)")
+    learning_rate: float | None = Field(None, gt=0.0, description="the embedding's own learning rate (default: "
+                                        "train.learning_rate); with train.lora this is pivotal tuning")
+    ti_fraction: float = Field(1.0, gt=0.0, le=1.0, description="train the embedding for this fraction of the "
+                               "steps, then freeze it while the LoRA trains on (pivotal tuning: needs train.lora)")
 
 
 class TrainConfig(Section):
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tuning")
     textual_inversion: TextualInversionConfig | None = Field(
-        None, description="train only a new token's embedding (excludes lora and full fine-tuning)")
+        None, description="train a new token's embedding: alone (textual inversion) or with train.lora (pivotal "
+        "tuning)")
     train_text_encoder: bool = False
     learning_rate: float = Field(1e-4, gt=0.0)
     text_encoder_lr: float | None = Field(None, gt=0.0)
     scale_lr: bool = False
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adamw_schedulefree", "adafactor"] = Field(
+        "adamw", description="adamw; adamw8bit (CUDA); prodigy (learning_rate 1.0); adamw_schedulefree (constant "
+        "schedule); adafactor. Rates that fit each: docs/training-options.md")
+    optimizer_args: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="further keyword arguments of the optimizer's class, e.g. "
+        "{d_coef: 0.5, safeguard_warmup: true} for prodigy")
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
@@ -213,7 +240,8 @@ class TrainConfig(Section):
         "no", description="no, fp16 or bf16 (float16, bfloat16, fp32 and float32 are read as these)")
     snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (5.0 is common)")
     noise_offset: float = Field(0.0, ge=0.0)
-    ema: EMAConfig | None = Field(None, description="EMA of the weights (full fine-tuning only)")
+    ema: EMAConfig | None = Field(None, description="EMA of the trained weights (the UNet, a LoRA, a token's "
+                                  "embedding): what is validated, saved and exported; the raw ones resume")
     preservation: PreservationConfig | None = Field(
         None, description="differential output preservation: pull the trained model's prediction on prompts "
         "without the identifier towards the starting model's (LoRA only; no class images needed)")
@@ -234,17 +262,18 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        from sdtune.config_options import check_train_options
+
+        check_train_options(self)  # the newer options' combinations (optimizers, LoRA kinds, EMA), one table
         if self.textual_inversion is not None:
-            clash = [key for key, on in (("train.lora", self.lora is not None),
-                                         ("train.train_text_encoder", self.train_text_encoder),
-                                         ("train.ema", self.ema is not None),
-                                         ("train.preservation", self.preservation is not None)) if on]
+            clash = [key for key, on in (("train.train_text_encoder", self.train_text_encoder),) if on]
             if clash:
-                raise ValueError(f"train.textual_inversion trains one token's embedding alone; remove "
-                                 f"{' and '.join(clash)} (or remove train.textual_inversion)")
-        if self.ema is not None and self.lora is not None:
-            raise ValueError("train.ema is for full fine-tuning; remove it or remove train.lora")
-        if self.lr_warmup_steps and self.lr_scheduler == "constant":
+                raise ValueError(f"train.textual_inversion trains a token's embedding (with train.lora: pivotal "
+                                 f"tuning); remove {' and '.join(clash)} (or remove train.textual_inversion)")
+            if self.lora is None and self.textual_inversion.ti_fraction < 1.0:
+                raise ValueError("train.textual_inversion.ti_fraction freezes the embedding while a LoRA trains on "
+                                 "(pivotal tuning): add train.lora, or set ti_fraction to 1.0")
+        if self.lr_warmup_steps and self.lr_scheduler == "constant" and self.optimizer != "adamw_schedulefree":
             raise ValueError(f"train.lr_warmup_steps={self.lr_warmup_steps} has no effect with "
                              "train.lr_scheduler=constant: use constant_with_warmup, or set lr_warmup_steps=0")
         if self.lr_warmup_steps >= self.max_steps and self.lr_scheduler != "constant":
@@ -259,7 +288,28 @@ class CheckpointConfig(Section):
     keep: int = Field(3, ge=1, description="keep the last K checkpoints")
 
 
+class ValidationLossConfig(Section):
+    """A loss on images the run never trains on (``sdtune.training.val_loss``), at fixed timesteps with fixed noise:
+    comparable across steps and runs; logged, in metrics.json and the checkpoints, and ``sdtune pick --by val_loss``."""
+
+    split: float | None = Field(None, gt=0.0, lt=1.0, description="fraction of the training images held out "
+                                "(chosen by validation.loss.seed; never trained on)")
+    data_dir: Path | None = Field(None, description="a folder of held-out images (captions, or data.instance_prompt)")
+    every: int = Field(0, ge=0, description="every N steps (0 = at every checkpoint); always at the last step")
+    timesteps: int = Field(4, ge=1, description="fixed timesteps spread evenly over the schedule; every image is "
+                           "measured at each")
+    seed: int = Field(0, description="which images split holds out, and the fixed noise")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValidationLossConfig:
+        if (self.split is None) == (self.data_dir is None):
+            raise ValueError("validation.loss needs exactly one of split (a fraction of the training images held "
+                             "out, e.g. 0.1) or data_dir (a folder of held-out images)")
+        return self
+
+
 class ValidationConfig(Section):
+    loss: ValidationLossConfig | None = Field(None, description="a validation loss on held-out images")
     prompts: list[str] = Field(default_factory=list)
     every: int = Field(0, ge=0, description="every N steps (0 = only at the end when prompts are set)")
     num_images: int = Field(1, ge=1, description="images per prompt")
@@ -309,12 +359,19 @@ class RunConfig(Section):
                              f"{learned.token!r}, the word whose embedding is trained: write it into the prompt "
                              f"(e.g. 'a photo of {learned.token} person')")
         if learned is not None and self.save.full_model:
-            raise ValueError("save.full_model is for LoRA runs; a textual-inversion run saves its token's embedding "
-                             "(RUN/embeddings), loaded on the base model with load_textual_inversion: remove "
+            raise ValueError("save.full_model is for LoRA runs; a run that learns a token saves its embedding "
+                             "(RUN/embeddings), loaded with load_textual_inversion next to the LoRA: remove "
                              "save.full_model")
         if self.model.adapters and self.save.full_model:
             raise ValueError("save.full_model fuses the run's LoRA into model.base alone; with model.adapters "
                              "use the stack (sdtune generate RUN) or fuse the adapters into the base first")
+        return self
+
+    @model_validator(mode="after")
+    def _options(self) -> RunConfig:
+        from sdtune.config_options import check_run_options
+
+        check_run_options(self)  # combinations across sections (LoRA kinds with adapters, validation loss)
         return self
 
     @model_validator(mode="after")
@@ -336,7 +393,13 @@ class RunConfig(Section):
 
     @property
     def is_textual_inversion(self) -> bool:
+        """It learns a token's embedding (alone, or with a LoRA: :attr:`is_pivotal`)."""
         return self.train.textual_inversion is not None
+
+    @property
+    def is_pivotal(self) -> bool:
+        """Pivotal tuning: a token's embedding and a LoRA trained together (``sdtune.training.pivotal``)."""
+        return self.train.textual_inversion is not None and self.train.lora is not None
 
     @property
     def is_full(self) -> bool:
@@ -346,7 +409,8 @@ class RunConfig(Section):
     @property
     def method(self) -> str:
         kind = "dreambooth" if self.data.instance_dir is not None else "text-to-image"
-        how = "textual-inversion" if self.is_textual_inversion else "lora" if self.is_lora else "full"
+        how = ("pivotal" if self.is_pivotal else "textual-inversion" if self.is_textual_inversion else "lora"
+               if self.is_lora else "full")
         return f"{kind}-{how}"
 
 
@@ -452,6 +516,8 @@ def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
     cfg.data.instance_dir = fix(data.instance_dir)
     cfg.data.class_dir = fix(data.class_dir)
     cfg.data.cache_dir = fix(data.cache_dir)
+    if cfg.validation.loss is not None:
+        cfg.validation.loss.data_dir = fix(cfg.validation.loss.data_dir)
     for sub in cfg.data.subsets:
         sub.path = fix(sub.path)  # type: ignore[assignment]
     for adapter in cfg.model.adapters:

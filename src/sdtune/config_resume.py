@@ -61,6 +61,7 @@ RESUME_RULES: dict[str, Rule] = {
     "train.text_encoder_lr": _change("re-applied to the optimizer after loading"),
     "train.scale_lr": _change("re-applied to the optimizer after loading"),
     "train.optimizer": _refuse("the optimizer state (Adam moments) belongs to the optimizer"),
+    "train.optimizer_args": _refuse("the optimizer's own settings, restored with its state"),
     "train.adam_beta1": _change("re-applied to the optimizer after loading"),
     "train.adam_beta2": _change("re-applied to the optimizer after loading"),
     "train.adam_weight_decay": _change("re-applied to the optimizer after loading"),
@@ -84,6 +85,8 @@ RESUME_RULES: dict[str, Rule] = {
     "train.num_workers": _change("data loading only; examples are position-addressed"),
     "checkpoint": _change("when and how many checkpoints are kept"),
     "validation": _change("what is sampled during training"),
+    "validation.loss.split": _refuse("which images are held out of training (the data position counts the rest)"),
+    "validation.loss.seed": _refuse("which images validation.loss.split holds out of training"),
     "logging": _change("where metrics go"),
     "save": _change("which outputs are written at the end"),
 }

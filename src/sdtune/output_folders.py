@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ConfigError
+from sdtune.writable import check_writable
 
 # What `sdtune train` (and personalize, per subject) writes into a run folder.
 RUN_ENTRIES = frozenset({"config.yaml", "README.md", "metrics.json", "checkpoints", "lora", "model", "samples",
@@ -113,16 +114,31 @@ def check_run_folder(output: Path, key: str = "output_dir") -> None:
 
 
 def check_run_output(cfg: Any) -> None:
-    """Everything ``sdtune train`` checks about a RunConfig's ``output_dir`` before writing anything."""
+    """Everything ``sdtune train`` checks about a RunConfig's ``output_dir`` before writing anything: not the data,
+    new, empty or a run folder, and writable (its checkpoints/, samples/, logs/ included)."""
     check_not_data(cfg.output_dir, data_folders(cfg))
     check_run_folder(cfg.output_dir)
+    check_writable(cfg.output_dir, "output_dir")
+    out = _absolute(cfg.output_dir)
+    written = ["checkpoints", "lora", "model", *(["samples"] if cfg.validation.prompts else []),
+               *(["logs"] if cfg.logging.trackers else [])]
+    for name in written:  # a run continued: the folders of it that this run writes into
+        if (out / name).is_dir():
+            check_writable(out / name, "output_dir", f"a continued run writes into {name}/; fix its permissions or "
+                           "choose another output_dir")
 
 
 def check_group_folder(output: Path, own: Iterable[str], configs: Iterable[Any], kind: str, marker: str, key: str,
                        command: str) -> None:
     """A folder of runs (a recipe's OUTPUT, personalize's OUT): missing, empty, already one (``marker`` in it),
     or holding only what this command puts there (``own``: stage or subject folders, class images...) and the
-    data folders its run ``configs`` read from inside it."""
+    data folders its run ``configs`` read from inside it; and writable (:func:`sdtune.writable.check_writable`)."""
+    _check_group_contents(output, own, configs, kind, marker, key, command)
+    check_writable(output, key)
+
+
+def _check_group_contents(output: Path, own: Iterable[str], configs: Iterable[Any], kind: str, marker: str, key: str,
+                          command: str) -> None:
     out = _absolute(output)
     own = set(own)
     for cfg in configs:

@@ -8,11 +8,9 @@ reads its outputs must say so instead of silently using the step-8 ones.
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sdtune.errors import SdtuneError
 
@@ -46,32 +44,23 @@ class RunProgress:
         return text
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _max_steps(run_dir: Path) -> int | None:
-    from sdtune import typed_yaml
-    from sdtune.config import RunConfig
+    from sdtune.run_folder import read_run_config
 
     try:
-        data = typed_yaml.load((run_dir / "config.yaml").read_text(encoding="utf-8-sig"), RunConfig) or {}
-    except (OSError, typed_yaml.YamlError):
+        data = read_run_config(run_dir)
+    except SdtuneError:
         return None
-    value = ((data.get("train") or {}) if isinstance(data, dict) else {}).get("max_steps", 1000)
+    value = (data.get("train") or {}).get("max_steps", 1000)
     return value if isinstance(value, int) else None
 
 
 def run_progress(run_dir: str | Path) -> RunProgress:
     """Read a run folder's progress (see the module docstring); never raises for a missing or odd file."""
-    from sdtune.training.checkpoint import list_checkpoints, step_of
+    from sdtune.run_folder import list_checkpoints, read_metrics, step_of
 
     path = Path(run_dir).expanduser()
-    metrics = _read_json(path / "metrics.json") or {}
+    metrics = read_metrics(path) or {}
     done = metrics.get("status") == "finished"
     checkpoints = list_checkpoints(path / "checkpoints")
     newest = step_of(checkpoints[-1]) if checkpoints else 0
@@ -87,8 +76,9 @@ def mark_unfinished(run_dir: Path, step: int) -> None:
     ``unfinished`` (with the step, and the step its outputs are from), so that people and tools reading it
     directly are not told the run is done. ``run_progress`` reaches the same verdict from the checkpoints."""
     from sdtune.atomic import atomic_write_json
+    from sdtune.run_folder import read_metrics
 
-    metrics = _read_json(Path(run_dir) / "metrics.json")
+    metrics = read_metrics(run_dir)
     if metrics is None or metrics.get("status") != "finished" or not isinstance(metrics.get("steps"), int):
         return
     if metrics["steps"] >= step:

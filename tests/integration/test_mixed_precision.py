@@ -40,6 +40,11 @@ COMBOS = {
     # SDXL textual inversion in bf16: a row on each text encoder, fp32 under the bf16 frozen model
     "xl-db-ti": ("db", {"textual_inversion": {"token": "sks"}, "learning_rate": 5e-2},
                  {"base": "tiny-xl", "prediction_type": "v_prediction"}, 1, {}),
+    # SDXL pivotal tuning in bf16: two vectors per encoder beside a UNet LoRA, frozen after step 1 (the resume point)
+    "xl-db-pivotal": ("db", {"lora": {"rank": 4}, "learning_rate": 1e-3,
+                             "textual_inversion": {"token": "sks", "learning_rate": 5e-2, "ti_fraction": 0.5,
+                                                   "num_vectors": 2}},
+                      {"base": "tiny-xl", "prediction_type": "v_prediction"}, 1, {}),
 }
 
 
@@ -104,8 +109,8 @@ def test_bf16_run_finishes_resumes_bitwise_and_outputs_say_what_trained(tmp_path
     final = f"checkpoints/step-{STEPS:06d}"
     _assert_bitwise(_tensors(straight / final), _tensors(resumed / final), "final trainable weights")
     lora, learned = "lora" in train, "textual_inversion" in train
-    outputs = (["embeddings"] if learned else
-               ["lora"] * lora + ["model"] * (not lora or bool(save.get("full_model"))))
+    outputs = ["embeddings"] * learned + ["lora"] * lora + ["model"] * (not lora and not learned
+                                                                          or bool(save.get("full_model")))
     for folder in outputs:
         _assert_bitwise(_tensors(straight / folder), _tensors(resumed / folder), f"{folder}/")
     assert not (straight / "model").exists() or "model" in outputs
@@ -127,8 +132,9 @@ def test_bf16_run_finishes_resumes_bitwise_and_outputs_say_what_trained(tmp_path
         assert {t.dtype for t in unet.values()} == {torch.float32}
     if learned:
         rows = load_file(str(straight / "embeddings" / "sks.safetensors"))
+        n = train["textual_inversion"].get("num_vectors", 1)
         assert {k: (tuple(v.shape), v.dtype) for k, v in rows.items()} == {
-            "clip_l": ((1, 32), torch.float32), "clip_g": ((1, 32), torch.float32)}
+            "clip_l": ((n, 32), torch.float32), "clip_g": ((n, 32), torch.float32)}
     if not lora and not learned:  # frozen parts are saved as the base's own weights, not a bf16 round trip
         for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
             # key names: model/ stores the text encoder under transformers-4 names (models/portable.py)

@@ -1,4 +1,5 @@
-"""``sdtune personalize``: 3 subjects on 2 CPU processes (torchrun), one with broken photos; stop and exact resume."""
+"""``sdtune personalize`` on Ray: 4 people on 2 fake-GPU slots, kill -9 of a person and of a worker (exact resume),
+Ctrl-C (nothing left running, rerun continues), and the unchanged command on a `ray start --head` cluster."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,6 +24,7 @@ from tests.helpers import make_images, run_cli
 pytestmark = pytest.mark.slow
 
 STEPS = 4
+LORA = "lora/pytorch_lora_weights.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +43,32 @@ def concept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
-def _subjects(tmp: Path) -> Path:
-    make_images(tmp / "photos" / "alice", 3, color=(40, 90, 200))
-    make_images(tmp / "photos" / "bob", 2, color=(200, 60, 90))
-    broken = tmp / "photos" / "carol"
-    broken.mkdir(parents=True)
-    (broken / "img00.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    (broken / "img01.jpg").write_text("not an image")
+# single-piece tokens of the tiny tokenizer ("zwx" would split into z, w, x and be refused)
+PEOPLE = {"alice": ("sks", (40, 90, 200)), "bob": ("z", (200, 60, 90)), "dave": ("x", (60, 200, 90)),
+          "erin": ("k", (120, 120, 30))}
+
+
+def _people(tmp: Path, names: list[str], broken: bool = False) -> Path:
+    lines = ["name,photos,token,class"]
+    for name in names:
+        token, color = PEOPLE[name]
+        make_images(tmp / "photos" / name, 2, color=color)
+        lines.append(f"{name},photos/{name},{token},{'woman' if name in ('alice', 'erin') else 'man'}")
+    if broken:
+        folder = tmp / "photos" / "carol"
+        folder.mkdir(parents=True)
+        (folder / "img00.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        (folder / "img01.jpg").write_text("not an image")
+        lines.append("carol,photos/carol,q,woman")
     path = tmp / "people.csv"
-    path.write_text("name,photos,token,class\nalice,photos/alice,sks,woman\nbob,photos/bob,zwx,man\n"
-                    "carol,photos/carol,qrp,woman\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def _args(csv_path: Path, concept: Path, out: Path) -> list[str]:
+def _args(csv_path: Path, concept: Path, out: Path, *extra: str) -> list[str]:
     return [str(csv_path), "--concept", str(concept), "--out", str(out), f"train.max_steps={STEPS}",
-            "train.learning_rate=0.001", "train.lora.rank=4", "checkpoint.every=2", "checkpoint.keep=5",
-            "logging.trackers=[]", "data.with_prior_preservation=true", "data.num_class_images=2",
-            "data.class_generation_steps=2"]  # class images shared per class (the default needs none)
+            "train.learning_rate=0.001", "train.lora.rank=4", "checkpoint.every=2", "checkpoint.keep=20",
+            "logging.trackers=[]", "--num-gpus", "2", "--num-cpus", "2", *extra]
 
 
 def _summary(out: Path) -> dict[str, dict[str, str]]:
@@ -64,82 +76,196 @@ def _summary(out: Path) -> dict[str, dict[str, str]]:
         return {row["subject"]: row for row in csv.DictReader(fh)}
 
 
-def _images(pipe) -> np.ndarray:
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(["a photo of sks woman"], num_inference_steps=3, height=32, width=32, output_type="np",
-                generator=torch.Generator().manual_seed(0)).images
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
 
 
-def test_personalize_three_subjects_on_two_processes_then_rerun(concept: Path, tmp_path: Path) -> None:
-    csv_path, out = _subjects(tmp_path), tmp_path / "people"
-    env = os.environ | {"ACCELERATE_USE_CPU": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "sdtune",
-                           "personalize", *_args(csv_path, concept, out)], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def _attempt(run: Path) -> dict:
+    return json.loads((run / ".train.log.engine" / "attempt.json").read_text())
+
+
+def _same_lora(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_four_people_share_two_gpu_slots_then_a_rerun_skips_them(concept: Path, tmp_path: Path) -> None:
+    csv_path, out = _people(tmp_path, list(PEOPLE), broken=True), tmp_path / "people"
+    args = _args(csv_path, concept, out, "data.with_prior_preservation=true", "data.num_class_images=2",
+                 "data.class_generation_steps=2")  # class images shared per class (the default needs none)
+    proc = run_cli("personalize", *args)
     assert "fusing the concept LoRA" in proc.stdout and (concept / "model" / "model_index.json").is_file()
+    assert "carol: not trained:" in proc.stdout and "img01.jpg" in proc.stdout
     rows = _summary(out)
-    assert list(rows) == ["alice", "bob", "carol"]
-    for name in ("alice", "bob"):
-        assert rows[name]["status"] == "finished" and rows[name]["steps"] == str(STEPS)
-        assert float(rows[name]["final_loss"]) > 0 and float(rows[name]["seconds"]) > 0
-        assert rows[name]["output"] == str(out / name / "lora" / "pytorch_lora_weights.safetensors")
-        assert (out / name / "stack" / "adapters.json").is_file()
+    assert list(rows) == ["alice", "bob", "dave", "erin", "carol"]
+    for name in PEOPLE:
+        row = rows[name]
+        assert row["status"] == "finished" and row["steps"] == str(STEPS) and row["attempts"] == "1"
+        assert float(row["final_loss"]) > 0 and float(row["seconds"]) > 0 and row["node"]
+        assert row["output"] == str(out / name / LORA) and (out / name / "stack" / "adapters.json").is_file()
+        assert json.loads((out / name / "metrics.json").read_text())["processes"] == 1
+    assert {rows[n]["device"] for n in PEOPLE} == {"cuda:0", "cuda:1"}, "each slot is one (fake) GPU"
     assert rows["carol"]["status"] == "failed" and "img01.jpg" in rows["carol"]["note"]
     assert not (out / "carol" / "checkpoints").exists(), "a subject with bad photos must not start training"
-    # subjects[rank::2]: alice and carol on process 0, bob on process 1, each in its own single-process run
-    assert [rows[n]["process"] for n in ("alice", "bob", "carol")] == ["0", "1", "0"]
-    for name in ("alice", "bob"):
-        metrics = json.loads((out / name / "metrics.json").read_text())
-        assert metrics["processes"] == 1 and metrics["steps"] == STEPS
-        config = (out / name / "config.yaml").read_text()
-        assert f"base: {concept / 'model'}" in config and "instance_prompt: a photo of" in config
-    assert "| alice | finished |" in (out / "summary.md").read_text()
     assert len(list((out / "class-images" / "woman").glob("*.png"))) == 2
-
-    from sdtune.models.loading import load_pipeline
-
-    concept_only = _images(load_pipeline(str(concept / "model")))
-    pipe = load_pipeline(str(concept / "model"))
-    pipe.load_lora_weights(rows["alice"]["output"])
-    assert np.abs(_images(pipe) - concept_only).max() > 5e-3, "alice's LoRA must change the images"
+    # a line per state change; never more than two people training at once, and both slots used
+    log = (out / "personalize.log").read_text().splitlines()
+    busy, most = 0, 0
+    for line in log:
+        busy += line.endswith(": training") or " training on " in line
+        busy -= any(line.split(" ", 2)[2].startswith(f"{n}: finished") for n in PEOPLE)
+        most = max(most, busy)
+    assert most == 2, log
+    assert sum(": queued" in line for line in log) == 4
 
     # a rerun skips the finished subjects and tries the broken one again; --strict makes that a failure
-    bob_before = (out / "bob" / "metrics.json").stat().st_mtime_ns
-    rerun = run_cli("personalize", *_args(csv_path, concept, out), "--strict", check=False)
+    before = (out / "bob" / "metrics.json").stat().st_mtime_ns
+    rerun = run_cli("personalize", *args, "--strict", check=False)
     assert rerun.returncode == 3, rerun.stdout + rerun.stderr
     rows = _summary(out)
-    assert [rows[n]["note"] for n in ("alice", "bob")] == ["finished earlier: skipped"] * 2
-    assert rows["alice"]["steps"] == str(STEPS) and rows["carol"]["status"] == "failed"
-    assert (out / "bob" / "metrics.json").stat().st_mtime_ns == bob_before
-    assert "not finished: carol" in rerun.stderr
+    assert {rows[n]["note"] for n in PEOPLE} == {"finished earlier: skipped"} and rows["carol"]["status"] == "failed"
+    assert (out / "bob" / "metrics.json").stat().st_mtime_ns == before
+    assert "not finished: carol" in rerun.stderr and "Ray:" not in rerun.stdout, "nothing to train: no Ray"
 
 
-def test_stopped_personalize_resumes_exactly(concept: Path, tmp_path: Path) -> None:
-    make_images(tmp_path / "photos" / "alice", 3, color=(40, 90, 200))
-    make_images(tmp_path / "photos" / "bob", 2, color=(200, 60, 90))
-    csv_path, out = tmp_path / "people.csv", tmp_path / "people"
-    csv_path.write_text("name,photos,token,class\nalice,photos/alice,sks,woman\nbob,photos/bob,zwx,man\n")
-    args = [*_args(csv_path, concept, out), "train.max_steps=8"]
-    marker = out / "alice" / "checkpoints" / "step-000002" / "state.json"
+def test_killed_person_and_killed_worker_are_retried_and_end_bitwise_equal(concept: Path, tmp_path: Path) -> None:
+    csv_path, out = _people(tmp_path, ["alice", "bob"]), tmp_path / "people"
+    args = [*_args(csv_path, concept, out, "--retries", "1"), "train.max_steps=12"]
     proc = subprocess.Popen([sys.executable, "-m", "sdtune", "personalize", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    while proc.poll() is None and not marker.exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # the parent passes it to alice's training process, which saves and exits
+    _wait_for(out / "alice" / "checkpoints" / "step-000002" / "state.json", proc)
+    alice = psutil.Process(_attempt(out / "alice")["pid"])
+    alice.kill()  # kill -9 of a person's training process
+    _wait_for(out / "bob" / "checkpoints" / "step-000002" / "state.json", proc)
+    bob = psutil.Process(_attempt(out / "bob")["pid"])
+    worker = bob.parent()
+    assert worker is not None and worker.pid != proc.pid
+    worker.kill()  # kill -9 of the Ray worker running bob
+    bob.wait(15)  # the worker's child dies with it (parent-death signal): nothing keeps its GPU
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    rows = _summary(out)
+    for name in ("alice", "bob"):
+        assert rows[name]["status"] == "finished" and rows[name]["attempts"] == "2", output
+        assert rows[name]["note"] == "retried 1x, resumed from its latest checkpoint"
+        assert "resumed from" in (out / name / "train.log").read_text()
+    log = (out / "personalize.log").read_text()
+    assert "alice: retrying" in log and "bob: retrying" in log and "worker or node died" in log
+    for name in ("alice", "bob"):  # each equals its uninterrupted solo run
+        run_cli("train", str(out / name / "config.yaml"), f"output_dir={tmp_path / ('solo-' + name)}")
+        assert _same_lora(tmp_path / f"solo-{name}" / LORA, out / name / LORA), f"{name} must resume exactly"
+
+
+def test_ctrl_c_stops_everyone_leaves_nothing_running_and_the_rerun_continues(concept: Path,
+                                                                               tmp_path: Path) -> None:
+    csv_path, out = _people(tmp_path, ["alice", "bob"]), tmp_path / "people"
+    args = [*_args(csv_path, concept, out, "--num-gpus", "1"), "train.max_steps=30"]  # one slot: bob waits
+    # its own process group, as a terminal's foreground job: Ctrl-C is SIGINT to the whole group
+    proc = subprocess.Popen([sys.executable, "-m", "sdtune", "personalize", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _wait_for(out / "alice" / "checkpoints" / "step-000002" / "state.json", proc)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    family += [psutil.Process(_attempt(out / "alice")["pid"])]  # its own session: not a child of ours
+    assert any("raylet" in " ".join(p.cmdline()) for p in family if p.is_running())
+    os.killpg(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, output
+    time.sleep(1)
+    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left running after Ctrl-C: {[(p.pid, p.cmdline()[:3]) for p in alive]}"
     rows = _summary(out)
-    assert rows["alice"]["status"] == "interrupted" and rows["bob"]["status"] == "pending"
+    assert rows["alice"]["status"] == "interrupted" and rows["bob"]["status"] == "pending", output
     assert not (out / "alice" / "metrics.json").exists() and not (out / "bob" / "checkpoints").exists()
+    assert "alice: stopped" in (out / "personalize.log").read_text()
 
-    run_cli("personalize", *args)
+    run_cli("personalize", *args)  # the same command continues
     rows = _summary(out)
-    assert rows["alice"]["status"] == "finished" and rows["alice"]["note"] == "resumed from its latest checkpoint"
-    assert rows["bob"]["status"] == "finished" and rows["alice"]["steps"] == rows["bob"]["steps"] == "8"
-    assert "resumed from" in (out / "alice" / "train.log").read_text()
-    run_cli("train", str(out / "alice" / "config.yaml"), f"output_dir={tmp_path / 'straight'}")
-    name = "checkpoints/step-000008/trainable.safetensors"
-    straight, resumed = load_file(str(tmp_path / "straight" / name)), load_file(str(out / "alice" / name))
-    assert straight.keys() == resumed.keys()
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight), "resume must continue exactly"
+    assert rows["alice"]["status"] == rows["bob"]["status"] == "finished"
+    assert rows["alice"]["steps"] == "30" and "resumed from" in (out / "alice" / "train.log").read_text()
+
+
+def test_a_ray_start_cluster_runs_the_unchanged_command(concept: Path, tmp_path: Path) -> None:
+    """`ray start --head` on 127.0.0.1, started and stopped here (by pid, never `ray stop`: others may run Ray)."""
+    csv_path, out = _people(tmp_path, ["alice"]), tmp_path / "people"
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
+    port = _free_port()
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                             "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
+                             "--object-store-memory", str(100 * 1024 * 1024), "--temp-dir", str(temp)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        args = [str(csv_path), "--concept", str(concept), "--out", str(out), "train.max_steps=2",
+                "train.lora.rank=4", "checkpoint.every=2", "logging.trackers=[]"]
+        deadline = time.time() + 120
+        while True:  # the head answers once it is up
+            proc = run_cli("personalize", *args, env={"RAY_ADDRESS": f"127.0.0.1:{port}"}, check=False)
+            if proc.returncode == 0 or time.time() > deadline or "cannot reach" not in proc.stderr:
+                break
+            time.sleep(2)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"cluster 127.0.0.1:{port}" in proc.stdout
+        row = _summary(out)["alice"]
+        assert row["status"] == "finished" and row["device"] == "cpu" and row["attempts"] == "1"
+        assert np.isfinite(float(row["final_loss"]))
+    finally:
+        _stop_cluster(head, temp)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop_cluster(head: subprocess.Popen, temp: Path) -> None:
+    """Stop the head this test started: its `ray start --block` (which ends what it started), then any process
+    still naming this test's temp folder, by pid."""
+    if head.poll() is None:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+    deadline = time.time() + 30
+    while True:
+        left = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if str(temp) in " ".join(p.info["cmdline"] or []):
+                    left.append(p)
+            except psutil.Error:
+                continue
+        if not left or time.time() > deadline:
+            break
+        time.sleep(1)
+    for p in left:
+        p.kill()
+    assert not left, f"Ray processes of the test cluster outlived it: {[x.pid for x in left]}"
+
+
+def test_bad_input_is_refused_before_training(concept: Path, tmp_path: Path) -> None:
+    make_images(tmp_path / "photos" / "alice", 2)
+    people = tmp_path / "people.csv"
+    out = tmp_path / "people"
+    people.write_text("name,photos,token,class\nalice,photos/alice,sks,woman\nALICE,photos/alice,sks,woman\n"
+                      "bob,photos/bob,sks,man\n", encoding="utf-8")
+    proc = run_cli("personalize", str(people), "--concept", str(concept), "--out", str(out), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "line 3: the name 'ALICE' differs from 'alice' (line 2) only in case" in proc.stderr
+    assert "line 4: the photo folder" in proc.stderr and "of 'bob' does not exist" in proc.stderr
+    people.write_text("name,photos,token,class\nalice,photos/alice,zwx,woman\n", encoding="utf-8")
+    proc = run_cli("personalize", str(people), "--concept", str(concept), "--out", str(out), check=False)
+    assert proc.returncode == 2 and "alice: token 'zwx' splits into 3 pieces (z, w, x)" in proc.stderr
+    people.write_text("name,photos,token,class\nalice,photos/alice,sks,woman\n", encoding="utf-8")
+    proc = run_cli("personalize", str(people), "--concept", str(concept), "--out", str(out), "--address",
+                   f"127.0.0.1:{_free_port()}", check=False)
+    assert proc.returncode == 2 and "cannot reach the Ray cluster at 127.0.0.1:" in proc.stderr
+    assert not (out / "alice" / "checkpoints").exists()

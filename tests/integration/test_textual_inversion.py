@@ -78,8 +78,8 @@ def test_checkpoints_materialise_as_embedding_files_that_generate(tmp_path: Path
 def test_bad_textual_inversion_input_is_one_line(tmp_path: Path) -> None:
     captioned = make_images(tmp_path / "captioned", 2, captions=["a red disc", "a blue dot"])
     cases = {
-        "lora": ({"instance_dir": str(make_images(tmp_path / "i", 2)), "instance_prompt": PROMPT},
-                 {"lora": {"rank": 4}}, "remove train.lora"),
+        "fraction": ({"instance_dir": str(make_images(tmp_path / "i", 2)), "instance_prompt": PROMPT},
+                     {"textual_inversion": {"token": "sks", "ti_fraction": 0.5}}, "add train.lora"),
         "vocab": ({"instance_dir": str(tmp_path / "i"), "instance_prompt": "a photo of a dog"},
                   {"textual_inversion": {"token": "a"}}, "already a token of the model's vocabulary"),
         "captions": ({"train_dir": str(captioned)}, {}, "no training prompt contains"),

@@ -26,9 +26,10 @@ def _fails(*args: str, needle: str, cwd: Path | None = None, env: dict | None = 
 @pytest.mark.parametrize("override,needle", [
     ("train.learnin_rate=1", "override train.learnin_rate=1: unknown key; did you mean train.learning_rate?"),
     ("train.max_steps=many", "train.max_steps"),
-    ("train.optimizer=sgd", "'adamw' or 'adamw8bit'"),
+    ("train.optimizer=sgd", "'adamw', 'adamw8bit', 'prodigy', 'adamw_schedulefree' or 'adafactor'"),
     ("data.with_prior_preservation=true", "needs data.class_prompt"),
-    ("train.ema.decay=0.9", "train.ema is for full fine-tuning"),
+    ("train.optimizer=prodigy", "train.optimizer=prodigy estimates its own step size"),
+    ("train.optimizer_args.d_coef=0.5", "d_coef is not an argument of AdamW"),
     ("nonsense", "must look like key.sub=value"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, override: str, needle: str) -> None:

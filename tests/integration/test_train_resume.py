@@ -50,6 +50,11 @@ COMBOS = {
     # textual inversion: one token's row trains (no weight decay), with prior preservation's class images
     "db-ti-prior": ("db", {"textual_inversion": {"token": "sks"}, "learning_rate": 5e-3, "adam_weight_decay": 0.0,
                            "batch_size": 2}, True),
+    # pivotal tuning: two vectors with their own lr beside a UNet LoRA, with output preservation; the embedding
+    # freezes after step 9, so the kill at step 5 resumes across the freeze point
+    "db-pivotal-lora-preservation": ("db", {"lora": {"rank": 4}, "learning_rate": 1e-3, "preservation": {
+        "prompts": ["a photo of a dog"]}, "textual_inversion": {"token": "sks", "learning_rate": 5e-3,
+                                                                  "ti_fraction": 0.3, "num_vectors": 2}}, False),
 }
 
 
@@ -85,10 +90,17 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path: Path, name: str) -> 
 
     expected, actual = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "killed")
     assert expected.keys() == actual.keys()
-    if "lora" in name:
+    row = "text_encoder.embeddings.token_embedding.learned.weight"
+    if "pivotal" in name:
+        assert all("lora" in key for key in expected if key != row) and row in expected
+        assert load_file(str(tmp_path / "straight/embeddings/sks.safetensors"))["sks"].equal(
+            load_file(str(tmp_path / "killed/embeddings/sks.safetensors"))["sks"])
+        frozen = load_file(str(tmp_path / "straight/checkpoints/step-000010/trainable.safetensors"))[row]
+        assert frozen.equal(expected[row]), "the embedding is frozen after ti_fraction of the steps"
+    elif "lora" in name:
         assert all("lora" in key for key in expected), "a LoRA checkpoint must hold only LoRA weights"
         assert any(key.startswith("text_encoder.") for key in expected) == ("te" in name)
-    if "textual_inversion" in COMBOS[name][1]:
+    if "textual_inversion" in COMBOS[name][1] and "pivotal" not in name:
         assert expected.keys() == {"text_encoder.embeddings.token_embedding.learned.weight"}, \
             "a textual-inversion checkpoint holds the token's row alone"
         assert load_file(str(tmp_path / "straight/embeddings/sks.safetensors"))["sks"].equal(

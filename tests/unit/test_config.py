@@ -45,6 +45,9 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
     ({"train": {"lr_scheduler": "cosine", "lr_warmup_steps": 1000, "max_steps": 800}},
      "train.lr_warmup_steps=1000 must be smaller than train.max_steps=800 (the cosine schedule"),
     ({"train": {"lr_warmup_steps": 100}}, "train.lr_warmup_steps=100 has no effect with train.lr_scheduler=constant"),
+    # trained, then refused by the validation / class-image pipeline ("divisible by 8"): now at load time
+    ({"data": {"instance_dir": "x", "instance_prompt": "p", "resolution": 500}},
+     "data.resolution = 500: 500 is not a multiple of 8 .*use 496 or 504"),
 ])
 def test_invalid_configs_name_the_key(data: dict, needle: str) -> None:
     base = _minimal() | data if "data" not in data else data
@@ -96,3 +99,32 @@ def test_config_keys_lists_nested_keys_with_defaults() -> None:
     keys = {k: d for k, _, d in list_keys()}
     assert "train.learning_rate" in keys and "0.0001" in keys["train.learning_rate"]
     assert "train.lora.rank" in keys and "data.prior_loss_weight" in keys and "train.ema.decay" in keys
+
+
+def test_a_resolution_below_the_models_bucket_step_is_refused_before_the_model_loads(tmp_path: Path, capsys) -> None:
+    """SD 1/2 buckets are multiples of 64 px: data.resolution=32 on such a model loaded it, then stopped on
+    'ValueError: resolution 32 is smaller than the bucket step 64'. The model's config files alone tell."""
+    import json
+
+    from sdtune.cli import main
+    from sdtune.models.presets import preset_path
+    from tests.helpers import make_images
+
+    model = tmp_path / "sd-configs-only"
+    for part in ("vae", "unet"):
+        config = json.loads((preset_path("tiny") / part / "config.json").read_text())
+        blocks = "block_out_channels" if part == "vae" else "down_block_types"
+        config[blocks] = [config[blocks][0]] * 4  # SD 1/2: 8x VAE, three UNet down-samplings: 64 px
+        (model / part).mkdir(parents=True)
+        (model / part / "config.json").write_text(json.dumps(config))
+    data = {"instance_dir": str(make_images(tmp_path / "me", 2)), "instance_prompt": "a photo of sks dog",
+            "resolution": 32}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "model": {"base": str(model)},
+                                   "data": data, "logging": {"trackers": []}}))
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", str(cfg)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert "data.resolution=32 is smaller than" in err and "bucket step of 64 px" in err, err
+    assert "data.buckets=false" in err

@@ -79,10 +79,10 @@ def _cfg(**train) -> dict:
 
 
 @pytest.mark.parametrize("train,message", [
-    ({"lora": {"rank": 4}}, "remove train.lora"),
+    ({"textual_inversion": {"token": "sks", "ti_fraction": 0.5}}, "add train.lora, or set ti_fraction to 1.0"),
     ({"train_text_encoder": True}, "remove train.train_text_encoder"),
-    ({"ema": {"decay": 0.9}}, "remove train.ema"),
-    ({"preservation": {"weight": 1.0, "prompts": ["a dog"]}}, "remove train.preservation"),
+    ({"lora": {"rank": 4}, "train_text_encoder": True}, "remove train.train_text_encoder"),
+    ({"preservation": {"weight": 1.0, "prompts": ["a dog"]}}, "it needs train.lora"),
 ])
 def test_textual_inversion_refuses_what_it_cannot_train_with(train: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -139,3 +139,62 @@ def test_norm_limit_caps_the_row_the_encoder_sees_and_the_file_holds() -> None:
     assert torch.allclose(wrapped.rows()[0], row)
     short = LearnedTokenEmbedding(base, [10], torch.full((1, 4), 1e-3), norm_limit=2.0)
     assert torch.equal(short.rows(), short.learned.weight), "a row within the limit is left as it is"
+
+
+def test_pivotal_tuning_is_textual_inversion_with_a_lora() -> None:
+    from sdtune.training.pivotal import embedding_steps
+
+    cfg = config_from_dict(_cfg(lora={"rank": 4}, max_steps=10, preservation={"prompts": ["a dog"]},
+                                textual_inversion={"token": "sks", "learning_rate": 1e-2, "ti_fraction": 0.25}))
+    assert cfg.method == "dreambooth-pivotal" and cfg.is_pivotal and not cfg.is_full
+    assert embedding_steps(cfg) == 2  # round(0.25 * 10)
+    assert embedding_steps(config_from_dict(_cfg(lora={"rank": 4}))) is None, "ti_fraction 1: never frozen"
+    with pytest.raises(ConfigError, match="remove save.full_model"):
+        config_from_dict({**_cfg(lora={"rank": 4}), "save": {"full_model": True}})
+
+
+def test_frozen_embedding_loses_its_gradient_only_from_its_last_step_on() -> None:
+    from sdtune.training.pivotal import freeze_embedding_if_due
+
+    cfg = config_from_dict(_cfg(lora={"rank": 4}, max_steps=4,
+                                textual_inversion={"token": "sks", "ti_fraction": 0.5}))
+    encoder = torch.nn.Linear(2, 2)
+    encoder.weight.requires_grad_(False)
+    for step, frozen in [(0, False), (1, False), (2, True), (3, True)]:
+        encoder.bias.grad = torch.ones(2)
+        assert freeze_embedding_if_due(cfg, encoder, step) is frozen
+        assert (encoder.bias.grad is None) is frozen, step
+
+
+def test_multi_vector_token_is_written_out_as_diffusers_pipelines_write_it() -> None:
+    from sdtune.models.embeddings import add_learned_token, expand_prompt, learned_state, vector_tokens
+    from sdtune.models.loading import load_pipeline
+
+    pipe = load_pipeline("tiny")
+    assert expand_prompt("a photo of sks dog", pipe.tokenizer) == "a photo of sks dog", "nothing added yet"
+    add_learned_token(pipe.tokenizer, pipe.text_encoder, "sks", "dog", num_vectors=3)
+    assert vector_tokens("sks", 3) == ["sks", "sks_1", "sks_2"]
+    expanded = expand_prompt("a photo of sks dog", pipe.tokenizer)
+    assert expanded == "a photo of sks sks_1 sks_2 dog" == pipe.maybe_convert_prompt("a photo of sks dog",
+                                                                                       pipe.tokenizer)
+    state = learned_state(pipe.text_encoder, "sks")
+    assert state["sks"].shape == (3, pipe.text_encoder.config.hidden_size)
+    fresh = load_pipeline("tiny")
+    fresh.tokenizer.add_tokens(["zz_1"])
+    with pytest.raises(ConfigError, match="'zz_1' is already a token"):
+        add_learned_token(fresh.tokenizer, fresh.text_encoder, "zz", None, num_vectors=2)
+
+
+def test_embedding_bundles_into_a_lora_as_automatic1111_reads_it(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from sdtune.models.embeddings import bundle_state, unbundle
+
+    sd = tmp_path / "sks.safetensors"
+    save_file({"sks": torch.ones(2, 4)}, str(sd), metadata={"token": "sks"})
+    assert list(bundle_state(sd)) == ["bundle_emb.sks.string_to_param.*"]
+    assert torch.equal(unbundle(bundle_state(sd))["sks"]["sks"], torch.ones(2, 4))
+    xl = tmp_path / "xl.safetensors"
+    save_file({"clip_l": torch.ones(1, 4), "clip_g": torch.zeros(1, 8)}, str(xl), metadata={"token": "<p>"})
+    assert sorted(bundle_state(xl)) == ["bundle_emb.<p>.clip_g", "bundle_emb.<p>.clip_l"]
+    assert sorted(unbundle({**bundle_state(xl), "lora_unet_x.alpha": torch.ones(())})["<p>"]) == ["clip_g", "clip_l"]

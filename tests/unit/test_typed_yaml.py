@@ -16,8 +16,9 @@ from sdtune.config import RunConfig, apply_overrides, config_from_dict, dump_con
 from sdtune.errors import ConfigError
 from sdtune.recipes import load_recipe, stage_configs
 from sdtune.recipes.personalize import load_template, subject_config
-from sdtune.recipes.runs import read_run_config, saved_config_changes
+from sdtune.recipes.runs import saved_config_changes
 from sdtune.recipes.subjects import Subject
+from sdtune.run_folder import read_run_config
 
 MINIMAL = {"data": {"instance_dir": "photos", "instance_prompt": "a photo of sks dog"}}
 

@@ -53,18 +53,28 @@ def existing_folder(path: Path | None, what: str) -> Path | None:
 
 
 def output_folder(path: Path | None, what: str) -> Path | None:
-    """A folder to write: may not exist yet (it is created), but may not be a file."""
+    """A folder to write: may not exist yet (it is created), but may not be a file, and must be writable
+    (:func:`sdtune.writable.check_writable`: checked now, not when the first image is saved)."""
+    from sdtune.writable import check_writable
+
     if path is not None and path.expanduser().is_file():
         raise SdtuneError(f"{what} {path} is a file; pass a folder to write into")
+    if path is not None:
+        check_writable(path, what)
     return path.expanduser() if path is not None else None
 
 
 def output_file(path: Path | None, what: str) -> Path | None:
-    """A file to write: not an existing folder, and its folder must exist."""
+    """A file to write: not an existing folder, and its folder must exist and be writable."""
+    from sdtune.writable import check_writable
+
     if path is not None and path.expanduser().is_dir():
         raise SdtuneError(f"{what} {path} is a folder; pass a file name")
     if path is not None and not path.expanduser().parent.exists():
         raise SdtuneError(f"{what} {path}: its folder {path.expanduser().parent} does not exist")
+    if path is not None:
+        check_writable(path.expanduser().parent, what, f"choose a file in a writable folder with {what} FILE or fix "
+                       "its permissions")
     return path.expanduser() if path is not None else None
 
 

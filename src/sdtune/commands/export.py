@@ -58,16 +58,40 @@ def _run_lora(run: Path) -> Path:
     if (run / LORA_WEIGHTS).is_file():
         return run / LORA_WEIGHTS
     hint = (f" It is a full fine-tune: extract a LoRA first with `sdtune export lora --from {run} --rank 32`"
-            if (run / "model").is_dir() else "")
+            if (run / "model").is_dir() else _embedding_hint(run))
     raise SdtuneError(f"no LoRA in {run} (expected lora/{LORA_WEIGHTS}).{hint}")
+
+
+def _embedding_hint(run: Path) -> str:
+    """What a textual-inversion run has instead of a LoRA, and how other tools load it ("" for other runs)."""
+    from sdtune.models.embeddings import EMBEDDINGS_DIR
+
+    files = sorted((run / EMBEDDINGS_DIR).glob("*.safetensors")) if (run / EMBEDDINGS_DIR).is_dir() else []
+    if not files:
+        return ""
+    file = files[0]
+    return (f" It is a textual-inversion run: what it learned is the embedding {file}, which needs no export. "
+            f"AUTOMATIC1111: copy it to its embeddings/ folder and write {file.stem} in the prompt; ComfyUI: "
+            f"models/embeddings/ and write embedding:{file.stem} in the prompt; diffusers: "
+            f"pipe.load_textual_inversion({str(file)!r})")
+
+
+def _writable_target(target: Path, out: Path | None) -> Path:
+    """``target`` when its folder can be written (checked before the base model loads for verification)."""
+    from sdtune.writable import check_writable
+
+    key = "--out" if out is not None else "the run's export/ folder"
+    fix = None if out is not None else "pass --out FILE in a writable folder or fix the permissions"
+    check_writable(target.parent, key, fix)
+    return target
 
 
 def _base_for(path: Path, base: str | None) -> dict:
     """How to load the base model a LoRA was trained on (to verify against): ``--base``, else the run folder's
     config (its base, revision, variant and pickle permission), as keyword arguments of ``verify_lora_file``."""
     from sdtune.errors import SdtuneError
-    from sdtune.inference.pipeline import is_run_folder
     from sdtune.models.verify import run_base
+    from sdtune.run_folder import is_run_folder
 
     if base:
         return {"base": base}
@@ -94,18 +118,56 @@ def _kohya_out(run: Path, out: Path | None) -> Path:
 
 
 def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = None) -> Path:
-    from sdtune.models.family import SDXL
-    from sdtune.models.kohya import export_kohya
-    from sdtune.models.loading import model_family
+    from sdtune.config import DataConfig
+    from sdtune.models.kohya import base_metadata, export_kohya
+    from sdtune.models.loading import model_generation
+    from sdtune.run_folder import LYCORIS_NAME, is_run_folder, read_run
 
+    if run.is_dir() and (run / "lora" / LYCORIS_NAME).is_file():  # DoRA / LoHa / LoKr: written and verified in training
+        import shutil
+
+        from sdtune.run_status import require_finished
+
+        require_finished(run)  # resumed past its outputs and stopped: its lora/ is an older step's
+        target = _writable_target(_kohya_out(run, out), out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(run / "lora" / LYCORIS_NAME, partial)
+        partial.replace(target)  # never a half-copied file under the name
+        typer.echo(f"kohya/LyCORIS file: {target} (RUN/lora/{LYCORIS_NAME}, verified in ComfyUI's loader logic when "
+                   "the run finished)")
+        return target
     source = _run_lora(run)
+    target = _writable_target(_kohya_out(run, out), out)
     base_kw = _base_for(source, base)
     check = _verifier(("kohya-diffusers", "kohya-comfyui"), base_kw, source=source)
-    sdxl = model_family(base_kw["base"], base_kw.get("revision")) is SDXL  # lora_te1_/lora_te2_ names
-    target = export_kohya(source, _kohya_out(run, out), dtype=dtype, check=check, sdxl=sdxl)
+    generation, prediction = model_generation(base_kw["base"], base_kw.get("revision"))
+    home = source.parent.parent if source.parent.name == "lora" else source.parent
+    trained = read_run(home) if is_run_folder(home) else None  # its objective and resolution, when a run says
+    resolution = (trained.config.get("data") or {}).get("resolution", DataConfig.model_fields["resolution"].default) \
+        if trained else None
+    meta = base_metadata(generation, (trained.prediction_type if trained else None) or prediction,
+                         title=target.stem, resolution=resolution if isinstance(resolution, int) else None)
+    embedding = trained.embedding_file if trained else None  # textual inversion / pivotal tuning: its token
+    bundle = None
+    if embedding is not None:
+        from sdtune.models.embeddings import bundle_state
+
+        bundle = bundle_state(embedding)
+    target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta,
+                          bundle=bundle)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
+    if embedding is not None:
+        import shutil
+
+        copy = target.with_name(embedding.name)
+        if copy.resolve() != target.resolve():
+            shutil.copyfile(embedding, copy)
+        typer.echo(f"  with the run's learned token: bundled in the LoRA file (AUTOMATIC1111 loads it with the LoRA; "
+                   f"diffusers' load_lora_weights refuses such a file: use RUN/lora and RUN/embeddings) and as "
+                   f"{copy} (ComfyUI: models/embeddings/, write embedding:{copy.stem} in the prompt)")
     return target
 
 
@@ -120,6 +182,7 @@ def _write_diffusers(run: Path, out: Path | None, base: str | None) -> Path:
     target = target / LORA_WEIGHTS if target.is_dir() or not target.suffix else target
     if target.resolve() == source.resolve():
         raise SdtuneError(f"{target} is the LoRA being exported; pass -o with another path")
+    _writable_target(target, out)
     rewrite_lora_file(source, target, check=_verifier(("diffusers",), _base_for(source, base), source=source))
     typer.echo(f"diffusers LoRA: {target}")
     typer.echo(f"  pipe.load_lora_weights({str(target.parent)!r}, weight_name={target.name!r})")
@@ -194,6 +257,10 @@ def export_lora_command(
     _check_format(fmt)
     existing_folder(source, "--from run folder")
     lora_dir = out if (out is not None and fmt == "diffusers") else source / "lora"
+    from sdtune.writable import check_writable
+
+    check_writable(lora_dir, "--out" if out is not None and fmt == "diffusers" else "the run's lora/ folder",
+                   None if out is not None and fmt == "diffusers" else "fix its permissions")
     report = extract_from_run(source, rank, lora_dir, conv=conv,
                               check=_verifier(("diffusers",), _base_for(source, None)))
     typer.echo(f"extracted: {lora_dir / 'pytorch_lora_weights.safetensors'}")

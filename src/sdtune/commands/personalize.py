@@ -1,4 +1,4 @@
-"""``sdtune personalize SUBJECTS.csv --concept RUN``: one LoRA per person on one concept model."""
+"""``sdtune personalize SUBJECTS.csv --concept RUN``: one LoRA per person on one concept model, people as Ray tasks."""
 
 from __future__ import annotations
 
@@ -25,33 +25,60 @@ def personalize_command(
     concept_prior: int = typer.Option(None, "--concept-prior", min=0, help="also keep the concept: this many "
                                       "class images of the concept run's own prompts, drawn by the concept model, "
                                       "in every subject's prior (default: the recipe stage's concept_prior; 0: off)"),
+    address: str = typer.Option(None, "--address", help="a Ray cluster (HOST:PORT, ray://HOST:10001, auto) "
+                                "[default: RAY_ADDRESS, else a local Ray on this machine]"),
+    gpus_per_person: float = typer.Option(None, "--gpus-per-person", min=0, help="GPUs each person trains on; 0.5 "
+                                          "puts two people on one GPU [default: 1 where there are GPUs, else 0]"),
+    cpus_per_person: float = typer.Option(1.0, "--cpus-per-person", min=0, help="CPU cores each person takes "
+                                          "(without GPUs: how many people train at once = cores / this)"),
+    retries: int = typer.Option(2, "--retries", min=0, help="a person whose training process or Ray worker dies "
+                                "(out of memory, killed, a lost node) is tried again this many times, resuming from "
+                                "its latest checkpoint; bad photos or config are never retried"),
+    num_gpus: float = typer.Option(None, "--num-gpus", min=0, help="local Ray only: GPUs to schedule on "
+                                   "[default: all of this machine's]"),
+    num_cpus: float = typer.Option(None, "--num-cpus", min=1, help="local Ray only: CPU cores to schedule on "
+                                   "[default: all of this machine's]"),
     strict: bool = typer.Option(False, "--strict", help="exit with status 3 when a subject failed (default: 0, "
                                 "failures are in the summary)"),
 ) -> None:
     """Personalize the concept model on each subject: a DreamBooth LoRA each, in OUT/<name>/.
 
-    Spread over GPUs (or CPU processes) with a launcher; each process trains its share of the subjects:
+    Each person is a Ray task that starts as soon as a slot frees up: on this machine (an embedded Ray with all
+    its GPUs, or its CPUs when it has none), or on a cluster with --address or RAY_ADDRESS (docs/scale.md):
 
-        torchrun --nproc_per_node 4 -m sdtune personalize people.csv \\
-            --concept runs/two-stage/concept
+        sdtune personalize people.csv --concept runs/two-stage/concept
 
-    Process 0 writes OUT/summary.csv and OUT/summary.md (subject, status, steps, final loss, time, output).
-    Rerun the same command to continue: finished subjects are skipped, interrupted ones resume. A subject with
-    bad photos is reported in the summary; the others still train. Exit status: 0 done (failed subjects are in
-    the summary), 3 with --strict when a subject failed, 130 stopped (rerun to resume).
+        sdtune personalize people.csv --concept runs/concept \\
+            --gpus-per-person 0.5
+
+        RAY_ADDRESS=10.0.0.5:6379 sdtune personalize people.csv \\
+            --concept /shared/concept --out /shared/people
+
+    Before any training, one line each: duplicate names, missing photo folders, tokens the concept's tokenizer
+    splits, people without usable photos (these are skipped; the others train), an unreachable --address. A live
+    table shows each person's state, step, loss, where it runs and ETA (a line per change in OUT/personalize.log).
+    A person whose process or worker dies resumes from its latest checkpoint (--retries). OUT/summary.csv and
+    OUT/summary.md list status, steps, final loss, seconds, attempts, node and device per person.
+
+    Rerun the same command to continue: finished subjects are skipped, interrupted ones resume. Ctrl-C or
+    SIGTERM stops everyone at a checkpoint. Exit status: 0 done (failed subjects are in the summary), 3 with
+    --strict when a subject failed, 130 stopped (rerun to resume).
     """
     from sdtune.commands.args import existing_file, existing_folder, output_folder
-    from sdtune.recipes.personalize import personalize
+    from sdtune.recipes.personalize import Scale, personalize
+    from sdtune.stopping import stop_scope
 
     existing_file(subjects, "subjects CSV")
     existing_folder(concept, "--concept run folder")
     existing_file(config, "--config", " (a run config or recipe YAML)")
     output_folder(out, "--out")
-    result = personalize(subjects, concept, out, template=config, stage=stage, overrides=overrides or [],
-                         instance_prompt=instance_prompt, class_prompt=class_prompt, concept_prior=concept_prior,
-                         echo=typer.echo)
+    scale = Scale(address, gpus_per_person, cpus_per_person, retries, num_gpus, num_cpus)
+    with stop_scope():
+        result = personalize(subjects, concept, out, template=config, stage=stage, overrides=overrides or [],
+                             instance_prompt=instance_prompt, class_prompt=class_prompt, concept_prior=concept_prior,
+                             scale=scale, echo=typer.echo)
     failed = [o.subject for o in result.summary if o.status != "finished"]
-    if failed and result.rank == 0:
+    if failed:
         typer.echo(f"not finished: {', '.join(failed)} (see {result.out_dir / 'summary.md'})", err=True)
     code = result.exit_code(strict)
     if code:

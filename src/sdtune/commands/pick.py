@@ -36,6 +36,9 @@ def pick_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU), float32, float16, bfloat16"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="images per forward pass"),
+    by: str = typer.Option("subject", "--by", help="subject: judge generated images (the rule below); val_loss: "
+                           "keep the checkpoint with the lowest validation loss measured in training "
+                           "(validation.loss; no images are generated)"),
 ) -> None:
     """Evaluate every checkpoint of a run and keep the best one, with its numbers.
 
@@ -57,10 +60,8 @@ def pick_command(
       sdtune pick runs/me --prompts composite.txt --reference data/me \\
           --dino facebook/dino-vits16 --generic-prompts generic.txt
     """
-    from sdtune.atomic import atomic_write_json, write_folder
     from sdtune.commands import args
     from sdtune.commands.evaluate import _print_table
-    from sdtune.commands.export import _write_kohya
     from sdtune.errors import SdtuneError
     from sdtune.evaluation.pick import choose, describe
     from sdtune.evaluation.report import summary_rows, write_reports
@@ -68,6 +69,11 @@ def pick_command(
     from sdtune.evaluation.toy_suite import resolve_toy
     from sdtune.inference.generate import GenerationSettings, read_prompts
 
+    if by not in ("subject", "val_loss"):
+        raise SdtuneError(f"--by {by}: choose subject or val_loss")
+    if by == "val_loss":
+        _pick_by_val_loss(args.existing_folder(run.expanduser(), "RUN").resolve(), out, export)
+        return
     device, dtype = args.device(device), args.dtype(dtype)
     for path, option in ((prompts_file, "--prompts"), (generic_prompts, "--generic-prompts")):
         args.existing_file(path, option)
@@ -89,6 +95,12 @@ def pick_command(
         raise SdtuneError("pass the composite prompts to judge the checkpoints by (--prompts FILE or --prompt), "
                           "e.g. 'a photo of sks person giving a thumbs up'")
     out = out or run / "pick"
+    from sdtune.writable import check_writable
+
+    check_writable(out, "--out")  # checked before any checkpoint is evaluated
+    if export:  # RUN/picked/ and RUN/export/ are written into the run folder
+        check_writable(run, "RUN", "pick writes picked/ and export/ into the run folder: fix its permissions, or "
+                       "pass --no-export")
     request = EvalRequest(
         models=[str(run)], prompts=read_prompts(prompts_file, prompt) if has_prompts else [],
         seeds=parse_seeds(seeds), out_dir=out, settings=GenerationSettings(steps=steps, guidance=guidance),
@@ -109,6 +121,14 @@ def pick_command(
     record = {"run": str(run), "step": step, "label": choice.model["label"], "rule": lines[-1],
               "checkpoints": choice.rows, "metrics": results["metrics"], "report": str(paths["html"])}
 
+    _keep(run, kept, step, record)
+
+
+def _keep(run: Path, kept: Path, step: int, record: dict) -> None:
+    """Write RUN/picked (the kept checkpoint as a run folder, with pick.json) and its file for other tools."""
+    from sdtune.atomic import atomic_write_json, write_folder
+    from sdtune.commands.export import _write_kohya
+
     def fill(tmp: Path) -> None:
         shutil.copytree(kept, tmp, dirs_exist_ok=True)
         atomic_write_json(tmp / "pick.json", record)
@@ -116,7 +136,7 @@ def pick_command(
     picked = write_folder(run / "picked", fill)
     export_file = run / "export" / f"{run.name}-step-{step:06d}.safetensors"
     embeddings = sorted((picked / "embeddings").glob("*.safetensors"))
-    if embeddings:  # textual inversion: the one file diffusers, AUTOMATIC1111 and ComfyUI all load
+    if embeddings and not (picked / "lora").is_dir():  # textual inversion: the one file every tool loads
         typer.echo(f"kept: step {step} -> {picked} (the token's embedding in {embeddings[0]})")
         export_file = run / "export" / embeddings[0].name  # AUTOMATIC1111 names an embedding after its file
         export_file.parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +144,29 @@ def pick_command(
         typer.echo(f"wrote {export_file} (step {step}; for AUTOMATIC1111 / ComfyUI: put it in their embeddings "
                    "folder, the prompt word is the file's name)")
         return
-    typer.echo(f"kept: step {step} -> {picked} (diffusers LoRA in {picked / 'lora'})")
-    _write_kohya(picked, export_file, "float32")
+    typer.echo(f"kept: step {step} -> {picked} (diffusers LoRA in {picked / 'lora'}"
+               + (f", the token's embedding in {embeddings[0]})" if embeddings else ")"))
+    _write_kohya(picked, export_file, "float32")  # pivotal tuning: the embedding bundled and beside it
+
+
+def _pick_by_val_loss(run: Path, out: Path | None, export: bool) -> None:
+    """Keep the checkpoint with the lowest validation loss (``sdtune.evaluation.pick.choose_by_val_loss``)."""
+    from sdtune.evaluation.checkpoints import materialise
+    from sdtune.evaluation.pick import choose_by_val_loss
+
+    rows, kept = choose_by_val_loss(run)
+    for row in rows:
+        mark = "  <- kept" if row is kept else ""
+        shown = "not measured" if row["val_loss"] is None else f"{row['val_loss']:.6f}"
+        typer.echo(f"step {row['step']:>7}: val_loss {shown}{mark}")
+    typer.echo(f"kept: step {kept['step']}, the lowest validation loss ({kept['val_loss']:.6f}; ties go to the "
+               "earlier checkpoint)")
+    if not export:
+        return
+    folder = materialise(run, Path(kept["checkpoint"]), (out or run / "pick") / "checkpoints" /
+                         f"{run.name}-step-{kept['step']:06d}")
+    _keep(run, folder, kept["step"], {"run": str(run), "step": kept["step"], "rule": "lowest validation loss",
+                                      "checkpoints": rows})
 
 
 def register(app: typer.Typer) -> None:

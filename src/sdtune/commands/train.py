@@ -16,6 +16,9 @@ def train_command(
                                           "data.instance_dir=photos/ output_dir=runs/me"),
     resume: str = typer.Option(None, "--resume", help="'latest' (newest complete checkpoint of output_dir) "
                                "or a checkpoint folder (an older one starts a branch: newer ones are moved aside)"),
+    new_data_epoch: bool = typer.Option(False, "--new-data-epoch", help="with --resume, when the data folders "
+                                        "changed since the checkpoint (refused without it): train on the data as "
+                                        "it is now, starting a new data epoch at the checkpoint's step (recorded)"),
 ) -> None:
     """Fine-tune Stable Diffusion: text-to-image or DreamBooth, LoRA or full, as the config says.
 
@@ -26,7 +29,8 @@ def train_command(
     (also 130; it names the checkpoint to resume from). Overrides given with --resume change the run from the
     checkpoint on (learning rate and schedule, max_steps, checkpoint/validation/logging settings; recorded in
     config.yaml and metrics.json); changes that cannot apply to a checkpoint (model, LoRA shape, data, batch,
-    seed) are refused with the key named. Resuming from an older checkpoint moves the newer ones aside.
+    seed) are refused with the key named; so are changed data folders (images added, removed or edited, captions
+    changed), unless --new-data-epoch. Resuming from an older checkpoint moves the newer ones aside.
     """
     from sdtune.stopping import stop_scope
 
@@ -40,12 +44,13 @@ def train_command(
         from sdtune.config_resume import unused_overrides
 
         notes = [foreign_output_dir(config, cfg.output_dir, overrides or []),
-                 *unused_overrides(overrides or [], cfg.model_dump(mode="json"))]
+                 *unused_overrides(overrides or [], cfg.model_dump(mode="json")),
+                 "note: --new-data-epoch has no effect without --resume" if new_data_epoch and not resume else None]
         for note in notes:
             if note and _is_main_process():
                 typer.echo(note, err=True)
         try:
-            result = train(cfg, resume=resume)
+            result = train(cfg, resume=resume, new_data_epoch=new_data_epoch)
         finally:
             _end_process_group()
     if result.status != "finished":

@@ -60,6 +60,22 @@ def model_bucket_step(model_ref: str, revision: str | None = None) -> tuple[int,
         return SD_STEP, "SD's (model config not readable)"
 
 
+def check_bucket_resolution(data, model_ref: str, revision: str | None = None) -> None:
+    """Refuse ``data.resolution`` below the model's bucket step (64 px on SD 1/2) while buckets are on, before the
+    model loads: no bucket can be made, and the run used to stop on a ValueError once the model was loaded.
+    Models whose configs cannot be read yet (a stage's base still to be trained) are left to the stream."""
+    from sdtune.errors import ConfigError
+
+    if not data.buckets:
+        return
+    step, where = model_bucket_step(model_ref, revision)
+    if "not readable" in where or "single-file" in where or data.resolution >= step:
+        return
+    raise ConfigError(f"data.resolution={data.resolution} is smaller than {where} bucket step of {step} px (sides of "
+                      f"its buckets are multiples of {step}): use data.resolution={step} or more, or "
+                      "data.buckets=false")
+
+
 def bucket_resolutions(resolution: int, step: int) -> list[tuple[int, int]]:
     """All bucket shapes (width, height) for ``resolution`` px training, sorted by aspect ratio.
 

@@ -37,6 +37,7 @@ from sdtune.data.images import (
     pixel_hash,
 )
 from sdtune.data.report import Problem, summarize, summarize_problems
+from sdtune.data.walk import lexical
 from sdtune.errors import DataError, ModelLoadError
 
 _CONCEPT = re.compile(r"^\w[\w .+-]*$")
@@ -148,7 +149,7 @@ def _gather(source: Source, multi: bool, build: _Build) -> list[_Item]:
     """
     reading = read_folder(source.folder, captions_file=source.captions_file)
     build.problems(reading.problems)
-    prefix = source.concept or (source.folder.resolve().name if multi else "")
+    prefix = source.concept or (lexical(source.folder).name if multi else "")
     items = []
     for record in reading.records:
         extra = {k: v for k, v in record.extra.items() if k not in ("file_name", "text")}

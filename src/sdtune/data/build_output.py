@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.atomic import umask_mode
-from sdtune.data.captions import safe_member
 from sdtune.data.folders import METADATA, list_images
 from sdtune.data.images import is_image_file
+from sdtune.data.walk import lexical, safe_member
 from sdtune.errors import DataError
 
 STAGING = ".sdtune-staging-"
@@ -107,9 +107,9 @@ def commit(out: Path, staging: Path, names: list[str], rows: list[dict[str, Any]
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    referenced = {(out / row["file_name"]).resolve() for row in rows}
+    referenced = {lexical(out / row["file_name"]) for row in rows}
     for path in list_images(out):
-        if path.resolve() not in referenced and is_image_file(path):
+        if lexical(path) not in referenced and is_image_file(path):
             path.unlink()
     for folder in sorted((p for p in out.rglob("*") if p.is_dir()), reverse=True):
         if folder.parent == out and folder.name.startswith(STAGING):

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sdtune.data.feature_cache import FeatureStore, default_root, entry_key, module_hash
-from sdtune.data.images import file_hash
+from sdtune.data.feature_cache import FeatureStore, default_root, entry_key, module_hash, unwritable_note
+from sdtune.data.images import content_hash
 from sdtune.data.transforms import Transform, apply_transform
 from sdtune.errors import DataError
 from sdtune.models.family import SD, Family, TextConditioning
@@ -211,7 +211,7 @@ def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None,
     keys: dict[tuple[Path, Transform], str] = {}
     for path, plan in stream.variants():
         if path not in hashes:
-            hashes[path] = file_hash(path)
+            hashes[path] = content_hash(path)
         key = entry_key(kind="vae-posterior", model=store.model_hash, dtype=str(param.dtype),
                         device=param.device.type, image=hashes[path], transform=plan.key())
         wanted[key] = (path, plan)
@@ -300,7 +300,8 @@ def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Modu
     pixels: one notice says so); text embeddings unless ``data.cache_text`` is off or the text encoder trains.
     A cache that would encode more items than the run still encodes without one (from ``step`` on), and more
     than ALWAYS_CACHE, would cost more than it saves (a short run on a large folder): skipped, with a notice.
-    After ``should_stop`` says yes the caches may be incomplete: the caller stops before training.
+    After ``should_stop`` says yes the caches may be incomplete: the caller stops before training. A cache folder
+    that cannot be written means no cache, with a note (``feature_cache.unwritable_note``).
     """
     lines: list[str] = []
     data, train = cfg.data, cfg.train
@@ -308,6 +309,9 @@ def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Modu
              * accelerator.num_processes * (2 if stream.classes else 1))
     common = dict(cache_dir=data.cache_dir, rank=accelerator.process_index, world=accelerator.num_processes,
                   barrier=accelerator.wait_for_everyone, should_stop=should_stop)
+
+    if (data.cache_latents or data.cache_text) and (note := unwritable_note(data.cache_dir)):
+        return [note]  # the cache only saves time: an unwritable one is skipped, never a late PermissionError
 
     def worth(what: str, items: int) -> bool:
         if items <= max(draws, ALWAYS_CACHE):

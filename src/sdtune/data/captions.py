@@ -2,9 +2,9 @@
 
 Three sources, as users actually keep them: ``photo.txt`` next to ``photo.jpg`` (the kohya convention), a CSV
 or JSONL file of ``file,caption`` rows, or a ``metadata.jsonl`` (the folder is already an imagefolder).
-Rows name files relative to the source folder; a row that points outside it (``../../etc/passwd``, an
+Rows name files relative to the source folder; a row whose path leads outside it (``../../etc/passwd``, an
 absolute path) is refused, since a dataset build must never read, copy or publish files the user did not
-put in it.
+put in it. A file the user put in it may be a link to anywhere: the listed path counts (``sdtune.data.walk``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from sdtune.data.images import IMAGE_SUFFIXES
 from sdtune.data.report import Problem
+from sdtune.data.walk import link_problem, safe_member, walk
 
 CLIP_MAX_TOKENS = 77  # what CLIP text encoders read, start and end tokens included; the rest is cut off
 CAPTION_SUFFIXES = (".txt", ".caption")
@@ -32,7 +33,7 @@ TEXT_KEYS = ("text", "caption", "prompt")
 class CaptionRow:
     """One row of a captions file: the image it names, its caption(s) and any extra columns (``concept``...)."""
 
-    path: Path  # resolved
+    path: Path  # absolute, normalised; a link stays a link (its listed path counts)
     captions: tuple[str, ...] = ()  # none, one, or several alternatives (a JSON list of captions)
     extra: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # as written in the row, relative to the source folder
@@ -104,38 +105,23 @@ def read_sidecar(image: Path, problems: list[Problem], index: dict[Path, list[Pa
     return text
 
 
-def orphan_captions(folder: Path, images: list[Path]) -> list[Problem]:
-    """Caption files whose image is missing: usually a deleted or renamed photo."""
+def orphan_captions(folder: Path, images: list[Path], files: list[Path] | None = None) -> list[Problem]:
+    """Caption files whose image is missing: usually a deleted or renamed photo.
+
+    ``files``: the folder's visible files as the folder reader walked them (default: walk it here).
+    """
     stems = {p.with_suffix("") for p in images}
     orphans = []
-    for path in sorted(folder.rglob("*")):
+    for path in files if files is not None else walk(folder).files:
         if path.stem.lower() in _NOT_CAPTIONS:
             continue
-        if path.suffix.lower() in CAPTION_SUFFIXES and path.is_file() and path.with_suffix("") not in stems:
-            if not path.name.startswith(".") and _visible(path, folder):
-                orphans.append(Problem(str(path), "caption file without its image (no image of the same name)",
-                                       "warning"))
+        if path.suffix.lower() in CAPTION_SUFFIXES and path.with_suffix("") not in stems:
+            orphans.append(Problem(str(path), "caption file without its image (no image of the same name)",
+                                   "warning"))
     return orphans
 
 
 _NOT_CAPTIONS = {"readme", "license", "licence", "notes", "captions", "requirements"}
-
-
-def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def safe_member(root: Path, name: str) -> Path | str:
-    """Resolve ``name`` inside ``root``; return the reason as a string when it must be refused."""
-    if not name or not name.strip():
-        return "empty file name"
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
-        return f"absolute path {name!r} refused: rows must name files relative to the source folder"
-    root = root.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):
-        return f"path {name!r} escapes the source folder; refused"
-    return path
 
 
 def read_captions_file(file: Path, root: Path, *, metadata: bool = False,
@@ -167,7 +153,11 @@ def read_captions_file(file: Path, root: Path, *, metadata: bool = False,
             problems.append(Problem(where, target, "error"))
             continue
         if not target.exists():
-            problems.append(Problem(where, f"{name!r} not found in {root}", "error"))
+            broken = link_problem(target)
+            problems.append(Problem(where, f"{name!r} is {broken}" if broken else f"{name!r} not found in {root}",
+                                    "error"))
+            if broken and refused is not None:
+                refused.add(target)  # named here: not also reported by the folder reader
             continue
         if target.suffix.lower() not in IMAGE_SUFFIXES or not target.is_file():
             problems.append(Problem(where, f"{name!r} is not an image file ({', '.join(IMAGE_SUFFIXES)})", "error"))
@@ -176,7 +166,7 @@ def read_captions_file(file: Path, root: Path, *, metadata: bool = False,
         if isinstance(captions, str):
             problems.append(Problem(where, captions, "error"))
             if refused is not None:
-                refused.add(target.resolve())
+                refused.add(target)
             continue
         if target in seen:
             problems.append(Problem(where, f"{name!r} is listed more than once; the first row is used", "warning"))

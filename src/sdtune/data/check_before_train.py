@@ -45,7 +45,7 @@ def check_training_data(cfg: RunConfig) -> None:
     """Raise DataError listing the problems in the run's data folders (repeated kinds summarized); print warnings.
 
     Also says once per folder when a fixed-prompt folder (DreamBooth's instance or class images) holds captions
-    that training will not read.
+    that training will not read (captions equal to the fixed prompt are no loss and go unmentioned).
     """
     if not cfg.data.check:
         return
@@ -69,8 +69,8 @@ def check_training_data(cfg: RunConfig) -> None:
             checked.append(subset.path)  # the folders worth a full report: those with problems
         errors += found
         warnings += [p for p in report.problems if p.level == "warning"]
-        if subset.prompt is not None and report.captioned:
-            warnings.append(Problem(str(subset.path), _ignored_captions(cfg, subset, report.captioned, report.images),
+        if subset.prompt is not None and (other := _other_captions(report.dataset, subset.prompt)):
+            warnings.append(Problem(str(subset.path), _ignored_captions(cfg, subset, other, report.images),
                                     "warning", "ignored captions"))
     for line in summarize_problems(warnings):
         print(f"warning: {line}")
@@ -82,10 +82,17 @@ def check_training_data(cfg: RunConfig) -> None:
                         + "\n  ".join(summarize([str(p) for p in errors])))
 
 
+def _other_captions(records, prompt: str) -> int:
+    """Images with a caption other than the fixed ``prompt`` (what training would ignore). Captions equal to it
+    (``dataset build --caption "a photo of sks person"``, as the README builds a DreamBooth folder) lose nothing."""
+    return sum(1 for record in records if any(c.strip() != prompt.strip() for c in record.captions))
+
+
 def _ignored_captions(cfg: RunConfig, subset: SubsetConfig, captioned: int, images: int) -> str:
     key = _key(cfg, subset)
     prompt_key = {"data.instance_dir": "data.instance_prompt", "data.class_dir": "data.class_prompt"}.get(
         key, "the subset's prompt")
     where = "data.train_dir" if key == "data.instance_dir" else "a subset without a prompt"
-    return (f"{captioned} of {images} images have captions that are not read: {key} trains on {prompt_key} "
+    return (f"{captioned} of {images} images have captions other than {prompt_key}, and they are not read: {key} "
+            f"trains on {prompt_key} "
             f"({subset.prompt!r}). For captioned training use {where}")

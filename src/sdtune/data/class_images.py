@@ -201,13 +201,22 @@ def class_image_jobs(data: DataConfig) -> list[tuple[Path, str | list[str], int]
 
 
 def check_for_run(cfg: RunConfig) -> None:
-    """Refuse a run's class folders made for something else, in a second, before any model loads."""
+    """Refuse a run's class folders made for something else, or short of images and unwritable (the missing ones
+    could not be saved), in a second, before any model loads."""
+    from sdtune.writable import check_writable
+
     data = cfg.data
     if data.with_prior_preservation and (data.class_dir is None or data.class_prompt is None):
         return  # the config check reports it
-    for folder, prompts, _ in class_image_jobs(data):
+    for folder, prompts, wanted in class_image_jobs(data):
         check_class_folder(folder, class_identity(prompts, cfg.model.base, resolution=data.resolution,
                                                   revision=cfg.model.revision, variant=cfg.model.variant))
+        if count_images(folder) < wanted:
+            key = "data.class_dir" if data.class_dir is not None and Path(data.class_dir) == folder else next(
+                (f"data.subsets.{i}.path" for i, s in enumerate(data.subsets) if Path(s.path) == folder),
+                "data.class_dir")
+            check_writable(folder, key, f"the missing class images are generated there; choose a writable folder "
+                           f"with {key}=... or fix its permissions")
 
 
 def generate_for_run(cfg: RunConfig, device: str | torch.device,

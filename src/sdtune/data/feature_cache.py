@@ -38,6 +38,28 @@ def default_root(cache_dir: Path | None = None) -> Path:
     return cache_root() / "features"
 
 
+def root_setting(cache_dir: Path | None = None) -> str:
+    """The setting that chose :func:`default_root`, for messages: ``data.cache_dir`` or ``SDTUNE_CACHE``."""
+    return "data.cache_dir" if cache_dir is not None else "SDTUNE_CACHE"
+
+
+def unwritable_note(cache_dir: Path | None = None) -> str | None:
+    """A one-line note when the feature cache cannot be written (then the run trains without it), else None.
+
+    The cache only saves encoder time (a cached run is bitwise the uncached one), so a folder that cannot be
+    written (root-owned, read-only, a file) is no reason to stop: the run goes on uncached and says how to cache.
+    """
+    from sdtune.writable import unwritable, write_problem
+
+    root = default_root(cache_dir)
+    problem = write_problem(root)
+    if problem is None:
+        return None
+    key = root_setting(cache_dir)
+    return "note: " + unwritable(root, key, problem, "training without the latent/text cache (the same results, "
+                                 f"slower); to cache, choose a writable folder with {key}=... or fix its permissions")
+
+
 def tensor_digest(tensor: torch.Tensor) -> str:
     """sha256 of a tensor's raw bytes (any dtype, bf16 included)."""
     data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()

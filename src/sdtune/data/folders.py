@@ -12,7 +12,9 @@ Layouts, decided per folder:
    its sidecar.
 
 Everywhere: an image is a file whose suffix (any case) is in ``IMAGE_SUFFIXES``; hidden files and folders
-(``.ipynb_checkpoints``, ``.git``, a build's staging folder) are skipped, as Hugging Face does. A file Pillow
+(``.ipynb_checkpoints``, ``.git``, a build's staging folder) are skipped, as Hugging Face does. Links to files
+and folders are followed and an image is known by its listed path inside the folder, wherever a link points;
+broken links and link loops are reported by name (the rule: ``sdtune.data.walk``). A file Pillow
 can read under another name (``photo.jpg.bak``, ``IMG_0001``) and a photo format this Pillow cannot decode
 (HEIC without pillow-heif, camera RAW) are reported as warnings, so no image is ever dropped silently.
 Problems are returned, not raised: check reports them, build skips what they name, training stops on errors.
@@ -34,6 +36,7 @@ from sdtune.data.captions import (
 )
 from sdtune.data.images import IMAGE_SUFFIXES, sniff_format
 from sdtune.data.report import Problem
+from sdtune.data.walk import lexical, link_problem, walk
 from sdtune.errors import DataError
 
 METADATA = "metadata.jsonl"
@@ -81,15 +84,6 @@ class FolderReading:
         return [p for p in self.problems if p.level == "error"]
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _files(folder: Path) -> list[Path]:
-    """Every visible file under ``folder``, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if not _hidden(p, folder) and p.is_file())
-
-
 def _check_folder_exists(folder: Path) -> None:
     if not folder.exists():
         raise DataError(f"data folder {folder} does not exist; check the path in your config")
@@ -101,14 +95,18 @@ def list_images(folder: Path) -> list[Path]:
     """Images in a folder (recursively, hidden ones skipped), in a stable order."""
     folder = Path(folder)
     _check_folder_exists(folder)
-    return [p for p in _files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return [p for p in walk(folder).files if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _relative(path: Path, folder: Path) -> str:
-    try:
-        return path.relative_to(folder).as_posix()
-    except ValueError:
-        return path.resolve().relative_to(folder.resolve()).as_posix()
+    """The listed path of ``path`` inside ``folder`` (POSIX separators); links are never resolved."""
+    return lexical(path).relative_to(lexical(folder)).as_posix()
+
+
+def _broken(broken: list[Path], named: set[Path]) -> list[Problem]:
+    """Broken links no metadata row already named: each reported by name (a row naming one is an error)."""
+    return [Problem(str(path), reason, "warning") for path in broken
+            if lexical(path) not in named and (reason := link_problem(path)) is not None]
 
 
 def _strays(files: list[Path]) -> list[Problem]:
@@ -139,8 +137,8 @@ def _record(row: CaptionRow, folder: Path) -> ImageRecord:
     return ImageRecord(folder / name, row.captions, name, dict(row.extra))
 
 
-def _from_metadata(folder: Path, files: list[Path], images: list[Path], problems: list[Problem]) -> tuple[
-        str, list[ImageRecord]]:
+def _from_metadata(folder: Path, files: list[Path], images: list[Path], problems: list[Problem],
+                   broken: list[Path]) -> tuple[str, list[ImageRecord]]:
     metas = [p for p in files if p.name in METADATA_NAMES]
     kinds = sorted({p.suffix for p in metas})
     if len(kinds) > 1:
@@ -161,9 +159,10 @@ def _from_metadata(folder: Path, files: list[Path], images: list[Path], problems
             records.append(_record(row, folder))
     shown = metas[0].name if len(metas) == 1 else f"{metas[0].name} files"
     for image in images:
-        if image.resolve() not in listed | refused:
+        if lexical(image) not in listed | refused:
             problems.append(Problem(str(image), f"not listed in {shown}: not used (add a row for it, or remove it)",
                                     "warning"))
+    problems.extend(_broken(broken, listed | refused))
     sidecars = [p for p in files if is_caption_file(p)]
     if sidecars:
         problems.append(Problem(str(folder), f"{len(sidecars)} caption files (.txt/.caption) are not read: "
@@ -173,18 +172,19 @@ def _from_metadata(folder: Path, files: list[Path], images: list[Path], problems
 
 
 def _from_sidecars(folder: Path, files: list[Path], images: list[Path], problems: list[Problem],
-                   rows: dict[Path, CaptionRow] | None = None) -> list[ImageRecord]:
+                   broken: list[Path], rows: dict[Path, CaptionRow] | None = None) -> list[ImageRecord]:
     index = caption_index([p for p in files if p.suffix.lower() in (".txt", ".caption")])
     records = []
     for image in images:
-        row = rows.get(image.resolve()) if rows else None
+        row = rows.get(lexical(image)) if rows else None
         if row is not None and row.captions:
             records.append(ImageRecord(image, row.captions, _relative(image, folder), dict(row.extra)))
             continue
         caption = read_sidecar(image, problems, index)
         extra = dict(row.extra) if row is not None else {}
         records.append(ImageRecord(image, (caption,) if caption else (), _relative(image, folder), extra))
-    problems.extend(orphan_captions(folder, images))
+    problems.extend(_broken(broken, set()))
+    problems.extend(orphan_captions(folder, images + broken, files))
     return records
 
 
@@ -195,15 +195,17 @@ def read_folder(folder: Path, *, captions_file: Path | None = None) -> FolderRea
     """
     folder = Path(folder)
     _check_folder_exists(folder)
-    files = _files(folder)
+    found = walk(folder)
+    files = found.files
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    problems = _strays(files)
+    problems = found.problems + _strays(files)
     if captions_file is not None:
         rows, row_problems = read_captions_file(captions_file, folder)
         problems.extend(row_problems)
-        records = _from_sidecars(folder, files, images, problems, {row.path: row for row in rows})
+        records = _from_sidecars(folder, files, images, problems, found.broken, {row.path: row for row in rows})
         return FolderReading(folder, f"captions from {captions_file.name}", records, problems)
     if any(p.name in METADATA_NAMES for p in files):
-        layout, records = _from_metadata(folder, files, images, problems)
+        layout, records = _from_metadata(folder, files, images, problems, found.broken)
         return FolderReading(folder, layout, records, problems)
-    return FolderReading(folder, SIDECAR_LAYOUT, _from_sidecars(folder, files, images, problems), problems)
+    return FolderReading(folder, SIDECAR_LAYOUT, _from_sidecars(folder, files, images, problems, found.broken),
+                         problems)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -251,6 +252,19 @@ def file_hash(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_HASHES: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256 of the bytes
+
+
+def content_hash(path: Path) -> str:
+    """:func:`file_hash`, computed once per process per version of a file (inode, size, mtime_ns): the run's data
+    record (``sdtune.data.stream_record``) and the latent cache's keys share one read of each image."""
+    info = os.stat(path)
+    key = (os.path.abspath(path), info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = file_hash(path)
+    return _HASHES[key]
 
 
 def color_thumb(image: Image.Image) -> bytes:

@@ -117,9 +117,12 @@ class ExampleStream(Dataset):
     def _tokenize(self, prompt: str) -> torch.Tensor:
         """Token ids of a prompt, tokenized once per distinct prompt (~0.2 ms of CPU a call, for
         prompts that repeat every epoch). The tensor is shared: read it, never change it in place."""
+        from sdtune.models.embeddings import expand_prompt
+
         ids = self._token_ids.get(prompt)
         if ids is None:
-            ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
+            expanded = expand_prompt(prompt, self.tokenizer)  # a multi-vector learned token, as pipelines write it
+            ids = self.tokenizer(expanded, padding="max_length", max_length=self.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids[0]
             self._token_ids[prompt] = ids
         return ids
@@ -236,12 +239,14 @@ def data_counts(stream: ExampleStream) -> dict[str, int]:
 
 
 def build_stream(data: DataConfig, tokenizer, seed: int, *, batch_size: int = 1,
-                 bucket_step: int | None = None) -> ExampleStream:
+                 bucket_step: int | None = None, held_out: frozenset[Path] = frozenset()) -> ExampleStream:
     """The run's stream. ``batch_size``: examples per process per micro-step (a batch is one bucket);
-    ``bucket_step``: the model's side multiple (``sdtune.data.buckets.bucket_step_of``; default SD's 64)."""
+    ``bucket_step``: the model's side multiple (``sdtune.data.buckets.bucket_step_of``; default SD's 64);
+    ``held_out``: training images kept out of it (``validation.loss.split``, ``sdtune.data.held_out``)."""
     train, classes = [], []
     for subset in subsets_from_config(data):
         (classes if subset.role == "class" else train).extend(examples_of(subset))
+    train = [e for e in train if e.path not in held_out]
     return ExampleStream(train, classes, tokenizer, data, seed, batch_size=batch_size, bucket_step=bucket_step)
 
 

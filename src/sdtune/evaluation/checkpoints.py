@@ -5,7 +5,7 @@ the trainable weights, optimizer, RNG. To generate with it, its LoRA matrices ar
 folder ``OUT/checkpoints/<run>/step-N/`` (the run's ``config.yaml`` and ``lora/``), exactly what the run itself
 would have saved had it stopped there: the adapter is rebuilt as training built it (``models.lora.add_lora`` with
 the run's settings), the checkpoint's weights are copied in, and ``models.lora.save_lora`` writes them (a
-textual-inversion checkpoint: its token's row as ``embeddings/<token>.safetensors``, see ``_write_embedding``). Every
+checkpoint that learns a token: its rows as ``embeddings/<token>.safetensors``, beside the LoRA when pivotal). Every
 tool that takes a run folder (``generate``, ``eval``, ``export``) then takes a checkpoint too. A folder is
 rewritten only when its checkpoint's weights changed (content hash).
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,53 +46,60 @@ def _sha256(path: Path) -> str:
 
 def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of a run's complete checkpoints, oldest first."""
-    from sdtune.training.checkpoint import list_checkpoints
+    from sdtune.run_folder import CHECKPOINTS_DIR, list_checkpoints, step_of
 
-    found = []
-    for path in list_checkpoints(Path(run) / "checkpoints"):
-        match = re.match(r"^step-(\d+)$", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return found
+    return [(step_of(path), path) for path in list_checkpoints(Path(run) / CHECKPOINTS_DIR)]
 
 
 def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
-    """Write ``folder`` = the run's config + the checkpoint's LoRA (diffusers format); returns ``folder``."""
+    """Write ``folder`` = the run's config + the checkpoint's LoRA (diffusers format) and/or its token's embedding
+    (``embeddings/<token>.safetensors``), as the run writes them; returns ``folder``."""
     from sdtune.atomic import atomic_write_json, write_folder
     from sdtune.config import config_from_dict
+    from sdtune.models.embeddings import EMBEDDINGS_DIR, add_learned_token, save_embedding
     from sdtune.models.loading import load_components
     from sdtune.models.lora import add_lora, apply_model_adapters, save_lora
-    from sdtune.recipes.runs import read_run_config
-    from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
+    from sdtune.run_folder import read_run_config
+    from sdtune.training.checkpoint import load_trainable_state_, read_evaluated_weights
 
     digest = _sha256(checkpoint / "trainable.safetensors")
     source = folder / SOURCE_FILE
     cfg = config_from_dict(read_run_config(run), source=str(run / "config.yaml"))
-    written = (folder / "lora" / "pytorch_lora_weights.safetensors" if cfg.train.textual_inversion is None
-               else _embedding_file(folder, cfg.train.textual_inversion.token))
+    lora, learned = cfg.train.lora, cfg.train.textual_inversion
+    written = ([folder / "lora" / "pytorch_lora_weights.safetensors"] if lora is not None else []) \
+        + ([_embedding_file(folder, learned.token)] if learned is not None else [])
     if source.is_file() and json.loads(source.read_text(encoding="utf-8")).get("sha256") == digest \
-            and written.is_file():
+            and all(file.is_file() for file in written):
         return folder
-    if cfg.train.textual_inversion is not None:
-        _write_embedding(cfg, run, checkpoint, folder)
-        atomic_write_json(source, {"run": str(run), "checkpoint": str(checkpoint), "sha256": digest})
-        return folder
-    if cfg.train.lora is None:
+    if not written:
         raise SdtuneError(f"{run} is a full fine-tune: its checkpoints hold the whole UNet, which this evaluation "
                           "does not write out; evaluate its final model/, or train with train.lora")
+    if lora is not None and lora.kind in ("loha", "lokr"):
+        raise SdtuneError(f"{run} trains a {lora.kind} adapter: checkpoint evaluation writes diffusers-format LoRA "
+                          "files, which cannot hold it; evaluate its final lora/ (sdtune eval RUN)")
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant)
-    lora = cfg.train.lora
-    modules = {"unet": comps.unet}
-    apply_model_adapters(cfg, comps.unet, comps.text_encoder)  # as training built it (same parameter names)
-    add_lora(comps.unet, lora, lora.targets)
-    if cfg.train.train_text_encoder:
-        add_lora(comps.text_encoder, lora, lora.text_encoder_targets)
+    comps.text_encoder.requires_grad_(False)
+    modules = {}
+    if lora is not None:
+        modules["unet"] = comps.unet
+        apply_model_adapters(cfg, comps.unet, comps.text_encoder)  # as training built it (same parameter names)
+        add_lora(comps.unet, lora, lora.targets)
+        if cfg.train.train_text_encoder:
+            add_lora(comps.text_encoder, lora, lora.text_encoder_targets)
+            modules["text_encoder"] = comps.text_encoder
+    if learned is not None:  # the token added and the embedding wrapped as training did (same parameter names)
+        add_learned_token(comps.tokenizer, comps.text_encoder, learned.token, learned.initializer,
+                          learned.norm_limit, learned.num_vectors)
         modules["text_encoder"] = comps.text_encoder
-    load_trainable_state_(modules, read_trainable_weights(checkpoint))
+    load_trainable_state_(modules, read_evaluated_weights(checkpoint))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    write_folder(folder / "lora", lambda tmp: save_lora(tmp, comps.unet, modules.get("text_encoder"), lora))
+    if learned is not None:
+        write_folder(folder / EMBEDDINGS_DIR, lambda tmp: save_embedding(tmp, comps.text_encoder, learned.token))
+    if lora is not None:
+        text_lora = comps.text_encoder if cfg.train.train_text_encoder else None
+        write_folder(folder / "lora", lambda tmp: save_lora(tmp, comps.unet, text_lora, lora))
     atomic_write_json(source, {"run": str(run), "checkpoint": str(checkpoint), "sha256": digest})
     return folder
 
@@ -104,27 +110,6 @@ def _embedding_file(folder: Path, token: str) -> Path:
     return folder / EMBEDDINGS_DIR / embedding_file_name(token)
 
 
-def _write_embedding(cfg, run: Path, checkpoint: Path, folder: Path) -> None:
-    """A textual-inversion checkpoint's row as ``folder/embeddings/<token>.safetensors``: the token added and the
-    embedding wrapped as training did (same parameter names), the checkpoint's row copied in, saved as the run
-    saves it."""
-    from sdtune.atomic import write_folder
-    from sdtune.models.embeddings import EMBEDDINGS_DIR, add_learned_token, save_embedding
-    from sdtune.models.loading import load_components
-    from sdtune.training.checkpoint import load_trainable_state_, read_trainable_weights
-
-    learned = cfg.train.textual_inversion
-    comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
-                            variant=cfg.model.variant)
-    comps.text_encoder.requires_grad_(False)  # the row alone is trainable, as in training
-    add_learned_token(comps.tokenizer, comps.text_encoder, learned.token, learned.initializer,
-                      learned.norm_limit)
-    load_trainable_state_({"text_encoder": comps.text_encoder}, read_trainable_weights(checkpoint))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text((run / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    write_folder(folder / EMBEDDINGS_DIR, lambda tmp: save_embedding(tmp, comps.text_encoder, learned.token))
-
-
 def expand_checkpoints(run: Path, out: Path) -> list[CheckpointModel]:
     """Every complete checkpoint of a LoRA run, materialised under ``OUT/checkpoints/<run name>-<hash>/``."""
     run = Path(run).expanduser().resolve()
@@ -132,7 +117,7 @@ def expand_checkpoints(run: Path, out: Path) -> list[CheckpointModel]:
     if not found:
         raise SdtuneError(f"{run} has no checkpoints to compare (RUN/checkpoints/step-N). Keep several with "
                           "checkpoint.every and checkpoint.keep (LoRA checkpoints are small)")
-    from sdtune.recipes.runs import read_metrics
+    from sdtune.run_folder import read_metrics
 
     root = Path(out) / "checkpoints" / f"{run.name}-{hashlib.sha256(str(run).encode()).hexdigest()[:6]}"
     final_step = (read_metrics(run) or {}).get("steps")

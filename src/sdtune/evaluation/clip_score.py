@@ -39,8 +39,8 @@ def toy_clip() -> Path:
 
 def _derives_from_toy(ref: str, depth: int = 0) -> bool:
     """``toy`` itself, or a run (or a run's ``model/``) whose chain of bases leads back to it."""
-    from sdtune.inference.pipeline import is_run_folder, read_run
     from sdtune.models.presets import toy_path
+    from sdtune.run_folder import is_run_folder, read_run
 
     if ref == "toy":
         return True

@@ -76,10 +76,13 @@ def choose(results: dict[str, Any], max_forgetting: float | None = None) -> Choi
         candidates = [least]
         note = (f"every checkpoint forgot more than {limit:g}; kept the one that forgot least "
                 f"({lost[least['label']]:.3f})")
-    best = {name: max((_value(m, name) or 0.0) for m in candidates) for name in subject}
+    scales = {name: _scale([_value(m, name) or 0.0 for m in candidates]) for name in subject}
+    shifted = [name for name in subject if scales[name][0] < 0.0]
+    if shifted:
+        note = "; ".join(filter(None, [note, _below_zero_note(results, shifted)]))
     rows = []
     for m in checkpoints:
-        parts = [(_value(m, n) or 0.0) / best[n] if best[n] > 0 else 0.0 for n in subject]
+        parts = [_relative(_value(m, n) or 0.0, *scales[n]) for n in subject]
         score = sum(parts) / len(parts) if parts and m in candidates else None
         rows.append({"label": m["label"], "step": m["checkpoint"]["step"], "ref": m["ref"],
                      "values": {n: _value(m, n) for n in [*subject, *([forgetting] if forgetting else [])]},
@@ -89,6 +92,61 @@ def choose(results: dict[str, Any], max_forgetting: float | None = None) -> Choi
     kept["kept"] = True
     model = next(m for m in checkpoints if m["label"] == kept["label"])
     return Choice(model, rows, subject, forgetting, limit, note)
+
+
+def choose_by_val_loss(run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every live checkpoint of ``run`` with the validation loss measured at its step (``validation.loss``), and
+    the kept one: the lowest loss, ties to the earlier step. SdtuneError when no checkpoint has one."""
+    from pathlib import Path
+
+    from sdtune.training.checkpoint import list_checkpoints, read_state
+    from sdtune.training.val_loss import STATE_KEY
+
+    rows = []
+    for path in list_checkpoints(Path(run) / "checkpoints"):
+        state = read_state(path)
+        rows.append({"step": state.step, "checkpoint": str(path),
+                     "val_loss": (state.extra.get(STATE_KEY) or {}).get(str(state.step))})
+    measured = [r for r in rows if r["val_loss"] is not None]
+    if not measured:
+        raise SdtuneError(f"{run}: no checkpoint carries a validation loss; train with validation.loss (split: 0.1 "
+                          "or data_dir: FOLDER) and keep several checkpoints, or pick by the generated images "
+                          "(--by subject)")
+    return rows, min(measured, key=lambda r: (r["val_loss"], r["step"]))
+
+
+def _scale(values: list[float]) -> tuple[float, float]:
+    """(zero, best) that map a metric to its part of the score: ``(value - zero) / (best - zero)``.
+
+    Relative to the best (zero 0) while no value is below 0. A cosine similarity (CLIP-I, DINO) may be negative:
+    relative to a negative best the order reverses (and a best at or below 0 used to drop the metric without a
+    word), so the worst candidate becomes the zero instead: best 1, worst 0.
+    """
+    best = max(values, default=0.0)
+    return (min(values), best) if min(values, default=0.0) < 0 else (0.0, best)
+
+
+def _relative(value: float, zero: float, best: float) -> float:
+    if best > zero:
+        return (value - zero) / (best - zero)
+    return 1.0 if zero < 0 else 0.0  # all equal: all best (shifted), or all 0 (nothing to tell them apart)
+
+
+def _below_zero_note(results: dict[str, Any], names: list[str]) -> str:
+    """Why some subject metric is negative, and how the score then reads it (one sentence)."""
+    from pathlib import Path
+
+    from sdtune.models.presets import toy_path
+
+    labels = " and ".join(results["metrics"][n]["label"] for n in names)
+    backbones = {str(results["metrics"][n].get("backbone")) for n in names}
+    why = ("the toy's CLIP (a 64-wide vision tower trained on 32 px renders of the toy world) places unlike "
+           "pictures below 0, so only the order of its values means something"
+           if any(b != "None" and Path(b).resolve() == (toy_path() / "clip").resolve() for b in backbones) else
+           "cosine similarities below 0: the backbone sees the images as unlike the reference photos, so only "
+           "the order of the values means something")
+    return (f"{labels} is below 0 for some checkpoints ({why}); it enters the score from worst (0) to best (1) "
+            "among them, not relative to its best")
 
 
 def describe(choice: Choice, results: dict[str, Any]) -> list[str]:

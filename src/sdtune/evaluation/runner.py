@@ -103,8 +103,8 @@ def check_models(models: Sequence[str]) -> None:
     """Every model at once, before any is loaded, so a bad one is not found after the others generated for minutes:
     a folder that is no model (a dataset), the same model twice (``toy1`` and ``toy1/``), and runs resumed past
     their outputs and stopped (named with the step they stopped at, ``sdtune.run_status``)."""
-    from sdtune.inference.pipeline import is_run_folder
     from sdtune.models.presets import is_preset
+    from sdtune.run_folder import is_run_folder
     from sdtune.run_status import run_progress
 
     problems = []
@@ -141,7 +141,7 @@ def expand_models(req: EvalRequest) -> list[tuple[str, str, dict[str, Any] | Non
     """``(ref, label, checkpoint info or None)`` of every model to evaluate: with ``checkpoints``, each run folder
     that has checkpoints stands for all of them (written out as run folders under OUT/checkpoints), oldest first."""
     from sdtune.evaluation.checkpoints import expand_checkpoints, run_checkpoints
-    from sdtune.inference.pipeline import is_run_folder
+    from sdtune.run_folder import is_run_folder
 
     out: list[tuple[str, str, dict[str, Any] | None]] = []
     for ref, label in zip(req.models, _labels(req.models), strict=True):

@@ -11,7 +11,7 @@ from sdtune.inference.pipeline import (
     parse_adapter_spec,
     read_run,
 )
-from sdtune.inference.samplers import SCHEDULERS, make_scheduler
+from sdtune.models.samplers import SCHEDULERS, make_scheduler
 
 __all__ = [
     "SCHEDULERS",

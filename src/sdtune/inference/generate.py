@@ -18,7 +18,7 @@ from sdtune.errors import SdtuneError
 from sdtune.inference.grid import make_grid
 from sdtune.inference.metadata import GenerationParams, save_png
 from sdtune.inference.pipeline import load_for_inference
-from sdtune.inference.samplers import SCHEDULERS, check_steps, set_scheduler
+from sdtune.models.samplers import SCHEDULERS, check_steps, set_scheduler
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdtune.inference.samplers import SAMPLER_NAMES
+from sdtune.models.samplers import SAMPLER_NAMES
 
 
 @dataclass

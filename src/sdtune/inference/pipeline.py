@@ -1,9 +1,10 @@
 """Load a model for inference: a base model, a run folder (LoRA, full or textual inversion), or either with a stack
 of adapters.
 
-A run folder is what ``sdtune train`` writes (``RUN/config.yaml``, ``RUN/lora/``, ``RUN/model/``). Users should not
-have to remember which base a LoRA was trained on, so a run folder is enough: its config names the base. The
-same module fingerprints a model (``model_fingerprint``) so that generations can be cached and re-used safely.
+A run folder is what ``sdtune train`` writes (``RUN/config.yaml``, ``RUN/lora/``, ``RUN/model/``), read by
+``sdtune.run_folder``. Users should not have to remember which base a LoRA was trained on, so a run folder is
+enough: its config names the base. The same module fingerprints a model (``model_fingerprint``) so that
+generations can be cached and re-used safely.
 """
 
 from __future__ import annotations
@@ -12,129 +13,22 @@ import hashlib
 import json
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ModelLoadError
 from sdtune.models.fit import diffusers_quiet, loader_error
-from sdtune.models.loading import (
+from sdtune.models.loading import family_of_pipeline, load_pipeline, resolve_model_ref, set_prediction_type
+from sdtune.run_folder import (  # the run folder is read in sdtune.run_folder (also imported from here)
+    LORA_WEIGHTS_NAME,
     PICKLE_SUFFIXES,
-    check_weights_file,
-    load_pipeline,
-    resolve_model_ref,
-    set_prediction_type,
+    Adapter,
+    is_run_folder,
+    read_run,
+    resolve_adapter_file,
 )
 
-LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-ADAPTERS_FILE = "adapters.json"  # a stack of adapters a run needs below its own LoRA (two-stage recipes)
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
-
-
-
-@dataclass
-class Adapter:
-    """One LoRA to apply: a weights file and the strength to apply it with."""
-
-    path: Path  # the .safetensors file
-    weight: float = 1.0
-    name: str = "adapter"
-
-
-@dataclass
-class RunFolder:
-    """What a training run left behind, read from its folder."""
-
-    path: Path
-    base: str
-    allow_pickle: bool = False
-    revision: str | None = None
-    variant: str | None = None
-    prediction_type: str | None = None  # model.prediction_type: the objective trained, when not the base's own
-    model_dir: Path | None = None  # full pipeline (full fine-tune, or saved on request)
-    lora_file: Path | None = None
-    stack: list[Adapter] = field(default_factory=list)  # from RUN/adapters.json, applied below the run's LoRA
-    embedding_file: Path | None = None  # textual inversion: RUN/embeddings/<token>.safetensors
-    token: str | None = None  # its token (train.textual_inversion.token)
-
-
-def is_run_folder(ref: str | Path) -> bool:
-    return (Path(ref).expanduser() / "config.yaml").is_file()
-
-
-def read_run(folder: str | Path) -> RunFolder:
-    """Read a run folder's config (only the model section: the rest belongs to the trainer) and weights."""
-    from sdtune.config import RunConfig
-    from sdtune.typed_yaml import YamlError, load
-
-    path = Path(folder).expanduser().resolve()
-    try:  # the config reader's YAML rules: `revision: 1.0` is the text "1.0", `allow_pickle: no` is False
-        cfg = load((path / "config.yaml").read_text(encoding="utf-8-sig"), RunConfig) or {}
-    except (OSError, YamlError) as exc:
-        raise ModelLoadError(f"{path / 'config.yaml'}: cannot read run config ({exc})") from None
-    model = cfg.get("model") or {}
-    base = str(model.get("base") or "tiny")
-    base_path = Path(base).expanduser()
-    if not base_path.is_absolute() and (path / base_path).exists():
-        base = str((path / base_path).resolve())
-    run = RunFolder(path=path, base=base, allow_pickle=bool(model.get("allow_pickle", False)),
-                    revision=model.get("revision"), variant=model.get("variant"),
-                    prediction_type=model.get("prediction_type"))
-    if (path / "model" / "model_index.json").is_file():
-        run.model_dir = path / "model"
-    lora = path / "lora" / LORA_WEIGHTS_NAME
-    if lora.is_file():
-        run.lora_file = lora
-    learned = (cfg.get("train") or {}).get("textual_inversion") or {}
-    if learned.get("token"):
-        from sdtune.models.embeddings import EMBEDDINGS_DIR, embedding_file_name
-
-        run.token = str(learned["token"])
-        embedding = path / EMBEDDINGS_DIR / embedding_file_name(run.token)
-        run.embedding_file = embedding if embedding.is_file() else None
-    for i, entry in enumerate(model.get("adapters") or []):  # LoRAs it trained on unfused (model.adapters)
-        raw = Path(str(entry["path"])).expanduser()
-        run.stack.append(Adapter(path=resolve_adapter_file(raw if raw.is_absolute() else path / raw, run.allow_pickle),
-                                 weight=float(entry.get("weight", 1.0)), name=str(entry.get("name") or f"frozen{i}")))
-    if (path / ADAPTERS_FILE).is_file():
-        run.stack += _read_stack(path / ADAPTERS_FILE, run.allow_pickle)
-    return run
-
-
-def _read_stack(file: Path, allow_pickle: bool) -> list[Adapter]:
-    try:
-        entries = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{file}: cannot read adapter stack ({exc})") from None
-    if isinstance(entries, dict):
-        entries = entries.get("adapters", [])
-    stack = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise ModelLoadError(f"{file}: entry {i} needs at least a 'path' (and optional 'name', 'weight')")
-        raw = Path(str(entry["path"])).expanduser()
-        raw = raw if raw.is_absolute() else (file.parent / raw)
-        stack.append(Adapter(path=resolve_adapter_file(raw, allow_pickle), weight=float(entry.get("weight", 1.0)),
-                             name=str(entry.get("name") or f"stack{i}")))
-    return stack
-
-
-def resolve_adapter_file(path: str | Path, allow_pickle: bool = False) -> Path:
-    """Find the LoRA weights file behind a run folder, a LoRA folder, or a weights file."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelLoadError(f"LoRA {path} does not exist: pass a run folder, a LoRA folder or a .safetensors file")
-    candidates = [p, p / "lora" / LORA_WEIGHTS_NAME, p / LORA_WEIGHTS_NAME]
-    if p.is_dir():
-        candidates += sorted(p.glob("*.safetensors"))
-    for c in candidates:
-        if c.is_file():
-            check_weights_file(c, allow_pickle)
-            return c.resolve()
-    raise ModelLoadError(
-        f"no LoRA weights at {p}: pass a run folder (with lora/{LORA_WEIGHTS_NAME}), a LoRA folder, or a "
-        ".safetensors file"
-    )
 
 
 def parse_adapter_spec(spec: str) -> tuple[str, float]:
@@ -183,11 +77,15 @@ def load_for_inference(ref: str, adapters: list[tuple[str, float]] | None = None
         allow_pickle = allow_pickle or run.allow_pickle
         if run.model_dir is not None:
             pipe = load_pipeline(str(run.model_dir), allow_pickle=allow_pickle)
-        elif run.lora_file is not None or run.stack or run.embedding_file is not None:
+        elif run.lora_file is not None or run.stack or run.embedding_file is not None or run.lycoris_file:
             pipe = load_pipeline(run.base, allow_pickle=allow_pickle, revision=run.revision, variant=run.variant)
             stack += run.stack
             if run.lora_file is not None:
                 stack.append(Adapter(run.lora_file, 1.0, "run"))
+            if run.lycoris_file is not None:  # LoHa / LoKr: no diffusers loader; merged as ComfyUI merges it
+                from sdtune.models.lycoris import merge_comfyui
+
+                merge_comfyui(pipe.unet, family_of_pipeline(pipe).text_of(pipe)[1], run.lycoris_file)
         else:
             progress = run_progress(ref)
             what = f"embeddings/{run.token}.safetensors" if run.token else f"model/ nor lora/{LORA_WEIGHTS_NAME}"

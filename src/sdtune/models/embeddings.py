@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from sdtune.errors import ConfigError, ModelLoadError
+from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name  # noqa: F401 - the run folder's layout
 
-EMBEDDINGS_DIR = "embeddings"
 SDXL_PARTS = ("clip_l", "clip_g")  # AUTOMATIC1111 / ComfyUI names of SDXL's two text encoders
 
 
@@ -85,13 +85,33 @@ def tokenizers(tokenizer: Any) -> list[Any]:
     return [tokenizer]
 
 
-def check_token(token: str, tokenizer: Any) -> None:
+def vector_tokens(token: str, num_vectors: int = 1) -> list[str]:
+    """The tokens of an embedding of ``num_vectors`` rows, named as diffusers' ``load_textual_inversion`` names them
+    (``token``, ``token_1``, ...), so that a prompt tokenizes alike in training and after loading."""
+    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
+def expand_prompt(prompt: str, tokenizer: Any) -> str:
+    """``prompt`` with each multi-vector token written out (``sks`` -> ``sks sks_1 sks_2``), as a diffusers
+    pipeline rewrites it before encoding (its own ``_maybe_convert_prompt``: training then sees what users' pipelines
+    see). A prompt without such a token is returned as is. SDXL's two tokenizers hold the same tokens: the first
+    decides."""
+    from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
+
+    first = tokenizers(tokenizer)[0]
+    if not any(name.endswith("_1") for name in getattr(first, "added_tokens_encoder", {})):
+        return prompt  # no multi-vector token: nothing to write out (the common case costs no tokenize)
+    return TextualInversionLoaderMixin._maybe_convert_prompt(None, prompt, first)
+
+
+def check_token(token: str, tokenizer: Any, num_vectors: int = 1) -> None:
     """Refuse a token diffusers would refuse to load (already a vocabulary entry) or could not find in a prompt."""
     for tok in tokenizers(tokenizer):
-        if token in tok.get_vocab():
-            raise ConfigError(f"train.textual_inversion.token={token!r} is already a token of the model's vocabulary, "
-                              "so diffusers' load_textual_inversion would refuse the embedding: choose another, e.g. "
-                              f"'<{token.strip('<>')}>' or 'sks'")
+        for name in vector_tokens(token, num_vectors):
+            if name in tok.get_vocab():
+                raise ConfigError(f"train.textual_inversion.token={token!r}: {name!r} is already a token of the "
+                                  "model's vocabulary, so diffusers' load_textual_inversion would refuse the "
+                                  f"embedding: choose another, e.g. '<{token.strip('<>')}>' or 'sks'")
 
 
 def initial_rows(tok: Any, embedding: torch.nn.Embedding, initializer: str) -> torch.Tensor:
@@ -107,22 +127,24 @@ def initial_rows(tok: Any, embedding: torch.nn.Embedding, initializer: str) -> t
 
 
 def add_learned_token(tokenizer: Any, text_encoder: torch.nn.Module, token: str, initializer: str | None,
-                      norm_limit: float | None = None) -> list[LearnedTokenEmbedding]:
+                      norm_limit: float | None = None, num_vectors: int = 1) -> list[LearnedTokenEmbedding]:
     """Add ``token`` to each tokenizer and wrap each encoder's token embedding (:class:`LearnedTokenEmbedding`).
 
     ``initializer``: the text whose embedding the token starts from (None: the token itself, as the tokenizer read
     it before it was added, so "sks" starts where the word "sks" was). ``norm_limit``: the longest the row may
-    grow, as a multiple of the longest row of the encoder's vocabulary (None: unlimited). Returns the wrappers, one
-    per encoder.
+    grow, as a multiple of the longest row of the encoder's vocabulary (None: unlimited). ``num_vectors``: rows per
+    token (:func:`vector_tokens`), each starting at the initializer's embedding. Returns the wrappers, one per
+    encoder.
     """
-    check_token(token, tokenizer)
+    check_token(token, tokenizer, num_vectors)
+    names = vector_tokens(token, num_vectors)
     wrappers = []
     for tok, model in zip(tokenizers(tokenizer), text_models(text_encoder), strict=True):
         base = model.get_input_embeddings()
-        rows = initial_rows(tok, base, initializer or token)
-        tok.add_tokens(token)
-        token_id = tok.convert_tokens_to_ids(token)
-        wrapper = LearnedTokenEmbedding(base, [token_id], rows.to(base.weight.device), norm_limit)
+        rows = initial_rows(tok, base, initializer or token).repeat(num_vectors, 1)
+        tok.add_tokens(names)
+        token_ids = [tok.convert_tokens_to_ids(name) for name in names]
+        wrapper = LearnedTokenEmbedding(base, token_ids, rows.to(base.weight.device), norm_limit)
         _replace_module(model, base, wrapper)
         wrappers.append(wrapper)
     return wrappers
@@ -147,17 +169,11 @@ def learned_wrapper(model: torch.nn.Module) -> LearnedTokenEmbedding:
 
 
 def learned_state(text_encoder: torch.nn.Module, token: str) -> dict[str, torch.Tensor]:
-    """The file's tensors: ``{token: (1, D)}`` (SD) or ``{"clip_l": (1, D1), "clip_g": (1, D2)}`` (SDXL), fp32."""
+    """The file's tensors: ``{token: (N, D)}`` (SD) or ``{"clip_l": (N, D1), "clip_g": (N, D2)}`` (SDXL), fp32;
+    N = the vectors per token."""
     rows = [learned_wrapper(model).rows().detach().float().cpu().contiguous()
             for model in text_models(text_encoder)]
     return {token: rows[0]} if len(rows) == 1 else dict(zip(SDXL_PARTS, rows, strict=True))
-
-
-def embedding_file_name(token: str) -> str:
-    """``<token>.safetensors`` with characters no file name takes replaced (AUTOMATIC1111 names the embedding after
-    its file, so the prompt word stays the token)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in token).strip(".") or "embedding"
-    return f"{safe}.safetensors"
 
 
 def save_embedding(folder: Path, text_encoder: torch.nn.Module, token: str) -> Path:
@@ -224,13 +240,42 @@ def verify_embedding_file(file: Path, tokenizer: Any, text_encoder: torch.nn.Mod
         parts = list(state) if len(state) == 1 else list(SDXL_PARTS)
         for tok, fresh, model, part in zip(tokenizers(tokenizer), tokenizers(fresh_tok), text_models(fresh_encoder),
                                            parts, strict=True):
-            ids, loaded_ids = tok(prompt).input_ids, fresh(prompt).input_ids
+            ids = tok(expand_prompt(prompt, tok)).input_ids  # as training tokenized it
+            loaded_ids = fresh(pipe.maybe_convert_prompt(prompt, fresh)).input_ids  # as the pipeline does
             if list(ids) != list(loaded_ids):
                 raise SdtuneError(f"{file}: {prompt!r} tokenizes to {list(loaded_ids)} after loading, {list(ids)} in "
                                   "training")
-            row = model.get_input_embeddings().weight[fresh.convert_tokens_to_ids(token)]
-            if not torch.equal(row.float().cpu(), state[part][0]):
-                raise SdtuneError(f"{file}: the row diffusers loaded for {token!r} is not the trained one")
+            names = vector_tokens(token, state[part].shape[0])
+            rows = model.get_input_embeddings().weight[[fresh.convert_tokens_to_ids(n) for n in names]]
+            if not torch.equal(rows.float().cpu(), state[part]):
+                raise SdtuneError(f"{file}: the rows diffusers loaded for {token!r} are not the trained ones")
     finally:
         del pipe
     return f"loads with diffusers load_textual_inversion as the trained token {token!r} ({len(state)} encoder(s))"
+
+
+BUNDLE_PREFIX = "bundle_emb"  # AUTOMATIC1111's key prefix for embeddings carried inside a LoRA file
+
+
+def bundle_state(file: Path) -> dict[str, torch.Tensor]:
+    """An embedding file's tensors as AUTOMATIC1111 reads them from a LoRA file (its Lora extension's
+    ``bundle_emb.<name>.<key>``; the name is the prompt word): SD ``bundle_emb.<token>.string_to_param.*`` (N, D),
+    SDXL ``bundle_emb.<token>.clip_l`` / ``.clip_g``. The token is the one the file was saved with."""
+    stored, state = read_embedding(file)
+    token = stored or file.stem
+    if set(state) == set(SDXL_PARTS):
+        return {f"{BUNDLE_PREFIX}.{token}.{part}": state[part] for part in SDXL_PARTS}
+    if len(state) != 1:
+        raise ModelLoadError(f"{file}: not an embedding of one token ({sorted(state)})")
+    return {f"{BUNDLE_PREFIX}.{token}.string_to_param.*": next(iter(state.values()))}
+
+
+def unbundle(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """The embeddings bundled in a LoRA state dict, per token, in the embedding file's layout (the inverse of
+    :func:`bundle_state`: ``{token: {token: (N, D)}}`` or ``{token: {"clip_l": ..., "clip_g": ...}}``)."""
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith(f"{BUNDLE_PREFIX}."):
+            token, _, part = key[len(BUNDLE_PREFIX) + 1:].partition(".")
+            found.setdefault(token, {})[token if part.startswith("string_to_param") else part] = value
+    return found

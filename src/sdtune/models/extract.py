@@ -211,14 +211,11 @@ def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, c
     run_dir = Path(run_dir)
     if not (run_dir / "model" / "model_index.json").is_file():
         raise SdtuneError(f"{run_dir} has no full model (model/); extraction needs a full fine-tune run")
-    from sdtune.config import read_yaml
+    from sdtune.run_folder import read_run
 
-    data = read_yaml(run_dir / "config.yaml")
-    if (data.get("train") or {}).get("lora") is not None:
+    run = read_run(run_dir)  # the one reader of a run folder (resolves a base relative to the run)
+    if run.trains_lora:
         raise SdtuneError(f"{run_dir} is a LoRA run: its LoRA is already in {run_dir / 'lora'}")
-    from sdtune.inference.pipeline import read_run
-
-    run = read_run(run_dir)  # the one reader of a run's base model (resolves a base relative to the run)
     return extract_lora(run.base, str(run_dir / "model"), out_dir or run_dir / "lora", rank,
                         conv=conv, allow_pickle=run.allow_pickle, revision=run.revision, variant=run.variant,
                         check=check)

@@ -259,3 +259,40 @@ def family_of_source(source: str, revision: str | None = None, local_files_only:
     except Exception:  # noqa: BLE001 - unreadable here: the loader reports it with the whole story
         return SD
     return family_of_index(json.loads(Path(index).read_text(encoding="utf-8")))
+
+
+def base_generation(source: str, revision: str | None = None, local_files_only: bool = True) -> tuple[str, str | None]:
+    """``("sd1" | "sd2" | "sdxl", the scheduler's prediction_type or None)`` of a resolved model reference, from
+    configs or tensor names only. What other tools call the base's version (kohya's ``--v2``, AUTOMATIC1111's
+    ``is_sd2``): SD 2.x has the OpenCLIP ViT-H text encoder, so its UNet's cross-attention is 1024 wide (SD 1.x:
+    768; SDXL: 2048, told by its second text encoder). A reference whose configs cannot be read here is "sd1"."""
+    import json
+
+    path = Path(source)
+
+    def config(name: str) -> dict:
+        try:
+            if path.is_dir():
+                file = path / name
+            else:
+                from huggingface_hub import hf_hub_download
+
+                file = Path(hf_hub_download(source, name, revision=revision, local_files_only=local_files_only))
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except Exception:  # noqa: BLE001 - a config we cannot read says nothing; the defaults stand
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    if family_of_source(source, revision, local_files_only) is SDXL:
+        kind = "sdxl"
+    elif path.is_file():
+        kind = "sd1"
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as handle:  # SD 2.x checkpoints hold OpenCLIP: cond_stage_model.model.*
+                kind = "sd2" if any(k.startswith("cond_stage_model.model.") for k in handle.keys()) else "sd1"
+    else:
+        kind = "sd2" if config("unet/config.json").get("cross_attention_dim") == 1024 else "sd1"
+    prediction = None if path.is_file() else config("scheduler/scheduler_config.json").get("prediction_type")
+    return kind, prediction

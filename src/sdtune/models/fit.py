@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sdtune.errors import ModelLoadError, SdtuneError
+from sdtune.run_folder import is_run_folder
 
 
 def run_of(lora_file: Path) -> Path | None:
@@ -22,7 +23,7 @@ def run_of(lora_file: Path) -> Path | None:
     lora_file = Path(lora_file).resolve()
     for folder in (lora_file.parent.parent, lora_file.parent) if lora_file.parent.name == "lora" else \
             (lora_file.parent,):
-        if (folder / "config.yaml").is_file():
+        if is_run_folder(folder):
             return folder
     return None
 
@@ -32,7 +33,7 @@ def trained_base(lora_file: Path) -> str | None:
     run = run_of(lora_file)
     if run is None:
         return None
-    from sdtune.inference.pipeline import read_run
+    from sdtune.run_folder import read_run
 
     try:
         return read_run(run).base

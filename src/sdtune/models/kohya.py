@@ -162,18 +162,57 @@ def to_kohya(layers: list[LoraLayer], dtype: torch.dtype = torch.float32,
     return state
 
 
+# kohya sd-scripts' names of a LoRA's base (``ss_base_model_version``) and Stability's model spec architecture
+BASE_VERSIONS = {"sd1": ("sd_v1", "stable-diffusion-v1"), "sd2": ("sd_v2", "stable-diffusion-v2-512"),
+                 "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base")}
+
+
+def base_metadata(generation: str, prediction_type: str | None = None, *, title: str | None = None,
+                  resolution: int | None = None) -> dict[str, str]:
+    """The metadata that tells other tools which base a LoRA is for, as kohya sd-scripts writes it.
+
+    AUTOMATIC1111 files a LoRA as SDXL when ``ss_base_model_version`` starts with ``sdxl_``, as SD 2 when ``ss_v2``
+    is ``"True"``, else as SD 1, and hides it while a model of another version is loaded; SD.Next and Forge also
+    read ``modelspec.architecture``. ``generation``: ``sd1`` | ``sd2`` | ``sdxl`` (``family.base_generation``);
+    ``prediction_type``: the objective trained (``v_prediction`` adds kohya's ``_v``, as on SD 2.x 768).
+    """
+    version, architecture = BASE_VERSIONS[generation]
+    v_prediction = prediction_type == "v_prediction"
+    if generation != "sdxl":
+        version += "_v" if v_prediction else ""
+        architecture = "stable-diffusion-v2-768-v" if generation == "sd2" and v_prediction else architecture
+    meta = {"ss_v2": str(generation == "sd2"), "ss_base_model_version": version,
+            "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{architecture}/lora",
+            # kohya: an SDXL LoRA uses Stability's module names, an SD 1/2 LoRA diffusers'
+            "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if generation == "sdxl"
+            else "diffusers",
+            "modelspec.prediction_type": "v" if v_prediction else "epsilon"}
+    if title:
+        meta["modelspec.title"] = title
+    if resolution:
+        meta["modelspec.resolution"] = f"{resolution}x{resolution}"
+    return meta
+
+
 def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
-                 check: Callable[[Path], None] | None = None, sdxl: bool | None = None) -> Path:
+                 check: Callable[[Path], None] | None = None, sdxl: bool | None = None,
+                 base: dict[str, str] | None = None, bundle: dict[str, torch.Tensor] | None = None) -> Path:
     """Convert a diffusers-format LoRA file to a kohya-format ``.safetensors`` file.
 
-    Written under a temporary name; ``check(tmp)`` (e.g. a load-and-compare verification) may raise, and then no
-    file is left behind: a file under ``out_file`` is always complete and checked.
+    ``base``: :func:`base_metadata` of the model it was trained on (default: SDXL when it has a second text
+    encoder or ``sdxl``, else SD 1, epsilon). Written under a temporary name; ``check(tmp)`` (e.g. a load-and-compare
+    verification) may raise, and then no file is left behind: a file under ``out_file`` is always complete and
+    checked. ``bundle``: embeddings to carry in the file (``models.embeddings.bundle_state``, fp32), added after
+    ``check`` has passed on the LoRA alone (diffusers' ``load_lora_weights`` refuses keys without ``lora``) and read
+    back bitwise before the rename.
     """
     from safetensors.torch import save_file
 
     if dtype not in DTYPES:
         raise SdtuneError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     layers = read_diffusers_lora(Path(lora_file))
+    if sdxl is None:
+        sdxl = any(layer.component == "text_encoder_2" for layer in layers)
     state = to_kohya(layers, DTYPES[dtype], sdxl)
     ranks = sorted({layer.rank for layer in layers})
     alphas = sorted({round(layer.scale * layer.rank, 6) for layer in layers})
@@ -182,6 +221,7 @@ def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
         "ss_network_dim": str(ranks[-1]),
         "ss_network_alpha": str(alphas[-1] if len(alphas) == 1 else "Dynamic"),
         "sdtune_source": str(lora_file),
+        **(base or base_metadata("sdxl" if sdxl else "sd1", title=Path(out_file).stem)),
     }
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +230,13 @@ def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
         save_file(state, str(tmp), metadata=metadata)
         if check is not None:
             check(tmp)
+        if bundle:
+            from safetensors.torch import load_file
+
+            save_file({**state, **bundle}, str(tmp), metadata=metadata)
+            back = load_file(str(tmp))
+            if not all(torch.equal(back[key], value) for key, value in bundle.items()):
+                raise SdtuneError(f"{out_file}: the bundled embedding did not read back as written")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

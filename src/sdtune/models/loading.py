@@ -15,8 +15,9 @@ from typing import Any
 from sdtune.errors import ModelLoadError
 from sdtune.models.family import SD, Family, family_of_source
 from sdtune.models.presets import PRESETS, is_preset, preset_path
+from sdtune.models.quiet import quiet_weight_loading as _quiet_weight_loading
+from sdtune.run_folder import PICKLE_SUFFIXES, check_weights_file
 
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 BUILT_IN = ", ".join(PRESETS)  # for messages: every built-in model, from the one list in models/presets.py
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -50,15 +51,6 @@ def _no_such_path(ref: str) -> ModelLoadError:
     close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)  # typos only: not /tmp/cost for nonexist
     hint = f"; did you mean {' or '.join(str(parent / c) for c in close)}?" if close else ""
     return ModelLoadError(f"model path {ref} does not exist: no such folder or file{hint}")
-
-
-def _quiet_weight_loading() -> None:
-    """Per-file 'Loading weights' bars say nothing to a user; download bars (huggingface_hub) stay."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.disable_progress_bar()
 
 
 @dataclass
@@ -147,15 +139,6 @@ def _local_files_only(source: str) -> bool:
         return True
 
 
-def check_weights_file(path: Path, allow_pickle: bool) -> None:
-    """Refuse a pickle-format weights file unless explicitly allowed."""
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise ModelLoadError(
-            f"{path} is a pickle-format file, which can run arbitrary code when loaded. Convert it to "
-            "safetensors, or if you trust its source set model.allow_pickle=true."
-        )
-
-
 def _refuse_pickle_only_folder(path: Path, allow_pickle: bool) -> None:
     """A diffusers folder whose weights exist only as pickle files is refused unless allowed."""
     if path.is_dir() and not allow_pickle:
@@ -188,6 +171,14 @@ def model_family(ref: str, revision: str | None = None) -> Family:
     """The family (SD 1/2 or SDXL) of a model reference, from its configs or tensor names only."""
     source = resolve_model_ref(ref)
     return family_of_source(source, revision, local_files_only=_local_files_only(source))
+
+
+def model_generation(ref: str, revision: str | None = None) -> tuple[str, str | None]:
+    """("sd1" | "sd2" | "sdxl", its scheduler's prediction_type) of a model reference (``family.base_generation``)."""
+    from sdtune.models.family import base_generation
+
+    source = resolve_model_ref(ref)
+    return base_generation(source, revision, local_files_only=_local_files_only(source))
 
 
 def load_vae(ref: str, *, revision: str | None = None, allow_pickle: bool = False) -> Any:

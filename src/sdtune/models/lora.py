@@ -23,8 +23,9 @@ import torch
 
 from sdtune.atomic import umask_mode
 from sdtune.config import LoraConfig as LoraSettings
+from sdtune.run_folder import LORA_WEIGHTS_NAME
 
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_WEIGHTS = LORA_WEIGHTS_NAME  # the run folder's RUN/lora/<this>
 
 # LoraConfig fields written to the file (all in peft >= 0.9). Others are left out; one that would change the
 # loaded model if set (bias, fan_in_fan_out, ...) is refused instead of silently dropped.
@@ -37,15 +38,10 @@ _CLIP_TRANSFORMER_CHILDREN = ("encoder.", "embeddings.", "final_layer_norm.")
 
 
 def peft_config(settings: LoraSettings, targets: list[str]):
-    from peft import LoraConfig
+    """peft's config of the run's adapter kind (``train.lora.kind``: ``sdtune.models.lora_variants.KINDS``)."""
+    from sdtune.models.lora_variants import kind_of
 
-    return LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.alpha if settings.alpha is not None else settings.rank,
-        lora_dropout=settings.dropout,
-        init_lora_weights="gaussian",
-        target_modules=targets,
-    )
+    return kind_of(settings).config(settings, targets)
 
 
 TRAINED_ADAPTER = "default"  # the name peft gives the adapter a run trains; frozen ones have their own
@@ -74,6 +70,7 @@ def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from sdtune.errors import ConfigError
+    from sdtune.models.lora_variants import is_trained_tensor, kind_of
 
     names = [name for name, _ in module.named_modules()]
     unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
@@ -88,8 +85,9 @@ def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]
     for layer in module.modules():  # adding an adapter activates it alone: keep the frozen ones on too
         if isinstance(layer, BaseTunerLayer) and len(getattr(layer, "lora_A", {})) > 1:
             layer.set_adapter(list(layer.lora_A.keys()))  # (this marks them all trainable: undone below)
+    kind = kind_of(settings)
     for name, param in module.named_parameters():
-        param.requires_grad_("lora_" in name and f".{TRAINED_ADAPTER}." in name)
+        param.requires_grad_(is_trained_tensor(name, kind, TRAINED_ADAPTER))
 
 
 def load_frozen_adapters(unet: torch.nn.Module, text_encoder: torch.nn.Module,
@@ -167,8 +165,16 @@ def portable_metadata(config: dict) -> dict:
 
 
 def portable_text_encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Text-encoder LoRA keys under transformers 4 names (``text_model.encoder...``), whatever transformers ran."""
-    return {f"text_model.{k}" if k.startswith(_CLIP_TRANSFORMER_CHILDREN) else k: v for k, v in state.items()}
+    """Text-encoder LoRA keys under transformers 4 names (``text_model.encoder...``), whatever transformers ran.
+
+    A DoRA magnitude is written ``<layer>.lora_magnitude_vector.weight``: under peft's own name (no ``.weight``)
+    transformers' adapter loading leaves it out (measured, transformers 5.23: the text encoder loaded without its
+    trained magnitudes, outputs off by half the adapter's effect); the UNet loader takes either."""
+    def portable(key: str) -> str:
+        key = f"text_model.{key}" if key.startswith(_CLIP_TRANSFORMER_CHILDREN) else key
+        return f"{key}.weight" if key.endswith(".lora_magnitude_vector") else key
+
+    return {portable(k): v for k, v in state.items()}
 
 
 def write_lora_file(folder: Path, unet_state: dict[str, torch.Tensor] | None,

@@ -18,17 +18,17 @@ measurements without a download. They are built like ``tiny``, once, into the ca
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from sdtune.atomic import umask_mode
-from sdtune.models.real import REAL_PRESETS, REAL_VERSION
+from sdtune.models.real import REAL_VERSION
+from sdtune.models.tiny_tokenizer import build_tiny_tokenizer
+from sdtune.preset_names import PRESETS, REAL_PRESETS
 
 PRESET_VERSION = 1
-PRESETS = ("tiny", "tiny-v", "tiny-xl", "toy", *REAL_PRESETS)
 
 TINY_RESOLUTION = 32  # pixels; the VAE halves it once, so latents are 16x16
 
@@ -61,6 +61,7 @@ def preset_path(name: str) -> Path:
     target = cache_root() / f"{name}-v{version}"
     if (target / "model_index.json").exists():
         return target
+    check_preset_cache(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
@@ -84,48 +85,21 @@ def preset_path(name: str) -> Path:
     return target
 
 
-def _byte_symbols() -> list[str]:
-    """The 256 printable stand-ins byte-level BPE uses for raw bytes (printable bytes map to themselves)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+def check_preset_cache(name: str) -> None:
+    """Refuse in one line when the built-in model ``name`` is not built yet and its cache cannot be written.
 
-
-def _byte_level_vocab() -> tuple[dict[str, int], list[str]]:
-    """A character-level CLIP BPE vocabulary: every byte symbol, alone and word-final, plus a few merges.
-
-    transformers' CLIPTokenizer needs a vocab and merges file; without a hub we write our own. Words become
-    characters, which is all a random tiny model needs.
+    Commands call it before anything else loads (and :func:`preset_path` before building), so an unwritable
+    ``SDTUNE_CACHE`` is named instead of ending a run in a ``PermissionError`` traceback.
     """
-    symbols = _byte_symbols()
-    tokens = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
-    for word in ("a", "photo", "of", "sks", "person", "dog", "the"):
-        if len(word) < 2:
-            continue
-        current = word[0]
-        for i, ch in enumerate(word[1:], start=1):
-            nxt = ch + ("</w>" if i == len(word) - 1 else "")
-            merges.append(f"{current} {nxt}")
-            current = current + nxt
-            if current not in tokens:
-                tokens.append(current)
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    return vocab, list(dict.fromkeys(merges))
+    if name not in PRESETS or name == "toy":
+        return
+    version = REAL_VERSION if name in REAL_PRESETS else PRESET_VERSION
+    if (cache_root() / f"{name}-v{version}" / "model_index.json").exists():
+        return
+    from sdtune.writable import check_writable
 
-
-def build_tiny_tokenizer(folder: Path | None = None):
-    """Write a CLIP tokenizer's files into ``folder`` (or a temp dir) and load it from there."""
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder or tempfile.mkdtemp(prefix="sdtune-tok-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = _byte_level_vocab()
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    # transformers 5 ignores vocab_file=/merges_file= keywords: pass positional paths.
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    check_writable(cache_root(), "SDTUNE_CACHE", f"the built-in model '{name}' is built there on first use; set "
+                   "SDTUNE_CACHE to a writable folder or fix its permissions")
 
 
 def _tiny_unet(**extra):

@@ -29,17 +29,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from sdtune.preset_names import REAL_PRESETS
+
 REAL_VERSION = 1
 SEED = 20_241_130
 
-
-# preset name -> (config folder under assets/real, preset whose weight files it shares or None)
-REAL_PRESETS: dict[str, tuple[str, str | None]] = {
-    "real-sd15": ("sd15", None),
-    "real-sd2-base": ("sd2-base", None),
-    "real-sd2-768": ("sd2-768", "real-sd2-base"),
-    "real-sdxl": ("sdxl", None),
-}
 
 # hub ids of the ready configs -> the preset with their architecture (for gpu_check and tests)
 REAL_PRESET_FOR_BASE: dict[str, str] = {
@@ -133,10 +127,10 @@ def write_real_preset(name: str, folder: Path, shared_from: Path | None = None) 
     """
     import diffusers
 
-    from sdtune.models.loading import _quiet_weight_loading
-    from sdtune.models.presets import build_tiny_tokenizer
+    from sdtune.models.quiet import quiet_weight_loading
+    from sdtune.models.tiny_tokenizer import build_tiny_tokenizer
 
-    _quiet_weight_loading()
+    quiet_weight_loading()
     sdxl = (configs_path(name) / "text_encoder_2").is_dir()
     for tokenizer in ("tokenizer", "tokenizer_2") if sdxl else ("tokenizer",):
         build_tiny_tokenizer(folder / tokenizer).save_pretrained(str(folder / tokenizer))

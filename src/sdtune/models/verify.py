@@ -409,7 +409,7 @@ def file_checker(consumers: Sequence[str], base: dict[str, Any], *, source: Path
 
 def run_base(run_dir: Path) -> dict[str, Any]:
     """How to load a run folder's base model, as keyword arguments of :func:`verify_lora_file`."""
-    from sdtune.inference.pipeline import read_run
+    from sdtune.run_folder import read_run
 
     info = read_run(run_dir)
     return {"base": info.base, "allow_pickle": info.allow_pickle, "revision": info.revision, "variant": info.variant}

@@ -1,74 +1,66 @@
-"""``sdtune personalize``: one LoRA per person, all on the same concept model, spread over processes.
+"""``sdtune personalize``: one LoRA per person, all on the same concept model, each person a task on Ray.
 
-Scale comes from the launcher, not from a scheduler of ours: under ``torchrun`` / ``accelerate launch`` with N
-processes, process ``r`` takes subjects ``r, r+N, r+2N, ...`` of the CSV, trains them one after another on its
-own device, and process 0 writes the summary once every process is done (a barrier, then the subjects' result
-files). Without a launcher one process takes them all.
+Scale comes from an engine, not from a scheduler of ours (:mod:`sdtune.engine`): every person is one unit of
+work, ``sdtune train OUT/<name>/config.yaml`` in a child process, scheduled as a Ray task that starts as soon as a
+slot (``--gpus-per-person``, ``--cpus-per-person``) frees up, on this machine's embedded Ray or on a cluster
+(``--address`` / ``RAY_ADDRESS``). A person whose process or worker dies is retried (``--retries``) and resumes
+from its newest checkpoint, exactly; a person with bad photos fails alone and the others go on.
 
-Each subject trains in a child process (``python -m sdtune train OUT/<name>/config.yaml``) with the launcher's
-distributed variables removed and, on GPUs, only its process's device visible. Why not in this process:
-``train`` builds an ``Accelerator``, which under a launcher would join the process group and make the subjects
-of different processes one data-parallel run (gradients averaged across people), and whose ``end_training``
-destroys the group the final barrier needs. A child also gives every subject fresh memory and isolates
-crashes: a subject that fails (bad photos, out of memory, a segfault) is reported in the summary and the
-others go on. The cost, a few seconds of start-up per subject, is small next to minutes of training.
+Everything that can be known before training is checked first, one line each: the CSV (names, photo folders),
+each token against the concept's tokenizer, each person's photos, the cluster address. Then the concept LoRA is
+fused once and each class's prior images are drawn once (shared by the people of that class).
 
-Reruns resume: a finished subject is skipped, an interrupted one resumes from its latest checkpoint, a failed
-one is tried again.
+Reruns continue: a finished person is skipped, an interrupted one resumes from its latest checkpoint, a failed one
+is tried again. Ctrl-C or SIGTERM stops every person at a checkpoint and exits 130.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config, save_config
 from sdtune.errors import ConfigError, DataError, SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
-from sdtune.recipes.runs import (
-    ConceptRun,
-    concept_run,
-    read_metrics,
-    read_run_config,
-    run_state,
-    saved_config_changes,
-    write_stack_profile,
-)
+from sdtune.recipes.runs import ConceptRun, concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, write_summary
+from sdtune.run_folder import read_metrics, read_run_config
 
 DEFAULT_INSTANCE_PROMPT = "a photo of {token} {class}"
 DEFAULT_CLASS_PROMPT = "a photo of a {class}"
-# A process may finish its subjects hours before the others; the final barrier must wait for them.
-BARRIER_TIMEOUT = timedelta(days=7)
-# What a launcher sets to make a process part of a group; a subject's training process must not see it.
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-             "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "PMI_SIZE", "PMI_RANK",
-             "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_SIZE")
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class Scale:
+    """Where and how people train: the Ray cluster (None: an embedded local one, or ``RAY_ADDRESS``), resources per
+    person (``gpus`` None: 1 on a cluster with GPUs, else 0; fractions share a GPU), and retries after a crash.
+    ``num_gpus``/``num_cpus``: the embedded Ray's totals (default: this machine's; tests fake GPUs)."""
+
+    address: str | None = None
+    gpus: float | None = None
+    cpus: float = 1.0
+    retries: int = 2
+    num_gpus: float | None = None
+    num_cpus: float | None = None
 
 
 @dataclass
 class PersonalizeResult:
     out_dir: Path
-    rank: int
-    world: int
-    mine: list[SubjectOutcome] = field(default_factory=list)  # subjects this process handled
-    summary: list[SubjectOutcome] = field(default_factory=list)  # every subject (read after all processes ended)
+    summary: list[SubjectOutcome] = field(default_factory=list)  # every subject, in the CSV's order
     interrupted: bool = False
 
     def exit_code(self, strict: bool = False) -> int:
-        """130: stopped (rerun to resume); 3: some subjects failed and ``strict``; else 0. Same on every process.
+        """130: stopped (rerun to resume); 3: some subjects failed and ``strict``; else 0.
 
-        Failed subjects do not fail the run by default: they are reported in the summary, and under torchrun a
-        non-zero exit of one process makes the launcher kill the others and report the whole job as crashed.
+        Failed subjects do not fail the run by default: they are reported in the summary (a batch of hundreds of
+        people should not read as crashed because one had bad photos).
         """
         if self.interrupted or any(o.status in ("interrupted", "pending") for o in self.summary):
             return 130
@@ -168,170 +160,45 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
     return resolve_config(config_from_dict(data, source=f"(subject {subject.name})"))
 
 
-class Processes:
-    """This process's place among the launcher's processes (accelerate's ``PartialState``; gloo, no GPU use)."""
 
-    def __init__(self) -> None:
-        self.state: Any = None
-        self.rank, self.world, self.local_rank = 0, 1, 0
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
-
-            self.state = PartialState(cpu=True, timeout=BARRIER_TIMEOUT)
-            self.rank, self.world = self.state.process_index, self.state.num_processes
-            self.local_rank = self.state.local_process_index
-
-    def barrier(self) -> None:
-        if self.state is not None:
-            self.state.wait_for_everyone()
-
-    def broadcast(self, value: Any) -> Any:
-        if self.state is None:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        box = [value]
-        broadcast_object_list(box, from_process=0)
-        return box[0]
-
-    def close(self) -> None:
-        if self.state is not None:
-            self.state.destroy_process_group()  # torchrun reports a failure otherwise
-
-
-def child_env(local_rank: int, distributed: bool) -> dict[str, str]:
-    """The environment of a subject's training process: no launcher variables; one device per process."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and not k.startswith("TORCHELASTIC_")}
-    if distributed:
-        import torch
-
-        if torch.cuda.is_available():
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            ids = [d for d in visible.split(",") if d.strip()] if visible else \
-                [str(i) for i in range(torch.cuda.device_count())]
-            env["CUDA_VISIBLE_DEVICES"] = ids[local_rank % len(ids)]
-    return env
-
-
-class StopFlag:
-    """SIGINT/SIGTERM: pass the signal once to the running child (it saves a checkpoint), start no new subject.
-
-    Children run in their own session, so a terminal's Ctrl-C reaches them only through here: a second copy of
-    the signal would make the trainer stop without saving.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.child: subprocess.Popen | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay with whoever owns them
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.requested = True
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _error_from_log(log: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "training failed (no log)"
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    return errors[-1] if errors else " / ".join(lines[-3:])
-
-
-def train_subject(subject: Subject, cfg: RunConfig, procs: Processes, stop: StopFlag, concept: ConceptRun,
-                  echo: Callable[[str], None] = print) -> SubjectOutcome:
-    """Train (or skip, or resume) one subject in a child process; never raises for the subject's own problems."""
-    from sdtune.data.check_before_train import check_training_data
-
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lora = str(run_dir / "lora" / LORA_WEIGHTS)
-    outcome = SubjectOutcome(subject.name, "failed", process=procs.rank, output="")
-    state = run_state(run_dir)
-    if state != "new":
-        changed = saved_config_changes(run_dir, cfg)
-        if changed:
-            outcome.note = (f"trained earlier with another config (changed: {', '.join(changed[:4])}); delete "
-                            f"{run_dir} to train it again")
-            outcome.save(run_dir)
-            return outcome
-    if state == "finished":
-        metrics = read_metrics(run_dir) or {}
-        previous = SubjectOutcome.load(run_dir, subject.name)
-        outcome = SubjectOutcome(subject.name, "finished", metrics.get("steps"), metrics.get("final_loss"),
-                                 previous.seconds if previous.status == "finished" else metrics.get("seconds"),
-                                 lora, procs.rank, "finished earlier: skipped")
-        write_stack_profile(run_dir, concept, own_name=subject.name)
-        outcome.save(run_dir)
-        return outcome
-    try:
-        check_training_data(cfg)
-    except DataError as exc:
-        outcome.note = re.sub(r":?\s*\n\s*", "; ", str(exc).strip())  # one line, no stray ':;'
-        outcome.save(run_dir)
-        echo(f"[process {procs.rank}] {subject.name}: bad training data, skipped: {outcome.note}")
-        return outcome
-    save_config(cfg, run_dir / "config.yaml")
-    command = [sys.executable, "-m", "sdtune", "train", str(run_dir / "config.yaml")]
-    if state == "interrupted":
-        command += ["--resume", "latest"]
-    echo(f"[process {procs.rank}] {subject.name}: {'resuming' if state == 'interrupted' else 'training'} "
-         f"(log: {run_dir / 'train.log'})")
-    started = time.time()
-    with open(run_dir / "train.log", "a", encoding="utf-8") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
-        log.flush()
-        stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                      env=child_env(procs.local_rank, procs.state is not None))
-        if stop.requested:  # the signal came while the child was starting
-            stop.child.send_signal(signal.SIGTERM)
-        returncode = stop.child.wait()
-        stop.child = None
-    outcome.seconds = round(time.time() - started, 2)
-    after = run_state(run_dir)
-    if after == "finished":
-        metrics = read_metrics(run_dir) or {}
-        outcome.status, outcome.steps, outcome.final_loss = "finished", metrics.get("steps"), metrics.get("final_loss")
-        outcome.output = lora
-        outcome.note = "resumed from its latest checkpoint" if state == "interrupted" else ""
-        write_stack_profile(run_dir, concept, own_name=subject.name)
-    elif stop.requested and after == "interrupted":
-        outcome.status, outcome.note = "interrupted", "stopped: rerun to resume from its latest checkpoint"
-    else:
-        outcome.note = f"training exited with status {returncode}: {_error_from_log(run_dir / 'train.log')}"
-    outcome.save(run_dir)
-    echo(f"[process {procs.rank}] {subject.name}: {outcome.status} {outcome.note}".rstrip())
-    return outcome
-
-
-def prepare_shared(concept: Path, configs: list[RunConfig], echo: Callable[[str], None] = print) -> None:
-    """Process 0, before the split: fuse the concept LoRA if the concept has no full model yet, and generate
-    each class's prior images once (two processes filling one folder would race)."""
-    import torch
-
-    from sdtune.data.class_images import class_image_jobs, generate_for_run
-
+def fuse_concept(concept: Path, echo: Callable[[str], None] = print) -> ConceptRun:
+    """The concept's full model, fused from its LoRA once when it has none yet (every person trains on it)."""
     if not (concept / "model" / "model_index.json").is_file() and (concept / "lora" / LORA_WEIGHTS).is_file():
         from sdtune.config import load_config
         from sdtune.training.outputs import save_fused_model
 
         echo(f"fusing the concept LoRA into its base: {concept / 'model'}")
         save_fused_model(concept, load_config(concept / "config.yaml"))
-    concept_run(concept)  # a clear error now if it still has no model
+    return concept_run(concept)  # a clear error now if it still has no model
+
+
+def check_tokens(subjects: list[Subject], model: Path) -> None:
+    """Refuse tokens the concept's tokenizer splits into several pieces: the person would be learned as a mix of
+    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. One line each."""
+    from sdtune.data.captions import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(str(model))
+    except (SdtuneError, OSError, ValueError):
+        return  # no tokenizer files to read: training reports the model itself
+    problems = []
+    for subject in subjects:
+        pieces = tokenizer.tokenize(subject.token)
+        if len(pieces) > 1:
+            shown = ", ".join(p.replace("</w>", "") for p in pieces)
+            problems.append(f"{subject.name}: token '{subject.token}' splits into {len(pieces)} pieces ({shown}) in "
+                            "the concept's tokenizer; choose a rare single-piece token (e.g. sks, ohwx)")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def prepare_class_images(configs: list[RunConfig], echo: Callable[[str], None] = print) -> None:
+    """Generate each class's prior images once, here, before people start (two people filling one folder would
+    race); as ``sdtune train`` would make them: same base, dtype, revision."""
+    import torch
+
+    from sdtune.data.class_images import class_image_jobs, generate_for_run
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     wanted: dict[Path, tuple[RunConfig, str | list[str], int]] = {}
     for cfg in configs:
@@ -339,7 +206,6 @@ def prepare_shared(concept: Path, configs: list[RunConfig], echo: Callable[[str]
             if folder not in wanted or count > wanted[folder][2]:
                 wanted[folder] = (cfg, prompts, count)
     for folder, (cfg, prompts, count) in wanted.items():
-        # as `sdtune train` would make them: same base, dtype, revision
         made = generate_for_run(cfg, device, [(folder, prompts, count)])
         if made:
             label = prompts if isinstance(prompts, str) else f"{len(prompts)} prompts of the concept"
@@ -351,21 +217,91 @@ def _check_out_folder(out_dir: Path, subjects: list[Subject], configs: list[RunC
     every subject's folder a run folder (or new) that is not its own photos folder."""
     from sdtune.output_folders import check_group_folder, check_run_output
 
-    own = {s.name for s in subjects} | {"class-images", "summary.md"}
+    own = {s.name for s in subjects} | {"class-images", "summary.md", "personalize.log"}
     check_group_folder(out_dir, own, configs, "personalize output folder", "summary.csv", "--out",
                        "sdtune personalize")
     for cfg in configs:
         check_run_output(cfg)
 
 
+def _one_line(text: str) -> str:
+    return re.sub(r":?\s*\n\s*", "; ", str(text).strip())  # one line, no stray ':;'
+
+
+def _before_training(subject: Subject, cfg: RunConfig, concept: ConceptRun) -> SubjectOutcome | None:
+    """A person that needs no training (finished earlier) or cannot train (another config, bad photos): its
+    outcome, saved; None when it should train."""
+    from sdtune.data.check_before_train import check_training_data
+
+    run_dir = Path(cfg.output_dir)
+    state = run_state(run_dir)
+    previous = SubjectOutcome.load(run_dir, subject.name)
+    if state != "new":
+        changed = saved_config_changes(run_dir, cfg)
+        if changed:
+            outcome = SubjectOutcome(subject.name, "failed", note=f"trained earlier with another config (changed: "
+                                     f"{', '.join(changed[:4])}); delete {run_dir} to train it again")
+            outcome.save(run_dir)
+            return outcome
+    if state == "finished":
+        metrics = read_metrics(run_dir) or {}
+        outcome = SubjectOutcome(subject.name, "finished", metrics.get("steps"), metrics.get("final_loss"),
+                                 previous.seconds if previous.status == "finished" else metrics.get("seconds"),
+                                 str(run_dir / "lora" / LORA_WEIGHTS), previous.attempts, previous.node,
+                                 previous.device, "finished earlier: skipped", previous.extra)
+        write_stack_profile(run_dir, concept, own_name=subject.name)
+        outcome.save(run_dir)
+        return outcome
+    try:
+        check_training_data(cfg)
+    except DataError as exc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        outcome = SubjectOutcome(subject.name, "failed", note=_one_line(exc))
+        outcome.save(run_dir)
+        return outcome
+    return None
+
+
+def _final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: ConceptRun) -> SubjectOutcome:
+    """A trained (or stopped, or failed) person's outcome, from the engine's last word and its run folder."""
+    run_dir = Path(cfg.output_dir)
+    outcome = SubjectOutcome(subject.name, "failed", seconds=status.seconds, attempts=status.attempts,
+                             node=status.node, device=status.device)
+    state = run_state(run_dir)
+    if status.state == "finished" and state == "finished":
+        metrics = read_metrics(run_dir) or {}
+        outcome.status, outcome.steps, outcome.final_loss = "finished", metrics.get("steps"), metrics.get("final_loss")
+        outcome.output = str(run_dir / "lora" / LORA_WEIGHTS)
+        outcome.note = f"retried {status.attempts - 1}x, resumed from its latest checkpoint" \
+            if status.attempts > 1 else ""
+        write_stack_profile(run_dir, concept, own_name=subject.name)
+    elif status.state == "stopped":
+        outcome.status = "interrupted" if state == "interrupted" else "pending"
+        outcome.note = "stopped: rerun to resume from its latest checkpoint" if state == "interrupted" else \
+            "not started: stopped"
+    else:
+        outcome.note = _one_line(status.error or f"training exited with status {status.returncode}")
+        if status.attempts > 1:
+            outcome.note = f"after {status.attempts} attempts: {outcome.note}"
+    outcome.save(run_dir)
+    return outcome
+
+
 def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: Path | None = None,
                 stage: str = "person", overrides: list[str] | None = None, instance_prompt: str | None = None,
-                class_prompt: str | None = None, concept_prior: int | None = None,
-                echo: Callable[[str], None] = print) -> PersonalizeResult:
-    """Train every subject's LoRA on the concept model (this process's share of them); see the module doc.
+                class_prompt: str | None = None, concept_prior: int | None = None, scale: Scale | None = None,
+                echo: Callable[[str], None] = print, live: bool | None = None) -> PersonalizeResult:
+    """Train every subject's LoRA on the concept model, as Ray tasks; see the module doc.
 
     ``concept_prior``: class images of the concept's own prompts kept in every subject's prior (default: the
-    template stage's ``concept_prior``; 0 turns it off)."""
+    template stage's ``concept_prior``; 0 turns it off). ``live``: draw the live table (default: on a terminal).
+    """
+    from sdtune.stopping import STOP
+
+    scale = scale or Scale()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SdtuneError("sdtune personalize schedules people itself (on Ray): run it once, not under torchrun or "
+                          "accelerate launch; --address runs it on a Ray cluster (docs/scale.md)")
     subjects = read_subjects(Path(subjects_csv))
     concept = Path(concept).expanduser().resolve()
     if not (concept / "config.yaml").is_file():
@@ -380,37 +316,90 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
                               class_prompt=class_prompt, concept_prior=concept_prior, concept_preservation=keep)
                for s in subjects]
     _check_out_folder(out_dir, subjects, configs)
-    procs = Processes()
+    if scale.address or os.environ.get("RAY_ADDRESS"):
+        from sdtune.engine.ray_engine import check_address
+
+        check_address(scale.address or os.environ["RAY_ADDRESS"])  # before the concept is fused
+    info = fuse_concept(concept, echo)
+    check_tokens(subjects, info.model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ready = {}
+    outcomes: dict[str, SubjectOutcome] = {}
+    for subject, cfg in zip(subjects, configs, strict=True):
+        done = _before_training(subject, cfg, info)
+        if done is None:
+            ready[subject.name] = (subject, cfg)
+        else:
+            outcomes[subject.name] = done
+            if done.status == "failed":
+                echo(f"{subject.name}: not trained: {done.note}")
+    result = PersonalizeResult(out_dir)
+    if ready and not STOP.requested:
+        prepare_class_images([cfg for _, cfg in ready.values()], echo)
+        outcomes.update(_train_all(ready, info, out_dir, scale, echo, live))
+    for name, (_, cfg) in ready.items():
+        if name not in outcomes:  # stopped before its task was submitted
+            outcomes[name] = SubjectOutcome(name, "pending", note="not started: stopped")
+            outcomes[name].save(Path(cfg.output_dir))
+    result.interrupted = STOP.requested
+    result.summary = [outcomes[s.name] for s in subjects]
+    csv_path, md_path = write_summary(out_dir, result.summary)
+    echo(md_path.read_text(encoding="utf-8"))
+    echo(f"summary: {csv_path}")
+    return result
+
+
+def _train_all(ready: dict[str, tuple[Subject, RunConfig]], concept: ConceptRun, out_dir: Path, scale: Scale,
+               echo: Callable[[str], None], live: bool | None) -> dict[str, SubjectOutcome]:
+    """Submit every person to the engine and follow them until each is finished, failed or stopped."""
+    from sdtune.engine import Engine, Unit
+    from sdtune.recipes.personalize_view import Board
+    from sdtune.stopping import STOP
+
+    started = time.time()
+    engine = Engine(scale.address, num_gpus=scale.num_gpus, num_cpus=scale.num_cpus)
+    outcomes: dict[str, SubjectOutcome] = {}
+    grace = 600.0  # each person finishes its step and saves a checkpoint
     try:
-        problem = None
-        if procs.rank == 0:
-            try:
-                prepare_shared(concept, configs, echo)
-            except SdtuneError as exc:
-                problem = str(exc)
-        problem = procs.broadcast(problem)
-        if problem:
-            raise SdtuneError(problem)
-        info = concept_run(concept)
-        result = PersonalizeResult(out_dir, procs.rank, procs.world)
-        with StopFlag() as stop:
-            for index in range(procs.rank, len(subjects), procs.world):
-                subject, cfg = subjects[index], configs[index]
-                if stop.requested and run_state(Path(cfg.output_dir)) != "finished":
-                    pending = SubjectOutcome(subject.name, "pending", process=procs.rank, note="not started: stopped")
-                    pending.save(Path(cfg.output_dir))
-                    result.mine.append(pending)
-                    continue
-                result.mine.append(train_subject(subject, cfg, procs, stop, info, echo))
-            result.interrupted = stop.requested
-        procs.barrier()
-        result.summary = [SubjectOutcome.load(Path(cfg.output_dir), s.name) for s, cfg in zip(subjects, configs,
-                                                                                                strict=True)]
-        if procs.rank == 0:
-            csv_path, md_path = write_summary(out_dir, result.summary)
-            echo(md_path.read_text(encoding="utf-8"))
-            echo(f"summary: {csv_path}")
-        procs.barrier()  # nobody exits (and makes the launcher stop the others) before the summary is written
-        return result
+        resources = engine.resources
+        echo(f"Ray: {resources.get('GPU', 0):g} GPU, {resources.get('CPU', 0):g} CPU "
+             f"({'cluster ' + str(engine.address) if engine.address else 'local'}; started in "
+             f"{time.time() - started:.1f} s)")
+        handles: dict[str, str] = {}
+        with Board(list(ready), out_dir / "personalize.log", echo, live) as board:
+            for name, (_, cfg) in ready.items():
+                run_dir = Path(cfg.output_dir)
+                save_config(cfg, run_dir / "config.yaml")
+                unit = Unit(("train", str(run_dir / "config.yaml")), run_dir / "train.log", name, run_dir)
+                handles[name] = engine.submit(unit, gpus=scale.gpus, cpus=scale.cpus, retries=scale.retries)
+            by_handle = {h: n for n, h in handles.items()}
+            STOP.phase("stopping every person at a checkpoint", "quit: people stop where they are; rerun to resume "
+                       "from their latest checkpoints")
+            stopping = False
+            while True:
+                if STOP.requested and not stopping:
+                    stopping = True
+                    board.note("stopping: every person saves a checkpoint; rerun the same command to continue")
+                    for handle in handles.values():
+                        engine.cancel(handle)
+                for event in engine.events():
+                    where = f"{event.node} {event.device}".strip() if event.node else ""
+                    note = event.error if event.state in ("retrying", "failed") else ""
+                    board.change(by_handle[event.handle], event.state, where=where, attempts=event.attempts,
+                                 note=_one_line(note) if note else "")
+                statuses = {name: engine.status(handle) for name, handle in handles.items()}
+                for name, status in statuses.items():
+                    board.progress(name, status.step, status.steps, status.loss)
+                board.refresh()
+                if all(s.final for s in statuses.values()):
+                    break
+                time.sleep(POLL_SECONDS)
+        for name, status in statuses.items():
+            subject, cfg = ready[name]
+            outcomes[name] = _final_outcome(subject, cfg, status, concept)
+    except KeyboardInterrupt:  # a second Ctrl-C: quit now (Ray ends; each child dies with its worker)
+        grace = 0.0
+        raise
     finally:
-        procs.close()
+        engine.shutdown(grace=grace)
+    return outcomes

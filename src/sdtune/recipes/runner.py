@@ -25,15 +25,9 @@ from typing import Any
 from sdtune.atomic import atomic_write_json
 from sdtune.config import RunConfig
 from sdtune.errors import ConfigError, DataError, SdtuneError
-from sdtune.recipes.runs import (
-    concept_run,
-    read_json,
-    read_metrics,
-    run_state,
-    saved_config_changes,
-    write_stack_profile,
-)
+from sdtune.recipes.runs import concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.schema import Recipe, Stage, stage_configs
+from sdtune.run_folder import read_json, read_metrics
 
 MANIFEST = "manifest.json"
 
@@ -118,7 +112,7 @@ def _check_unchanged(name: str, cfg: RunConfig) -> None:
     from sdtune import typed_yaml
     from sdtune.config import dump_config
     from sdtune.config_resume import split_changes
-    from sdtune.recipes.runs import read_run_config
+    from sdtune.run_folder import read_run_config
 
     run_dir = Path(cfg.output_dir)
     changed = saved_config_changes(run_dir, cfg)

@@ -18,27 +18,9 @@ from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.config_resume import config_changes
 from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
+from sdtune.run_folder import ADAPTERS_FILE, has_checkpoints, read_run_config
 
 STACK_DIR = "stack"  # generation profile: original base + concept LoRA + this run's LoRA, each weighted
-ADAPTERS_FILE = "adapters.json"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    return read_json(Path(run_dir) / "metrics.json")
-
-
-def has_checkpoints(run_dir: Path) -> bool:
-    from sdtune.training.checkpoint import list_checkpoints
-
-    return bool(list_checkpoints(Path(run_dir) / "checkpoints"))
 
 
 def run_state(run_dir: Path) -> str:
@@ -49,17 +31,6 @@ def run_state(run_dir: Path) -> str:
     if run_progress(run_dir).finished:
         return "finished"
     return "interrupted" if has_checkpoints(run_dir) else "new"
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    from sdtune.config import RunConfig
-
-    path = Path(run_dir) / "config.yaml"
-    try:
-        data = typed_yaml.load(path.read_text(encoding="utf-8-sig"), RunConfig) or {}
-    except (OSError, typed_yaml.YamlError) as exc:
-        raise SdtuneError(f"{path}: cannot read the run's config ({exc})") from None
-    return data if isinstance(data, dict) else {}
 
 
 def saved_config_changes(run_dir: Path, cfg: Any) -> list[str]:

@@ -6,9 +6,10 @@
     alice,photos/alice,sks,woman
     bob,photos/bob,zwx,man
 
-``photos`` is a folder, relative to the CSV file's folder unless absolute. Each subject's outcome is written to
-``OUT/<name>/subject.json`` by the process that trained it; the summary is built from those files, so it is
-the same whichever process wrote them and survives reruns.
+``photos`` is a folder, relative to the CSV file's folder unless absolute. ``name`` becomes the subject's folder
+``OUT/<name>/``: names that differ only in case are refused (one folder on macOS and Windows disks). Each
+subject's outcome is written to ``OUT/<name>/subject.json`` by the process that trained it; the summary is built
+from those files, so it is the same whichever process wrote them and survives reruns.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from typing import Any
 
 from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.errors import ConfigError
-from sdtune.recipes.runs import read_json
+from sdtune.run_folder import read_json
 
 SUBJECT_FILE = "subject.json"
 COLUMNS = {"name": ("name", "subject"), "photos": ("photos", "folder", "instance_dir", "images"),
            "token": ("token", "instance_token"), "class": ("class", "class_name", "class_noun")}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-SUMMARY_FIELDS = ("subject", "status", "steps", "final_loss", "seconds", "output", "process", "note")
+SUMMARY_FIELDS = ("subject", "status", "steps", "final_loss", "seconds", "attempts", "node", "device", "output",
+                  "note")
+EVAL_FIELDS = ("fidelity", "composite", "picked_step")  # with --prompts: `sdtune pick`'s numbers per subject
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ def read_subjects(path: Path) -> list[Subject]:
             raise ConfigError(f"{path}: the header needs a '{key}' column (columns: name,photos,token,class; "
                               f"found: {', '.join(reader.fieldnames or []) or 'none'})")
         columns[key] = found
-    subjects, problems, seen = [], [], set()
+    subjects, problems = [], []
+    seen: dict[str, tuple[str, int]] = {}  # lower-cased name -> (name, line)
     for line, row in enumerate(reader, start=2):
         values = {key: (row.get(col) or "").strip() for key, col in columns.items()}
         if not any(values.values()):
@@ -71,11 +75,18 @@ def read_subjects(path: Path) -> list[Subject]:
         if not NAME.match(values["name"]):
             problems.append(f"line {line}: name '{values['name']}' must be letters, digits, '.', '_' or '-' (it "
                             "becomes a folder name)")
-        elif values["name"] in seen:
-            problems.append(f"line {line}: the name '{values['name']}' is used twice")
-        seen.add(values["name"])
+        elif (first := seen.get(values["name"].lower())) is not None:
+            problems.append(f"line {line}: the name '{values['name']}' is used twice (line {first[1]})"
+                            if first[0] == values["name"] else
+                            f"line {line}: the name '{values['name']}' differs from '{first[0]}' (line {first[1]}) "
+                            "only in case: on a case-insensitive disk (macOS, Windows) both are one folder; rename "
+                            "one")
+        seen.setdefault(values["name"].lower(), (values["name"], line))
         photos = Path(values["photos"]).expanduser()
         photos = photos if photos.is_absolute() else (path.parent / photos)
+        if not photos.is_dir():
+            problems.append(f"line {line}: the photo folder {photos} of '{values['name']}' "
+                            f"{'is a file' if photos.exists() else 'does not exist'}")
         subjects.append(Subject(values["name"], photos.resolve(), values["token"], values["class"]))
     if problems:
         raise ConfigError(f"{path}:\n  " + "\n  ".join(problems))
@@ -94,9 +105,11 @@ class SubjectOutcome:
     final_loss: float | None = None
     seconds: float | None = None
     output: str = ""
-    process: int | None = None
+    attempts: int = 0  # training attempts of the last personalize run (a retry after a crash is one more)
+    node: str = ""  # the machine that trained it last
+    device: str = ""  # cuda:N or cpu
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # EVAL_FIELDS with --prompts
 
     def save(self, run_dir: Path) -> None:
         atomic_write_json(Path(run_dir) / SUBJECT_FILE, asdict(self))
@@ -112,16 +125,26 @@ class SubjectOutcome:
     def row(self) -> dict[str, str]:
         loss = f"{self.final_loss:.4f}" if self.final_loss is not None else ""
         seconds = f"{self.seconds:.1f}" if self.seconds is not None else ""
-        return {"subject": self.subject, "status": self.status, "steps": "" if self.steps is None else str(self.steps),
-                "final_loss": loss, "seconds": seconds, "output": self.output,
-                "process": "" if self.process is None else str(self.process), "note": self.note}
+        row = {"subject": self.subject, "status": self.status, "steps": "" if self.steps is None else str(self.steps),
+               "final_loss": loss, "seconds": seconds, "attempts": str(self.attempts or ""), "node": self.node,
+               "device": self.device, "output": self.output, "note": self.note}
+        for key in EVAL_FIELDS:
+            value = self.extra.get(key)
+            row[key] = f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+        return row
+
+
+def _fields(outcomes: list[SubjectOutcome]) -> list[str]:
+    """The summary's columns: the eval ones only when some subject has them."""
+    evaluated = any(k in o.extra for o in outcomes for k in EVAL_FIELDS)
+    return [*SUMMARY_FIELDS[:-2], *(EVAL_FIELDS if evaluated else ()), *SUMMARY_FIELDS[-2:]]
 
 
 def summary_markdown(outcomes: list[SubjectOutcome]) -> str:
-    rows = [o.row() for o in outcomes]
-    lines = ["| " + " | ".join(SUMMARY_FIELDS) + " |", "|" + "---|" * len(SUMMARY_FIELDS)]
+    rows, fields = [o.row() for o in outcomes], _fields(outcomes)
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
     for row in rows:
-        cells = [row[f].replace("|", "\\|").replace("\n", " ") for f in SUMMARY_FIELDS]
+        cells = [row[f].replace("|", "\\|").replace("\n", " ") for f in fields]
         lines.append("| " + " | ".join(cells) + " |")
     done = sum(o.status == "finished" for o in outcomes)
     lines += ["", f"{done} of {len(outcomes)} subjects finished."]
@@ -131,7 +154,7 @@ def summary_markdown(outcomes: list[SubjectOutcome]) -> str:
 def write_summary(out_dir: Path, outcomes: list[SubjectOutcome]) -> tuple[Path, Path]:
     """``OUT/summary.csv`` and ``OUT/summary.md``: one row per subject, in the CSV's order."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_FIELDS))
+    writer = csv.DictWriter(buffer, fieldnames=_fields(outcomes), extrasaction="ignore")
     writer.writeheader()
     for outcome in outcomes:
         writer.writerow(outcome.row())

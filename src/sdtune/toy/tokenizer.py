@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from sdtune.models.presets import _byte_symbols
+from sdtune.models.tiny_tokenizer import _byte_symbols
 from sdtune.toy.world import vocabulary_corpus
 
 MAX_LENGTH = 32  # captions are under 20 tokens; a short context makes every toy model cheaper

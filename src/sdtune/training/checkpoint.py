@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -36,10 +35,11 @@ from safetensors.torch import load_file, save_file
 
 from sdtune.atomic import atomic_write_json, disk_full_as_error, replace_folder
 from sdtune.errors import SdtuneError
+from sdtune.run_folder import STATE_FILE, STEP_DIR, list_checkpoints, step_dir_name, step_of  # noqa: F401
 
-STEP_DIR = re.compile(r"^step-(\d{6,})$")
-STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"  # the run config this checkpoint was made with
+DATA_FILE = "data.json"  # what its data stream was built from (sdtune.data.stream_record)
+EVALUATED_FILE = "evaluated.safetensors"  # the EMA / schedule-free average, when it is not the trained weights
 
 
 @dataclass
@@ -51,19 +51,6 @@ class TrainerState:
     last_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # resumes of this trajectory and their changes
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
-    return [p for _, p in sorted(found)]
 
 
 def resolve_checkpoint(run_dir: Path, resume: str) -> Path | None:
@@ -159,10 +146,16 @@ def _torch_save(obj: Any, path: Path) -> None:
 
 def save_checkpoint(root: Path, state: TrainerState, modules: dict[str, torch.nn.Module], optimizer,
                     lr_scheduler, scaler=None, ema=None, keep: int = 3, config_text: str | None = None,
-                    keep_also: str | None = None) -> Path:
+                    keep_also: str | None = None, evaluated: dict[str, torch.Tensor] | None = None,
+                    data_record: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically and keep only the newest ``keep`` live ones (and ``keep_also``, by name).
 
-    ``config_text``: the run config (YAML) stored with it. Raises :class:`DiskFullError` (after removing the
+    ``evaluated``: the weights to evaluate at this step when they are not the trained ones (an EMA, schedule-free's
+    average; ``sdtune.training.eval_weights``), keyed as ``trainable.safetensors``: written as
+    ``evaluated.safetensors``, which checkpoint evaluation reads; resume reads the trained ones.
+
+    ``config_text``: the run config (YAML) stored with it; ``data_record``: what the data stream was built from
+    (``sdtune.data.stream_record``), compared on resume. Raises :class:`DiskFullError` (after removing the
     half-written folder) when the disk, a quota or a file size limit is full.
     """
     root.mkdir(parents=True, exist_ok=True)
@@ -172,7 +165,8 @@ def save_checkpoint(root: Path, state: TrainerState, modules: dict[str, torch.nn
         shutil.rmtree(tmp)
     weights = trainable_state(modules)
     optimizer_state = optimizer.state_dict()
-    needed = _tensor_bytes(weights) + _tensor_bytes(optimizer_state) + (_tensor_bytes(ema.state_dict()) if ema else 0)
+    needed = _tensor_bytes(weights) + _tensor_bytes(optimizer_state) + (_tensor_bytes(ema.state_dict()) if ema else 0) \
+        + _tensor_bytes(evaluated or {})
     newest = list_checkpoints(root)
     then = (f"continue with --resume latest (the newest complete checkpoint is {newest[-1].name})" if newest
             else "start the run again")
@@ -180,6 +174,8 @@ def save_checkpoint(root: Path, state: TrainerState, modules: dict[str, torch.nn
         with disk_full_as_error(f"checkpoint {final.name}", final, needed, then):
             tmp.mkdir()
             save_file(weights, str(tmp / "trainable.safetensors"))
+            if evaluated is not None:
+                save_file(evaluated, str(tmp / EVALUATED_FILE))
             _torch_save(optimizer_state, tmp / "optimizer.pt")
             _torch_save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
             if scaler is not None:
@@ -193,6 +189,8 @@ def save_checkpoint(root: Path, state: TrainerState, modules: dict[str, torch.nn
             save_file(rng, str(tmp / "rng.safetensors"))
             if config_text is not None:
                 (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+            if data_record is not None:
+                (tmp / DATA_FILE).write_text(json.dumps(data_record, ensure_ascii=False), encoding="utf-8")
             payload = asdict(state) | {"python_random": _python_rng_state()}
             (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")  # written last: the marker
             _fsync_tree(tmp)
@@ -214,11 +212,13 @@ def read_config(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def step_of(path: Path) -> int:
-    match = STEP_DIR.match(path.name)
-    if match is None:
-        raise SdtuneError(f"{path} is not named like a checkpoint (step-000123)")
-    return int(match.group(1))
+def read_data_record(path: Path) -> dict[str, Any] | None:
+    """What a checkpoint's data stream was built from (None for checkpoints made before it was recorded)."""
+    try:
+        data = json.loads((path / DATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("subsets"), list) else None
 
 
 def move_aside(root: Path, checkpoints: list[Path], folder: str, note: dict[str, Any]) -> Path:
@@ -252,6 +252,14 @@ def read_trainable_weights(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's trainable weights, keyed ``<module>.<param name>`` (``unet.``, ``text_encoder.``), as saved
     by :func:`save_checkpoint`. The one reader of them: resume and checkpoint evaluation both come here."""
     return load_file(str(Path(path) / "trainable.safetensors"))
+
+
+def read_evaluated_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights to evaluate at a checkpoint: ``evaluated.safetensors`` when the run kept an EMA or schedule-free's
+    average (what its outputs would hold at that step), else the trained ones. Same keys as
+    :func:`read_trainable_weights`."""
+    file = Path(path) / EVALUATED_FILE
+    return load_file(str(file)) if file.is_file() else read_trainable_weights(path)
 
 
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, scaler=None,

@@ -44,6 +44,7 @@ import torch
 from sdtune.config import RunConfig, TrainConfig
 from sdtune.errors import TrainingStopped
 from sdtune.training import checkpoint as ckpt
+from sdtune.training.optimizers import spec
 
 BLOWUP = 10.0  # a loss this many times that of predicting zero: the weights before the step are diverging
 
@@ -76,21 +77,25 @@ def lower_rates(train: TrainConfig, processes: int | None = None) -> tuple[list[
         factor = train.batch_size * train.gradient_accumulation_steps * (processes or int(os.environ.get(
             "WORLD_SIZE", "1")))
     effective = train.learning_rate * factor
-    low, high = USUAL_RATES[("unet", method)]
+    optimizer = spec(train.optimizer)  # Prodigy's rate scales its own estimate: its usual range is its own
+    low, high = optimizer.usual_rates or USUAL_RATES[("unet", method)]
     new_effective = min(effective / 10, high)
     scaled = f" (x{factor} by train.scale_lr: {_rate(effective)})" if factor != 1 else ""
     where = "within" if effective <= high else "above"
     overrides = [f"train.learning_rate={_rate(new_effective / factor)}"]
     reasons = [f"the learning rate {_rate(train.learning_rate)}{scaled} is too high for this run ({where} the "
-               f"usual {_rate(low)}..{_rate(high)} for {what} of Stable Diffusion)"]
+               f"usual {_rate(low)}..{_rate(high)} for {what} of Stable Diffusion"
+               f"{'' if optimizer.usual_rates is None else ' with ' + train.optimizer})"]
     if train.train_text_encoder:
-        te_low, te_high = USUAL_RATES[("text_encoder", method)]
+        te_low, te_high = optimizer.usual_rates or USUAL_RATES[("text_encoder", method)]
         te_now = train.text_encoder_lr if train.text_encoder_lr is not None else effective
         te_next = train.text_encoder_lr if train.text_encoder_lr is not None else new_effective  # None follows
         if train.text_encoder_lr is not None or te_next > te_high:
             overrides.append(f"train.text_encoder_lr={_rate(min(te_now / 10, te_high))}")
             reasons.append(f"the text encoder trains at {_rate(te_now)} (usual for {what}: {_rate(te_low)}.."
                            f"{_rate(te_high)})")
+    if train.optimizer != "adamw":
+        reasons.append(f"with train.optimizer={train.optimizer} the rate that fits is: {optimizer.rate_advice}")
     return overrides, reasons
 
 

@@ -30,8 +30,9 @@ class TrainResult:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def validate(cfg: RunConfig, accelerator, comps, trainables, ema, step: int, run_dir: Path, stop: Stop) -> bool:
-    """Validation images from the live modules, under the training's autocast, with the EMA weights when kept.
+def validate(cfg: RunConfig, accelerator, comps, trainables, view, step: int, run_dir: Path, stop: Stop) -> bool:
+    """Validation images from the live modules, under the training's autocast, with the evaluated weights (``view``:
+    an ``EvalWeights``; the EMA or schedule-free's average when kept) swapped in.
 
     False when a stop request cut it short (process 0 decides; the loop's next stop check tells the others).
     """
@@ -42,9 +43,9 @@ def validate(cfg: RunConfig, accelerator, comps, trainables, ema, step: int, run
 
         text_encoder = trainables.text_encoder if trainables.text_encoder is not None else comps.text_encoder
         try:
-            with on_device(accelerator.device, comps.vae, text_encoder):  # cached encoders were offloaded
+            with on_device(accelerator.device, comps.vae, text_encoder), view.swapped():  # cached encoders: offloaded
                 images = run_validation(cfg, comps, trainables.unet, text_encoder, step, run_dir / "samples",
-                                        autocast=accelerator.autocast, ema=ema, should_stop=lambda: stop.requested)
+                                        autocast=accelerator.autocast, should_stop=lambda: stop.requested)
             log_images(accelerator, images, step)
         except ValidationStopped:
             complete = False
@@ -72,32 +73,36 @@ def release_models(*modules: torch.nn.Module | None) -> None:
             module.to("meta")
 
 
-def _output_writers(cfg: RunConfig, run_dir: Path, trainables, ema, comps) -> list[tuple[str, Callable[[], Path]]]:
+def _output_writers(cfg: RunConfig, run_dir: Path, trainables, comps) -> list[tuple[str, Callable[[], Path]]]:
     """The final outputs in the order they are written (the fused model reads the written lora/)."""
     from sdtune.training import outputs
 
     unet, text_encoder = trainables.unet, trainables.text_encoder
-    if cfg.train.textual_inversion is not None:
+    embedding: list[tuple[str, Callable[[], Path]]] = []
+    if cfg.train.textual_inversion is not None:  # first: the LoRA writer below frees the live text encoder
         from sdtune.training.textual_inversion import save_embedding_output
 
-        return [("embedding", lambda: save_embedding_output(run_dir, cfg, comps.tokenizer, text_encoder))]
+        learned_in = text_encoder
+        embedding = [("embedding", lambda: save_embedding_output(run_dir, cfg, comps.tokenizer, learned_in))]
+        if cfg.train.lora is None:
+            return embedding
+        text_encoder = text_encoder if cfg.train.train_text_encoder else None  # pivotal: its rows are no LoRA
     if cfg.train.lora is None:
-        def full_model() -> Path:
-            if ema is not None:
-                ema.copy_to(unet.parameters())
-            return outputs.save_full_model(run_dir, cfg, unet, text_encoder)
-        return [("model", full_model)]
+        return [("model", lambda: outputs.save_full_model(run_dir, cfg, unet, text_encoder))]
     def release() -> None:  # comps.unet is the trained unet; comps.text_encoder the frozen one when not trained
         release_models(unet, text_encoder, comps.vae, comps.text_encoder)
 
-    return ([("lora", lambda: outputs.save_lora_output(run_dir, cfg, unet, text_encoder, release))]
+    return embedding + ([("lora", lambda: outputs.save_lora_output(run_dir, cfg, unet, text_encoder, release))]
             if cfg.save.lora else []) \
         + ([("model", lambda: outputs.save_fused_model(run_dir, cfg))] if cfg.save.full_model else [])
 
 
-def finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: Path, timing: dict,
+def finish(cfg: RunConfig, accelerator, comps, trainables, view, state, run_dir: Path, timing: dict,
            counts: dict[str, int], stop: Stop, validated: int) -> TrainResult:
     """Final validation and outputs, then metrics.json (which marks the run finished).
+
+    ``view`` (``EvalWeights``): its evaluated weights (EMA, schedule-free's average) are swapped in for good here,
+    after the final checkpoint: the outputs and the final validation show them.
 
     A stop request lets the output being written complete and skips the rest: the final checkpoint is saved, so
     ``--resume latest`` runs only this again.
@@ -106,15 +111,16 @@ def finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: 
 
     result = TrainResult(run_dir, "finished", state.step, state.last_loss)
     checksums = _rank_checksums(accelerator, trainables)
+    view.apply()
     final = ckpt.step_dir_name(state.step)
     stop.phase(f"completing the output being written (the final checkpoint {final} is saved)",
                f"quit: the final checkpoint {final} is saved; `sdtune train {run_dir / 'config.yaml'} --resume "
                "latest` writes the outputs without training again")
     stopped = bool(accelerator.gather(torch.tensor([float(stop.requested)], device=accelerator.device)).any())
     if cfg.validation.prompts and validated != state.step and not stopped:
-        stopped = not validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir, stop)
+        stopped = not validate(cfg, accelerator, comps, trainables, view, state.step, run_dir, stop)
     if accelerator.is_main_process and not stopped:
-        for name, write in _output_writers(cfg, run_dir, trainables, ema, comps):
+        for name, write in _output_writers(cfg, run_dir, trainables, comps):
             if stop.requested:
                 break
             result.outputs[name] = str(write())
@@ -125,7 +131,8 @@ def finish(cfg: RunConfig, accelerator, comps, trainables, ema, state, run_dir: 
                    "mixed_precision": cfg.train.mixed_precision,
                    **timing, "method": cfg.method, **counts,
                    "outputs": result.outputs, "processes": accelerator.num_processes,
-                   "rank_weight_checksums": checksums, "history": state.history}
+                   "rank_weight_checksums": checksums, "history": state.history,
+                   **({"val_loss": state.extra["val_loss"]} if "val_loss" in state.extra else {})}
         outputs.write_metrics(run_dir, metrics)
         outputs.write_model_card(run_dir, cfg, metrics, comps.family.pipeline_class_name)
     stopped = bool(accelerator.gather(torch.tensor([float(stopped)], device=accelerator.device)).any())

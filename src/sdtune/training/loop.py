@@ -28,20 +28,23 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sdtune.config import RunConfig, dump_config, resolve_config
-from sdtune.data.buckets import bucket_step_of
+from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
+from sdtune.data.held_out import held_out_paths
+from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
 from sdtune.run_status import mark_unfinished
 from sdtune.stopping import QUIT_NOW, NotStarted, Stop, stop_scope
 from sdtune.training import checkpoint as ckpt
+from sdtune.training import data_resume
 from sdtune.training import resume as resuming
 from sdtune.training.divergence import DivergenceGuard
+from sdtune.training.eval_weights import EvalWeights, build_ema
 from sdtune.training.finish import TrainResult, finish, validate
 from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
 from sdtune.training.modules import (
-    build_ema,
     build_lr_scheduler,
     build_optimizer,
     check_machine,
@@ -50,8 +53,11 @@ from sdtune.training.modules import (
     frozen_dtypes,
     prepare_models,
 )
+from sdtune.training.pivotal import freeze_embedding_if_due
 from sdtune.training.preservation import build_preservation
+from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
+from sdtune.training.val_loss import build_validation_loss
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -62,7 +68,10 @@ def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
     from sdtune.output_folders import check_run_output
 
     run_dir = Path(cfg.output_dir)
-    check_run_output(cfg)  # never over a user's files, never into the data (before anything is written)
+    from sdtune.models.presets import check_preset_cache
+
+    check_run_output(cfg)  # never over a user's files, never into the data, writable (before anything is written)
+    check_preset_cache(cfg.model.base)  # a built-in model built on first use: its cache must be writable
     ckpt.clean_partial(run_dir / "checkpoints")
     if resume is None:
         if ckpt.list_checkpoints(run_dir / "checkpoints"):
@@ -122,7 +131,7 @@ def _ensure_class_images(cfg: RunConfig, accelerator, stop: Stop, plan) -> None:
     _not_started(stop, plan, accelerator, stopped)
 
 
-def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
+def train(cfg: RunConfig, resume: str | None = None, new_data_epoch: bool = False) -> TrainResult:
     """Run (or continue) one training run and write its outputs; see the module docstring for guarantees.
 
     Returns status "interrupted" when Ctrl-C / SIGTERM stopped it (it printed what was saved); a second Ctrl-C
@@ -130,7 +139,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     """
     with stop_scope() as stop:
         try:
-            return _train(cfg, resume, stop)
+            return _train(cfg, resume, stop, new_data_epoch)
         except NotStarted as exc:
             if os.environ.get("RANK", "0") == "0":
                 print(exc)
@@ -149,7 +158,7 @@ def _not_started(stop: Stop, plan, accelerator=None, why: str = "") -> None:
                                  "still the checkpoint to resume from)"), plan.step if plan is not None else 0)
 
 
-def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
+def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool) -> TrainResult:
     from sdtune.data.check_before_train import check_training_data
     from sdtune.models.loading import load_components
 
@@ -166,9 +175,12 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     check_class_images(cfg)  # generated for another model, prompt or resolution: refused in seconds too
     _not_started(stop, plan)
     check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
+    check_bucket_resolution(cfg.data, cfg.model.base, cfg.model.revision)  # the model's configs only
     _not_started(stop, plan)
     accelerator = _make_accelerator(cfg, run_dir)
     _ensure_class_images(cfg, accelerator, stop, plan)
+    data_record = stream_record(cfg.data)  # what the stream is built from: in every checkpoint, compared on resume
+    data_lines = data_resume.check_data(plan, data_record, new_data_epoch) if plan is not None else []
 
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae,
@@ -176,15 +188,19 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
     trainables = configure_trainables(cfg, comps, accelerator.device)  # a learned token joins the tokenizer here
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,
-                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config))
+                          bucket_step=bucket_step_of(comps.vae.config, comps.unet.config),
+                          held_out=held_out_paths(cfg))  # validation.loss.split: never trained on
     check_learned_token(cfg, stream, comps.tokenizer)
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
     fresh_hyperparameters = resuming.optimizer_hyperparameters(optimizer)  # the new config's, before loading
-    ema = build_ema(cfg, trainables.unet)
+    ema = build_ema(cfg, trainables)
     _not_started(stop, plan, accelerator)
     unet, optimizer, text_encoder_ddp = prepare_models(accelerator, trainables, optimizer)
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
+    view = EvalWeights(cfg, trainables, optimizer, ema)  # EMA / schedule-free average: what is evaluated and saved
+    val_loss = build_validation_loss(cfg, comps, trainables.text_encoder or comps.text_encoder, accelerator.device,
+                                     bucket_step_of(comps.vae.config, comps.unet.config))
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
     resumed = None
     if plan is not None:
@@ -196,6 +212,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                               "batch define the data of every step (this run has "
                               f"{accelerator.num_processes} x {cfg.train.batch_size})")
         resuming.apply_changes(plan, cfg, optimizer, lr_scheduler, ema, fresh_hyperparameters)
+        data_resume.start_new_epoch(state, plan)
         branch = resuming.start_branch(run_dir, plan) if accelerator.is_main_process else None
         accelerator.wait_for_everyone()
         resumed = resuming.history_entry(plan, branch)
@@ -204,6 +221,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             print(f"resumed from {plan.checkpoint} (step {state.step})")
             if plan.changes or branch:
                 print(resuming.describe(resumed))
+            for line in data_lines:
+                print(line)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         resuming.write_run_config(cfg, run_dir / "config.yaml", state.history)
@@ -228,8 +247,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                               device=accelerator.device, family=comps.family)
     loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
                         num_workers=cfg.train.num_workers,
-                        sampler=StreamPositions(state.micro_step, cfg.train.batch_size, accelerator.num_processes,
-                                                accelerator.process_index))
+                        sampler=StreamPositions(data_resume.stream_start(state), cfg.train.batch_size,
+                                                accelerator.num_processes, accelerator.process_index))
     batches = iter(loader)
     noise_scheduler = comps.noise_scheduler
     accum = cfg.train.gradient_accumulation_steps
@@ -246,7 +265,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             try:
                 ckpt.save_checkpoint(run_dir / "checkpoints", current, trainables.modules(), optimizer, lr_scheduler,
                                      scaler=accelerator.scaler, ema=ema, keep=cfg.checkpoint.keep,
-                                     config_text=config_text, keep_also=guard.keep_also())
+                                     config_text=config_text, keep_also=guard.keep_also(),
+                                     evaluated=evaluated_state(cfg, view, trainables), data_record=data_record)
                 mark_unfinished(run_dir, current.step)  # a finished run trained further: its outputs are older
             except Exception as exc:  # every process must hear of it, or the others wait forever
                 error = exc
@@ -306,6 +326,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
         return f"quit without saving at step {state.step}: {since}"
 
     stop.phase("finishing this step and saving a checkpoint", lost)
+    progress_log = ProgressLog(run_dir, accelerator.is_main_process)  # RUN/logs/progress.jsonl, for watchers
     with bar:  # the bar ends its line before any message
         while state.step < cfg.train.max_steps:
             step_start = time.time()
@@ -322,6 +343,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                     gathered = accelerator.gather(torch.stack([loss.detach(), zero_loss]).reshape(1, 2))
                     guard.record_loss(gathered[:, 0], gathered[:, 1])  # read with the step: judges state.step's weights
                     accelerator.backward(loss / accum)
+            freeze_embedding_if_due(cfg, trainables.text_encoder if cfg.is_pivotal else None, state.step)
             grad_norm = None
             if cfg.train.max_grad_norm is not None:
                 grad_norm = accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)
@@ -329,7 +351,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
                 grads = [p.grad for p in trainables.parameters() if p.grad is not None]
                 grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
             guard.record_gradients(grad_norm)
-            apply_update(optimizer, lr_scheduler, ema, trainables.unet)
+            apply_update(optimizer, lr_scheduler, ema, view.ema_parameters)
             state.step += 1
             state.micro_step += accum
             # the step's one host sync, after its update is queued and before anything of it is saved or validated
@@ -341,15 +363,18 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
             lr = lr_scheduler.get_last_lr()[0]
             step_times.append(time.time() - step_start)
             accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": step_times[-1]}, step=state.step)
+            progress_log.step(state.step, cfg.train.max_steps, state.last_loss, lr, step_times[-1])
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # drawn by update()
             bar.update(1)
             busy = False  # saving or validating: a stop asked for meanwhile is read again after them
+            if val_loss is not None:  # before the checkpoint: it carries the value (sdtune pick --by val_loss)
+                val_loss.after_step(state, accelerator, trainables.unet, view)
             if state.step % cfg.checkpoint.every == 0:
                 save(state)
                 last_saved, busy = state.step, True
             if cfg.validation.prompts and cfg.validation.every and state.step % cfg.validation.every == 0:
                 busy = True
-                if validate(cfg, accelerator, comps, trainables, ema, state.step, run_dir, stop):
+                if validate(cfg, accelerator, comps, trainables, view, state.step, run_dir, stop):
                     validated = state.step
             if _stop_agreed(accelerator, stop, verdict.stop_requested, busy) and state.step < cfg.train.max_steps:
                 status = "interrupted"
@@ -366,7 +391,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop) -> TrainResult:
     timing = {"seconds": round(time.time() - started, 2),
               "median_step_seconds": round(statistics.median(step_times[1:] or step_times or [0.0]), 4)}
     try:
-        return finish(cfg, accelerator, comps, trainables, ema, state, run_dir, timing, data_counts(stream), stop,
+        return finish(cfg, accelerator, comps, trainables, view, state, run_dir, timing, data_counts(stream), stop,
                        validated)
     except DiskFullError as exc:
         raise DiskFullError(f"{exc}. Training itself is complete (checkpoint {ckpt.step_dir_name(state.step)}): "
@@ -391,8 +416,10 @@ def _stop_agreed(accelerator, stop: Stop, read: bool, again: bool) -> bool:
     return read or (again and bool(_stop_flag(accelerator, stop)))
 
 
-def apply_update(optimizer, lr_scheduler, ema, unet: torch.nn.Module) -> bool:
+def apply_update(optimizer, lr_scheduler, ema, averaged: torch.nn.Module | list[torch.nn.Parameter]) -> bool:
     """One optimizer update; returns False when fp16's grad scaler skipped it (overflowed gradients).
+
+    ``averaged``: what the EMA averages (a module's parameters, or ``EvalWeights.ema_parameters``).
 
     A skipped step changes no weight, so the LR schedule and the EMA do not advance either (what accelerate's
     prepared scheduler does): otherwise the first fp16 steps, which the scaler skips while it finds its scale,
@@ -404,8 +431,18 @@ def apply_update(optimizer, lr_scheduler, ema, unet: torch.nn.Module) -> bool:
         lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     if ema is not None and not skipped:
-        ema.step(unet.parameters())
+        ema.step(averaged.parameters() if isinstance(averaged, torch.nn.Module) else averaged)
     return not skipped
+
+
+def evaluated_state(cfg: RunConfig, view: EvalWeights, trainables) -> dict[str, torch.Tensor] | None:
+    """A checkpoint's evaluated weights (EMA, schedule-free average) for LoRA and textual-inversion runs, whose
+    checkpoints ``sdtune pick`` evaluates; None when they are the trained ones, or for a full fine-tune (its EMA is
+    in ema.pt already and its checkpoints are not evaluated: a second UNet per checkpoint would buy nothing)."""
+    if not view.differs or cfg.is_full:
+        return None
+    with view.swapped():
+        return ckpt.trainable_state(trainables.modules())
 
 
 def _first(rows: torch.Tensor | None, n: int) -> torch.Tensor | None:

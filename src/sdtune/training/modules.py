@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import torch
 
 from sdtune.config import RunConfig
-from sdtune.errors import ConfigError, SdtuneError
+from sdtune.errors import SdtuneError
 from sdtune.models.loading import SDComponents, compute_dtype
 from sdtune.models.lora import add_lora, apply_model_adapters
+from sdtune.training.optimizers import check_optimizer, make_optimizer
 
 
 @dataclass
@@ -69,7 +70,7 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
     comps.text_encoder.requires_grad_(False)
     comps.vae.to(device, dtype=comps.family.vae_dtype(comps.vae, dtype))  # SDXL's VAE stays fp32 under fp16
     unet, text_encoder = comps.unet, comps.text_encoder
-    if train.textual_inversion is not None:
+    if train.textual_inversion is not None and train.lora is None:
         return _textual_inversion(cfg, comps, device, dtype)
     if train.lora is not None:
         apply_model_adapters(cfg, unet, text_encoder)  # frozen LoRAs below the trained one (model.adapters)
@@ -92,6 +93,10 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
             text_encoder.requires_grad_(True)
         else:
             text_encoder.to(device, dtype=dtype)
+    if train.textual_inversion is not None:  # pivotal tuning: the token's rows train beside the LoRA
+        from sdtune.training.pivotal import add_pivotal_token
+
+        text_encoder = add_pivotal_token(cfg, comps)
     if train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if train.train_text_encoder:
@@ -102,7 +107,7 @@ def configure_trainables(cfg: RunConfig, comps: SDComponents, device: torch.devi
     else:
         text_encoder.eval()
     comps.vae.eval()
-    return Trainables(unet, text_encoder if train.train_text_encoder else None)
+    return Trainables(unet, text_encoder if train.train_text_encoder or train.textual_inversion else None)
 
 
 def _textual_inversion(cfg: RunConfig, comps: SDComponents, device: torch.device, dtype: torch.dtype) -> Trainables:
@@ -117,7 +122,8 @@ def _textual_inversion(cfg: RunConfig, comps: SDComponents, device: torch.device
     unet.requires_grad_(False)
     unet.to(device, dtype=dtype)
     text_encoder.to(device, dtype=dtype)
-    add_learned_token(comps.tokenizer, text_encoder, learned.token, learned.initializer, learned.norm_limit)
+    add_learned_token(comps.tokenizer, text_encoder, learned.token, learned.initializer, learned.norm_limit,
+                      learned.num_vectors)
     if cfg.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # activations through the frozen UNet still flow back to the text
     unet.eval()  # nothing of them trains; no dropout in the frozen parts
@@ -145,33 +151,20 @@ def build_optimizer(cfg: RunConfig, trainables: Trainables, world_size: int) -> 
         lr = lr * train.batch_size * train.gradient_accumulation_steps * world_size
     groups = [{"params": [p for p in trainables.unet.parameters() if p.requires_grad], "lr": lr}]
     if trainables.text_encoder is not None:
-        te_lr = (train.text_encoder_lr or lr) if train.train_text_encoder else lr  # a learned token: the run's lr
+        learned = train.textual_inversion  # a learned token: its own lr, else the run's
+        te_lr = (train.text_encoder_lr or lr) if train.train_text_encoder else (learned.learning_rate or lr
+                                                                                  if learned else lr)
         groups.append({"params": [p for p in trainables.text_encoder.parameters() if p.requires_grad], "lr": te_lr})
     groups = [group for group in groups if group["params"]]  # textual inversion: the frozen UNet has none
-    kwargs = dict(betas=(train.adam_beta1, train.adam_beta2), weight_decay=train.adam_weight_decay,
-                  eps=train.adam_epsilon)
-    if train.optimizer == "adamw8bit":
-        return _bitsandbytes().optim.AdamW8bit(groups, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
-
-
-def _bitsandbytes():
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise ConfigError("train.optimizer=adamw8bit needs bitsandbytes: pip install 'sdtune[bnb]' "
-                          "(it runs on CUDA GPUs), or use train.optimizer=adamw") from None
-    if not torch.cuda.is_available():
-        raise ConfigError("train.optimizer=adamw8bit needs a CUDA GPU; on this machine use adamw")
-    return bnb
+    return make_optimizer(train, groups)
 
 
 def check_machine(cfg: RunConfig) -> None:
-    """Settings this machine cannot run (fp16, 8-bit Adam without CUDA), refused before the data check and the
-    model load rather than minutes later. Not in the schema: a config is valid on any machine."""
+    """Settings this machine cannot run (fp16, 8-bit Adam without CUDA, an optimizer's package missing), refused
+    before the data check and the model load rather than minutes later. Not in the schema: a config is valid on
+    any machine."""
     check_mixed_precision(cfg.train.mixed_precision)
-    if cfg.train.optimizer == "adamw8bit":
-        _bitsandbytes()
+    check_optimizer(cfg.train)
 
 
 def build_lr_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):
@@ -179,15 +172,6 @@ def build_lr_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):
 
     return get_scheduler(cfg.train.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.train.lr_warmup_steps,
                          num_training_steps=cfg.train.max_steps)
-
-
-def build_ema(cfg: RunConfig, unet: torch.nn.Module):
-    if cfg.train.ema is None:
-        return None
-    from diffusers.training_utils import EMAModel
-
-    return EMAModel(unet.parameters(), decay=cfg.train.ema.decay, update_after_step=cfg.train.ema.update_after_step,
-                    model_cls=type(unet), model_config=unet.config)
 
 
 def check_mixed_precision(mode: str) -> None:

@@ -15,8 +15,10 @@ import torch
 
 from sdtune.atomic import atomic_write_json, atomic_write_text, write_folder
 from sdtune.config import RunConfig
+from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
+from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name
 
 
 def base_pipeline(cfg: RunConfig):
@@ -51,6 +53,8 @@ def save_lora_output(run_dir: Path, cfg: RunConfig, unet, text_encoder,
     """
     assert cfg.train.lora is not None
     lora = cfg.train.lora
+    if lora.kind != "lora":
+        return _save_variant_output(run_dir, cfg, unet, text_encoder, release)
 
     def write(tmp: Path) -> None:
         file = save_lora(tmp, unet, text_encoder, lora)
@@ -64,6 +68,37 @@ def save_lora_output(run_dir: Path, cfg: RunConfig, unet, text_encoder,
 
     write_folder(run_dir / "lora", write)
     return run_dir / "lora" / LORA_WEIGHTS
+
+
+def _save_variant_output(run_dir: Path, cfg: RunConfig, unet, text_encoder,
+                         release: Callable[[], None] | None) -> Path:
+    """``RUN/lora`` of a DoRA / LoHa / LoKr run (``sdtune.models.lycoris``): peft's own format, the kohya/LyCORIS
+    file, and for DoRA the diffusers file; each loaded by its consumer and compared with the trained adapter."""
+    from sdtune.models.lora_variants import kind_of
+    from sdtune.models.lycoris import LYCORIS_FILE, write_lycoris_and_verify, write_peft_folder
+
+    lora = cfg.train.lora
+    assert lora is not None
+    kind = kind_of(lora)
+
+    def write(tmp: Path) -> None:
+        if kind.diffusers:
+            save_lora(tmp, unet, text_encoder, lora)
+        write_peft_folder(tmp, unet, text_encoder, lora)
+        if release is not None:
+            release()
+        model = cfg.model
+        checks = write_lycoris_and_verify(tmp, kind.name, verify=cfg.save.verify, base=model.base,
+                                          allow_pickle=model.allow_pickle, revision=model.revision,
+                                          variant=model.variant)
+        for check in checks:
+            print(f"RUN/lora verified: {check.line()}")
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            raise SdtuneError(f"RUN/lora does not load as the trained {kind.name} adapter: {bad[0].line()}")
+
+    write_folder(run_dir / "lora", write)
+    return run_dir / "lora" / (LORA_WEIGHTS if kind.diffusers else LYCORIS_FILE)
 
 
 def save_full_model(run_dir: Path, cfg: RunConfig, unet, text_encoder=None) -> Path:
@@ -84,6 +119,14 @@ def save_full_model(run_dir: Path, cfg: RunConfig, unet, text_encoder=None) -> P
 def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
     """A full pipeline with the run's LoRA fused into the base weights (for tools that take no LoRA)."""
     pipe = base_pipeline(cfg)
+    if cfg.train.lora is not None and cfg.train.lora.kind != "lora":  # DoRA / LoHa / LoKr: merge the LyCORIS file
+        from sdtune.models.loading import family_of_pipeline
+        from sdtune.models.lycoris import LYCORIS_FILE, merge_comfyui
+
+        left = merge_comfyui(pipe.unet, family_of_pipeline(pipe).text_of(pipe)[1], run_dir / "lora" / LYCORIS_FILE)
+        if left:
+            raise SdtuneError(f"{run_dir / 'lora' / LYCORIS_FILE}: {len(left)} keys fit no layer (first: {left[0]})")
+        return write_folder(run_dir / "model", lambda tmp: save_pipeline(pipe, tmp))
     pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
@@ -155,7 +198,8 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
             load = "from_single_file" if Path(vae).is_file() else "from_pretrained"
             lines.append(f"pipe.vae = AutoencoderKL.{load}({vae!r})")
         if cfg.train.lora is not None:
-            lines.append(f"pipe.load_lora_weights({str(run_dir / 'lora')!r})")
+            # weight_name given: diffusers 0.35 refuses a folder without it offline ("you must specify a weight_name")
+            lines.append(f"pipe.load_lora_weights({str(run_dir / 'lora')!r}, weight_name={LORA_WEIGHTS!r})")
             if cfg.model.prediction_type:  # the LoRA trained another objective than the base's scheduler says
                 lines.append("pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
                              f"prediction_type={cfg.model.prediction_type!r})")
@@ -166,8 +210,6 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
 
 def _embedding_lines(run_dir: Path, token: str, pipeline_class: str) -> list[str]:
     """Loading the run's token: one call on SD; on SDXL one per text encoder (the diffusers documentation's way)."""
-    from sdtune.models.embeddings import EMBEDDINGS_DIR, embedding_file_name
-
     file = str(run_dir / EMBEDDINGS_DIR / embedding_file_name(token))
     if "XL" not in pipeline_class:
         return [f"pipe.load_textual_inversion({file!r}, token={token!r})"]
@@ -203,8 +245,11 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
     if cfg.train.lora is not None:
         lines.append(f"| LoRA rank / alpha | {cfg.train.lora.rank} / {cfg.train.lora.alpha or cfg.train.lora.rank} |")
     if (learned := cfg.train.textual_inversion) is not None:
-        lines.append(f"| learned token | `{learned.token}` (started from `{learned.initializer or learned.token}`; "
-                     "AUTOMATIC1111 / ComfyUI: the file in `embeddings/`) |")
+        word = Path(embedding_file_name(learned.token)).stem  # what AUTOMATIC1111 and ComfyUI call it: the file's stem
+        lines.append(f"| learned token | `{learned.token}` (started from `{learned.initializer or learned.token}`) |")
+        lines.append(f"| AUTOMATIC1111 / ComfyUI | copy `embeddings/{word}.safetensors` to their `embeddings/` folder; "
+                     f"in the prompt write `{word}` (AUTOMATIC1111) or `embedding:{word}` (ComfyUI) where this card "
+                     f"writes `{learned.token}` |")
     if data.instance_prompt:
         lines.append(f"| instance prompt | `{data.instance_prompt}` |")
     if data.with_prior_preservation:

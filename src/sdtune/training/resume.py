@@ -44,6 +44,7 @@ class ResumePlan:
     step: int
     changes: dict[str, list] = field(default_factory=dict)  # allowed key -> [checkpoint value, new value]
     config_known: bool = True  # False for checkpoints written before configs were stored in them
+    data: dict[str, Any] = field(default_factory=dict)  # the data folders vs the checkpoint's (data_resume)
 
 
 def _config_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -93,7 +94,11 @@ def _why(key: str) -> str:
 
 def optimizer_hyperparameters(optimizer) -> list[dict[str, Any]]:
     """Each param group's settings without its parameters: taken from a freshly built optimizer + schedule."""
-    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    from sdtune.training.optimizers import config_settings
+
+    # only what the config sets: an optimizer's own state in its groups (Prodigy's d, schedule-free's step count
+    # and train/eval mode) comes from the checkpoint and must not be reset by a changed learning rate
+    return [config_settings(group) for group in optimizer.param_groups]
 
 
 def apply_changes(plan: ResumePlan, cfg: RunConfig, optimizer, lr_scheduler, ema,
@@ -150,6 +155,8 @@ def history_entry(plan: ResumePlan, branch: dict[str, Any] | None) -> dict[str, 
         entry["branch"] = branch
     if not plan.config_known:
         entry["note"] = "checkpoint without a stored config: compared with RUN/config.yaml"
+    if plan.data:
+        entry["data"] = plan.data
     return entry
 
 
@@ -157,6 +164,8 @@ def describe(entry: dict[str, Any]) -> str:
     """One line for people: ``step 10 (step-000010): train.learning_rate 0.001 -> 1e-05``."""
     changes = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in entry.get("changes", {}).items())
     text = f"resumed at step {entry['step']} from {entry['resumed_from']}: {changes or 'no changes'}"
+    if entry.get("data", {}).get("new_data_epoch"):
+        text += f"; the data changed, a new data epoch started ({'; '.join(entry['data']['changed'])})"
     if entry.get("branch"):
         text += f"; moved {', '.join(entry['branch']['moved'])} to {entry['branch']['to']}"
     return text
@@ -164,7 +173,8 @@ def describe(entry: dict[str, Any]) -> str:
 
 def write_run_config(cfg: RunConfig, path: Path, history: list[dict[str, Any]]) -> None:
     """RUN/config.yaml: the config now in force (re-runnable as is), with the resume history as comments."""
-    header = "".join(f"# {describe(entry)}\n" for entry in history if entry.get("changes") or entry.get("branch"))
+    header = "".join(f"# {describe(entry)}\n" for entry in history
+                     if entry.get("changes") or entry.get("branch") or entry.get("data", {}).get("new_data_epoch"))
     if header:
         header = "# sdtune resume history (newest last; also in metrics.json and every checkpoint):\n" + header
     atomic_write_text(path, header + dump_config(cfg))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -20,7 +19,7 @@ class ValidationStopped(Exception):  # noqa: N818 - a state, not a failure
 
 def validation_pipeline(comps, unet, text_encoder):
     """A pipeline that shares the live training modules (no copy), with a fast sampler."""
-    from sdtune.inference.samplers import make_scheduler
+    from sdtune.models.samplers import make_scheduler
 
     # The sampler `sdtune generate` uses by default, built the same way (one rule for every sampler: see samplers).
     scheduler = make_scheduler("dpm++", comps.noise_scheduler.config)
@@ -30,23 +29,9 @@ def validation_pipeline(comps, unet, text_encoder):
     return pipe
 
 
-@contextlib.contextmanager
-def ema_weights(ema: Any | None, unet: torch.nn.Module):
-    """Inside: ``unet`` holds the EMA weights (what ``RUN/model`` will hold); after: its own, bitwise restored."""
-    if ema is None:
-        yield
-        return
-    ema.store(unet.parameters())
-    ema.copy_to(unet.parameters())
-    try:
-        yield
-    finally:
-        ema.restore(unet.parameters())
-
-
 def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_root: Path, *,
                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                   ema: Any | None = None, should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
+                   should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
     """Generate each validation prompt; save under ``RUN/samples/step-N/``; return the images.
 
     ``should_stop``: asked after every denoising step; True raises :class:`ValidationStopped` at once (the images
@@ -54,8 +39,9 @@ def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_roo
 
     ``autocast`` is the training's mixed-precision context (``accelerator.autocast``). Under bf16/fp16 the live
     modules do not agree on a dtype: frozen VAE and text encoder are stored in bf16/fp16 while the prepared
-    UNet returns fp32, and without the same autocast the VAE fails on fp32 latents. ``ema`` (a diffusers
-    ``EMAModel`` of the UNet) makes the images show the EMA weights, which are the ones the run saves.
+    UNet returns fp32, and without the same autocast the VAE fails on fp32 latents. The training loop calls it
+    with the evaluated weights swapped in (``sdtune.training.eval_weights``: an EMA or schedule-free's average),
+    which are the ones the run saves.
     """
     val = cfg.validation
     was_training = unet.training
@@ -74,7 +60,7 @@ def run_validation(cfg: RunConfig, comps, unet, text_encoder, step: int, out_roo
         return callback_kwargs
 
     try:
-        with torch.no_grad(), ema_weights(ema, unet), autocast():
+        with torch.no_grad(), autocast():
             for p_index, prompt in enumerate(val.prompts):
                 check(pipe, 0, None, {})
                 generator = torch.Generator(device="cpu").manual_seed(val.seed)

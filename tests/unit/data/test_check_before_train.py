@@ -38,8 +38,23 @@ def test_repeated_warnings_summarized_and_ignored_captions_said_once(tmp_path, c
     printed = capsys.readouterr().out.splitlines()
     small = [line for line in printed if "smaller than the training resolution" in line]
     assert len(small) == 4 and "and 37 more" in small[-1], printed
-    ignored = [line for line in printed if "captions that are not read" in line]
+    ignored = [line for line in printed if "and they are not read" in line]
     assert len(ignored) == 1 and "data.instance_dir" in ignored[0] and "data.train_dir" in ignored[0]
+    assert "3 of 3 images have captions other than data.instance_prompt" in ignored[0]
+
+
+def test_captions_equal_to_the_instance_prompt_are_not_called_ignored(tmp_path, capsys):
+    """The README builds data/me with --caption "a photo of sks person" and trains DreamBooth on that prompt: every
+    run warned that those captions are not read, though nothing is lost. One caption that differs is still said."""
+    for i in range(3):
+        pattern(i).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text("a photo of sks person\n", encoding="utf-8")
+    data = {"instance_dir": str(tmp_path), "instance_prompt": "a photo of sks person", "resolution": 16}
+    check_training_data(config_from_dict({"model": {"base": "toy"}, "data": data}))
+    assert "not read" not in capsys.readouterr().out
+    (tmp_path / "2.txt").write_text("sks person on a bike", encoding="utf-8")
+    check_training_data(config_from_dict({"model": {"base": "toy"}, "data": data}))
+    assert "1 of 3 images have captions other than data.instance_prompt" in capsys.readouterr().out
 
 
 def test_the_full_report_names_the_folder_with_the_problem(tmp_path):

@@ -103,3 +103,24 @@ def test_pick_on_a_recipe_folder_names_the_run_folders_in_it(tmp_path: Path) -> 
     message = str(result.exception)
     assert "is not a run folder (no config.yaml); the run folders in it: " in message
     assert str(tmp_path / "two-stage" / "person") in message
+
+
+def test_negative_clip_i_ranks_worst_to_best_and_the_output_says_why() -> None:
+    """On the toy model CLIP-I (the toy's tiny CLIP) was negative for every checkpoint: relative to a negative best
+    its part of the score was dropped without a word. Now it ranks from worst (0) to best (1), and pick says why."""
+    from sdtune.evaluation.pick import describe
+    from sdtune.models.presets import toy_path
+
+    values = {2: (-0.30, 30.0), 4: (-0.10, 28.0), 6: (-0.20, 31.0)}
+    models = [{"label": f"run @ step {step}", "ref": f"/x/step-{step}", "checkpoint": {"step": step, "run": "/x"},
+               "metrics": {"clip_i": {"mean": i}, "clip_t": {"mean": t}}} for step, (i, t) in values.items()]
+    clip = str(toy_path() / "clip")
+    results = {"metrics": {"clip_i": {"label": "CLIP-I", "backbone": clip}, "clip_t": {"label": "CLIP-T",
+                                                                                      "backbone": clip}},
+               "models": models}
+    choice = choose(results)
+    assert choice.model["checkpoint"]["step"] == 4  # CLIP-I best (1.0), CLIP-T 28/31: 0.95 against 0.75 and 0.48
+    scores = {r["step"]: r["score"] for r in choice.rows}
+    assert abs(scores[6] - (0.5 + 1.0) / 2) < 1e-9 and abs(scores[2] - (0.0 + 30 / 31) / 2) < 1e-9
+    rule = describe(choice, results)[-1]
+    assert "CLIP-I is below 0 for some checkpoints (the toy's CLIP" in rule and "from worst (0) to best (1)" in rule

@@ -8,8 +8,8 @@ import torch
 
 from sdtune.errors import SdtuneError
 from sdtune.inference.generate import GenerationSettings, generate_images
-from sdtune.inference.samplers import SCHEDULERS, check_steps, make_scheduler, sampler_config
 from sdtune.models.loading import load_pipeline
+from sdtune.models.samplers import SCHEDULERS, check_steps, make_scheduler, sampler_config
 
 # SD 1.5's scheduler_config.json (a PNDM config that predates timestep_spacing).
 SD15_CONFIG = {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",

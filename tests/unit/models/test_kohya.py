@@ -140,3 +140,53 @@ def test_export_cli_forms(tmp_path: Path) -> None:
     (full / "model").mkdir(parents=True)
     missing = runner.invoke(app, ["export", str(full), "--format", "kohya"])
     assert "sdtune export lora --from" in str(missing.exception)
+
+
+def a1111_version(metadata: dict[str, str]) -> str:
+    """How AUTOMATIC1111 files a LoRA (extensions-builtin/Lora/network.py ``NetworkOnDisk.detect_version``): it
+    shows only the LoRAs of the loaded model's version."""
+    if str(metadata.get("ss_base_model_version", "")).startswith("sdxl_"):
+        return "SDXL"
+    if str(metadata.get("ss_v2", "")) == "True":
+        return "SD2"
+    return "SD1" if metadata else "Unknown"
+
+
+@pytest.mark.parametrize(("preset", "generation", "prediction", "version", "ui"), [
+    ("real-sd15", "sd1", "epsilon", "sd_v1", "SD1"),
+    ("real-sd2-base", "sd2", "epsilon", "sd_v2", "SD2"),
+    ("real-sd2-768", "sd2", "v_prediction", "sd_v2_v", "SD2"),
+    ("real-sdxl", "sdxl", "epsilon", "sdxl_base_v1-0", "SDXL"),
+])
+def test_the_base_version_is_what_kohya_and_a1111_call_it(preset, generation, prediction, version, ui) -> None:
+    """Read from the configs of the real architectures (no weights): the version kohya writes, and A1111's verdict."""
+    from sdtune.models.family import base_generation
+    from sdtune.models.kohya import base_metadata
+    from sdtune.models.real import configs_path
+
+    assert base_generation(str(configs_path(preset))) == (generation, prediction)
+    meta = base_metadata(generation, prediction, title="me", resolution=768)
+    assert meta["ss_base_model_version"] == version and a1111_version(meta) == ui
+    assert meta["ss_v2"] == str(generation == "sd2")
+    assert meta["modelspec.architecture"].endswith("/lora") and meta["modelspec.resolution"] == "768x768"
+    assert meta["modelspec.prediction_type"] == ("v" if prediction == "v_prediction" else "epsilon")
+
+
+@pytest.mark.parametrize(("base", "version"), [("tiny", "sd_v1"), ("tiny-v", "sd_v1_v"), ("tiny-xl", "sdxl_base_v1-0")])
+def test_kohya_export_of_a_run_says_its_base(tmp_path: Path, base: str, version: str) -> None:
+    """An SDXL LoRA exported without ``ss_base_model_version`` is filed as SD 1 by AUTOMATIC1111 and hidden while an
+    SDXL model is loaded; a v-prediction run's file says so (kohya's ``_v``)."""
+    from typer.testing import CliRunner
+
+    from sdtune.cli import app
+    from sdtune.inference.testing import make_run_folder
+
+    run = make_run_folder(tmp_path / "me", base=base)
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "kohya"])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(run / "export" / "me.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["ss_base_model_version"] == version
+    assert a1111_version(meta) == ("SDXL" if base == "tiny-xl" else "SD1")
+    assert meta["modelspec.title"] == "me" and meta["modelspec.resolution"] == "512x512"  # the config's default
+    assert meta["ss_network_module"] == "networks.lora"

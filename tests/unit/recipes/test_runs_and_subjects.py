@@ -1,4 +1,4 @@
-"""Run-folder state, stack profiles, the subjects CSV, per-subject configs, summaries and the child environment."""
+"""Run-folder state, stack profiles, the subjects CSV, per-subject configs and summaries."""
 
 from __future__ import annotations
 
@@ -10,14 +10,7 @@ import pytest
 import yaml
 
 from sdtune.errors import ConfigError, SdtuneError
-from sdtune.recipes.personalize import (
-    DIST_VARS,
-    PersonalizeResult,
-    child_env,
-    load_template,
-    subject_config,
-    template_stage,
-)
+from sdtune.recipes.personalize import PersonalizeResult, load_template, subject_config, template_stage
 from sdtune.recipes.runner import Manifest
 from sdtune.recipes.runs import (
     concept_run,
@@ -109,6 +102,8 @@ def _csv(path: Path, text: str) -> Path:
 
 
 def test_read_subjects_resolves_photos_next_to_the_csv(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "alice").mkdir(parents=True)
+    (tmp_path / "abs").mkdir()
     path = _csv(tmp_path / "people.csv", "Name,Folder,Token,Class\nalice,photos/alice,sks,woman\n\n"
                 f"bob,{tmp_path / 'abs'},zwx,man\n")
     alice, bob = read_subjects(path)
@@ -120,13 +115,22 @@ def test_read_subjects_resolves_photos_next_to_the_csv(tmp_path: Path) -> None:
 def test_read_subjects_reports_every_problem_with_line_numbers(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a 'token' column"):
         read_subjects(_csv(tmp_path / "a.csv", "name,photos,class\nalice,p,woman\n"))
-    bad = _csv(tmp_path / "b.csv", "name,photos,token,class\nalice,p,sks,woman\nalice,q,zwx,man\n"
-               "bad/name,r,t,man\ncarol,,t,woman\n")
+    for folder in "pqr":
+        (tmp_path / folder).mkdir()
+    bad = _csv(tmp_path / "b.csv", "name,photos,token,class\nalice,p,sks,woman\nAlice,q,zwx,man\n"
+               "bad/name,r,t,man\ncarol,,t,woman\ndave,nowhere,t,man\nerin,b.csv,t,woman\n")
     with pytest.raises(ConfigError) as info:
         read_subjects(bad)
     text = str(info.value)
-    assert "line 3: the name 'alice' is used twice" in text and "line 4: name 'bad/name'" in text
+    assert "line 3: the name 'Alice' differs from 'alice' (line 2) only in case" in text
+    assert "line 4: name 'bad/name'" in text
     assert "line 5: empty photos" in text
+    assert f"line 6: the photo folder {tmp_path / 'nowhere'} of 'dave' does not exist" in text
+    assert "line 7: the photo folder" in text and "of 'erin' is a file" in text
+    assert len(text.splitlines()) == 6, "one line per problem, under one heading"
+    _csv(bad, "name,photos,token,class\nalice,p,sks,woman\nalice,q,zwx,man\n")
+    with pytest.raises(ConfigError, match="line 3: the name 'alice' is used twice \\(line 2\\)"):
+        read_subjects(bad)
     with pytest.raises(ConfigError, match="lists no subjects"):
         read_subjects(_csv(tmp_path / "c.csv", "name,photos,token,class\n"))
 
@@ -163,14 +167,18 @@ def test_subject_template_from_a_recipe_stage(tmp_path: Path) -> None:
 
 
 def test_summary_tables(tmp_path: Path) -> None:
-    outcomes = [SubjectOutcome("alice", "finished", 4, 0.12345, 10.0, "/x/lora.safetensors", 0),
-                SubjectOutcome("bob", "failed", process=1, note="bad | photo\nsecond line")]
+    outcomes = [SubjectOutcome("alice", "finished", 4, 0.12345, 10.0, "/x/lora.safetensors", 2, "node7", "cuda:1"),
+                SubjectOutcome("bob", "failed", attempts=1, note="bad | photo\nsecond line")]
     csv_path, md_path = write_summary(tmp_path, outcomes)
     rows = list(csv.DictReader(csv_path.open()))
-    assert [r["subject"] for r in rows] == ["alice", "bob"]
-    assert rows[0]["final_loss"] == "0.1235" and rows[0]["steps"] == "4" and rows[1]["process"] == "1"
+    assert [r["subject"] for r in rows] == ["alice", "bob"] and "fidelity" not in rows[0]
+    assert rows[0]["final_loss"] == "0.1235" and rows[0]["steps"] == "4" and rows[1]["attempts"] == "1"
+    assert (rows[0]["attempts"], rows[0]["node"], rows[0]["device"]) == ("2", "node7", "cuda:1")
     md = md_path.read_text()
-    assert "| alice | finished | 4 | 0.1235 | 10.0 |" in md and "bad \\| photo second line" in md
+    assert "| alice | finished | 4 | 0.1235 | 10.0 | 2 | node7 | cuda:1 |" in md and "bad \\| photo second line" in md
+    outcomes[0].extra.update(fidelity=0.61234, composite=0.3, picked_step=40)
+    rows = list(csv.DictReader(write_summary(tmp_path, outcomes)[0].open()))
+    assert (rows[0]["fidelity"], rows[0]["composite"], rows[0]["picked_step"]) == ("0.6123", "0.3000", "40")
     assert summary_markdown(outcomes).endswith("1 of 2 subjects finished.\n")
     SubjectOutcome("alice", "finished", 4).save(tmp_path / "alice")
     assert SubjectOutcome.load(tmp_path / "alice", "alice").steps == 4
@@ -180,16 +188,32 @@ def test_summary_tables(tmp_path: Path) -> None:
 def test_exit_codes() -> None:
     done = SubjectOutcome("a", "finished")
     failed = SubjectOutcome("b", "failed")
-    assert PersonalizeResult(Path("."), 0, 1, summary=[done]).exit_code() == 0
-    assert PersonalizeResult(Path("."), 0, 1, summary=[done, failed]).exit_code() == 0
-    assert PersonalizeResult(Path("."), 0, 1, summary=[done, failed]).exit_code(strict=True) == 3
-    assert PersonalizeResult(Path("."), 0, 1, summary=[done, SubjectOutcome("c", "pending")]).exit_code() == 130
+    assert PersonalizeResult(Path("."), summary=[done]).exit_code() == 0
+    assert PersonalizeResult(Path("."), summary=[done, failed]).exit_code() == 0
+    assert PersonalizeResult(Path("."), summary=[done, failed]).exit_code(strict=True) == 3
+    assert PersonalizeResult(Path("."), summary=[done, SubjectOutcome("c", "pending")]).exit_code() == 130
 
 
-def test_child_env_leaves_the_process_group_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.setenv(var, "1")
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    env = child_env(1, distributed=True)
-    assert not any(var in env for var in DIST_VARS) and "TORCHELASTIC_RUN_ID" not in env
-    assert env["ACCELERATE_USE_CPU"] == "1"
+def test_names_that_differ_only_in_case_are_refused_with_both_rows(tmp_path: Path) -> None:
+    """Ann and ann are one folder OUT/ann on macOS and Windows disks: one subject would train over the other."""
+    for folder in "abc":
+        (tmp_path / folder).mkdir()
+    path = _csv(tmp_path / "p.csv", "name,photos,token,class\nAnn,a,sks,woman\nbob,b,zwx,man\nann,c,qwe,woman\n")
+    with pytest.raises(ConfigError) as info:
+        read_subjects(path)
+    assert "line 4: the name 'ann' differs from 'Ann' (line 2) only in case" in str(info.value)
+
+
+def test_the_readme_shows_the_subjects_csv_that_personalize_reads(tmp_path: Path) -> None:
+    import re
+
+    from sdtune.recipes.subjects import COLUMNS
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"`people\.csv`.*?```csv\n(.*?)```", readme, re.S)
+    assert block, "the README shows people.csv's columns"
+    assert block.group(1).splitlines()[0].split(",") == list(COLUMNS)
+    for row in block.group(1).splitlines()[1:]:
+        (tmp_path / row.split(",")[1]).mkdir(parents=True)  # photo folders must exist
+    subjects = read_subjects(_csv(tmp_path / "people.csv", block.group(1)))
+    assert [s.name for s in subjects] == ["alice", "bob"] and subjects[0].photos == (tmp_path / "photos" / "alice")

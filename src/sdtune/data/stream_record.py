@@ -1,0 +1,89 @@
+"""What a run's data stream is built from, recorded in every checkpoint so a resume can tell the data changed.
+
+The saved data position counts examples of one stream; the stream is fixed by the config (refused on resume when
+it changes, ``sdtune.config_resume``) and by the files the config points at, which no config comparison sees.
+So each checkpoint carries a record of those files: per subset (train folders and class images) every image's
+listed name and a digest of its bytes, and a digest of its captions when the captions are read (a fixed
+DreamBooth prompt is config). Bytes cover everything derived from them: pixels, EXIF orientation, size and so
+the aspect-ratio bucket; captions cover ``metadata.jsonl`` rows and ``.txt`` files alike.
+
+Cheap: nothing is decoded; each file is hashed once per process (:func:`content_hash`, the sha256 the latent
+cache keys entries by, so a cached run hashes each image once). Digests are shortened to 16 hex digits (64 bits):
+they tell versions of one file apart, they are not a security boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sdtune.config import DataConfig
+from sdtune.data.folders import read_folder
+from sdtune.data.images import content_hash
+from sdtune.data.subsets import subsets_from_config
+
+VERSION = 1
+
+
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _labels(data: DataConfig) -> list[str]:
+    """The config key of each subset, in the order ``subsets_from_config`` gives them (for messages)."""
+    labels = [key for key in ("train_dir", "instance_dir") if getattr(data, key) is not None]
+    labels = [f"data.{key} ({getattr(data, key)})" for key in labels]
+    labels += [f"data.subsets[{i}] ({s.path})" for i, s in enumerate(data.subsets)]
+    if data.with_prior_preservation:
+        labels.append(f"class images data.class_dir ({data.class_dir})")
+    return labels
+
+
+def stream_record(data: DataConfig) -> dict[str, Any]:
+    """The record of the files a stream built from ``data`` reads (JSON-able; see the module docstring)."""
+    subsets = []
+    for label, subset in zip(_labels(data), subsets_from_config(data), strict=True):
+        images: dict[str, str] = {}
+        captions: dict[str, str] = {}
+        for record in read_folder(subset.path).records:
+            try:
+                images[record.name] = content_hash(record.path)[:16]
+            except OSError:
+                images[record.name] = "unreadable"
+            if subset.prompt is None:
+                captions[record.name] = _short(json.dumps(list(record.captions), ensure_ascii=False))
+        subsets.append({"subset": label, "images": images, "captions": captions})
+    return {"version": VERSION, "subsets": subsets}
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what.replace('image', 'images').replace('caption', 'captions')}"
+
+
+def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """One line per subset whose files changed between two records, e.g.
+    ``data.train_dir (photos): 2 images added, 1 removed, 1 edited, 1 caption changed (a.png, b.png, ...)``."""
+    lines = []
+    before = {s["subset"]: s for s in old.get("subsets", [])}
+    for subset in new["subsets"]:
+        was = before.pop(subset["subset"], None)
+        if was is None:
+            lines.append(f"{subset['subset']}: not in the checkpoint's record")
+            continue
+        a, b = was["images"], subset["images"]
+        added = sorted(set(b) - set(a))
+        removed = sorted(set(a) - set(b))
+        edited = sorted(n for n in set(a) & set(b) if a[n] != b[n])
+        recaptioned = sorted(n for n in set(a) & set(b) if was["captions"].get(n) != subset["captions"].get(n))
+        parts = [f"{_count(len(added), 'image')} added" if added else "",
+                 f"{_count(len(removed), 'image')} removed" if removed else "",
+                 f"{_count(len(edited), 'image')} edited (other bytes: pixels, size or bucket may differ)"
+                 if edited else "",
+                 f"{_count(len(recaptioned), 'caption')} changed" if recaptioned else ""]
+        named = [*added, *removed, *edited, *recaptioned]
+        if named:
+            shown = ", ".join(dict.fromkeys(named[:4])) + (", ..." if len(set(named)) > 4 else "")
+            lines.append(f"{subset['subset']}: {', '.join(p for p in parts if p)} ({shown})")
+    lines += [f"{label}: no longer read" for label in before]
+    return lines

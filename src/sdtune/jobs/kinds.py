@@ -1,0 +1,102 @@
+"""What a job runs: each kind becomes one sdtune command line (the unit of work), checked before it is queued.
+
+A job is the CLI, run later: ``train`` is ``sdtune train CONFIG --resume latest`` on a config that went through
+the schema now (so a bad key is refused at submit, not at 3 a.m.), written with every path made absolute and the
+run folder fixed, so every attempt of the job (first run, resume after a restart, retry) runs the same command
+and continues the same run folder. The other kinds (``run``, ``personalize``, ``caption``, ``eval``, ``pick``)
+are their command with the arguments given; those commands already continue where they stopped when rerun.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdtune.errors import SdtuneError
+from sdtune.jobs.workspace import check_name
+
+# kind -> the sdtune sub-command it runs
+COMMANDS: dict[str, list[str]] = {
+    "train": ["train"],
+    "run": ["run"],
+    "personalize": ["personalize"],
+    "caption": ["dataset", "build"],
+    "eval": ["eval"],
+    "pick": ["pick"],
+    "export": ["export"],
+}
+
+
+@dataclass
+class Submission:
+    """A job ready to queue: its kind, a name, the command line (after ``sdtune``), its run folder, its cwd."""
+
+    kind: str
+    name: str
+    argv: list[str]
+    run_dir: Path | None = None
+    cwd: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def free_run_dir(workspace: Path, name: str) -> Path:
+    """``WS/runs/<name>``, or ``<name>-2``, ``-3``... when taken: a new job never continues another job's run."""
+    runs = workspace / "runs"
+    for candidate in itertools.chain([name], (f"{name}-{i}" for i in itertools.count(2))):
+        path = runs / candidate
+        if not path.exists():
+            return path
+    raise AssertionError("unreachable")
+
+
+def train_submission(workspace: Path, config: Path, overrides: list[str], *, name: str | None = None,
+                     cwd: Path | None = None) -> Submission:
+    """Validate ``config`` + ``overrides`` through the run schema and fix it as ``WS/jobs/configs/<name>.yaml``.
+
+    The run folder is ``WS/runs/<name>`` unless the overrides name an ``output_dir``. Relative paths are read from
+    ``cwd`` (the submitter's folder). Raises ConfigError naming the key (the schema's own message).
+    """
+    from sdtune.commands.args import run_config
+    from sdtune.config import load_config, resolve_config, save_config
+
+    cwd = (cwd or Path.cwd()).resolve()
+    config_file = run_config(config if config.is_absolute() else cwd / config)
+    cfg = load_config(config_file, list(overrides))
+    run_name = check_name(name or _default_name(config_file), "job name")
+    given_output = any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides)
+    notes = []
+    if not given_output:
+        run_dir = free_run_dir(workspace, run_name)
+        cfg.output_dir = run_dir
+        if run_dir.name != run_name:
+            notes.append(f"runs/{run_name} exists: this job trains into runs/{run_dir.name}")
+    cfg = resolve_config(cfg, cwd)
+    run_dir = Path(cfg.output_dir)
+    fixed = workspace / "jobs" / "configs" / f"{run_dir.name}-{uuid.uuid4().hex[:8]}.yaml"
+    fixed.parent.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, fixed)
+    argv = [*COMMANDS["train"], str(fixed), "--resume", "latest"]
+    return Submission("train", run_dir.name, argv, run_dir=run_dir, cwd=cwd, notes=notes)
+
+
+def _default_name(config_file: Path) -> str:
+    stem = config_file.parent.name if config_file.name == "config.yaml" else config_file.stem
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.") or "run"
+    return cleaned[:64]
+
+
+def command_submission(kind: str, args: list[str], *, name: str | None = None, cwd: Path | None = None,
+                       run_dir: Path | None = None) -> Submission:
+    """A ``run`` / ``personalize`` / ``caption`` / ``eval`` / ``pick`` job: that command with ``args``."""
+    if kind not in COMMANDS:
+        raise SdtuneError(f"unknown job kind {kind!r}; one of {', '.join(COMMANDS)}")
+    if kind == "train":
+        raise SdtuneError("a train job takes a config: `sdtune jobs submit CONFIG key=value...`")
+    if not args:
+        raise SdtuneError(f"a {kind} job needs the arguments of `sdtune {' '.join(COMMANDS[kind])}` "
+                          f"(see `sdtune {' '.join(COMMANDS[kind])} --help`)")
+    label = name or Path(args[0]).stem or kind
+    label = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)[:64] or kind
+    return Submission(kind, label, [*COMMANDS[kind], *args], run_dir=run_dir, cwd=(cwd or Path.cwd()).resolve())

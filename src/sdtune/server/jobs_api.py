@@ -1,0 +1,243 @@
+"""/api/jobs: the queue (list, submit through the schema, stop / resume / cancel), logs, live progress over SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from sdtune.errors import SdtuneError
+from sdtune.jobs.kinds import command_submission, train_submission
+from sdtune.jobs.progress import job_progress
+from sdtune.jobs.store import ENDED, Job
+from sdtune.jobs.worker import WorkerLock, log_path
+from sdtune.jobs.workspace import check_name, inside, relative_name
+from sdtune.server.training_form import FORM_KEYS, bases, build_config, ready_configs
+
+router = APIRouter()
+SERVED = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".safetensors", ".md", ".html", ".json", ".csv", ".txt",
+          ".log", ".yaml")
+
+
+class TrainForm(BaseModel):
+    ready: str = "toy-dreambooth-lora"
+    dataset: str | None = None
+    base: str | None = None
+    values: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+    priority: int = 0
+
+
+class OtherJob(BaseModel):
+    kind: str
+    run: str | None = None  # pick / eval / export: a run folder inside the workspace
+    runs: list[str] = Field(default_factory=list)
+    dataset: str | None = None  # caption
+    caption: str | None = None
+    captioner: str | None = None
+    prompts: list[str] = Field(default_factory=list)
+    name: str | None = None
+    priority: int = 0
+
+
+def _ws(request: Request) -> Path:
+    return request.app.state.workspace
+
+
+def job_view(ws: Path, job: Job, progress: bool = True, full: bool = True) -> dict[str, Any]:
+    """The job as the page sees it; ``progress``: read its run folder (``full``: curve and samples too)."""
+    data = job.to_dict()
+    data["run"] = relative_name(ws, Path(job.run_dir)) if job.run_dir else None
+    data["progress"] = job_progress(job, full=full) if progress else None
+    return data
+
+
+@router.get("/status")
+def status(request: Request) -> dict[str, Any]:
+    ws = _ws(request)
+    beat = request.app.state.store.worker_row()
+    return {"workspace": str(ws), "worker_pid": WorkerLock(ws).holder(), "heartbeat": beat}
+
+
+@router.get("/jobs")
+def list_jobs(request: Request, limit: int = 200) -> list[dict[str, Any]]:
+    ws, store = _ws(request), request.app.state.store
+    return [job_view(ws, job, full=False) for job in store.jobs(limit=min(max(limit, 1), 1000))]
+
+
+@router.get("/jobs/{job_id}")
+def get_job(request: Request, job_id: int) -> dict[str, Any]:
+    return job_view(_ws(request), request.app.state.store.get(job_id))
+
+
+@router.get("/configs")
+def configs() -> dict[str, Any]:
+    return {"ready": {name: {"description": e["description"], "config": e["config"]}
+                      for name, e in ready_configs().items()},
+            "bases": bases(), "form_keys": list(FORM_KEYS)}
+
+
+@router.get("/config-keys")
+def config_keys() -> list[dict[str, str]]:
+    from sdtune.config import list_keys
+
+    return [{"key": k, "type": t, "default": d} for k, t, d in list_keys()]
+
+
+def _job_name(ws: Path, form: TrainForm) -> str:
+    from sdtune.jobs.kinds import free_run_dir
+
+    base = form.name or (Path(form.dataset).name if form.dataset else form.ready)
+    return free_run_dir(ws, check_name(base, "job name")).name
+
+
+@router.post("/configs/check")
+def check_config(request: Request, form: TrainForm) -> dict[str, Any]:
+    """The form's config through the schema without queueing: ``{"ok": true}`` or 400 with ``fields``."""
+    ws = _ws(request)
+    name = _job_name(ws, form)
+    path, _ = build_config(ws, form.ready, form.dataset, form.base, form.values, name)
+    path.unlink(missing_ok=True)
+    return {"ok": True, "name": name}
+
+
+@router.post("/jobs/train")
+def submit_train(request: Request, form: TrainForm) -> dict[str, Any]:
+    ws, store = _ws(request), request.app.state.store
+    name = _job_name(ws, form)
+    path, _ = build_config(ws, form.ready, form.dataset, form.base, form.values, name)
+    sub = train_submission(ws, path, [], name=name, cwd=ws)
+    job = store.submit("train", sub.argv, name=sub.name, run_dir=sub.run_dir, priority=form.priority, cwd=ws)
+    return job_view(ws, job, progress=False)
+
+
+@router.post("/jobs/other")
+def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
+    """caption / pick / eval / export jobs, each built from workspace paths only (no free command line)."""
+    ws, store = _ws(request), request.app.state.store
+    args: list[str]
+    run_dir = None
+    if body.kind == "caption":
+        if not body.dataset:
+            raise SdtuneError("a caption job needs a dataset")
+        src = inside(ws, body.dataset, "dataset")
+        out = ws / "datasets" / check_name(f"{src.name}-captioned", "dataset name")
+        if body.captioner:
+            model = body.captioner if not (ws / body.captioner).exists() else str(inside(ws, body.captioner))
+            args = [str(src), str(out), "--captioner", model]
+        elif body.caption:
+            args = [str(src), str(out), "--caption", body.caption]
+        else:
+            raise SdtuneError("say how to caption: a captioner model (hub id or a folder in the workspace) or a "
+                              "fixed caption")
+        run_dir = None
+    elif body.kind in ("pick", "export"):
+        if not body.run:
+            raise SdtuneError(f"a {body.kind} job needs a run")
+        run = inside(ws, body.run, "run")
+        args = [str(run)] + (["--format", "kohya"] if body.kind == "export" else _pick_prompts(run, body.prompts))
+    elif body.kind == "eval":
+        runs = [str(inside(ws, r, "run")) for r in body.runs]
+        if not runs or not body.prompts:
+            raise SdtuneError("an eval job needs runs and prompts")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        prompts = ws / "jobs" / f"prompts-{stamp}.txt"
+        prompts.write_text("\n".join(p.replace("\n", " ") for p in body.prompts) + "\n", encoding="utf-8")
+        out = ws / "runs" / f"eval-{stamp}"
+        args = [*runs, "--prompts", str(prompts), "--out", str(out)]
+    else:
+        raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
+                          "use `sdtune jobs submit --kind` for run and personalize")
+    label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
+                             run_dir=run_dir)
+    job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
+    return job_view(ws, job, progress=False)
+
+
+def _pick_prompts(run: Path, prompts: list[str]) -> list[str]:
+    """``--prompt`` options for `sdtune pick`: the request's, else the run's validation prompts; none on a toy run
+    (pick then judges the toy suite)."""
+    from sdtune.run_folder import read_run_config
+
+    config = read_run_config(run)
+    validation = (config.get("validation") or {}).get("prompts") or []
+    base = (config.get("model") or {}).get("base")
+    chosen = prompts or ([] if base == "toy" else validation)
+    if not chosen and base != "toy":
+        raise SdtuneError("pick needs the prompts to judge the checkpoints by: give prompts, or train with "
+                          "validation prompts")
+    return [arg for prompt in chosen for arg in ("--prompt", prompt.replace("\n", " "))]
+
+
+@router.post("/jobs/{job_id}/{action}")
+def act(request: Request, job_id: int, action: str) -> dict[str, Any]:
+    store = request.app.state.store
+    do = {"stop": store.stop, "cancel": store.cancel, "resume": store.retry, "retry": store.retry}.get(action)
+    if do is None:
+        raise SdtuneError(f"unknown action {action!r}: stop, resume, retry or cancel")
+    return job_view(_ws(request), do(job_id), progress=False)
+
+
+def tail(path: Path, lines: int) -> str:
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 64 * 1024))
+        text = fh.read().decode("utf-8", "replace")
+    text = text.replace("\r", "\n")
+    return "\n".join([line for line in text.split("\n") if line.strip()][-lines:])
+
+
+@router.get("/jobs/{job_id}/log")
+def job_log(request: Request, job_id: int, lines: int = 200) -> dict[str, str]:
+    request.app.state.store.get(job_id)
+    return {"log": tail(log_path(_ws(request), job_id), min(max(lines, 1), 5000))}
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(request: Request, job_id: int) -> StreamingResponse:
+    """Server-sent events: ``progress`` (the job, its run's step/steps, loss curve, ETA, samples, log tail) whenever
+    it changes, polled from the store and the run folder each second; the stream ends after the job ended."""
+    ws, store = _ws(request), request.app.state.store
+    store.get(job_id)
+
+    async def stream():
+        last = None
+        while True:
+            if await request.is_disconnected():
+                return
+            job = await asyncio.to_thread(store.get, job_id)
+            view = await asyncio.to_thread(job_view, ws, job)
+            view["log_tail"] = await asyncio.to_thread(tail, log_path(ws, job_id), 30)
+            text = json.dumps(view)
+            if text != last:
+                yield f"event: progress\ndata: {text}\n\n"
+                last = text
+            else:
+                yield ": keep-alive\n\n"
+            if job.state in ENDED:
+                yield "event: end\ndata: {}\n\n"
+                return
+            await asyncio.sleep(1.0)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/files/{path:path}")
+def workspace_file(request: Request, path: str, download: bool = False) -> FileResponse:
+    """A file inside the workspace (samples, reports, LoRA files, model cards); nothing else, no folder."""
+    target = inside(_ws(request), path, "file")
+    if target.suffix.lower() not in SERVED or not target.is_file():
+        raise HTTPException(404, f"{path}: not a file the page serves")
+    headers = {"Content-Security-Policy": "sandbox"} if target.suffix.lower() == ".html" else None
+    return FileResponse(target, filename=target.name if download else None, headers=headers)

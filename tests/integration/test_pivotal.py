@@ -1,0 +1,101 @@
+"""Pivotal tuning through the real CLI: a token's vectors and a LoRA train together, the embedding freezes after
+ti_fraction of the steps, and both outputs load where users load them (diffusers, generate, checkpoints, kohya)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import make_images, run_cli, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "a photo of sks dog"
+
+
+def _images(pipe, prompt: str) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+def _train(tmp: Path, base: str) -> Path:
+    data = {"instance_dir": str(make_images(tmp / "data", 3)), "instance_prompt": PROMPT}
+    cfg = tiny_config(tmp / "run", data, {"max_steps": 4, "learning_rate": 1e-2, "lora": {"rank": 4},
+                                          "textual_inversion": {"token": "sks", "learning_rate": 5e-2,
+                                                                "ti_fraction": 0.5, "num_vectors": 2}},
+                      checkpoint={"every": 1, "keep": 5}, model={"base": base})
+    out = run_cli("train", str(write_config(tmp / "c.yaml", cfg)))
+    assert "RUN/embeddings verified: loads with diffusers load_textual_inversion" in out.stdout
+    assert "RUN/lora verified" in out.stdout and "Traceback" not in out.stderr
+    return tmp / "run"
+
+
+def _checkpoint(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / f"step-{step:06d}" / "trainable.safetensors"))
+
+
+@pytest.mark.parametrize("base", ["tiny", "tiny-xl"])
+def test_token_and_lora_train_together_and_load_as_users_load_them(tmp_path: Path, base: str) -> None:
+    from sdtune.inference.pipeline import load_for_inference
+    from sdtune.models.embeddings import load_into_pipeline
+    from sdtune.models.loading import load_pipeline
+
+    run = _train(tmp_path, base)
+    rows = load_file(str(run / "embeddings" / "sks.safetensors"))
+    assert {k: tuple(v.shape) for k, v in rows.items()} == (
+        {"clip_l": (2, 32), "clip_g": (2, 32)} if base == "tiny-xl" else {"sks": (2, 32)})
+    lora = load_file(str(run / "lora" / "pytorch_lora_weights.safetensors"))
+    assert lora and all(k.startswith("unet.") for k in lora), "the token's rows are no LoRA weights"
+    assert "dreambooth-pivotal" in (run / "README.md").read_text()
+
+    first, frozen, last = _checkpoint(run, 1), _checkpoint(run, 2), _checkpoint(run, 4)
+    learned = [k for k in last if k.endswith("token_embedding.learned.weight")]  # one per text encoder
+    assert len(learned) == (2 if base == "tiny-xl" else 1)
+    for key in learned:
+        assert not torch.equal(first[key], frozen[key]), "the embedding trains for ti_fraction of the steps"
+        assert torch.equal(frozen[key], last[key]), "then it is frozen"
+    loras = [k for k in last if k not in learned]
+    assert any(not torch.equal(frozen[k], last[k]) for k in loras), "the LoRA trains on after the freeze"
+
+    trained = load_for_inference(str(run))  # what generate, eval and pick load: LoRA + token
+    user = load_pipeline(base)  # what a diffusers user writes from the model card
+    user.load_lora_weights(str(run / "lora"))
+    load_into_pipeline(user, run / "embeddings" / "sks.safetensors")
+    images = _images(trained, PROMPT)
+    assert np.array_equal(_images(user, PROMPT), images)
+    lora_only = load_pipeline(base)
+    lora_only.load_lora_weights(str(run / "lora"))
+    assert not np.allclose(_images(lora_only, PROMPT), images), "the token must matter"
+
+    out = run_cli("generate", str(run), "--prompt", PROMPT, "--out", str(tmp_path / "gen"), "--steps", "2")
+    assert "images in" in out.stdout and list((tmp_path / "gen").glob("*.png"))
+
+
+def test_checkpoints_and_kohya_export_carry_the_lora_and_the_token(tmp_path: Path) -> None:
+    from sdtune.evaluation.checkpoints import expand_checkpoints
+    from sdtune.inference.pipeline import load_for_inference
+    from sdtune.models.embeddings import unbundle
+
+    run = _train(tmp_path, "tiny")
+    models = expand_checkpoints(run, tmp_path / "eval")
+    assert [m.step for m in models] == [1, 2, 3, 4] and models[-1].final
+    final = models[-1].folder
+    for part in ("embeddings/sks.safetensors", "lora/pytorch_lora_weights.safetensors"):
+        mine, theirs = load_file(str(final / part)), load_file(str(run / part))
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), part
+    assert np.array_equal(_images(load_for_inference(str(final)), PROMPT),
+                          _images(load_for_inference(str(run)), PROMPT))
+
+    out = run_cli("export", str(run), "--format", "kohya")
+    assert "bundled in the LoRA file" in out.stdout
+    exported = load_file(str(run / "export" / "run.safetensors"))
+    bundled = unbundle(exported)
+    assert list(bundled) == ["sks"] and torch.equal(bundled["sks"]["sks"], load_file(
+        str(run / "embeddings" / "sks.safetensors"))["sks"])
+    assert any(k.startswith("lora_unet_") for k in exported)
+    assert (run / "export" / "sks.safetensors").is_file(), "the embedding file for ComfyUI beside it"

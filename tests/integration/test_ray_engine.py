@@ -1,0 +1,94 @@
+"""The Ray engine on a local Ray with two fake GPUs: slots, retries, bad input, cancel, a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sdtune.engine import EXIT_BAD_INPUT, EXIT_STOPPED, Unit
+from sdtune.engine.unit import read_attempt
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator:
+    from sdtune.engine import Engine
+
+    eng = Engine(num_gpus=2, num_cpus=2)
+    yield eng
+    eng.shutdown(grace=30)
+
+
+def _unit(tmp: Path, name: str, mode: str, seconds: float = 1.0) -> Unit:
+    return Unit((mode, str(tmp / name), str(seconds)), tmp / f"{name}.log", name, env=ENV, module="tests.engine_child")
+
+
+def _spans(folder: Path) -> list[tuple[float, float]]:
+    return [(float(p.read_text()), float((folder / p.name.replace("pid-", "done-")).read_text()))
+            for p in folder.glob("pid-*") if (folder / p.name.replace("pid-", "done-")).exists()]
+
+
+def test_four_units_share_two_gpu_slots(engine, tmp_path: Path) -> None:
+    assert engine.default_gpus == 1.0 and engine.resources["GPU"] == 2
+    handles = [engine.submit(_unit(tmp_path, f"p{i}", "sleep", 2.0)) for i in range(4)]
+    assert engine.wait(handles, timeout=120)
+    assert [engine.poll(h) for h in handles] == [0, 0, 0, 0]
+    spans = [s for i in range(4) for s in _spans(tmp_path / f"p{i}")]
+    assert len(spans) == 4
+    busiest = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+    assert busiest == 2, f"two slots: at most two at once, and both used ({spans})"
+    devices = {(tmp_path / f"p{i}" / next((tmp_path / f"p{i}").glob("cuda-*")).name).read_text() for i in range(4)}
+    assert devices == {"0", "1"}
+    status = engine.status(handles[0])
+    assert status.state == "finished" and status.device in ("cuda:0", "cuda:1") and status.attempts == 1
+
+
+def test_crash_is_retried_bad_input_is_not(engine, tmp_path: Path) -> None:
+    crash = engine.submit(_unit(tmp_path, "crash", "crash-once"), retries=1)
+    bad = engine.submit(_unit(tmp_path, "bad", "bad"), retries=3)
+    once = engine.submit(_unit(tmp_path, "nore", "crash-once"), retries=0)
+    assert engine.wait(timeout=120)
+    assert engine.poll(crash) == 0 and engine.status(crash).attempts == 2
+    assert engine.poll(bad) == EXIT_BAD_INPUT and engine.status(bad).attempts == 1
+    assert engine.result(bad).error == "error: data.instance_dir photos/ has no images"
+    assert engine.poll(once) == 1 and engine.status(once).state == "failed"
+    states = [e.state for e in engine.events() if e.handle == crash]
+    assert states[0] == "queued" and "retrying" in states and states[-1] == "finished"
+
+
+def test_cancel_stops_the_child_at_a_checkpoint(engine, tmp_path: Path) -> None:
+    unit = _unit(tmp_path, "long", "sleep", 60)
+    handle = engine.submit(unit)
+    while engine.status(handle).state != "running":
+        time.sleep(0.1)
+    pid = read_attempt(unit)["pid"]
+    engine.cancel(handle)
+    assert engine.wait([handle], timeout=30)
+    assert engine.poll(handle) == EXIT_STOPPED and engine.status(handle).state == "stopped"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_killed_worker_is_retried_and_its_child_does_not_survive(engine, tmp_path: Path) -> None:
+    unit = _unit(tmp_path, "victim", "sleep", 4)
+    handle = engine.submit(unit, retries=1)
+    while engine.status(handle).state != "running":
+        time.sleep(0.1)
+    child = psutil.Process(read_attempt(unit)["pid"])
+    worker = child.parent()
+    assert worker is not None and worker.pid != os.getpid()
+    os.kill(worker.pid, signal.SIGKILL)
+    child.wait(10)  # the parent-death signal
+    assert engine.wait([handle], timeout=120)
+    status = engine.status(handle)
+    assert (status.state, status.attempts, engine.poll(handle)) == ("finished", 2, 0)
+    assert len(list((tmp_path / "victim").glob("done-*"))) == 1

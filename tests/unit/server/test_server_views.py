@@ -1,0 +1,95 @@
+"""What the page reads: a job's progress from its run folder, the SSE stream, results and downloads, pick's prompts."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from sdtune.jobs.store import JobStore
+from sdtune.server.app import create_app
+
+ORIGIN = {"origin": "http://127.0.0.1:7860"}
+
+
+def _run(ws, name="me", steps=6, base="toy", finished=True):
+    run = ws / "runs" / name
+    (run / "logs").mkdir(parents=True)
+    (run / "config.yaml").write_text(json.dumps({"model": {"base": base}, "train": {"max_steps": steps},
+                                                 "validation": {"prompts": ["a photo of sks person"]}}))
+    rows = [{"step": s, "max_steps": steps, "loss": 1.0 / s, "lr": 1e-3, "seconds": 0.5} for s in range(1, steps + 1)]
+    rows += [{"step": 3, "max_steps": steps, "loss": 9.0, "lr": 1e-3, "seconds": 0.5}]  # a resumed branch's step 3
+    (run / "logs" / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "lo')
+    (run / "samples" / "step-000004").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(run / "samples" / "step-000004" / "0.png")
+    (run / "lora").mkdir()
+    (run / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    (run / "README.md").write_text("# me\n")
+    if finished:
+        (run / "metrics.json").write_text(json.dumps({"status": "finished", "steps": steps}))
+    return run
+
+
+def test_job_progress_stream_and_results(tmp_path):
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    run = _run(ws)
+    store = JobStore.in_workspace(ws)
+    job = store.submit("train", ["train", "x.yaml"], name="me", run_dir=run)
+    store.claim_next()
+    store.ended(job.id, 0)
+    listed = client.get("/api/jobs").json()[0]
+    assert listed["progress"]["step"] == 6 and listed["progress"]["finished"]  # metrics.json, not the log's last line
+    detail = client.get(f"/api/jobs/{job.id}").json()
+    progress = detail["progress"]
+    assert progress["curve"] == [[1, 1.0], [2, 0.5], [3, 9.0], [4, 0.25], [5, 0.2], [6, 1 / 6]]
+    assert progress["samples"] == ["samples/step-000004/0.png"] and progress["finished"]
+    assert client.get("/api/files/runs/me/samples/step-000004/0.png").headers["content-type"] == "image/png"
+    with client.stream("GET", f"/api/jobs/{job.id}/events") as stream:
+        text = "".join(stream.iter_text())
+    assert text.startswith("event: progress\ndata: ") and text.rstrip().endswith("event: end\ndata: {}")
+    assert json.loads(text.split("data: ", 1)[1].split("\n", 1)[0])["state"] == "finished"
+    runs = client.get("/api/runs").json()
+    assert runs == [{"name": "me", "path": "runs/me", "kind": "run", "step": 6, "max_steps": 6, "finished": True,
+                     "lora": True}]
+    detail = client.get("/api/runs/me").json()
+    labels = [d["label"] for d in detail["downloads"]]
+    assert labels[:2] == ["LoRA (diffusers)", "model card (README.md)"] and detail["card"] == "# me\n"
+    download = client.get("/api/files/runs/me/lora/pytorch_lora_weights.safetensors", params={"download": 1})
+    assert download.content == b"x" and "attachment" in download.headers["content-disposition"]
+    assert client.get("/api/files/jobs.sqlite").status_code == 404  # the store is not a file the page serves
+    assert client.get("/api/runs/..").status_code in (400, 404)
+
+
+def test_pick_and_export_jobs_from_the_page(tmp_path):
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    _run(ws, "toyrun")
+    _run(ws, "sdrun", base="stabilityai/stable-diffusion-2-1-base")
+    toy = client.post("/api/jobs/other", json={"kind": "pick", "run": "runs/toyrun"}).json()
+    assert toy["argv"] == ["pick", str(ws / "runs" / "toyrun")] and toy["name"] == "pick-toyrun"
+    sd = client.post("/api/jobs/other", json={"kind": "pick", "run": "runs/sdrun"}).json()
+    assert sd["argv"][2:] == ["--prompt", "a photo of sks person"]
+    export = client.post("/api/jobs/other", json={"kind": "export", "run": "runs/sdrun"}).json()
+    assert export["argv"] == ["export", str(ws / "runs" / "sdrun"), "--format", "kohya"]
+    caption = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun"}).json()
+    assert "say how to caption" in caption["error"]
+
+
+def test_eval_and_pick_tables(tmp_path):
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    run = _run(ws)
+    (run / "pick").mkdir()
+    (run / "pick" / "results.json").write_text(json.dumps({
+        "metrics": {"clip_t": {}, "dino": {}},
+        "models": [{"label": "step-000004", "metrics": {"clip_t": {"mean": 31.25, "std": 1.5}, "dino": {}}},
+                   {"label": "step-000006", "metrics": {"clip_t": {"mean": 30.0, "std": None}}}, "junk"]}))
+    tables = client.get("/api/runs/me").json()["tables"]
+    assert tables == [{"title": "pick", "columns": ["model", "clip_t", "dino"],
+                       "rows": [["step-000004", "31.2 ± 1.5", ""], ["step-000006", "30", ""]]}]
+    r = client.post("/api/jobs/other", json={"kind": "eval", "runs": ["runs/me"], "prompts": ["a\nb", "c"]}).json()
+    prompts = r["argv"][r["argv"].index("--prompts") + 1]
+    assert r["argv"][:2] == ["eval", str(run)] and open(prompts).read() == "a b\nc\n"
+    assert r["argv"][-2] == "--out" and r["argv"][-1].startswith(str(ws / "runs" / "eval-"))
