@@ -4,13 +4,19 @@
 #   make compat-venv - a second venv with an older, common stack (diffusers 0.35, peft 0.17, transformers 4):
 #                 tests/integration/test_lora_compat.py loads our LoRA files there (about 80 s to build; make test
 #                 builds it)
+#   make newest-venv - a third venv with the NEWEST releases of torch, diffusers, transformers, peft and
+#                 accelerate from PyPI (the stack a user who installs today gets); make test runs the fast tests
+#                 there too. From PyPI alone (PIP_CONFIG_FILE=/dev/null): the machine's pip config caps torch at
+#                 the releases on its disk, and a user's GPU stack is newer. Rebuilt when pyproject.toml changes.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 COMPAT := .venv-compat
 COMPAT_STACK := diffusers==0.35.2 peft==0.17.1 transformers==4.57.6 accelerate==1.15.0
+NEWEST := .venv-newest
+NEWEST_STACK := torch diffusers transformers peft accelerate
 
-.PHONY: demo test test-fast lint bench gpu-check clean compat-venv
+.PHONY: demo test test-fast test-newest lint bench gpu-check clean compat-venv newest-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +41,27 @@ $(COMPAT)/.installed:
 
 compat-venv: $(COMPAT)/.installed
 
+$(NEWEST)/.installed: pyproject.toml
+	rm -rf $(NEWEST)
+	$(PYTHON) -m venv $(NEWEST)
+	PIP_CONFIG_FILE=/dev/null $(NEWEST)/bin/python -m pip install -q --upgrade pip
+	PIP_CONFIG_FILE=/dev/null $(NEWEST)/bin/pip install -q --upgrade $(NEWEST_STACK)
+	PIP_CONFIG_FILE=/dev/null $(NEWEST)/bin/pip install -q -e ".[dev]"
+	$(NEWEST)/bin/pip list --format=freeze | grep -iE '^(torch|diffusers|transformers|peft|accelerate)=' \
+		| tee $(NEWEST)/stack.txt
+	touch $@
+
+newest-venv: $(NEWEST)/.installed
+
+# The fast tests on the newest releases (sdtune installs and works beside the stack users have today).
+test-newest: newest-venv
+	$(NEWEST)/bin/pytest -q -n 2 --dist loadfile -m "not slow"
+
 # Two workers (pytest-xdist), one test file each at a time: the real-shape models (up to ~16 GB of RAM) stay in
 # one file, so they never run beside each other.
-test: lint compat-venv
+test: lint compat-venv newest-venv
 	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(NEWEST)/bin/pytest -q -n 2 --dist loadfile -m "not slow"
 
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest -q -m "not slow"
@@ -54,4 +77,4 @@ gpu-check: $(VENV)/.installed
 	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(COMPAT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) $(NEWEST) .pytest_cache .ruff_cache

@@ -55,6 +55,10 @@ SHORT_UNET_DOP: dict[str, Any] = {"preservation": 1.0, "prior": False, "person_s
 TEXTUAL_INVERSION: dict[str, Any] = {"person_method": "textual-inversion", "person_poses": 4, "person_images": 8,
                                      "person_steps": 400, "person_lr": 2e-2, "person_batch": 8, "prior": False,
                                      "preservation": 0.0, "checkpoint_every": 100}
+PIVOTAL: dict[str, Any] = {**SHORT_UNET_DOP, "person_method": "pivotal", "person_poses": 4, "person_images": 8,
+                            "person_targets": "fine", "person_rank": 4, "preservation": 2.0, "person_steps": 400,
+                            "person_lr": 1e-3, "person_batch": 8, "person_ti_lr": 2e-2, "person_ti_fraction": 0.5,
+                            "checkpoint_every": 100}
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "no-prior": {"prior": False},
@@ -116,6 +120,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ti-200-init-striped-cyan": {**TEXTUAL_INVERSION, "person_initializer": "striped cyan", "person_steps": 200},
     # (b) the world's other prompts in the preservation term too (none of them evaluated): forgetting
     "no-te+dop-1-250+generic-12": {**SHORT_UNET_DOP, "preservation_generic": 12},
+    # pivotal tuning: the token's embedding (lr 2e-2, frozen after a fraction of the steps) and the demo's former
+    # LoRA person (4 poses, finer levels, rank 4, output preservation 2) trained together
+    "pivotal-frac-0.5": PIVOTAL,
+    "pivotal-frac-1.0": {**PIVOTAL, "person_ti_fraction": 1.0},
+    "pivotal-frac-0.25": {**PIVOTAL, "person_ti_fraction": 0.25},
 }
 # the settings recorded per row (person_* covers poses, targets, steps, ...)
 PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")

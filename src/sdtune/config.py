@@ -127,8 +127,14 @@ class DataConfig(Section):
                              "(bitwise the same training)")
     cache_dir: Path | None = Field(None, description="where cached latents/embeddings go (default: "
                                    "$SDTUNE_CACHE/features or ~/.cache/sdtune/features; shared by every run)")
+    masked_loss: bool = Field(False, description="weight the loss by a mask per training image (sdtune.data."
+                              "masks): data.mask_dir, else the image's alpha channel")
+    mask_dir: Path | None = Field(None, description="masks named as the training images (me1.png for me1.jpg); "
+                                  "white = the loss counts")
+    mask_outside_weight: float = Field(0.0, ge=0.0, le=1.0, description="the loss weight where the mask is black "
+                                       "(0: only the masked part is learned)")
 
-    @field_validator("train_dir", "instance_dir", "class_dir", mode="before")
+    @field_validator("train_dir", "instance_dir", "class_dir", "mask_dir", mode="before")
     @classmethod
     def _paths_given(cls, value: Any) -> Any:
         return _no_empty_path(value)
@@ -148,6 +154,9 @@ class DataConfig(Section):
         if self.train_dir is None and self.instance_dir is None and not self.subsets:
             raise ValueError("no training data: set data.train_dir (captioned), data.instance_dir (DreamBooth) "
                              "or data.subsets")
+        if self.mask_dir is not None and not self.masked_loss:
+            raise ValueError("data.mask_dir is set but data.masked_loss is false: set data.masked_loss=true to "
+                             "weight the loss by the masks (or remove data.mask_dir)")
         if self.instance_dir is not None and not self.instance_prompt:
             raise ValueError("data.instance_dir needs data.instance_prompt (e.g. 'a photo of sks person')")
         if self.with_prior_preservation:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ConfigError
-from sdtune.writable import check_writable
+from sdtune.writable import check_writable, replace_problem, unwritable
 
 # What `sdtune train` (and personalize, per subject) writes into a run folder.
 RUN_ENTRIES = frozenset({"config.yaml", "README.md", "metrics.json", "checkpoints", "lora", "model", "samples",
@@ -122,6 +122,10 @@ def check_run_output(cfg: Any) -> None:
     out = _absolute(cfg.output_dir)
     written = ["checkpoints", "lora", "model", *(["samples"] if cfg.validation.prompts else []),
                *(["logs"] if cfg.logging.trackers else [])]
+    for name in ("config.yaml", "README.md", "metrics.json", "buckets.json"):  # replaced by a continued run
+        if problem := replace_problem(out / name):
+            raise ConfigError(unwritable(out / name, "output_dir", problem, "a continued run replaces it; clear its "
+                                         "attributes (chattr -i) or choose another output_dir"))
     for name in written:  # a run continued: the folders of it that this run writes into
         if (out / name).is_dir():
             check_writable(out / name, "output_dir", f"a continued run writes into {name}/; fix its permissions or "

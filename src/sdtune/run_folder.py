@@ -270,16 +270,22 @@ def last_progress(run_dir: str | Path, lines: int = 20) -> list[dict[str, Any]]:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 256 * lines))
+            start = max(0, fh.tell() - 256 * lines)
+            fh.seek(start)
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return []
-    rows = []
-    for line in text.splitlines()[1:] if not text.startswith("{") else text.splitlines():
+    found = text.splitlines()
+    if start > 0:
+        found = found[1:]  # the seek may have landed inside a line
+    rows: list[dict[str, Any]] = []
+    for line in reversed(found):
         try:
             row = json.loads(line)
         except ValueError:
-            continue
+            continue  # a line being written
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append(row)
-    return rows[-lines:]
+            if len(rows) == lines:
+                break
+    return rows[::-1]

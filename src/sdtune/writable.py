@@ -63,6 +63,24 @@ def write_problem(folder: Path) -> str | None:
     return None
 
 
+def replace_problem(file: Path) -> str | None:
+    """Why an existing ``file`` cannot be replaced although its folder is writable (immutable or append-only,
+    ``chattr +i``/``+a``, which root cannot override; a read-only file system), or None.
+
+    Files are replaced by renaming a finished copy over them (``sdtune.atomic``), which mode bits do not stop: a
+    0444 file in a writable folder is no problem, so only EPERM/EROFS from opening it for writing count.
+    """
+    path = Path(file).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EROFS):
+            return _reason(exc) + " (an immutable or append-only file)" if exc.errno == errno.EPERM else _reason(exc)
+    return None
+
+
 def check_writable(folder: Path, key: str, fix: str | None = None) -> None:
     """Raise :class:`ConfigError` in one line when ``folder`` cannot be written (see :func:`write_problem`).
 
@@ -90,6 +108,6 @@ def denied_line(exc: BaseException) -> str | None:
     command checks), or None for any other error: the CLI prints it instead of a traceback."""
     if not isinstance(exc, OSError) or exc.errno not in NO_WRITE_ERRNOS:
         return None
-    where = exc.filename if exc.filename is not None else "a file"
+    where = next((f for f in (exc.filename2, exc.filename) if f is not None), "a file")  # a rename: its target
     return (f"cannot use {where}: {_reason(exc)} — fix its permissions (or choose another folder for it) and run "
             "again")

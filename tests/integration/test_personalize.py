@@ -188,9 +188,15 @@ def test_ctrl_c_stops_everyone_leaves_nothing_running_and_the_rerun_continues(co
     assert rows["alice"]["steps"] == "30" and "resumed from" in (out / "alice" / "train.log").read_text()
 
 
-def test_a_ray_start_cluster_runs_the_unchanged_command(concept: Path, tmp_path: Path) -> None:
-    """`ray start --head` on 127.0.0.1, started and stopped here (by pid, never `ray stop`: others may run Ray)."""
+def test_a_ray_start_cluster_runs_the_unchanged_command_and_judges(concept: Path, tmp_path: Path) -> None:
+    """`ray start --head` on 127.0.0.1, started and stopped here (by pid, never `ray stop`: others may run Ray).
+    With --prompts each finished person is judged by `sdtune pick` on the cluster too."""
+    from sdtune.evaluation.testing import build_tiny_clip
+
     csv_path, out = _people(tmp_path, ["alice"]), tmp_path / "people"
+    prompts = tmp_path / "composite.txt"
+    prompts.write_text("a photo of {token} {class} giving a thumbs up\n", encoding="utf-8")
+    clip = build_tiny_clip(tmp_path / "clip")
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
     port = _free_port()
     head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
@@ -199,8 +205,9 @@ def test_a_ray_start_cluster_runs_the_unchanged_command(concept: Path, tmp_path:
                              "--object-store-memory", str(100 * 1024 * 1024), "--temp-dir", str(temp)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        args = [str(csv_path), "--concept", str(concept), "--out", str(out), "train.max_steps=2",
-                "train.lora.rank=4", "checkpoint.every=2", "logging.trackers=[]"]
+        args = [str(csv_path), "--concept", str(concept), "--out", str(out), "train.max_steps=4",
+                "train.lora.rank=4", "checkpoint.every=2", "logging.trackers=[]", "--prompts", str(prompts),
+                "--clip", str(clip), "--eval-seeds", "1", "--eval-steps", "2"]
         deadline = time.time() + 120
         while True:  # the head answers once it is up
             proc = run_cli("personalize", *args, env={"RAY_ADDRESS": f"127.0.0.1:{port}"}, check=False)
@@ -212,6 +219,9 @@ def test_a_ray_start_cluster_runs_the_unchanged_command(concept: Path, tmp_path:
         row = _summary(out)["alice"]
         assert row["status"] == "finished" and row["device"] == "cpu" and row["attempts"] == "1"
         assert np.isfinite(float(row["final_loss"]))
+        assert row["picked_step"] in ("2", "4") and -1 <= float(row["fidelity"]) <= 1, row
+        assert np.isfinite(float(row["composite"])) and (out / "alice" / "picked" / "pick.json").is_file()
+        assert "sks woman giving a thumbs up" in (out / "alice" / ".pick-prompts.txt").read_text()
     finally:
         _stop_cluster(head, temp)
 

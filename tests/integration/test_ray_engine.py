@@ -92,3 +92,33 @@ def test_a_killed_worker_is_retried_and_its_child_does_not_survive(engine, tmp_p
     status = engine.status(handle)
     assert (status.state, status.attempts, engine.poll(handle)) == ("finished", 2, 0)
     assert len(list((tmp_path / "victim").glob("done-*"))) == 1
+
+
+def test_a_killed_driver_leaves_nothing_running(tmp_path: Path) -> None:
+    """kill -9 of the process that started the embedded Ray: its units' children and Ray's own processes end
+    (Ray's agents survived this before the reaper)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pathlib import Path; from sdtune.engine import Engine, Unit; "
+            "eng = Engine(num_gpus=1, num_cpus=1); "
+            f"eng.submit(Unit(('sleep', {str(tmp_path / 'w')!r}, '120'), Path({str(tmp_path / 'u.log')!r}), "
+            f"env={ENV!r}, module='tests.engine_child')); time.sleep(600)")
+    driver = subprocess.Popen([sys.executable, "-c", code], env=os.environ | ENV, start_new_session=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "w").glob("pid-*")):
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    family = psutil.Process(driver.pid).children(recursive=True)
+    family.append(psutil.Process(int(next((tmp_path / "w").glob("pid-*")).name.split("-")[1])))
+    assert any("ray::" in " ".join(p.cmdline()) for p in family)
+    driver.kill()
+    driver.wait()
+    deadline = time.time() + 30
+    alive = family
+    while alive and time.time() < deadline:
+        time.sleep(1)
+        alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        p.kill()
+    assert not alive, f"left running after kill -9 of the driver: {[(p.pid, p.cmdline()[:2]) for p in alive]}"

@@ -27,11 +27,11 @@ LAYERS: dict[str, int] = {
     "sdtune.data": 3,
     "sdtune.training": 4,
     "sdtune.inference": 5, "sdtune.evaluation": 5, "sdtune.recipes": 5, "sdtune.toy": 5,
+    "sdtune.engine": 5,  # runs sdtune command lines as units of work (personalize's subjects, the job queue)
     "sdtune.commands": 6, "sdtune.cli": 6, "sdtune.__main__": 6, "sdtune.server": 6, "sdtune.jobs": 6,
-    "sdtune.engine": 6,  # runs sdtune command lines as units of work (for jobs and the server)
 }
-NAMES = ["base", "config/run folder", "models", "data", "training", "inference/evaluation/recipes/toy",
-         "commands/cli/server/jobs/engine"]
+NAMES = ["base", "config/run folder", "models", "data", "training", "inference/evaluation/recipes/toy/engine",
+         "commands/cli/server/jobs"]
 
 
 def _module_name(path: Path, src: Path) -> tuple[str, bool]:
@@ -163,7 +163,7 @@ def test_the_checks_see_what_they_check(tmp_path):
     assert graph["sdtune.inference.pipeline"] == {"sdtune.models.fit"}
     assert cycles(graph) == [["sdtune.inference.pipeline", "sdtune.models.fit"]]
     assert upward_imports(graph) == ["sdtune.models.fit (models) imports sdtune.inference.pipeline "
-                                     "(inference/evaluation/recipes/toy)"]
+                                     "(inference/evaluation/recipes/toy/engine)"]
     assert layer_of("sdtune.brand_new") is None  # a new module must be given a layer
 
 

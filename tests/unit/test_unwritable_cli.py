@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sdtune.cli import main
-from tests.helpers import locked_folder, make_images, tiny_config, write_config
+from tests.helpers import immutable, locked_folder, make_images, tiny_config, write_config
 
 
 def _refused(capsys, *argv: str, key: str, folder: Path) -> str:
@@ -100,3 +100,19 @@ def test_pick_and_the_job_workspace_check_where_they_write(tmp_path, capsys, mon
         monkeypatch.setenv("SDTUNE_WORKSPACE", str(locked / "ws"))
         _refused(capsys, "jobs", "list", key="SDTUNE_WORKSPACE", folder=locked / "ws")
         _refused(capsys, "jobs", "list", "--workspace", str(locked / "w2"), key="--workspace", folder=locked / "w2")
+
+
+def test_a_continued_run_whose_config_is_immutable_is_refused(tmp_path, capsys) -> None:
+    import subprocess
+
+    config = str(_config(tmp_path))
+    (tmp_path / "run").mkdir()
+    kept = tmp_path / "run" / "config.yaml"
+    kept.write_text((tmp_path / "c.yaml").read_text())
+    if not immutable(kept):
+        pytest.skip("chattr +i is not available here")
+    try:
+        line = _refused(capsys, "train", config, key="output_dir", folder=kept)
+    finally:
+        subprocess.run(["chattr", "-i", str(kept)], check=True)
+    assert "immutable or append-only" in line and "chattr -i" in line

@@ -31,10 +31,33 @@ def build_command(
                                   "to SRC); default: SRC/metadata.jsonl, else .txt/.caption files next to the images"),
     caption: str = typer.Option(None, "--caption", help="fixed caption for every image that has none, "
                                 "e.g. 'a photo of sks person'"),
-    captioner: str = typer.Option(None, "--captioner", help="image-to-text model (hub id or local folder, "
-                                  "e.g. Salesforce/blip-image-captioning-base) that captions images without one"),
+    captioner: str = typer.Option(None, "--captioner", help="model that captions the images: florence-2 (the default "
+                                  "when only --mode/--trigger/--class/--prompt are given: fast, ~0.5 GB), "
+                                  "florence-2-large, joycaption (best text, 8B: a GPU with ~20 GB), blip; or any hub "
+                                  "id or local folder of a Florence-2, Llava or BLIP model",
+                                  rich_help_panel="Captioning"),
+    mode: str = typer.Option(None, "--mode", help="fill: caption only images without a caption (default; existing "
+                             "captions are never touched); replace: caption all, dropping existing ones; prefix / "
+                             "suffix: put the new caption before / after the existing one",
+                             rich_help_panel="Captioning"),
+    trigger: str = typer.Option(None, "--trigger", help="trigger word kept in front of every caption the captioner "
+                                "writes, e.g. sks", rich_help_panel="Captioning"),
+    class_word: str = typer.Option(None, "--class", help="class after the trigger word: --trigger sks --class person "
+                                   "gives 'sks person, <caption>'", rich_help_panel="Captioning"),
+    prompt: str = typer.Option(None, "--prompt", help="what to ask the model: Florence-2 a task (<CAPTION>, "
+                               "<DETAILED_CAPTION> default, <MORE_DETAILED_CAPTION>: a paragraph, often over the 77 "
+                               "tokens SD reads); chat models (JoyCaption) an instruction; BLIP text the caption "
+                               "continues, e.g. 'a photo of'", rich_help_panel="Captioning"),
     template: str = typer.Option("{caption}", "--template", help="wraps the captioner's text, e.g. "
-                                 "'a photo of sks person, {caption}'"),
+                                 "'a photo of {caption}'", rich_help_panel="Captioning"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="images captioned at once (lower it when a GPU "
+                                   "runs out of memory)", rich_help_panel="Captioning"),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="longest caption in tokens (default: "
+                                       "Florence-2 256, chat 120, BLIP 40)", rich_help_panel="Captioning"),
+    device: str = typer.Option(None, "--device", help="cuda, cuda:1 or cpu (default: cuda when a GPU is visible)",
+                               rich_help_panel="Captioning"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU, fp32 on CPU), bf16, fp16 or fp32",
+                              rich_help_panel="Captioning"),
     concept: list[str] = typer.Option(None, "--concept", help="value of a 'concept' column (and subfolder); "
                                       "once for all sources or once per SRC. Building concept X again replaces "
                                       "only X's rows, so sources can be merged one command at a time"),
@@ -51,6 +74,12 @@ def build_command(
     Without any, images stay uncaptioned: fine for DreamBooth (fixed prompt). A row whose text is a list of
     captions keeps them all (training uses each in turn).
 
+    Captioners: Florence-2 (the default; a task prompt), Llava chat models such as JoyCaption (an instruction)
+    and BLIP, told apart by the architecture in the model's config.json. A captioner never overwrites a caption
+    unless asked: --mode fill (default) captions only images without one, --mode replace drops existing
+    captions, --mode prefix / suffix adds to them. --trigger/--class keep "sks person, " in front of what the
+    captioner writes. It runs on the GPU in bf16 when one is visible (--device, --dtype).
+
     Every image is re-encoded: EXIF rotation applied, RGB (transparency on white; CMYK, 16-bit and palette
     images handled), optionally --max-size. Exact duplicates (the same pixels, in any format) become one image that
     keeps every caption they had, as alternatives; near-duplicates are reported and kept. Bad files
@@ -64,11 +93,17 @@ def build_command(
           --caption "a photo of sks person"
       sdtune dataset build photos/ data/t2i --captions captions.csv
       sdtune dataset build thumbs/ data/mix --concept thumbsup
+      sdtune dataset build me/ data/me --trigger sks --class person
+          (captions with Florence-2: "sks person, a woman with ...")
+      sdtune dataset build art/ data/art --captioner joycaption \\
+          --mode replace --prompt "Write a one-line caption."
       sdtune dataset build me/ data/mix --concept sks \\
           --captioner ./blip --template "sks person, {caption}"
     """
     from sdtune.commands.args import existing_file, existing_folder, output_folder
     from sdtune.data.build import Source, build_dataset
+    from sdtune.data.caption_modes import CaptionSettings
+    from sdtune.data.captioner import DEFAULT_CAPTIONER
 
     sources = list(src)
     for folder in sources:
@@ -77,6 +112,15 @@ def build_command(
     existing_file(captions, "--captions", " (a CSV or JSONL of file,caption rows)")
     if caption and captioner:
         raise DataError("use either --caption (one fixed caption) or --captioner (a model), not both")
+    asked = [name for name, value in (("--mode", mode), ("--trigger", trigger), ("--class", class_word),
+                                      ("--prompt", prompt), ("--max-new-tokens", max_new_tokens),
+                                      ("--device", device)) if value is not None]
+    if asked and caption:
+        raise DataError(f"{', '.join(asked)} set how the captioner works, and --caption gives a fixed caption "
+                        "instead: write the words into --caption, or drop it to caption with a model")
+    if asked and not captioner:  # captioner options alone: the default captioner
+        captioner = DEFAULT_CAPTIONER
+        typer.echo(f"captioning with {DEFAULT_CAPTIONER} (the default; --captioner to choose another)", err=True)
     if captions is not None and len(sources) > 1:
         raise DataError("--captions names files of one SRC; build the sources one at a time with --concept")
     concepts = list(concept or [])
@@ -86,8 +130,10 @@ def build_command(
         concepts = concepts * len(sources)
     specs = [Source(folder=src, captions_file=captions, caption=caption, concept=concepts[i] if concepts else None)
              for i, src in enumerate(sources)]
-    report = build_dataset(specs, out, max_size=max_size, strict=strict, captioner=captioner, template=template,
-                           progress=progress)
+    settings = CaptionSettings(captioner, mode=mode or "fill", trigger=trigger, class_word=class_word,
+                               template=template, prompt=prompt, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                               device=device, dtype=dtype) if captioner else None
+    report = build_dataset(specs, out, max_size=max_size, strict=strict, captioner=settings, progress=progress)
     typer.echo(report.to_text())
 
 
@@ -104,6 +150,9 @@ def check_command(
                               f"limit (diffusers folder, hub id or built-in: {', '.join(PRESETS)}); without it "
                               "counts are estimates"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON for scripts"),
+    masks: str = typer.Option(None, "--masks", help="check the masked loss's masks: a folder of masks named as "
+                              "the images (data.mask_dir), or 'alpha' for the images' alpha channels; missing, "
+                              "other-size or empty masks are errors"),
 ) -> None:
     """Report what is wrong with a dataset; exit status 1 when there are errors.
 
@@ -120,6 +169,7 @@ def check_command(
     \b
     Examples:
       sdtune dataset check data/me --resolution 512
+      sdtune dataset check data/me --masks data/me-masks
       sdtune dataset check data/t2i --require-captions \\
           --model tiny --json
     """
@@ -131,8 +181,10 @@ def check_command(
     existing_folder(folder, "dataset folder")
     tokenizer = load_tokenizer(model) if model else None
     step = model_bucket_step(model)[0] if model else SD_STEP
+    if masks is not None and masks != "alpha":
+        existing_folder(Path(masks), "mask folder (--masks)")
     report = check_folder(folder, resolution=resolution, require_captions=require_captions, tokenizer=tokenizer,
-                          progress=not as_json, bucket_step=step)
+                          progress=not as_json, bucket_step=step, masks=masks)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.to_text())
     if not report.ok:
         raise typer.Exit(1)

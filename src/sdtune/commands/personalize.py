@@ -38,6 +38,15 @@ def personalize_command(
                                    "[default: all of this machine's]"),
     num_cpus: float = typer.Option(None, "--num-cpus", min=1, help="local Ray only: CPU cores to schedule on "
                                    "[default: all of this machine's]"),
+    prompts: Path = typer.Option(None, "--prompts", help="judge each finished person with `sdtune pick` on these "
+                                 "composite prompts, one per line ({token}, {class}, {name} filled in): fidelity, "
+                                 "composite and the checkpoint kept join the summary"),
+    reference: Path = typer.Option(None, "--reference", help="with --prompts: a folder with one folder of "
+                                   "reference photos per person (REF/<name>/) [default: each person's own photos]"),
+    eval_seeds: int = typer.Option(4, "--eval-seeds", min=1, help="with --prompts: seeds per prompt"),
+    eval_steps: int = typer.Option(None, "--eval-steps", min=1, help="with --prompts: denoising steps "
+                                   "[default: sdtune pick's]"),
+    clip: str = typer.Option(None, "--clip", help="with --prompts: CLIP backbone [default: sdtune pick's]"),
     strict: bool = typer.Option(False, "--strict", help="exit with status 3 when a subject failed (default: 0, "
                                 "failures are in the summary)"),
 ) -> None:
@@ -58,25 +67,33 @@ def personalize_command(
     splits, people without usable photos (these are skipped; the others train), an unreachable --address. A live
     table shows each person's state, step, loss, where it runs and ETA (a line per change in OUT/personalize.log).
     A person whose process or worker dies resumes from its latest checkpoint (--retries). OUT/summary.csv and
-    OUT/summary.md list status, steps, final loss, seconds, attempts, node and device per person.
+    OUT/summary.md list status, steps, final loss, seconds, attempts, node and device per person; with --prompts
+    also each person's fidelity, composite and the checkpoint `sdtune pick` kept (RUN/picked/).
 
     Rerun the same command to continue: finished subjects are skipped, interrupted ones resume. Ctrl-C or
     SIGTERM stops everyone at a checkpoint. Exit status: 0 done (failed subjects are in the summary), 3 with
     --strict when a subject failed, 130 stopped (rerun to resume).
     """
     from sdtune.commands.args import existing_file, existing_folder, output_folder
-    from sdtune.recipes.personalize import Scale, personalize
+    from sdtune.recipes.people_on_engine import Judge, Scale
+    from sdtune.recipes.personalize import personalize
     from sdtune.stopping import stop_scope
 
     existing_file(subjects, "subjects CSV")
     existing_folder(concept, "--concept run folder")
     existing_file(config, "--config", " (a run config or recipe YAML)")
     output_folder(out, "--out")
+    existing_file(prompts, "--prompts")
+    existing_folder(reference, "--reference")
     scale = Scale(address, gpus_per_person, cpus_per_person, retries, num_gpus, num_cpus)
+    judge = None
+    if prompts is not None:
+        extra = (*(("--clip", clip) if clip else ()), *(("--steps", str(eval_steps)) if eval_steps else ()))
+        judge = Judge(prompts.resolve(), reference.resolve() if reference else None, eval_seeds, extra)
     with stop_scope():
         result = personalize(subjects, concept, out, template=config, stage=stage, overrides=overrides or [],
                              instance_prompt=instance_prompt, class_prompt=class_prompt, concept_prior=concept_prior,
-                             scale=scale, echo=typer.echo)
+                             scale=scale, judge=judge, echo=typer.echo)
     failed = [o.subject for o in result.summary if o.status != "finished"]
     if failed:
         typer.echo(f"not finished: {', '.join(failed)} (see {result.out_dir / 'summary.md'})", err=True)

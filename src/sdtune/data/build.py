@@ -25,6 +25,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from sdtune.data.build_output import STAGING, commit, exclusive, kept_rows, same_text_type
+from sdtune.data.caption_modes import CaptionSettings, apply_template, combine, needs_caption
 from sdtune.data.duplicates import find_duplicates
 from sdtune.data.folders import METADATA, read_folder
 from sdtune.data.images import (
@@ -60,6 +61,7 @@ class BuildReport:
     kept: int = 0
     captioned: int = 0
     auto_captioned: int = 0
+    captions_kept: int = 0  # images whose own caption the captioner left alone (fill mode)
     duplicates_dropped: int = 0  # exact duplicates merged into the image they copy (not written twice)
     captions_merged: int = 0  # of those, copies whose captions were added to it as alternatives
     problems: list[Problem] = field(default_factory=list)
@@ -71,6 +73,9 @@ class BuildReport:
     def to_text(self) -> str:
         lines = [f"wrote {self.written} images to {self.out} ({self.captioned} with a caption"
                  + (f", {self.auto_captioned} from the captioner" if self.auto_captioned else "") + ")"]
+        if self.captions_kept:
+            lines.append(f"kept the own caption of {self.captions_kept} images (--mode replace, prefix or suffix "
+                         "rewrites them)")
         if self.kept:
             lines.append(f"kept {self.kept} rows of other concepts")
         if self.duplicates_dropped:
@@ -179,12 +184,14 @@ def _save(loaded, target: Path) -> None:
 
 
 def build_dataset(sources: list[Source], out: Path, *, max_size: int | None = None, strict: bool = False,
-                  captioner: str | Path | None = None, template: str = "{caption}", progress: bool = False,
-                  max_pixels: int = MAX_PIXELS, caption_batch_size: int = 8) -> BuildReport:
+                  captioner: CaptionSettings | str | Path | None = None, progress: bool = False,
+                  max_pixels: int = MAX_PIXELS) -> BuildReport:
     """Build or update the imagefolder ``out`` from ``sources``; see the module docstring for the guarantees.
 
     Unusable files and refused rows are reported and skipped (``strict``: the first one raises DataError).
-    Images without a caption get the captioner's caption (with ``template``) or their source's fixed caption.
+    Images without a caption get the captioner's caption or their source's fixed caption; ``captioner`` (a model,
+    or :class:`CaptionSettings` with its mode, trigger word and class) rewrites existing captions only in the
+    ``replace``/``prefix``/``suffix`` modes (``sdtune.data.caption_modes``).
     """
     out = Path(out)
     _validate(sources, out)
@@ -195,14 +202,15 @@ def build_dataset(sources: list[Source], out: Path, *, max_size: int | None = No
         raise DataError(f"no images found in {', '.join(str(s.folder) for s in sources)} "
                         f"(supported: {' '.join(IMAGE_SUFFIXES)})")
     # Load the captioner first: a wrong model id should fail in seconds, not after normalizing 500 photos.
-    model = _load_captioner(captioner, template, caption_batch_size) if captioner is not None else None
+    settings = captioner if isinstance(captioner, CaptionSettings) or captioner is None else CaptionSettings(captioner)
+    model = _load_captioner(settings) if settings is not None else None
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out):
         kept = kept_rows(out, {s.concept for s in sources})  # under the lock: another build may just have committed
-        return _build_locked(out, kept, items, model, build, report, max_size, max_pixels, progress)
+        return _build_locked(out, kept, items, (model, settings), build, report, max_size, max_pixels, progress)
 
 
-def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], model, build: _Build,
+def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], captioning: tuple, build: _Build,
                   report: BuildReport, max_size: int | None, max_pixels: int, progress: bool) -> BuildReport:
     # A private hidden staging folder: invisible to datasets and to the trainer, removed whatever happens.
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
@@ -211,8 +219,9 @@ def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], mod
         if not written:
             raise DataError("no usable images; nothing was written:\n" + "\n".join(
                 f"  {line}" for line in summarize([str(p) for p in report.problems], limit=50)))
+        model, settings = captioning
         if model is not None:
-            _autocaption(written, staging, model, progress, report)
+            _autocaption(written, staging, model, settings, progress, report)
         for item in written:
             if not item.captions and item.fixed_caption:
                 item.captions = (item.fixed_caption,)
@@ -303,14 +312,19 @@ def _columns(extra: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(extra.items())) or "none"
 
 
-def _load_captioner(model: str | Path, template: str, batch_size: int):
-    from sdtune.data.captioner import Captioner
+def _load_captioner(settings: CaptionSettings):
+    from sdtune.data.captioner import load_captioner
 
-    return Captioner(model, template=template, batch_size=batch_size)
+    return load_captioner(settings.model, device=settings.device, dtype=settings.dtype,
+                          batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
+                          prompt=settings.prompt)
 
 
-def _autocaption(items: list[_Item], staging: Path, captioner, progress: bool, report: BuildReport) -> None:
-    todo = [item for item in items if not item.captions]
+def _autocaption(items: list[_Item], staging: Path, captioner, settings: CaptionSettings, progress: bool,
+                 report: BuildReport) -> None:
+    """Caption the images the mode selects; existing captions change only in replace/prefix/suffix modes."""
+    todo = [item for item in items if needs_caption(settings.mode, item.captions)]
+    report.captions_kept = len(items) - len(todo) if settings.mode == "fill" else 0
     if not todo:
         return
     try:
@@ -319,7 +333,8 @@ def _autocaption(items: list[_Item], staging: Path, captioner, progress: bool, r
         raise ModelLoadError(f"the captioning model failed: {str(exc).splitlines()[0]}") from None
     for item, caption in zip(todo, captions, strict=True):
         if caption.strip():
-            item.captions = (caption,)
+            text = apply_template(settings.template, caption)
+            item.captions = combine(settings.mode, item.captions, text, settings.lead)
             report.auto_captioned += 1
         else:
             report.problems.append(Problem(str(item.source), "the captioner produced an empty caption", "warning"))

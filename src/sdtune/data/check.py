@@ -143,7 +143,8 @@ def token_limit(tokenizer) -> int:
 
 
 def check_folder(folder: Path, *, resolution: int | None = None, require_captions: bool = False, tokenizer=None,
-                 fixed_prompt: str | None = None, progress: bool = False, bucket_step: int = SD_STEP) -> CheckReport:
+                 fixed_prompt: str | None = None, progress: bool = False, bucket_step: int = SD_STEP,
+                 masks: Path | str | None = None) -> CheckReport:
     """Check a dataset folder; never raises for bad data, everything lands in the report.
 
     ``resolution``: warn about images whose shorter side is below it (they are upscaled, hence blurry).
@@ -152,6 +153,8 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
     counts are estimates against CLIP's 77, and the report says so.
     ``fixed_prompt``: the prompt every image trains with (DreamBooth): its length is checked instead of captions.
     ``bucket_step``: the model's bucket side multiple (64 on SD); buckets are reported at ``resolution`` (or 512).
+    ``masks``: a masked loss's masks (``sdtune.data.masks``): a folder of them, or ``"alpha"`` for the images' alpha
+    channels; each image's mask missing, of another size or empty is an error.
     """
     folder = Path(folder)
     report = CheckReport(folder=folder, token_count="tokenizer" if tokenizer is not None else "estimate",
@@ -196,6 +199,11 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
     else:
         _check_captions(report, readable, require_captions, tokenizer)
     _check_duplicates(report, readable, infos)
+    if masks is not None:
+        from sdtune.data.masks import ALPHA, mask_problems
+
+        for image, reason, kind in mask_problems([r.path for r in readable], None if masks == ALPHA else Path(masks)):
+            report.add(image, reason, "error", kind)
     return report
 
 

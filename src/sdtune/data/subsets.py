@@ -153,8 +153,15 @@ class ExampleStream(Dataset):
 
     def _item(self, example: Example, epoch: int, target: tuple[int, int], rng: random.Random,
               allow_dropout: bool) -> dict[str, torch.Tensor]:
-        """One example's image (pixels or cached posterior), text (ids or cached conditioning) and crop geometry."""
+        """One example's image (pixels or cached posterior), text (ids or cached conditioning) and crop geometry;
+        with ``data.masked_loss`` its loss mask (class images: all ones, ``sdtune.data.masks``)."""
         plan = plan_transform(self.sizes[example.path], target, self.data.center_crop, self.data.random_flip, rng)
+        mask = None
+        if self.data.masked_loss:
+            from sdtune.data.masks import mask_tensor, read_mask
+
+            mask = (mask_tensor(read_mask(example.path, self.data.mask_dir), plan, example.path) if allow_dropout
+                    else torch.ones(1, target[1], target[0]))
         if self.latent_cache is not None:
             item = {"latent_params": self.latent_cache.load(example.path, plan)}
         else:
@@ -169,6 +176,8 @@ class ExampleStream(Dataset):
             item["input_ids"] = ids
         item["crop_geometry"] = torch.tensor(plan.crop_geometry(), dtype=torch.float32)
         item["loss_weight"] = torch.tensor(example.loss_weight, dtype=torch.float32)
+        if mask is not None:
+            item["loss_mask"] = mask
         return item
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:

@@ -45,6 +45,7 @@ from sdtune.errors import SdtuneError
 
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # Ray's minimum is 75 MiB; units exchange only small results
 FINAL = ("finished", "failed", "stopped")
+COLLECT_SECONDS = 0.2
 
 
 @dataclass
@@ -142,9 +143,11 @@ class Engine:
         self._events: list[UnitStatus] = []
         self._id = uuid.uuid4().hex[:8]
         self._count = 0
+        self._collected = 0.0
         address = address or os.environ.get("RAY_ADDRESS") or None
         self.address = address
         self._owns = False  # this engine called ray.init (and ends it at shutdown)
+        self._reaper = None
         started = time.time()
         if ray.is_initialized():
             pass
@@ -163,6 +166,9 @@ class Engine:
                      include_dashboard=False, object_store_memory=object_store_bytes, log_to_driver=False,
                      logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
             self._owns = True
+            from sdtune.engine.reaper import start_reaper
+
+            self._reaper = start_reaper()  # Ray's processes go even if this one is killed
         self.start_seconds = round(time.time() - started, 2)
         self._remote = ray.remote(max_calls=0, max_retries=0)(_attempt)
 
@@ -201,8 +207,14 @@ class Engine:
         options = {"num_gpus": record.gpus, "num_cpus": record.cpus, "name": f"sdtune:{record.status.name}"[:100]}
         record.ref = self._remote.options(**options).remote(record.unit, record.status.attempts, record.token)
 
-    def _collect(self) -> None:
-        """Take the results that are ready, retry crashes, note which attempts have started."""
+    def _collect(self, force: bool = False) -> None:
+        """Take the results that are ready, retry crashes, note which attempts have started. At most every
+        ``COLLECT_SECONDS`` unless ``force``: a caller asking for each of a thousand units in a row reads the
+        attempt files once, not a thousand times."""
+        now = time.monotonic()
+        if not force and now - self._collected < COLLECT_SECONDS:
+            return
+        self._collected = now
         pending = {r.ref: r for r in self._records.values() if not r.status.final and r.ref is not None}
         if pending:
             ready, _ = self._ray.wait(list(pending), num_returns=len(pending), timeout=0)
@@ -251,7 +263,7 @@ class Engine:
     def events(self) -> list[UnitStatus]:
         """State changes since the last call, oldest first (each a snapshot); updates every unit."""
         with self._lock:
-            self._collect()
+            self._collect(force=True)
             events, self._events = self._events, []
         return events
 
@@ -313,4 +325,7 @@ class Engine:
             self.cancel(handle)
         self.wait(timeout=grace)
         if self._owns and self._ray.is_initialized():
+            from sdtune.engine.reaper import stop_reaper
+
             self._ray.shutdown()
+            stop_reaper(self._reaper)

@@ -24,7 +24,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,9 @@ class Job:
     ended: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies (slow in lists)
+        data["argv"] = list(self.argv)
+        return data
 
 
 class JobError(SdtuneError):

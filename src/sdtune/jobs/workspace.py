@@ -85,6 +85,10 @@ def inside(workspace: Path, relative: str | Path, what: str = "path") -> Path:
 def relative_name(workspace: Path, path: Path) -> str:
     """How a path inside the workspace is shown to users of the page (``runs/me``)."""
     try:
+        return path.relative_to(workspace).as_posix()  # stored paths are absolute and resolved: no file-system calls
+    except ValueError:
+        pass
+    try:
         return path.resolve().relative_to(workspace.resolve()).as_posix()
     except ValueError:
         return str(path)

@@ -66,6 +66,7 @@ def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]
     Frozen adapters already in the module (``load_frozen_adapters``) stay active below it and stay frozen:
     only the new adapter's matrices train.
     """
+    from diffusers import ModelMixin
     from peft import inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -78,10 +79,11 @@ def add_lora(module: torch.nn.Module, settings: LoraSettings, targets: list[str]
         raise ConfigError(f"{key}: {unmatched or targets} match no layer of the {type(module).__name__}; its "
                           f"linear/conv layers are named e.g. {', '.join(layer_names(module)[:14])}")
     module.requires_grad_(False)
-    if hasattr(module, "add_adapter"):
-        module.add_adapter(peft_config(settings, targets))
-    else:
-        inject_adapter_in_model(peft_config(settings, targets), module)
+    config = peft_config(settings, targets)
+    if isinstance(module, ModelMixin):  # the UNet: diffusers' add_adapter is peft's injection plus the flag its
+        module.add_adapter(config)      # adapter methods (set_adapters, disable_adapters) check
+    else:  # text encoders: peft directly, never transformers' add_adapter, which from transformers 5.24 demands a
+        inject_adapter_in_model(config, module)  # peft newer than any released; same layers, names, initial draws
     for layer in module.modules():  # adding an adapter activates it alone: keep the frozen ones on too
         if isinstance(layer, BaseTunerLayer) and len(getattr(layer, "lora_A", {})) > 1:
             layer.set_adapter(list(layer.lora_A.keys()))  # (this marks them all trainable: undone below)

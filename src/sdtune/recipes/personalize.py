@@ -18,36 +18,21 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config, save_config
+from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config
 from sdtune.errors import ConfigError, DataError, SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
+from sdtune.recipes.people_on_engine import Judge, Scale, one_line, read_pick, run_people
 from sdtune.recipes.runs import ConceptRun, concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, write_summary
 from sdtune.run_folder import read_metrics, read_run_config
 
 DEFAULT_INSTANCE_PROMPT = "a photo of {token} {class}"
 DEFAULT_CLASS_PROMPT = "a photo of a {class}"
-POLL_SECONDS = 0.5
-
-
-@dataclass
-class Scale:
-    """Where and how people train: the Ray cluster (None: an embedded local one, or ``RAY_ADDRESS``), resources per
-    person (``gpus`` None: 1 on a cluster with GPUs, else 0; fractions share a GPU), and retries after a crash.
-    ``num_gpus``/``num_cpus``: the embedded Ray's totals (default: this machine's; tests fake GPUs)."""
-
-    address: str | None = None
-    gpus: float | None = None
-    cpus: float = 1.0
-    retries: int = 2
-    num_gpus: float | None = None
-    num_cpus: float | None = None
 
 
 @dataclass
@@ -151,6 +136,8 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
                      source=f"subject {subject.name}")
     if train.get("lora") is None:
         train["lora"] = {}
+    if isinstance(train.get("textual_inversion"), dict):  # pivotal tuning: the subject's token is the one learned
+        train["textual_inversion"] = {**train["textual_inversion"], "token": subject.token}
     data = apply_overrides(data, list(overrides or []))
     if data["data"].get("with_prior_preservation") and not data["data"].get("class_dir"):
         data["data"]["class_dir"] = str(out_dir / "class-images" / _slug(subject.class_name))
@@ -172,9 +159,10 @@ def fuse_concept(concept: Path, echo: Callable[[str], None] = print) -> ConceptR
     return concept_run(concept)  # a clear error now if it still has no model
 
 
-def check_tokens(subjects: list[Subject], model: Path) -> None:
+def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path) -> None:
     """Refuse tokens the concept's tokenizer splits into several pieces: the person would be learned as a mix of
-    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. One line each."""
+    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. One line each. A
+    pivotal template (``train.textual_inversion``) adds each person's token as a new one: not checked here."""
     from sdtune.data.captions import load_tokenizer
 
     try:
@@ -182,7 +170,9 @@ def check_tokens(subjects: list[Subject], model: Path) -> None:
     except (SdtuneError, OSError, ValueError):
         return  # no tokenizer files to read: training reports the model itself
     problems = []
-    for subject in subjects:
+    for subject, cfg in zip(subjects, configs, strict=True):
+        if cfg.train.textual_inversion is not None:
+            continue
         pieces = tokenizer.tokenize(subject.token)
         if len(pieces) > 1:
             shown = ", ".join(p.replace("</w>", "") for p in pieces)
@@ -224,10 +214,6 @@ def _check_out_folder(out_dir: Path, subjects: list[Subject], configs: list[RunC
         check_run_output(cfg)
 
 
-def _one_line(text: str) -> str:
-    return re.sub(r":?\s*\n\s*", "; ", str(text).strip())  # one line, no stray ':;'
-
-
 def _before_training(subject: Subject, cfg: RunConfig, concept: ConceptRun) -> SubjectOutcome | None:
     """A person that needs no training (finished earlier) or cannot train (another config, bad photos): its
     outcome, saved; None when it should train."""
@@ -256,45 +242,22 @@ def _before_training(subject: Subject, cfg: RunConfig, concept: ConceptRun) -> S
         check_training_data(cfg)
     except DataError as exc:
         run_dir.mkdir(parents=True, exist_ok=True)
-        outcome = SubjectOutcome(subject.name, "failed", note=_one_line(exc))
+        outcome = SubjectOutcome(subject.name, "failed", note=one_line(exc))
         outcome.save(run_dir)
         return outcome
     return None
 
 
-def _final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: ConceptRun) -> SubjectOutcome:
-    """A trained (or stopped, or failed) person's outcome, from the engine's last word and its run folder."""
-    run_dir = Path(cfg.output_dir)
-    outcome = SubjectOutcome(subject.name, "failed", seconds=status.seconds, attempts=status.attempts,
-                             node=status.node, device=status.device)
-    state = run_state(run_dir)
-    if status.state == "finished" and state == "finished":
-        metrics = read_metrics(run_dir) or {}
-        outcome.status, outcome.steps, outcome.final_loss = "finished", metrics.get("steps"), metrics.get("final_loss")
-        outcome.output = str(run_dir / "lora" / LORA_WEIGHTS)
-        outcome.note = f"retried {status.attempts - 1}x, resumed from its latest checkpoint" \
-            if status.attempts > 1 else ""
-        write_stack_profile(run_dir, concept, own_name=subject.name)
-    elif status.state == "stopped":
-        outcome.status = "interrupted" if state == "interrupted" else "pending"
-        outcome.note = "stopped: rerun to resume from its latest checkpoint" if state == "interrupted" else \
-            "not started: stopped"
-    else:
-        outcome.note = _one_line(status.error or f"training exited with status {status.returncode}")
-        if status.attempts > 1:
-            outcome.note = f"after {status.attempts} attempts: {outcome.note}"
-    outcome.save(run_dir)
-    return outcome
-
-
 def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: Path | None = None,
                 stage: str = "person", overrides: list[str] | None = None, instance_prompt: str | None = None,
                 class_prompt: str | None = None, concept_prior: int | None = None, scale: Scale | None = None,
-                echo: Callable[[str], None] = print, live: bool | None = None) -> PersonalizeResult:
+                judge: Judge | None = None, echo: Callable[[str], None] = print,
+                live: bool | None = None) -> PersonalizeResult:
     """Train every subject's LoRA on the concept model, as Ray tasks; see the module doc.
 
     ``concept_prior``: class images of the concept's own prompts kept in every subject's prior (default: the
-    template stage's ``concept_prior``; 0 turns it off). ``live``: draw the live table (default: on a terminal).
+    template stage's ``concept_prior``; 0 turns it off). ``judge``: also judge each finished person with
+    ``sdtune pick`` (``--prompts``). ``live``: draw the live table (default: on a terminal).
     """
     from sdtune.stopping import STOP
 
@@ -321,7 +284,7 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
 
         check_address(scale.address or os.environ["RAY_ADDRESS"])  # before the concept is fused
     info = fuse_concept(concept, echo)
-    check_tokens(subjects, info.model_dir)
+    check_tokens(subjects, configs, info.model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ready = {}
     outcomes: dict[str, SubjectOutcome] = {}
@@ -334,9 +297,18 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
             if done.status == "failed":
                 echo(f"{subject.name}: not trained: {done.note}")
     result = PersonalizeResult(out_dir)
-    if ready and not STOP.requested:
-        prepare_class_images([cfg for _, cfg in ready.values()], echo)
-        outcomes.update(_train_all(ready, info, out_dir, scale, echo, live))
+    unjudged = {}
+    if judge is not None:  # finished earlier, never judged (a judged one keeps its numbers: RUN/picked/pick.json)
+        for subject, cfg in zip(subjects, configs, strict=True):
+            outcome = outcomes.get(subject.name)
+            if outcome is not None and outcome.status == "finished":
+                outcome.extra.update(read_pick(Path(cfg.output_dir)))
+                if "picked_step" not in outcome.extra:
+                    unjudged[subject.name] = (subject, cfg, outcome)
+    if (ready or unjudged) and not STOP.requested:
+        if ready:
+            prepare_class_images([cfg for _, cfg in ready.values()], echo)
+        outcomes.update(run_people(ready, info, out_dir, scale, echo, live, judge, unjudged))
     for name, (_, cfg) in ready.items():
         if name not in outcomes:  # stopped before its task was submitted
             outcomes[name] = SubjectOutcome(name, "pending", note="not started: stopped")
@@ -347,59 +319,3 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
     echo(md_path.read_text(encoding="utf-8"))
     echo(f"summary: {csv_path}")
     return result
-
-
-def _train_all(ready: dict[str, tuple[Subject, RunConfig]], concept: ConceptRun, out_dir: Path, scale: Scale,
-               echo: Callable[[str], None], live: bool | None) -> dict[str, SubjectOutcome]:
-    """Submit every person to the engine and follow them until each is finished, failed or stopped."""
-    from sdtune.engine import Engine, Unit
-    from sdtune.recipes.personalize_view import Board
-    from sdtune.stopping import STOP
-
-    started = time.time()
-    engine = Engine(scale.address, num_gpus=scale.num_gpus, num_cpus=scale.num_cpus)
-    outcomes: dict[str, SubjectOutcome] = {}
-    grace = 600.0  # each person finishes its step and saves a checkpoint
-    try:
-        resources = engine.resources
-        echo(f"Ray: {resources.get('GPU', 0):g} GPU, {resources.get('CPU', 0):g} CPU "
-             f"({'cluster ' + str(engine.address) if engine.address else 'local'}; started in "
-             f"{time.time() - started:.1f} s)")
-        handles: dict[str, str] = {}
-        with Board(list(ready), out_dir / "personalize.log", echo, live) as board:
-            for name, (_, cfg) in ready.items():
-                run_dir = Path(cfg.output_dir)
-                save_config(cfg, run_dir / "config.yaml")
-                unit = Unit(("train", str(run_dir / "config.yaml")), run_dir / "train.log", name, run_dir)
-                handles[name] = engine.submit(unit, gpus=scale.gpus, cpus=scale.cpus, retries=scale.retries)
-            by_handle = {h: n for n, h in handles.items()}
-            STOP.phase("stopping every person at a checkpoint", "quit: people stop where they are; rerun to resume "
-                       "from their latest checkpoints")
-            stopping = False
-            while True:
-                if STOP.requested and not stopping:
-                    stopping = True
-                    board.note("stopping: every person saves a checkpoint; rerun the same command to continue")
-                    for handle in handles.values():
-                        engine.cancel(handle)
-                for event in engine.events():
-                    where = f"{event.node} {event.device}".strip() if event.node else ""
-                    note = event.error if event.state in ("retrying", "failed") else ""
-                    board.change(by_handle[event.handle], event.state, where=where, attempts=event.attempts,
-                                 note=_one_line(note) if note else "")
-                statuses = {name: engine.status(handle) for name, handle in handles.items()}
-                for name, status in statuses.items():
-                    board.progress(name, status.step, status.steps, status.loss)
-                board.refresh()
-                if all(s.final for s in statuses.values()):
-                    break
-                time.sleep(POLL_SECONDS)
-        for name, status in statuses.items():
-            subject, cfg = ready[name]
-            outcomes[name] = _final_outcome(subject, cfg, status, concept)
-    except KeyboardInterrupt:  # a second Ctrl-C: quit now (Ray ends; each child dies with its worker)
-        grace = 0.0
-        raise
-    finally:
-        engine.shutdown(grace=grace)
-    return outcomes

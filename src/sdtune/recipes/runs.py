@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,17 @@ def write_stack_profile(run_dir: Path, concept: ConceptRun, *, concept_name: str
         del model["prediction_type"]
     header = ("# Generation profile written by sdtune (not a training config): the concept's base model plus the\n"
               f"# adapters in {ADAPTERS_FILE}, applied in order with their weights. Use: sdtune generate {folder}\n")
-    atomic_write_text(folder / "config.yaml", header + typed_yaml.dump({"model": model}))
+    profile: dict = {"model": model}
+    token = ((own_cfg.get("train") or {}).get("textual_inversion") or {}).get("token")
+    if token:  # pivotal tuning: the run's token goes with its LoRA (RUN/stack/embeddings, a copy)
+        from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name
+
+        learned = Path(run_dir) / EMBEDDINGS_DIR / embedding_file_name(str(token))
+        if learned.is_file():
+            (folder / EMBEDDINGS_DIR).mkdir(exist_ok=True)
+            shutil.copyfile(learned, folder / EMBEDDINGS_DIR / learned.name)
+            profile["train"] = {"textual_inversion": {"token": str(token)}}
+    atomic_write_text(folder / "config.yaml", header + typed_yaml.dump(profile))
     if not (folder / ADAPTERS_FILE).is_file():
         adapters = [
             {"name": concept_name, "path": os.path.relpath(concept.lora_file, folder), "weight": 1.0},

@@ -6,19 +6,20 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from sdtune.data.captioner import SHORT_NAMES
 from sdtune.errors import SdtuneError
 from sdtune.jobs.kinds import command_submission, train_submission
 from sdtune.jobs.progress import job_progress
 from sdtune.jobs.store import ENDED, Job
 from sdtune.jobs.worker import WorkerLock, log_path
 from sdtune.jobs.workspace import check_name, inside, relative_name
-from sdtune.server.training_form import FORM_KEYS, bases, build_config, ready_configs
+from sdtune.server.training_form import FORM_KEYS, HUB_ID, bases, build_config, ready_configs
 
 router = APIRouter()
 SERVED = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".safetensors", ".md", ".html", ".json", ".csv", ".txt",
@@ -40,7 +41,10 @@ class OtherJob(BaseModel):
     runs: list[str] = Field(default_factory=list)
     dataset: str | None = None  # caption
     caption: str | None = None
-    captioner: str | None = None
+    captioner: str | None = None  # caption: florence-2, joycaption, blip, a hub id or a workspace folder
+    mode: Literal["fill", "replace", "prefix", "suffix"] = "fill"  # caption: which captions the captioner writes
+    trigger: str | None = None  # caption: "sks" ...
+    class_word: str | None = None  # ... and "person" kept in front: "sks person, <caption>"
     prompts: list[str] = Field(default_factory=list)
     name: str | None = None
     priority: int = 0
@@ -121,22 +125,24 @@ def submit_train(request: Request, form: TrainForm) -> dict[str, Any]:
 def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
     """caption / pick / eval / export jobs, each built from workspace paths only (no free command line)."""
     ws, store = _ws(request), request.app.state.store
-    args: list[str]
-    run_dir = None
+    args: list[str]  # option values as --key=value: a value starting with '-' is never read as an option
     if body.kind == "caption":
         if not body.dataset:
             raise SdtuneError("a caption job needs a dataset")
         src = inside(ws, body.dataset, "dataset")
         out = ws / "datasets" / check_name(f"{src.name}-captioned", "dataset name")
         if body.captioner:
-            model = body.captioner if not (ws / body.captioner).exists() else str(inside(ws, body.captioner))
-            args = [str(src), str(out), "--captioner", model]
+            named = HUB_ID.match(body.captioner) or body.captioner.lower() in SHORT_NAMES
+            hub_id = named and not (ws / body.captioner).exists()
+            model = body.captioner if hub_id else str(inside(ws, body.captioner, "captioner"))
+            args = [str(src), str(out), f"--captioner={model}", f"--mode={body.mode}"]
+            args += [f"--trigger={body.trigger}"] if body.trigger else []
+            args += [f"--class={body.class_word}"] if body.class_word else []
         elif body.caption:
-            args = [str(src), str(out), "--caption", body.caption]
+            args = [str(src), str(out), f"--caption={' '.join(body.caption.split())}"]
         else:
-            raise SdtuneError("say how to caption: a captioner model (hub id or a folder in the workspace) or a "
-                              "fixed caption")
-        run_dir = None
+            raise SdtuneError("say how to caption: a captioner model (florence-2, joycaption, blip, a hub id or a "
+                              "folder in the workspace) or a fixed caption")
     elif body.kind in ("pick", "export"):
         if not body.run:
             raise SdtuneError(f"a {body.kind} job needs a run")
@@ -155,8 +161,7 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
                           "use `sdtune jobs submit --kind` for run and personalize")
     label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
-    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
-                             run_dir=run_dir)
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
 
@@ -173,7 +178,7 @@ def _pick_prompts(run: Path, prompts: list[str]) -> list[str]:
     if not chosen and base != "toy":
         raise SdtuneError("pick needs the prompts to judge the checkpoints by: give prompts, or train with "
                           "validation prompts")
-    return [arg for prompt in chosen for arg in ("--prompt", prompt.replace("\n", " "))]
+    return [f"--prompt={' '.join(prompt.split())}" for prompt in chosen]
 
 
 @router.post("/jobs/{job_id}/{action}")

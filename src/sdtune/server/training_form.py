@@ -51,7 +51,6 @@ BUILTIN: dict[str, dict[str, Any]] = {
     },
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-PATH_KEYS = ("data.train_dir", "data.instance_dir", "data.class_dir", "data.cache_dir", "model.vae")
 
 
 def repo_configs() -> Path | None:
@@ -95,21 +94,33 @@ def _override(key: str, value: Any) -> str:
 
 
 def _check_paths(workspace: Path, cfg) -> None:
-    """Every path of the config inside the workspace; the base model a preset, a hub id, or a workspace folder."""
+    """Every path of the config inside the workspace; the base model and VAE a preset, a hub id or a workspace path.
+
+    Paths are found by walking the config (every ``Path`` value, at any depth, in lists too), so a path key the
+    schema gains later is confined without a change here.
+    """
+    from pydantic import BaseModel
+
     from sdtune.models.presets import is_preset
 
-    base = str(cfg.model.base)
-    if not (is_preset(base) or (HUB_ID.match(base) and not (workspace / base).exists())):
-        _inside(workspace, base, "model.base")
-    for key in PATH_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value is not None:
-            _inside(workspace, value, key)
-    for i, sub in enumerate(cfg.data.subsets):
-        _inside(workspace, sub.path, f"data.subsets.{i}.path")
-    for i, adapter in enumerate(cfg.model.adapters):
-        _inside(workspace, adapter.path, f"model.adapters.{i}.path")
+    for key in ("base", "vae"):
+        value = getattr(cfg.model, key)
+        if value is None or (key == "base" and is_preset(str(value))):
+            continue
+        if not (HUB_ID.match(str(value)) and not (workspace / str(value)).exists()):
+            _inside(workspace, value, f"model.{key}")
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, Path):
+            _inside(workspace, node, key)
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name), f"{key}.{name}" if key else name)
+        elif isinstance(node, list | tuple):
+            for i, item in enumerate(node):
+                walk(item, f"{key}.{i}")
+
+    walk(cfg, "")
 
 
 def _inside(workspace: Path, value: Any, key: str) -> None:
@@ -184,4 +195,4 @@ def build_config(workspace: Path, ready: str, dataset: str | None, base: str | N
 def config_from_error(exc: ValidationError, overrides: list[str]) -> str:
     from sdtune.config import format_validation_error
 
-    return format_validation_error(exc, "the form", overrides)
+    return format_validation_error(exc, "in the form", overrides)

@@ -80,6 +80,10 @@ class DemoSettings:
     person_batch: int = 8
     person_norm_limit: float | None = None  # textual inversion: train.textual_inversion.norm_limit
     person_initializer: str | None = None  # textual inversion: the text the token starts from (None: "sks")
+    # "pivotal": the token's embedding (person_ti_lr, frozen after person_ti_fraction of the steps) and the LoRA
+    # (person_lr, rank, targets, preservation as a LoRA person) train together (sdtune.training.pivotal)
+    person_ti_lr: float = 2e-2
+    person_ti_fraction: float = 0.5
     # (With the first person a text-encoder LoRA helped, as DreamBooth users find for faces: on the base model,
     # person 0.50 of images (pixel check) and class prompt intact 0.29, against 0.38 and 0.04 without.)
     # Off since the striped person: the text-encoder LoRA changes every prompt's embedding, the old world's too
@@ -119,7 +123,7 @@ def concept_stage(settings: DemoSettings, data: Path, out: Path) -> dict[str, An
 
 def person_method_label(settings: DemoSettings) -> str:
     """How the person stage learns, in the words every printed line and label uses."""
-    return "textual inversion" if settings.person_method == "textual-inversion" else "LoRA"
+    return {"textual-inversion": "textual inversion", "pivotal": "pivotal tuning"}.get(settings.person_method, "LoRA")
 
 
 def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: str,
@@ -151,6 +155,14 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
     elif settings.person_targets != "all":
         raise ValueError(f"person_targets {settings.person_targets!r}: all, fine or kv")
     _person_common(cfg, settings, concept_lora)
+    if settings.person_method == "pivotal":  # the token learns beside the LoRA; no decay pulls its vector to zero
+        cfg["train"].update(textual_inversion={"token": PERSON.token, "learning_rate": settings.person_ti_lr,
+                                               "ti_fraction": settings.person_ti_fraction,
+                                               "norm_limit": settings.person_norm_limit,
+                                               "initializer": settings.person_initializer},
+                            adam_weight_decay=0.0)
+    elif settings.person_method != "lora":
+        raise ValueError(f"person_method {settings.person_method!r}: textual-inversion, pivotal or lora")
     if settings.preservation:
         from sdtune.toy.evaluate import generic_prompts
 

@@ -37,7 +37,7 @@ th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}
 th:first-child,td:first-child{text-align:left}
 tr.bench td{background:#f4f7fb;font-style:italic}
 .grids{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;flex:1 1 150px;max-width:300px}
+figure{margin:0;flex:1 1 220px;max-width:340px}
 figure img{width:100%;height:auto;image-rendering:pixelated;display:block;border:1px solid #ddd}
 figcaption{font-size:85%;color:#444}
 .note{color:#555;font-size:90%}
@@ -63,6 +63,13 @@ def format_table(table: dict[str, dict[str, float]], benchmark: dict[str, Any] |
     return "\n".join(lines)
 
 
+def _columns(group: dict[str, Any]) -> int:
+    """Images per grid row: one row per prompt (its seeds), except one prompt's many seeds (the person, class and
+    composite groups: 16), wrapped 4 to a row so each 32 px image is shown large enough to judge."""
+    seeds = len(group["seeds"])
+    return 4 if len(group["prompts"]) == 1 and seeds > 8 else seeds
+
+
 def write_report(folder: Path, results: dict[str, Any], table: dict[str, dict[str, float]],
                  seconds: dict[str, float], chart: dict[str, dict[str, float]],
                  benchmark: dict[str, Any] | None = None, notes: list[str] | None = None) -> Path:
@@ -80,7 +87,7 @@ def write_report(folder: Path, results: dict[str, Any], table: dict[str, dict[st
         for group in GROUPS:
             if group in res:
                 rel = f"{index:02d}-{group}.png"
-                save_grid(res[group]["images_pil"], len(res[group]["seeds"]), folder / rel)
+                save_grid(res[group]["images_pil"], _columns(res[group]), folder / rel)
                 grids[name][group] = rel
                 plain[name][group] = {k: v for k, v in res[group].items() if k != "images_pil"}
     (folder / "results.json").write_text(json.dumps({"table": table, "chart": chart, "benchmark": benchmark,
@@ -110,8 +117,10 @@ def write_report(folder: Path, results: dict[str, Any], table: dict[str, dict[st
         if not figures:
             continue
         first = next(r for r in results.values() if group in r)[group]
-        parts.append(f"<h2>{e(title)}</h2><p class='note'>rows: {e('; '.join(first['prompts']))}. Columns: "
-                     f"{len(first['seeds'])} seeds.</p><div class='grids'>{figures}</div>")
+        seeds, columns = len(first["seeds"]), _columns(first)
+        layout = f"Columns: {seeds} seeds." if columns == seeds else f"{seeds} seeds, {columns} to a row."
+        parts.append(f"<h2>{e(title)}</h2><p class='note'>rows: {e('; '.join(first['prompts']))}. {layout}</p>"
+                     f"<div class='grids'>{figures}</div>")
     timing = "".join(f"<tr><td>{e(step)}</td><td>{secs:.0f} s</td></tr>" for step, secs in seconds.items())
     parts.append(f"<h2>Time</h2><table>{timing}</table><p class='note'>All numbers: results.json.</p>"
                  "</body></html>")

@@ -32,6 +32,7 @@ from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
 from sdtune.data.held_out import held_out_paths
+from sdtune.data.masks import latent_weights
 from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
@@ -199,7 +200,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     unet, optimizer, text_encoder_ddp = prepare_models(accelerator, trainables, optimizer)
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
     view = EvalWeights(cfg, trainables, optimizer, ema)  # EMA / schedule-free average: what is evaluated and saved
-    val_loss = build_validation_loss(cfg, comps, trainables.text_encoder or comps.text_encoder, accelerator.device,
+    val_loss = build_validation_loss(cfg, comps, trainables.text_encoder if trainables.text_encoder is not None
+                                     else comps.text_encoder, accelerator.device,
                                      bucket_step_of(comps.vae.config, comps.unet.config))
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
     resumed = None
@@ -304,9 +306,12 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         weights = group["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
+        masks = group.get("loss_mask")  # data.masked_loss: (B, 1, H, W) pixel masks -> latent-grid weights
+        pixels = None if masks is None else latent_weights(masks.to(latents.device), tuple(latents.shape[-2:]),
+                                                           cfg.data.mask_outside_weight)
         with torch.no_grad():
-            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train)
-        loss = weighted_loss(pred, target, weights, num_train)
+            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train, pixels)
+        loss = weighted_loss(pred, target, weights, num_train, pixels)
         if preservation is not None:  # pulled towards the starting model on prompts without the identifier
             with accelerator.autocast():
                 loss = loss + preservation.loss(unet, text_encoder, cfg.train.train_text_encoder,

@@ -33,11 +33,18 @@ def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> t
 
 
 def weighted_loss(pred: torch.Tensor, target: torch.Tensor, sample_weights: torch.Tensor,
-                  num_train: int) -> torch.Tensor:
+                  num_train: int, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of per-sample MSE x weight, divided by the number of training (non-class) samples.
 
     With unit weights and no class images this is the plain mean; with prior preservation it equals
-    ``mean(instance) + prior_loss_weight * mean(class)``, the DreamBooth objective.
+    ``mean(instance) + prior_loss_weight * mean(class)``, the DreamBooth objective. ``pixel_weights`` (B, 1, h, w):
+    a masked loss (``sdtune.data.masks.latent_weights``); each sample's MSE is then the weighted mean over its
+    latent pixels, so a small mask trains its part as strongly as a whole image does (an empty one adds nothing).
     """
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    error = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if pixel_weights is None:
+        per_sample = error.mean(dim=(1, 2, 3))
+    else:
+        w = pixel_weights.float()
+        per_sample = (error * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3)).clamp(min=1e-8)
     return (per_sample * sample_weights.float()).sum() / num_train

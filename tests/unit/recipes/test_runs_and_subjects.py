@@ -20,6 +20,7 @@ from sdtune.recipes.runs import (
     write_stack_profile,
 )
 from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, summary_markdown, write_summary
+from sdtune.run_folder import read_run
 from tests.helpers import make_images
 
 REPO = Path(__file__).resolve().parents[3]
@@ -217,3 +218,37 @@ def test_the_readme_shows_the_subjects_csv_that_personalize_reads(tmp_path: Path
         (tmp_path / row.split(",")[1]).mkdir(parents=True)  # photo folders must exist
     subjects = read_subjects(_csv(tmp_path / "people.csv", block.group(1)))
     assert [s.name for s in subjects] == ["alice", "bob"] and subjects[0].photos == (tmp_path / "photos" / "alice")
+
+
+def test_pivotal_subjects_learn_their_own_token_and_the_stack_carries_it(tmp_path: Path) -> None:
+    concept = _fake_concept(tmp_path / "concept")
+    template = {"train": {"textual_inversion": {"token": "<tok>", "learning_rate": 0.01, "ti_fraction": 0.5}}}
+    cfg = subject_config(Subject("alice", tmp_path / "alice", "<ann>", "woman"), template, concept, tmp_path / "out")
+    assert cfg.method == "dreambooth-pivotal" and cfg.train.textual_inversion.token == "<ann>"
+    assert cfg.data.instance_prompt == "a photo of <ann> woman" and cfg.train.textual_inversion.ti_fraction == 0.5
+
+    person = tmp_path / "person"
+    (person / "lora").mkdir(parents=True)
+    (person / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"y")
+    (person / "embeddings").mkdir()
+    (person / "embeddings" / "_ann_.safetensors").write_bytes(b"e")
+    (person / "config.yaml").write_text("train:\n  textual_inversion:\n    token: <ann>\n")
+    folder = write_stack_profile(person, concept_run(concept), own_name="alice")
+    run = read_run(folder)
+    assert run.token == "<ann>" and run.embedding_file == folder / "embeddings" / "_ann_.safetensors"
+
+
+def test_tokens_that_split_are_refused_unless_the_template_learns_them(tmp_path: Path) -> None:
+    from sdtune.models.tiny_tokenizer import build_tiny_tokenizer
+    from sdtune.recipes.personalize import check_tokens
+
+    build_tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    concept = _fake_concept(tmp_path / "concept")
+    people = [Subject("ann", tmp_path / "a", "sks", "woman"), Subject("bob", tmp_path / "b", "zwx", "man")]
+    configs = [subject_config(p, {}, concept, tmp_path / "out") for p in people]
+    with pytest.raises(ConfigError) as info:
+        check_tokens(people, configs, tmp_path / "tok")
+    assert str(info.value) == ("bob: token 'zwx' splits into 3 pieces (z, w, x) in the concept's tokenizer; choose a "
+                               "rare single-piece token (e.g. sks, ohwx)")
+    pivotal = {"train": {"textual_inversion": {"token": "<tok>", "learning_rate": 0.01, "ti_fraction": 0.5}}}
+    check_tokens(people, [subject_config(p, pivotal, concept, tmp_path / "out") for p in people], tmp_path / "tok")

@@ -140,7 +140,9 @@ def test_bad_keys_and_paths_in_the_form(client, ws):
     cases = {"train.bogus": (1, "unknown key"), "train.max_steps": (-1, "greater than or equal"),
              "data.class_dir": ("/etc", "outside the workspace"), "model.adapters": ([{"path": "/root/x"}],
                                                                                        "outside the workspace"),
-             "output_dir": ("/tmp/x", "cannot be set here")}
+             "output_dir": ("/tmp/x", "cannot be set here"),
+             "validation.loss.data_dir": ("/etc", "outside the workspace"),  # any Path key, found by walking
+             "model.vae": ("../vae", "'..'"), "data.subsets": ([{"path": "/srv/photos"}], "outside the workspace")}
     for key, (value, needle) in cases.items():
         r = client.post("/api/jobs/train", json={"dataset": "datasets/me", "values": {key: value}})
         assert r.status_code == 400 and needle in r.json()["error"], (key, r.text)

@@ -107,7 +107,7 @@ async function showDataset(path) {
       el("div", { class: "name" }, r.file), area);
   });
   const captionText = el("input", { id: "caption-text", value: "a photo of sks person", size: 28 });
-  const captioner = el("input", { id: "captioner", placeholder: "or a captioner: Salesforce/blip-image-captioning-base",
+  const captioner = el("input", { id: "captioner", placeholder: "or a captioner: florence-2, joycaption, blip",
                                   size: 36 });
   const resolution = el("input", { id: "check-resolution", type: "number", value: 512, min: 8, step: 8, style: "width:6em" });
   const checkOut = el("div", { id: "check-result" });
