@@ -125,3 +125,18 @@ def test_every_refusal_has_one_shape_with_a_readable_line(tmp_path):
         assert body["error"].startswith("bad request: ") and field in body["fields"], body
     form = client.post("/api/configs/check", json={"ready": "toy-dreambooth-lora"}).json()
     assert form["error"].startswith("invalid config in the form: data: no training data"), form
+
+
+def test_a_loha_run_offers_its_lycoris_file(tmp_path):
+    """A LoHa / LoKr run has no diffusers file, only RUN/lora/lycoris.safetensors: the Results page listed no LoRA
+    download for it and said lora: false (found with the model card that named a file such a run does not have)."""
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    run = _run(ws, "loha")
+    (run / "lora" / "pytorch_lora_weights.safetensors").rename(run / "lora" / "lycoris.safetensors")
+    assert client.get("/api/runs").json()[0]["lora"] is True
+    downloads = {d["label"]: d["path"] for d in client.get("/api/runs/loha").json()["downloads"]}
+    assert downloads["LyCORIS (AUTOMATIC1111 / ComfyUI)"] == "runs/loha/lora/lycoris.safetensors", downloads
+    store = JobStore.in_workspace(ws)
+    job = store.submit("train", ["train", "x.yaml"], name="loha", run_dir=run)
+    assert "lora/lycoris.safetensors" in client.get(f"/api/jobs/{job.id}").json()["progress"]["outputs"]
