@@ -38,6 +38,23 @@ def _spans(folder: Path) -> list[tuple[float, float]]:
             for p in folder.glob("pid-*") if (folder / p.name.replace("pid-", "done-")).exists()]
 
 
+def test_workers_start_with_the_engine(engine, tmp_path: Path) -> None:
+    """Ray starts a job's workers only at its first task (1-1.5 s here): the engine starts one per slot at once, so
+    once ``ready()`` the first units run in workers that were up before they were submitted (and GPU units reuse the
+    warm-up's workers: same kind)."""
+    assert engine.ready(timeout=120)
+    submitted = time.time()
+    handles = [engine.submit(_unit(tmp_path, f"w{i}", "sleep", 3.0)) for i in range(2)]
+    workers = []
+    deadline = time.time() + 60
+    while len(workers) < 2 and time.time() < deadline:
+        workers = [psutil.Process(a.pid).parent() for h in handles if (a := engine.status(h)).pid]
+        time.sleep(0.1)
+    assert len(workers) == 2, [engine.status(h) for h in handles]
+    assert all(w.create_time() < submitted for w in workers), "a unit waited for a new Ray worker"
+    assert engine.wait(handles, timeout=120) and [engine.poll(h) for h in handles] == [0, 0]
+
+
 def test_four_units_share_two_gpu_slots(engine, tmp_path: Path) -> None:
     assert engine.default_gpus == 1.0 and engine.resources["GPU"] == 2
     handles = [engine.submit(_unit(tmp_path, f"p{i}", "sleep", 2.0)) for i in range(4)]
