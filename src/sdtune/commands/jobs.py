@@ -79,7 +79,7 @@ def list_command(
     """The queue: id, state, kind, name, attempts, priority, created, progress (from the run folder)."""
     from sdtune.jobs.progress import progress_line
     from sdtune.jobs.store import ACTIVE
-    from sdtune.jobs.worker import WorkerLock
+    from sdtune.jobs.worker import WorkerLock, job_message
 
     ws, store = _open(workspace)
     jobs = store.jobs(None if all_jobs else ACTIVE)
@@ -87,8 +87,8 @@ def list_command(
         typer.echo("no jobs" + ("" if all_jobs else " queued or running (--all shows ended ones)"))
     for job in reversed(jobs):
         progress = progress_line(job)
-        if job.state in ("failed", "stopped", "cancelled") and job.message:
-            progress = f"{progress}  {job.message}" if progress else job.message  # why it ended, in one line
+        if job.state in ("failed", "stopped", "cancelled") and (message := job_message(ws, job)):
+            progress = f"{progress}  {message}" if progress else message  # why it ended, in one line
         typer.echo(f"{job.id:5d}  {job.state:9s}  {job.kind:11s}  {job.name:24s}  try {job.attempts}  "
                    f"prio {job.priority:<3d} {_age(job.created)}  {progress}")
     pid = WorkerLock(ws).holder()

@@ -191,6 +191,14 @@ def _ending(code: int, log: Path | None = None) -> str:
     return reason or f"exited with status {code} (the log's last lines say why)"
 
 
+def job_message(workspace: Path, job: Job) -> str:
+    """The job's message; for a failure recorded before the worker kept the error line (or by an engine that could
+    not say), the error line read from its log now."""
+    if job.state == "failed" and job.message.startswith("exited with status"):
+        return failure_line(log_path(workspace, job.id)) or job.message
+    return job.message
+
+
 def failure_line(log: Path, tail_bytes: int = 16_384) -> str | None:
     """The last ``error: ...`` line the command printed in this attempt (its one-line reason, continuation lines
     joined), or the last line of a traceback; None when the log's tail has neither."""

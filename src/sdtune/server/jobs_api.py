@@ -17,7 +17,7 @@ from sdtune.errors import SdtuneError
 from sdtune.jobs.kinds import command_submission, train_submission
 from sdtune.jobs.progress import job_progress
 from sdtune.jobs.store import ENDED, Job
-from sdtune.jobs.worker import WorkerLock, log_path
+from sdtune.jobs.worker import WorkerLock, job_message, log_path
 from sdtune.jobs.workspace import check_name, inside, relative_name
 from sdtune.server.training_form import FORM_KEYS, HUB_ID, bases, build_config, ready_configs
 
@@ -57,6 +57,7 @@ def _ws(request: Request) -> Path:
 def job_view(ws: Path, job: Job, progress: bool = True, full: bool = True) -> dict[str, Any]:
     """The job as the page sees it; ``progress``: read its run folder (``full``: curve and samples too)."""
     data = job.to_dict()
+    data["message"] = job_message(ws, job)
     data["run"] = relative_name(ws, Path(job.run_dir)) if job.run_dir else None
     data["progress"] = job_progress(job, full=full) if progress else None
     return data

@@ -80,3 +80,25 @@ def test_the_reason_is_this_attempts_and_continuation_lines_are_kept(tmp_path: P
     assert failure_line(log) == "RuntimeError: boom"
     log.write_text("=== attempt 1\nkilled\n", encoding="utf-8")
     assert failure_line(log) is None
+
+
+def test_a_failure_recorded_before_the_fix_shows_its_log_line(tmp_path: Path, monkeypatch) -> None:
+    """Jobs that failed under an older worker hold only "exited with status 2 (...)": the list and the page read the
+    error line from the log instead."""
+    from fastapi.testclient import TestClient
+
+    from sdtune.cli import app
+    from sdtune.jobs.store import JobStore
+    from sdtune.jobs.workspace import find_workspace
+    from sdtune.server.app import create_app
+
+    ws = find_workspace(tmp_path / "ws")
+    store = JobStore.in_workspace(ws)
+    job = store.submit("eval", ["eval", "runs/me", "--prompts", "nope.txt"], name="me")
+    store.claim_next()
+    log_path(ws, job.id).write_text("=== attempt 1\nerror: --prompts nope.txt does not exist\n", encoding="utf-8")
+    store.ended(job.id, 2, "exited with status 2 (the log's last lines say why)")
+    monkeypatch.setenv("SDTUNE_WORKSPACE", str(ws))
+    assert "error: --prompts nope.txt does not exist" in CliRunner().invoke(app, ["jobs", "list", "--all"]).output
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860")
+    assert client.get(f"/api/jobs/{job.id}").json()["message"] == "error: --prompts nope.txt does not exist"
