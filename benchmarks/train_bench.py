@@ -20,6 +20,12 @@ give it its own environment with torchvision (which must not enter sdtune's)::
     python benchmarks/train_bench.py --peer-script /work/peer/train_dreambooth_lora.py \\
         --peer-python /work/venvs/peer/bin/python
 
+On a shared machine wall times mean little: ``--cpu-diff LOW --threads 1`` reports each command's steady CPU
+seconds per step instead, from its CPU time at LOW and at ``--steps`` steps (start-up, caching and saving cancel).
+``--baseline-src PATH`` adds the sdtune of another checkout (before/after). Without torchvision's C ops (a CPU
+torch with the PyPI torchvision wheel) the peer's venv needs a ``sitecustomize.py`` that puts empty modules at
+``torchvision._meta_registrations`` and ``torchvision._autograd_registrations`` (the peer uses transforms only).
+
 ``--sdtune-python`` runs sdtune with another interpreter (e.g. the peer's, to compare on the same torch build).
 The default model is SD 2's topology at 1/8 width built in code (4-level UNet with cross-attention and linear
 projections, 8x-down VAE, 23-layer text tower) at 256 px on the CPU. On a GPU: ``--model real-sd2-base
@@ -42,9 +48,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a photo of sks dog"
 WRAPPER = ("import json, resource, subprocess, sys, time; t = time.time(); "
-           "rc = subprocess.run(sys.argv[1:]).returncode; "
+           "rc = subprocess.run(sys.argv[1:]).returncode; u = resource.getrusage(resource.RUSAGE_CHILDREN); "
            "print('BENCH', json.dumps({'rc': rc, 'seconds': time.time() - t, "
-           "'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+           "'cpu_seconds': u.ru_utime + u.ru_stime, 'maxrss_kb': u.ru_maxrss}))")
 
 
 def build_bench_model(folder: Path) -> Path:
@@ -91,9 +97,10 @@ def make_photos(folder: Path, n: int, size: int) -> Path:
     return folder
 
 
-def _env(threads: int) -> dict[str, str]:
+def _env(threads: int, src: Path | None = None) -> dict[str, str]:
     return os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-                         "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false"}
+                         "WANDB_MODE": "offline", "PYTHONPATH": str(src or ROOT / "src"),
+                         "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _gpu_memory_mb() -> float | None:
@@ -171,7 +178,8 @@ def run_peer(args, model: Path, photos: Path, out: Path) -> dict:
             "checkpoint_mb": _dir_mb(out / f"checkpoint-{args.steps}")}
 
 
-def run_sdtune(args, model: Path, photos: Path, out: Path, cache: Path, extra: list[str]) -> dict:
+def run_sdtune(args, model: Path, photos: Path, out: Path, cache: Path, extra: list[str],
+               src: Path | None = None) -> dict:
     shutil.rmtree(cache, ignore_errors=True)  # a cold cache: the first-run cost is in the wall time
     config = {"output_dir": str(out), "model": {"base": str(model)},
               "data": {"instance_dir": str(photos), "instance_prompt": PROMPT, "resolution": args.resolution,
@@ -182,7 +190,7 @@ def run_sdtune(args, model: Path, photos: Path, out: Path, cache: Path, extra: l
     config_file = out.with_suffix(".yaml")
     config_file.write_text(json.dumps(config, indent=2))  # JSON is YAML
     command = [args.sdtune_python, "-m", "sdtune", "train", str(config_file), *args.sdtune_set, *extra]
-    res = _measured(command, _env(args.threads), out.with_suffix(".log"))
+    res = _measured(command, _env(args.threads, src), out.with_suffix(".log"))
     return {**res, "step_seconds": step_seconds(out / "logs", args.warmup),
             "checkpoint_mb": _dir_mb(out / "checkpoints" / f"step-{args.steps:06d}")}
 
@@ -217,8 +225,13 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=2, help="OMP/MKL threads of every command")
     parser.add_argument("--no-cache-variant", action="store_true", help="also run sdtune with both caches off")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="also run the sdtune of another checkout's src (variant 'sdtune-base': before/after)")
     parser.add_argument("--sdtune-set", action="append", default=[], help="KEY=VALUE for sdtune (repeatable)")
     parser.add_argument("--peer-arg", action="append", default=[], help="an extra peer argument (repeatable)")
+    parser.add_argument("--cpu-diff", type=int, default=None, metavar="LOW",
+                        help="a shared machine: steady CPU seconds per step instead, from each command's CPU time at "
+                             "LOW and at --steps steps ((cpu(steps) - cpu(LOW)) / (steps - LOW); use --threads 1)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write every measurement here")
     args = parser.parse_args()
@@ -232,9 +245,12 @@ def main() -> None:
 
         model = Path(resolve_model_ref(args.model))
     photos = make_photos(work / "photos", args.photos, args.resolution + args.resolution // 4)
-    variants = ["peer", "sdtune"] + (["sdtune-nocache"] if args.no_cache_variant else [])
+    variants = (["peer", "sdtune"] + (["sdtune-nocache"] if args.no_cache_variant else [])
+                + (["sdtune-base"] if args.baseline_src else []))
     rounds: list[dict[str, dict]] = []
     loads = [_load()]
+    if args.cpu_diff is not None:
+        return cpu_rounds(args, model, photos, work, variants)
     for r in range(args.rounds):
         row: dict[str, dict] = {}
         for name in variants:
@@ -244,7 +260,8 @@ def main() -> None:
                 row[name] = run_peer(args, model, photos, out)
             else:
                 extra = ["data.cache_latents=false", "data.cache_text=false"] if name == "sdtune-nocache" else []
-                row[name] = run_sdtune(args, model, photos, out, work / "cache", extra)
+                src = args.baseline_src if name == "sdtune-base" else None
+                row[name] = run_sdtune(args, model, photos, out, work / "cache", extra, src)
             print(f"round {r + 1} {name:15s} {row[name]['step_seconds']:.3f} s/step, {row[name]['seconds']:.1f} s, "
                   f"{row[name]['maxrss_kb'] / 1024:.0f} MB", flush=True)
         rounds.append(row)
@@ -254,6 +271,37 @@ def main() -> None:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds,
                                          "load": loads}, indent=2))
     print(f"\nwork folder: {work}")
+
+
+def cpu_rounds(args, model: Path, photos: Path, work: Path, variants: list[str]) -> None:
+    """Steady CPU seconds per step of each variant, from its CPU time at two step counts (start-up, caching and
+    saving cancel), in interleaved rounds; time-slicing on a shared machine does not enter CPU time."""
+    low, high, rounds, loads = args.cpu_diff, args.steps, [], [_load()]
+    for r in range(args.rounds):
+        row = {}
+        for name in variants:
+            cpu = {}
+            for steps in (low, high):
+                run = argparse.Namespace(**{**vars(args), "steps": steps, "warmup": 0})
+                out = work / f"r{r}-{name}-{steps}"
+                shutil.rmtree(out, ignore_errors=True)
+                src = args.baseline_src if name == "sdtune-base" else None
+                res = (run_peer(run, model, photos, out) if name == "peer" else
+                       run_sdtune(run, model, photos, out, work / "cache", [], src))
+                cpu[steps] = res["cpu_seconds"]
+            row[name] = (cpu[high] - cpu[low]) / (high - low)
+            print(f"round {r + 1} {name:12s} {row[name]:.3f} CPU s/step", flush=True)
+        rounds.append(row)
+        loads.append(_load())
+    print(f"\n{model.name}, {args.resolution} px, rank {args.rank}, batch 1, {args.threads} thread(s), "
+          f"steady CPU s/step from {low} and {high} steps, {args.rounds} interleaved rounds; load {' | '.join(loads)}")
+    for name in variants:
+        ratios = [r["peer"] / r[name] for r in rounds]  # steps/s relative to the peer
+        print(f"{name:12s} {statistics.median(r[name] for r in rounds):.3f} CPU s/step, steps/s x peer "
+              f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds,
+                                         "load": loads}, indent=2))
 
 
 def report(args, rounds: list[dict], loads: list[str], variants: list[str], model: Path) -> None:

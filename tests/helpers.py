@@ -110,6 +110,31 @@ def locked_folder(parent: Path, name: str = "locked"):
             undo()
 
 
+def resume_from_copy(straight: Path, run: Path, config: Path, step: int, *extra: str) -> subprocess.CompletedProcess:
+    """Resume ``config`` (whose output_dir is ``run``) from a fresh run folder holding only what an interruption at
+    ``step`` of the run ``straight`` leaves: its config.yaml and that checkpoint. Returns the CLI's result."""
+    name = f"step-{step:06d}"
+    import shutil
+
+    shutil.copytree(straight / "checkpoints" / name, run / "checkpoints" / name)
+    saved = yaml.safe_load((straight / "config.yaml").read_text())
+    saved["output_dir"] = str(run)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    out = run_cli("train", str(config), "--resume", "latest", *extra)
+    assert "resumed from" in out.stdout, out.stdout
+    return out
+
+
+def safetensors_in(folder: Path) -> dict:
+    """Every tensor of every .safetensors file under ``folder``, keyed ``<relative file>:<key>``."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for file in sorted(folder.rglob("*.safetensors")):
+        out |= {f"{file.relative_to(folder)}:{k}": v for k, v in load_file(str(file)).items()}
+    return out
+
+
 def immutable(file: Path) -> bool:
     """Make ``file`` immutable (``chattr +i``: not even root may replace it); False where that is not possible.
     The caller undoes it with ``chattr -i``."""

@@ -64,6 +64,9 @@ def quiet_libraries() -> None:
     libraries = "|".join(re.escape(name) for name in QUIETED)
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=rf"({libraries})(\.|$)")
+    # deprecation notices some libraries raise as UserWarning (huggingface_hub's `local_dir_use_symlinks`, from
+    # diffusers' own calls): about their code, nothing the user can change
+    warnings.filterwarnings("ignore", category=UserWarning, message=r".*\bdeprecated\b", module=rf"({libraries})(\.|$)")
 
 
 _register_commands()

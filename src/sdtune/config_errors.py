@@ -41,7 +41,9 @@ def suggest_key(schema: Any, parts: list[str], keys: list[str]) -> str | None:
         if close:
             return ".".join([*parts[:-1], close[0]])
     if keys:
-        same = [key for key in keys if key.rsplit(".", 1)[-1] == parts[-1]]
+        # The shallowest key of that name: `learning_rate` means train.learning_rate, not a nested one such as
+        # train.textual_inversion.learning_rate (the order of ``keys`` is the schema's, not the user's likelihood).
+        same = sorted((key for key in keys if key.rsplit(".", 1)[-1] == parts[-1]), key=lambda k: k.count("."))
         close = same or difflib.get_close_matches(".".join(parts), keys, n=1, cutoff=0.75)
         if close:
             return close[0]

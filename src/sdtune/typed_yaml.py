@@ -221,6 +221,12 @@ def load(text: str, schema: Any = None) -> Any:
     """
     try:
         node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:  # one line with the position, not PyYAML's "<unicode string>" excerpts
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        context = (f" ({exc.context} at line {exc.context_mark.line + 1})"
+                   if exc.context and exc.context_mark is not None else "")
+        raise YamlError(f"{where}{exc.problem or exc}{context}") from None
     except yaml.YAMLError as exc:
         raise YamlError(str(exc)) from None
     return None if node is None else _Builder().build(node, schema)

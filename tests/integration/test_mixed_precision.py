@@ -11,17 +11,15 @@ model) through ``model.prediction_type``; every output must say so.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.helpers import make_images, run_cli, tiny_config, write_config
+from tests.helpers import make_images, resume_from_copy, run_cli, safetensors_in, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -69,23 +67,9 @@ def _config(tmp: Path, name: str, run: str) -> Path:
 
 def _resume_from_copy(tmp: Path, name: str) -> Path:
     """A fresh run folder holding only what an interruption at step HALF leaves: config.yaml and that checkpoint."""
-    config = _config(tmp, name, "resumed")
-    run = tmp / "resumed"
-    step = f"step-{HALF:06d}"
-    shutil.copytree(tmp / "straight" / "checkpoints" / step, run / "checkpoints" / step)
-    saved = yaml.safe_load((tmp / "straight" / "config.yaml").read_text())
-    saved["output_dir"] = str(run)
-    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    out = run_cli("train", str(config), "--resume", "latest")
-    assert "resumed from" in out.stdout and f"done: {STEPS} steps" in out.stdout
-    return run
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.rglob("*.safetensors")):
-        out |= {f"{file.relative_to(folder)}:{k}": v for k, v in load_file(str(file)).items()}
-    return out
+    out = resume_from_copy(tmp / "straight", tmp / "resumed", _config(tmp, name, "resumed"), HALF)
+    assert f"done: {STEPS} steps" in out.stdout
+    return tmp / "resumed"
 
 
 def _assert_bitwise(expected: dict, actual: dict, what: str) -> None:
@@ -107,12 +91,12 @@ def test_bf16_run_finishes_resumes_bitwise_and_outputs_say_what_trained(tmp_path
     resumed = _resume_from_copy(tmp_path, name)
 
     final = f"checkpoints/step-{STEPS:06d}"
-    _assert_bitwise(_tensors(straight / final), _tensors(resumed / final), "final trainable weights")
+    _assert_bitwise(safetensors_in(straight / final), safetensors_in(resumed / final), "final trainable weights")
     lora, learned = "lora" in train, "textual_inversion" in train
     outputs = ["embeddings"] * learned + ["lora"] * lora + ["model"] * (not lora and not learned
                                                                           or bool(save.get("full_model")))
     for folder in outputs:
-        _assert_bitwise(_tensors(straight / folder), _tensors(resumed / folder), f"{folder}/")
+        _assert_bitwise(safetensors_in(straight / folder), safetensors_in(resumed / folder), f"{folder}/")
     assert not (straight / "model").exists() or "model" in outputs
 
     steps_sampled = [HALF, STEPS] if every else [STEPS]

@@ -38,6 +38,23 @@ def _spans(folder: Path) -> list[tuple[float, float]]:
             for p in folder.glob("pid-*") if (folder / p.name.replace("pid-", "done-")).exists()]
 
 
+def test_workers_start_with_the_engine(engine, tmp_path: Path) -> None:
+    """Ray starts a job's workers only at its first task (1-1.5 s here): the engine starts one per slot at once, so
+    once ``ready()`` the first units run in workers that were up before they were submitted (and GPU units reuse the
+    warm-up's workers: same kind)."""
+    assert engine.ready(timeout=120)
+    submitted = time.time()
+    handles = [engine.submit(_unit(tmp_path, f"w{i}", "sleep", 3.0)) for i in range(2)]
+    workers = []
+    deadline = time.time() + 60
+    while len(workers) < 2 and time.time() < deadline:
+        workers = [psutil.Process(a.pid).parent() for h in handles if (a := engine.status(h)).pid]
+        time.sleep(0.1)
+    assert len(workers) == 2, [engine.status(h) for h in handles]
+    assert all(w.create_time() < submitted for w in workers), "a unit waited for a new Ray worker"
+    assert engine.wait(handles, timeout=120) and [engine.poll(h) for h in handles] == [0, 0]
+
+
 def test_four_units_share_two_gpu_slots(engine, tmp_path: Path) -> None:
     assert engine.default_gpus == 1.0 and engine.resources["GPU"] == 2
     handles = [engine.submit(_unit(tmp_path, f"p{i}", "sleep", 2.0)) for i in range(4)]
@@ -92,3 +109,33 @@ def test_a_killed_worker_is_retried_and_its_child_does_not_survive(engine, tmp_p
     status = engine.status(handle)
     assert (status.state, status.attempts, engine.poll(handle)) == ("finished", 2, 0)
     assert len(list((tmp_path / "victim").glob("done-*"))) == 1
+
+
+def test_a_killed_driver_leaves_nothing_running(tmp_path: Path) -> None:
+    """kill -9 of the process that started the embedded Ray: its units' children and Ray's own processes end
+    (Ray's agents survived this before the reaper)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pathlib import Path; from sdtune.engine import Engine, Unit; "
+            "eng = Engine(num_gpus=1, num_cpus=1); "
+            f"eng.submit(Unit(('sleep', {str(tmp_path / 'w')!r}, '120'), Path({str(tmp_path / 'u.log')!r}), "
+            f"env={ENV!r}, module='tests.engine_child')); time.sleep(600)")
+    driver = subprocess.Popen([sys.executable, "-c", code], env=os.environ | ENV, start_new_session=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "w").glob("pid-*")):
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    family = psutil.Process(driver.pid).children(recursive=True)
+    family.append(psutil.Process(int(next((tmp_path / "w").glob("pid-*")).name.split("-")[1])))
+    assert any("ray::" in " ".join(p.cmdline()) for p in family)
+    driver.kill()
+    driver.wait()
+    deadline = time.time() + 30
+    alive = family
+    while alive and time.time() < deadline:
+        time.sleep(1)
+        alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        p.kill()
+    assert not alive, f"left running after kill -9 of the driver: {[(p.pid, p.cmdline()[:2]) for p in alive]}"

@@ -10,15 +10,13 @@ checkpoint's ``trainable.safetensors`` keeps the raw ones for resume.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from tests.helpers import make_images, run_cli, tiny_config, write_config
+from tests.helpers import make_images, resume_from_copy, run_cli, safetensors_in, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -61,24 +59,10 @@ def _config(tmp: Path, name: str, run: str) -> Path:
     return write_config(tmp / f"{run}.yaml", cfg)
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.rglob("*.safetensors")):
-        out |= {f"{file.relative_to(folder)}:{k}": v for k, v in load_file(str(file)).items()}
-    return out
-
-
 def _resume_from_copy(tmp: Path, name: str) -> Path:
-    run = tmp / "resumed"
-    config = _config(tmp, name, "resumed")
-    step = f"step-{HALF:06d}"
-    shutil.copytree(tmp / "straight" / "checkpoints" / step, run / "checkpoints" / step)
-    saved = yaml.safe_load((tmp / "straight" / "config.yaml").read_text())
-    saved["output_dir"] = str(run)
-    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    out = run_cli("train", str(config), "--resume", "latest")
-    assert "resumed from" in out.stdout and f"done: {STEPS} steps" in out.stdout
-    return run
+    out = resume_from_copy(tmp / "straight", tmp / "resumed", _config(tmp, name, "resumed"), HALF)
+    assert f"done: {STEPS} steps" in out.stdout
+    return tmp / "resumed"
 
 
 def _evaluated_independently(name: str, checkpoint: Path) -> dict[str, torch.Tensor] | None:
@@ -121,7 +105,7 @@ def test_option_trains_in_bf16_resumes_bitwise_and_saves_the_evaluated_weights(t
     resumed = _resume_from_copy(tmp_path, name)
     final = f"checkpoints/step-{STEPS:06d}"
     for folder in (final, "lora", "embeddings", "model"):
-        expected, actual = _tensors(straight / folder), _tensors(resumed / folder)
+        expected, actual = safetensors_in(straight / folder), safetensors_in(resumed / folder)
         assert expected.keys() == actual.keys(), folder
         for key in expected:
             assert torch.equal(expected[key], actual[key]), f"{folder}: {key} differs after resume"
@@ -187,14 +171,15 @@ def _check_kind_outputs(run: Path, kind: str, resumed_log: Path) -> None:
 def test_validation_loss_is_fixed_logged_resumes_exactly_and_picks(tmp_path: Path) -> None:
     """validation.loss.split: the held-out image is never trained on; the loss at each checkpoint is the same in a
     resumed run (fixed noise and timesteps, no global RNG), logged to tensorboard, and `pick --by val_loss` keeps
-    the lowest."""
+    the lowest (a DoRA run: its kept checkpoint is exported as the run's kohya/LyCORIS file)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     data = {"instance_dir": str(make_images(tmp_path / "instance", 3, color=(30, 160, 60))),
             "instance_prompt": "a photo of sks dog"}
 
     def config(run: str) -> Path:
-        cfg = tiny_config(tmp_path / run, data, {"max_steps": STEPS, "mixed_precision": "bf16", "lora": {"rank": 4},
+        cfg = tiny_config(tmp_path / run, data, {"max_steps": STEPS, "mixed_precision": "bf16",
+                                                 "lora": {"rank": 4, "kind": "dora"},
                                                  "learning_rate": 1e-2, "train_text_encoder": True},
                           checkpoint={"every": 1, "keep": 10}, logging={"trackers": ["tensorboard"]},
                           validation={"loss": {"split": 0.34, "timesteps": 2}})
@@ -207,11 +192,7 @@ def test_validation_loss_is_fixed_logged_resumes_exactly_and_picks(tmp_path: Pat
     assert len(set(straight["val_loss"].values())) > 1, "training moves the loss"
 
     run = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "straight/checkpoints/step-000002", run / "checkpoints/step-000002")
-    saved = yaml.safe_load((tmp_path / "straight/config.yaml").read_text())
-    saved["output_dir"] = str(run)
-    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    run_cli("train", str(config("resumed")), "--resume", "latest")
+    resume_from_copy(tmp_path / "straight", run, config("resumed"), 2)
     assert json.loads((run / "metrics.json").read_text())["val_loss"] == straight["val_loss"]
 
     events = EventAccumulator(str(next((tmp_path / "straight/logs").rglob("events.out.tfevents.*")).parent))
@@ -223,3 +204,5 @@ def test_validation_loss_is_fixed_logged_resumes_exactly_and_picks(tmp_path: Pat
     best = min(straight["val_loss"].items(), key=lambda kv: (kv[1], int(kv[0])))
     assert f"kept: step {best[0]}," in out.stdout
     assert json.loads((tmp_path / "straight/picked/pick.json").read_text())["step"] == int(best[0])
+    assert (tmp_path / "straight/export" / f"straight-step-{int(best[0]):06d}.safetensors").is_file(), \
+        "the kept DoRA checkpoint's kohya/LyCORIS file"

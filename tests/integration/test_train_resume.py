@@ -47,6 +47,12 @@ COMBOS = {
     "db-lora-te-preservation": ("db", {"lora": {"rank": 4}, "train_text_encoder": True, "batch_size": 2,
                                        "preservation": {"weight": 1.0, "prompts": ["a photo of a dog", "a ball"]}},
                                 False),
+    # issue 24's optimizers, killed mid-run: Prodigy's step-size estimate and schedule-free's average (z) and step
+    # count resume from the checkpoint; schedule-free also has its evaluated weights swapped in and out at each save
+    "t2i-lora-prodigy": ("t2i", {"lora": {"rank": 4}, "optimizer": "prodigy", "learning_rate": 1.0,
+                                 "lr_scheduler": "cosine", "lr_warmup_steps": 3}, False),
+    "db-dora-te-schedulefree": ("db", {"lora": {"rank": 4, "kind": "dora"}, "train_text_encoder": True,
+                                       "optimizer": "adamw_schedulefree", "lr_warmup_steps": 3}, False),
     # textual inversion: one token's row trains (no weight decay), with prior preservation's class images
     "db-ti-prior": ("db", {"textual_inversion": {"token": "sks"}, "learning_rate": 5e-3, "adam_weight_decay": 0.0,
                            "batch_size": 2}, True),
@@ -97,7 +103,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path: Path, name: str) -> 
             load_file(str(tmp_path / "killed/embeddings/sks.safetensors"))["sks"])
         frozen = load_file(str(tmp_path / "straight/checkpoints/step-000010/trainable.safetensors"))[row]
         assert frozen.equal(expected[row]), "the embedding is frozen after ti_fraction of the steps"
-    elif "lora" in name:
+    elif "lora" in name or "dora" in name:
         assert all("lora" in key for key in expected), "a LoRA checkpoint must hold only LoRA weights"
         assert any(key.startswith("text_encoder.") for key in expected) == ("te" in name)
     if "textual_inversion" in COMBOS[name][1] and "pivotal" not in name:

@@ -128,3 +128,15 @@ def test_a_resolution_below_the_models_bucket_step_is_refused_before_the_model_l
     assert stopped.value.code == 2, err
     assert "data.resolution=32 is smaller than" in err and "bucket step of 64 px" in err, err
     assert "data.buckets=false" in err
+
+
+def test_bad_yaml_is_one_line_with_its_position(tmp_path: Path) -> None:
+    """Found by a newcomer: a mis-indented config printed PyYAML's six-line report naming "<unicode string>"."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  base: tiny\n data: [\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as failure:
+        load_config(bad)
+    message = str(failure.value)
+    assert "\n" not in message and "<unicode string>" not in message, message
+    assert message.startswith(f"{bad} is not valid YAML: line 3, column 2: expected <block end>"), message
+    assert "while parsing a block mapping at line 1" in message, message

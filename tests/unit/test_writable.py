@@ -72,3 +72,16 @@ def test_an_immutable_file_cannot_be_replaced_but_a_read_only_one_can(tmp_path: 
         assert "immutable or append-only" in replace_problem(locked)
     finally:
         subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+def test_the_feature_cache_note_names_a_locked_kind_folder(tmp_path: Path) -> None:
+    """A writable cache_dir whose latents/ (made by another user's run) is not: the run trains uncached too."""
+    from sdtune.data.feature_cache import unwritable_note
+
+    assert unwritable_note(tmp_path) is None
+    with locked_folder(tmp_path, "latents") as locked:
+        if locked.parent != tmp_path:
+            pytest.skip("no way to lock a folder of our own here (chattr +i refused)")
+        note = unwritable_note(tmp_path)
+    assert note is not None and note.startswith(f"note: cannot write to {locked} (data.cache_dir): ")
+    assert "training without the latent/text cache" in note and "data.cache_dir=..." in note

@@ -85,7 +85,8 @@ def build_command(
     keeps every caption they had, as alternatives; near-duplicates are reported and kept. Bad files
     (corrupt, truncated, empty, not an image, too large) and rows pointing outside SRC are reported and skipped
     (--strict: stop instead); so are images a metadata.jsonl does not list and images with a name that is not
-    an image suffix. SRC is never modified; rerunning into the same OUT is safe.
+    an image suffix. SRC is never modified; rerunning into the same OUT rebuilds it from SRC
+    (captions edited in OUT are replaced: it says so and keeps OUT/.metadata.jsonl.previous).
 
     \b
     Examples:
@@ -96,7 +97,7 @@ def build_command(
       sdtune dataset build me/ data/me --trigger sks --class person
           (captions with Florence-2: "sks person, a woman with ...")
       sdtune dataset build art/ data/art --captioner joycaption \\
-          --mode replace --prompt "Write a short caption for this image."
+          --mode replace --prompt "Write a one-line caption."
       sdtune dataset build me/ data/mix --concept sks \\
           --captioner ./blip --template "sks person, {caption}"
     """

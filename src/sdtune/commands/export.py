@@ -57,6 +57,10 @@ def _run_lora(run: Path) -> Path:
         return lora
     if (run / LORA_WEIGHTS).is_file():
         return run / LORA_WEIGHTS
+    if (run / "lora" / "lycoris.safetensors").is_file():  # LoHa / LoKr (sdtune.models.lycoris)
+        raise SdtuneError(f"{run} trains a LoHa/LoKr adapter, which diffusers' load_lora_weights cannot load: its "
+                          f"files are {run / 'lora' / 'lycoris.safetensors'} (AUTOMATIC1111 / ComfyUI: `sdtune export "
+                          f"{run} --format kohya`) and {run / 'lora' / 'peft'} (peft's own format)")
     hint = (f" It is a full fine-tune: extract a LoRA first with `sdtune export lora --from {run} --rank 32`"
             if (run / "model").is_dir() else _embedding_hint(run))
     raise SdtuneError(f"no LoRA in {run} (expected lora/{LORA_WEIGHTS}).{hint}")
@@ -133,6 +137,11 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
         from sdtune.run_status import require_finished
 
         require_finished(run)  # resumed past its outputs and stopped: its lora/ is an older step's
+        if dtype != "float32":
+            from sdtune.errors import SdtuneError
+
+            raise SdtuneError(f"--dtype {dtype}: a DoRA/LoHa/LoKr run's kohya/LyCORIS file is exported as trained and "
+                              "verified (float32); leave --dtype out")
         target = _writable_target(_kohya_out(run, out), out)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.tmp")

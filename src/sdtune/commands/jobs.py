@@ -79,7 +79,7 @@ def list_command(
     """The queue: id, state, kind, name, attempts, priority, created, progress (from the run folder)."""
     from sdtune.jobs.progress import progress_line
     from sdtune.jobs.store import ACTIVE
-    from sdtune.jobs.worker import WorkerLock
+    from sdtune.jobs.worker import WorkerLock, job_message
 
     ws, store = _open(workspace)
     jobs = store.jobs(None if all_jobs else ACTIVE)
@@ -87,6 +87,8 @@ def list_command(
         typer.echo("no jobs" + ("" if all_jobs else " queued or running (--all shows ended ones)"))
     for job in reversed(jobs):
         progress = progress_line(job)
+        if job.state in ("failed", "stopped", "cancelled") and (message := job_message(ws, job)):
+            progress = f"{progress}  {message}" if progress else message  # why it ended, in one line
         typer.echo(f"{job.id:5d}  {job.state:9s}  {job.kind:11s}  {job.name:24s}  try {job.attempts}  "
                    f"prio {job.priority:<3d} {_age(job.created)}  {progress}")
     pid = WorkerLock(ws).holder()
@@ -94,28 +96,30 @@ def list_command(
                err=True)
 
 
+def _change(action: str, job_id: int, workspace: Path | None) -> None:
+    """Apply ``cancel`` / ``stop`` / ``retry`` to a job and say its new state."""
+    _, store = _open(workspace)
+    job = getattr(store, action)(job_id)
+    then = f" (attempt {job.attempts + 1} resumes from the newest checkpoint)" if action == "retry" else ""
+    typer.echo(f"job {job.id}: {job.state}{then}")
+
+
 @jobs_app.command("cancel")
 def cancel_command(job_id: int = typer.Argument(...), workspace: Path = WORKSPACE) -> None:
     """Cancel a job: a queued one never runs; a running one stops at its next step (a checkpoint is saved)."""
-    _, store = _open(workspace)
-    job = store.cancel(job_id)
-    typer.echo(f"job {job.id}: {job.state}")
+    _change("cancel", job_id, workspace)
 
 
 @jobs_app.command("stop")
 def stop_command(job_id: int = typer.Argument(...), workspace: Path = WORKSPACE) -> None:
     """Stop a job keeping its checkpoint; `sdtune jobs retry ID` resumes it."""
-    _, store = _open(workspace)
-    job = store.stop(job_id)
-    typer.echo(f"job {job.id}: {job.state}")
+    _change("stop", job_id, workspace)
 
 
 @jobs_app.command("retry")
 def retry_command(job_id: int = typer.Argument(...), workspace: Path = WORKSPACE) -> None:
     """Queue a failed, stopped or cancelled job again; it resumes from its newest checkpoint."""
-    _, store = _open(workspace)
-    job = store.retry(job_id)
-    typer.echo(f"job {job.id}: {job.state} (attempt {job.attempts + 1} resumes from the newest checkpoint)")
+    _change("retry", job_id, workspace)
 
 
 @jobs_app.command("logs")
@@ -155,12 +159,12 @@ def work_command(
     """Run the queue without the page (the same worker `sdtune serve` runs): Ctrl-C stops the running jobs at a
     checkpoint and leaves them queued, so the next `jobs work` or `serve` continues them."""
     from sdtune.jobs.executor import engine_executor
-    from sdtune.jobs.store import JobStore  # noqa: F401 - created by find_workspace's caller
-    from sdtune.jobs.worker import Worker
+    from sdtune.jobs.worker import Worker, WorkerLock
     from sdtune.jobs.workspace import find_workspace
     from sdtune.stopping import stop_scope
 
     ws = find_workspace(workspace)
+    WorkerLock(ws).check_free()  # before the engine (Ray) starts: refused in a second, not after it
     worker = Worker(ws, engine_executor(address), slots=slots, say=lambda s: typer.echo(s, err=True))
     typer.echo(f"worker on {ws} (Ctrl-C stops)", err=True)
     with stop_scope() as stop:

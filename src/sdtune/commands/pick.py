@@ -13,7 +13,7 @@ ORDER = 46
 
 
 def pick_command(
-    run: Path = typer.Argument(..., help="a LoRA run folder with several checkpoints"),
+    run: Path = typer.Argument(..., help="a LoRA or textual-inversion run folder with several checkpoints"),
     prompts_file: Path | None = typer.Option(None, "--prompts", help="prompts of the composite, one per line "
                                              "(e.g. 'a photo of sks person giving a thumbs up')"),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="a composite prompt; repeat for several"),

@@ -37,6 +37,7 @@ def serve_command(
     from sdtune.server.security import is_loopback, server_token
 
     required = server_token(host, token)
+    check_listen(host, port)  # before the worker starts jobs: a taken port is one line, not a served-then-dead page
     ws = find_workspace(workspace)
     app = create_app(ws, token=required, loopback=is_loopback(host))
     runner = None
@@ -67,6 +68,32 @@ def serve_command(
             typer.echo("stopping the running jobs at a checkpoint (they stay queued)...", err=True)
             runner.stop_event.set()
             thread.join()
+
+
+def check_listen(host: str, port: int) -> None:
+    """Raise SdtuneError in one line when the server could not listen on ``host:port`` (taken by another program
+    or another ``sdtune serve``, a privileged port, an address this machine does not have). Bound and released
+    with SO_REUSEADDR, as uvicorn binds, so a port in TIME_WAIT after a restart counts as free."""
+    import errno
+    import socket
+
+    from sdtune.errors import SdtuneError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise SdtuneError(f"--host {host}: not an address of this machine ({exc.strerror}); e.g. 127.0.0.1") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            why = {errno.EADDRINUSE: "the port is in use (another `sdtune serve`, or another program)",
+                   errno.EACCES: "permission denied (ports below 1024 need root)",
+                   errno.EADDRNOTAVAIL: "this machine has no such address"}.get(exc.errno or 0, exc.strerror)
+            raise SdtuneError(f"cannot listen on {host}:{port}: {why}; choose another with --port"
+                              + (" or --host" if exc.errno == errno.EADDRNOTAVAIL else "")) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sdtune.data.build_output import STAGING, commit, exclusive, kept_rows, same_text_type
+from sdtune.data.build_output import (
+    PREVIOUS_METADATA,
+    STAGING,
+    commit,
+    exclusive,
+    kept_rows,
+    replaced_captions,
+    same_text_type,
+)
 from sdtune.data.caption_modes import CaptionSettings, apply_template, combine, needs_caption
 from sdtune.data.duplicates import find_duplicates
 from sdtune.data.folders import METADATA, read_folder
@@ -226,11 +234,17 @@ def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], cap
             if not item.captions and item.fixed_caption:
                 item.captions = (item.fixed_caption,)
         rows = same_text_type(kept + [_row(item) for item in written])
+        replaced = replaced_captions(out, rows)
+        if replaced:  # captions edited in OUT would be lost: one step of undo (hidden, so never read as data)
+            shutil.copyfile(out / METADATA, out / PREVIOUS_METADATA)
         commit(out, staging, [item.name for item in written], rows)
     except OSError as exc:  # disk full, permissions: the user's problem to fix, not a traceback
         raise DataError(f"writing the dataset to {out} failed: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if replaced:
+        build.problem(out, f"{replaced} images had other captions in {out / METADATA} (edited there?): a build "
+                      f"rewrites OUT from SRC; the previous file is kept as {out / PREVIOUS_METADATA}", "warning")
     report.written, report.kept = len(written), len(kept)
     report.captioned = sum(1 for item in written if item.captions)
     missing = report.written - report.captioned

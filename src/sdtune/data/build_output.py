@@ -86,6 +86,21 @@ def same_text_type(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+PREVIOUS_METADATA = f".{METADATA}.previous"
+
+
+def replaced_captions(out: Path, rows: list[dict[str, Any]]) -> int:
+    """How many images of OUT's current metadata have a caption that ``rows`` change or drop (captions edited in
+    OUT are lost by a rebuild from SRC: said, and the old file kept as :data:`PREVIOUS_METADATA`)."""
+    try:
+        lines = (out / METADATA).read_text(encoding="utf-8-sig").splitlines()
+        before = {r["file_name"]: r.get("text") for r in map(json.loads, filter(str.strip, lines))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    after = {r["file_name"]: r.get("text") for r in rows}
+    return sum(1 for name, text in before.items() if text and name in after and after[name] != text)
+
+
 def commit(out: Path, staging: Path, names: list[str], rows: list[dict[str, Any]]) -> None:
     """Move staged images into place, replace metadata.jsonl atomically, delete images no row names."""
     for name in names:

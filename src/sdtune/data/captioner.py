@@ -174,8 +174,11 @@ def load_captioner(model: str | Path, *, device: str | None = None, dtype: str =
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from sdtune.models.loading import hub_reachable
+
     source, local = _resolve(model)
     config = _read_config(source, local)
+    local = local or not hub_reachable()  # a cached hub id, offline: no retries
     arch = _architecture(config, source)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -212,7 +215,9 @@ def _read_config(source: str, local: bool) -> dict[str, Any]:
         else:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(source, "config.json"))
+            from sdtune.models.loading import hub_reachable
+
+            path = Path(hf_hub_download(source, "config.json", local_files_only=not hub_reachable()))
         config = json.loads(path.read_text(encoding="utf-8"))
     except Exception as exc:  # noqa: BLE001  missing file, offline hub, bad JSON: all one line for the user
         raise ModelLoadError(f"cannot load captioning model {source!r} as a {where}: {_first_line(exc)}. It needs a "
@@ -228,7 +233,9 @@ def _architecture(config: dict[str, Any], source: str) -> str:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     model_type = str(config.get("model_type", ""))
-    if model_type == "florence2" and "auto_map" in config:
+    text = config.get("text_config")
+    text_type = text.get("model_type") if isinstance(text, dict) else None
+    if model_type == "florence2" and text_type not in (None, "bart"):  # the original's florence2_language text half
         raise ModelLoadError(f"captioning model {source!r} is Microsoft's remote-code Florence-2, which transformers "
                              "5 no longer runs; use the converted weights, e.g. florence-community/Florence-2-base "
                              "(or -large)")

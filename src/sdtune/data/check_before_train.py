@@ -50,19 +50,27 @@ def check_training_data(cfg: RunConfig) -> None:
     if not cfg.data.check:
         return
     from sdtune.data.check import check_folder
+    from sdtune.data.class_images import class_image_jobs, count_images
 
     tokenizer = run_tokenizer(cfg)
     errors: list[Problem] = []
     warnings: list[Problem] = []
     checked: list[Path] = []
+    generated = {folder for folder, _, _ in class_image_jobs(cfg.data)}
+    for key, folder in _named_folders(cfg):  # one line each, with its key (not one per image, or after the model)
+        if not Path(folder).is_dir():
+            errors.append(Problem(str(folder), f"{key} does not exist or is not a folder; check the path in your "
+                                  "config or the override that set it"))
     for subset in subsets_from_config(cfg.data):
-        if subset.role == "class" and not subset.path.exists():
-            continue  # class images are generated when missing
+        if subset.role == "class" and (not subset.path.exists()
+                                       or (subset.path in generated and count_images(subset.path) == 0)):
+            continue  # class images are generated when missing (an empty folder, e.g. left by a failed run, too)
         if not subset.path.is_dir():
             errors.append(Problem(str(subset.path), f"data folder ({_key(cfg, subset)}) does not exist; check the "
                                   "path in your config or the override that set it"))
             continue
         masks = (cfg.data.mask_dir or "alpha") if cfg.data.masked_loss and subset.role != "class" else None
+        masks = None if masks is not None and masks != "alpha" and not Path(masks).is_dir() else masks
         report = check_folder(subset.path, resolution=cfg.data.resolution, require_captions=subset.prompt is None,
                               tokenizer=tokenizer, fixed_prompt=subset.prompt, masks=masks)
         found = [p for p in report.problems if p.level == "error"]
@@ -76,11 +84,23 @@ def check_training_data(cfg: RunConfig) -> None:
     for line in summarize_problems(warnings):
         print(f"warning: {line}")
     if errors:
-        see = " ".join(f"`sdtune dataset check {p}`" for p in checked[:2])
+        flags = f" --masks {cfg.data.mask_dir or 'alpha'}" if cfg.data.masked_loss else ""  # the report that has them
+        see = " ".join(f"`sdtune dataset check {p}{flags}`" for p in checked[:2])
         raise DataError(f"the training data has {len(errors)} problem{'s' if len(errors) > 1 else ''}; fix "
                         f"{'it' if len(errors) == 1 else 'them'} and run again{f' (full report: {see})' if see else ''}"
                         ":\n  "
                         + "\n  ".join(summarize([str(p) for p in errors])))
+
+
+def _named_folders(cfg: RunConfig) -> list[tuple[str, Path]]:
+    """Folders besides the training subsets that training reads: the masks of a masked loss, a validation loss's
+    held-out images (read only after the model loaded, so checked here)."""
+    found = []
+    if cfg.data.masked_loss and cfg.data.mask_dir is not None:
+        found.append(("data.mask_dir", Path(cfg.data.mask_dir)))
+    if cfg.validation.loss is not None and cfg.validation.loss.data_dir is not None:
+        found.append(("validation.loss.data_dir", Path(cfg.validation.loss.data_dir)))
+    return found
 
 
 def _other_captions(records, prompt: str) -> int:

@@ -134,7 +134,6 @@ def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int
     if read_manifest(folder) is None and any(folder.glob("class-*.png")):
         print(f"note: {folder} has class images with no record of what made them (your own, or an older sdtune): "
               "used as they are; delete them if another model or prompt made them")
-    folder.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(wanted) if not (folder / class_image_name(i)).exists()]
     have = count_images(folder)
     missing = missing[: max(0, wanted - have)]
@@ -156,6 +155,7 @@ def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int
         if adapters:
             pipe.set_adapters([name for _, _, name in adapters], [weight for _, weight, _ in adapters])
         pipe.set_progress_bar_config(disable=True)
+        folder.mkdir(parents=True, exist_ok=True)  # once the model loaded: a failed load leaves no empty folder
         how = {"steps": steps, "dtype": str(dtype).replace("torch.", ""), "sampler": type(pipe.scheduler).__name__,
                "prediction_type": pipe.scheduler.config.get("prediction_type")}
         label = prompts[0] if len(prompts) == 1 else f"{len(prompts)} prompts"

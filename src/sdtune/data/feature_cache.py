@@ -53,6 +53,9 @@ def unwritable_note(cache_dir: Path | None = None) -> str | None:
 
     root = default_root(cache_dir)
     problem = write_problem(root)
+    for kind in ("latents", "text"):  # FeatureStore folders made by an earlier run (another user's, say)
+        if problem is None and (root / kind).is_dir() and (problem := write_problem(root / kind)) is not None:
+            root = root / kind
     if problem is None:
         return None
     key = root_setting(cache_dir)

@@ -109,16 +109,23 @@ class ExampleStream(Dataset):
         self.class_order = PositionOrder(self.class_targets, batch_size, seed, salt=1) if classes else None
         self.latent_cache = None  # set by sdtune.data.cache.attach_latent_cache
         self.text_cache = None  # set by sdtune.data.cache.attach_text_cache
+        self._token_ids: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.train)
 
     def _tokenize(self, prompt: str) -> torch.Tensor:
+        """Token ids of a prompt, tokenized once per distinct prompt (~0.2 ms of CPU a call, for
+        prompts that repeat every epoch). The tensor is shared: read it, never change it in place."""
         from sdtune.models.embeddings import expand_prompt
 
-        prompt = expand_prompt(prompt, self.tokenizer)  # a multi-vector learned token, as pipelines write it out
-        return self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids[0]
+        ids = self._token_ids.get(prompt)
+        if ids is None:
+            expanded = expand_prompt(prompt, self.tokenizer)  # a multi-vector learned token, as pipelines write it
+            ids = self.tokenizer(expanded, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids[0]
+            self._token_ids[prompt] = ids
+        return ids
 
     def prompts(self) -> set[str]:
         """Every prompt the stream can produce (all caption alternatives, the empty one under caption dropout)."""
@@ -231,7 +238,7 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict:
             groups = [{key: torch.cat([train[key], cls[key]]) for key in train}]
         else:
             groups.append(cls)
-    return {"groups": groups, "num_train": torch.tensor(len(items))}
+    return {"groups": groups, "num_train": len(items)}  # an int: the loop divides by it without reading a tensor
 
 
 def data_counts(stream: ExampleStream) -> dict[str, int]:

@@ -99,7 +99,18 @@ def materialise(run: Path, checkpoint: Path, folder: Path) -> Path:
         write_folder(folder / EMBEDDINGS_DIR, lambda tmp: save_embedding(tmp, comps.text_encoder, learned.token))
     if lora is not None:
         text_lora = comps.text_encoder if cfg.train.train_text_encoder else None
-        write_folder(folder / "lora", lambda tmp: save_lora(tmp, comps.unet, text_lora, lora))
+
+        def write(tmp: Path) -> None:
+            save_lora(tmp, comps.unet, text_lora, lora)
+            if lora.kind == "dora":  # and its kohya/LyCORIS file, as the run writes (what pick exports)
+                from sdtune.models.lycoris import write_lycoris_and_verify, write_peft_folder
+
+                write_peft_folder(tmp, comps.unet, text_lora, lora)
+                write_lycoris_and_verify(tmp, "dora", verify=False, base=cfg.model.base,
+                                         allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
+                                         variant=cfg.model.variant)
+
+        write_folder(folder / "lora", write)
     atomic_write_json(source, {"run": str(run), "checkpoint": str(checkpoint), "sha256": digest})
     return folder
 
@@ -111,12 +122,13 @@ def _embedding_file(folder: Path, token: str) -> Path:
 
 
 def expand_checkpoints(run: Path, out: Path) -> list[CheckpointModel]:
-    """Every complete checkpoint of a LoRA run, materialised under ``OUT/checkpoints/<run name>-<hash>/``."""
+    """Every complete checkpoint of a LoRA or textual-inversion run, materialised under
+    ``OUT/checkpoints/<run name>-<hash>/``."""
     run = Path(run).expanduser().resolve()
     found = run_checkpoints(run)
     if not found:
         raise SdtuneError(f"{run} has no checkpoints to compare (RUN/checkpoints/step-N). Keep several with "
-                          "checkpoint.every and checkpoint.keep (LoRA checkpoints are small)")
+                          "checkpoint.every and checkpoint.keep (LoRA and embedding checkpoints are small)")
     from sdtune.run_folder import read_metrics
 
     root = Path(out) / "checkpoints" / f"{run.name}-{hashlib.sha256(str(run).encode()).hexdigest()[:6]}"

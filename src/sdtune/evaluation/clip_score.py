@@ -74,7 +74,11 @@ def load_backbone(ref: str, *, kind: str = "clip", local_files_only: bool | None
                           "save_pretrained, or a hub id.")
     source = str(path) if looks_local else ref
     proc_cls = AutoProcessor if kind == "clip" else AutoImageProcessor
+    from sdtune.models.loading import hub_cached, hub_reachable
+
     attempts = [True] if (looks_local or local_files_only) else ([True, False] if local_files_only is None else [False])
+    if not looks_local and not hub_reachable():  # offline: the hub client would retry each file (~30 s) for nothing
+        attempts = [True] if hub_cached(ref) else []  # (transformers 5 looks for an adapter online even then)
     error: Exception | None = None
     for offline in attempts:
         try:
@@ -86,8 +90,8 @@ def load_backbone(ref: str, *, kind: str = "clip", local_files_only: bool | None
     what = "CLIP" if kind == "clip" else "DINO/ViT"
     raise SdtuneError(
         f"could not load the {what} backbone '{ref}': it is not in the local cache and the hub cannot be reached "
-        f"({type(error).__name__}). Pass {flag} PATH with a local folder (model + processor saved with "
-        f"save_pretrained), or download it once with `huggingface-cli download {ref}`."
+        f"({type(error).__name__ if error else 'offline'}). Pass {flag} PATH with a local folder (model + processor "
+        f"saved with save_pretrained), or download it once with `huggingface-cli download {ref}`."
     )
 
 

@@ -65,7 +65,8 @@ def choose(results: dict[str, Any], max_forgetting: float | None = None) -> Choi
     """Apply the module's rule to the checkpoints in ``results`` (models with a ``checkpoint`` entry)."""
     checkpoints = [m for m in results["models"] if m.get("checkpoint")]
     if not checkpoints:
-        raise SdtuneError("no checkpoints were evaluated: pass a LoRA run folder that has checkpoints")
+        raise SdtuneError("no checkpoints were evaluated: pass a LoRA or textual-inversion run folder that has "
+                          "checkpoints")
     subject, forgetting, kind = rule_metrics(results)
     limit = max_forgetting if max_forgetting is not None else (TOY_FORGETTING if kind == "toy" else CLIP_FORGETTING)
     lost = {m["label"]: forgot(m, forgetting, kind) for m in checkpoints}

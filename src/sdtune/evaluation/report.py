@@ -221,7 +221,23 @@ def checkpoint_charts(results: dict[str, Any]) -> list[str]:
             spread = {results["metrics"][n]["label"]: [(m["metrics"].get(n) or {}).get("std") for m in models]
                       for n in names}
             out.append(line_chart_svg(labels, series, spread, y_label=scale))
+        out.extend(val_loss_chart(run))
     return out
+
+
+def val_loss_chart(run: str | Path) -> list[str]:
+    """The run's validation-loss curve (``validation.loss``, every step it was measured at, from metrics.json), as
+    one chart; [] when the run measured none (or is unfinished: its checkpoints' charts above still show)."""
+    from sdtune.evaluation.plot import line_chart_svg
+    from sdtune.run_folder import read_metrics
+
+    curve = (read_metrics(run) or {}).get("val_loss") or {}
+    if not curve:
+        return []
+    steps = sorted(curve, key=int)
+    return [line_chart_svg([f"step {s}" for s in steps], {"validation loss": [curve[s] for s in steps]},
+                           title="validation loss on held-out images (fixed noise and timesteps)",
+                           y_label="MSE")]
 
 
 def _grid_table(prompts: list[str], seeds: list[int], rows: list[list[str]],

@@ -73,12 +73,27 @@ def train_submission(workspace: Path, config: Path, overrides: list[str], *, nam
         if run_dir.name != run_name:
             notes.append(f"runs/{run_name} exists: this job trains into runs/{run_dir.name}")
     cfg = resolve_config(cfg, cwd)
+    notes += _preflight(cfg)
     run_dir = Path(cfg.output_dir)
     fixed = workspace / "jobs" / "configs" / f"{run_dir.name}-{uuid.uuid4().hex[:8]}.yaml"
     fixed.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, fixed)
     argv = [*COMMANDS["train"], str(fixed), "--resume", "latest"]
     return Submission("train", run_dir.name, argv, run_dir=run_dir, cwd=cwd, notes=notes)
+
+
+def _preflight(cfg) -> list[str]:
+    """What `sdtune train` would refuse in its first second, checked at submit rather than when the job starts
+    (overnight): class images made for another model, prompt or resolution are refused (ConfigError, the same line
+    train prints). A data folder that does not exist yet is a note, not a refusal: an earlier job (a caption job)
+    may make it before this one starts."""
+    from sdtune.data.class_images import check_for_run, class_image_jobs
+    from sdtune.output_folders import data_folders
+
+    check_for_run(cfg)
+    generated = {folder for folder, _, _ in class_image_jobs(cfg.data)}  # made when missing
+    return [f"{key} {folder} does not exist (yet): the job fails unless it is there when the job starts"
+            for key, folder in data_folders(cfg) if folder not in generated and not folder.exists()]
 
 
 def _default_name(config_file: Path) -> str:

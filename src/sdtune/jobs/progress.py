@@ -12,7 +12,15 @@ from sdtune.jobs.store import Job
 def run_state(run_dir: Path, points: int = 400) -> dict[str, Any]:
     """Progress of ``run_dir``: ``step``, ``max_steps``, ``loss``, ``eta_seconds`` (median of the last 20 step times
     x steps left), ``finished``, ``curve`` ([[step, loss], ...], thinned to ``points``), ``samples``, ``outputs``."""
-    from sdtune.run_folder import CARD_FILE, LORA_DIR, LORA_WEIGHTS_NAME, METRICS_FILE, list_samples, read_progress
+    from sdtune.run_folder import (
+        CARD_FILE,
+        LORA_DIR,
+        LORA_WEIGHTS_NAME,
+        LYCORIS_NAME,
+        METRICS_FILE,
+        list_samples,
+        read_progress,
+    )
     from sdtune.run_status import run_progress
 
     rows = read_progress(run_dir, max_points=100_000)
@@ -25,8 +33,8 @@ def run_state(run_dir: Path, points: int = 400) -> dict[str, Any]:
     if times and max_steps and not status.finished:
         eta = round(statistics.median(times) * max(max_steps - step, 0), 1)
     thin = rows if len(rows) <= points else [rows[int(i * len(rows) / points)] for i in range(points)] + [rows[-1]]
-    outputs = [name for name in (f"{LORA_DIR}/{LORA_WEIGHTS_NAME}", CARD_FILE, METRICS_FILE)
-               if (run_dir / name).is_file()]
+    named = (f"{LORA_DIR}/{LORA_WEIGHTS_NAME}", f"{LORA_DIR}/{LYCORIS_NAME}", CARD_FILE, METRICS_FILE)
+    outputs = [name for name in named if (run_dir / name).is_file()]
     return {"step": step, "max_steps": max_steps, "loss": last.get("loss"), "eta_seconds": eta,
             "finished": status.finished, "curve": [[r["step"], r["loss"]] for r in thin],
             "samples": list_samples(run_dir), "outputs": outputs}

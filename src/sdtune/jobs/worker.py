@@ -49,12 +49,19 @@ class WorkerLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            pid = self.path.read_text(encoding="utf-8").strip() or "?"
-            raise SdtuneError(f"a worker already runs jobs of this workspace (pid {pid}; {self.path}); one per "
-                              "workspace: stop it first, or give another --workspace") from None
+            raise SdtuneError(self._held(self.path.read_text(encoding="utf-8").strip() or "?")) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+
+    def check_free(self) -> None:
+        """Raise SdtuneError when another worker holds the lock (asked before a worker starts its engine)."""
+        if (pid := self.holder()) is not None:
+            raise SdtuneError(self._held(pid))
+
+    def _held(self, pid: object) -> str:
+        return (f"a worker already runs jobs of this workspace (pid {pid}; {self.path}); one per workspace: stop it "
+                "first, or give another --workspace")
 
     def release(self) -> None:
         if self._fd is not None:
@@ -122,7 +129,7 @@ class Worker:
             if code is not None:
                 del self.running[job_id]
                 self._asked.discard(job_id)
-                ended = self.store.ended(job_id, code, _ending(code))
+                ended = self.store.ended(job_id, code, _ending(code, log_path(self.workspace, job_id)))
                 self._log(job_id, f"--- attempt {ended.attempts} ended: {ended.state} (exit {code})")
                 self.say(f"job {job_id} ({ended.name}): {ended.state}")
         while len(self.running) < self.slots and not self.stop_event.is_set():
@@ -173,9 +180,43 @@ class Worker:
             fh.write(("" if fresh_line else "\n").encode() + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n".encode())
 
 
-def _ending(code: int) -> str:
+def _ending(code: int, log: Path | None = None) -> str:
+    """The job's message for exit status ``code``: for a failure, the command's own ``error:`` line from the end
+    of ``log`` (what `sdtune jobs list` and the page show), else the status and where to look."""
     if code == 0:
         return ""
     if code == 130:
         return "stopped (checkpoint saved; resume continues it)"
-    return f"exited with status {code} (the log's last lines say why)"
+    reason = failure_line(log) if log is not None else None
+    return reason or f"exited with status {code} (the log's last lines say why)"
+
+
+def job_message(workspace: Path, job: Job) -> str:
+    """The job's message; for a failure recorded before the worker kept the error line (or by an engine that could
+    not say), the error line read from its log now."""
+    if job.state == "failed" and job.message.startswith("exited with status"):
+        return failure_line(log_path(workspace, job.id)) or job.message
+    return job.message
+
+
+def failure_line(log: Path, tail_bytes: int = 16_384) -> str | None:
+    """The last ``error: ...`` line the command printed in this attempt (its one-line reason, continuation lines
+    joined), or the last line of a traceback; None when the log's tail has neither."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - tail_bytes))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [line.rstrip() for line in text.replace("\r", "\n").splitlines()]
+    start = max((i for i, line in enumerate(lines) if line.startswith("=== ")), default=0)  # this attempt only
+    lines = lines[start:]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("error:"):
+            more = [line.strip() for line in lines[i + 1 : i + 4] if line.startswith("  ")]
+            return " ".join([lines[i], *more])[:500]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        last = next((line for line in reversed(lines) if line and not line[0].isspace()
+                     and not line[:4].isdigit()), None)  # not the worker's own time-stamped lines
+        return last[:500] if last else None
+    return None

@@ -113,6 +113,8 @@ def _check_hub_id(ref: str, revision: str | None = None) -> None:
         raise ModelLoadError(f"model '{ref}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
                              f"{_preset_hint(ref)}. Download it on a connected machine (huggingface-cli download "
                              f"ID) or pass a local folder. Built-in models: {BUILT_IN}.")
+    if not hub_reachable():  # no connection at all: say so now, not after the hub client's retries
+        raise ModelLoadError(_offline_hint(ref) + " (the hub cannot be reached from this machine)")
     try:
         huggingface_hub.model_info(ref, revision=revision, timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure here means we cannot get the model
@@ -128,15 +130,43 @@ def _preset_hint(ref: str) -> str:
 
 def _local_files_only(source: str) -> bool:
     """Cached hub models load without network calls when the hub is unreachable (no retry storms)."""
-    if Path(source).exists() or hub_offline():
-        return True
-    import socket
+    return Path(source).exists() or not hub_reachable()
+
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_cached(ref: str, filename: str = "config.json") -> bool:
+    """Whether the hub cache holds ``filename`` of the hub repo ``ref`` (no network)."""
+    import huggingface_hub
 
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return isinstance(huggingface_hub.try_to_load_from_cache(ref, filename), str)
+    except ValueError:  # not a repo id
         return False
-    except OSError:
-        return True
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, else huggingface.co) answers a TCP connection, asked once per
+    process; False with ``HF_HUB_OFFLINE``. Every hub load passes ``local_files_only=not hub_reachable()``: offline,
+    the hub client otherwise retries each file five times with back-off (~30 s) before the same error."""
+    if hub_offline():
+        return False
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    key = f"{host}:{port}"
+    if key not in _REACHABLE:
+        import socket
+
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _REACHABLE[key] = True
+        except OSError:
+            _REACHABLE[key] = False
+    return _REACHABLE[key]
 
 
 def _refuse_pickle_only_folder(path: Path, allow_pickle: bool) -> None:

@@ -37,7 +37,7 @@ class Row:
         if done <= 0:
             return ""
         left = seconds / done * (self.steps - self.step)
-        return f"{left / 60:.0f}m" if left >= 90 else f"{left:.0f}s"
+        return f"{left / 60:.0f}m" if left >= 120 else f"{left:.0f}s"
 
 
 class Board:
@@ -114,6 +114,7 @@ class Board:
                           str(row.attempts or ""), row.eta(now))
         counts: dict[str, int] = {}
         for row in self.rows.values():
-            counts[row.state] = counts.get(row.state, 0) + 1
+            if row.state:
+                counts[row.state] = counts.get(row.state, 0) + 1
         table.caption = ", ".join(f"{n} {state}" for state, n in counts.items())
         return table

@@ -53,7 +53,10 @@ def read_subjects(path: Path) -> list[Subject]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"cannot read subjects file {path}: {exc.strerror or exc}") from None
-    reader = csv.DictReader(io.StringIO(text))
+    first = text.split("\n", 1)[0]
+    # a spreadsheet's "CSV" in many locales (Excel: German, French...) separates with ';', a copy from one with tabs
+    delimiter = next((d for d in (";", "\t") if d in first), ",") if "," not in first else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     header = {(h or "").strip().lower(): h for h in reader.fieldnames or []}
     columns: dict[str, str] = {}
     for key, aliases in COLUMNS.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -52,6 +53,10 @@ def create_app(workspace: Path, *, token: str | None = None, loopback: bool = Tr
     async def http_error(_: Request, exc: StarletteHTTPException):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError):
+        return JSONResponse(request_error(exc.errors()), status_code=422)
+
     @app.exception_handler(OutsideWorkspace)
     async def outside(_: Request, exc: OutsideWorkspace):
         return JSONResponse({"error": str(exc)}, status_code=403)
@@ -75,3 +80,18 @@ def create_app(workspace: Path, *, token: str | None = None, loopback: bool = Tr
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def request_error(errors) -> dict:
+    """A malformed request (not JSON, a field of the wrong type or missing) in the API's one error shape,
+    ``{"error": "one line", "fields": {name: why}}``, as every other refusal: FastAPI's own ``{"detail": [...]}``
+    reached the page as "Unprocessable Entity" and a script as a second shape to parse."""
+    fields: dict[str, str] = {}
+    for err in errors:
+        loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path")]
+        invalid_json = err.get("type") == "json_invalid"
+        name = "body" if invalid_json or not loc else ".".join(loc)
+        why = "not valid JSON" if invalid_json else str(err.get("msg", "invalid"))
+        fields.setdefault(name, why[:1].lower() + why[1:])
+    line = "; ".join(f"{name}: {why}" for name, why in fields.items())
+    return {"error": f"bad request: {line}", "fields": fields}

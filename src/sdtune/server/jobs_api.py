@@ -17,7 +17,7 @@ from sdtune.errors import SdtuneError
 from sdtune.jobs.kinds import command_submission, train_submission
 from sdtune.jobs.progress import job_progress
 from sdtune.jobs.store import ENDED, Job
-from sdtune.jobs.worker import WorkerLock, log_path
+from sdtune.jobs.worker import WorkerLock, job_message, log_path
 from sdtune.jobs.workspace import check_name, inside, relative_name
 from sdtune.server.training_form import FORM_KEYS, HUB_ID, bases, build_config, ready_configs
 
@@ -57,6 +57,7 @@ def _ws(request: Request) -> Path:
 def job_view(ws: Path, job: Job, progress: bool = True, full: bool = True) -> dict[str, Any]:
     """The job as the page sees it; ``progress``: read its run folder (``full``: curve and samples too)."""
     data = job.to_dict()
+    data["message"] = job_message(ws, job)
     data["run"] = relative_name(ws, Path(job.run_dir)) if job.run_dir else None
     data["progress"] = job_progress(job, full=full) if progress else None
     return data
@@ -125,8 +126,7 @@ def submit_train(request: Request, form: TrainForm) -> dict[str, Any]:
 def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
     """caption / pick / eval / export jobs, each built from workspace paths only (no free command line)."""
     ws, store = _ws(request), request.app.state.store
-    args: list[str]
-    run_dir = None
+    args: list[str]  # option values as --key=value: a value starting with '-' is never read as an option
     if body.kind == "caption":
         if not body.dataset:
             raise SdtuneError("a caption job needs a dataset")
@@ -136,15 +136,14 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
             named = HUB_ID.match(body.captioner) or body.captioner.lower() in SHORT_NAMES
             hub_id = named and not (ws / body.captioner).exists()
             model = body.captioner if hub_id else str(inside(ws, body.captioner, "captioner"))
-            args = [str(src), str(out), "--captioner", model, "--mode", body.mode]
-            args += ["--trigger", body.trigger] if body.trigger else []
-            args += ["--class", body.class_word] if body.class_word else []
+            args = [str(src), str(out), f"--captioner={model}", f"--mode={body.mode}"]
+            args += [f"--trigger={body.trigger}"] if body.trigger else []
+            args += [f"--class={body.class_word}"] if body.class_word else []
         elif body.caption:
-            args = [str(src), str(out), "--caption", body.caption]
+            args = [str(src), str(out), f"--caption={' '.join(body.caption.split())}"]
         else:
             raise SdtuneError("say how to caption: a captioner model (florence-2, joycaption, blip, a hub id or a "
                               "folder in the workspace) or a fixed caption")
-        run_dir = None
     elif body.kind in ("pick", "export"):
         if not body.run:
             raise SdtuneError(f"a {body.kind} job needs a run")
@@ -163,8 +162,7 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
                           "use `sdtune jobs submit --kind` for run and personalize")
     label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
-    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
-                             run_dir=run_dir)
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
 
@@ -181,7 +179,7 @@ def _pick_prompts(run: Path, prompts: list[str]) -> list[str]:
     if not chosen and base != "toy":
         raise SdtuneError("pick needs the prompts to judge the checkpoints by: give prompts, or train with "
                           "validation prompts")
-    return [arg for prompt in chosen for arg in ("--prompt", prompt.replace("\n", " "))]
+    return [f"--prompt={' '.join(prompt.split())}" for prompt in chosen]
 
 
 @router.post("/jobs/{job_id}/{action}")

@@ -21,6 +21,7 @@ from sdtune.run_folder import (
     EXPORT_DIR,
     LORA_DIR,
     LORA_WEIGHTS_NAME,
+    LYCORIS_NAME,
     read_json,
     read_metrics,
 )
@@ -33,6 +34,9 @@ def _downloads(ws: Path, run: Path) -> list[dict[str, str]]:
     lora = run / LORA_DIR / LORA_WEIGHTS_NAME
     if lora.is_file():
         found.append({"label": "LoRA (diffusers)", "path": relative_name(ws, lora)})
+    lycoris = run / LORA_DIR / LYCORIS_NAME  # DoRA / LoHa / LoKr runs: the kohya/LyCORIS file
+    if lycoris.is_file():
+        found.append({"label": "LyCORIS (AUTOMATIC1111 / ComfyUI)", "path": relative_name(ws, lycoris)})
     for path in sorted((run / EXPORT_DIR).glob("*.safetensors")) if (run / EXPORT_DIR).is_dir() else []:
         found.append({"label": f"LoRA (kohya / AUTOMATIC1111 / ComfyUI): {path.name}", "path": relative_name(ws, path)})
     for path in sorted((run / EMBEDDINGS_DIR).glob("*.safetensors")) if (run / EMBEDDINGS_DIR).is_dir() else []:
@@ -64,7 +68,7 @@ def runs(request: Request) -> list[dict[str, Any]]:
         if kind == "run":
             state = run_state(run, points=0)
             entry.update(step=state["step"], max_steps=state["max_steps"], finished=state["finished"],
-                         lora=(run / LORA_DIR / LORA_WEIGHTS_NAME).is_file())
+                         lora=any((run / LORA_DIR / n).is_file() for n in (LORA_WEIGHTS_NAME, LYCORIS_NAME)))
         out.append(entry)
     return out
 

@@ -195,4 +195,4 @@ def build_config(workspace: Path, ready: str, dataset: str | None, base: str | N
 def config_from_error(exc: ValidationError, overrides: list[str]) -> str:
     from sdtune.config import format_validation_error
 
-    return format_validation_error(exc, "the form", overrides)
+    return format_validation_error(exc, "in the form", overrides)

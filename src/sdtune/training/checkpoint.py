@@ -120,8 +120,13 @@ def load_trainable_state_(modules: dict[str, torch.nn.Module], state: dict[str, 
 
 
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """True when no tensor holds a NaN or an infinity (checked before anything is saved)."""
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    """True when no tensor holds a NaN or an infinity (checked before anything is saved).
+
+    One read of one flag per device, not one per tensor: on a GPU each read is a host sync."""
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(found).all()) for found in flags.values())
 
 
 def _tensor_bytes(obj: Any) -> int:

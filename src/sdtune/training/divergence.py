@@ -12,7 +12,21 @@ it bad.
 When the run stops, every checkpoint saved since the newest good one is moved aside
 (``RUN/checkpoints/diverged-step-N/``, never deleted), so the message and ``--resume latest`` name the same good
 checkpoint; rotation (``checkpoint.keep``) never deletes that one while later ones are unjudged. The weights
-are checked before every checkpoint is written and the gradients before the optimizer steps.
+are checked before every checkpoint is written.
+
+One host sync per optimizer step. The loss and gradient checks are queued on the device as the step runs
+(:meth:`DivergenceGuard.record_loss`, :meth:`~DivergenceGuard.record_gradients`) and read back once, in one small
+transfer, by :meth:`~DivergenceGuard.judge` after the optimizer update is queued: on a GPU each read of a value
+stops the host from queueing work while the device runs, so reading the loss before ``backward`` and the
+gradient norm before ``optimizer.step`` (as a first version did, 3-4 reads a step) left the GPU idle. Why judging
+after the update still saves nothing non-finite: the update of a bad step changes only memory (weights,
+optimizer moments, the LR schedule, the EMA); nothing reaches disk or a validation image before the step's
+checkpoint save or validation, and the loop calls ``judge`` before either, in the same step. A bad verdict
+raises there, so the bad update dies with the process; resuming always starts from a saved, judged checkpoint.
+The judgement replays on the host, in the old order, exactly the old checks (each micro-step's loss: non-finite
+stops, a blow-up warns; then the gradient norm) on the values read, so the decisions, the step named and the
+message are the same as checking each one as it came. The loss of the step rides in the same transfer, so
+logging it every step costs no further sync.
 
 Under fp16 mixed precision a GradScaler is active: infinite gradients are normal there (the scaler skips that
 step and lowers its scale), so gradients are not judged; losses and saved weights still are.
@@ -22,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -84,6 +99,14 @@ def lower_rates(train: TrainConfig, processes: int | None = None) -> tuple[list[
     return overrides, reasons
 
 
+@dataclass(frozen=True)
+class StepVerdict:
+    """What :meth:`DivergenceGuard.judge` read of a sane step: its loss, and whether a stop was asked for."""
+
+    loss: float
+    stop_requested: bool
+
+
 class DivergenceGuard:
     """Judges each step, remembers which checkpoints are not yet known good, and builds the stop message."""
 
@@ -96,44 +119,74 @@ class DivergenceGuard:
         self.suspects: list[int] = [] if resumed_step is None else [resumed_step]
         self._diverging = False
         self._warned = False
+        self._micro: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's (losses, zero losses), on device
+        self._rows: list[torch.Tensor] = []  # per micro-step: [all finite, loss sum, zero-loss sum, loss mean]
+        self._grad_norm: torch.Tensor | float | None = None
 
     @property
     def root(self) -> Path:
         return self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ judging
-    def check_loss(self, losses: torch.Tensor, zero_losses: torch.Tensor, step: int) -> None:
-        """``losses``/``zero_losses``: this micro-step's loss and the loss of predicting zero, on every process."""
-        if not torch.isfinite(losses).all():
-            bad = next(float(x) for x in losses.flatten() if not math.isfinite(float(x)))
-            raise self.stop(f"the loss became {bad} at step {step}")
-        total, zero = float(losses.sum()), float(zero_losses.sum())
-        if total > BLOWUP * zero + 1e-12:
-            self._diverging = True
-            if self.main and not self._warned:
-                self._warned = True
-                ratio = total / max(zero, 1e-12)
-                print(f"warning: the loss at step {step} ({total / losses.numel():.3g}) is {ratio:.3g} times that of "
-                      "predicting zero: the run is diverging; checkpoints from here on count as good "
-                      "only once the loss is sane again")
+    def record_loss(self, losses: torch.Tensor, zero_losses: torch.Tensor) -> None:
+        """Queue the checks of one micro-step's loss; nothing is read. ``losses``/``zero_losses``: shape (P,), the
+        micro-step's loss and the loss of predicting zero on every process (gathered), fp32, on the device."""
+        losses, zero_losses = losses.detach(), zero_losses.detach()
+        self._micro.append((losses, zero_losses))
+        # the same reductions the checks always made, as fp32 (what they read; MPS has no fp64)
+        self._rows.append(torch.stack([torch.isfinite(losses).all().float(), losses.sum().float(),
+                                       zero_losses.sum().float(), losses.mean().float()]))
 
-    def check_gradients(self, grad_norm: torch.Tensor | float | None, step: int) -> None:
-        if self.grad_scaler or grad_norm is None:
-            return
-        value = float(grad_norm)
-        if not math.isfinite(value):
-            raise self.stop(f"the gradient norm became {value} at step {step} (the optimizer did not step)")
+    def record_gradients(self, grad_norm: torch.Tensor | float | None) -> None:
+        """The step's total gradient norm (after accumulation, before clipping), or None where none is judged."""
+        self._grad_norm = grad_norm
+
+    def judge(self, step: int, stop_requested: torch.Tensor | None = None) -> StepVerdict:
+        """Read the step's queued checks (one transfer: the host sync of the step) and judge it; call it after the
+        optimizer update is queued and before anything of the step is saved or validated (module docstring).
+
+        ``stop_requested``: a device flag (a stop asked for on any process) read in the same transfer. Raises the
+        :class:`TrainingStopped` of :meth:`stop` for a non-finite loss or gradient norm, naming ``step``; a sane
+        step makes the checkpoints before it good. Returns the step's loss (mean over micro-steps and processes).
+        """
+        micro, rows, grad_norm = self._micro, self._rows, self._grad_norm
+        self._micro, self._rows, self._grad_norm = [], [], None
+        if self.grad_scaler:  # fp16: its scaler skips overflowed steps itself
+            grad_norm = None
+        extra = [t.reshape(1).to(rows[0].device, torch.float32) for t in (grad_norm, stop_requested)
+                 if isinstance(t, torch.Tensor)]
+        values = torch.cat(rows + extra).tolist()  # the one read of the step
+        per_micro, rest = values[:4 * len(rows)], values[4 * len(rows):]
+        grad_value = rest.pop(0) if isinstance(grad_norm, torch.Tensor) else grad_norm
+        stop = bool(rest.pop(0)) if stop_requested is not None else False
+        means = []
+        quads = [per_micro[i:i + 4] for i in range(0, len(per_micro), 4)]
+        for (losses, _), (finite, total, zero, mean) in zip(micro, quads, strict=True):
+            if not finite:
+                bad = next(float(x) for x in losses.flatten().tolist() if not math.isfinite(float(x)))
+                raise self.stop(f"the loss became {bad} at step {step}")
+            if total > BLOWUP * zero + 1e-12:
+                self._diverging = True
+                if self.main and not self._warned:
+                    self._warned = True
+                    ratio = total / max(zero, 1e-12)
+                    print(f"warning: the loss at step {step} ({total / losses.numel():.3g}) is {ratio:.3g} times that "
+                          "of predicting zero: the run is diverging; checkpoints from here on count as good "
+                          "only once the loss is sane again")
+            means.append(mean)
+        if grad_value is not None and not math.isfinite(float(grad_value)):
+            raise self.stop(f"the gradient norm became {float(grad_value)} at step {step} (its update was not "
+                            "saved)")
+        if not self._diverging:  # a sane loss makes the checkpoints before it good
+            self.suspects.clear()
+        self._diverging = False
+        return StepVerdict(loss=sum(means) / len(means), stop_requested=stop)
 
     def check_weights(self, parameters: list[torch.nn.Parameter], step: int) -> None:
+        """Before a checkpoint is written (one read for all of them)."""
         if not ckpt.all_finite(p.detach() for p in parameters):
             raise self.stop(f"the weights became non-finite at step {step} (checkpoint {ckpt.step_dir_name(step)} "
                             "was not written)")
-
-    def step_done(self, step: int) -> None:  # noqa: ARG002 - named for the reader: step `step` was judged
-        """The step passed the checks; a sane loss makes the checkpoints before it good."""
-        if not self._diverging:
-            self.suspects.clear()
-        self._diverging = False
 
     def saved(self, step: int) -> None:
         self.suspects.append(step)

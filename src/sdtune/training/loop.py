@@ -200,7 +200,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     unet, optimizer, text_encoder_ddp = prepare_models(accelerator, trainables, optimizer)
     text_encoder = text_encoder_ddp if text_encoder_ddp is not None else comps.text_encoder
     view = EvalWeights(cfg, trainables, optimizer, ema)  # EMA / schedule-free average: what is evaluated and saved
-    val_loss = build_validation_loss(cfg, comps, trainables.text_encoder or comps.text_encoder, accelerator.device,
+    val_loss = build_validation_loss(cfg, comps, trainables.text_encoder if trainables.text_encoder is not None
+                                     else comps.text_encoder, accelerator.device,
                                      bucket_step_of(comps.vae.config, comps.unet.config))
     state = ckpt.TrainerState(world_size=accelerator.num_processes, batch_size=cfg.train.batch_size)
     resumed = None
@@ -285,7 +286,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         A batch is one group (one shape) or two (class images of another bucket than the training ones): one
         forward each, their weighted losses summed (``weighted_loss`` divides each by the training examples).
         """
-        num_train = int(batch["num_train"])
+        num_train = batch["num_train"]
         losses = [group_loss(group, num_train) for group in batch["groups"]]
         return sum(x[0] for x in losses), sum(x[1] for x in losses)
 
@@ -334,7 +335,6 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     with bar:  # the bar ends its line before any message
         while state.step < cfg.train.max_steps:
             step_start = time.time()
-            losses = []
             for micro in range(accum):
                 batch = next(batches)
                 torch.manual_seed(micro_step_seed(cfg.train.seed, state.micro_step + micro, accelerator.process_index))
@@ -346,10 +346,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                                 no_sync.enter_context(accelerator.no_sync(model))
                     loss, zero_loss = micro_loss(batch)
                     gathered = accelerator.gather(torch.stack([loss.detach(), zero_loss]).reshape(1, 2))
-                    all_losses = gathered[:, 0]
-                    guard.check_loss(all_losses, gathered[:, 1], state.step + 1)  # judges the weights of state.step
+                    guard.record_loss(gathered[:, 0], gathered[:, 1])  # read with the step: judges state.step's weights
                     accelerator.backward(loss / accum)
-                    losses.append(all_losses.mean().item())
             freeze_embedding_if_due(cfg, trainables.text_encoder if cfg.is_pivotal else None, state.step)
             grad_norm = None
             if cfg.train.max_grad_norm is not None:
@@ -357,31 +355,33 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
             elif accelerator.scaler is None:  # fp16's scaler skips steps with inf gradients itself
                 grads = [p.grad for p in trainables.parameters() if p.grad is not None]
                 grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
-            guard.check_gradients(grad_norm, state.step + 1)
+            guard.record_gradients(grad_norm)
             apply_update(optimizer, lr_scheduler, ema, view.ema_parameters)
             state.step += 1
             state.micro_step += accum
+            # the step's one host sync, after its update is queued and before anything of it is saved or validated
+            verdict = guard.judge(state.step, _stop_flag(accelerator, stop))
             if state.step == cfg.train.max_steps:  # a stop from here on ends in the final phase, not a resume point
                 stop.phase(f"saving the final checkpoint {ckpt.step_dir_name(state.step)}; --resume latest then "
                            "writes the outputs without training again", lost)
-            guard.step_done(state.step)
-            state.last_loss = sum(losses) / len(losses)
+            state.last_loss = verdict.loss
             lr = lr_scheduler.get_last_lr()[0]
             step_times.append(time.time() - step_start)
             accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": step_times[-1]}, step=state.step)
             progress_log.step(state.step, cfg.train.max_steps, state.last_loss, lr, step_times[-1])
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # drawn by update()
             bar.update(1)
+            busy = False  # saving or validating: a stop asked for meanwhile is read again after them
             if val_loss is not None:  # before the checkpoint: it carries the value (sdtune pick --by val_loss)
                 val_loss.after_step(state, accelerator, trainables.unet, view)
             if state.step % cfg.checkpoint.every == 0:
                 save(state)
-                last_saved = state.step
+                last_saved, busy = state.step, True
             if cfg.validation.prompts and cfg.validation.every and state.step % cfg.validation.every == 0:
+                busy = True
                 if validate(cfg, accelerator, comps, trainables, view, state.step, run_dir, stop):
                     validated = state.step
-            stop_now = accelerator.gather(torch.tensor([float(stop.requested)], device=accelerator.device)).any()
-            if stop_now and state.step < cfg.train.max_steps:
+            if _stop_agreed(accelerator, stop, verdict.stop_requested, busy) and state.step < cfg.train.max_steps:
                 status = "interrupted"
                 break
     stop.phase("completing the checkpoint being written", lost)
@@ -402,6 +402,23 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         raise DiskFullError(f"{exc}. Training itself is complete (checkpoint {ckpt.step_dir_name(state.step)}): "
                             f"once there is space, `sdtune train {run_dir / 'config.yaml'} --resume latest` writes "
                             "the outputs without training again") from None
+
+
+def _stop_flag(accelerator, stop: Stop) -> torch.Tensor | None:
+    """Several processes: whether any was asked to stop, as a device flag (``torch.full`` fills on the device, where
+    ``torch.tensor(x, device=...)`` copies from the host and waits); the step's one read carries it. None with one
+    process (its ``stop.requested`` needs no read)."""
+    if accelerator.num_processes == 1:
+        return None
+    return accelerator.gather(torch.full((1,), float(stop.requested), device=accelerator.device)).amax()
+
+
+def _stop_agreed(accelerator, stop: Stop, read: bool, again: bool) -> bool:
+    """Stop after this step? Every process must agree on the step. ``read``: the flag read with the step; ``again``:
+    the step saved or validated after that read, so a stop asked for meanwhile is gathered once more."""
+    if accelerator.num_processes == 1:
+        return stop.requested
+    return read or (again and bool(_stop_flag(accelerator, stop)))
 
 
 def apply_update(optimizer, lr_scheduler, ema, averaged: torch.nn.Module | list[torch.nn.Parameter]) -> bool:

@@ -172,6 +172,8 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
                   ) -> list[str]:
     """Python lines that load the run's result and generate ``prompt``: runnable as pasted (strings quoted with
     ``repr``, built-in bases loaded through sdtune, the fused ``RUN/model`` when there is one)."""
+    from sdtune.models.lora_variants import kind_of
+
     cls = pipeline_class
     lines = [f"from diffusers import {cls}", ""]
     model_dir = run_dir / "model"
@@ -197,7 +199,15 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
             vae = cfg.model.vae
             load = "from_single_file" if Path(vae).is_file() else "from_pretrained"
             lines.append(f"pipe.vae = AutoencoderKL.{load}({vae!r})")
-        if cfg.train.lora is not None:
+        if cfg.train.lora is not None and not kind_of(cfg.train.lora).diffusers:
+            # LoHa / LoKr: diffusers has no loader for them; merged as ComfyUI (and `sdtune generate`) merge the file
+            from sdtune.models.lycoris import LYCORIS_FILE
+
+            lines[1:1] = ["from sdtune.models.loading import family_of_pipeline",
+                          "from sdtune.models.lycoris import merge_comfyui  # LoHa/LoKr: no diffusers loader"]
+            lines.append(f"merge_comfyui(pipe.unet, family_of_pipeline(pipe).text_of(pipe)[1], "
+                         f"{str(run_dir / 'lora' / LYCORIS_FILE)!r})")
+        elif cfg.train.lora is not None:
             # weight_name given: diffusers 0.35 refuses a folder without it offline ("you must specify a weight_name")
             lines.append(f"pipe.load_lora_weights({str(run_dir / 'lora')!r}, weight_name={LORA_WEIGHTS!r})")
             if cfg.model.prediction_type:  # the LoRA trained another objective than the base's scheduler says

@@ -73,3 +73,24 @@ def test_a_record_whose_images_are_gone_does_not_refuse(made: Path, tmp_path: Pa
     folder.mkdir()
     (folder / MANIFEST).write_text((made / MANIFEST).read_text())  # the generated images were deleted
     check_class_folder(folder, class_identity("a photo of a blue star", "toy", resolution=32))
+
+
+def test_a_model_that_fails_to_load_leaves_no_empty_class_folder_to_block_the_next_run(tmp_path: Path) -> None:
+    """Found by a newcomer: `sdtune train` with a hub id on an offline machine failed to load the model after it
+    had made data.class_dir; the next run (model.base=tiny) then stopped on "no readable images" in that empty
+    folder instead of generating the class images. Neither half may happen: no folder is made before the model
+    loads, and an empty class folder counts as missing."""
+    from sdtune.data.check_before_train import check_training_data
+    from sdtune.errors import SdtuneError
+
+    folder = tmp_path / "class-person"
+    with pytest.raises((SdtuneError, OSError, ValueError)):
+        generate_class_images(folder, "a photo of a person", 2, str(tmp_path / "no-such-model"), resolution=32)
+    assert not folder.exists()
+    folder.mkdir()  # as an older sdtune (or a user's mkdir) left it
+    me = tmp_path / "me"
+    me.mkdir()
+    Image.new("RGB", (40, 40), (200, 40, 40)).save(me / "0.png")
+    check_training_data(config_from_dict({"model": {"base": "tiny"}, "data": {
+        "instance_dir": str(me), "instance_prompt": "a photo of sks person", "resolution": 32,
+        "with_prior_preservation": True, "class_dir": str(folder), "class_prompt": "a photo of a person"}}))

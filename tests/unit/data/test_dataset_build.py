@@ -266,3 +266,23 @@ def test_a_second_build_into_the_same_out_is_refused_while_one_runs(tmp_path):
         assert not (out / "metadata.jsonl").exists()
     build_dataset([Source(src, caption="a photo of sks person")], out)  # released: builds, leaves no lock file
     assert sorted(p.name for p in out.iterdir()) == ["0.png", "metadata.jsonl"]
+
+
+def test_a_rebuild_that_replaces_captions_says_so_and_keeps_the_previous_file(tmp_path):
+    """Found by a newcomer: `dataset build photos/me data/me` again, without --caption, silently replaced the four
+    "a photo of sks person" captions of data/me with none ("rerunning into the same OUT is safe")."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        pattern(i).save(src / f"{i}.png")
+    out = tmp_path / "out"
+    build_dataset([Source(src, caption="a photo of sks person")], out)
+    before = (out / "metadata.jsonl").read_text()
+    again = build_dataset([Source(src, caption="a photo of sks person")], out)  # the same: nothing said or kept
+    assert not [p for p in again.problems if "other captions" in p.reason]
+    assert not (out / ".metadata.jsonl.previous").exists()
+    report = build_dataset([Source(src)], out)
+    said = [p.reason for p in report.problems if "other captions" in p.reason]
+    assert said and said[0].startswith("2 images had other captions"), report.problems
+    assert (out / ".metadata.jsonl.previous").read_text() == before
+    assert sorted(_by_name(out)) == ["0.png", "1.png"]  # the hidden copy is never read as data

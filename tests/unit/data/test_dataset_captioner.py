@@ -106,8 +106,10 @@ def test_unloadable_captioner_is_one_clear_error(tmp_path):
     assert str(tmp_path) in message and "BertModel" in message and "\n" not in message
     for arch in ("Florence2ForConditionalGeneration", "LlavaForConditionalGeneration", "BlipForConditionalGeneration"):
         assert arch in message
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Florence2ForConditionalGeneration"],
-                                                      "model_type": "florence2", "auto_map": {"AutoConfig": "x"}}))
+    microsoft = {"architectures": ["Florence2ForConditionalGeneration"], "model_type": "florence2",
+                 "auto_map": {"AutoConfig": "configuration_florence2.Florence2Config"},
+                 "text_config": {"model_type": "florence2_language"}, "vision_config": {"model_type": "davit"}}
+    (tmp_path / "config.json").write_text(json.dumps(microsoft))
     with pytest.raises(ModelLoadError, match="remote-code Florence-2.*florence-community/Florence-2-base"):
         load_captioner(tmp_path)
 

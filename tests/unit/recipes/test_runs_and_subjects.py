@@ -113,6 +113,17 @@ def test_read_subjects_resolves_photos_next_to_the_csv(tmp_path: Path) -> None:
     assert alice.fill("a photo of {token} {class} ({name})") == "a photo of sks woman (alice)"
 
 
+def test_a_spreadsheet_csv_with_semicolons_or_tabs_reads_the_same(tmp_path: Path) -> None:
+    """Found by a newcomer: Excel in many locales saves ';'-separated "CSV"; it was refused as "the header needs a
+    'name' column (found: name;photos;token;class)"."""
+    (tmp_path / "photos" / "alice").mkdir(parents=True)
+    for sep in (";", "\t"):
+        path = _csv(tmp_path / "people.csv", sep.join(["name", "photos", "token", "class"]) + "\n"
+                    + sep.join(["alice", "photos/alice", "sks", "woman, 30s"]) + "\n")
+        (alice,) = read_subjects(path)
+        assert alice == Subject("alice", (tmp_path / "photos" / "alice").resolve(), "sks", "woman, 30s")
+
+
 def test_read_subjects_reports_every_problem_with_line_numbers(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a 'token' column"):
         read_subjects(_csv(tmp_path / "a.csv", "name,photos,class\nalice,p,woman\n"))

@@ -70,7 +70,7 @@ def test_pick_and_export_jobs_from_the_page(tmp_path):
     toy = client.post("/api/jobs/other", json={"kind": "pick", "run": "runs/toyrun"}).json()
     assert toy["argv"] == ["pick", str(ws / "runs" / "toyrun")] and toy["name"] == "pick-toyrun"
     sd = client.post("/api/jobs/other", json={"kind": "pick", "run": "runs/sdrun"}).json()
-    assert sd["argv"][2:] == ["--prompt", "a photo of sks person"]
+    assert sd["argv"][2:] == ["--prompt=a photo of sks person"]
     export = client.post("/api/jobs/other", json={"kind": "export", "run": "runs/sdrun"}).json()
     assert export["argv"] == ["export", str(ws / "runs" / "sdrun"), "--format", "kohya"]
     caption = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun"}).json()
@@ -81,16 +81,16 @@ def test_pick_and_export_jobs_from_the_page(tmp_path):
         job = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun",
                                                    "captioner": captioner}).json()
         assert job["argv"][:2] == ["dataset", "build"]
-        assert job["argv"][4:] == ["--captioner", expected, "--mode", "fill"]
+        assert job["argv"][4:] == [f"--captioner={expected}", "--mode=fill"]
         assert job["argv"][3] == str(ws / "datasets" / "sdrun-captioned")
     job = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": "florence-2",
                                                "mode": "prefix", "trigger": "sks", "class_word": "person"}).json()
-    assert job["argv"][4:] == ["--captioner", "florence-2", "--mode", "prefix", "--trigger", "sks", "--class", "person"]
+    assert job["argv"][4:] == ["--captioner=florence-2", "--mode=prefix", "--trigger=sks", "--class=person"]
     for bad in ("/etc", "../blip", "models/../../blip"):
         r = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": bad})
         assert r.status_code == 403, (bad, r.text)
     tilde = client.post("/api/jobs/other", json={"kind": "caption", "dataset": "runs/sdrun", "captioner": "~/m"})
-    assert tilde.json()["argv"][5] == str(ws / "~" / "m")  # a folder named ~ inside the workspace, never home
+    assert tilde.json()["argv"][4] == f"--captioner={ws / '~' / 'm'}"  # a folder named ~ in the workspace
 
 
 def test_eval_and_pick_tables(tmp_path):
@@ -109,3 +109,34 @@ def test_eval_and_pick_tables(tmp_path):
     prompts = r["argv"][r["argv"].index("--prompts") + 1]
     assert r["argv"][:2] == ["eval", str(run)] and open(prompts).read() == "a b\nc\n"
     assert r["argv"][-2] == "--out" and r["argv"][-1].startswith(str(ws / "runs" / "eval-"))
+
+
+def test_every_refusal_has_one_shape_with_a_readable_line(tmp_path):
+    """Found by a newcomer: a malformed request got FastAPI's ``{"detail": [...]}`` (the page showed "Unprocessable
+    Entity"), and a form without data read "invalid config the form: ..."."""
+    client = TestClient(create_app(tmp_path / "ws"), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    for response, field in ((client.get("/api/jobs/abc"), "job_id"),
+                            (client.post("/api/configs/check", content=b"not json",
+                                         headers={"content-type": "application/json"}), "body"),
+                            (client.post("/api/configs/check", json={"priority": "high"}), "priority"),
+                            (client.get("/api/dataset/thumb", params={"path": "x"}), "file")):
+        body = response.json()
+        assert response.status_code == 422 and "detail" not in body, body
+        assert body["error"].startswith("bad request: ") and field in body["fields"], body
+    form = client.post("/api/configs/check", json={"ready": "toy-dreambooth-lora"}).json()
+    assert form["error"].startswith("invalid config in the form: data: no training data"), form
+
+
+def test_a_loha_run_offers_its_lycoris_file(tmp_path):
+    """A LoHa / LoKr run has no diffusers file, only RUN/lora/lycoris.safetensors: the Results page listed no LoRA
+    download for it and said lora: false (found with the model card that named a file such a run does not have)."""
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    run = _run(ws, "loha")
+    (run / "lora" / "pytorch_lora_weights.safetensors").rename(run / "lora" / "lycoris.safetensors")
+    assert client.get("/api/runs").json()[0]["lora"] is True
+    downloads = {d["label"]: d["path"] for d in client.get("/api/runs/loha").json()["downloads"]}
+    assert downloads["LyCORIS (AUTOMATIC1111 / ComfyUI)"] == "runs/loha/lora/lycoris.safetensors", downloads
+    store = JobStore.in_workspace(ws)
+    job = store.submit("train", ["train", "x.yaml"], name="loha", run_dir=run)
+    assert "lora/lycoris.safetensors" in client.get(f"/api/jobs/{job.id}").json()["progress"]["outputs"]

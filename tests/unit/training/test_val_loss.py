@@ -51,3 +51,16 @@ def test_validation_loss_needs_exactly_one_source(loss: dict) -> None:
 
     with pytest.raises(ConfigError, match="exactly one of split"):
         config_from_dict({"data": {"train_dir": "d"}, "validation": {"loss": loss}})
+
+
+def test_the_report_charts_the_runs_validation_loss_curve(tmp_path: Path) -> None:
+    import json
+
+    from sdtune.evaluation.report import val_loss_chart
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_loss": {"10": 0.31, "2": 0.42, "4": 0.35}}))
+    (chart,) = val_loss_chart(tmp_path)
+    assert chart.startswith("<svg") and "validation loss" in chart
+    assert chart.index("step 2<") < chart.index("step 4<") < chart.index("step 10<"), "steps in numeric order"
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    assert val_loss_chart(tmp_path) == []
