@@ -142,3 +142,13 @@ def immutable(file: Path) -> bool:
 
     return bool(shutil.which("chattr")) and subprocess.run(["chattr", "+i", str(file)],
                                                             capture_output=True).returncode == 0
+
+
+def sample_images(pipe, prompt: str):
+    """Two denoising steps at 32 px, seed 0, as a float array (N, 32, 32, 3): a tiny pipeline's output to compare
+    bitwise between two ways of loading the same weights."""
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images

@@ -10,17 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import make_images, run_cli, tiny_config, write_config
+from tests.helpers import make_images, run_cli, sample_images, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
 PROMPT = "a photo of sks dog"
-
-
-def _images(pipe, prompt: str) -> np.ndarray:
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="np",
-                generator=torch.Generator().manual_seed(0)).images
 
 
 def _train(tmp: Path, base: str) -> Path:
@@ -66,11 +60,11 @@ def test_token_and_lora_train_together_and_load_as_users_load_them(tmp_path: Pat
     user = load_pipeline(base)  # what a diffusers user writes from the model card
     user.load_lora_weights(str(run / "lora"))
     load_into_pipeline(user, run / "embeddings" / "sks.safetensors")
-    images = _images(trained, PROMPT)
-    assert np.array_equal(_images(user, PROMPT), images)
+    images = sample_images(trained, PROMPT)
+    assert np.array_equal(sample_images(user, PROMPT), images)
     lora_only = load_pipeline(base)
     lora_only.load_lora_weights(str(run / "lora"))
-    assert not np.allclose(_images(lora_only, PROMPT), images), "the token must matter"
+    assert not np.allclose(sample_images(lora_only, PROMPT), images), "the token must matter"
 
     out = run_cli("generate", str(run), "--prompt", PROMPT, "--out", str(tmp_path / "gen"), "--steps", "2")
     assert "images in" in out.stdout and list((tmp_path / "gen").glob("*.png"))
@@ -88,8 +82,8 @@ def test_checkpoints_and_kohya_export_carry_the_lora_and_the_token(tmp_path: Pat
     for part in ("embeddings/sks.safetensors", "lora/pytorch_lora_weights.safetensors"):
         mine, theirs = load_file(str(final / part)), load_file(str(run / part))
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), part
-    assert np.array_equal(_images(load_for_inference(str(final)), PROMPT),
-                          _images(load_for_inference(str(run)), PROMPT))
+    assert np.array_equal(sample_images(load_for_inference(str(final)), PROMPT),
+                          sample_images(load_for_inference(str(run)), PROMPT))
 
     out = run_cli("export", str(run), "--format", "kohya")
     assert "bundled in the LoRA file" in out.stdout

@@ -10,17 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import make_images, run_cli, tiny_config, write_config
+from tests.helpers import make_images, run_cli, sample_images, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
 PROMPT = "a photo of sks dog"
-
-
-def _images(pipe, prompt: str) -> np.ndarray:
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="np",
-                generator=torch.Generator().manual_seed(0)).images
 
 
 def _train(tmp: Path, base: str, **train) -> Path:
@@ -48,13 +42,13 @@ def test_only_the_token_changes_and_the_file_loads_in_diffusers(tmp_path: Path, 
 
     base_pipe, trained = load_pipeline(base), load_for_inference(str(run))
     other = "a red disc"  # no token: the model is untouched, bitwise
-    assert np.array_equal(_images(base_pipe, other), _images(trained, other))
-    learned = _images(trained, PROMPT)
-    assert not np.allclose(_images(base_pipe, PROMPT), learned), "the token must change its images"
+    assert np.array_equal(sample_images(base_pipe, other), sample_images(trained, other))
+    learned = sample_images(trained, PROMPT)
+    assert not np.allclose(sample_images(base_pipe, PROMPT), learned), "the token must change its images"
     if base == "tiny":  # what a diffusers user pastes from the model card
         user = load_pipeline(base)
         user.load_textual_inversion(str(file), token="sks")
-        assert np.array_equal(_images(user, PROMPT), learned)
+        assert np.array_equal(sample_images(user, PROMPT), learned)
 
     out = run_cli("generate", str(run), "--prompt", PROMPT, "--out", str(tmp_path / "gen"), "--steps", "2")
     assert "images in" in out.stdout and list((tmp_path / "gen").glob("*.png"))
@@ -71,8 +65,8 @@ def test_checkpoints_materialise_as_embedding_files_that_generate(tmp_path: Path
     assert torch.equal(final["sks"], load_file(str(run / "embeddings" / "sks.safetensors"))["sks"])
     first = load_file(str(models[0].folder / "embeddings" / "sks.safetensors"))
     assert not torch.equal(first["sks"], final["sks"])
-    assert np.array_equal(_images(load_for_inference(str(models[-1].folder)), PROMPT),
-                          _images(load_for_inference(str(run)), PROMPT))
+    assert np.array_equal(sample_images(load_for_inference(str(models[-1].folder)), PROMPT),
+                          sample_images(load_for_inference(str(run)), PROMPT))
 
 
 def test_bad_textual_inversion_input_is_one_line(tmp_path: Path) -> None:
