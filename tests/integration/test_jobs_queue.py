@@ -45,11 +45,16 @@ def _steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
+# Long enough that the worker's SIGTERM (sent after six steps, a submit and a cancel: a few seconds) lands mid-run:
+# with 40 steps a warm Ray worker on an idle machine finished the job before the stop arrived.
+STEPS = 200
+
+
 def test_worker_restart_resumes_the_running_job(tmp_path):
     ws = tmp_path / "ws"
     photos = make_images(tmp_path / "photos", 4)
     config = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "unused", {
-        "instance_dir": str(photos), "instance_prompt": "a photo of sks"}, train={"max_steps": 40}))
+        "instance_dir": str(photos), "instance_prompt": "a photo of sks"}, train={"max_steps": STEPS}))
     out = run_cli("jobs", "submit", str(config), "checkpoint.every=4", "--name", "me", "--workspace", str(ws))
     assert "job 1 queued: train me" in out.stdout and "no worker is running" in out.stderr
     low = run_cli("jobs", "submit", str(config), "train.max_steps=2", "--name", "later", "--workspace", str(ws))
@@ -100,12 +105,12 @@ def test_worker_restart_resumes_the_running_job(tmp_path):
     second = lines[lines.index(stopped_at) + 1:]
     assert second[0] == stopped_at + 1  # continued after the stop's checkpoint, no step redone
     third = second[second.index(killed_at) + 1:]
-    assert third[0] == kept + 1 and third[-1] == 40  # after the crash: from the newest checkpoint, nothing before it
+    assert third[0] == kept + 1 and third[-1] == STEPS  # after the crash: from the newest checkpoint, nothing before it
     job_log = run_cli("jobs", "logs", "1", "--workspace", str(ws)).stdout
-    assert "attempt 1" in job_log and "attempt 3" in job_log and "done: 40 steps" in job_log
+    assert "attempt 1" in job_log and "attempt 3" in job_log and f"done: {STEPS} steps" in job_log
     assert "after the previous worker ended" in log.read_text()
     listing = run_cli("jobs", "list", "--all", "--workspace", str(ws)).stdout
-    assert "finished" in listing and "step 40/40" in listing
+    assert "finished" in listing and f"step {STEPS}/{STEPS}" in listing
 
 
 def _checkpoints(run: Path) -> list[int]:
