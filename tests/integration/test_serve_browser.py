@@ -61,6 +61,12 @@ class Server:
                     os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def set_field(page, name: str, value: str) -> None:
+    """Type into the form field named ``name`` and fire its change event (what the page validates on)."""
+    page.fill(f"input[name='{name}']", value)
+    page.locator(f"input[name='{name}']").dispatch_event("change")
+
+
 def shots(page, folder: Path | None, name: str) -> None:
     if folder is None:
         return
@@ -111,20 +117,16 @@ def test_photos_to_lora_in_the_browser(tmp_path):
             page.click("#train-on")
             clicks += 1
             expect(page.locator("#f-dataset")).to_have_value("datasets/my-photos")
-            page.fill("input[name='train.max_steps']", "0")
-            page.locator("input[name='train.max_steps']").dispatch_event("change")
+            set_field(page, "train.max_steps", "0")
             expect(page.locator(".field-err[data-key='train.max_steps']")).to_contain_text("greater than")
-            page.fill("input[name='train.max_steps']", "40")
-            page.locator("input[name='train.max_steps']").dispatch_event("change")
+            set_field(page, "train.max_steps", "40")
             expect(page.locator(".field-err[data-key='train.max_steps']")).to_have_text("")
             page.click("#advanced summary")  # every key of `sdtune config-keys`, the schema's message beside it
             expect(page.locator(".adv-row[data-key='train.gradient_checkpointing']")).to_be_visible()
             assert page.locator(".adv-row").count() > 50
-            page.fill("input[name='adv:train.max_grad_norm']", "-1")
-            page.locator("input[name='adv:train.max_grad_norm']").dispatch_event("change")
+            set_field(page, "adv:train.max_grad_norm", "-1")
             expect(page.locator(".adv-row .field-err[data-key='train.max_grad_norm']")).not_to_have_text("")
-            page.fill("input[name='adv:train.max_grad_norm']", "")
-            page.locator("input[name='adv:train.max_grad_norm']").dispatch_event("change")
+            set_field(page, "adv:train.max_grad_norm", "")
             expect(page.locator("#form-error")).to_have_text("")
             page.click("#advanced summary")
             shots(page, screenshots, "train")
