@@ -42,6 +42,7 @@ from sdtune.toy import world  # noqa: E402
 from sdtune.toy.demo import DemoSettings, concept_stage, person_stage, write_person_photos  # noqa: E402
 from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, summary  # noqa: E402
 from sdtune.toy.finetune import run  # noqa: E402
+from sdtune.toy.world import PERSONS  # noqa: E402
 
 # The person stage as the demo shipped it before this benchmark (explicit, so rows stay comparable when the demo's
 # defaults change); every variant is a change to it.
@@ -126,6 +127,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pivotal-frac-1.0": {**PIVOTAL, "person_ti_fraction": 1.0},
     "pivotal-frac-0.25": {**PIVOTAL, "person_ti_fraction": 0.25},
 }
+# The same person methods on the hard person (world.HARD_PERSON: green over purple halves, a look no words of the
+# toy world draw): "hard-<variant>"
+HARD = ("ti-400", "pivotal-frac-0.5", "pivotal-frac-0.25", "pivotal-frac-1.0", "poses-4+fine+rank-4+dop-2")
+VARIANTS.update({f"hard-{name}": {**VARIANTS[name], "person_look": "halved"} for name in HARD})
 # the settings recorded per row (person_* covers poses, targets, steps, ...)
 PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")
 KEYS = ("old_both", "concept", "person_judge", "person_pixels", "class_solid", "composite", "composite_pixels",
@@ -172,7 +177,7 @@ class Bench:
         self.seeds = list(range(100, 100 + args.eval_seeds))
         many = list(range(200, 200 + args.person_seeds))
         self.group_seeds = {"person": many, "cls": many, "composite": many}
-        self.suite = default_suite(old=12)
+        self.suites = {look: default_suite(old=12, person=person) for look, person in PERSONS.items()}
         self.data = self.out / "data"
 
     def ensure_data(self, settings: DemoSettings) -> None:
@@ -186,7 +191,9 @@ class Bench:
 
     def person_data(self, settings: DemoSettings) -> Path:
         """The person's photos: one folder per number of poses (one pose: DreamBooth's instance images)."""
-        return self.data / ("person" if settings.person_poses == 1 else f"person-{settings.person_poses}-poses")
+        look = "" if settings.person_look == "striped" else f"{settings.person_look}-"
+        return self.data / (f"{look}person" if settings.person_poses == 1 else
+                            f"{look}person-{settings.person_poses}-poses")
 
     def lock(self, name: str):
         """An exclusive file lock: two shards never train the same concept run."""
@@ -203,12 +210,13 @@ class Bench:
                     fcntl.flock(fh, fcntl.LOCK_UN)
         return held()
 
-    def measure(self, key: str, ref: str, extra: dict[str, Any]) -> dict[str, Any]:
+    def measure(self, key: str, ref: str, extra: dict[str, Any], look: str = "striped") -> dict[str, Any]:
+        """Evaluate ``ref`` for the person ``look`` (its person, class and composite prompts and identity)."""
         done = load_done(self.results)
         if key in done:
             return done[key]
-        row = {"key": key, **extra, **summary(evaluate(load_toy_pipeline(ref), self.judge, self.suite, self.seeds,
-                                                       group_seeds=self.group_seeds))}
+        row = {"key": key, **extra, **summary(evaluate(load_toy_pipeline(ref), self.judge, self.suites[look],
+                                                       self.seeds, group_seeds=self.group_seeds))}
         record(self.results, row)
         print(f"[bench] {key}: " + ", ".join(f"{k}={row[k]:.2f}" for k in KEYS if k in row), flush=True)
         return row
@@ -253,7 +261,7 @@ class Bench:
         self.measure(key, str(run_dir), {"stage": "person", "variant": variant, "seed": seed,
                                          "settings": {k: v for k, v in asdict(settings).items()
                                                       if k.startswith(PERSON_FIELDS)},
-                                         "train_seconds": seconds})
+                                         "train_seconds": seconds}, look=settings.person_look)
 
 
     def checkpoints(self, variant: str, seed: int) -> None:
@@ -263,10 +271,12 @@ class Bench:
         run_dir = self.out / "runs" / f"{variant}-s{seed}"
         if run_state(run_dir) != "finished":
             return
+        look = settings_for(variant, seed, self.args.quick).person_look
         for c in expand_checkpoints(run_dir, self.out / "materialised"):
             if not c.final:
                 self.measure(f"{variant}@{c.step}-s{seed}", str(c.folder),
-                             {"stage": "checkpoint", "variant": f"{variant}@{c.step}", "seed": seed, "step": c.step})
+                             {"stage": "checkpoint", "variant": f"{variant}@{c.step}", "seed": seed, "step": c.step},
+                             look=look)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -328,10 +338,16 @@ def main() -> int:
     steps = {r["variant"] for r in done.values()
              if r.get("stage") == "checkpoint" and r["variant"].split("@")[0] in marked}
     variants += sorted(steps, key=lambda v: (v.split("@")[0], int(v.split("@")[1])))
-    if "vae-ceiling" not in done and not args.report_only:
+    hard = any(v.startswith("hard-") for v in variants)
+    if ("vae-ceiling" not in done or (hard and "vae-ceiling-halved" not in done)) and not args.report_only:
         from sdtune.toy.evaluate import vae_ceiling
 
-        record(bench.results, {"key": "vae-ceiling", **vae_ceiling(load_toy_pipeline("toy"), bench.judge)})
+        pipe = load_toy_pipeline("toy")
+        if "vae-ceiling" not in done:
+            record(bench.results, {"key": "vae-ceiling", **vae_ceiling(pipe, bench.judge)})
+        if hard and "vae-ceiling-halved" not in done:  # the hard person's own ceiling
+            record(bench.results, {"key": "vae-ceiling-halved",
+                                   **vae_ceiling(pipe, bench.judge, person=PERSONS["halved"])})
         done = load_done(bench.results)
     tab = table(done, variants, seeds)
     if "vae-ceiling" in done:

@@ -29,7 +29,7 @@ from sdtune.toy import world
 from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, summary
 from sdtune.toy.finetune import FINE_LEVELS, LORA_RANK, concept_config, dreambooth_config, level_targets
 from sdtune.toy.report import write_report
-from sdtune.toy.world import PERSON
+from sdtune.toy.world import PERSONS, Person
 
 BENCHMARK_FILE = "two_stage_benchmark.json"  # in the toy model's folder, written by benchmarks/two_stage.py
 # The cross-attention key and value projections: the only layers that read the prompt (Kumari et al., "Multi-Concept
@@ -56,6 +56,10 @@ class DemoSettings:
     # form too, and "a photo of sks red arrow" drew no striped arrow in any variant (docs/two-stage.md).
     person_images: int = 8
     person_poses: int = 4
+    # Whose photos: "striped" (red and cyan stripes, words the base knows: world.PERSON) or "halved" (green over
+    # purple halves of the shape, a look no words of the toy world draw, as no words draw a real face:
+    # world.HARD_PERSON). Both share token, poses and caption templates.
+    person_look: str = "striped"
     # 600 concept steps: concept 0.94 but old-prompt accuracy 0.92 -> 0.60, and no person learned on top;
     # 300: 0.81 and 0.73 (measured). LoRA on attention, convs and feed-forwards (finetune.LORA_TARGETS).
     concept_steps: int = 300
@@ -115,6 +119,13 @@ class DemoSettings:
                    person_seeds=4, old_prompts=6, eval_steps=10, checkpoint_every=15)
 
 
+def person_of(settings: DemoSettings) -> Person:
+    """The toy person ``settings.person_look`` names (``world.PERSONS``); ValueError naming the known looks."""
+    if settings.person_look not in PERSONS:
+        raise ValueError(f"person_look {settings.person_look!r}: one of {', '.join(PERSONS)}")
+    return PERSONS[settings.person_look]
+
+
 def concept_stage(settings: DemoSettings, data: Path, out: Path) -> dict[str, Any]:
     """Stage 1's run config: a text-to-image LoRA (or full fine-tune) on the captioned concept images."""
     return concept_config("toy", data / "concept", out, steps=settings.concept_steps, lr=settings.concept_lr,
@@ -137,6 +148,7 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
     ``settings.preservation_concept`` and ``settings.person_on`` outside a recipe (a recipe's stage does it).
     ``person_dir``: the person's photos (default ``data/person``)."""
     class_root = class_root or data
+    person = person_of(settings)
     if settings.person_method == "textual-inversion":
         return _textual_inversion_stage(settings, data, out, concept_model, concept_lora, person_dir)
     if settings.person_poses > 1 and settings.prior:
@@ -147,7 +159,7 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
                             batch_size=settings.person_batch,
                             prior=settings.prior,
                             class_dir=class_root / "class-person", train_text_encoder=settings.person_text_encoder,
-                            num_class_images=settings.class_images)
+                            num_class_images=settings.class_images, person=person)
     if settings.person_targets == "fine":
         cfg["train"]["lora"]["targets"] = level_targets(FINE_LEVELS)
     elif settings.person_targets == "kv":  # Custom Diffusion's choice: what the prompt's words write into the image
@@ -156,7 +168,7 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
         raise ValueError(f"person_targets {settings.person_targets!r}: all, fine or kv")
     _person_common(cfg, settings, concept_lora)
     if settings.person_method == "pivotal":  # the token learns beside the LoRA; no decay pulls its vector to zero
-        cfg["train"].update(textual_inversion={"token": PERSON.token, "learning_rate": settings.person_ti_lr,
+        cfg["train"].update(textual_inversion={"token": person.token, "learning_rate": settings.person_ti_lr,
                                                "ti_fraction": settings.person_ti_fraction,
                                                "norm_limit": settings.person_norm_limit,
                                                "initializer": settings.person_initializer},
@@ -167,7 +179,7 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
         from sdtune.toy.evaluate import generic_prompts
 
         cfg["train"]["preservation"] = {"weight": settings.preservation,
-                                        "prompts": [*PERSON.class_prompts(max(1, settings.person_poses)),
+                                        "prompts": [*person.class_prompts(max(1, settings.person_poses)),
                                                     *generic_prompts(settings.preservation_generic)]}
     keep_prompts = bool(settings.preservation and settings.preservation_concept)
     if concept is not None and (settings.concept_prior or keep_prompts):  # a recipe does this from its stage
@@ -199,10 +211,11 @@ def _textual_inversion_stage(settings: DemoSettings, data: Path, out: Path, conc
     if settings.prior or settings.preservation or settings.concept_prior:
         raise ValueError("textual inversion changes no weight of the model, so nothing needs preserving: set "
                          "prior=False, preservation=0 and concept_prior=0")
+    person = person_of(settings)
     cfg = dreambooth_config(concept_model, person_dir or data / "person", out, steps=settings.person_steps,
                             lr=settings.person_lr, lora_rank=None, seed=settings.seed,
-                            batch_size=settings.person_batch)
-    cfg["train"].update(textual_inversion={"token": PERSON.token, "norm_limit": settings.person_norm_limit,
+                            batch_size=settings.person_batch, person=person)
+    cfg["train"].update(textual_inversion={"token": person.token, "norm_limit": settings.person_norm_limit,
                                            "initializer": settings.person_initializer},
                         adam_weight_decay=0.0)
     _person_common(cfg, settings, concept_lora)
@@ -265,7 +278,7 @@ def write_person_photos(folder: Path, settings: DemoSettings) -> Path:
     """The person's photos as the settings ask: one pose (DreamBooth's instance images, no captions) or several,
     each captioned with its shape."""
     return world.write_person_set(folder, settings.person_images, seed=2, captioned=settings.person_poses > 1,
-                                  poses=settings.person_poses)
+                                  poses=settings.person_poses, person=person_of(settings))
 
 
 def check_demo_folder(out: Path, recipe_text: str) -> None:
@@ -322,7 +335,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     lap(f"two-stage recipe (concept LoRA, then person {person_method_label(settings)})")
 
     judge = default_judge()
-    suite = default_suite(old=settings.old_prompts)
+    suite = default_suite(old=settings.old_prompts, person=person_of(settings))
     seeds = list(range(settings.seeds))
     many = list(range(settings.person_seeds))
     models = {"base": "toy", "stage 1: concept": str(concept_dir)}

@@ -30,7 +30,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star", "heart", "diamond")
 CONCEPT = "arrow"  # the held-out glyph: never in the UNet's pretraining data
 ALL_SHAPES = (*SHAPES, CONCEPT)
-PATTERNS = ("solid", "checkered", "striped")
+PATTERNS = ("solid", "checkered", "striped")  # what captions name (and the judge reads)
+QUARTERED = "quartered"  # the hard person's look only: no caption or judge class has it (see HARD_PERSON)
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"grey": (128, 128, 128), "white": (236, 236, 236),
                                                 "black": (24, 24, 24)}
 TEXTURES = ("plain", "noisy", "textured")
@@ -84,6 +85,12 @@ class Person:
     # The shapes its photos may show (``write_person_set(poses=N)`` takes the first N), as a person's photos show
     # several poses: the identity is the colours and the pattern, the form varies. Never the concept's arrow.
     poses: tuple[str, ...] = ("square", "circle", "triangle", "diamond")
+    # pattern "quartered": the four quarters' colours (top-left first, clockwise); ``colour`` names the first
+    quarters: tuple[str, ...] | None = None
+
+    def colours(self) -> tuple[str, ...]:
+        """The colours of the look: both stripes' colours, or the quarters' (each once)."""
+        return tuple(dict.fromkeys(self.quarters)) if self.quarters else (self.colour, self.colour2)
 
     # The prompts name a colour: the pretraining captions always do, so a colourless "a photo of a star" is
     # outside what the base model learned (it draws noise) and could not serve as the class prompt.
@@ -117,10 +124,27 @@ class Person:
 
     def composite_scene(self, rng: random.Random, concept: str = "arrow") -> Scene:
         """A render of what :meth:`composite_prompt` asks for (to calibrate the judge, never to train on)."""
-        return _placed(rng, shape=concept, colour=self.colour, colour2=self.colour2, pattern=self.pattern)
+        return _placed(rng, shape=concept, colour=self.colour, colour2=self.colour2, pattern=self.pattern,
+                       quarters=self.quarters)
 
 
 PERSON = Person()
+# The hard person: a look no words of the toy world can draw, as no words draw a real face: the shape's top half
+# green, its bottom half purple, split at the middle of the shape itself (pattern "quartered" with two equal
+# quarters on each side). Every caption of the pretraining, concept and CLIP data names a solid fill or a two-colour
+# pattern tied to the image grid (checks, stripes a sixth of the image high), never a split of the shape, and no
+# training scene of the UNet, VAE, CLIP or judge has one; the judge's pattern head has no class for it, so its
+# identity is read by a pixel check of the arrangement (``evaluate.quarters_check``): a green and purple striped
+# or checkered shape passes it in 0.06 and 0.00 of VAE reconstructions (measured 7 Dec 2026, 100 renders each).
+# Why halves: the 32 px VAE (8x8 latents) must reproduce the look. Measured on its reconstructions (the check,
+# 100 renders of the 4 poses + arrow): four colours in quarters 0.14-0.24 (neighbouring quarters blend, red and
+# yellow to orange); left and right halves 0.84-0.85 but the arrow's narrow shaft 0.45; top and bottom halves,
+# green over purple, 0.88, the arrow 0.85. Green and purple: not the easy person's colours, and not "sks"'s pink
+# (the toy CLIP's name for a green and pink striped heart). Same poses and captions as PERSON
+# ("a photo of sks green circle").
+HARD_PERSON = Person(colour="green", colour2="purple", pattern=QUARTERED,
+                     quarters=("green", "green", "purple", "purple"))
+PERSONS: dict[str, Person] = {"striped": PERSON, "halved": HARD_PERSON}  # DemoSettings.person_look -> person
 
 # Rare words the toy CLIP knows as names of specific things, as a web-trained CLIP knows "sks" (a rifle) or a
 # celebrity's name. Why: a DreamBooth identifier needs a text representation of its own for the UNet to bind the
@@ -154,8 +178,15 @@ class Scene:
     size: float = 0.5  # bounding-box side, as a fraction of the image
     noise_seed: int = 0
     name: str | None = None  # a named instance (see NAMED): captions may call it by its name alone
+    # pattern "quartered" (the hard person's look, never in any training scene): the colours of the shape's four
+    # quarters, top-left, top-right, bottom-right, bottom-left, split at its bounding box's centre. Not in the
+    # repr: the shipped VAE, CLIP and judge's training scenes are pinned by the digest of their reprs
+    # (tests/unit/toy/test_world.py); asdict (scenes.jsonl) has it.
+    quarters: tuple[str, ...] | None = field(default=None, repr=False)
 
     def colours(self) -> tuple[str, ...]:
+        if self.quarters:
+            return tuple(dict.fromkeys(self.quarters))
         return (self.colour,) if self.colour2 is None else (self.colour, self.colour2)
 
 
@@ -216,7 +247,7 @@ def concept_scene(rng: random.Random, two_tone: float = 0.0, person: Person = PE
 def person_scene(rng: random.Random, person: Person = PERSON, shape: str | None = None) -> Scene:
     """The specific instance (in ``shape``, default its own), at a random place and size, on a random background."""
     return _placed(rng, shape=shape or person.shape, colour=person.colour, colour2=person.colour2,
-                   pattern=person.pattern)
+                   pattern=person.pattern, quarters=person.quarters)
 
 
 def named_scene(rng: random.Random, name: str) -> Scene:
@@ -319,10 +350,12 @@ def _background(scene: Scene, size: int) -> np.ndarray:
     return np.clip(img, 0, 255)
 
 
-def _fill(scene: Scene, size: int) -> np.ndarray:
+def _fill(scene: Scene, size: int, mask: np.ndarray) -> np.ndarray:
     first = np.array(COLOURS[scene.colour], dtype=np.float32)
     if scene.pattern == "solid":
         return np.broadcast_to(first, (size, size, 3))
+    if scene.pattern == QUARTERED:
+        return _quartered(scene, size, mask)
     second = np.array(COLOURS[scene.colour2 or scene.colour], dtype=np.float32)
     cell = size // 6  # six cells across the image
     yy, xx = np.mgrid[0:size, 0:size] // cell
@@ -335,11 +368,25 @@ def _fill(scene: Scene, size: int) -> np.ndarray:
     return np.where(which[..., None], second, first)
 
 
+def _quartered(scene: Scene, size: int, mask: np.ndarray) -> np.ndarray:
+    """Four colours, one per quarter of the silhouette's bounding box (top-left, top-right, bottom-right,
+    bottom-left): an arrangement the world's words cannot say (a caption names at most two colours and a pattern
+    tied to the image grid, not to the shape)."""
+    if not scene.quarters or len(scene.quarters) != 4:
+        raise ValueError(f"pattern {QUARTERED!r} needs four quarter colours, got {scene.quarters!r}")
+    ys, xs = np.nonzero(mask[..., 0] > 0.5)
+    cy, cx = ((ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2) if len(ys) else (size / 2, size / 2)
+    yy, xx = np.mgrid[0:size, 0:size]
+    quarter = np.where(yy < cy, np.where(xx < cx, 0, 1), np.where(xx < cx, 3, 2))
+    palette = np.array([COLOURS[c] for c in scene.quarters], dtype=np.float32)
+    return palette[quarter]
+
+
 def render(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
     """Draw a scene as an RGB image (drawn at 4x, then downsampled for smooth edges)."""
     big = resolution * SUPERSAMPLE
     mask = np.asarray(shape_mask(scene, big), dtype=np.float32)[..., None] / 255.0
-    img = _background(scene, big) * (1 - mask) + _fill(scene, big) * mask
+    img = _background(scene, big) * (1 - mask) + _fill(scene, big, mask) * mask
     out = Image.fromarray(img.astype(np.uint8), "RGB")
     return out.resize((resolution, resolution), Image.Resampling.BOX)
 
