@@ -39,7 +39,13 @@ from sdtune.config import config_from_dict  # noqa: E402
 from sdtune.data.class_images import generate_for_run  # noqa: E402
 from sdtune.recipes.runs import run_state  # noqa: E402
 from sdtune.toy import world  # noqa: E402
-from sdtune.toy.demo import DemoSettings, concept_stage, person_stage, write_person_photos  # noqa: E402
+from sdtune.toy.demo import (  # noqa: E402
+    DemoSettings,
+    concept_stage,
+    person_mask_dir,
+    person_stage,
+    write_person_photos,
+)
 from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, summary  # noqa: E402
 from sdtune.toy.finetune import run  # noqa: E402
 from sdtune.toy.world import PERSONS  # noqa: E402
@@ -131,6 +137,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # toy world draw): "hard-<variant>"
 HARD = ("ti-400", "pivotal-frac-0.5", "pivotal-frac-0.25", "pivotal-frac-1.0", "poses-4+fine+rank-4+dop-2")
 VARIANTS.update({f"hard-{name}": {**VARIANTS[name], "person_look": "halved"} for name in HARD})
+# each with masked loss: the loss counts on the shape's silhouette only (the toy's segmented person)
+VARIANTS.update({f"{name}+mask": {**VARIANTS[name], "person_masks": True}
+                 for name in [*HARD[:2], HARD[-1], *(f"hard-{n}" for n in (*HARD[:2], HARD[-1]))]})
 # the settings recorded per row (person_* covers poses, targets, steps, ...)
 PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")
 KEYS = ("old_both", "concept", "person_judge", "person_pixels", "class_solid", "composite", "composite_pixels",
@@ -188,6 +197,8 @@ class Bench:
             person = self.person_data(settings)
             if not (person / "scenes.jsonl").exists():
                 write_person_photos(person, settings)
+            elif settings.person_masks and not person_mask_dir(person).is_dir():
+                world.write_masks(person, person_mask_dir(person))
 
     def person_data(self, settings: DemoSettings) -> Path:
         """The person's photos: one folder per number of poses (one pose: DreamBooth's instance images)."""

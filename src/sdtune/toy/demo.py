@@ -60,6 +60,10 @@ class DemoSettings:
     # purple halves of the shape, a look no words of the toy world draw, as no words draw a real face:
     # world.HARD_PERSON). Both share token, poses and caption templates.
     person_look: str = "striped"
+    # Masked loss on the person's photos (data.masked_loss): the loss counts on the shape's silhouette (written
+    # beside the photos as "<photos>-masks", world.write_masks), person_mask_outside elsewhere
+    person_masks: bool = False
+    person_mask_outside: float = 0.0
     # 600 concept steps: concept 0.94 but old-prompt accuracy 0.92 -> 0.60, and no person learned on top;
     # 300: 0.81 and 0.73 (measured). LoRA on attention, convs and feed-forwards (finetune.LORA_TARGETS).
     concept_steps: int = 300
@@ -202,6 +206,10 @@ def _person_common(cfg: dict[str, Any], settings: DemoSettings, concept_lora: Pa
     if settings.person_poses > 1:  # captioned photos: text-to-image on them (DreamBooth has one fixed prompt)
         cfg["data"] = {"train_dir": cfg["data"]["instance_dir"], "resolution": cfg["data"]["resolution"],
                        "check": False}
+    if settings.person_masks:
+        photos = Path(cfg["data"].get("train_dir") or cfg["data"]["instance_dir"])
+        cfg["data"].update(masked_loss=True, mask_dir=str(person_mask_dir(photos)),
+                           mask_outside_weight=settings.person_mask_outside)
 
 
 def _textual_inversion_stage(settings: DemoSettings, data: Path, out: Path, concept_model: str,
@@ -274,11 +282,19 @@ def benchmark_rows(settings: DemoSettings) -> dict[str, Any] | None:
     return {"variant": variant, "seeds": data.get("seeds"), "rows": out, "ceiling": data.get("ceiling")}
 
 
+def person_mask_dir(photos: Path) -> Path:
+    """Where the masks of the person's photos are (``settings.person_masks``): beside the photo folder."""
+    return photos.with_name(f"{photos.name}-masks")
+
+
 def write_person_photos(folder: Path, settings: DemoSettings) -> Path:
     """The person's photos as the settings ask: one pose (DreamBooth's instance images, no captions) or several,
-    each captioned with its shape."""
-    return world.write_person_set(folder, settings.person_images, seed=2, captioned=settings.person_poses > 1,
-                                  poses=settings.person_poses, person=person_of(settings))
+    each captioned with its shape; with ``person_masks`` their masks too (:func:`person_mask_dir`)."""
+    world.write_person_set(folder, settings.person_images, seed=2, captioned=settings.person_poses > 1,
+                           poses=settings.person_poses, person=person_of(settings))
+    if settings.person_masks:
+        world.write_masks(folder, person_mask_dir(folder))
+    return folder
 
 
 def check_demo_folder(out: Path, recipe_text: str) -> None:

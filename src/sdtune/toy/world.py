@@ -448,6 +448,20 @@ def write_person_set(folder: Path, count: int = 6, seed: int = 2, captioned: boo
     return write_folder(folder, items)
 
 
+def write_masks(folder: Path, mask_dir: Path, resolution: int = RESOLUTION) -> Path:
+    """The loss mask of every image of a written ``folder`` (from its ``scenes.jsonl``): the shape's silhouette,
+    drawn at 4x and downsampled like the image (white = the shape), named as the image, in ``mask_dir`` (outside
+    the image folder, which training reads whole): the toy's free version of a person segmented from the room."""
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    for line in (folder / "scenes.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        name = row.pop("file_name")
+        scene = Scene(**{**row, "quarters": tuple(row["quarters"]) if row.get("quarters") else None})
+        mask = shape_mask(scene, resolution * SUPERSAMPLE).resize((resolution, resolution), Image.Resampling.BOX)
+        mask.save(mask_dir / name)
+    return mask_dir
+
+
 def with_colour(scene: Scene, colour: str) -> Scene:
     return replace(scene, colour=colour)
 

@@ -127,3 +127,30 @@ def test_demo_settings_choose_the_person(tmp_path) -> None:
     assert person_of(DemoSettings()) is PERSON
     with pytest.raises(ValueError, match="person_look 'bald'"):
         person_of(replace(settings, person_look="bald"))
+
+
+def test_person_masks_are_the_shapes_silhouettes(tmp_path) -> None:
+    """person_masks: a mask per photo, named as it, beside the photo folder (never inside it: training reads the
+    folder whole), white on the shape; the person stage's config trains on them (data.masked_loss)."""
+    from sdtune.config import config_from_dict
+    from sdtune.data.masks import read_mask
+    from sdtune.toy.demo import DemoSettings, person_mask_dir, person_stage, write_person_photos
+
+    settings = replace(DemoSettings.quick(), person_look="halved", person_masks=True, person_mask_outside=0.1)
+    folder = write_person_photos(tmp_path / "person", settings)
+    masks = person_mask_dir(folder)
+    assert masks == tmp_path / "person-masks" and not list(folder.glob("*-masks"))
+    scenes = [json.loads(line) for line in (folder / "scenes.jsonl").read_text().splitlines()]
+    for s in scenes:
+        photo = np.asarray(Image.open(folder / s["file_name"]), dtype=float)
+        mask = np.asarray(read_mask(folder / s["file_name"], masks), dtype=float) / 255
+        assert mask.shape == photo.shape[:2] and 0.1 < mask.mean() < 0.9
+        inside = photo[mask > 0.99]  # pixels the shape covers fully show the person's colours (or, on the line
+        # between the halves, their mix)
+        nearest = np.min([np.linalg.norm(inside - world.COLOURS[c], axis=-1) for c in ("green", "purple")], axis=0)
+        assert len(inside) and np.mean(nearest < 2) > 0.85
+    for method in ("textual-inversion", "pivotal"):
+        cfg = person_stage(replace(settings, person_method=method), tmp_path, tmp_path / method, "toy",
+                           person_dir=folder)
+        data = config_from_dict(cfg).data
+        assert data.masked_loss and data.mask_dir == masks and data.mask_outside_weight == 0.1
