@@ -177,7 +177,8 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
                           "use `sdtune jobs submit --kind` for run and personalize")
     label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
-    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws)
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
+                             store=store)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
 
