@@ -98,7 +98,8 @@ def test_four_people_share_two_gpu_slots_then_a_rerun_skips_them(concept: Path, 
     args = _args(csv_path, concept, out, "data.with_prior_preservation=true", "data.num_class_images=2",
                  "data.class_generation_steps=2")  # class images shared per class (the default needs none)
     proc = run_cli("personalize", *args)
-    assert "fusing the concept LoRA" in proc.stdout and (concept / "model" / "model_index.json").is_file()
+    assert "fusing the concept LoRA" in proc.stdout and (out / "concept-model" / "model_index.json").is_file()
+    assert not (concept / "model").exists(), "the concept run folder is only read"
     assert "carol: not trained:" in proc.stdout and "img01.jpg" in proc.stdout
     rows = _summary(out)
     assert list(rows) == ["alice", "bob", "dave", "erin", "carol"]

@@ -42,7 +42,8 @@ def submit_command(
 ) -> None:
     """Queue a job. `sdtune jobs submit CONFIG key=value...` queues `sdtune train` on that config (checked now
     against the schema; it trains into WS/runs/NAME unless output_dir= is given). With --kind, the rest of the
-    line is that command's arguments: `sdtune jobs submit --kind eval runs/a runs/b --prompts p.txt`.
+    line is that command's arguments, checked now as that command checks them (its options, the files and run
+    folders it reads, key=value overrides): `sdtune jobs submit --kind eval runs/a runs/b --prompts p.txt`.
     """
     from sdtune.jobs.kinds import command_submission, train_submission
     from sdtune.jobs.worker import WorkerLock
@@ -52,7 +53,7 @@ def submit_command(
     if kind == "train":
         sub = train_submission(ws, Path(target), rest, name=name)
     else:
-        sub = command_submission(kind, [target, *rest], name=name)
+        sub = command_submission(kind, [target, *rest], name=name, store=store)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=priority, cwd=sub.cwd)
     for note in sub.notes:
         typer.echo(f"note: {note}", err=True)

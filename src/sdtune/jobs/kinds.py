@@ -13,6 +13,7 @@ import itertools
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sdtune.errors import SdtuneError
 from sdtune.jobs.workspace import check_name
@@ -103,8 +104,12 @@ def _default_name(config_file: Path) -> str:
 
 
 def command_submission(kind: str, args: list[str], *, name: str | None = None, cwd: Path | None = None,
-                       run_dir: Path | None = None) -> Submission:
-    """A ``run`` / ``personalize`` / ``caption`` / ``eval`` / ``pick`` job: that command with ``args``."""
+                       run_dir: Path | None = None, store: Any = None) -> Submission:
+    """A ``run`` / ``personalize`` / ``caption`` / ``eval`` / ``pick`` job: that command with ``args``, checked now
+    as the command would check it in its first second (:mod:`sdtune.jobs.command_checks`; raises SdtuneError, one
+    line). ``store``: the queue, whose jobs may make a missing input first (then a note, not a refusal)."""
+    from sdtune.jobs.command_checks import check_command, made_by_queue
+
     if kind not in COMMANDS:
         raise SdtuneError(f"unknown job kind {kind!r}; one of {', '.join(COMMANDS)}")
     if kind == "train":
@@ -112,6 +117,8 @@ def command_submission(kind: str, args: list[str], *, name: str | None = None, c
     if not args:
         raise SdtuneError(f"a {kind} job needs the arguments of `sdtune {' '.join(COMMANDS[kind])}` "
                           f"(see `sdtune {' '.join(COMMANDS[kind])} --help`)")
+    cwd = (cwd or Path.cwd()).resolve()
+    notes = check_command(kind, list(args), cwd, made_by_queue(store) if store is not None else lambda _: False)
     label = name or Path(args[0]).stem or kind
     label = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)[:64] or kind
-    return Submission(kind, label, [*COMMANDS[kind], *args], run_dir=run_dir, cwd=(cwd or Path.cwd()).resolve())
+    return Submission(kind, label, [*COMMANDS[kind], *args], run_dir=run_dir, cwd=cwd, notes=notes)

@@ -106,7 +106,7 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
     data["output_dir"] = str(out_dir / subject.name)
     model = {k: v for k, v in (data.get("model") or {}).items() if k not in ("revision", "variant")}
     concept_cfg = read_run_config(concept) if (concept / "config.yaml").is_file() else {}
-    model["base"] = str(concept / "model")
+    model["base"] = str(concept_model_dir(concept, out_dir))
     model["allow_pickle"] = bool(model.get("allow_pickle") or (concept_cfg.get("model") or {}).get("allow_pickle"))
     data["model"] = model
     section = {k: v for k, v in (data.get("data") or {}).items() if k not in ("train_dir", "subsets")}
@@ -148,15 +148,24 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
 
 
 
-def fuse_concept(concept: Path, echo: Callable[[str], None] = print) -> ConceptRun:
-    """The concept's full model, fused from its LoRA once when it has none yet (every person trains on it)."""
-    if not (concept / "model" / "model_index.json").is_file() and (concept / "lora" / LORA_WEIGHTS).is_file():
+def concept_model_dir(concept: Path, out_dir: Path) -> Path:
+    """The full model every person trains on: the concept run's own ``model/`` (a full fine-tune, or
+    ``save.full_model``), else ``OUT/concept-model/``, its LoRA fused by :func:`fuse_concept`. Never written into
+    the concept's run folder: personalize only reads that run (it may be another user's, read-only, or in use)."""
+    own = concept / "model"
+    return own if (own / "model_index.json").is_file() else out_dir / "concept-model"
+
+
+def fuse_concept(concept: Path, out_dir: Path, echo: Callable[[str], None] = print) -> ConceptRun:
+    """The concept's full model (:func:`concept_model_dir`), fused from its LoRA once when it has none yet."""
+    model = concept_model_dir(concept, out_dir)
+    if not (model / "model_index.json").is_file() and (concept / "lora" / LORA_WEIGHTS).is_file():
         from sdtune.config import load_config
         from sdtune.training.outputs import save_fused_model
 
-        echo(f"fusing the concept LoRA into its base: {concept / 'model'}")
-        save_fused_model(concept, load_config(concept / "config.yaml"))
-    return concept_run(concept)  # a clear error now if it still has no model
+        echo(f"fusing the concept LoRA into its base: {model}")
+        save_fused_model(concept, load_config(concept / "config.yaml"), model)
+    return concept_run(concept, model)  # a clear error now if it still has no model
 
 
 def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path) -> None:
@@ -207,7 +216,7 @@ def _check_out_folder(out_dir: Path, subjects: list[Subject], configs: list[RunC
     every subject's folder a run folder (or new) that is not its own photos folder."""
     from sdtune.output_folders import check_group_folder, check_run_output
 
-    own = {s.name for s in subjects} | {"class-images", "summary.md", "personalize.log"}
+    own = {s.name for s in subjects} | {"class-images", "concept-model", "summary.md", "personalize.log"}
     check_group_folder(out_dir, own, configs, "personalize output folder", "summary.csv", "--out",
                        "sdtune personalize")
     for cfg in configs:
@@ -283,7 +292,7 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
         from sdtune.engine.ray_engine import check_address
 
         check_address(scale.address or os.environ["RAY_ADDRESS"])  # before the concept is fused
-    info = fuse_concept(concept, echo)
+    info = fuse_concept(concept, out_dir, echo)
     check_tokens(subjects, configs, info.model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ready = {}

@@ -54,18 +54,20 @@ class ConceptRun:
     model_section: dict[str, Any]  # model.* of its config (allow_pickle, revision, ...)
 
 
-def concept_run(path: Path) -> ConceptRun:
-    """Read a concept run folder; it must have a full model (``model/``) to train on."""
+def concept_run(path: Path, model_dir: Path | None = None) -> ConceptRun:
+    """Read a concept run folder; it needs a full model to train on: ``model_dir`` (default its own ``model/``;
+    `sdtune personalize` passes the one it fused from the concept's LoRA into its own output folder)."""
     path = Path(path).expanduser().resolve()
     if not (path / "config.yaml").is_file():
         raise SdtuneError(f"{path} is not a run folder (no config.yaml); pass the concept stage's run folder")
     cfg = read_run_config(path)
     model_section = dict(cfg.get("model") or {})
-    if not (path / "model" / "model_index.json").is_file():
-        raise SdtuneError(f"{path} has no full model (model/): train the concept with save.full_model=true, "
-                          f"or fuse it once with `sdtune personalize ... --concept {path}` (which does it for you)")
+    model_dir = model_dir or path / "model"
+    if not (model_dir / "model_index.json").is_file():
+        raise SdtuneError(f"{path} has no full model (model/): train the concept with save.full_model=true, or "
+                          f"use `sdtune personalize ... --concept {path}` (it fuses the concept's LoRA itself)")
     lora = path / "lora" / LORA_WEIGHTS
-    return ConceptRun(path, path / "model", lora if lora.is_file() else None,
+    return ConceptRun(path, model_dir, lora if lora.is_file() else None,
                       str(model_section.get("base") or "tiny"), model_section)
 
 

@@ -54,9 +54,24 @@ def _ws(request: Request) -> Path:
     return request.app.state.workspace
 
 
+# state -> the buttons its job view offers, (action, label): the label says what the action does in that state
+# (a stopped job resumes; a failed one is tried again, from its newest checkpoint; a cancelled one runs again)
+ACTIONS: dict[str, list[tuple[str, str]]] = {
+    "queued": [("cancel", "Cancel")],
+    "running": [("stop", "Stop (keep checkpoint)"), ("cancel", "Cancel")],
+    "stopping": [],
+    "stopped": [("resume", "Resume"), ("cancel", "Cancel")],
+    "failed": [("retry", "Retry")],
+    "cancelled": [("retry", "Run again")],
+    "finished": [],
+}
+
+
 def job_view(ws: Path, job: Job, progress: bool = True, full: bool = True) -> dict[str, Any]:
-    """The job as the page sees it; ``progress``: read its run folder (``full``: curve and samples too)."""
+    """The job as the page sees it; ``progress``: read its run folder (``full``: curve and samples too);
+    ``actions``: [{"action", "label"}] of the buttons its state offers (POST /api/jobs/ID/ACTION)."""
     data = job.to_dict()
+    data["actions"] = [{"action": a, "label": label} for a, label in ACTIONS[job.state]]
     data["message"] = job_message(ws, job)
     data["run"] = relative_name(ws, Path(job.run_dir)) if job.run_dir else None
     data["progress"] = job_progress(job, full=full) if progress else None
@@ -162,7 +177,8 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
                           "use `sdtune jobs submit --kind` for run and personalize")
     label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
-    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws)
+    sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
+                             store=store)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
     return job_view(ws, job, progress=False)
 

@@ -116,8 +116,10 @@ def save_full_model(run_dir: Path, cfg: RunConfig, unet, text_encoder=None) -> P
     return write_folder(run_dir / "model", lambda tmp: save_pipeline(pipe, tmp))
 
 
-def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
-    """A full pipeline with the run's LoRA fused into the base weights (for tools that take no LoRA)."""
+def save_fused_model(run_dir: Path, cfg: RunConfig, out: Path | None = None) -> Path:
+    """A full pipeline with the run's LoRA fused into the base weights (for tools that take no LoRA), written to
+    ``out`` (default ``RUN/model``: the run's own output; a command that only reads the run passes its own folder)."""
+    out = out or run_dir / "model"
     pipe = base_pipeline(cfg)
     if cfg.train.lora is not None and cfg.train.lora.kind != "lora":  # DoRA / LoHa / LoKr: merge the LyCORIS file
         from sdtune.models.loading import family_of_pipeline
@@ -126,11 +128,11 @@ def save_fused_model(run_dir: Path, cfg: RunConfig) -> Path:
         left = merge_comfyui(pipe.unet, family_of_pipeline(pipe).text_of(pipe)[1], run_dir / "lora" / LYCORIS_FILE)
         if left:
             raise SdtuneError(f"{run_dir / 'lora' / LYCORIS_FILE}: {len(left)} keys fit no layer (first: {left[0]})")
-        return write_folder(run_dir / "model", lambda tmp: save_pipeline(pipe, tmp))
+        return write_folder(out, lambda tmp: save_pipeline(pipe, tmp))
     pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
-    return write_folder(run_dir / "model", lambda tmp: save_pipeline(pipe, tmp))
+    return write_folder(out, lambda tmp: save_pipeline(pipe, tmp))
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:

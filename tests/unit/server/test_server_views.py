@@ -140,3 +140,27 @@ def test_a_loha_run_offers_its_lycoris_file(tmp_path):
     store = JobStore.in_workspace(ws)
     job = store.submit("train", ["train", "x.yaml"], name="loha", run_dir=run)
     assert "lora/lycoris.safetensors" in client.get(f"/api/jobs/{job.id}").json()["progress"]["outputs"]
+
+
+def test_each_ended_state_offers_buttons_named_for_what_they_do(tmp_path):
+    """Found by a newcomer: a failed job offered "Resume" (it retries); every state's buttons, and each one works."""
+    from sdtune.jobs.store import STATES
+    from sdtune.server.jobs_api import ACTIONS
+
+    assert set(ACTIONS) == set(STATES)
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    store = JobStore.in_workspace(ws)
+    labels = {}
+    for exit_code in (1, 130):  # failed, stopped
+        job = store.submit("eval", ["eval", "x"], name="e")
+        store.claim_next()
+        labels[store.ended(job.id, exit_code).state] = job.id
+    labels["cancelled"] = store.cancel(store.submit("eval", ["eval", "x"], name="c").id).id
+    views = {state: client.get(f"/api/jobs/{job_id}").json()["actions"] for state, job_id in labels.items()}
+    assert views["failed"] == [{"action": "retry", "label": "Retry"}]
+    assert views["stopped"] == [{"action": "resume", "label": "Resume"}, {"action": "cancel", "label": "Cancel"}]
+    assert views["cancelled"] == [{"action": "retry", "label": "Run again"}]
+    for state, job_id in labels.items():
+        action = views[state][0]["action"]
+        assert client.post(f"/api/jobs/{job_id}/{action}").json()["state"] == "queued", state

@@ -135,7 +135,7 @@ async function showDataset(path) {
     d.problems.length ? el("details", {}, el("summary", {}, `${d.problems.length} notes`),
       el("pre", {}, d.problems.join("\n"))) : "",
     el("h3", {}, "Images"),
-    el("div", { class: "thumbs" }, thumbs));
+    thumbs.length ? el("div", { class: "thumbs" }, thumbs) : el("p", { class: "muted" }, "no images in this folder"));
 }
 
 function renderCheck(box, r) {
@@ -309,7 +309,6 @@ function lossChart(curve) {
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", "loss per step");
-  if (curve.length < 2) return svg;
   const xs = curve.map(p => p[0]), ys = curve.map(p => p[1]);
   const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys) || 1;
   const sx = x => pad + (W - pad - 8) * (x - x0) / Math.max(1, x1 - x0);
@@ -338,10 +337,7 @@ function renderJob(j) {
   const act = (action, label) => el("button", { id: `job-${action}`, onclick: async () => {
     try { await api(`/jobs/${j.id}/${action}`, { method: "POST" }); flash(`job ${j.id}: ${label}`); watchJob(j.id);
           loadJobs(j.id); } catch (e) { flash(e.message, true); } } }, label);
-  const actions = [];
-  if (j.state === "running") actions.push(act("stop", "Stop (keep checkpoint)"));
-  if (["stopped", "failed", "cancelled"].includes(j.state)) actions.push(act("resume", "Resume"));
-  if (["queued", "running", "stopped"].includes(j.state)) actions.push(act("cancel", "Cancel"));
+  const actions = (j.actions || []).map(a => act(a.action, a.label));  // the server says which, by state
   const view = $("#job-view");
   view.replaceChildren(
     el("h2", {}, `#${j.id} ${j.name} `, el("span", { class: "state " + j.state, id: "job-state" }, j.state)),
@@ -353,15 +349,16 @@ function renderJob(j) {
         p.loss != null ? el("span", {}, `loss ${p.loss.toFixed(4)}`) : "",
         j.state === "running" ? el("span", {}, eta(p.eta_seconds)) : "",
         p.finished ? el("span", { class: "ok" }, "finished") : ""),
-      lossChart(p.curve || []),
+      (p.curve || []).length >= 2 ? lossChart(p.curve) : el("p", { class: "muted", id: "job-no-loss" }, "no loss yet"),
       el("h3", {}, "Validation images"),
-      el("div", { class: "samples", id: "job-samples" }, (p.samples || []).map(s => el("figure", {},
-        el("img", { src: fileUrl(`${j.run}/${s}`), alt: s }), el("figcaption", {}, s.split("/")[1] || s)))),
+      (p.samples || []).length ? el("div", { class: "samples", id: "job-samples" }, p.samples.map(s => el("figure", {},
+        el("img", { src: fileUrl(`${j.run}/${s}`), alt: s }), el("figcaption", {}, s.split("/")[1] || s))))
+        : el("p", { class: "muted", id: "job-no-samples" }, "no samples yet"),
       j.state === "finished" && j.run ? el("p", {}, el("a", { href: "#results/" + encodeURIComponent(j.run.split("/").pop()),
         id: "to-results" }, "Results and downloads →")) : "") : "",
     el("div", {}, actions),
     el("h3", {}, "Log"),
-    el("pre", { id: "job-log" }, j.log_tail || ""));
+    j.log_tail ? el("pre", { id: "job-log" }, j.log_tail) : el("p", { class: "muted", id: "job-log" }, "no log yet"));
 }
 
 // ---- results -------------------------------------------------------------------------------------------------
@@ -404,7 +401,8 @@ async function showRun(name) {
     r.progress ? el("p", {}, r.progress.finished ? el("span", { class: "ok" }, `finished: ${r.progress.step} steps`)
       : `step ${r.progress.step}/${r.progress.max_steps ?? "?"} (not finished)`) : "",
     el("h3", {}, "Downloads"),
-    el("div", { class: "downloads", id: "downloads" }, r.downloads.map(d => el("a", { href: fileUrl(d.path, true) }, d.label))),
+    r.downloads.length ? el("div", { class: "downloads", id: "downloads" }, r.downloads.map(d =>
+      el("a", { href: fileUrl(d.path, true) }, d.label))) : el("p", { class: "muted" }, "nothing to download yet"),
     el("div", {}, queue("export", "Make a kohya file"), queue("pick", "Pick the best checkpoint")),
     r.reports.length ? el("div", {}, el("h3", {}, "Reports"), r.reports.map(p => el("a", { href: fileUrl(p), target: "_blank" }, p))) : "",
     (r.tables || []).map(t => el("div", {}, el("h3", {}, t.title === "pick" ? "Checkpoints compared (pick)" : "Evaluation"),

@@ -1,0 +1,97 @@
+"""`sdtune jobs submit --kind run|personalize|eval|pick|caption` (and the page's submit) refuse at submit, in one
+line, what the command would refuse in its first second.
+
+Found by a newcomer: a pick job on a missing run folder, a personalize job on a missing CSV, and a bad key=value
+were queued without a word and failed in the worker (overnight). Train jobs were already checked at submit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdtune.errors import SdtuneError
+from sdtune.jobs.kinds import command_submission, train_submission
+from sdtune.jobs.store import JobStore
+from sdtune.jobs.workspace import find_workspace
+from tests.helpers import make_images, run_cli
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _refused(kind: str, args: list[str], cwd: Path, match: str, store: JobStore | None = None) -> None:
+    with pytest.raises(SdtuneError, match=match) as caught:
+        command_submission(kind, args, cwd=cwd, store=store)
+    assert "\n" not in str(caught.value)
+
+
+def _concept(folder: Path) -> Path:
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "model_index.json").write_text("{}")
+    data = make_images(folder.parent / "concept-data", 2, captions=["a thumbs up"])
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"},
+                                                        "data": {"resolution": 32, "train_dir": str(data)}}))
+    return folder
+
+
+def test_personalize_job_missing_csv_bad_override_and_bad_option(tmp_path: Path) -> None:
+    concept = _concept(tmp_path / "concept")
+    _refused("personalize", ["people.csv", "--concept", str(concept)], tmp_path, r"subjects CSV .*people.csv")
+    make_images(tmp_path / "photos" / "alice", 2)
+    (tmp_path / "people.csv").write_text("name,photos,token,class\nalice,photos/alice,sks,woman\n")
+    ok = ["people.csv", "--concept", str(concept), "--out", "people"]
+    assert command_submission("personalize", [*ok, "train.max_steps=5"], cwd=tmp_path).notes == []
+    _refused("personalize", [*ok, "nope"], tmp_path, "override 'nope' must look like key.sub=value")
+    _refused("personalize", [*ok, "train.max_step=5"], tmp_path, "train.max_step")
+    _refused("personalize", [*ok, "--concept-prior", "-1"], tmp_path, "--concept-prior")
+    _refused("personalize", ["people.csv", "--concept", str(tmp_path / "nope")], tmp_path, "--concept .*nope")
+    _refused("personalize", ["people.csv"], tmp_path, "Missing option '--concept'")
+
+
+def test_run_job_missing_recipe_and_bad_override(tmp_path: Path) -> None:
+    _refused("run", ["nope.yaml"], tmp_path, "recipe .*nope.yaml")
+    recipe = str(REPO / "configs" / "two-stage.yaml")
+    _refused("run", [recipe, "concept.train.max_step=5"], tmp_path, "max_step")
+    _refused("run", [recipe, "nostage.train.max_steps=5"], tmp_path, "nostage")
+
+
+def test_eval_pick_and_caption_jobs_refuse_missing_folders(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    _refused("pick", ["runs/nope"], tmp_path, r"RUN .*runs/nope")
+    (tmp_path / "runs" / "plain").mkdir()
+    _refused("pick", ["runs/plain"], tmp_path, "not a run folder")
+    _refused("pick", ["runs/plain", "--promts", "p.txt"], tmp_path, "No such option: --promts")
+    _refused("eval", ["runs/nope", "--prompt", "a cat"], tmp_path, r"model runs/nope: .* does not exist")
+    _refused("eval", ["toy", "--prompts", "p.txt"], tmp_path, r"--prompts .*p.txt")
+    _refused("eval", ["toy", "--seeds", "x"], tmp_path, "seeds")
+    assert command_submission("eval", ["toy", "org/model", "--prompt", "a cat"], cwd=tmp_path).notes == []
+    _refused("caption", ["photos", "data/out", "--caption=x"], tmp_path, r"source folder .*photos")
+
+
+def test_a_folder_a_queued_job_writes_is_a_note_not_a_refusal(tmp_path: Path) -> None:
+    ws = find_workspace(tmp_path / "ws")
+    store = JobStore.in_workspace(ws)
+    (tmp_path / "me").mkdir()
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"base": "tiny"}, "data": {"instance_dir": "me", "resolution": 32,
+                                                                         "instance_prompt": "a photo of sks"}}))
+    sub = train_submission(ws, config, [], name="a", cwd=tmp_path)
+    store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, cwd=sub.cwd)
+    sub = command_submission("pick", [str(ws / "runs" / "a")], cwd=tmp_path, store=store)
+    assert sub.notes and "a job queued before this one writes it" in sub.notes[0]
+    _refused("pick", [str(ws / "runs" / "b")], tmp_path, "does not exist", store=store)
+    cap = command_submission("caption", ["me", "data/captioned", "--caption=x"], cwd=tmp_path, store=store)
+    store.submit(cap.kind, cap.argv, name=cap.name, cwd=cap.cwd)
+    sub = command_submission("caption", ["data/captioned", "data/twice", "--caption=y"], cwd=tmp_path, store=store)
+    assert sub.notes and "data/captioned" in sub.notes[0]
+
+
+def test_the_cli_refuses_in_one_line_and_queues_nothing(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    proc = run_cli("jobs", "submit", "--kind", "pick", "runs/nope", "--workspace", str(ws), cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith("error: RUN ") and len(proc.stderr.strip().splitlines()) == 1
+    assert JobStore.in_workspace(ws).jobs() == []
