@@ -16,8 +16,9 @@ from sdtune.errors import ModelLoadError
 
 def model_sources(cfg: Any) -> list[tuple[str, Callable[[], object]]]:
     """(config key, its check) for every model ``cfg`` (a ``RunConfig``) names: the one list of model-path keys."""
-    from sdtune.models.loading import resolve_model_ref, resolve_vae_ref
+    from sdtune.models.loading import resolve_model_ref
     from sdtune.models.lora import adapter_file
+    from sdtune.models.vae import resolve_vae_ref
 
     checks: list[tuple[str, Callable[[], object]]] = [("model.base", lambda: resolve_model_ref(cfg.model.base))]
     if cfg.model.vae:
