@@ -43,7 +43,12 @@ function flash(text, bad = false) {
 }
 
 // A side list: one row per item (its name, a note on the right), the open one marked, a line when there is none.
+// Rebuilt only when what it shows changed: the list refreshes every few seconds, and a row replaced under the
+// pointer would lose the click (Playwright saw "element was detached from the DOM" on every retry).
 function sideList(ul, items, { selected, hash, name, note, noteClass = () => "muted", empty }) {
+  const shown = JSON.stringify(items.map(it => [selected(it), hash(it), name(it), note(it), noteClass(it)]));
+  if (ul.dataset.shown === shown) return;
+  ul.dataset.shown = shown;
   ul.replaceChildren(...items.map(it => el("li", { class: selected(it) ? "selected" : "", onclick: () => {
     location.hash = hash(it); } }, el("span", {}, name(it)), el("span", { class: noteClass(it) }, note(it)))));
   if (!items.length) ul.append(el("li", { class: "muted" }, empty));
@@ -288,6 +293,10 @@ async function loadJobs(open, listOnly = false) {
     note: j => j.state + (j.progress && j.progress.max_steps ? ` ${percent(j.progress)}%` : ""),
     noteClass: j => "state " + j.state, empty: "no jobs yet" });
   if (open && !listOnly) watchJob(open);
+  // an ended job's stream is closed; if the job moved on without this page (retried from the CLI, picked up by a
+  // worker), follow it again: one new stream per change, never one per refresh
+  const shown = jobs.find(j => j.id === state.job);
+  if (listOnly && shown && !state.source && shown.state !== state.jobState) watchJob(shown.id);
 }
 
 function watchJob(id) {
@@ -297,8 +306,11 @@ function watchJob(id) {
   const source = new EventSource(`/api/jobs/${id}/events`);
   state.source = source;
   source.addEventListener("progress", (ev) => renderJob(JSON.parse(ev.data)));
+  // The job ended: the server closes the stream. Refresh the list only: reopening the stream here (as
+  // loadJobs(id) did) got the same view and "end" again at once, a reconnect loop that re-rendered the panel
+  // many times a second, so its links and buttons were replaced under the pointer.
   source.addEventListener("end", () => { source.close(); if (state.source === source) state.source = null;
-    loadJobs(id); });
+    loadJobs(id, true); });
   source.onerror = () => { /* the browser reconnects by itself (a server restart) */ };
 }
 
@@ -333,6 +345,7 @@ function eta(seconds) {
 }
 
 function renderJob(j) {
+  state.jobState = j.state;
   const p = j.progress;
   const act = (action, label) => el("button", { id: `job-${action}`, onclick: async () => {
     try { await api(`/jobs/${j.id}/${action}`, { method: "POST" }); flash(`job ${j.id}: ${label}`); watchJob(j.id);
