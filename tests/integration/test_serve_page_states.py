@@ -74,6 +74,13 @@ def test_a_failed_job_without_loss_or_samples_says_so_and_offers_retry(tmp_path:
             page.click("#job-retry")
             expect(page.locator("#job-state")).to_have_text("queued")
             expect(page.locator("#job-cancel")).to_have_text("Cancel")
+            # the view of a live job arrives every second: a new step redraws the numbers, not the buttons (a
+            # button rebuilt under the pointer loses the click)
+            page.evaluate("document.querySelector('#job-cancel').dataset.marked = 'yes'")
+            with open(run / "logs" / "progress.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": 2, "max_steps": 40, "loss": 0.4}) + "\n")
+            expect(page.locator("#job-step")).to_have_text("step 2/40")
+            assert page.evaluate("document.querySelector('#job-cancel').dataset.marked") == "yes"
             browser.close()
     finally:
         server.should_exit = True
