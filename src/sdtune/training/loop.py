@@ -162,6 +162,7 @@ def _not_started(stop: Stop, plan, accelerator=None, why: str = "") -> None:
 def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool) -> TrainResult:
     from sdtune.data.check_before_train import check_training_data
     from sdtune.models.loading import load_components
+    from sdtune.models.sources import check_model_sources
 
     stop.phase("training has not started; stopping before it does", "quit: nothing was trained", QUIT_NOW)
     cfg = resolve_config(cfg)
@@ -175,6 +176,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                    QUIT_NOW)
     check_class_images(cfg)  # generated for another model, prompt or resolution: refused in seconds too
     _not_started(stop, plan)
+    check_model_sources(cfg)  # model.base, model.vae, model.adapters: one line with the key, before any loads
     check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
     check_bucket_resolution(cfg.data, cfg.model.base, cfg.model.revision)  # the model's configs only
     _not_started(stop, plan)

@@ -198,9 +198,9 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
             lines.append(f"pipe = {cls}.from_pretrained({base!r}{extra})")
         if cfg.model.vae:  # the VAE the run trained with, in place of the base's
             lines[0] = f"from diffusers import AutoencoderKL, {cls}"
-            vae = cfg.model.vae
-            load = "from_single_file" if Path(vae).is_file() else "from_pretrained"
-            lines.append(f"pipe.vae = AutoencoderKL.{load}({vae!r})")
+            if is_preset(cfg.model.vae) and not is_preset(base):
+                lines.insert(1, "from sdtune.models.presets import preset_path")
+            lines.append(f"pipe.vae = {_vae_call(cfg.model.vae, base)}")
         if cfg.train.lora is not None and not kind_of(cfg.train.lora).diffusers:
             # LoHa / LoKr: diffusers has no loader for them; merged as ComfyUI (and `sdtune generate`) merge the file
             from sdtune.models.lycoris import LYCORIS_FILE
@@ -218,6 +218,22 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
     if cfg.train.textual_inversion is not None:
         lines += _embedding_lines(run_dir, cfg.train.textual_inversion.token, pipeline_class)
     return lines + [f"image = pipe({prompt!r}).images[0]", 'image.save("sample.png")']
+
+
+def _vae_call(vae: str, base: str) -> str:
+    """``AutoencoderKL`` loading ``model.vae`` as training did (``sdtune.models.loading.load_vae``)."""
+    from sdtune.models.presets import is_preset
+
+    def ref(name: str) -> str:  # a str: from_single_file's config= refuses a Path
+        return f"str(preset_path({name!r}))" if is_preset(name) else repr(name)
+
+    if Path(vae).is_file():
+        if Path(base).is_file():
+            return f"AutoencoderKL.from_single_file({vae!r})"
+        return f"AutoencoderKL.from_single_file({vae!r}, config={ref(base)}, subfolder='vae')"  # the base's config
+    if is_preset(vae) or (Path(vae) / "vae" / "config.json").is_file():
+        return f"AutoencoderKL.from_pretrained({ref(vae)}, subfolder='vae')"
+    return f"AutoencoderKL.from_pretrained({vae!r})"
 
 
 def _embedding_lines(run_dir: Path, token: str, pipeline_class: str) -> list[str]:
