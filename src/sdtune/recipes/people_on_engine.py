@@ -20,6 +20,7 @@ from sdtune.models.lora import LORA_WEIGHTS
 from sdtune.recipes.runs import ConceptRun, run_state, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome
 from sdtune.run_folder import read_json, read_metrics
+from sdtune.words import counted
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 600.0  # each person finishes its step and saves a checkpoint
@@ -120,7 +121,7 @@ def final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: Concep
     else:
         outcome.note = one_line(status.error or f"training exited with status {status.returncode}")
         if status.attempts > 1:
-            outcome.note = f"after {status.attempts} attempts: {outcome.note}"
+            outcome.note = f"after {counted(status.attempts, 'attempt')}: {outcome.note}"
     outcome.save(run_dir)
     return outcome
 

@@ -30,6 +30,7 @@ from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy
 from sdtune.toy.finetune import FINE_LEVELS, LORA_RANK, concept_config, dreambooth_config, level_targets
 from sdtune.toy.report import write_report
 from sdtune.toy.world import PERSONS, Person
+from sdtune.words import counted
 
 BENCHMARK_FILE = "two_stage_benchmark.json"  # in the toy model's folder, written by benchmarks/two_stage.py
 # The cross-attention key and value projections: the only layers that read the prompt (Kumari et al., "Multi-Concept
@@ -276,9 +277,9 @@ def benchmark_rows(settings: DemoSettings) -> dict[str, Any] | None:
     n = len(data.get("seeds") or [])
     out = {}
     if "stage 1: concept" in rows:
-        out[f"stage 1: benchmark, {n} seeds"] = rows["stage 1: concept"]
+        out[f"stage 1: benchmark, {counted(n, 'seed')}"] = rows["stage 1: concept"]
     if variant in rows:
-        out[f"stage 2: benchmark, {n} seeds"] = rows[variant]
+        out[f"stage 2: benchmark, {counted(n, 'seed')}"] = rows[variant]
     return {"variant": variant, "seeds": data.get("seeds"), "rows": out, "ceiling": data.get("ceiling")}
 
 

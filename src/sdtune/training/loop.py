@@ -59,6 +59,7 @@ from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
 from sdtune.training.val_loss import build_validation_loss
+from sdtune.words import counted
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -113,7 +114,7 @@ def _make_accelerator(cfg: RunConfig, run_dir: Path):
                               project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                   logging_dir=str(run_dir / "logs")))
     if cpu and accelerator.is_main_process:
-        print(f"no GPU: training data-parallel on the CPU with {accelerator.num_processes} processes")
+        print(f"no GPU: training data-parallel on the CPU with {counted(accelerator.num_processes, 'process')}")
     return accelerator
 
 
@@ -211,7 +212,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         state = ckpt.load_checkpoint(plan.checkpoint, trainables.modules(), optimizer, lr_scheduler,
                                      scaler=accelerator.scaler, ema=ema)
         if state.world_size != accelerator.num_processes or state.batch_size != cfg.train.batch_size:
-            raise SdtuneError(f"{plan.checkpoint} was made with {state.world_size} process(es) x batch "
+            raise SdtuneError(f"{plan.checkpoint} was made with {counted(state.world_size, 'process')} x batch "
                               f"{state.batch_size} (train.batch_size); resume with the same, since processes x "
                               "batch define the data of every step (this run has "
                               f"{accelerator.num_processes} x {cfg.train.batch_size})")

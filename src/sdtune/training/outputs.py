@@ -19,6 +19,7 @@ from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
 from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name
+from sdtune.words import counted, plural
 
 
 def base_pipeline(cfg: RunConfig):
@@ -127,7 +128,8 @@ def save_fused_model(run_dir: Path, cfg: RunConfig, out: Path | None = None) -> 
 
         left = merge_comfyui(pipe.unet, family_of_pipeline(pipe).text_of(pipe)[1], run_dir / "lora" / LYCORIS_FILE)
         if left:
-            raise SdtuneError(f"{run_dir / 'lora' / LYCORIS_FILE}: {len(left)} keys fit no layer (first: {left[0]})")
+            raise SdtuneError(f"{run_dir / 'lora' / LYCORIS_FILE}: {counted(len(left), 'key')} "
+                              f"{plural(len(left), 'fits', 'fit')} no layer (first: {left[0]})")
         return write_folder(out, lambda tmp: save_pipeline(pipe, tmp))
     pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
@@ -143,7 +145,7 @@ def _images_row(metrics: dict) -> str:
     """Distinct images, not examples: 4 photos repeated 25 times are 4 training images."""
     images, examples = metrics.get("images"), metrics.get("examples")
     if images and examples and examples != images:
-        return f"{images} ({examples} examples per epoch with repeats)"
+        return f"{images} ({counted(examples, 'example')} per epoch with repeats)"
     return str(images if images is not None else examples)
 
 
