@@ -1,7 +1,9 @@
 """The Jobs page in a real browser (Playwright driving Debian's chromium) for jobs that never trained far.
 
 Found by a newcomer: a failed job offered "Resume" (the action retries it), and a job with no loss curve or no
-validation images yet showed an empty chart and an empty box. The page (the real app, served by uvicorn; no
+validation images yet showed an empty chart and an empty box. Found by CI: on an ended job the page reopened its
+event stream on every "end" (a reconnect loop), re-rendering the panel so fast that a click on "Results and
+downloads" never found its link attached. The page (the real app, served by uvicorn; no
 worker, so a queued job stays queued) must name the action by what it does and say what is not there yet.
 """
 
@@ -57,8 +59,12 @@ def test_a_failed_job_without_loss_or_samples_says_so_and_offers_retry(tmp_path:
             browser = p.chromium.launch(executable_path=chromium(), args=FLAGS)
             page = browser.new_page()
             page.set_default_timeout(30_000)
+            streams: list[str] = []
+            page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
             page.goto(f"{base}/#jobs/{job.id}")
             expect(page.locator("#job-state")).to_have_text("failed")
+            page.wait_for_timeout(4000)  # an ended job's stream is opened once, not reopened on its "end"
+            assert len(streams) == 1, f"{len(streams)} event streams in 4 s for an ended job"
             expect(page.locator("#job-step")).to_have_text("step 1/40")
             expect(page.locator("#job-no-loss")).to_have_text("no loss yet")  # one point: no curve to draw
             expect(page.locator("#job-no-samples")).to_have_text("no samples yet")
@@ -68,6 +74,13 @@ def test_a_failed_job_without_loss_or_samples_says_so_and_offers_retry(tmp_path:
             page.click("#job-retry")
             expect(page.locator("#job-state")).to_have_text("queued")
             expect(page.locator("#job-cancel")).to_have_text("Cancel")
+            # the view of a live job arrives every second: a new step redraws the numbers, not the buttons (a
+            # button rebuilt under the pointer loses the click)
+            page.evaluate("document.querySelector('#job-cancel').dataset.marked = 'yes'")
+            with open(run / "logs" / "progress.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": 2, "max_steps": 40, "loss": 0.4}) + "\n")
+            expect(page.locator("#job-step")).to_have_text("step 2/40")
+            assert page.evaluate("document.querySelector('#job-cancel').dataset.marked") == "yes"
             browser.close()
     finally:
         server.should_exit = True

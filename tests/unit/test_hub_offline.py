@@ -13,6 +13,7 @@ import pytest
 
 from sdtune.errors import SdtuneError
 from sdtune.models import loading
+from sdtune.models.vae import load_vae
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +62,7 @@ def test_every_hub_load_fails_in_seconds_when_the_hub_cannot_be_reached(monkeypa
         elif what == "base":
             loading.load_components("stabilityai/stable-diffusion-2-1-base")
         else:
-            loading.load_vae("madebyollin/sdxl-vae-fp16-fix")
+            load_vae("madebyollin/sdxl-vae-fp16-fix")
     assert time.monotonic() - started < 8, "the hub client's retries ran"
 
 
@@ -78,6 +79,6 @@ def test_a_library_deprecation_raised_as_userwarning_is_quiet(monkeypatch, tmp_p
         warnings.simplefilter("always")
         quiet_libraries()
         with pytest.raises(SdtuneError):
-            loading.load_vae("madebyollin/sdxl-vae-fp16-fix")
+            load_vae("madebyollin/sdxl-vae-fp16-fix")
         warnings.warn_explicit("sdtune's own is deprecated", UserWarning, "x.py", 1, module="sdtune.data.check")
     assert [str(w.message) for w in caught] == ["sdtune's own is deprecated"]

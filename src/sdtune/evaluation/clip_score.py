@@ -16,6 +16,7 @@ from PIL import Image
 
 from sdtune.errors import SdtuneError
 from sdtune.evaluation.compat import as_tensor
+from sdtune.words import counted
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"  # the backbone the diffusers evaluation docs use
 CLIP_T_SCALE = "100*max(cos,0)"
@@ -138,7 +139,7 @@ class ClipScorer:
     def scores(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
         """CLIP score of each image against its own prompt."""
         if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+            raise ValueError(f"{counted(len(images), 'image')} but {counted(len(prompts), 'prompt')}")
         return clip_t(self.image_embeddings(images), self.text_embeddings(prompts)).tolist()
 
 

@@ -99,26 +99,32 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
-def _check_hub_id(ref: str, revision: str | None = None) -> None:
+def _check_hub_id(ref: str, revision: str | None = None, files: tuple[str, ...] = ("model_index.json",),
+                  what: str = "model") -> None:
     """Fail in a second, with what to do, when a hub model is neither cached nor reachable.
 
-    Without this, an offline machine spends minutes in the hub client's retries before its error.
+    ``files``: any one of them in the local cache means the repo is there (a pipeline's ``model_index.json``; a
+    VAE repo's ``config.json``, or a pipeline's ``vae/config.json``). Without this, an offline machine spends
+    minutes in the hub client's retries before its error.
     """
     import huggingface_hub
 
-    cached = huggingface_hub.try_to_load_from_cache(ref, "model_index.json", revision=revision)
-    if isinstance(cached, str):
-        return
+    for file in files:
+        if isinstance(huggingface_hub.try_to_load_from_cache(ref, file, revision=revision), str):
+            return
     if hub_offline():
-        raise ModelLoadError(f"model '{ref}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        raise ModelLoadError(f"{what} '{ref}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
                              f"{_preset_hint(ref)}. Download it on a connected machine (huggingface-cli download "
-                             f"ID) or pass a local folder. Built-in models: {BUILT_IN}.")
+                             f"ID) or pass a local {_LOCAL[what]}. Built-in models: {BUILT_IN}.")
     if not hub_reachable():  # no connection at all: say so now, not after the hub client's retries
-        raise ModelLoadError(_offline_hint(ref) + " (the hub cannot be reached from this machine)")
+        raise ModelLoadError(_offline_hint(ref, what) + " (the hub cannot be reached from this machine)")
     try:
         huggingface_hub.model_info(ref, revision=revision, timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure here means we cannot get the model
-        raise ModelLoadError(_offline_hint(ref) + f" ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise ModelLoadError(_offline_hint(ref, what) + f" ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+_LOCAL = {"model": "diffusers folder", "VAE": "VAE folder or .safetensors file"}  # what to pass instead of a hub id
 
 
 def _preset_hint(ref: str) -> str:
@@ -189,10 +195,10 @@ def _pickle_only_parts(folder: Path) -> list[Path]:
     return found
 
 
-def _offline_hint(ref: str) -> str:
+def _offline_hint(ref: str, what: str = "model") -> str:
     return (
-        f"could not load model '{ref}'{_preset_hint(ref)}. If it is a hub id, this machine may be offline: "
-        "download it once (huggingface-cli download ID) or pass a local diffusers folder. Built-in models: "
+        f"could not load {what} '{ref}'{_preset_hint(ref)}. If it is a hub id, this machine may be offline: "
+        f"download it once (huggingface-cli download ID) or pass a local {_LOCAL[what]}. Built-in models: "
         f"{BUILT_IN}."
     )
 
@@ -209,26 +215,6 @@ def model_generation(ref: str, revision: str | None = None) -> tuple[str, str | 
 
     source = resolve_model_ref(ref)
     return base_generation(source, revision, local_files_only=_local_files_only(source))
-
-
-def load_vae(ref: str, *, revision: str | None = None, allow_pickle: bool = False) -> Any:
-    """A separate VAE (``model.vae``): a diffusers VAE folder, a model folder with ``vae/``, or a hub id."""
-    from diffusers import AutoencoderKL
-
-    path = Path(ref).expanduser()
-    kw: dict[str, Any] = {"revision": revision, "use_safetensors": None if allow_pickle else True}
-    try:
-        if path.is_dir() or not looks_local(ref):
-            source = str(path) if path.is_dir() else ref
-            sub = "vae" if (path / "vae" / "config.json").is_file() else None
-            return AutoencoderKL.from_pretrained(source, subfolder=sub, local_files_only=_local_files_only(source),
-                                                 **kw)
-        if path.is_file():
-            check_weights_file(path, allow_pickle)
-            return AutoencoderKL.from_single_file(str(path))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"model.vae: cannot load the VAE {ref} ({type(exc).__name__}: {str(exc)[:200]})") from None
-    raise _no_such_path(ref)
 
 
 def load_components(ref: str, *, allow_pickle: bool = False, revision: str | None = None,
@@ -275,7 +261,9 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
             raise ModelLoadError(_offline_hint(ref) + f" ({type(exc).__name__}: {exc})") from exc
         comps = SDComponents(tokenizer, text_encoder, vae_model, unet, noise_scheduler, source, family)
     if vae:
-        comps.vae = load_vae(vae, allow_pickle=allow_pickle)
+        from sdtune.models.vae import load_vae
+
+        comps.vae = load_vae(vae, allow_pickle=allow_pickle, base=source)
     if prediction_type:
         comps.noise_scheduler.register_to_config(prediction_type=prediction_type)
     return comps
@@ -345,7 +333,9 @@ def load_pipeline(ref: str, *, allow_pickle: bool = False, revision: str | None 
         if torch_dtype is not None:
             kw["torch_dtype"] = torch_dtype
         if vae:
-            kw["vae"] = load_vae(vae, allow_pickle=allow_pickle)
+            from sdtune.models.vae import load_vae
+
+            kw["vae"] = load_vae(vae, allow_pickle=allow_pickle, base=source)
             if torch_dtype is not None:
                 kw["vae"].to(torch_dtype)
         if path.is_file():

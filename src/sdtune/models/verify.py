@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from sdtune.errors import SdtuneError
+from sdtune.words import counted
 
 CONSUMERS = ("diffusers", "kohya-diffusers", "kohya-comfyui")
 TOLERANCE = 1e-4  # times max(1, largest |reference output|)
@@ -225,7 +226,7 @@ def _load(consumer: str, pipe: Any, file: Path) -> str:
         return ""
     if consumer == "kohya-comfyui":
         left = apply_kohya_comfyui(pipe.unet, _text_module(pipe), file)
-        return f"ComfyUI would not load {len(left)} keys (first: {left[0]})" if left else ""
+        return f"ComfyUI would not load {counted(len(left), 'key')} (first: {left[0]})" if left else ""
     raise SdtuneError(f"unknown LoRA consumer '{consumer}'; choose from {', '.join(CONSUMERS)}")
 
 

@@ -20,6 +20,7 @@ from sdtune.models.lora import LORA_WEIGHTS
 from sdtune.recipes.runs import ConceptRun, run_state, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome
 from sdtune.run_folder import read_json, read_metrics
+from sdtune.words import counted
 
 if TYPE_CHECKING:
     from sdtune.engine.ray_engine import Engine
@@ -79,6 +80,31 @@ def read_pick(run_dir: Path) -> dict[str, Any]:
     return {"fidelity": fidelity, "composite": values.get("clip_t"), "picked_step": record.get("step")}
 
 
+_ATTEMPT = re.compile(r"^=== .* attempt (\d+) on .* -m sdtune train ", re.M)  # not the judge's pick units
+_RESUMED = re.compile(r"^resumed from .* \(step (\d+)\)$", re.M)
+
+
+def retry_note(log: Path, attempts: int) -> str:
+    """What a finished person's retries did, from its ``train.log`` (each attempt appends a ``=== ... attempt N``
+    header with its command, then the trainer's ``resumed from CKPT (step K)`` when it resumed; ``pick`` units
+    append to the same log later): ``retried 1x, resumed from step 6``;
+    ``retried 1x, started over (no checkpoint yet)``; or, when the last attempt never started because the run had
+    already finished (it ended just before its process or worker was killed), ``retried 1x: the run had already
+    finished``. Never claims a resume the log does not show."""
+    retried = f"retried {attempts - 1}x"
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return retried
+    headers = list(_ATTEMPT.finditer(text))
+    if not headers or int(headers[-1].group(1)) < attempts:
+        return f"{retried}: the run had already finished"
+    resumed = _RESUMED.search(text, headers[-1].end())
+    if resumed is None:
+        return f"{retried}, started over (no checkpoint yet)"
+    return f"{retried}, resumed from step {resumed.group(1)}"
+
+
 def final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: ConceptRun) -> SubjectOutcome:
     """A trained (or stopped, or failed) person's outcome, from the engine's last word and its run folder."""
     run_dir = Path(cfg.output_dir)
@@ -89,8 +115,7 @@ def final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: Concep
         metrics = read_metrics(run_dir) or {}
         outcome.status, outcome.steps, outcome.final_loss = "finished", metrics.get("steps"), metrics.get("final_loss")
         outcome.output = str(run_dir / "lora" / LORA_WEIGHTS)
-        outcome.note = f"retried {status.attempts - 1}x, resumed from its latest checkpoint" \
-            if status.attempts > 1 else ""
+        outcome.note = retry_note(run_dir / "train.log", status.attempts) if status.attempts > 1 else ""
         write_stack_profile(run_dir, concept, own_name=subject.name)
     elif status.state == "stopped":
         outcome.status = "interrupted" if state == "interrupted" else "pending"
@@ -99,7 +124,7 @@ def final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: Concep
     else:
         outcome.note = one_line(status.error or f"training exited with status {status.returncode}")
         if status.attempts > 1:
-            outcome.note = f"after {status.attempts} attempts: {outcome.note}"
+            outcome.note = f"after {counted(status.attempts, 'attempt')}: {outcome.note}"
     outcome.save(run_dir)
     return outcome
 

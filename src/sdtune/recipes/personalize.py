@@ -31,6 +31,7 @@ from sdtune.recipes.people_on_engine import Judge, Scale, one_line, read_pick, r
 from sdtune.recipes.runs import ConceptRun, concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, write_summary
 from sdtune.run_folder import read_metrics, read_run_config
+from sdtune.words import counted
 
 if TYPE_CHECKING:
     from sdtune.engine.starting import EngineStart
@@ -205,7 +206,8 @@ def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path 
         pieces = tokenizer.tokenize(subject.token)
         if len(pieces) > 1:
             shown = ", ".join(p.replace("</w>", "") for p in pieces)
-            problems.append(f"{subject.name}: token '{subject.token}' splits into {len(pieces)} pieces ({shown}) in "
+            problems.append(f"{subject.name}: token '{subject.token}' splits into "
+                            f"{counted(len(pieces), 'piece')} ({shown}) in "
                             "the concept's tokenizer; choose a rare single-piece token (e.g. sks, ohwx)")
     if problems:
         raise ConfigError("\n".join(problems))
@@ -227,7 +229,7 @@ def prepare_class_images(configs: list[RunConfig], echo: Callable[[str], None] =
     for folder, (cfg, prompts, count) in wanted.items():
         made = generate_for_run(cfg, device, [(folder, prompts, count)])
         if made:
-            label = prompts if isinstance(prompts, str) else f"{len(prompts)} prompts of the concept"
+            label = prompts if isinstance(prompts, str) else f"{counted(len(prompts), 'prompt')} of the concept"
             echo(f"class images: {made} new in {folder} ({label})")
 
 

@@ -28,6 +28,7 @@ from sdtune.errors import ConfigError, DataError, SdtuneError
 from sdtune.recipes.runs import concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.schema import Recipe, Stage, stage_configs
 from sdtune.run_folder import read_json, read_metrics
+from sdtune.words import counted
 
 MANIFEST = "manifest.json"
 
@@ -127,7 +128,7 @@ def _check_unchanged(name: str, cfg: RunConfig) -> None:
         raise ConfigError(f"stage '{name}' in {run_dir} was trained with another config (changed: {shown}). These "
                           f"changes apply to its checkpoint: `sdtune train {shlex.quote(str(run_dir))} {sets} "
                           "--resume latest` continues it with them, then run the recipe again (stages after it are "
-                          f"not redone: delete their folders to redo them). Or restore the recipe, or delete "
+                          "not redone: delete their folders to redo them). Or restore the recipe, or delete "
                           f"{run_dir} to train that stage from the start")
     raise ConfigError(f"stage '{name}' in {run_dir} was run with another config (changed: {shown}). Restore the "
                       f"recipe, use another output_dir, or delete {run_dir} to train that stage again")
@@ -220,7 +221,8 @@ def run_stage(stage: Stage, cfg: RunConfig, state: str, manifest: Manifest,
     run_dir = Path(cfg.output_dir)
     if state == "finished":
         metrics = read_metrics(run_dir) or {}
-        echo(f"  already finished ({metrics.get('steps')} steps): skipped")
+        steps = metrics.get("steps")
+        echo(f"  already finished ({'?' if steps is None else counted(steps, 'step')}): skipped")
         manifest.update(stage.name, "skipped: already finished", status="finished", run_dir=str(run_dir),
                         metrics=metrics, outputs=metrics.get("outputs", {}))
         return StageResult(stage.name, "skipped", run_dir, metrics.get("steps"), metrics.get("final_loss"),

@@ -59,6 +59,7 @@ from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
 from sdtune.training.textual_inversion import check_learned_token
 from sdtune.training.val_loss import build_validation_loss
+from sdtune.words import counted
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -113,7 +114,7 @@ def _make_accelerator(cfg: RunConfig, run_dir: Path):
                               project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                   logging_dir=str(run_dir / "logs")))
     if cpu and accelerator.is_main_process:
-        print(f"no GPU: training data-parallel on the CPU with {accelerator.num_processes} processes")
+        print(f"no GPU: training data-parallel on the CPU with {counted(accelerator.num_processes, 'process')}")
     return accelerator
 
 
@@ -162,6 +163,7 @@ def _not_started(stop: Stop, plan, accelerator=None, why: str = "") -> None:
 def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool) -> TrainResult:
     from sdtune.data.check_before_train import check_training_data
     from sdtune.models.loading import load_components
+    from sdtune.models.sources import check_model_sources
 
     stop.phase("training has not started; stopping before it does", "quit: nothing was trained", QUIT_NOW)
     cfg = resolve_config(cfg)
@@ -175,6 +177,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                    QUIT_NOW)
     check_class_images(cfg)  # generated for another model, prompt or resolution: refused in seconds too
     _not_started(stop, plan)
+    check_model_sources(cfg)  # model.base, model.vae, model.adapters: one line with the key, before any loads
     check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
     check_bucket_resolution(cfg.data, cfg.model.base, cfg.model.revision)  # the model's configs only
     _not_started(stop, plan)
@@ -209,7 +212,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         state = ckpt.load_checkpoint(plan.checkpoint, trainables.modules(), optimizer, lr_scheduler,
                                      scaler=accelerator.scaler, ema=ema)
         if state.world_size != accelerator.num_processes or state.batch_size != cfg.train.batch_size:
-            raise SdtuneError(f"{plan.checkpoint} was made with {state.world_size} process(es) x batch "
+            raise SdtuneError(f"{plan.checkpoint} was made with {counted(state.world_size, 'process')} x batch "
                               f"{state.batch_size} (train.batch_size); resume with the same, since processes x "
                               "batch define the data of every step (this run has "
                               f"{accelerator.num_processes} x {cfg.train.batch_size})")

@@ -72,3 +72,32 @@ def test_a_full_model_in_the_run_is_what_the_card_loads(tmp_path: Path) -> None:
     (run / "model" / "model_index.json").write_text("{}")
     python, _, _ = _card(tmp_path, {"instance_dir": str(data), "instance_prompt": "x"}, {})
     assert f"from_pretrained({str(run / 'model')!r})" in python and "load_lora_weights" not in python
+
+
+@pytest.mark.parametrize("vae", ["file", "tiny-v", "model folder"])
+def test_card_loads_the_runs_vae_as_training_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vae: str) -> None:
+    """A single-file VAE takes the base's vae/config.json (diffusers would fetch one from the hub: offline, an
+    error); a built-in model or a model folder as model.vae is loaded from its vae/ (the card said
+    ``AutoencoderKL.from_pretrained('tiny-v')``, which no loader can read)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdtune.models.loading import load_components
+    from sdtune.models.presets import preset_path
+
+    base_vae = load_components("tiny").vae
+    if vae == "file":
+        vae = str(tmp_path / "vae.safetensors")
+        save_file({k: v.contiguous() for k, v in base_vae.state_dict().items()}, vae)
+    elif vae == "model folder":
+        vae = str(preset_path("tiny"))
+    data = make_images(tmp_path / "data", 2)
+    python, _, _ = _card(tmp_path, {"instance_dir": str(data), "instance_prompt": "x"}, {}, model={"base": "tiny",
+                                                                                                    "vae": vae})
+    python = python[:python.index("pipe.load_lora_weights(")]  # the base with the run's VAE (no LoRA saved here)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {"__name__": "card"}
+    exec(compile(python, "README.md", "exec"), scope)  # noqa: S102 - the card's own code
+    expected = load_components("tiny-v").vae if vae == "tiny-v" else base_vae
+    loaded = scope["pipe"].vae.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(expected.state_dict().values(), loaded, strict=True))

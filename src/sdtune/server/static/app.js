@@ -33,6 +33,9 @@ async function api(path, options = {}) {
   return data;
 }
 
+// "1 image", "2 images": the page's counts, as sdtune.words.counted says them in the terminal.
+const counted = (n, word) => `${n} ${n === 1 ? word : word + "s"}`;
+
 function flash(text, bad = false) {
   const box = $("#flash");
   box.textContent = text;
@@ -43,7 +46,12 @@ function flash(text, bad = false) {
 }
 
 // A side list: one row per item (its name, a note on the right), the open one marked, a line when there is none.
+// Rebuilt only when what it shows changed: the list refreshes every few seconds, and a row replaced under the
+// pointer would lose the click (Playwright saw "element was detached from the DOM" on every retry).
 function sideList(ul, items, { selected, hash, name, note, noteClass = () => "muted", empty }) {
+  const shown = JSON.stringify(items.map(it => [selected(it), hash(it), name(it), note(it), noteClass(it)]));
+  if (ul.dataset.shown === shown) return;
+  ul.dataset.shown = shown;
   ul.replaceChildren(...items.map(it => el("li", { class: selected(it) ? "selected" : "", onclick: () => {
     location.hash = hash(it); } }, el("span", {}, name(it)), el("span", { class: noteClass(it) }, note(it)))));
   if (!items.length) ul.append(el("li", { class: "muted" }, empty));
@@ -112,11 +120,11 @@ async function showDataset(path) {
   const resolution = el("input", { id: "check-resolution", type: "number", value: 512, min: 8, step: 8, style: "width:6em" });
   const checkOut = el("div", { id: "check-result" });
   view.replaceChildren(
-    el("h2", {}, d.name, " ", el("span", { class: "muted" }, `${d.images} images, ${d.captioned} captioned (${d.layout})`)),
+    el("h2", {}, d.name, " ", el("span", { class: "muted" }, `${counted(d.images, "image")}, ${d.captioned} captioned (${d.layout})`)),
     el("div", {},
       el("button", { class: "primary", id: "train-on", onclick: () => {
         state.trainDataset = path; location.hash = "train"; } }, "Train on this dataset →")),
-    el("h3", {}, `Caption the ${missing} images without one`),
+    el("h3", {}, `Caption the ${counted(missing, "image")} without one`),
     el("div", {}, captionText, " ", captioner, " ",
       el("button", { id: "caption-missing", disabled: missing ? null : "disabled", onclick: async () => {
         try {
@@ -132,7 +140,7 @@ async function showDataset(path) {
       catch (e) { checkOut.replaceChildren(el("p", { class: "err" }, e.message)); }
     } }, "Check dataset")),
     checkOut,
-    d.problems.length ? el("details", {}, el("summary", {}, `${d.problems.length} notes`),
+    d.problems.length ? el("details", {}, el("summary", {}, counted(d.problems.length, "note")),
       el("pre", {}, d.problems.join("\n"))) : "",
     el("h3", {}, "Images"),
     thumbs.length ? el("div", { class: "thumbs" }, thumbs) : el("p", { class: "muted" }, "no images in this folder"));
@@ -142,7 +150,7 @@ function renderCheck(box, r) {
   const buckets = Object.entries(r.buckets || {});
   box.replaceChildren(
     el("p", { class: r.ok ? "ok" : "err", id: "check-verdict" },
-       r.ok ? `OK: ${r.images} images can train` : `${r.errors.length} errors: training would stop`),
+       r.ok ? `OK: ${counted(r.images, "image")} can train` : `${counted(r.errors.length, "error")}: training would stop`),
     buckets.length ? el("table", {}, el("tr", {}, el("th", {}, `bucket at ${r.bucket_resolution}px`), el("th", {}, "images")),
       buckets.map(([b, n]) => el("tr", {}, el("td", {}, b), el("td", {}, n)))) : "",
     el("pre", {}, r.text));
@@ -154,7 +162,7 @@ $("#upload-files").addEventListener("change", async (ev) => {
   const name = $("#upload-name").value.trim();
   const body = new FormData();
   for (const f of files) body.append("files", f, f.name);
-  flash(`uploading ${files.length} files...`);
+  flash(`uploading ${counted(files.length, "file")}...`);
   try {
     const r = await api(`/datasets/${encodeURIComponent(name)}/upload`, { method: "POST", body });
     flash(`${r.stored.length} stored` + (r.refused.length ? `, ${r.refused.length} refused:\n` + r.refused.join("\n") : ""),
@@ -188,7 +196,7 @@ async function loadTrainForm() {
   const datasets = await api("/datasets");
   const ds = $("#f-dataset");
   const chosen = state.trainDataset || ds.value;
-  ds.replaceChildren(...datasets.map(d => el("option", { value: d.path }, `${d.path} (${d.images} images)`)));
+  ds.replaceChildren(...datasets.map(d => el("option", { value: d.path }, `${d.path} (${counted(d.images, "image")})`)));
   if (chosen && ![...ds.options].some(o => o.value === chosen)) ds.append(el("option", { value: chosen }, chosen));
   if (chosen) ds.value = chosen;
   if (chosen && chosen.endsWith("-captioned") && cfgs.ready["toy-t2i-lora"] && !state.readyTouched)
@@ -288,6 +296,10 @@ async function loadJobs(open, listOnly = false) {
     note: j => j.state + (j.progress && j.progress.max_steps ? ` ${percent(j.progress)}%` : ""),
     noteClass: j => "state " + j.state, empty: "no jobs yet" });
   if (open && !listOnly) watchJob(open);
+  // an ended job's stream is closed; if the job moved on without this page (retried from the CLI, picked up by a
+  // worker), follow it again: one new stream per change, never one per refresh
+  const shown = jobs.find(j => j.id === state.job);
+  if (listOnly && shown && !state.source && shown.state !== state.jobState) watchJob(shown.id);
 }
 
 function watchJob(id) {
@@ -297,8 +309,11 @@ function watchJob(id) {
   const source = new EventSource(`/api/jobs/${id}/events`);
   state.source = source;
   source.addEventListener("progress", (ev) => renderJob(JSON.parse(ev.data)));
+  // The job ended: the server closes the stream. Refresh the list only: reopening the stream here (as
+  // loadJobs(id) did) got the same view and "end" again at once, a reconnect loop that re-rendered the panel
+  // many times a second, so its links and buttons were replaced under the pointer.
   source.addEventListener("end", () => { source.close(); if (state.source === source) state.source = null;
-    loadJobs(id); });
+    loadJobs(id, true); });
   source.onerror = () => { /* the browser reconnects by itself (a server restart) */ };
 }
 
@@ -332,33 +347,52 @@ function eta(seconds) {
   return seconds >= 90 ? `ETA ${Math.round(seconds / 60)} min` : `ETA ${Math.round(seconds)} s`;
 }
 
+// Replace only the parts of a panel whose data changed: while a job runs its view arrives every second, and a
+// button or link rebuilt under the pointer loses the click. parts: [[key, () => element], ...] in order.
+function patchParts(view, parts) {
+  const old = [...view.children];
+  const make = ([key, build]) => { const node = build(); node.dataset.part = key; return node; };
+  if (old.length !== parts.length || view.dataset.job !== String(state.job)) {
+    view.dataset.job = String(state.job);
+    view.replaceChildren(...parts.map(make));
+    return;
+  }
+  parts.forEach((part, i) => { if (old[i].dataset.part !== part[0]) old[i].replaceWith(make(part)); });
+}
+
 function renderJob(j) {
+  state.jobState = j.state;
   const p = j.progress;
   const act = (action, label) => el("button", { id: `job-${action}`, onclick: async () => {
     try { await api(`/jobs/${j.id}/${action}`, { method: "POST" }); flash(`job ${j.id}: ${label}`); watchJob(j.id);
           loadJobs(j.id); } catch (e) { flash(e.message, true); } } }, label);
-  const actions = (j.actions || []).map(a => act(a.action, a.label));  // the server says which, by state
-  const view = $("#job-view");
-  view.replaceChildren(
-    el("h2", {}, `#${j.id} ${j.name} `, el("span", { class: "state " + j.state, id: "job-state" }, j.state)),
-    el("div", { class: "kv muted" }, el("span", {}, j.kind), el("span", {}, `attempt ${j.attempts}`),
-       j.run ? el("span", {}, j.run) : "", j.message ? el("span", {}, j.message) : ""),
-    p ? el("div", {},
+  const key = (...data) => JSON.stringify(data);
+  const none = () => el("div", { hidden: "" });
+  const { samples = [], ...numbers } = p || {};
+  patchParts($("#job-view"), [
+    [key(j.id, j.name, j.state), () => el("h2", {}, `#${j.id} ${j.name} `,
+      el("span", { class: "state " + j.state, id: "job-state" }, j.state))],
+    [key(j.kind, j.attempts, j.run, j.message), () => el("div", { class: "kv muted" }, el("span", {}, j.kind),
+      el("span", {}, `attempt ${j.attempts}`), j.run ? el("span", {}, j.run) : "",
+      j.message ? el("span", {}, j.message) : "")],
+    [key(numbers, j.state), () => !p ? none() : el("div", {},
       el("div", { class: "bar" }, el("div", { style: `width:${percent(p)}%` })),
       el("div", { class: "kv" }, el("strong", { id: "job-step" }, `step ${p.step}/${p.max_steps ?? "?"}`),
         p.loss != null ? el("span", {}, `loss ${p.loss.toFixed(4)}`) : "",
         j.state === "running" ? el("span", {}, eta(p.eta_seconds)) : "",
         p.finished ? el("span", { class: "ok" }, "finished") : ""),
-      (p.curve || []).length >= 2 ? lossChart(p.curve) : el("p", { class: "muted", id: "job-no-loss" }, "no loss yet"),
-      el("h3", {}, "Validation images"),
-      (p.samples || []).length ? el("div", { class: "samples", id: "job-samples" }, p.samples.map(s => el("figure", {},
+      (p.curve || []).length >= 2 ? lossChart(p.curve) : el("p", { class: "muted", id: "job-no-loss" }, "no loss yet"))],
+    [key(!!p, samples, j.run), () => !p ? none() : el("div", {}, el("h3", {}, "Validation images"),
+      samples.length ? el("div", { class: "samples", id: "job-samples" }, samples.map(s => el("figure", {},
         el("img", { src: fileUrl(`${j.run}/${s}`), alt: s }), el("figcaption", {}, s.split("/")[1] || s))))
-        : el("p", { class: "muted", id: "job-no-samples" }, "no samples yet"),
-      j.state === "finished" && j.run ? el("p", {}, el("a", { href: "#results/" + encodeURIComponent(j.run.split("/").pop()),
-        id: "to-results" }, "Results and downloads →")) : "") : "",
-    el("div", {}, actions),
-    el("h3", {}, "Log"),
-    j.log_tail ? el("pre", { id: "job-log" }, j.log_tail) : el("p", { class: "muted", id: "job-log" }, "no log yet"));
+        : el("p", { class: "muted", id: "job-no-samples" }, "no samples yet"))],
+    [key(!!p && j.state === "finished", j.run), () => p && j.state === "finished" && j.run
+      ? el("p", {}, el("a", { href: "#results/" + encodeURIComponent(j.run.split("/").pop()), id: "to-results" },
+        "Results and downloads →")) : none()],
+    [key(j.id, j.actions), () => el("div", {}, (j.actions || []).map(a => act(a.action, a.label)))],  // by state
+    [key(j.log_tail), () => el("div", {}, el("h3", {}, "Log"), j.log_tail ? el("pre", { id: "job-log" }, j.log_tail)
+      : el("p", { class: "muted", id: "job-log" }, "no log yet"))],
+  ]);
 }
 
 // ---- results -------------------------------------------------------------------------------------------------
@@ -398,7 +432,7 @@ async function showRun(name) {
   const pickRows = r.pick && typeof r.pick === "object" ? Object.entries(r.pick).filter(([, v]) => typeof v !== "object") : [];
   view.replaceChildren(
     el("h2", {}, r.name),
-    r.progress ? el("p", {}, r.progress.finished ? el("span", { class: "ok" }, `finished: ${r.progress.step} steps`)
+    r.progress ? el("p", {}, r.progress.finished ? el("span", { class: "ok" }, `finished: ${counted(r.progress.step, "step")}`)
       : `step ${r.progress.step}/${r.progress.max_steps ?? "?"} (not finished)`) : "",
     el("h3", {}, "Downloads"),
     r.downloads.length ? el("div", { class: "downloads", id: "downloads" }, r.downloads.map(d =>
