@@ -417,9 +417,12 @@ class RunConfig(Section):
 
     @property
     def method(self) -> str:
+        """"dreambooth-lora", "text-to-image-loha", "dreambooth-pivotal", ...: what the run trains, in model cards,
+        metrics.json and recipe summaries. The adapter kind (``train.lora.kind``) is named: a LoHa is not a LoRA."""
         kind = "dreambooth" if self.data.instance_dir is not None else "text-to-image"
-        how = ("pivotal" if self.is_pivotal else "textual-inversion" if self.is_textual_inversion else "lora"
-               if self.is_lora else "full")
+        adapter = self.train.lora.kind if self.train.lora is not None else "lora"
+        how = ("pivotal" + ("" if adapter == "lora" else f"-{adapter}") if self.is_pivotal else "textual-inversion"
+               if self.is_textual_inversion else adapter if self.is_lora else "full")
         return f"{kind}-{how}"
 
 
