@@ -63,7 +63,7 @@ def test_pickle_weights_refused_unless_allowed(tmp_path: Path) -> None:
     err = _fails("train", config, f"model.base={folder}", needle="pickle")
     assert "model.allow_pickle" in err
     done = run_cli("train", config, f"model.base={folder}", "model.allow_pickle=true", "train.max_steps=1")
-    assert "done: 1 steps" in done.stdout
+    assert "done: 1 step," in done.stdout
 
 
 def test_not_a_model_folder_and_unknown_hub_id_offline(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_hub_id_loads_from_the_local_cache_offline(tmp_path: Path) -> None:
     (repo / "refs" / "main").write_text(revision)
     done = run_cli("train", str(_config(tmp_path)), "model.base=sdtune-test/tiny-sd", "train.max_steps=1",
                    env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
-    assert "done: 1 steps" in done.stdout
+    assert "done: 1 step," in done.stdout
 
 
 def test_a_bad_model_key_is_one_line_before_any_model_loads(tmp_path: Path) -> None:

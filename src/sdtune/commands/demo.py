@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from sdtune.words import counted
+
 ORDER = 5
 
 
@@ -38,8 +40,8 @@ def demo_command(
     typer.echo(format_table(result["table"], result["benchmark"]))
     bench = result["benchmark"]
     typer.echo("\nThis is ONE run: other seeds or machines move these numbers." + (
-        f" The benchmark rows are mean ± std over {len(bench['seeds'])} training seeds of the same settings "
-        "(benchmarks/two_stage.py), and its run of this training seed." if bench and bench["matches"] else ""))
+        f" The benchmark rows are mean ± std over {counted(len(bench['seeds']), 'training seed')} of the same "
+        "settings (benchmarks/two_stage.py), and its run of this training seed." if bench and bench["matches"] else ""))
     typer.echo("Fractions of images (prompt x seed) the toy judge reads as asked:")
     for _, label, what in COLUMNS:
         typer.echo(f"  {label}: {what}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdtune.toy.evaluate import Suite, default_suite
 from sdtune.toy.world import PERSONS
+from sdtune.words import counted
 
 if TYPE_CHECKING:
     from sdtune.toy.demo import DemoSettings
@@ -73,7 +74,7 @@ def benchmark_rows(settings: DemoSettings) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for stage, name in (("stage 1", STAGE1), ("stage 2", variant)):
         if name in rows:
-            out[f"{stage}: benchmark, {len(seeds)} seeds"] = rows[name]
+            out[f"{stage}: benchmark, {counted(len(seeds), 'seed')}"] = rows[name]
         own = (per_seed.get(name) or {}).get(str(settings.seed))
         if own is not None and matches:  # the benchmark's own run of this seed: (value, no spread)
             out[f"{stage}: benchmark seed {settings.seed}"] = {k: (v, None) for k, v in own.items()}
