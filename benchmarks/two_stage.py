@@ -161,13 +161,18 @@ CONCEPT_VARIANTS: dict[str, dict[str, Any]] = {
     # the LoRA only on the cross-attention keys and values (Custom Diffusion: less forgetting, it reports)
     "kv": {"concept_targets": "kv"},
     "kv-lr-3e-3": {"concept_targets": "kv", "concept_lr": 3e-3},
+    "kv-lr-2.5e-4": {"concept_targets": "kv", "concept_lr": 2.5e-4},
     "dop-1-24": {"concept_preservation": 1.0, "concept_preservation_prompts": 24},
     "rank-4": {"concept_rank": 4},
     "rank-2": {"concept_rank": 2},
     "lr-5e-4": {"concept_lr": 5e-4},
     "lr-2.5e-4": {"concept_lr": 2.5e-4},
+    "lr-1e-4": {"concept_lr": 1e-4},
+    "lr-1e-8": {"concept_lr": 1e-8},  # a control: the run's save/load/evaluation path with (almost) no training
     "lr-5e-4-steps-200": {"concept_lr": 5e-4, "concept_steps": 200},
     "lr-5e-4+dop-0.3": {"concept_lr": 5e-4, "concept_preservation": 0.3},
+    "lr-2.5e-4+dop-1": {"concept_lr": 2.5e-4, "concept_preservation": 1.0},
+    "lr-2.5e-4+dop-0.3": {"concept_lr": 2.5e-4, "concept_preservation": 0.3},
     "steps-200": {"concept_steps": 200},
     "no-dropout": {"concept_caption_dropout": 0.0},
     "dropout-0.3": {"concept_caption_dropout": 0.3},
