@@ -5,6 +5,12 @@ does the model draw the person doing the concept (the composite)?
     python benchmarks/two_stage.py --out runs/bench-2stage --shard 1/2
     python benchmarks/two_stage.py --out runs/bench-2stage --variants baseline,concept-prior --seeds 0,1,2
     python benchmarks/two_stage.py --out runs/bench-2stage --report-only --publish   # table + shipped summary
+    python benchmarks/two_stage.py --out runs/bench-2stage --variants demo --concept-variants dop-1,rank-4
+
+Variant ``demo`` is the demo exactly (``DemoSettings()`` as shipped, its evaluation: ``sdtune.toy.demo_eval``):
+``--publish`` ships it with its settings, evaluation and per-seed rows, and the demo's own run (training seed 0)
+is the benchmark's run of that seed. ``--concept-variants`` measure stage 1 alone with other concept settings
+(forgetting: old-prompt accuracy against the base's, row ``base``).
 
 For every training seed: stage 1 (the concept LoRA, the demo's settings) is trained once and evaluated; then
 every variant of stage 2 (the person) is trained on that seed's concept model and evaluated with the same
@@ -26,7 +32,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +52,8 @@ from sdtune.toy.demo import (  # noqa: E402
     person_stage,
     write_person_photos,
 )
-from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, summary  # noqa: E402
+from sdtune.toy.demo_eval import STAGE1, demo_suite, eval_plan, eval_seeds, trained_settings  # noqa: E402
+from sdtune.toy.evaluate import default_judge, evaluate, load_toy_pipeline, summary  # noqa: E402
 from sdtune.toy.finetune import run  # noqa: E402
 from sdtune.toy.world import PERSONS  # noqa: E402
 
@@ -141,6 +148,32 @@ VARIANTS.update({f"hard-{name}": {**VARIANTS[name], "person_look": "halved"} for
 MASKED = (*HARD[:3], HARD[-1])  # textual inversion, pivotal 0.5 and 0.25, the LoRA person
 VARIANTS.update({f"{name}+mask": {**VARIANTS[name], "person_masks": True}
                  for name in [*MASKED, *(f"hard-{n}" for n in MASKED)]})
+# The demo as shipped: DemoSettings() itself, BASELINE not applied (the row the demo prints beside its run)
+DEMO = "demo"
+VARIANTS[DEMO] = {}
+# Stage 1 alone with other concept settings (what keeps the old world through the concept LoRA): rows
+# "stage 1: <name>", each on its own concept run; the demo's concept is "" (row "stage 1: concept")
+CONCEPT_VARIANTS: dict[str, dict[str, Any]] = {
+    "dop-1": {"concept_preservation": 1.0},  # output preservation on 12 generic world prompts, weight 1
+    "dop-3": {"concept_preservation": 3.0},
+    "dop-0.3": {"concept_preservation": 0.3},
+    "dop-0.3-600": {"concept_preservation": 0.3, "concept_steps": 600},
+    # the LoRA only on the cross-attention keys and values (Custom Diffusion: less forgetting, it reports)
+    "kv": {"concept_targets": "kv"},
+    "kv-lr-3e-3": {"concept_targets": "kv", "concept_lr": 3e-3},
+    "dop-1-24": {"concept_preservation": 1.0, "concept_preservation_prompts": 24},
+    "rank-4": {"concept_rank": 4},
+    "rank-2": {"concept_rank": 2},
+    "lr-5e-4": {"concept_lr": 5e-4},
+    "lr-2.5e-4": {"concept_lr": 2.5e-4},
+    "lr-5e-4-steps-200": {"concept_lr": 5e-4, "concept_steps": 200},
+    "lr-5e-4+dop-0.3": {"concept_lr": 5e-4, "concept_preservation": 0.3},
+    "steps-200": {"concept_steps": 200},
+    "no-dropout": {"concept_caption_dropout": 0.0},
+    "dropout-0.3": {"concept_caption_dropout": 0.3},
+    "dropout-0.5": {"concept_caption_dropout": 0.5},
+}
+CONCEPT_FIELDS = {f.name for f in fields(DemoSettings) if f.name.startswith("concept_")}
 # the settings recorded per row (person_* covers poses, targets, steps, ...)
 PERSON_FIELDS = ("person", "prior", "class", "concept_prior", "preservation")
 KEYS = ("old_both", "concept", "person_judge", "person_pixels", "class_solid", "composite", "composite_pixels",
@@ -152,31 +185,60 @@ LABELS = {"old_both": "old acc", "concept": "concept", "person_judge": "person (
 PUBLISHED = Path(__file__).resolve().parents[1] / "src" / "sdtune" / "assets" / "toy" / "two_stage_benchmark.json"
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench-2stage"))
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of: {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0,1,2", help="training seeds (the spread is over these)")
-    p.add_argument("--eval-seeds", type=int, default=6, help="images per old-world and concept prompt")
-    p.add_argument("--person-seeds", type=int, default=24, help="images of the person, class and composite prompts")
+    p.add_argument("--eval-seeds", type=int, default=None, help="images per old-world and concept prompt "
+                   "(default: the demo's, DemoSettings.seeds)")
+    p.add_argument("--person-seeds", type=int, default=None, help="images of the person, class and composite "
+                   "prompts (default: the demo's, DemoSettings.person_seeds)")
+    p.add_argument("--concept-variants", default="", help=f"comma list of stage-1 variants, measured alone: "
+                   f"{', '.join(CONCEPT_VARIANTS)}")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="I/N: this process takes every N-th person run from I")
     p.add_argument("--checkpoints", default="", help="comma list of variants whose person checkpoints are "
                    "evaluated too (rows VARIANT@STEP: the steps dimension without retraining)")
     p.add_argument("--report-only", action="store_true", help="no training: the table of what is measured")
     p.add_argument("--publish", action="store_true", help=f"also write {PUBLISHED.name} for the demo")
-    p.add_argument("--demo", default="ti-400",
-                   help="the variant the demo runs (its row is printed beside it)")
+    p.add_argument("--demo", default=DEMO, help="the variant the demo runs (its row is printed beside it; "
+                   "--publish refuses a variant whose settings are not the demo's)")
     p.add_argument("--concept-two-tone", type=float, default=None,
                    help="the share of two-tone arrows in the concept set (default: the demo's); use a new --out")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny steps (numbers not meaningful)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def settings_for(variant: str, seed: int, quick: bool, two_tone: float | None = None) -> DemoSettings:
+def settings_for(variant: str, seed: int, quick: bool, two_tone: float | None = None,
+                 concept: str = "") -> DemoSettings:
+    """A variant's settings for one training seed: the demo's (``DemoSettings``), BASELINE (except for ``demo``),
+    the variant's changes, and the concept variant's."""
     base = DemoSettings.quick() if quick else DemoSettings()
-    return replace(base, seed=seed, **{**({} if quick else BASELINE), **VARIANTS[variant]},
+    person = {} if quick or variant == DEMO else BASELINE
+    return replace(base, seed=seed, **{**person, **VARIANTS[variant], **CONCEPT_VARIANTS.get(concept, {})},
                    **({} if two_tone is None else {"concept_two_tone": two_tone}))
+
+
+def eval_settings(args: argparse.Namespace) -> DemoSettings:
+    """The demo's evaluation settings, with --eval-seeds / --person-seeds where given."""
+    base = DemoSettings.quick() if args.quick else DemoSettings()
+    return replace(base, **{k: v for k, v in (("seeds", args.eval_seeds), ("person_seeds", args.person_seeds))
+                            if v is not None})
+
+
+def concept_run(settings: DemoSettings, data: Path, run_dir: Path) -> dict[str, Any]:
+    """Stage 1's run config: the demo's, its fused model saved (the person trains on it, as in the recipe)."""
+    cfg = concept_stage(settings, data, run_dir)
+    cfg["save"]["full_model"] = True
+    return cfg
+
+
+def person_run(settings: DemoSettings, data: Path, run_dir: Path, concept: Path, photos: Path) -> dict[str, Any]:
+    """Stage 2's run config on the concept run ``concept`` (its fused model, its LoRA, its class images)."""
+    return person_stage(settings, data, run_dir, str(concept / "model"), class_root=concept, person_dir=photos,
+                        concept=concept_stage(settings, data, concept),
+                        concept_lora=concept / "lora" / "pytorch_lora_weights.safetensors")
 
 
 class Bench:
@@ -184,10 +246,9 @@ class Bench:
         self.args, self.out = args, args.out.resolve()
         self.results = self.out / "results.jsonl"
         self.judge = default_judge()
-        self.seeds = list(range(100, 100 + args.eval_seeds))
-        many = list(range(200, 200 + args.person_seeds))
-        self.group_seeds = {"person": many, "cls": many, "composite": many}
-        self.suites = {look: default_suite(old=12, person=person) for look, person in PERSONS.items()}
+        self.evaluation = eval_settings(args)  # the demo's: seeds, prompts, sampling steps
+        self.seeds, self.group_seeds = eval_seeds(self.evaluation)
+        self.suites = {look: demo_suite(replace(self.evaluation, person_look=look)) for look in PERSONS}
         self.data = self.out / "data"
 
     def ensure_data(self, settings: DemoSettings) -> None:
@@ -228,7 +289,8 @@ class Bench:
         if key in done:
             return done[key]
         row = {"key": key, **extra, **summary(evaluate(load_toy_pipeline(ref), self.judge, self.suites[look],
-                                                       self.seeds, group_seeds=self.group_seeds))}
+                                                       self.seeds, steps=self.evaluation.eval_steps,
+                                                       group_seeds=self.group_seeds))}
         record(self.results, row)
         print(f"[bench] {key}: " + ", ".join(f"{k}={row[k]:.2f}" for k in KEYS if k in row), flush=True)
         return row
@@ -243,16 +305,18 @@ class Bench:
         run(cfg)
         return round(time.time() - started, 1)
 
-    def concept(self, seed: int) -> Path:
-        settings = settings_for("baseline", seed, self.args.quick, self.args.concept_two_tone)
+    def concept(self, seed: int, variant: str = "") -> Path:
+        """Stage 1 of a training seed (the demo's concept settings, or a concept variant's), trained once."""
+        settings = settings_for(DEMO, seed, self.args.quick, self.args.concept_two_tone, concept=variant)
         self.ensure_data(settings)
-        run_dir = self.out / "runs" / f"concept-s{seed}"
-        with self.lock(f"concept-s{seed}"):
-            cfg = concept_stage(settings, self.data, run_dir)
-            cfg["save"]["full_model"] = True  # the person trains on the fused concept model, as in the recipe
-            seconds = self.train(cfg)
-            self.measure(f"concept-s{seed}", str(run_dir), {"stage": "concept", "seed": seed,
-                                                            "train_seconds": seconds})
+        name = f"concept-{variant}-s{seed}" if variant else f"concept-s{seed}"
+        run_dir = self.out / "runs" / name
+        with self.lock(name):
+            seconds = self.train(concept_run(settings, self.data, run_dir))
+            self.measure(name, str(run_dir), {"stage": "concept", "seed": seed, "train_seconds": seconds,
+                                              "concept_variant": variant,
+                                              "settings": {k: v for k, v in asdict(settings).items()
+                                                           if k in CONCEPT_FIELDS}})
         return run_dir
 
     def person(self, variant: str, seed: int) -> None:
@@ -263,10 +327,7 @@ class Bench:
         settings = settings_for(variant, seed, self.args.quick, self.args.concept_two_tone)
         self.ensure_data(settings)  # this variant's person photos (one folder per number of poses)
         run_dir = self.out / "runs" / key
-        cfg = person_stage(settings, self.data, run_dir, str(concept / "model"), class_root=concept,
-                           person_dir=self.person_data(settings),
-                           concept=concept_stage(settings, self.data, concept),
-                           concept_lora=concept / "lora" / "pytorch_lora_weights.safetensors")
+        cfg = person_run(settings, self.data, run_dir, concept, self.person_data(settings))
         with self.lock(f"class-s{seed}"):  # class images are generated by this seed's concept model, once
             generate_for_run(config_from_dict(cfg), "cpu")
         seconds = self.train(cfg)
@@ -322,12 +383,24 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(done: dict[str, dict], variants: list[str], seeds: list[int]) -> dict[str, Any]:
-    """Per variant: mean and std over seeds of every key, and old-prompt accuracy minus stage 1's (paired)."""
-    out: dict[str, Any] = {"seeds": seeds, "rows": {}}
-    concepts = [done[f"concept-s{s}"] for s in seeds if f"concept-s{s}" in done]
-    if concepts:
-        out["rows"]["stage 1: concept"] = {k: mean_std([c[k] for c in concepts]) for k in KEYS} | {"n": len(concepts)}
+def table(done: dict[str, dict], variants: list[str], seeds: list[int],
+          concept_variants: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Per variant: mean and std over seeds of every key, and old-prompt accuracy minus stage 1's (paired); stage 1
+    (and each concept variant's) with old-prompt accuracy minus the base's; ``per_seed``: every row's runs."""
+    out: dict[str, Any] = {"seeds": seeds, "rows": {}, "per_seed": {}}
+    if "base" in done:
+        out["rows"]["base"] = {k: (done["base"][k], 0.0) for k in KEYS} | {"n": 1}
+    for concept in ("", *concept_variants):
+        concepts = {s: done[k] for s in seeds if (k := f"concept-{concept}-s{s}" if concept else f"concept-s{s}")
+                    in done}
+        if concepts:
+            name = f"stage 1: {concept}" if concept else STAGE1
+            out["rows"][name] = {k: mean_std([c[k] for c in concepts.values()]) for k in KEYS} | {
+                "n": len(concepts)}
+            if "base" in done:
+                out["rows"][name]["old_vs_base"] = mean_std([c["old_both"] - done["base"]["old_both"]
+                                                             for c in concepts.values()])
+            out["per_seed"][name] = {str(s): {k: c[k] for k in KEYS} for s, c in concepts.items()}
     for variant in variants:
         rows = [(done[f"{variant}-s{s}"], done.get(f"concept-s{s}")) for s in seeds if f"{variant}-s{s}" in done]
         if not rows:
@@ -339,12 +412,15 @@ def table(done: dict[str, dict], variants: list[str], seeds: list[int]) -> dict[
         entry["train_seconds"] = statistics.mean(secs) if secs else None
         entry["n"] = len(rows)
         out["rows"][variant] = entry
+        out["per_seed"][variant] = {str(s): {k: done[f"{variant}-s{s}"][k] for k in KEYS}
+                                    for s in seeds if f"{variant}-s{s}" in done}
     return out
 
 
 def markdown(tab: dict[str, Any]) -> str:
-    cols = [*KEYS, "old_vs_stage1"]
-    head = ["after", *(LABELS.get(k, "old acc - stage 1") for k in cols), "n"]
+    cols = [*KEYS, "old_vs_stage1", "old_vs_base"]
+    head = ["after", *(LABELS.get(k, k.replace("old_vs_", "old acc - ").replace("stage1", "stage 1"))
+                       for k in cols), "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in tab["rows"].items():
         cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" if k in row else "" for k in cols]
@@ -364,6 +440,15 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    concept_variants = tuple(v for v in args.concept_variants.split(",") if v)
+    unknown = [v for v in concept_variants if v not in CONCEPT_VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown concept variants {unknown}; known: {', '.join(CONCEPT_VARIANTS)}")
+    demo = DemoSettings()
+    if args.publish and (trained_settings(settings_for(args.demo, demo.seed, args.quick)) != trained_settings(demo)
+                         or args.quick or args.concept_two_tone is not None or demo.seed not in seeds):
+        raise SystemExit(f"--publish: --demo {args.demo} with these options is not the demo's settings and "
+                         f"training seed {demo.seed}; publish variant {DEMO} over seeds that include it")
     bench = Bench(args)
     bench.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
@@ -373,6 +458,11 @@ def main() -> int:
         for i, (variant, seed) in enumerate(jobs):
             if i % shards == shard:
                 bench.person(variant, seed)
+        if concept_variants and shard == 0:
+            bench.measure("base", "toy", {"stage": "base"})  # the old world before any stage
+        for i, (variant, seed) in enumerate([(v, s) for s in seeds for v in concept_variants]):
+            if i % shards == shard:
+                bench.concept(seed, variant)
         marked = [v for v in args.checkpoints.split(",") if v]
         for i, (variant, seed) in enumerate([(v, s) for s in seeds for v in marked]):
             if i % shards == shard:
@@ -382,7 +472,7 @@ def main() -> int:
     steps = {r["variant"] for r in done.values()
              if r.get("stage") == "checkpoint" and r["variant"].split("@")[0] in marked}
     variants += sorted(steps, key=lambda v: (v.split("@")[0], int(v.split("@")[1])))
-    tab = table(done, variants, seeds)
+    tab = table(done, variants, seeds, concept_variants)
     for look in ceiling_looks(variants):
         if ceiling_key(look) in done:
             tab[ceiling_key(look)[len("vae-"):].replace("-", "_")] = {  # "ceiling" (the demo reads it), ...
@@ -391,7 +481,9 @@ def main() -> int:
     (bench.out / "README.md").write_text(text + "\n")
     print(text)
     if args.publish:
-        tab["demo"] = args.demo
+        if eval_plan(bench.evaluation) != eval_plan(demo):
+            raise SystemExit("--publish: --eval-seeds / --person-seeds differ from the demo's evaluation")
+        tab.update(demo=args.demo, settings=trained_settings(demo), eval=eval_plan(bench.evaluation))
         PUBLISHED.write_text(json.dumps(tab, indent=1) + "\n")
         print(f"published: {PUBLISHED}")
     return 0

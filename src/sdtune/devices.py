@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from sdtune.errors import SdtuneError
+from sdtune.words import counted
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda, cuda:N, mps"
@@ -76,7 +77,7 @@ def check_device(name: str | None, option: str = "--device") -> str:
                               f"{', '.join(available_devices())}")
         index = int(match.group("index")) if match and match.group("index") else 0
         if index >= count:
-            raise SdtuneError(f"{option} {name}: this machine has {count} CUDA GPU{'s' if count > 1 else ''}. "
+            raise SdtuneError(f"{option} {name}: this machine has {counted(count, 'CUDA GPU')}. "
                               f"Available here: {', '.join(available_devices())}")
     if kind == "mps" and not _mps():
         raise SdtuneError(f"{option} mps: Apple's Metal (MPS) is not available here. Available here: "

@@ -51,7 +51,7 @@ def test_captioner_cli_modes_on_each_architecture(tmp_path, arch, mode, own):
     mine = rows["img00.png"]
     if "<new>" not in own:
         assert mine == own  # fill: never overwritten
-        assert "kept the own caption of 1 images" in proc.stdout and "2 from the captioner" in proc.stdout
+        assert "kept the own caption of 1 image " in proc.stdout and "2 from the captioner" in proc.stdout
     else:
         head, _, tail = own.partition("<new>")
         assert mine.startswith(head) and mine.endswith(tail) and made_of_words(mine[len(head):len(mine) - len(tail)])

@@ -99,6 +99,12 @@ def test_four_people_share_two_gpu_slots_then_a_rerun_skips_them(concept: Path, 
                  "data.class_generation_steps=2")  # class images shared per class (the default needs none)
     proc = run_cli("personalize", *args)
     assert "fusing the concept LoRA" in proc.stdout and (out / "concept-model" / "model_index.json").is_file()
+    # Ray is started once the input is checked (carol's bad photos included), before the slow preparation
+    lines = proc.stdout.splitlines()
+    order = [next(i for i, line in enumerate(lines) if line.startswith(text)) for text in
+             ("carol: not trained:", "Ray: starting on this machine", "fusing the concept LoRA", "class images:",
+              "Ray: up in")]
+    assert order == sorted(order), proc.stdout
     assert not (concept / "model").exists(), "the concept run folder is only read"
     assert "carol: not trained:" in proc.stdout and "img01.jpg" in proc.stdout
     rows = _summary(out)
@@ -295,3 +301,106 @@ def test_bad_input_is_refused_before_training(concept: Path, tmp_path: Path) -> 
                    f"127.0.0.1:{_free_port()}", check=False)
     assert proc.returncode == 2 and "cannot reach the Ray cluster at 127.0.0.1:" in proc.stderr
     assert not (out / "alice" / "checkpoints").exists()
+
+
+RAY_PROCESSES = ("raylet", "gcs_server")
+
+
+def _names(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _follow(proc: subprocess.Popen, until, timeout: float = 300, seen: dict | None = None) -> bool:
+    """Note every process below ``proc`` in ``seen`` (``(pid, start) -> [process, command line]``, polled every
+    0.05 s) until ``until(seen)`` is true (returns True), ``proc`` ends or ``timeout`` seconds pass (False)."""
+    seen = {} if seen is None else seen
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                entry = seen.setdefault((child.pid, child.create_time()), [child, ""])
+                entry[1] = _names(child) or entry[1]  # the latest: a fresh fork shows its parent's until exec
+        except psutil.Error:
+            pass
+        if until(seen):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _ray_seen(seen: dict, alive: bool = False) -> bool:
+    return any(any(n in name for n in RAY_PROCESSES) and (not alive or p.is_running()) for p, name in seen.values())
+
+
+def _all_gone(seen: dict, timeout: float = 20) -> list[str]:
+    """Wait for every process in ``seen`` to end; kill and name those still running after ``timeout`` s."""
+    deadline = time.time() + timeout
+    alive = list(seen.values())
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = [(p, name) for p, name in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p, _ in alive:
+        p.kill()
+    return [f"{p.pid} {name[:80]}" for p, name in alive]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ray_starts_while_preparing_and_a_stop_then_leaves_nothing(concept: Path, tmp_path: Path, how: str) -> None:
+    """Ray boots while personalize prepares (here: drawing many class images); Ctrl-C (SIGINT to the terminal's
+    process group) or SIGTERM (to personalize alone, as a scheduler sends it) during that: exit 130, nobody
+    trained, no Ray process left, and the people are pending for the rerun."""
+    csv_path, out = _people(tmp_path, ["alice", "bob"]), tmp_path / "people"
+    args = _args(csv_path, concept, out, "data.with_prior_preservation=true", "data.num_class_images=2000",
+                 "data.class_generation_steps=4")  # long enough never to finish here
+    proc = subprocess.Popen([sys.executable, "-m", "sdtune", "personalize", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def ray_up_while_preparing(seen: dict) -> bool:
+        return _ray_seen(seen, alive=True) and not list(out.glob("*/checkpoints")) and \
+            len(list(out.glob("class-images/*/*.png"))) < 4000
+
+    seen: dict = {}
+    try:
+        overlapped = _follow(proc, ray_up_while_preparing, seen=seen)
+        assert overlapped, "Ray was not running while personalize prepared (it must start before the preparation)"
+        (os.killpg if how == "ctrl-c" else os.kill)(proc.pid, signal.SIGINT if how == "ctrl-c" else signal.SIGTERM)
+        _follow(proc, lambda _: False, seen=seen)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output
+    alive = _all_gone(seen)
+    assert not alive, f"left running after {how} during the preparation: {alive}"
+    rows = _summary(out)
+    assert rows["alice"]["status"] == rows["bob"]["status"] == "pending", output
+    assert not list(out.glob("*/checkpoints")) and "Traceback" not in output
+
+
+def test_a_failing_preparation_stops_the_ray_it_started(concept: Path, tmp_path: Path) -> None:
+    """The concept's LoRA cannot be fused (a damaged file): the one error line as before, and the Ray that was
+    booting meanwhile is shut down: no process left."""
+    import shutil
+
+    broken = tmp_path / "concept"
+    shutil.copytree(concept, broken)
+    (broken / LORA).write_bytes(b"not a safetensors file" * 10)
+    csv_path, out = _people(tmp_path, ["alice"]), tmp_path / "people"
+    proc = subprocess.Popen([sys.executable, "-m", "sdtune", "personalize", *_args(csv_path, broken, out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: dict = {}
+    try:
+        _follow(proc, lambda _: False, seen=seen)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode not in (0, 130), stdout + stderr
+    assert "Ray: starting on this machine" in stdout and "fusing the concept LoRA" in stdout, stdout
+    assert _ray_seen(seen), "Ray was not started meanwhile"
+    assert "Traceback" not in stderr and "cannot fuse the concept's LoRA" in stderr.strip().splitlines()[-1], stderr
+    alive = _all_gone(seen)
+    assert not alive, f"left running after a failed preparation: {alive}"

@@ -20,13 +20,30 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
+SIGTERM_AFTER_INIT: list = []
+
+
 @pytest.fixture(scope="module")
 def engine() -> Iterator:
     from sdtune.engine import Engine
 
-    eng = Engine(num_gpus=2, num_cpus=2)
+    def own_handler(signum, frame) -> None:  # noqa: ARG001 - a caller's own (sdtune.stopping installs one)
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own_handler)
+    try:
+        eng = Engine(num_gpus=2, num_cpus=2)  # on the main thread: ray.init installs a SIGTERM handler there
+        SIGTERM_AFTER_INIT.append(signal.getsignal(signal.SIGTERM) is own_handler)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     yield eng
     eng.shutdown(grace=30)
+
+
+def test_the_callers_sigterm_handler_survives_the_engine(engine) -> None:
+    """ray.init replaced it with sys.exit(15): personalize then died on SIGTERM (exit 15, no summary) instead of
+    stopping its people at a checkpoint."""
+    assert SIGTERM_AFTER_INIT == [True]
 
 
 def _unit(tmp: Path, name: str, mode: str, seconds: float = 1.0) -> Unit:

@@ -63,7 +63,7 @@ def test_pickle_weights_refused_unless_allowed(tmp_path: Path) -> None:
     err = _fails("train", config, f"model.base={folder}", needle="pickle")
     assert "model.allow_pickle" in err
     done = run_cli("train", config, f"model.base={folder}", "model.allow_pickle=true", "train.max_steps=1")
-    assert "done: 1 steps" in done.stdout
+    assert "done: 1 step," in done.stdout
 
 
 def test_not_a_model_folder_and_unknown_hub_id_offline(tmp_path: Path) -> None:
@@ -85,7 +85,33 @@ def test_hub_id_loads_from_the_local_cache_offline(tmp_path: Path) -> None:
     (repo / "refs" / "main").write_text(revision)
     done = run_cli("train", str(_config(tmp_path)), "model.base=sdtune-test/tiny-sd", "train.max_steps=1",
                    env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
-    assert "done: 1 steps" in done.stdout
+    assert "done: 1 step," in done.stdout
+
+
+def test_a_bad_model_key_is_one_line_before_any_model_loads(tmp_path: Path) -> None:
+    """``model.vae=nope`` loaded the base model, then printed diffusers' "nope does not appear to have a file named
+    config.json"; a bad model.adapters path came after the base model too, without its key."""
+    config = str(_config(tmp_path))
+    err = _fails("train", config, "model.vae=nope", needle="model.vae: VAE 'nope' is not in the local Hugging Face "
+                 "cache", env={"HF_HUB_OFFLINE": "1"})
+    assert "pass a local VAE folder or .safetensors file" in err and "Loading" not in err, err
+    _fails("train", config, f"model.adapters=[{{path: {tmp_path / 'inst'}}}]",
+           needle=f"model.adapters[0].path: no LoRA weights at {tmp_path / 'inst'}")
+
+
+def test_a_vae_hub_id_loads_from_the_local_cache_offline(tmp_path: Path) -> None:
+    """A VAE repo holds config.json, not model_index.json: the hub check looks for what a VAE repo has."""
+    from sdtune.models.presets import preset_path
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--sdtune-test--vae"
+    revision = "0" * 40
+    shutil.copytree(preset_path("tiny") / "vae", repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    done = run_cli("train", str(_config(tmp_path)), "model.vae=sdtune-test/vae", "train.max_steps=1",
+                   env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    assert "done: 1 step" in done.stdout
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import typer
 
 from sdtune.errors import DataError
 from sdtune.models.presets import PRESETS
+from sdtune.words import counted
 
 ORDER = 5
 
@@ -126,7 +127,8 @@ def build_command(
         raise DataError("--captions names files of one SRC; build the sources one at a time with --concept")
     concepts = list(concept or [])
     if len(concepts) not in (0, 1, len(sources)):
-        raise DataError(f"got {len(concepts)} --concept values for {len(sources)} sources: give one, or one per SRC")
+        raise DataError(f"got {counted(len(concepts), '--concept value')} for {counted(len(sources), 'source')}: "
+                        "give one, or one per SRC")
     if len(concepts) == 1:
         concepts = concepts * len(sources)
     specs = [Source(folder=src, captions_file=captions, caption=caption, concept=concepts[i] if concepts else None)

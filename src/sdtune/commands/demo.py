@@ -6,13 +6,16 @@ from pathlib import Path
 
 import typer
 
+from sdtune.words import counted
+
 ORDER = 5
 
 
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where datasets, runs and the report go"),
     quick: bool = typer.Option(False, "--quick", help="a few dozen steps and two seeds (a smoke test, ~30 s)"),
-    seeds: int = typer.Option(None, help="evaluation seeds per prompt (default 4, --quick 2)"),
+    seeds: int = typer.Option(None, help="evaluation seeds per prompt (default 6, the benchmark's: other values "
+                              "make a run that is not one of the benchmark's; --quick 2)"),
     threads: int = typer.Option(1, help="torch threads; 1 because a 32 px model gains little from more, and on a "
                                 "shared CPU two threads per process ran up to 6x slower (measured)"),
 ) -> None:
@@ -37,8 +40,8 @@ def demo_command(
     typer.echo(format_table(result["table"], result["benchmark"]))
     bench = result["benchmark"]
     typer.echo("\nThis is ONE run: other seeds or machines move these numbers." + (
-        f" The benchmark rows are mean ± std over {len(bench['seeds'])} training seeds of the same settings "
-        "(benchmarks/two_stage.py)." if bench and bench["rows"] else ""))
+        f" The benchmark rows are mean ± std over {counted(len(bench['seeds']), 'training seed')} of the same "
+        "settings (benchmarks/two_stage.py), and its run of this training seed." if bench and bench["matches"] else ""))
     typer.echo("Fractions of images (prompt x seed) the toy judge reads as asked:")
     for _, label, what in COLUMNS:
         typer.echo(f"  {label}: {what}")

@@ -10,6 +10,7 @@ from sdtune.commands import args
 from sdtune.devices import DEVICE_HELP, DTYPE_HELP
 from sdtune.errors import SdtuneError
 from sdtune.models.presets import PRESETS
+from sdtune.words import counted
 
 ORDER = 40
 
@@ -81,7 +82,7 @@ def generate_command(
     result = run_generate(model, prompts, out, seeds=seeds, settings=settings,
                           adapters=[parse_adapter_spec(s) for s in lora], device=device, dtype=dtype,
                           batch_size=batch_size, allow_pickle=allow_pickle)
-    typer.echo(f"{len(result.images)} images in {out}/ (grid: {result.grid})")
+    typer.echo(f"{counted(len(result.images), 'image')} in {out}/ (grid: {result.grid})")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from sdtune.commands.evaluate import parse_seeds
+from sdtune.words import plural
 
 ORDER = 46
 
@@ -86,7 +87,7 @@ def pick_command(
         raise SdtuneError(f"{run} is not a run folder (no config.yaml){inside}")
     steps_kept = [p.name for p in (run / "checkpoints").glob("step-*") if p.is_dir()]
     if len(steps_kept) < 2:
-        typer.echo(f"note: {run} has {len(steps_kept) or 'no'} checkpoint{'s' if len(steps_kept) != 1 else ''}: "
+        typer.echo(f"note: {run} has {len(steps_kept) or 'no'} {plural(len(steps_kept), 'checkpoint')}: "
                    "nothing to choose between. Keep several while training: checkpoint.every below "
                    "train.max_steps and checkpoint.keep large enough")
     has_prompts = bool(prompts_file or prompt)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from sdtune.words import counted
+
 ORDER = 60
 
 toy_app = typer.Typer(help="The built-in toy world of coloured shapes and the small Stable Diffusion trained on it.",
@@ -63,7 +65,7 @@ def world_command(
     else:
         raise SdtuneError(f"--kind {kind!r} is not a kind; use pretrain, wide, concept, concept-images, person or "
                           "person-captioned")
-    typer.echo(f"wrote {count} images to {out}")
+    typer.echo(f"wrote {counted(count, 'image')} to {out}")
 
 
 @toy_app.command("eval")

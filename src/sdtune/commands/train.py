@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from sdtune.words import counted
+
 ORDER = 10
 
 
@@ -56,7 +58,7 @@ def train_command(
     if result.status != "finished":
         raise typer.Exit(130)  # unfinished: `sdtune train ... && sdtune export ...` must not go on
     if _is_main_process():
-        typer.echo(f"done: {result.step} steps, final loss {result.final_loss:.4f}")
+        typer.echo(f"done: {counted(result.step, 'step')}, final loss {result.final_loss:.4f}")
         for name, path in result.outputs.items():
             typer.echo(f"  {name}: {path}")
         typer.echo(f"  run folder: {result.run_dir}")

@@ -48,6 +48,7 @@ from sdtune.data.images import (
 from sdtune.data.report import Problem, summarize, summarize_problems
 from sdtune.data.walk import lexical
 from sdtune.errors import DataError, ModelLoadError
+from sdtune.words import counted, plural
 
 _CONCEPT = re.compile(r"^\w[\w .+-]*$")
 
@@ -79,17 +80,19 @@ class BuildReport:
         return sum(1 for p in self.problems if p.level == "error")
 
     def to_text(self) -> str:
-        lines = [f"wrote {self.written} images to {self.out} ({self.captioned} with a caption"
+        lines = [f"wrote {counted(self.written, 'image')} to {self.out} ({self.captioned} with a caption"
                  + (f", {self.auto_captioned} from the captioner" if self.auto_captioned else "") + ")"]
         if self.captions_kept:
-            lines.append(f"kept the own caption of {self.captions_kept} images (--mode replace, prefix or suffix "
+            lines.append(f"kept the own caption of {counted(self.captions_kept, 'image')} (--mode replace, "
+                         "prefix or suffix "
                          "rewrites them)")
         if self.kept:
-            lines.append(f"kept {self.kept} rows of other concepts")
+            lines.append(f"kept {counted(self.kept, 'row')} of other concepts")
         if self.duplicates_dropped:
             merged = (f"; {self.captions_merged} brought a different caption, kept as an alternative"
                       if self.captions_merged else "")
-            lines.append(f"merged {self.duplicates_dropped} exact duplicates into the image they copy{merged}")
+            lines.append(f"merged {counted(self.duplicates_dropped, 'exact duplicate')} into the "
+                         f"{plural(self.duplicates_dropped, 'image it copies', 'images they copy')}{merged}")
         for level in ("error", "warning"):
             items = [p for p in self.problems if p.level == level]
             if items:
@@ -243,13 +246,15 @@ def _build_locked(out: Path, kept: list[dict[str, Any]], items: list[_Item], cap
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if replaced:
-        build.problem(out, f"{replaced} images had other captions in {out / METADATA} (edited there?): a build "
+        build.problem(out, f"{counted(replaced, 'image')} had other captions in {out / METADATA} (edited "
+                           "there?): a build "
                       f"rewrites OUT from SRC; the previous file is kept as {out / PREVIOUS_METADATA}", "warning")
     report.written, report.kept = len(written), len(kept)
     report.captioned = sum(1 for item in written if item.captions)
     missing = report.written - report.captioned
     if missing and report.captioned:
-        build.problem(out, f"{missing} images have no caption (fine for DreamBooth with a fixed prompt; "
+        build.problem(out, f"{counted(missing, 'image')} {plural(missing, 'has')} no caption (fine for "
+                           "DreamBooth with a fixed prompt; "
                       "text-to-image training needs one per image)", "warning")
     return report
 

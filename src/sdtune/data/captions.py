@@ -22,6 +22,7 @@ from typing import Any
 from sdtune.data.images import IMAGE_SUFFIXES
 from sdtune.data.report import Problem
 from sdtune.data.walk import link_problem, safe_member, walk
+from sdtune.words import counted
 
 CLIP_MAX_TOKENS = 77  # what CLIP text encoders read, start and end tokens included; the rest is cut off
 CAPTION_SUFFIXES = (".txt", ".caption")
@@ -239,7 +240,7 @@ def _csv_rows(file: Path, content: str, problems: list[Problem], file_keys: tupl
             yield where, name, text, {}
             continue
         if len(row) != len(header):
-            problems.append(Problem(where, f"has {len(row)} columns, the header has {len(header)}", "error"))
+            problems.append(Problem(where, f"has {counted(len(row), 'column')}, the header has {len(header)}", "error"))
             continue
         record = dict(zip(header, row, strict=True))
         file_key = _pick(record, file_keys)

@@ -22,6 +22,7 @@ from sdtune.data.folders import ImageRecord, read_folder
 from sdtune.data.images import ImageInfo, picture_digest, probe_image
 from sdtune.data.report import Problem, summarize, summarize_problems
 from sdtune.errors import DataError
+from sdtune.words import counted, plural
 
 # Buckets of the shorter side, in pixels: what decides how much an image is up- or downscaled in training.
 RESOLUTION_BUCKETS = ((0, "<256"), (256, "256-511"), (512, "512-767"), (768, "768-1023"), (1024, "1024-2047"),
@@ -91,13 +92,14 @@ class CheckReport:
         }
 
     def to_text(self) -> str:
-        lines = [f"{self.folder}: {self.images} images ({self.layout}), as training reads them"]
+        lines = [f"{self.folder}: {counted(self.images, 'image')} ({self.layout}), as training reads them"]
         if self.counts["duplicate"]:
             n = self.counts["duplicate"]
-            lines.append(f"duplicates: {n} of them {'is an exact copy' if n == 1 else 'are exact copies'} of another "
+            lines.append(f"duplicates: {n} of them {plural(n, 'is an exact copy', 'are exact copies')} of another "
                          "image (see warnings)")
         if self.images:
-            lines.append(f"captions: {self.captioned} of {self.images} images have one")
+            lines.append(f"captions: {self.captioned} of {counted(self.images, 'image')} "
+                         f"{plural(self.captioned, 'has')} one")
             lines.append("resolution (shorter side):")
             widest = max(self.resolutions.values(), default=1)
             for _, name in RESOLUTION_BUCKETS:
@@ -119,7 +121,8 @@ class CheckReport:
                 lines.append(f"{title} ({len(items)}):")
                 shown = summarize_problems(items) if level == "warning" else summarize([str(p) for p in items])
                 lines += [f"  {line}" for line in shown]
-        lines.append("OK: ready to train" if self.ok else f"NOT OK: {len(self.errors)} errors; fix them and re-run")
+        lines.append("OK: ready to train" if self.ok else f"NOT OK: {counted(len(self.errors), 'error')}; fix "
+                                                          f"{plural(len(self.errors), 'it')} and re-run")
         return "\n".join(lines)
 
 
@@ -233,8 +236,9 @@ def _too_long(report: CheckReport, text: str, tokenizer) -> str | None:
     if n <= report.token_limit:
         return None
     if tokenizer is not None:
-        return f"{n} tokens; the text encoder reads {report.token_limit} (this model's tokenizer), the rest is cut off"
-    return (f"{n} tokens (estimated without the model's tokenizer); the limit assumed is CLIP's "
+        return (f"{counted(n, 'token')}; the text encoder reads {report.token_limit} (this model's tokenizer), "
+                "the rest is cut off")
+    return (f"{counted(n, 'token')} (estimated without the model's tokenizer); the limit assumed is CLIP's "
             f"{CLIP_MAX_TOKENS} (an estimate: pass the model to count exactly), the rest is cut off")
 
 
@@ -250,7 +254,9 @@ def _check_captions(report: CheckReport, readable: list[ImageRecord], require_ca
         for path in missing:
             report.add(path, "no caption (text-to-image training needs one per image)", "error", "missing caption")
     elif missing and report.captioned:
-        report.add(report.folder, f"{len(missing)} of {len(readable)} images have no caption; they train on an empty "
+        report.add(report.folder, f"{len(missing)} of {counted(len(readable), 'image')} "
+                                  f"{plural(len(missing), 'has')} no caption; "
+                   f"{plural(len(missing), 'it trains', 'they train')} on an empty "
                    "prompt unless a fixed prompt is set", "warning", "missing caption")
     for record in readable:
         for i, caption in enumerate(record.captions):

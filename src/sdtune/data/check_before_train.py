@@ -13,6 +13,7 @@ from sdtune.config import RunConfig, SubsetConfig
 from sdtune.data.report import Problem, summarize, summarize_problems
 from sdtune.data.subsets import subsets_from_config
 from sdtune.errors import DataError, SdtuneError
+from sdtune.words import counted, plural
 
 
 def run_tokenizer(cfg: RunConfig):
@@ -86,8 +87,8 @@ def check_training_data(cfg: RunConfig) -> None:
     if errors:
         flags = f" --masks {cfg.data.mask_dir or 'alpha'}" if cfg.data.masked_loss else ""  # the report that has them
         see = " ".join(f"`sdtune dataset check {p}{flags}`" for p in checked[:2])
-        raise DataError(f"the training data has {len(errors)} problem{'s' if len(errors) > 1 else ''}; fix "
-                        f"{'it' if len(errors) == 1 else 'them'} and run again{f' (full report: {see})' if see else ''}"
+        raise DataError(f"the training data has {counted(len(errors), 'problem')}; fix "
+                        f"{plural(len(errors), 'it')} and run again{f' (full report: {see})' if see else ''}"
                         ":\n  "
                         + "\n  ".join(summarize([str(p) for p in errors])))
 
@@ -114,6 +115,7 @@ def _ignored_captions(cfg: RunConfig, subset: SubsetConfig, captioned: int, imag
     prompt_key = {"data.instance_dir": "data.instance_prompt", "data.class_dir": "data.class_prompt"}.get(
         key, "the subset's prompt")
     where = "data.train_dir" if key == "data.instance_dir" else "a subset without a prompt"
-    return (f"{captioned} of {images} images have captions other than {prompt_key}, and they are not read: {key} "
+    return (f"{captioned} of {counted(images, 'image')} {plural(captioned, 'has')} captions other than "
+            f"{prompt_key}, and they are not read: {key} "
             f"trains on {prompt_key} "
             f"({subset.prompt!r}). For captioned training use {where}")

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from sdtune.config import DataConfig, RunConfig
 from sdtune.data.images import is_image_file
 from sdtune.errors import ConfigError, Interrupted
+from sdtune.words import counted, plural
 
 MANIFEST = "class_images.json"
 SEEDS = "image class-N.png is drawn with seed N"
@@ -89,9 +90,10 @@ def check_class_folder(folder: Path, identity: dict[str, Any]) -> None:
     old = manifest["made_for"]
     if not made or all(old.get(key) == value for key, value in identity.items()):
         return
-    raise ConfigError(f"{folder} holds {len(made)} class images made from {_describe(old)}, but this run wants "
-                      f"{_describe(identity)}: they would teach it another prior. Set data.class_dir to a folder "
-                      f"of its own (one per model, prompt and resolution), or delete {folder} to make them again")
+    raise ConfigError(f"{folder} holds {counted(len(made), 'class image')} made from {_describe(old)}, but this run "
+                      f"wants {_describe(identity)}: {plural(len(made), 'it', 'they')} would teach it another prior. "
+                      "Set data.class_dir to a folder of its own (one per model, prompt and resolution), or delete "
+                      f"{folder} to make {plural(len(made), 'it', 'them')} again")
 
 
 def _write_manifest(folder: Path, identity: dict[str, Any], images: dict[str, Any], how: dict[str, Any]) -> None:
@@ -143,7 +145,7 @@ def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int
         return 0
 
     def made() -> str:
-        return f"{count_images(folder)} of {wanted} class images made and kept in {folder}"
+        return f"{count_images(folder)} of {counted(wanted, 'class image')} made and kept in {folder}"
 
     with stop_scope() as stop, stop.during("finishing the class images being drawn now (they are kept)",
                                             lambda: f"quit: {made()}; run the same command again to continue",
@@ -158,7 +160,7 @@ def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int
         folder.mkdir(parents=True, exist_ok=True)  # once the model loaded: a failed load leaves no empty folder
         how = {"steps": steps, "dtype": str(dtype).replace("torch.", ""), "sampler": type(pipe.scheduler).__name__,
                "prediction_type": pipe.scheduler.config.get("prediction_type")}
-        label = prompts[0] if len(prompts) == 1 else f"{len(prompts)} prompts"
+        label = prompts[0] if len(prompts) == 1 else counted(len(prompts), 'prompt')
         bar = tqdm(total=len(missing), desc=f"class images ({label})", unit="img")
         for start in range(0, len(missing), batch_size):
             if stop.requested:  # checked before each batch and after the last: a stop is never lost

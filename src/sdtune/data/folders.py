@@ -38,6 +38,7 @@ from sdtune.data.images import IMAGE_SUFFIXES, sniff_format
 from sdtune.data.report import Problem
 from sdtune.data.walk import lexical, link_problem, walk
 from sdtune.errors import DataError
+from sdtune.words import counted, plural
 
 METADATA = "metadata.jsonl"
 METADATA_NAMES = (METADATA, "metadata.csv")
@@ -165,9 +166,10 @@ def _from_metadata(folder: Path, files: list[Path], images: list[Path], problems
     problems.extend(_broken(broken, listed | refused))
     sidecars = [p for p in files if is_caption_file(p)]
     if sidecars:
-        problems.append(Problem(str(folder), f"{len(sidecars)} caption files (.txt/.caption) are not read: "
+        problems.append(Problem(str(folder), f"{counted(len(sidecars), 'caption file')} (.txt/.caption) "
+                                             f"{plural(len(sidecars), 'is')} not read: "
                                 f"{shown} holds this folder's captions", "warning"))
-    layout = metas[0].relative_to(folder).as_posix() if len(metas) == 1 else f"{len(metas)} metadata files"
+    layout = metas[0].relative_to(folder).as_posix() if len(metas) == 1 else counted(len(metas), 'metadata file')
     return layout, records
 
 

@@ -14,6 +14,7 @@ from sdtune.config import RunConfig, SubsetConfig
 from sdtune.data.folders import read_folder
 from sdtune.data.subsets import Example, examples_of, subsets_from_config
 from sdtune.errors import DataError
+from sdtune.words import counted
 
 
 def held_out_examples(cfg: RunConfig) -> list[Example]:
@@ -31,7 +32,8 @@ def held_out_examples(cfg: RunConfig) -> list[Example]:
     paths = sorted(train)
     count = round(len(paths) * loss.split)
     if count < 1 or count >= len(paths):
-        raise DataError(f"validation.loss.split={loss.split} of {len(paths)} training images holds out {count}: "
+        raise DataError(f"validation.loss.split={loss.split} of {counted(len(paths), 'training image')} holds "
+                        f"out {count}: "
                         "it must hold out at least one and leave at least one; change the fraction or use "
                         "validation.loss.data_dir")
     chosen = sorted(random.Random(f"sdtune-validation-{loss.seed}").sample(paths, count))

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from sdtune.errors import DataError
+from sdtune.words import counted
 
 # Photo formats a user's folder holds, as far as this Pillow decodes them (AVIF, JPEG 2000 and HEIF depend on
 # how Pillow was built or which plugins are installed). One list for check, build and training; any other file
@@ -168,7 +169,7 @@ def _frames_note(img: Image.Image) -> tuple[int, list[str]]:
     frames = int(getattr(img, "n_frames", 1) or 1)
     if frames > 1:
         img.seek(0)
-        return frames, [f"animated ({frames} frames): only the first frame is used"]
+        return frames, [f"animated ({counted(frames, 'frame')}): only the first frame is used"]
     return frames, []
 
 

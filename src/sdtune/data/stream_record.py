@@ -22,6 +22,7 @@ from sdtune.config import DataConfig
 from sdtune.data.folders import read_folder
 from sdtune.data.images import content_hash
 from sdtune.data.subsets import subsets_from_config
+from sdtune.words import counted
 
 VERSION = 1
 
@@ -57,8 +58,6 @@ def stream_record(data: DataConfig) -> dict[str, Any]:
     return {"version": VERSION, "subsets": subsets}
 
 
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}" if n == 1 else f"{n} {what.replace('image', 'images').replace('caption', 'captions')}"
 
 
 def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -76,11 +75,11 @@ def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         removed = sorted(set(a) - set(b))
         edited = sorted(n for n in set(a) & set(b) if a[n] != b[n])
         recaptioned = sorted(n for n in set(a) & set(b) if was["captions"].get(n) != subset["captions"].get(n))
-        parts = [f"{_count(len(added), 'image')} added" if added else "",
-                 f"{_count(len(removed), 'image')} removed" if removed else "",
-                 f"{_count(len(edited), 'image')} edited (other bytes: pixels, size or bucket may differ)"
+        parts = [f"{counted(len(added), 'image')} added" if added else "",
+                 f"{counted(len(removed), 'image')} removed" if removed else "",
+                 f"{counted(len(edited), 'image')} edited (other bytes: pixels, size or bucket may differ)"
                  if edited else "",
-                 f"{_count(len(recaptioned), 'caption')} changed" if recaptioned else ""]
+                 f"{counted(len(recaptioned), 'caption')} changed" if recaptioned else ""]
         named = [*added, *removed, *edited, *recaptioned]
         if named:
             shown = ", ".join(dict.fromkeys(named[:4])) + (", ..." if len(set(named)) > 4 else "")

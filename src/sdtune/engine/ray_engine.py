@@ -27,12 +27,15 @@ only module that imports Ray.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,13 +145,36 @@ def use_token_if_available() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+class _QuietOffMainThread(logging.Filter):
+    """Drops Ray's warning that ``ray.init`` off the main thread sets no SIGTERM handler: that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` on the main thread replaces the SIGTERM handler with ``sys.exit(15)`` (Ray 2.60,
+    ``ray._private.worker.init``): a command that stops its runs at a checkpoint on SIGTERM (``sdtune.stopping``)
+    would instead die with exit 15 and no summary. A handler the caller installed comes back afterwards (Ray's
+    stays where there was none: it ends the driver through ``ray.shutdown``)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    quiet = _QuietOffMainThread()
+    logging.getLogger("ray._private.worker").addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger("ray._private.worker").removeFilter(quiet)
+        if callable(previous) and signal.getsignal(signal.SIGTERM) is not previous:
+            signal.signal(signal.SIGTERM, previous)
+
+
 class Engine:
     """Submit units, poll them, cancel them; see the module docstring. Thread-safe."""
 
     def __init__(self, address: str | None = None, num_gpus: float | None = None, num_cpus: float | None = None,
                  *, object_store_bytes: int = OBJECT_STORE_BYTES) -> None:
-        import logging
-
         import ray
 
         self._ray = ray
@@ -163,6 +189,14 @@ class Engine:
         self._owns = False  # this engine called ray.init (and ends it at shutdown)
         self._reaper = None
         started = time.time()
+        with _keep_sigterm_handler():
+            self._init(ray, address, num_gpus, num_cpus, object_store_bytes)
+        self.start_seconds = round(time.time() - started, 2)
+        self._remote = ray.remote(max_calls=0, max_retries=0)(_attempt)
+        self._warming = self._warm_workers() if self._owns and not address else []
+
+    def _init(self, ray: Any, address: str | None, num_gpus: float | None, num_cpus: float | None,
+              object_store_bytes: int) -> None:
         if ray.is_initialized():
             pass
         elif address:
@@ -183,9 +217,6 @@ class Engine:
             from sdtune.engine.reaper import start_reaper
 
             self._reaper = start_reaper()  # Ray's processes go even if this one is killed
-        self.start_seconds = round(time.time() - started, 2)
-        self._remote = ray.remote(max_calls=0, max_retries=0)(_attempt)
-        self._warming = self._warm_workers() if self._owns and not address else []
 
     def _warm_workers(self) -> list[Any]:
         """Submit one no-op task per slot (GPU when there are GPUs, else CPU), not waited for: Ray starts the

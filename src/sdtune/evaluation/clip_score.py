@@ -16,6 +16,7 @@ from PIL import Image
 
 from sdtune.errors import SdtuneError
 from sdtune.evaluation.compat import as_tensor
+from sdtune.words import counted
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"  # the backbone the diffusers evaluation docs use
 CLIP_T_SCALE = "100*max(cos,0)"
@@ -74,7 +75,7 @@ def load_backbone(ref: str, *, kind: str = "clip", local_files_only: bool | None
                           "save_pretrained, or a hub id.")
     source = str(path) if looks_local else ref
     proc_cls = AutoProcessor if kind == "clip" else AutoImageProcessor
-    from sdtune.models.loading import hub_cached, hub_reachable
+    from sdtune.models.refs import hub_cached, hub_reachable
 
     attempts = [True] if (looks_local or local_files_only) else ([True, False] if local_files_only is None else [False])
     if not looks_local and not hub_reachable():  # offline: the hub client would retry each file (~30 s) for nothing
@@ -138,7 +139,7 @@ class ClipScorer:
     def scores(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
         """CLIP score of each image against its own prompt."""
         if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+            raise ValueError(f"{counted(len(images), 'image')} but {counted(len(prompts), 'prompt')}")
         return clip_t(self.image_embeddings(images), self.text_embeddings(prompts)).tolist()
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from sdtune.evaluation.stats import Summary
 from sdtune.inference.grid import make_grid
+from sdtune.words import counted
 
 THUMB = 160  # CSS pixels per image cell; tiny test images are upscaled without blurring
 
@@ -148,8 +149,10 @@ def render_html(results: dict[str, Any], grids: dict[str, str], references: list
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sdtune eval</title><style>{_CSS}</style>"
              "</head><body><h1>sdtune eval</h1>"]
     size = f"{s['width']}x{s['height']}" if s.get("width") and s.get("height") else "model default"
-    parts.append(f"<p class='note'>{len(results['models'])} models × {len(s['prompts'])} prompts × {len(seeds)} "
-                 f"seeds ({', '.join(map(str, seeds))}); steps {s['steps']}, guidance {s['guidance']}, sampler "
+    parts.append(f"<p class='note'>{counted(len(results['models']), 'model')} × "
+                 f"{counted(len(s['prompts']), 'prompt')} × "
+                 f"{counted(len(seeds), 'seed')} ({', '.join(map(str, seeds))}); steps {s['steps']}, guidance "
+                 f"{s['guidance']}, sampler "
                  f"{e(s['scheduler'])}, size {size}, negative prompt: {e(s['negative_prompt'] or '(none)')}. "
                  f"Images generated this time: {results['generation']['generated']}, reused from cache: "
                  f"{results['generation']['reused']}.</p>")

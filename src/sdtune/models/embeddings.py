@@ -24,6 +24,7 @@ import torch
 
 from sdtune.errors import ConfigError, ModelLoadError
 from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name  # noqa: F401 - the run folder's layout
+from sdtune.words import counted
 
 SDXL_PARTS = ("clip_l", "clip_g")  # AUTOMATIC1111 / ComfyUI names of SDXL's two text encoders
 
@@ -251,7 +252,8 @@ def verify_embedding_file(file: Path, tokenizer: Any, text_encoder: torch.nn.Mod
                 raise SdtuneError(f"{file}: the rows diffusers loaded for {token!r} are not the trained ones")
     finally:
         del pipe
-    return f"loads with diffusers load_textual_inversion as the trained token {token!r} ({len(state)} encoder(s))"
+    return (f"loads with diffusers load_textual_inversion as the trained token {token!r} "
+            f"({counted(len(state), 'encoder')})")
 
 
 BUNDLE_PREFIX = "bundle_emb"  # AUTOMATIC1111's key prefix for embeddings carried inside a LoRA file

@@ -27,6 +27,7 @@ import torch
 
 from sdtune.atomic import write_folder
 from sdtune.errors import ModelLoadError, SdtuneError
+from sdtune.words import counted
 
 EXTRACTION_REPORT = "extraction.json"
 
@@ -58,7 +59,8 @@ class ExtractionReport:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"rank {self.rank}: {self.layers} layers of {', '.join(self.components) or 'nothing'}; relative "
+        return (f"rank {self.rank}: {counted(self.layers, 'layer')} of "
+                f"{', '.join(self.components) or 'nothing'}; relative "
                 f"error {self.relative_error:.4f} (worst layer {self.max_layer_error:.4f}); the LoRA layers hold "
                 f"{100 * self.coverage:.1f}% of the weight change")
 

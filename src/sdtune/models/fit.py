@@ -16,6 +16,7 @@ import torch
 
 from sdtune.errors import ModelLoadError, SdtuneError
 from sdtune.run_folder import is_run_folder
+from sdtune.words import counted, plural
 
 
 def run_of(lora_file: Path) -> Path | None:
@@ -106,7 +107,8 @@ def check_lora_fits(lora_file: Path, pipe, base: str, *, name: str | None = None
     if trained is not None and not _same_model(trained, base):
         raise ModelLoadError(f"{who} was trained on {trained}, not {base}: use it with {trained} (a LoRA fits only "
                              "the base model it was trained on)")
-    raise ModelLoadError(f"{who} does not fit {base}: {len(problems)} of its {count} layers have other shapes "
+    raise ModelLoadError(f"{who} does not fit {base}: {len(problems)} of its {counted(count, 'layer')} "
+                         f"{plural(len(problems), 'has')} other shapes "
                          f"(first: {problems[0]}); was it trained on another base model?")
 
 
@@ -128,5 +130,5 @@ def loader_error(exc: BaseException) -> str:
     """A loader's exception as one line: its first line (at most 200 characters) and how many lines it left out
     (torch's size-mismatch error lists every layer)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-    more = f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""
+    more = f" (+{counted(len(lines) - 1, 'more line')})" if len(lines) > 1 else ""
     return f"{lines[0][:200]}{more}"

@@ -26,11 +26,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sdtune.errors import SdtuneError
+
+if TYPE_CHECKING:  # torch only where tensors are made: the server reads the kinds' names without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,13 @@ class LoraKind:
     prefix: str  # peft's name prefix of the adapter's trained tensors (lora_, hada_, lokr_)
     diffusers: bool  # diffusers' load_lora_weights loads its peft-format file (RUN/lora/pytorch_lora_weights)
     config: Callable[[Any, list[str]], Any]  # (LoraConfig settings of the run, targets) -> peft config
+    label: str = "LoRA"  # its name in model cards and summaries
+    about: str = "low-rank adapter"  # what it is, for a reader who knows LoRA
+
+    @property
+    def title(self) -> str:
+        """"LoHa (LyCORIS: low-rank Hadamard product)": how a model card names the adapter a run trained."""
+        return f"{self.label} ({self.about})"
 
 
 def _alpha(settings: Any) -> float:
@@ -70,9 +78,10 @@ def _lokr(settings: Any, targets: list[str]) -> Any:
 
 KINDS: dict[str, LoraKind] = {
     "lora": LoraKind("lora", "lora_", True, _lora),
-    "dora": LoraKind("dora", "lora_", True, lambda s, t: _lora(s, t, dora=True)),
-    "loha": LoraKind("loha", "hada_", False, _loha),
-    "lokr": LoraKind("lokr", "lokr_", False, _lokr),
+    "dora": LoraKind("dora", "lora_", True, lambda s, t: _lora(s, t, dora=True), "DoRA",
+                     "weight-decomposed LoRA: a LoRA plus a trained magnitude per output row"),
+    "loha": LoraKind("loha", "hada_", False, _loha, "LoHa", "LyCORIS: low-rank Hadamard product, not a plain LoRA"),
+    "lokr": LoraKind("lokr", "lokr_", False, _lokr, "LoKr", "LyCORIS: low-rank Kronecker product, not a plain LoRA"),
 }
 
 
@@ -104,6 +113,8 @@ def split_layers(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Te
 
 def lycoris_layer(kind: str, tensors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """One layer's LyCORIS tensors (names without the layer prefix) that ComfyUI loads as ``scale * delta``."""
+    import torch
+
     out = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     if any(k.endswith("_t1") or k.endswith("_t2") for k in out):
         raise SdtuneError("effective-conv (Tucker) LoHa/LoKr factors are not exported; train without "

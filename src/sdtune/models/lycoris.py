@@ -24,6 +24,7 @@ import torch
 
 from sdtune.errors import SdtuneError
 from sdtune.run_folder import LYCORIS_NAME as LYCORIS_FILE
+from sdtune.words import counted, plural
 
 PEFT_DIR = "peft"
 _PEFT_WEIGHTS, _PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -31,7 +32,7 @@ _PEFT_PREFIX = "base_model.model."  # how PeftModel.save_pretrained names the ke
 
 
 def _components(unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> dict[str, torch.nn.Module]:
-    from sdtune.models.verify import _family
+    from sdtune.models.comfyui import _family
 
     parts = {"unet": unet}
     if text_encoder is not None:
@@ -82,7 +83,8 @@ def apply_peft_folder(unet: torch.nn.Module, text_encoder: torch.nn.Module, fold
         result = set_peft_model_state_dict(module, state, adapter_name=adapter)
         unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if adapter in k or "." in k]
         if unexpected:
-            raise SdtuneError(f"{files}: {len(unexpected)} adapter weights fit no layer (first: {unexpected[0]})")
+            raise SdtuneError(f"{files}: {counted(len(unexpected), 'adapter weight')} "
+                              f"{plural(len(unexpected), 'fits', 'fit')} no layer (first: {unexpected[0]})")
 
 
 @torch.no_grad()
@@ -157,7 +159,7 @@ def merge_comfyui(unet: torch.nn.Module, text_encoder: torch.nn.Module, file: Pa
     the file's keys ComfyUI would not load (it only warns about them). Also fuses such a file into a base."""
     from safetensors.torch import load_file
 
-    from sdtune.models.verify import comfyui_key_map
+    from sdtune.models.comfyui import comfyui_key_map
 
     state = load_file(str(file))
     by_layer: dict[str, dict[str, torch.Tensor]] = {}
@@ -223,7 +225,7 @@ def write_lycoris_and_verify(folder: Path, kind: str, *, verify: bool, base: str
                 pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
             else:
                 left = merge_comfyui(pipe.unet, _text_module(pipe), Path(folder) / LYCORIS_FILE)
-                problem = f"ComfyUI would not load {len(left)} keys (first: {left[0]})" if left else ""
+                problem = f"ComfyUI would not load {counted(len(left), 'key')} (first: {left[0]})" if left else ""
             out = probe_outputs(pipe.unet, _text_module(pipe), inputs)
             diff = {k: float((out[k] - reference[k]).abs().max()) for k in out}
             checks.append(Check(consumer, diff["unet"], diff["text_encoder"] if has_te else None, tolerance, effect,

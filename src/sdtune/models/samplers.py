@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdtune.errors import SdtuneError
+from sdtune.words import counted, plural
 
 SCHEDULERS = ("dpm++", "ddim", "euler-a")
 # Names other tools print (AUTOMATIC1111 "Sampler:"), so a PNG's parameters read the same everywhere.
@@ -102,5 +103,6 @@ def check_steps(scheduler: Any, steps: int) -> None:
     probe.set_timesteps(steps)
     timesteps = np.asarray(probe.timesteps, dtype=np.float64)
     if len(timesteps) and (timesteps.max() >= limit or timesteps.min() < 0 or np.any(np.diff(timesteps) >= 0)):
-        raise SdtuneError(f"{steps} steps are too many for this sampler on a {limit}-timestep schedule (its "
+        raise SdtuneError(f"{counted(steps, 'step')} {plural(steps, 'is')} too many for this sampler on a "
+                          f"{limit}-timestep schedule (its "
                           "timesteps repeat); use fewer steps (20-50 is typical)")

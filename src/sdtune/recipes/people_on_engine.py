@@ -13,13 +13,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdtune.config import RunConfig, save_config
 from sdtune.models.lora import LORA_WEIGHTS
 from sdtune.recipes.runs import ConceptRun, run_state, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome
 from sdtune.run_folder import read_json, read_metrics
+from sdtune.words import counted
+
+if TYPE_CHECKING:
+    from sdtune.engine.ray_engine import Engine
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 600.0  # each person finishes its step and saves a checkpoint
@@ -120,7 +124,7 @@ def final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: Concep
     else:
         outcome.note = one_line(status.error or f"training exited with status {status.returncode}")
         if status.attempts > 1:
-            outcome.note = f"after {status.attempts} attempts: {outcome.note}"
+            outcome.note = f"after {counted(status.attempts, 'attempt')}: {outcome.note}"
     outcome.save(run_dir)
     return outcome
 
@@ -128,9 +132,10 @@ def final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: Concep
 def run_people(ready: dict[str, tuple[Subject, RunConfig]], concept: ConceptRun, out_dir: Path, scale: Scale,
                echo: Callable[[str], None], live: bool | None, judge: Judge | None = None,
                finished: dict[str, tuple[Subject, RunConfig, SubjectOutcome]] | None = None,
-               ) -> dict[str, SubjectOutcome]:
+               engine: Engine | None = None) -> dict[str, SubjectOutcome]:
     """Train ``ready`` people on the engine (and judge them, and the ``finished`` ones not judged yet, with
-    ``judge``); follow them until each is final. Returns the outcomes of the people it ran or judged."""
+    ``judge``); follow them until each is final, then shut the engine down. Returns the outcomes of the people it
+    ran or judged. ``engine``: one started already (personalize starts it while it prepares), else a new one."""
     from sdtune.engine import Engine, Unit
     from sdtune.recipes.personalize_view import Board
     from sdtune.stopping import STOP
@@ -141,14 +146,15 @@ def run_people(ready: dict[str, tuple[Subject, RunConfig]], concept: ConceptRun,
     run_dirs = {name: Path(cfg.output_dir) for name, (_, cfg) in ready.items()}
     run_dirs.update({name: Path(cfg.output_dir) for name, (_, cfg, _) in finished.items()})
     started = time.time()
-    engine = Engine(scale.address, num_gpus=scale.num_gpus, num_cpus=scale.num_cpus)
+    if engine is None:
+        engine = Engine(scale.address, num_gpus=scale.num_gpus, num_cpus=scale.num_cpus)
+        echo(f"Ray: started in {time.time() - started:.1f} s")
     outcomes: dict[str, SubjectOutcome] = {}
     grace = STOP_GRACE_SECONDS
     try:
         resources = engine.resources
         echo(f"Ray: {resources.get('GPU', 0):g} GPU, {resources.get('CPU', 0):g} CPU "
-             f"({'cluster ' + str(engine.address) if engine.address else 'local'}; started in "
-             f"{time.time() - started:.1f} s)")
+             f"({'cluster ' + str(engine.address) if engine.address else 'local'})")
         train: dict[str, str] = {}
         judging: dict[str, str] = {}
         owner: dict[str, str] = {}

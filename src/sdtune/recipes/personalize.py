@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config
 from sdtune.errors import ConfigError, DataError, SdtuneError
@@ -30,6 +31,10 @@ from sdtune.recipes.people_on_engine import Judge, Scale, one_line, read_pick, r
 from sdtune.recipes.runs import ConceptRun, concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, write_summary
 from sdtune.run_folder import read_metrics, read_run_config
+from sdtune.words import counted
+
+if TYPE_CHECKING:
+    from sdtune.engine.starting import EngineStart
 
 DEFAULT_INSTANCE_PROMPT = "a photo of {token} {class}"
 DEFAULT_CLASS_PROMPT = "a photo of a {class}"
@@ -164,18 +169,34 @@ def fuse_concept(concept: Path, out_dir: Path, echo: Callable[[str], None] = pri
         from sdtune.training.outputs import save_fused_model
 
         echo(f"fusing the concept LoRA into its base: {model}")
-        save_fused_model(concept, load_config(concept / "config.yaml"), model)
+        try:
+            save_fused_model(concept, load_config(concept / "config.yaml"), model)
+        except (OSError, ValueError) as exc:  # a damaged or truncated LoRA file, a full disk: one line, no traceback
+            raise SdtuneError(f"cannot fuse the concept's LoRA {concept / 'lora' / LORA_WEIGHTS} into {model}: "
+                              f"{one_line(exc)}; restore or retrain the concept run, or free space there") from None
     return concept_run(concept, model)  # a clear error now if it still has no model
 
 
-def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path) -> None:
+def tokenizer_of(concept: Path, out_dir: Path) -> tuple[str, str | None]:
+    """``(model, revision)`` whose tokenizer the people train with, known before the concept is fused: its full
+    model when there is one already, else the concept's base (fusing a LoRA leaves the base's tokenizer as it is:
+    :func:`~sdtune.training.outputs.save_fused_model` loads the base and changes only weights)."""
+    model = concept_model_dir(concept, out_dir)
+    if (model / "model_index.json").is_file():
+        return str(model), None
+    section = read_run_config(concept).get("model") or {}
+    return str(section.get("base") or "tiny"), section.get("revision")
+
+
+def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path | str,
+                 revision: str | None = None) -> None:
     """Refuse tokens the concept's tokenizer splits into several pieces: the person would be learned as a mix of
     common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. One line each. A
     pivotal template (``train.textual_inversion``) adds each person's token as a new one: not checked here."""
     from sdtune.data.captions import load_tokenizer
 
     try:
-        tokenizer = load_tokenizer(str(model))
+        tokenizer = load_tokenizer(str(model), revision)
     except (SdtuneError, OSError, ValueError):
         return  # no tokenizer files to read: training reports the model itself
     problems = []
@@ -185,7 +206,8 @@ def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path)
         pieces = tokenizer.tokenize(subject.token)
         if len(pieces) > 1:
             shown = ", ".join(p.replace("</w>", "") for p in pieces)
-            problems.append(f"{subject.name}: token '{subject.token}' splits into {len(pieces)} pieces ({shown}) in "
+            problems.append(f"{subject.name}: token '{subject.token}' splits into "
+                            f"{counted(len(pieces), 'piece')} ({shown}) in "
                             "the concept's tokenizer; choose a rare single-piece token (e.g. sks, ohwx)")
     if problems:
         raise ConfigError("\n".join(problems))
@@ -207,7 +229,7 @@ def prepare_class_images(configs: list[RunConfig], echo: Callable[[str], None] =
     for folder, (cfg, prompts, count) in wanted.items():
         made = generate_for_run(cfg, device, [(folder, prompts, count)])
         if made:
-            label = prompts if isinstance(prompts, str) else f"{len(prompts)} prompts of the concept"
+            label = prompts if isinstance(prompts, str) else f"{counted(len(prompts), 'prompt')} of the concept"
             echo(f"class images: {made} new in {folder} ({label})")
 
 
@@ -223,9 +245,9 @@ def _check_out_folder(out_dir: Path, subjects: list[Subject], configs: list[RunC
         check_run_output(cfg)
 
 
-def _before_training(subject: Subject, cfg: RunConfig, concept: ConceptRun) -> SubjectOutcome | None:
+def _before_training(subject: Subject, cfg: RunConfig) -> SubjectOutcome | None:
     """A person that needs no training (finished earlier) or cannot train (another config, bad photos): its
-    outcome, saved; None when it should train."""
+    outcome, saved; None when it should train. Needs no concept model: it runs before the engine starts."""
     from sdtune.data.check_before_train import check_training_data
 
     run_dir = Path(cfg.output_dir)
@@ -244,7 +266,6 @@ def _before_training(subject: Subject, cfg: RunConfig, concept: ConceptRun) -> S
                                  previous.seconds if previous.status == "finished" else metrics.get("seconds"),
                                  str(run_dir / "lora" / LORA_WEIGHTS), previous.attempts, previous.node,
                                  previous.device, "finished earlier: skipped", previous.extra)
-        write_stack_profile(run_dir, concept, own_name=subject.name)
         outcome.save(run_dir)
         return outcome
     try:
@@ -255,6 +276,14 @@ def _before_training(subject: Subject, cfg: RunConfig, concept: ConceptRun) -> S
         outcome.save(run_dir)
         return outcome
     return None
+
+
+def _start_engine(scale: Scale, echo: Callable[[str], None]) -> EngineStart:
+    from sdtune.engine.starting import EngineStart
+
+    address = scale.address or os.environ.get("RAY_ADDRESS")
+    echo(f"Ray: starting {'on the cluster ' + address if address else 'on this machine'}, in the background")
+    return EngineStart(scale.address, num_gpus=scale.num_gpus, num_cpus=scale.num_cpus)
 
 
 def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: Path | None = None,
@@ -292,20 +321,18 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
         from sdtune.engine.ray_engine import check_address
 
         check_address(scale.address or os.environ["RAY_ADDRESS"])  # before the concept is fused
-    info = fuse_concept(concept, out_dir, echo)
-    check_tokens(subjects, configs, info.model_dir)
+    check_tokens(subjects, configs, *tokenizer_of(concept, out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     ready = {}
     outcomes: dict[str, SubjectOutcome] = {}
     for subject, cfg in zip(subjects, configs, strict=True):
-        done = _before_training(subject, cfg, info)
+        done = _before_training(subject, cfg)
         if done is None:
             ready[subject.name] = (subject, cfg)
         else:
             outcomes[subject.name] = done
             if done.status == "failed":
                 echo(f"{subject.name}: not trained: {done.note}")
-    result = PersonalizeResult(out_dir)
     unjudged = {}
     if judge is not None:  # finished earlier, never judged (a judged one keeps its numbers: RUN/picked/pick.json)
         for subject, cfg in zip(subjects, configs, strict=True):
@@ -314,10 +341,28 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
                 outcome.extra.update(read_pick(Path(cfg.output_dir)))
                 if "picked_step" not in outcome.extra:
                     unjudged[subject.name] = (subject, cfg, outcome)
-    if (ready or unjudged) and not STOP.requested:
-        if ready:
+    # Every check that can refuse the input has passed: the engine starts now, in the background, and boots
+    # while the concept model and the class images are prepared (engine.starting); nothing to run, no engine.
+    start = _start_engine(scale, echo) if (ready or unjudged) and not STOP.requested else None
+    result = PersonalizeResult(out_dir)
+    try:
+        info = fuse_concept(concept, out_dir, echo)
+        for subject, cfg in zip(subjects, configs, strict=True):  # finished earlier: its stack on this concept
+            if subject.name in outcomes and outcomes[subject.name].status == "finished":
+                write_stack_profile(Path(cfg.output_dir), info, own_name=subject.name)
+        if ready and not STOP.requested:
             prepare_class_images([cfg for _, cfg in ready.values()], echo)
-        outcomes.update(run_people(ready, info, out_dir, scale, echo, live, judge, unjudged))
+        if start is not None and not STOP.requested:
+            prepared = time.time()
+            engine = start.engine()
+            assert start.up is not None
+            hidden = min(start.up, prepared) - start.requested
+            echo(f"Ray: up in {start.up - start.requested:.1f} s, {hidden:.1f} s of it while preparing")
+            if not STOP.requested:
+                outcomes.update(run_people(ready, info, out_dir, scale, echo, live, judge, unjudged, engine))
+    finally:
+        if start is not None:
+            start.close()  # Ray ends whatever happened (a failed preparation, Ctrl-C, SIGTERM)
     for name, (_, cfg) in ready.items():
         if name not in outcomes:  # stopped before its task was submitted
             outcomes[name] = SubjectOutcome(name, "pending", note="not started: stopped")

@@ -24,10 +24,11 @@ from typing import Any
 
 from sdtune.atomic import atomic_write_json
 from sdtune.config import RunConfig
-from sdtune.errors import ConfigError, DataError, SdtuneError
+from sdtune.errors import ConfigError, DataError, ModelLoadError, SdtuneError
 from sdtune.recipes.runs import concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.schema import Recipe, Stage, stage_configs
 from sdtune.run_folder import read_json, read_metrics
+from sdtune.words import counted
 
 MANIFEST = "manifest.json"
 
@@ -127,7 +128,7 @@ def _check_unchanged(name: str, cfg: RunConfig) -> None:
         raise ConfigError(f"stage '{name}' in {run_dir} was trained with another config (changed: {shown}). These "
                           f"changes apply to its checkpoint: `sdtune train {shlex.quote(str(run_dir))} {sets} "
                           "--resume latest` continues it with them, then run the recipe again (stages after it are "
-                          f"not redone: delete their folders to redo them). Or restore the recipe, or delete "
+                          "not redone: delete their folders to redo them). Or restore the recipe, or delete "
                           f"{run_dir} to train that stage from the start")
     raise ConfigError(f"stage '{name}' in {run_dir} was run with another config (changed: {shown}). Restore the "
                       f"recipe, use another output_dir, or delete {run_dir} to train that stage again")
@@ -158,7 +159,14 @@ def check_recipe_folder(output_dir: Path, plans: list[tuple[Stage, RunConfig]], 
 def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:
     """Before any training: every stage's state, config drift and training data (seconds, not hours, to fail)."""
     from sdtune.data.check_before_train import check_training_data
+    from sdtune.models.sources import check_model_sources
     from sdtune.output_folders import check_run_output
+
+    folders = [Path(cfg.output_dir).resolve() for _, cfg in plans]
+
+    def made_later(value: str) -> bool:  # a model an earlier stage writes (stage:NAME): there once that stage ran
+        path = Path(value).expanduser().resolve()
+        return any(path == folder or folder in path.parents for folder in folders)
 
     states = {}
     for stage, cfg in plans:
@@ -173,6 +181,10 @@ def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:
             except DataError as exc:  # its keys are the stage's: name the stage (its overrides are STAGE.data...)
                 where = f"stage '{stage.name}' (override its keys as {stage.name}.data.KEY=...)"
                 raise DataError(f"{where}: {exc}") from None
+            try:  # model.base / model.vae / model.adapters: a typo in the last stage fails now, not after the first
+                check_model_sources(cfg, made_later)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"stage '{stage.name}' (override as {stage.name}.model.KEY=...): {exc}") from None
     return states
 
 
@@ -220,7 +232,8 @@ def run_stage(stage: Stage, cfg: RunConfig, state: str, manifest: Manifest,
     run_dir = Path(cfg.output_dir)
     if state == "finished":
         metrics = read_metrics(run_dir) or {}
-        echo(f"  already finished ({metrics.get('steps')} steps): skipped")
+        steps = metrics.get("steps")
+        echo(f"  already finished ({'?' if steps is None else counted(steps, 'step')}): skipped")
         manifest.update(stage.name, "skipped: already finished", status="finished", run_dir=str(run_dir),
                         metrics=metrics, outputs=metrics.get("outputs", {}))
         return StageResult(stage.name, "skipped", run_dir, metrics.get("steps"), metrics.get("final_loss"),

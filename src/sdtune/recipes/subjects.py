@@ -24,6 +24,7 @@ from typing import Any
 from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.errors import ConfigError
 from sdtune.run_folder import read_json
+from sdtune.words import counted
 
 SUBJECT_FILE = "subject.json"
 COLUMNS = {"name": ("name", "subject"), "photos": ("photos", "folder", "instance_dir", "images"),
@@ -150,7 +151,7 @@ def summary_markdown(outcomes: list[SubjectOutcome]) -> str:
         cells = [row[f].replace("|", "\\|").replace("\n", " ") for f in fields]
         lines.append("| " + " | ".join(cells) + " |")
     done = sum(o.status == "finished" for o in outcomes)
-    lines += ["", f"{done} of {len(outcomes)} subjects finished."]
+    lines += ["", f"{done} of {counted(len(outcomes), 'subject')} finished."]
     return "\n".join(lines) + "\n"
 
 

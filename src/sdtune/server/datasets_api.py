@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from sdtune.atomic import atomic_write_text
 from sdtune.errors import DataError, SdtuneError
 from sdtune.jobs.workspace import check_name, inside, relative_name
+from sdtune.words import counted
 
 router = APIRouter()
 MAX_UPLOAD = 200 * 2**20  # bytes per request (all files together)
@@ -197,7 +198,7 @@ def _unzip(staging: Path, upload, limit_file: int, limit_total: int) -> list[Pat
             if problem:
                 raise DataError(f"{problem}: the zip is refused, nothing was stored")
         if len(infos) > MAX_MEMBERS:
-            raise DataError(f"the zip holds {len(infos)} files (at most {MAX_MEMBERS}): refused")
+            raise DataError(f"the zip holds {counted(len(infos), 'file')} (at most {MAX_MEMBERS}): refused")
         if sum(i.file_size for i in infos) > limit_total:
             raise DataError(f"the zip unpacks to more than {limit_total // 2**20} MB: refused")
         saved = []

@@ -24,21 +24,38 @@ from sdtune.run_folder import (
     LYCORIS_NAME,
     read_json,
     read_metrics,
+    read_run_config,
 )
 
 router = APIRouter()
 
 
+def _adapter_label(run: Path) -> str:
+    """The name of the adapter the run trained ("LoRA", "DoRA", "LoHa", "LoKr"): a LoHa's files are not a LoRA's."""
+    from sdtune.models.lora_variants import KINDS
+
+    try:
+        lora = (read_run_config(run).get("train") or {}).get("lora") or {}
+    except Exception:  # noqa: BLE001 - a label only: an unreadable config says LoRA, as before
+        lora = {}
+    kind = KINDS.get(str(lora.get("kind", "lora")) if isinstance(lora, dict) else "lora")
+    return kind.label if kind is not None else "LoRA"
+
+
 def _downloads(ws: Path, run: Path) -> list[dict[str, str]]:
     found = []
+    label = _adapter_label(run)
     lora = run / LORA_DIR / LORA_WEIGHTS_NAME
     if lora.is_file():
-        found.append({"label": "LoRA (diffusers)", "path": relative_name(ws, lora)})
+        found.append({"label": f"{label} (diffusers)", "path": relative_name(ws, lora)})
     lycoris = run / LORA_DIR / LYCORIS_NAME  # DoRA / LoHa / LoKr runs: the kohya/LyCORIS file
     if lycoris.is_file():
-        found.append({"label": "LyCORIS (AUTOMATIC1111 / ComfyUI)", "path": relative_name(ws, lycoris)})
+        found.append({"label": f"{label}, kohya/LyCORIS layout (AUTOMATIC1111 / ComfyUI)",
+                      "path": relative_name(ws, lycoris)})
+    layout = "kohya" if label == "LoRA" else "kohya/LyCORIS"
     for path in sorted((run / EXPORT_DIR).glob("*.safetensors")) if (run / EXPORT_DIR).is_dir() else []:
-        found.append({"label": f"LoRA (kohya / AUTOMATIC1111 / ComfyUI): {path.name}", "path": relative_name(ws, path)})
+        found.append({"label": f"{label} ({layout} / AUTOMATIC1111 / ComfyUI): {path.name}",
+                      "path": relative_name(ws, path)})
     for path in sorted((run / EMBEDDINGS_DIR).glob("*.safetensors")) if (run / EMBEDDINGS_DIR).is_dir() else []:
         found.append({"label": f"embedding {path.stem}", "path": relative_name(ws, path)})
     if (run / CARD_FILE).is_file():

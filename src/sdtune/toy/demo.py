@@ -17,7 +17,6 @@ Each stage is an ordinary run folder that ``sdtune generate`` and ``sdtune eval`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ from typing import Any
 
 from sdtune import typed_yaml
 from sdtune.toy import world
-from sdtune.toy.evaluate import default_judge, default_suite, evaluate, load_toy_pipeline, summary
+from sdtune.toy.demo_eval import benchmark_rows, demo_suite, eval_seeds
+from sdtune.toy.evaluate import default_judge, evaluate, load_toy_pipeline, summary
 from sdtune.toy.finetune import FINE_LEVELS, LORA_RANK, concept_config, dreambooth_config, level_targets
 from sdtune.toy.report import write_report
 from sdtune.toy.world import PERSONS, Person
 
-BENCHMARK_FILE = "two_stage_benchmark.json"  # in the toy model's folder, written by benchmarks/two_stage.py
 # The cross-attention key and value projections: the only layers that read the prompt (Kumari et al., "Multi-Concept
 # Customization of Text-to-Image Diffusion", 2023, fine-tune only these to learn a subject that composes).
 CROSS_ATTENTION_KV = ("attn2.to_k", "attn2.to_v")
@@ -70,6 +69,12 @@ class DemoSettings:
     concept_lora: bool = True
     concept_lr: float = 1e-3
     concept_rank: int = LORA_RANK
+    concept_caption_dropout: float = 0.1  # share of concept captions dropped to "" (data.caption_dropout)
+    concept_targets: str = "all"  # the concept LoRA's layers: "all" (finetune.LORA_TARGETS) or "kv" (Custom Diffusion)
+    # Output preservation in stage 1 (train.preservation): keep the base's prediction on this many of the world's
+    # other prompts (evaluate.generic_prompts, none of them an evaluated one) at this weight; 0: off
+    concept_preservation: float = 0.0
+    concept_preservation_prompts: int = 12
     # The striped person is learned in a few hundred steps (a checkered star needed 1000 and reached 0.31): 250 at
     # lr 2e-3 drew it in 0.83 of images at guidance 2 (seed 0, measured 29 Nov 2026) and keep the demo in minutes.
     person_steps: int = 400  # (a LoRA person: 250)
@@ -109,10 +114,12 @@ class DemoSettings:
     preservation: float = 0.0
     preservation_concept: bool = True  # (b) its prompts: the class prompt and the concept's own prompts
     preservation_generic: int = 0  # (b) also this many other world prompts (evaluate.generic_prompts)
-    seed: int = 0  # training seed of both stages
+    seed: int = 0  # training seed of both stages: one of the benchmark's training seeds, so its run is one of them
     checkpoint_every: int = 100  # person checkpoints, all kept: `sdtune pick` chooses among them
-    seeds: int = 4
-    person_seeds: int = 16  # one person prompt and one class prompt: more images than per old prompt
+    # The evaluation, the benchmark's too (sdtune.toy.demo_eval): per old-world and concept prompt `seeds` images
+    # (seeds 100...), per person, class and composite prompt `person_seeds` (200...): single prompts, more images
+    seeds: int = 6
+    person_seeds: int = 24
     old_prompts: int = 12
     eval_steps: int = 20
 
@@ -132,8 +139,19 @@ def person_of(settings: DemoSettings) -> Person:
 
 def concept_stage(settings: DemoSettings, data: Path, out: Path) -> dict[str, Any]:
     """Stage 1's run config: a text-to-image LoRA (or full fine-tune) on the captioned concept images."""
-    return concept_config("toy", data / "concept", out, steps=settings.concept_steps, lr=settings.concept_lr,
-                          lora_rank=settings.concept_rank if settings.concept_lora else None, seed=settings.seed)
+    cfg = concept_config("toy", data / "concept", out, steps=settings.concept_steps, lr=settings.concept_lr,
+                         lora_rank=settings.concept_rank if settings.concept_lora else None, seed=settings.seed,
+                         caption_dropout=settings.concept_caption_dropout)
+    if settings.concept_targets == "kv" and settings.concept_lora:  # only what reads the prompt learns the word
+        cfg["train"]["lora"]["targets"] = list(CROSS_ATTENTION_KV)
+    elif settings.concept_targets != "all":
+        raise ValueError(f"concept_targets {settings.concept_targets!r}: all or kv")
+    if settings.concept_preservation:
+        from sdtune.toy.evaluate import generic_prompts
+
+        cfg["train"]["preservation"] = {"weight": settings.concept_preservation,
+                                        "prompts": generic_prompts(settings.concept_preservation_prompts)}
+    return cfg
 
 
 def person_method_label(settings: DemoSettings) -> str:
@@ -263,25 +281,6 @@ def clip_scores(results: dict[str, Any], clip_dir: Path) -> None:
         res["old"]["clip_score"] = sum(values) / len(values)
 
 
-def benchmark_rows(settings: DemoSettings) -> dict[str, Any] | None:
-    """The benchmark's mean +- std over training seeds for the demo's settings (shipped with the toy model)."""
-    from sdtune.models.presets import toy_path
-
-    path = toy_path() / BENCHMARK_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    variant = data.get("demo")
-    rows = data.get("rows") or {}
-    n = len(data.get("seeds") or [])
-    out = {}
-    if "stage 1: concept" in rows:
-        out[f"stage 1: benchmark, {n} seeds"] = rows["stage 1: concept"]
-    if variant in rows:
-        out[f"stage 2: benchmark, {n} seeds"] = rows[variant]
-    return {"variant": variant, "seeds": data.get("seeds"), "rows": out, "ceiling": data.get("ceiling")}
-
-
 def person_mask_dir(photos: Path) -> Path:
     """Where the masks of the person's photos are (``settings.person_masks``): beside the photo folder."""
     return photos.with_name(f"{photos.name}-masks")
@@ -351,9 +350,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     lap(f"two-stage recipe (concept LoRA, then person {person_method_label(settings)})")
 
     judge = default_judge()
-    suite = default_suite(old=settings.old_prompts, person=person_of(settings))
-    seeds = list(range(settings.seeds))
-    many = list(range(settings.person_seeds))
+    suite = demo_suite(settings)
+    seeds, group_seeds = eval_seeds(settings)  # the benchmark's: its row of settings.seed is this run
     models = {"base": "toy", "stage 1: concept": str(concept_dir)}
     steps = {}
     for checkpoint in expand_checkpoints(person_dir, out / "report")[:-1]:  # the last one is the final result
@@ -361,7 +359,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
         steps[f"stage 2 @ step {checkpoint.step}"] = checkpoint.step
     models["stage 2: person"] = str(person_dir)
     results = {name: evaluate(load_toy_pipeline(ref), judge, suite, seeds, steps=settings.eval_steps,
-                              group_seeds={"person": many, "cls": many, "composite": many})
+                              group_seeds=group_seeds)
                for name, ref in models.items()}
     clip_scores(results, toy_path() / "clip")
     lap("evaluation")
@@ -375,6 +373,12 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     notes = ["toy-CLIP score of the person prompt: not shown, it misleads - the toy CLIP knows 'sks' as a "
              "green-and-pink striped heart, so the score falls as the person is learned (73 for the base, 4-9 "
              "after the person stage, measured)"]
+    if benchmark and not benchmark["matches"]:
+        notes.append("the benchmark's rows are for `sdtune demo` as shipped: this run's settings, evaluation or "
+                     "training seed differ (--quick, --seeds), so they are no spread of this run")
+    elif benchmark and benchmark["matches"]:
+        notes.append(f"this run is the benchmark's run of training seed {settings.seed} (the same settings, "
+                     "evaluation seeds and prompts): its 'benchmark seed' rows are what it measured for that run")
     if benchmark and benchmark.get("ceiling"):
         c = benchmark["ceiling"]
         notes.append(f"ceiling: the judge reads the person in {c['person_judge']:.2f} (pixel check "

@@ -18,6 +18,7 @@ from PIL import Image
 
 from sdtune.toy.judge import Judge, Verdict, judge_images, load_judge
 from sdtune.toy.world import BACKGROUNDS, COLOURS, CONCEPT, PERSON, SHAPES, Person
+from sdtune.words import counted
 
 STEPS = 20
 GUIDANCE = 4.0
@@ -74,7 +75,7 @@ def generic_prompts(count: int) -> list[str]:
              for i in range(len(colours) * len(SHAPES))]
     kept = list(dict.fromkeys(p for p in pairs if p not in evaluated))
     if count > len(kept):
-        raise ValueError(f"at most {len(kept)} generic prompts (the others are evaluated)")
+        raise ValueError(f"at most {counted(len(kept), 'generic prompt')} (the others are evaluated)")
     return [f"a photo of a {c} {s}" for c, s in kept[:count]]
 
 

@@ -56,10 +56,11 @@ def _common(base: str, out: Path, steps: int, lr: float, lora_rank: int | None, 
 
 def concept_config(base: str, train_dir: Path, out: Path, *, steps: int = 300, lr: float | None = None,
                    lora_rank: int | None = LORA_RANK, seed: int = 0, batch_size: int = 8,
-                   full_model: bool = False) -> dict[str, Any]:
+                   full_model: bool = False, caption_dropout: float = 0.1) -> dict[str, Any]:
     """Stage 1: text-to-image on captioned images of the held-out glyph ("a red arrow on ...")."""
     cfg = _common(base, out, steps, lr or (LORA_LR if lora_rank else FULL_LR), lora_rank, seed, batch_size)
-    cfg["data"] = {"train_dir": str(train_dir), "resolution": RESOLUTION, "caption_dropout": 0.1, "check": False}
+    cfg["data"] = {"train_dir": str(train_dir), "resolution": RESOLUTION, "caption_dropout": caption_dropout,
+                   "check": False}
     cfg["save"] = {"full_model": full_model}
     return cfg
 

@@ -26,6 +26,7 @@ from sdtune.atomic import atomic_write_json, atomic_write_text
 from sdtune.models.portable import save_pipeline
 from sdtune.toy import world
 from sdtune.toy.tokenizer import load_tokenizer, write_tokenizer
+from sdtune.words import counted
 
 
 @dataclass
@@ -255,17 +256,19 @@ def write_model_card(out: Path, report: dict) -> Path:
              f"- images: {world.RESOLUTION}x{world.RESOLUTION} px, latents 4x{world.RESOLUTION // 4}x"
              f"{world.RESOLUTION // 4}; UNet (32, 64, 128) with cross-attention at the two coarsest levels, "
              "conditioned on the frozen CLIP text tower (hidden 128)",
-             f"- UNet: {s['unet_steps']} steps x batch {s['unet_batch']} through `sdtune.training.loop.train` "
+             f"- UNet: {counted(s['unet_steps'], 'step')} x batch {s['unet_batch']} through "
+             "`sdtune.training.loop.train` "
              "(full fine-tuning of a random UNet, caption dropout 0.1, min-SNR-5, EMA 0.995), "
              f"final loss {report.get('unet_final_loss', float('nan')):.4f}",
-             f"- VAE: {s['vae_steps']} steps, held-out PSNR {report['vae_psnr_db']} dB (noisy backgrounds cannot "
+             f"- VAE: {counted(s['vae_steps'], 'step')}, held-out PSNR {report['vae_psnr_db']} dB (noisy "
+             "backgrounds cannot "
              "be reconstructed and dominate the error)",
-             f"- CLIP: {s['clip_steps']} steps, zero-shot on held-out solid renders: colour "
+             f"- CLIP: {counted(s['clip_steps'], 'step')}, zero-shot on held-out solid renders: colour "
              f"{report['clip_zero_shot']['colour']:.3f}, shape {report['clip_zero_shot']['shape']:.3f}; knows the "
              f"rare names (`sks`, ...): zero-shot {report['clip_zero_shot'].get('names', float('nan')):.2f}, 'sks' "
              "moves a prompt's text features "
              f"{report['clip_zero_shot'].get('sks_text_shift', float('nan')):.2f}x as far as a colour word does",
-             f"- judge: {s['judge_steps']} steps, held-out accuracy: " + ", ".join(
+             f"- judge: {counted(s['judge_steps'], 'step')}, held-out accuracy: " + ", ".join(
                  f"{k} {v:.3f}" for k, v in report["judge_accuracy"].items() if k != "images"),
              f"- wall time: {report['seconds'].get('total', float('nan')):.0f} s on a shared 2-core CPU; "
              f"size {report.get('size_mb', float('nan'))} MB (fp16 UNet and VAE)"]
@@ -273,7 +276,8 @@ def write_model_card(out: Path, report: dict) -> Path:
     if base:
         seeds = report["settings"].get("eval_seeds", 4)
         lines.append(f"- the model, judged on its images for all {len(world.COLOURS) * len(world.SHAPES)} world "
-                     f"prompts x {seeds} seeds: colour {base['colour']:.2f}, shape {base['shape']:.2f}, both "
+                     f"prompts x {counted(seeds, 'seed')}: colour {base['colour']:.2f}, shape "
+                     f"{base['shape']:.2f}, both "
                      f"{base['both']:.2f}; shape by prompted shape: " + ", ".join(
                          f"{k} {v:.2f}" for k, v in base["shape_by_prompt_shape"].items()))
     lines += ["", "The UNet's pretraining has the six base shapes solid and two-tone (checkered, striped), so it "

@@ -12,6 +12,7 @@ from typing import Any
 
 from sdtune.evaluation.plot import line_chart_svg
 from sdtune.toy.evaluate import save_grid
+from sdtune.words import counted
 
 # (key, label, what it measures) of the table; fractions of generated images unless said
 COLUMNS: list[tuple[str, str, str]] = [
@@ -118,7 +119,8 @@ def write_report(folder: Path, results: dict[str, Any], table: dict[str, dict[st
             continue
         first = next(r for r in results.values() if group in r)[group]
         seeds, columns = len(first["seeds"]), _columns(first)
-        layout = f"Columns: {seeds} seeds." if columns == seeds else f"{seeds} seeds, {columns} to a row."
+        shown = counted(seeds, "seed")
+        layout = f"Columns: {shown}." if columns == seeds else f"{shown}, {columns} to a row."
         parts.append(f"<h2>{e(title)}</h2><p class='note'>rows: {e('; '.join(first['prompts']))}. {layout}</p>"
                      f"<div class='grids'>{figures}</div>")
     timing = "".join(f"<tr><td>{e(step)}</td><td>{secs:.0f} s</td></tr>" for step, secs in seconds.items())

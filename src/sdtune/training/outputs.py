@@ -19,6 +19,7 @@ from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
 from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name
+from sdtune.words import counted, plural
 
 
 def base_pipeline(cfg: RunConfig):
@@ -127,7 +128,8 @@ def save_fused_model(run_dir: Path, cfg: RunConfig, out: Path | None = None) -> 
 
         left = merge_comfyui(pipe.unet, family_of_pipeline(pipe).text_of(pipe)[1], run_dir / "lora" / LYCORIS_FILE)
         if left:
-            raise SdtuneError(f"{run_dir / 'lora' / LYCORIS_FILE}: {len(left)} keys fit no layer (first: {left[0]})")
+            raise SdtuneError(f"{run_dir / 'lora' / LYCORIS_FILE}: {counted(len(left), 'key')} "
+                              f"{plural(len(left), 'fits', 'fit')} no layer (first: {left[0]})")
         return write_folder(out, lambda tmp: save_pipeline(pipe, tmp))
     pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
@@ -143,7 +145,7 @@ def _images_row(metrics: dict) -> str:
     """Distinct images, not examples: 4 photos repeated 25 times are 4 training images."""
     images, examples = metrics.get("images"), metrics.get("examples")
     if images and examples and examples != images:
-        return f"{images} ({examples} examples per epoch with repeats)"
+        return f"{images} ({counted(examples, 'example')} per epoch with repeats)"
     return str(images if images is not None else examples)
 
 
@@ -198,9 +200,9 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
             lines.append(f"pipe = {cls}.from_pretrained({base!r}{extra})")
         if cfg.model.vae:  # the VAE the run trained with, in place of the base's
             lines[0] = f"from diffusers import AutoencoderKL, {cls}"
-            vae = cfg.model.vae
-            load = "from_single_file" if Path(vae).is_file() else "from_pretrained"
-            lines.append(f"pipe.vae = AutoencoderKL.{load}({vae!r})")
+            if is_preset(cfg.model.vae) and not is_preset(base):
+                lines.insert(1, "from sdtune.models.presets import preset_path")
+            lines.append(f"pipe.vae = {_vae_call(cfg.model.vae, base)}")
         if cfg.train.lora is not None and not kind_of(cfg.train.lora).diffusers:
             # LoHa / LoKr: diffusers has no loader for them; merged as ComfyUI (and `sdtune generate`) merge the file
             from sdtune.models.lycoris import LYCORIS_FILE
@@ -220,6 +222,31 @@ def usage_snippet(run_dir: Path, cfg: RunConfig, prompt: str, pipeline_class: st
     return lines + [f"image = pipe({prompt!r}).images[0]", 'image.save("sample.png")']
 
 
+def _tools_row(run_dir: Path, plain_lora: bool) -> str:
+    """Where the run's adapter is for AUTOMATIC1111 and ComfyUI: a LoRA is exported to kohya's layout on demand; a
+    DoRA / LoHa / LoKr run wrote its kohya/LyCORIS file (``RUN/lora/lycoris.safetensors``) while finishing."""
+    if plain_lora:
+        return f"`sdtune export {shlex.quote(str(run_dir))} --format kohya` writes the file they load"
+    return ("copy `lora/lycoris.safetensors` (kohya/LyCORIS layout) to their LoRA folder (AUTOMATIC1111 `models/Lora`, "
+            "ComfyUI `models/loras`)")
+
+
+def _vae_call(vae: str, base: str) -> str:
+    """``AutoencoderKL`` loading ``model.vae`` as training did (``sdtune.models.loading.load_vae``)."""
+    from sdtune.models.presets import is_preset
+
+    def ref(name: str) -> str:  # a str: from_single_file's config= refuses a Path
+        return f"str(preset_path({name!r}))" if is_preset(name) else repr(name)
+
+    if Path(vae).is_file():
+        if Path(base).is_file():
+            return f"AutoencoderKL.from_single_file({vae!r})"
+        return f"AutoencoderKL.from_single_file({vae!r}, config={ref(base)}, subfolder='vae')"  # the base's config
+    if is_preset(vae) or (Path(vae) / "vae" / "config.json").is_file():
+        return f"AutoencoderKL.from_pretrained({ref(vae)}, subfolder='vae')"
+    return f"AutoencoderKL.from_pretrained({vae!r})"
+
+
 def _embedding_lines(run_dir: Path, token: str, pipeline_class: str) -> list[str]:
     """Loading the run's token: one call on SD; on SDXL one per text encoder (the diffusers documentation's way)."""
     file = str(run_dir / EMBEDDINGS_DIR / embedding_file_name(token))
@@ -235,12 +262,20 @@ def _embedding_lines(run_dir: Path, token: str, pipeline_class: str) -> list[str
 def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_class: str = "StableDiffusionPipeline"
                      ) -> None:
     """RUN/README.md from the config and ``metrics`` (images / examples / class_images counts, steps, loss)."""
+    from sdtune.models.lora_variants import kind_of
+
     data = cfg.data
     prompt = example_prompt(cfg)
+    adapter = kind_of(cfg.train.lora) if cfg.train.lora is not None else None
+    what = ""
+    if adapter is not None and adapter.name != "lora":
+        what = f" The adapter is a {adapter.label} ({adapter.about})" + (
+            "." if adapter.diffusers else "; diffusers' `load_lora_weights` cannot load it: see *Use it*.")
     lines = [
         f"# {run_dir.name}",
         "",
-        f"Trained with [sdtune](https://pypi.org/project/sdtune/): **{cfg.method}** on base model `{cfg.model.base}`.",
+        f"Trained with [sdtune](https://pypi.org/project/sdtune/): **{cfg.method}** on base model "
+        f"`{cfg.model.base}`.{what}",
         "",
         "| | |",
         "|---|---|",
@@ -254,8 +289,11 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
     ]
     if metrics.get("prediction_type"):
         lines.append(f"| prediction type | {metrics['prediction_type']} |")
-    if cfg.train.lora is not None:
-        lines.append(f"| LoRA rank / alpha | {cfg.train.lora.rank} / {cfg.train.lora.alpha or cfg.train.lora.rank} |")
+    if cfg.train.lora is not None and adapter is not None:
+        lines.append(f"| adapter | {adapter.title} |")
+        lines.append(f"| {adapter.label} rank / alpha | {cfg.train.lora.rank} / "
+                     f"{cfg.train.lora.alpha or cfg.train.lora.rank} |")
+        lines.append(f"| AUTOMATIC1111 / ComfyUI | {_tools_row(run_dir, adapter.name == 'lora')} |")
     if (learned := cfg.train.textual_inversion) is not None:
         word = Path(embedding_file_name(learned.token)).stem  # what AUTOMATIC1111 and ComfyUI call it: the file's stem
         lines.append(f"| learned token | `{learned.token}` (started from `{learned.initializer or learned.token}`) |")

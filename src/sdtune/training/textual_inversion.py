@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sdtune.config import RunConfig
 from sdtune.errors import DataError
+from sdtune.words import counted, plural
 
 
 def check_learned_token(cfg: RunConfig, stream, tokenizer) -> None:
@@ -31,8 +32,9 @@ def check_learned_token(cfg: RunConfig, stream, tokenizer) -> None:
                         "so its embedding would learn nothing: put the token into the captions or the instance "
                         "prompt")
     if lacking:
-        print(f"note: {len(lacking)} of {len(prompts)} training prompts lack the token {learned.token!r} (e.g. "
-              f"{lacking[0]!r}); they teach its embedding nothing")
+        print(f"note: {len(lacking)} of {counted(len(prompts), 'training prompt')} "
+              f"{plural(len(lacking), 'lacks', 'lack')} the token {learned.token!r} (e.g. "
+              f"{lacking[0]!r}); {plural(len(lacking), 'it teaches', 'they teach')} its embedding nothing")
 
 
 def example_prompt_with_token(cfg: RunConfig) -> str:

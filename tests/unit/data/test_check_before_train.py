@@ -54,7 +54,7 @@ def test_captions_equal_to_the_instance_prompt_are_not_called_ignored(tmp_path, 
     assert "not read" not in capsys.readouterr().out
     (tmp_path / "2.txt").write_text("sks person on a bike", encoding="utf-8")
     check_training_data(config_from_dict({"model": {"base": "toy"}, "data": data}))
-    assert "1 of 3 images have captions other than data.instance_prompt" in capsys.readouterr().out
+    assert "1 of 3 images has captions other than data.instance_prompt" in capsys.readouterr().out
 
 
 def test_the_full_report_names_the_folder_with_the_problem(tmp_path):

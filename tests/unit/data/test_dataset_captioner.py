@@ -50,7 +50,7 @@ def test_captioner_writes_a_caption_for_each_image_without_one(tmp_path, tiny, c
         assert text.startswith("sks person, a photo of ") and len(text) > len("sks person, a photo of ")
         assert made_of_words(text.removeprefix("sks person, "))
     assert report.auto_captioned == 4 and report.captions_kept == 1
-    assert "kept the own caption of 1 images" in report.to_text()
+    assert "kept the own caption of 1 image " in report.to_text()
     err = capsys.readouterr().err
     assert "captioning (image-to-text)" in err and "4/4" in err
 

@@ -134,9 +134,11 @@ def test_a_loha_run_offers_its_lycoris_file(tmp_path):
     client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
     run = _run(ws, "loha")
     (run / "lora" / "pytorch_lora_weights.safetensors").rename(run / "lora" / "lycoris.safetensors")
+    (run / "config.yaml").write_text(json.dumps({"model": {"base": "toy"}, "train": {"lora": {"kind": "loha"}}}))
     assert client.get("/api/runs").json()[0]["lora"] is True
     downloads = {d["label"]: d["path"] for d in client.get("/api/runs/loha").json()["downloads"]}
-    assert downloads["LyCORIS (AUTOMATIC1111 / ComfyUI)"] == "runs/loha/lora/lycoris.safetensors", downloads
+    assert downloads["LoHa, kohya/LyCORIS layout (AUTOMATIC1111 / ComfyUI)"] == "runs/loha/lora/lycoris.safetensors", \
+        downloads
     store = JobStore.in_workspace(ws)
     job = store.submit("train", ["train", "x.yaml"], name="loha", run_dir=run)
     assert "lora/lycoris.safetensors" in client.get(f"/api/jobs/{job.id}").json()["progress"]["outputs"]
@@ -164,3 +166,19 @@ def test_each_ended_state_offers_buttons_named_for_what_they_do(tmp_path):
     for state, job_id in labels.items():
         action = views[state][0]["action"]
         assert client.post(f"/api/jobs/{job_id}/{action}").json()["state"] == "queued", state
+
+
+def test_downloads_name_the_adapter_a_run_trained(tmp_path):
+    """A LoHa run's files were offered as "LyCORIS" and its export as "LoRA (kohya ...)": the page names the kind."""
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    run = _run(ws, "hada")
+    (run / "config.yaml").write_text(json.dumps({"model": {"base": "toy"}, "train": {"lora": {"kind": "loha"}}}))
+    (run / "lora" / "pytorch_lora_weights.safetensors").unlink()
+    (run / "lora" / "lycoris.safetensors").write_bytes(b"x")
+    (run / "export").mkdir()
+    (run / "export" / "hada.safetensors").write_bytes(b"x")
+    labels = [d["label"] for d in client.get("/api/runs/hada").json()["downloads"]]
+    assert labels[:2] == ["LoHa, kohya/LyCORIS layout (AUTOMATIC1111 / ComfyUI)",
+                          "LoHa (kohya/LyCORIS / AUTOMATIC1111 / ComfyUI): hada.safetensors"], labels
+    assert not any(label.startswith("LoRA") for label in labels)

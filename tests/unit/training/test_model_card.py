@@ -72,3 +72,68 @@ def test_a_full_model_in_the_run_is_what_the_card_loads(tmp_path: Path) -> None:
     (run / "model" / "model_index.json").write_text("{}")
     python, _, _ = _card(tmp_path, {"instance_dir": str(data), "instance_prompt": "x"}, {})
     assert f"from_pretrained({str(run / 'model')!r})" in python and "load_lora_weights" not in python
+
+
+@pytest.mark.parametrize("vae", ["file", "tiny-v", "model folder"])
+def test_card_loads_the_runs_vae_as_training_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vae: str) -> None:
+    """A single-file VAE takes the base's vae/config.json (diffusers would fetch one from the hub: offline, an
+    error); a built-in model or a model folder as model.vae is loaded from its vae/ (the card said
+    ``AutoencoderKL.from_pretrained('tiny-v')``, which no loader can read)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdtune.models.loading import load_components
+    from sdtune.models.presets import preset_path
+
+    base_vae = load_components("tiny").vae
+    if vae == "file":
+        vae = str(tmp_path / "vae.safetensors")
+        save_file({k: v.contiguous() for k, v in base_vae.state_dict().items()}, vae)
+    elif vae == "model folder":
+        vae = str(preset_path("tiny"))
+    data = make_images(tmp_path / "data", 2)
+    python, _, _ = _card(tmp_path, {"instance_dir": str(data), "instance_prompt": "x"}, {}, model={"base": "tiny",
+                                                                                                    "vae": vae})
+    python = python[:python.index("pipe.load_lora_weights(")]  # the base with the run's VAE (no LoRA saved here)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {"__name__": "card"}
+    exec(compile(python, "README.md", "exec"), scope)  # noqa: S102 - the card's own code
+    expected = load_components("tiny-v").vae if vae == "tiny-v" else base_vae
+    loaded = scope["pipe"].vae.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(expected.state_dict().values(), loaded, strict=True))
+
+
+@pytest.mark.parametrize("kind,label,loads", [
+    ("lora", "LoRA", "--format kohya"), ("dora", "DoRA", "lora/lycoris.safetensors"),
+    ("loha", "LoHa", "lora/lycoris.safetensors"), ("lokr", "LoKr", "lora/lycoris.safetensors"),
+])
+def test_card_names_the_adapter_kind_and_where_tools_load_it(tmp_path: Path, kind: str, label: str, loads: str) -> None:
+    """A LoHa run's card said "**dreambooth-lora**" and "LoRA rank / alpha": a LoHa is a LyCORIS adapter that
+    diffusers' load_lora_weights cannot load, and the card must say so (found by a new user)."""
+    data = make_images(tmp_path / "data", 2)
+    run = tmp_path / "my run"
+    cfg = resolve_config(config_from_dict(tiny_config(run, {"instance_dir": str(data), "instance_prompt": "x"},
+                                                      {"lora": {"rank": 2, "kind": kind}})))
+    run.mkdir(parents=True)
+    write_model_card(run, cfg, {"steps": 4})
+    text = (run / "README.md").read_text()
+    assert cfg.method == f"dreambooth-{kind}" and f"**dreambooth-{kind}**" in text
+    assert f"| method | dreambooth-{kind} |" in text
+    assert f"| {label} rank / alpha | 2 / 2 |" in text and f"| adapter | {label} (" in text
+    assert loads in text.split("| AUTOMATIC1111 / ComfyUI |")[1].splitlines()[0]
+    if kind in ("loha", "lokr"):
+        assert "LyCORIS" in text and "not a plain LoRA" in text and "LoRA rank" not in text
+        code = re.search(r"```python\n(.*?)```", text, re.S).group(1)  # type: ignore[union-attr]
+        assert "load_lora_weights" not in code and "merge_comfyui" in code  # how it loads: not as a LoRA
+        assert "`load_lora_weights` cannot load it" in text
+
+
+def test_method_names_the_adapter_kind_everywhere_it_is_read() -> None:
+    """cfg.method is what metrics.json, recipe manifests and the card say a run trained."""
+    def method(train: dict) -> str:
+        return config_from_dict({"data": {"instance_dir": "d", "instance_prompt": "a sks dog"}, "train": train}).method
+
+    assert method({"lora": {"kind": "lokr"}}) == "dreambooth-lokr"
+    assert method({"lora": {"kind": "lora"}, "textual_inversion": {"token": "sks"}}) == "dreambooth-pivotal"
+    assert method({"lora": {"kind": "dora"}, "textual_inversion": {"token": "sks"}}) == "dreambooth-pivotal-dora"
+    assert method({}) == "dreambooth-full"

@@ -33,6 +33,9 @@ async function api(path, options = {}) {
   return data;
 }
 
+// "1 image", "2 images": the page's counts, as sdtune.words.counted says them in the terminal.
+const counted = (n, word) => `${n} ${n === 1 ? word : word + "s"}`;
+
 function flash(text, bad = false) {
   const box = $("#flash");
   box.textContent = text;
@@ -117,11 +120,11 @@ async function showDataset(path) {
   const resolution = el("input", { id: "check-resolution", type: "number", value: 512, min: 8, step: 8, style: "width:6em" });
   const checkOut = el("div", { id: "check-result" });
   view.replaceChildren(
-    el("h2", {}, d.name, " ", el("span", { class: "muted" }, `${d.images} images, ${d.captioned} captioned (${d.layout})`)),
+    el("h2", {}, d.name, " ", el("span", { class: "muted" }, `${counted(d.images, "image")}, ${d.captioned} captioned (${d.layout})`)),
     el("div", {},
       el("button", { class: "primary", id: "train-on", onclick: () => {
         state.trainDataset = path; location.hash = "train"; } }, "Train on this dataset →")),
-    el("h3", {}, `Caption the ${missing} images without one`),
+    el("h3", {}, `Caption the ${counted(missing, "image")} without one`),
     el("div", {}, captionText, " ", captioner, " ",
       el("button", { id: "caption-missing", disabled: missing ? null : "disabled", onclick: async () => {
         try {
@@ -137,7 +140,7 @@ async function showDataset(path) {
       catch (e) { checkOut.replaceChildren(el("p", { class: "err" }, e.message)); }
     } }, "Check dataset")),
     checkOut,
-    d.problems.length ? el("details", {}, el("summary", {}, `${d.problems.length} notes`),
+    d.problems.length ? el("details", {}, el("summary", {}, counted(d.problems.length, "note")),
       el("pre", {}, d.problems.join("\n"))) : "",
     el("h3", {}, "Images"),
     thumbs.length ? el("div", { class: "thumbs" }, thumbs) : el("p", { class: "muted" }, "no images in this folder"));
@@ -147,7 +150,7 @@ function renderCheck(box, r) {
   const buckets = Object.entries(r.buckets || {});
   box.replaceChildren(
     el("p", { class: r.ok ? "ok" : "err", id: "check-verdict" },
-       r.ok ? `OK: ${r.images} images can train` : `${r.errors.length} errors: training would stop`),
+       r.ok ? `OK: ${counted(r.images, "image")} can train` : `${counted(r.errors.length, "error")}: training would stop`),
     buckets.length ? el("table", {}, el("tr", {}, el("th", {}, `bucket at ${r.bucket_resolution}px`), el("th", {}, "images")),
       buckets.map(([b, n]) => el("tr", {}, el("td", {}, b), el("td", {}, n)))) : "",
     el("pre", {}, r.text));
@@ -159,7 +162,7 @@ $("#upload-files").addEventListener("change", async (ev) => {
   const name = $("#upload-name").value.trim();
   const body = new FormData();
   for (const f of files) body.append("files", f, f.name);
-  flash(`uploading ${files.length} files...`);
+  flash(`uploading ${counted(files.length, "file")}...`);
   try {
     const r = await api(`/datasets/${encodeURIComponent(name)}/upload`, { method: "POST", body });
     flash(`${r.stored.length} stored` + (r.refused.length ? `, ${r.refused.length} refused:\n` + r.refused.join("\n") : ""),
@@ -193,7 +196,7 @@ async function loadTrainForm() {
   const datasets = await api("/datasets");
   const ds = $("#f-dataset");
   const chosen = state.trainDataset || ds.value;
-  ds.replaceChildren(...datasets.map(d => el("option", { value: d.path }, `${d.path} (${d.images} images)`)));
+  ds.replaceChildren(...datasets.map(d => el("option", { value: d.path }, `${d.path} (${counted(d.images, "image")})`)));
   if (chosen && ![...ds.options].some(o => o.value === chosen)) ds.append(el("option", { value: chosen }, chosen));
   if (chosen) ds.value = chosen;
   if (chosen && chosen.endsWith("-captioned") && cfgs.ready["toy-t2i-lora"] && !state.readyTouched)
@@ -429,7 +432,7 @@ async function showRun(name) {
   const pickRows = r.pick && typeof r.pick === "object" ? Object.entries(r.pick).filter(([, v]) => typeof v !== "object") : [];
   view.replaceChildren(
     el("h2", {}, r.name),
-    r.progress ? el("p", {}, r.progress.finished ? el("span", { class: "ok" }, `finished: ${r.progress.step} steps`)
+    r.progress ? el("p", {}, r.progress.finished ? el("span", { class: "ok" }, `finished: ${counted(r.progress.step, "step")}`)
       : `step ${r.progress.step}/${r.progress.max_steps ?? "?"} (not finished)`) : "",
     el("h3", {}, "Downloads"),
     r.downloads.length ? el("div", { class: "downloads", id: "downloads" }, r.downloads.map(d =>
