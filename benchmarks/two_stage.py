@@ -156,13 +156,22 @@ VARIANTS[DEMO] = {}
 CONCEPT_VARIANTS: dict[str, dict[str, Any]] = {
     "dop-1": {"concept_preservation": 1.0},  # output preservation on 12 generic world prompts, weight 1
     "dop-3": {"concept_preservation": 3.0},
+    "dop-0.3": {"concept_preservation": 0.3},
+    "dop-0.3-600": {"concept_preservation": 0.3, "concept_steps": 600},
+    # the LoRA only on the cross-attention keys and values (Custom Diffusion: less forgetting, it reports)
+    "kv": {"concept_targets": "kv"},
+    "kv-lr-3e-3": {"concept_targets": "kv", "concept_lr": 3e-3},
     "dop-1-24": {"concept_preservation": 1.0, "concept_preservation_prompts": 24},
     "rank-4": {"concept_rank": 4},
     "rank-2": {"concept_rank": 2},
     "lr-5e-4": {"concept_lr": 5e-4},
+    "lr-2.5e-4": {"concept_lr": 2.5e-4},
+    "lr-5e-4-steps-200": {"concept_lr": 5e-4, "concept_steps": 200},
+    "lr-5e-4+dop-0.3": {"concept_lr": 5e-4, "concept_preservation": 0.3},
     "steps-200": {"concept_steps": 200},
     "no-dropout": {"concept_caption_dropout": 0.0},
     "dropout-0.3": {"concept_caption_dropout": 0.3},
+    "dropout-0.5": {"concept_caption_dropout": 0.5},
 }
 CONCEPT_FIELDS = {f.name for f in fields(DemoSettings) if f.name.startswith("concept_")}
 # the settings recorded per row (person_* covers poses, targets, steps, ...)

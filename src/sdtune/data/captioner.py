@@ -174,7 +174,7 @@ def load_captioner(model: str | Path, *, device: str | None = None, dtype: str =
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from sdtune.models.loading import hub_reachable
+    from sdtune.models.refs import hub_reachable
 
     source, local = _resolve(model)
     config = _read_config(source, local)
@@ -215,7 +215,7 @@ def _read_config(source: str, local: bool) -> dict[str, Any]:
         else:
             from huggingface_hub import hf_hub_download
 
-            from sdtune.models.loading import hub_reachable
+            from sdtune.models.refs import hub_reachable
 
             path = Path(hf_hub_download(source, "config.json", local_files_only=not hub_reachable()))
         config = json.loads(path.read_text(encoding="utf-8"))

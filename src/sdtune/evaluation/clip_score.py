@@ -75,7 +75,7 @@ def load_backbone(ref: str, *, kind: str = "clip", local_files_only: bool | None
                           "save_pretrained, or a hub id.")
     source = str(path) if looks_local else ref
     proc_cls = AutoProcessor if kind == "clip" else AutoImageProcessor
-    from sdtune.models.loading import hub_cached, hub_reachable
+    from sdtune.models.refs import hub_cached, hub_reachable
 
     attempts = [True] if (looks_local or local_files_only) else ([True, False] if local_files_only is None else [False])
     if not looks_local and not hub_reachable():  # offline: the hub client would retry each file (~30 s) for nothing

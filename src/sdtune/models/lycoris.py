@@ -32,7 +32,7 @@ _PEFT_PREFIX = "base_model.model."  # how PeftModel.save_pretrained names the ke
 
 
 def _components(unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> dict[str, torch.nn.Module]:
-    from sdtune.models.verify import _family
+    from sdtune.models.comfyui import _family
 
     parts = {"unet": unet}
     if text_encoder is not None:
@@ -159,7 +159,7 @@ def merge_comfyui(unet: torch.nn.Module, text_encoder: torch.nn.Module, file: Pa
     the file's keys ComfyUI would not load (it only warns about them). Also fuses such a file into a base."""
     from safetensors.torch import load_file
 
-    from sdtune.models.verify import comfyui_key_map
+    from sdtune.models.comfyui import comfyui_key_map
 
     state = load_file(str(file))
     by_layer: dict[str, dict[str, torch.Tensor]] = {}

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ModelLoadError
-from sdtune.models.loading import _check_hub_id, _local_files_only, _no_such_path, hub_reachable, looks_local
 from sdtune.models.presets import is_preset, preset_path
+from sdtune.models.refs import _check_hub_id, _local_files_only, _no_such_path, hub_reachable, looks_local
 from sdtune.run_folder import PICKLE_SUFFIXES, check_weights_file
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from sdtune.atomic import atomic_write_json
 from sdtune.config import RunConfig
-from sdtune.errors import ConfigError, DataError, SdtuneError
+from sdtune.errors import ConfigError, DataError, ModelLoadError, SdtuneError
 from sdtune.recipes.runs import concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.schema import Recipe, Stage, stage_configs
 from sdtune.run_folder import read_json, read_metrics
@@ -159,7 +159,14 @@ def check_recipe_folder(output_dir: Path, plans: list[tuple[Stage, RunConfig]], 
 def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:
     """Before any training: every stage's state, config drift and training data (seconds, not hours, to fail)."""
     from sdtune.data.check_before_train import check_training_data
+    from sdtune.models.sources import check_model_sources
     from sdtune.output_folders import check_run_output
+
+    folders = [Path(cfg.output_dir).resolve() for _, cfg in plans]
+
+    def made_later(value: str) -> bool:  # a model an earlier stage writes (stage:NAME): there once that stage ran
+        path = Path(value).expanduser().resolve()
+        return any(path == folder or folder in path.parents for folder in folders)
 
     states = {}
     for stage, cfg in plans:
@@ -174,6 +181,10 @@ def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:
             except DataError as exc:  # its keys are the stage's: name the stage (its overrides are STAGE.data...)
                 where = f"stage '{stage.name}' (override its keys as {stage.name}.data.KEY=...)"
                 raise DataError(f"{where}: {exc}") from None
+            try:  # model.base / model.vae / model.adapters: a typo in the last stage fails now, not after the first
+                check_model_sources(cfg, made_later)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"stage '{stage.name}' (override as {stage.name}.model.KEY=...): {exc}") from None
     return states
 
 

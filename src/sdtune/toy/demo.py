@@ -70,6 +70,7 @@ class DemoSettings:
     concept_lr: float = 1e-3
     concept_rank: int = LORA_RANK
     concept_caption_dropout: float = 0.1  # share of concept captions dropped to "" (data.caption_dropout)
+    concept_targets: str = "all"  # the concept LoRA's layers: "all" (finetune.LORA_TARGETS) or "kv" (Custom Diffusion)
     # Output preservation in stage 1 (train.preservation): keep the base's prediction on this many of the world's
     # other prompts (evaluate.generic_prompts, none of them an evaluated one) at this weight; 0: off
     concept_preservation: float = 0.0
@@ -141,6 +142,10 @@ def concept_stage(settings: DemoSettings, data: Path, out: Path) -> dict[str, An
     cfg = concept_config("toy", data / "concept", out, steps=settings.concept_steps, lr=settings.concept_lr,
                          lora_rank=settings.concept_rank if settings.concept_lora else None, seed=settings.seed,
                          caption_dropout=settings.concept_caption_dropout)
+    if settings.concept_targets == "kv" and settings.concept_lora:  # only what reads the prompt learns the word
+        cfg["train"]["lora"]["targets"] = list(CROSS_ATTENTION_KV)
+    elif settings.concept_targets != "all":
+        raise ValueError(f"concept_targets {settings.concept_targets!r}: all or kv")
     if settings.concept_preservation:
         from sdtune.toy.evaluate import generic_prompts
 

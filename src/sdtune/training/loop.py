@@ -1,7 +1,8 @@
 """The one training loop: text-to-image and DreamBooth, LoRA or full, on accelerate.
 
 Methods differ only in data (see ``sdtune.data.subsets``) and in which parameters are trainable (see
-``sdtune.training.modules``). Exact resume rests on three rules:
+``sdtune.training.modules``); what one micro-batch computes and how one update applies is ``sdtune.training.step``.
+Exact resume rests on three rules:
 
 1. every random draw of a micro-step (VAE sample, noise, timesteps, LoRA dropout) comes from the global RNG
    reseeded from (seed, micro-step, rank) at the start of that micro-step;
@@ -32,7 +33,6 @@ from sdtune.data.buckets import bucket_step_of, check_bucket_resolution
 from sdtune.data.cache import Conditioner, cache_for_run
 from sdtune.data.class_images import check_for_run as check_class_images
 from sdtune.data.held_out import held_out_paths
-from sdtune.data.masks import latent_weights
 from sdtune.data.stream_record import stream_record
 from sdtune.data.subsets import StreamPositions, build_stream, collate, data_counts, write_bucket_record
 from sdtune.errors import DiskFullError, Interrupted, SdtuneError
@@ -44,7 +44,6 @@ from sdtune.training import resume as resuming
 from sdtune.training.divergence import DivergenceGuard
 from sdtune.training.eval_weights import EvalWeights, build_ema
 from sdtune.training.finish import TrainResult, finish, validate
-from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
 from sdtune.training.modules import (
     build_lr_scheduler,
     build_optimizer,
@@ -57,13 +56,10 @@ from sdtune.training.modules import (
 from sdtune.training.pivotal import freeze_embedding_if_due
 from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
+from sdtune.training.step import StepLoss, apply_update, micro_step_seed
 from sdtune.training.textual_inversion import check_learned_token
 from sdtune.training.val_loss import build_validation_loss
 from sdtune.words import counted
-
-
-def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
-    return (seed * 1_000_003 + micro_step * 9_973 + rank * 7_919) % (2**63 - 1)
 
 
 def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
@@ -255,9 +251,9 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                         sampler=StreamPositions(data_resume.stream_start(state), cfg.train.batch_size,
                                                 accelerator.num_processes, accelerator.process_index))
     batches = iter(loader)
-    noise_scheduler = comps.noise_scheduler
     accum = cfg.train.gradient_accumulation_steps
-    preservation = build_preservation(cfg, comps.tokenizer)
+    micro_loss = StepLoss(cfg, accelerator, unet, text_encoder, conditioner, comps.noise_scheduler,
+                          build_preservation(cfg, comps.tokenizer), comps.family)
 
     guard = DivergenceGuard(cfg, run_dir, main_process=accelerator.is_main_process,
                             grad_scaler=accelerator.scaler is not None, resumed_step=plan.step if plan else None)
@@ -282,45 +278,6 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
             raise SdtuneError(f"process 0 could not save checkpoint {ckpt.step_dir_name(current.step)} (see its "
                               "message)")
         guard.saved(current.step)
-
-    def micro_loss(batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss, and the loss of predicting zero on the same batch (the guard's yardstick).
-
-        A batch is one group (one shape) or two (class images of another bucket than the training ones): one
-        forward each, their weighted losses summed (``weighted_loss`` divides each by the training examples).
-        """
-        num_train = batch["num_train"]
-        losses = [group_loss(group, num_train) for group in batch["groups"]]
-        return sum(x[0] for x in losses), sum(x[1] for x in losses)
-
-    def group_loss(group, num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
-        latents = conditioner.latents(group)
-        conditioning = conditioner.unet_kwargs(group)  # text (SDXL: + pooled text and time ids), per family
-        noise = torch.randn_like(latents)
-        if cfg.train.noise_offset:
-            noise = noise + cfg.train.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
-                                                                 device=latents.device, dtype=latents.dtype)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  device=latents.device).long()
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        target = training_target(noise_scheduler, latents, noise, timesteps)
-        with accelerator.autocast():
-            pred = unet(noisy, timesteps, **conditioning, return_dict=False)[0]
-        weights = group["loss_weight"].to(latents.device)
-        if cfg.train.snr_gamma is not None:
-            weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
-        masks = group.get("loss_mask")  # data.masked_loss: (B, 1, H, W) pixel masks -> latent-grid weights
-        pixels = None if masks is None else latent_weights(masks.to(latents.device), tuple(latents.shape[-2:]),
-                                                           cfg.data.mask_outside_weight)
-        with torch.no_grad():
-            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train, pixels)
-        loss = weighted_loss(pred, target, weights, num_train, pixels)
-        if preservation is not None:  # pulled towards the starting model on prompts without the identifier
-            with accelerator.autocast():
-                loss = loss + preservation.loss(unet, text_encoder, cfg.train.train_text_encoder,
-                                                noisy[:num_train], timesteps[:num_train], comps.family,
-                                                _first(group.get("crop_geometry"), num_train))
-        return loss, zero
 
     bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
@@ -424,25 +381,6 @@ def _stop_agreed(accelerator, stop: Stop, read: bool, again: bool) -> bool:
     return read or (again and bool(_stop_flag(accelerator, stop)))
 
 
-def apply_update(optimizer, lr_scheduler, ema, averaged: torch.nn.Module | list[torch.nn.Parameter]) -> bool:
-    """One optimizer update; returns False when fp16's grad scaler skipped it (overflowed gradients).
-
-    ``averaged``: what the EMA averages (a module's parameters, or ``EvalWeights.ema_parameters``).
-
-    A skipped step changes no weight, so the LR schedule and the EMA do not advance either (what accelerate's
-    prepared scheduler does): otherwise the first fp16 steps, which the scaler skips while it finds its scale,
-    would eat the warmup. Without a scaler (no / bf16) no step is ever skipped.
-    """
-    optimizer.step()
-    skipped = bool(getattr(optimizer, "step_was_skipped", False))
-    if not skipped:
-        lr_scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    if ema is not None and not skipped:
-        ema.step(averaged.parameters() if isinstance(averaged, torch.nn.Module) else averaged)
-    return not skipped
-
-
 def evaluated_state(cfg: RunConfig, view: EvalWeights, trainables) -> dict[str, torch.Tensor] | None:
     """A checkpoint's evaluated weights (EMA, schedule-free average) for LoRA and textual-inversion runs, whose
     checkpoints ``sdtune pick`` evaluates; None when they are the trained ones, or for a full fine-tune (its EMA is
@@ -451,8 +389,3 @@ def evaluated_state(cfg: RunConfig, view: EvalWeights, trainables) -> dict[str, 
         return None
     with view.swapped():
         return ckpt.trainable_state(trainables.modules())
-
-
-def _first(rows: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    """The first ``n`` rows (the training examples of a group), or None."""
-    return None if rows is None else rows[:n]

@@ -48,7 +48,7 @@ def test_bad_references(tmp_path: Path) -> None:
 
 def test_a_missing_path_suggests_only_close_names_in_its_folder(tmp_path: Path) -> None:
     """Reported: `generate /tmp/nonexist` suggested /tmp/cost."""
-    from sdtune.models.loading import _no_such_path
+    from sdtune.models.refs import _no_such_path
 
     for name in ("cost", "my-run"):
         (tmp_path / name).mkdir()

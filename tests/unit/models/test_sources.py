@@ -37,7 +37,7 @@ def test_the_model_keys_are_every_model_path_of_the_schema(tmp_path: Path) -> No
     from sdtune.config import ModelConfig
 
     cfg = _cfg(tmp_path, vae="tiny", adapters=[{"path": str(tmp_path)}])
-    checked = {key.split("[")[0] for key, _ in model_sources(cfg)}
+    checked = {key.split("[")[0] for key, _, _ in model_sources(cfg)}
     paths = {f"model.{name}" for name in ModelConfig.model_fields if name in ("base", "vae", "adapters")}
     assert checked == paths == {"model.base", "model.vae", "model.adapters"}
 

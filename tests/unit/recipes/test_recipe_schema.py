@@ -148,3 +148,22 @@ def test_a_stage_cannot_build_on_a_textual_inversion_stage(tmp_path: Path) -> No
     data["stages"] = data["stages"][:1]  # alone, the same stage is a valid recipe (its extract_rank does not apply)
     ((_, cfg),) = stage_configs(load_recipe(_write(tmp_path / "r.yaml", data)))
     assert cfg.is_textual_inversion and not cfg.is_full and not cfg.save.full_model
+
+
+def test_a_bad_model_key_of_a_later_stage_fails_before_any_stage_trains(tmp_path: Path) -> None:
+    """`person.model.vae=nope` was found when the person stage loaded its models, after the concept stage had
+    trained; a model an earlier stage writes (the person's base, the concept's model/) is not there yet and passes."""
+    from sdtune.errors import ModelLoadError
+    from sdtune.recipes.runner import preflight
+    from tests.helpers import make_images
+
+    data = _recipe(tmp_path)
+    thumbs = make_images(tmp_path / "thumbs", 3, captions=["a thumbs up"])
+    data["stages"][0]["config"]["data"]["train_dir"] = str(thumbs)
+    person = make_images(tmp_path / "person", 3)
+    path = _write(tmp_path / "r.yaml", data)
+    preflight(stage_configs(load_recipe(path, [f"person.data.instance_dir={person}"])))
+    recipe = load_recipe(path, [f"person.data.instance_dir={person}", "person.model.vae=nope"])
+    with pytest.raises(ModelLoadError, match=r"^stage 'person' \(override as person\.model\.KEY=\.\.\.\): "
+                                             r"model\.vae: VAE 'nope' is not in the local Hugging Face cache"):
+        preflight(stage_configs(recipe))

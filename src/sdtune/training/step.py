@@ -1,0 +1,97 @@
+"""The body of one training step: a batch's loss, and the optimizer update that follows it.
+
+``sdtune.training.loop`` keeps the order of a step (seed the micro-step, forward and backward each micro-batch, clip,
+update, judge, save); this module is what one micro-batch computes and how one update is applied. Every random draw
+of a micro-step happens here (noise, noise offset, timesteps), in this order, after the loop has reseeded the global
+RNG for that micro-step: exact resume rests on it (``sdtune.training.loop``, rule 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sdtune.config import RunConfig
+from sdtune.data.masks import latent_weights
+from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
+
+
+def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
+    """The global RNG's seed for one micro-step of one process: a function of where the run is, not of its past."""
+    return (seed * 1_000_003 + micro_step * 9_973 + rank * 7_919) % (2**63 - 1)
+
+
+class StepLoss:
+    """A batch's loss, and the loss of predicting zero on the same batch (the divergence guard's yardstick).
+
+    ``unet`` / ``text_encoder``: the prepared (possibly DDP-wrapped) modules the step runs; ``preservation``: the
+    output-preservation term (``sdtune.training.preservation``) or None.
+    """
+
+    def __init__(self, cfg: RunConfig, accelerator: Any, unet: Any, text_encoder: Any, conditioner: Any,
+                 noise_scheduler: Any, preservation: Any, family: Any) -> None:
+        self.cfg, self.accelerator, self.unet, self.text_encoder = cfg, accelerator, unet, text_encoder
+        self.conditioner, self.noise_scheduler, self.preservation, self.family = (conditioner, noise_scheduler,
+                                                                                  preservation, family)
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch is one group (one shape) or two (class images of another bucket than the training ones): one
+        forward each, their weighted losses summed (``weighted_loss`` divides each by the training examples)."""
+        num_train = batch["num_train"]
+        losses = [self.group_loss(group, num_train) for group in batch["groups"]]
+        return sum(x[0] for x in losses), sum(x[1] for x in losses)  # type: ignore[return-value]
+
+    def group_loss(self, group: dict[str, Any], num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, accelerator, noise_scheduler = self.cfg, self.accelerator, self.noise_scheduler
+        latents = self.conditioner.latents(group)
+        conditioning = self.conditioner.unet_kwargs(group)  # text (SDXL: + pooled text and time ids), per family
+        noise = torch.randn_like(latents)
+        if cfg.train.noise_offset:
+            noise = noise + cfg.train.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
+                                                                 device=latents.device, dtype=latents.dtype)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  device=latents.device).long()
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        target = training_target(noise_scheduler, latents, noise, timesteps)
+        with accelerator.autocast():
+            pred = self.unet(noisy, timesteps, **conditioning, return_dict=False)[0]
+        weights = group["loss_weight"].to(latents.device)
+        if cfg.train.snr_gamma is not None:
+            weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
+        masks = group.get("loss_mask")  # data.masked_loss: (B, 1, H, W) pixel masks -> latent-grid weights
+        pixels = None if masks is None else latent_weights(masks.to(latents.device), tuple(latents.shape[-2:]),
+                                                           cfg.data.mask_outside_weight)
+        with torch.no_grad():
+            zero = weighted_loss(torch.zeros_like(target), target, weights, num_train, pixels)
+        loss = weighted_loss(pred, target, weights, num_train, pixels)
+        if self.preservation is not None:  # pulled towards the starting model on prompts without the identifier
+            with accelerator.autocast():
+                loss = loss + self.preservation.loss(self.unet, self.text_encoder, cfg.train.train_text_encoder,
+                                                     noisy[:num_train], timesteps[:num_train], self.family,
+                                                     _first(group.get("crop_geometry"), num_train))
+        return loss, zero
+
+
+def apply_update(optimizer, lr_scheduler, ema, averaged: torch.nn.Module | list[torch.nn.Parameter]) -> bool:
+    """One optimizer update; returns False when fp16's grad scaler skipped it (overflowed gradients).
+
+    ``averaged``: what the EMA averages (a module's parameters, or ``EvalWeights.ema_parameters``).
+
+    A skipped step changes no weight, so the LR schedule and the EMA do not advance either (what accelerate's
+    prepared scheduler does): otherwise the first fp16 steps, which the scaler skips while it finds its scale,
+    would eat the warmup. Without a scaler (no / bf16) no step is ever skipped.
+    """
+    optimizer.step()
+    skipped = bool(getattr(optimizer, "step_was_skipped", False))
+    if not skipped:
+        lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None and not skipped:
+        ema.step(averaged.parameters() if isinstance(averaged, torch.nn.Module) else averaged)
+    return not skipped
+
+
+def _first(rows: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """The first ``n`` rows (the training examples of a group), or None."""
+    return None if rows is None else rows[:n]
