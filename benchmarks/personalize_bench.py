@@ -15,7 +15,9 @@ when a slot frees up. Each arm of a round is one real command launched afresh, t
   GPUs: what personalize calls), the same fusing meanwhile, then every person submitted at once, longest first,
   and the engine shut down.
 
-Both arms run the same units in the same order. People have uneven step counts, ``linspace(40, 160, 8)``: in
+With ``--serial`` a third arm, ``ray-serial``, waits for Ray before it fuses (what personalize did before the
+overlap): the difference to ``ray`` is what the overlap buys on this machine. Every arm runs the same units in the
+same order. People have uneven step counts, ``linspace(40, 160, 8)``: in
 even rounds long and short people alternate in the CSV (160, 40, 143, 57, ...: the round-robin gives one process
 all the long ones, the case the old split was bad at), in odd rounds a seeded random order (often nearly balanced
 by chance). Rounds alternate the arms' order (interleaved), so a machine shared with other work slows both.
@@ -40,6 +42,7 @@ spread over rounds.
 Usage:
     python benchmarks/personalize_bench.py --rounds 4
     python benchmarks/personalize_bench.py --rounds 2 --step-seconds a100
+    python benchmarks/personalize_bench.py --rounds 3 --serial
     python benchmarks/personalize_bench.py --work train --rounds 1 --step-scale 0.25
 """
 
@@ -165,14 +168,17 @@ def arm_fixed(spec: dict) -> None:
     Path(spec["out"], f"timing-{rank}.json").write_text(json.dumps(record))
 
 
-def arm_ray(spec: dict) -> None:
-    """The new personalize: Ray started in the background, the concept fused meanwhile, people submitted."""
+def arm_ray(spec: dict, serial: bool = False) -> None:
+    """The new personalize: Ray started in the background, the concept fused meanwhile, people submitted.
+    ``serial`` (arm ``ray-serial``): Ray waited for before fusing, as personalize did before the overlap."""
     _import_command()
     from sdtune.engine.starting import EngineStart
     from sdtune.recipes.personalize import fuse_concept
 
     start = EngineStart(num_gpus=2, num_cpus=2)
     try:
+        if serial:
+            start.engine()
         fuse_concept(Path(spec["concept"]), Path(spec["out"]), echo=lambda _: None)
         fused = time.time()
         engine = start.engine()
@@ -249,12 +255,17 @@ def main() -> None:
     parser.add_argument("--step-seconds", default="0.05", help="sleep work: seconds per step, or 'a100' "
                         f"({A100_STEP_SECONDS} s: SD LoRA at 512 px on an A100, see the module docstring)")
     parser.add_argument("--step-scale", type=float, default=1.0, help="train work: steps x this (small machines)")
-    parser.add_argument("--arm", choices=("fixed", "ray"), help=argparse.SUPPRESS)
+    parser.add_argument("--serial", action="store_true", help="a third arm, ray-serial: Ray started before the "
+                        "preparation and waited for (personalize before it overlapped them)")
+    parser.add_argument("--arm", choices=("fixed", "ray", "ray-serial"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
         spec = json.loads(args.spec.read_text())
-        (arm_fixed if args.arm == "fixed" else arm_ray)(spec)
+        if args.arm == "fixed":
+            arm_fixed(spec)
+        else:
+            arm_ray(spec, serial=args.arm == "ray-serial")
         return
     step_seconds = A100_STEP_SECONDS if args.step_seconds == "a100" else float(args.step_seconds)
     root = Path(tempfile.mkdtemp(prefix="personalize-bench-"))
@@ -271,7 +282,8 @@ def main() -> None:
     for rnd in range(args.rounds):
         steps = [max(1, round(s * (args.step_scale if args.work == "train" else 1))) for s in people_steps(rnd)]
         row: dict = {"round": rnd, "load": os.getloadavg()[0]}
-        for arm in (("fixed", "ray") if rnd % 2 == 0 else ("ray", "fixed")):
+        arms = ["fixed", "ray", *(["ray-serial"] if args.serial else [])]
+        for arm in arms[rnd % len(arms):] + arms[: rnd % len(arms)]:  # each arm first in turn (interleaved)
             units = make_units(args.work, steps, root / f"r{rnd}-{arm}", step_seconds, tiny)
             row[arm] = run_arm(arm, units, concept, root / f"r{rnd}-{arm}-out")
             row[arm]["gap"] = mean_gap(spans(units)) if args.work == "sleep" else float("nan")
@@ -285,6 +297,11 @@ def main() -> None:
               f"{r['before_first']:.1f} s (Ray up in {r['ray_up']:.1f} s, {r['ray_hidden']:.1f} s of it during the "
               f"preparation; shut down {r['shutdown']:.1f} s); gap per person: ray {r['gap']:.2f} s, fixed "
               f"{f['gap']:.2f} s", flush=True)
+        if args.serial:
+            z = row["ray-serial"]
+            row["serial_ratio"] = z["wall"] / f["wall"]
+            print(f"  ray-serial: wall {z['wall']:.1f} s: ratio {row['serial_ratio']:.3f}; before the first person "
+                  f"{z['before_first']:.1f} s (Ray up in {z['ray_up']:.1f} s, then fusing)", flush=True)
 
     def summary(get, kind: int | None = None) -> str:
         values = [get(r) for r in rows if kind is None or r["round"] % 2 == kind]
@@ -306,6 +323,11 @@ def main() -> None:
     print(f"... of it during the preparation, s:                 {summary(lambda r: r['ray']['ray_hidden'])}")
     print(f"fusing the concept, fixed / Ray arm, s:              {summary(lambda r: r['fixed']['fuse'])} / "
           f"{summary(lambda r: r['ray']['fuse'])}")
+    if args.serial:
+        print(f"ray-serial / fixed, launch to exit, alternating:     {summary(lambda r: r['serial_ratio'], 0)}")
+        print(f"ray-serial / fixed, launch to exit, random order:    {summary(lambda r: r['serial_ratio'], 1)}")
+        print(f"before the first person, ray-serial, s:              "
+              f"{summary(lambda r: r['ray-serial']['before_first'])}")
     print(f"Ray shut-down, s:                                    {summary(lambda r: r['ray']['shutdown'])}")
     print(f"per-person gap on a slot, Ray, s:                    {summary(lambda r: r['ray']['gap'])}")
     print(f"per-person gap on a slot, fixed, s:                  {summary(lambda r: r['fixed']['gap'])}")
