@@ -18,7 +18,7 @@ from sdtune.toy.world import PERSONS
 from sdtune.words import counted
 
 if TYPE_CHECKING:
-    from sdtune.toy.demo import DemoSettings
+    from sdtune.toy.demo_settings import DemoSettings
 
 BENCHMARK_FILE = "two_stage_benchmark.json"  # in the toy model's folder, written by benchmarks/two_stage.py
 EVAL_SEED_START = 100  # seeds of the old-world and concept prompts: 100, 101, ... (settings.seeds of them)

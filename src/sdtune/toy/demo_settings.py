@@ -1,0 +1,106 @@
+"""What the demo trains and evaluates with (:class:`DemoSettings`), apart from how it runs them
+(:mod:`sdtune.toy.demo`): ``benchmarks/two_stage.py`` and :mod:`sdtune.toy.demo_eval` read the same settings, and
+neither needs the demo's runner to do so (one settings source, no import circle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdtune.toy.finetune import LORA_RANK
+
+
+@dataclass
+class DemoSettings:
+    """Everything the demo (and ``benchmarks/two_stage.py``, which runs it over seeds and variants) trains with.
+
+    The person-stage fields are the options measured for keeping the concept through the person stage; their
+    numbers are in docs/two-stage.md ("Keeping the concept")."""
+
+    concept_images: int = 24
+    # The share of the concept's arrows drawn two-tone (checkered or striped, never the person's own look), as a
+    # thumbs-up set shows many different people: with solid arrows only the concept model drew "a photo of a red
+    # and cyan striped arrow" as a striped arrow in 4-11 of 16 images and the composite failed on 2 of 3 seeds
+    # (0.21 mean); with half two-tone it was 0.88 on every seed, 0.25 gave 0.46 (benchmark, 6 Dec 2026).
+    concept_two_tone: float = 0.5
+    # The person photographed in 4 shapes ("poses"), each photo captioned with its shape ("a photo of sks red
+    # circle"): the identifier then stands for what every photo shares, the stripes and colours, and the concept's
+    # form can carry them (the composite). With one shape (DreamBooth's one fixed prompt) "sks" took the square's
+    # form too, and "a photo of sks red arrow" drew no striped arrow in any variant (docs/two-stage.md).
+    person_images: int = 8
+    person_poses: int = 4
+    # Whose photos: "striped" (red and cyan stripes, words the base knows: world.PERSON) or "halved" (green over
+    # purple halves of the shape, a look no words of the toy world draw, as no words draw a real face:
+    # world.HARD_PERSON). Both share token, poses and caption templates.
+    person_look: str = "striped"
+    # Masked loss on the person's photos (data.masked_loss): the loss counts on the shape's silhouette (written
+    # beside the photos as "<photos>-masks", world.write_masks), person_mask_outside elsewhere
+    person_masks: bool = False
+    person_mask_outside: float = 0.0
+    # 600 concept steps: concept 0.94 but old-prompt accuracy 0.92 -> 0.60, and no person learned on top;
+    # 300: 0.81 and 0.73 (measured). LoRA on attention, convs and feed-forwards (finetune.LORA_TARGETS).
+    concept_steps: int = 300
+    concept_lora: bool = True
+    concept_lr: float = 1e-3
+    concept_rank: int = LORA_RANK
+    # Stage 1 costs old-prompt accuracy 0.96 -> 0.72; lower lr, rank, steps, caption dropout, output preservation
+    # and a key/value-only LoRA were measured against it (docs/two-stage.md, "Stage 1: what keeps the old world"):
+    # none kept 0.88 with concept >= 0.75, so these stay as they were
+    concept_caption_dropout: float = 0.1  # share of concept captions dropped to "" (data.caption_dropout)
+    concept_targets: str = "all"  # the concept LoRA's layers: "all" (finetune.LORA_TARGETS) or "kv" (Custom Diffusion)
+    # Output preservation in stage 1 (train.preservation): keep the base's prediction on this many of the world's
+    # other prompts (evaluate.generic_prompts, none of them an evaluated one) at this weight; 0: off
+    concept_preservation: float = 0.0
+    concept_preservation_prompts: int = 12
+    # The striped person is learned in a few hundred steps (a checkered star needed 1000 and reached 0.31): 250 at
+    # lr 2e-3 drew it in 0.83 of images at guidance 2 (seed 0, measured 29 Nov 2026) and keep the demo in minutes.
+    person_steps: int = 400  # (a LoRA person: 250)
+    person_lr: float = 2e-2  # (a LoRA person: 2e-3)
+    person_rank: int = 4  # seed 0, 4 poses, fine levels: rank 8 drew the composite in 0.08, rank 4 0.21
+    # "fine": LoRA only on the UNet's finer levels (finetune.FINE_LEVELS), which change texture and colour more
+    # than form; "all"; "kv": only the cross-attention keys and values (Custom Diffusion)
+    person_targets: str = "fine"
+    person_on: str = "model"  # (c) "adapter": on the base with the concept LoRA as a frozen, unfused adapter
+    # "lora", or "textual-inversion": only the embedding of a new token "sks" trains (the model is untouched, so
+    # the concept and the old world stay exactly as stage 1 left them); person_steps / person_lr / person_batch
+    # apply, person_rank / person_targets / preservation / prior do not
+    # Textual inversion is the demo's default: 400 steps at 2e-2, batch 8 (benchmark: person 1.00, composite 0.88,
+    # concept and old world exactly stage 1's, over three seeds); the LoRA fields below are the measured alternative.
+    person_method: str = "textual-inversion"
+    person_batch: int = 8
+    person_norm_limit: float | None = None  # textual inversion: train.textual_inversion.norm_limit
+    person_initializer: str | None = None  # textual inversion: the text the token starts from (None: "sks")
+    # "pivotal": the token's embedding (person_ti_lr, frozen after person_ti_fraction of the steps) and the LoRA
+    # (person_lr, rank, targets, preservation as a LoRA person) train together (sdtune.training.pivotal)
+    person_ti_lr: float = 2e-2
+    person_ti_fraction: float = 0.5
+    # (With the first person a text-encoder LoRA helped, as DreamBooth users find for faces: on the base model,
+    # person 0.50 of images (pixel check) and class prompt intact 0.29, against 0.38 and 0.04 without.)
+    # Off since the striped person: the text-encoder LoRA changes every prompt's embedding, the old world's too
+    # (old-prompt accuracy 0.19 below stage 1 without it, 0.33 with it; person 1.00 vs 0.83; benchmark, 29 Nov 2026)
+    person_text_encoder: bool = False
+    # How the person stage keeps the class prompt and the concept (docs/two-stage.md, "Keeping the concept", has
+    # every option's numbers over three seeds): differential output preservation on the class prompt and the
+    # concept's own prompts, no class images.
+    prior: bool = False  # prior preservation with class images of the class prompt ("a photo of a red square")
+    class_images: int = 12
+    concept_prior: int = 0  # (a) also class images of the concept stage's prompts, drawn by the concept model
+    # (b) weight of differential output preservation (0: off); 4 poses, seed 0: 1 -> composite 0.08, 3 -> 0.29
+    # but person 0.38; with rank 4, 2 kept the person (0.62) and the concept (0.83), composite 0.21. Off by
+    # default: textual inversion changes no weight, so there is nothing to preserve (a LoRA person: set 2.0)
+    preservation: float = 0.0
+    preservation_concept: bool = True  # (b) its prompts: the class prompt and the concept's own prompts
+    preservation_generic: int = 0  # (b) also this many other world prompts (evaluate.generic_prompts)
+    seed: int = 0  # training seed of both stages: one of the benchmark's training seeds, so its run is one of them
+    checkpoint_every: int = 100  # person checkpoints, all kept: `sdtune pick` chooses among them
+    # The evaluation, the benchmark's too (sdtune.toy.demo_eval): per old-world and concept prompt `seeds` images
+    # (seeds 100...), per person, class and composite prompt `person_seeds` (200...): single prompts, more images
+    seeds: int = 6
+    person_seeds: int = 24
+    old_prompts: int = 12
+    eval_steps: int = 20
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        """For tests and a first look: a few dozen steps, two seeds (numbers are then only indicative)."""
+        return cls(concept_images=8, person_images=4, concept_steps=30, person_steps=30, class_images=4, seeds=2,
+                   person_seeds=4, old_prompts=6, eval_steps=10, checkpoint_every=15)
