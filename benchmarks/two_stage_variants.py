@@ -1,0 +1,130 @@
+"""The variants of ``benchmarks/two_stage.py``: each a change to the person stage (``VARIANTS``) or to stage 1
+(``CONCEPT_VARIANTS``) of :class:`sdtune.toy.demo_settings.DemoSettings`, named as the rows of its table and of
+docs/two-stage.md. Kept apart from the runner so the runner stays readable; the numbers in the comments are
+measurements quoted from docs/two-stage.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The person stage as the demo shipped it before this benchmark (explicit, so rows stay comparable when the demo's
+# defaults change); every variant is a change to it.
+BASELINE: dict[str, Any] = {"person_steps": 1000, "person_lr": 1e-3, "person_rank": 8, "person_text_encoder": True,
+                            "prior": True, "class_images": 12, "person_poses": 1, "person_images": 6,
+                            "person_targets": "all", "person_method": "lora", "person_batch": 4}
+# The short person stage the later variants start from: 250 steps at 2e-3, UNet LoRA only, output preservation.
+SHORT_UNET_DOP: dict[str, Any] = {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3,
+                                  "person_text_encoder": False}
+# textual inversion of the person (4 captioned poses) on the concept model: only the token's embedding trains
+TEXTUAL_INVERSION: dict[str, Any] = {"person_method": "textual-inversion", "person_poses": 4, "person_images": 8,
+                                     "person_steps": 400, "person_lr": 2e-2, "person_batch": 8, "prior": False,
+                                     "preservation": 0.0, "checkpoint_every": 100}
+PIVOTAL: dict[str, Any] = {**SHORT_UNET_DOP, "person_method": "pivotal", "person_poses": 4, "person_images": 8,
+                            "person_targets": "fine", "person_rank": 4, "preservation": 2.0, "person_steps": 400,
+                            "person_lr": 1e-3, "person_batch": 8, "person_ti_lr": 2e-2, "person_ti_fraction": 0.5,
+                            "checkpoint_every": 100}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "no-prior": {"prior": False},
+    "lr-3e-4": {"person_lr": 3e-4},
+    "lr-3e-3": {"person_lr": 3e-3},
+    "rank-16": {"person_rank": 16},
+    "rank-4": {"person_rank": 4},
+    "steps-600": {"person_steps": 600},
+    "steps-1500": {"person_steps": 1500},
+    # (a) the concept's own prompts, drawn by the concept model, in the person's prior
+    "concept-prior-12": {"concept_prior": 12},
+    "concept-prior-24": {"concept_prior": 24},
+    "concept-prior-24-no-class": {"concept_prior": 24, "prior": False},
+    # (b) differential output preservation on the class prompt and the concept's prompts, no class images
+    "dop-1": {"preservation": 1.0, "prior": False},
+    "dop-1+class": {"preservation": 1.0},
+    "dop-1-class-prompt-only": {"preservation": 1.0, "prior": False, "preservation_concept": False},
+    "dop-3": {"preservation": 3.0, "prior": False},
+    # without the text-encoder LoRA: "sks" keeps its own embedding, the other words theirs
+    "no-te": {"person_text_encoder": False},
+    "no-te+concept-prior-24": {"person_text_encoder": False, "concept_prior": 24},
+    "no-te+dop-1": {"person_text_encoder": False, "preservation": 1.0, "prior": False},
+    "no-te+concept-prior-24+dop-1": {"person_text_encoder": False, "concept_prior": 24, "preservation": 1.0},
+    # (d) where the LoRA sits: the UNet's finer levels only (texture, colour), not the coarse ones (form)
+    "fine+dop-1": {"person_targets": "fine", "preservation": 1.0, "prior": False},
+    # (c) the concept kept as a frozen, unfused adapter under the person's LoRA (the same function as fused)
+    "adapter": {"person_on": "adapter"},
+    "adapter+dop-1": {"person_on": "adapter", "preservation": 1.0, "prior": False},
+    # (d) rank and learning rate around differential output preservation (steps: its checkpoints, --checkpoints)
+    "dop-1+rank-16": {"preservation": 1.0, "prior": False, "person_rank": 16},
+    "dop-1+lr-2e-3": {"preservation": 1.0, "prior": False, "person_lr": 2e-3},
+    "fine+no-te+dop-1": {"person_targets": "fine", "person_text_encoder": False, "preservation": 1.0,
+                         "prior": False},
+    # the demo's default since the striped person: a short person stage (the demo must stay under 5 minutes)
+    "dop-1-250": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 2e-3},
+    # half the learning rate: at guidance 4 a person LoRA trained at 2e-3 drew the person at weight 0.75 (0.83) but
+    # not at 1.0 (0.25, its blue sky blue): the trained LoRA overshoots
+    "dop-1-250-lr-1e-3": {"preservation": 1.0, "prior": False, "person_steps": 250, "person_lr": 1e-3},
+    # without the text-encoder LoRA: it changes every prompt's embedding, the old world's prompts too
+    "no-te+dop-1-250": SHORT_UNET_DOP,
+    # (d) LoRA only on the cross-attention keys and values (Custom Diffusion): the person through its word
+    "no-te+dop-1-250+kv": {**SHORT_UNET_DOP, "person_targets": "kv"},
+    "no-te+dop-1-250+kv-lr-5e-3": {**SHORT_UNET_DOP, "person_targets": "kv", "person_lr": 5e-3},
+    # the person photographed in 4 shapes, each photo captioned with its shape; LoRA on the finer levels (the demo)
+    "poses-4+fine": {**SHORT_UNET_DOP, "person_poses": 4, "person_images": 8, "person_targets": "fine"},
+    "poses-4+fine+rank-4+dop-2": {**SHORT_UNET_DOP, "person_poses": 4, "person_images": 8, "person_targets": "fine",
+                                  "person_rank": 4, "preservation": 2.0},
+    "poses-4": {**SHORT_UNET_DOP, "person_poses": 4, "person_images": 8},
+    # textual inversion: only a new token's embedding trains, on the concept model (nothing of it changes)
+    "ti-400": TEXTUAL_INVERSION,
+    "ti-400-lr-1e-2": {**TEXTUAL_INVERSION, "person_lr": 1e-2},
+    # its row grew to 10-20x the vocabulary's longest (0.43 -> 4.5-4.9) and outweighed "arrow": capped
+    "ti-400-norm-1": {**TEXTUAL_INVERSION, "person_norm_limit": 1.0},
+    "ti-400-norm-2": {**TEXTUAL_INVERSION, "person_norm_limit": 2.0},
+    "ti-400-norm-4": {**TEXTUAL_INVERSION, "person_norm_limit": 4.0},
+    # started from words of the person's look (diffusers' --initializer_token) instead of the rare word "sks"
+    "ti-400-init-striped": {**TEXTUAL_INVERSION, "person_initializer": "striped"},
+    "ti-400-init-striped-cyan": {**TEXTUAL_INVERSION, "person_initializer": "striped cyan"},
+    "ti-200-init-striped-cyan": {**TEXTUAL_INVERSION, "person_initializer": "striped cyan", "person_steps": 200},
+    # (b) the world's other prompts in the preservation term too (none of them evaluated): forgetting
+    "no-te+dop-1-250+generic-12": {**SHORT_UNET_DOP, "preservation_generic": 12},
+    # pivotal tuning: the token's embedding (lr 2e-2, frozen after a fraction of the steps) and the demo's former
+    # LoRA person (4 poses, finer levels, rank 4, output preservation 2) trained together
+    "pivotal-frac-0.5": PIVOTAL,
+    "pivotal-frac-1.0": {**PIVOTAL, "person_ti_fraction": 1.0},
+    "pivotal-frac-0.25": {**PIVOTAL, "person_ti_fraction": 0.25},
+}
+# The same person methods on the hard person (world.HARD_PERSON: green over purple halves, a look no words of the
+# toy world draw): "hard-<variant>"
+HARD = ("ti-400", "pivotal-frac-0.5", "pivotal-frac-0.25", "pivotal-frac-1.0", "poses-4+fine+rank-4+dop-2")
+VARIANTS.update({f"hard-{name}": {**VARIANTS[name], "person_look": "halved"} for name in HARD})
+# each with masked loss: the loss counts on the shape's silhouette only (the toy's segmented person)
+MASKED = (*HARD[:3], HARD[-1])  # textual inversion, pivotal 0.5 and 0.25, the LoRA person
+VARIANTS.update({f"{name}+mask": {**VARIANTS[name], "person_masks": True}
+                 for name in [*MASKED, *(f"hard-{n}" for n in MASKED)]})
+# The demo as shipped: DemoSettings() itself, BASELINE not applied (the row the demo prints beside its run)
+DEMO = "demo"
+VARIANTS[DEMO] = {}
+# Stage 1 alone with other concept settings (what keeps the old world through the concept LoRA): rows
+# "stage 1: <name>", each on its own concept run; the demo's concept is "" (row "stage 1: concept")
+CONCEPT_VARIANTS: dict[str, dict[str, Any]] = {
+    "dop-1": {"concept_preservation": 1.0},  # output preservation on 12 generic world prompts, weight 1
+    "dop-3": {"concept_preservation": 3.0},
+    "dop-0.3": {"concept_preservation": 0.3},
+    "dop-0.3-600": {"concept_preservation": 0.3, "concept_steps": 600},
+    # the LoRA only on the cross-attention keys and values (Custom Diffusion: less forgetting, it reports)
+    "kv": {"concept_targets": "kv"},
+    "kv-lr-3e-3": {"concept_targets": "kv", "concept_lr": 3e-3},
+    "kv-lr-2.5e-4": {"concept_targets": "kv", "concept_lr": 2.5e-4},
+    "dop-1-24": {"concept_preservation": 1.0, "concept_preservation_prompts": 24},
+    "rank-4": {"concept_rank": 4},
+    "rank-2": {"concept_rank": 2},
+    "lr-5e-4": {"concept_lr": 5e-4},
+    "lr-2.5e-4": {"concept_lr": 2.5e-4},
+    "lr-1e-4": {"concept_lr": 1e-4},
+    "lr-1e-8": {"concept_lr": 1e-8},  # a control: the run's save/load/evaluation path with (almost) no training
+    "lr-5e-4-steps-200": {"concept_lr": 5e-4, "concept_steps": 200},
+    "lr-5e-4+dop-0.3": {"concept_lr": 5e-4, "concept_preservation": 0.3},
+    "lr-2.5e-4+dop-1": {"concept_lr": 2.5e-4, "concept_preservation": 1.0},
+    "lr-2.5e-4+dop-0.3": {"concept_lr": 2.5e-4, "concept_preservation": 0.3},
+    "steps-200": {"concept_steps": 200},
+    "no-dropout": {"concept_caption_dropout": 0.0},
+    "dropout-0.3": {"concept_caption_dropout": 0.3},
+    "dropout-0.5": {"concept_caption_dropout": 0.5},
+}
