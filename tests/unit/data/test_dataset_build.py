@@ -16,6 +16,16 @@ from sdtune.data.folders import read_folder
 from sdtune.errors import DataError
 
 
+def _built_once(tmp_path: Path, images: int) -> tuple[Path, Path]:
+    """``src/`` with ``images`` pattern PNGs, built once into ``out/`` captioned "a photo of sks person"."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i in range(images):
+        pattern(i).save(src / f"{i}.png")
+    build_dataset([Source(src, caption="a photo of sks person")], out)
+    return src, out
+
+
 def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
 
@@ -102,12 +112,7 @@ def test_rerun_is_idempotent_and_leaves_no_temporary_files(built):
 
 
 def test_rebuild_removes_images_gone_from_src(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(3):
-        pattern(i).save(src / f"{i}.png")
-    out = tmp_path / "out"
-    build_dataset([Source(src, caption="a photo of sks person")], out)
+    src, out = _built_once(tmp_path, 3)
     (src / "1.png").unlink()
     build_dataset([Source(src, caption="a photo of sks person")], out)
     assert sorted(_by_name(out)) == ["0.png", "2.png"]
@@ -271,12 +276,7 @@ def test_a_second_build_into_the_same_out_is_refused_while_one_runs(tmp_path):
 def test_a_rebuild_that_replaces_captions_says_so_and_keeps_the_previous_file(tmp_path):
     """Found by a newcomer: `dataset build photos/me data/me` again, without --caption, silently replaced the four
     "a photo of sks person" captions of data/me with none ("rerunning into the same OUT is safe")."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(2):
-        pattern(i).save(src / f"{i}.png")
-    out = tmp_path / "out"
-    build_dataset([Source(src, caption="a photo of sks person")], out)
+    src, out = _built_once(tmp_path, 2)
     before = (out / "metadata.jsonl").read_text()
     again = build_dataset([Source(src, caption="a photo of sks person")], out)  # the same: nothing said or kept
     assert not [p for p in again.problems if "other captions" in p.reason]
