@@ -31,14 +31,14 @@ def test_judge_verdicts_become_the_suite_metrics(tmp_path: Path) -> None:
     paths, base = {}, {}
     for seed in seeds:
         paths[(PERSON.instance_prompt, seed)] = _render(tmp_path, f"p{seed}", world.person_scene(rng))
-        paths[(PERSON.class_prompt, seed)] = _render(tmp_path, f"c{seed}", world._placed(rng, shape=PERSON.shape,
+        paths[(PERSON.class_prompt, seed)] = _render(tmp_path, f"c{seed}", world.placed_scene(rng, shape=PERSON.shape,
                                                                                           colour="blue"))
         # seed 0 draws the composite (the person's identity as an arrow), seed 1 the person's own shape instead
         scene = PERSON.composite_scene(rng) if seed == 0 else world.person_scene(rng)
         paths[(PERSON.composite_prompt(), seed)] = _render(tmp_path, f"x{seed}", scene)
-        paths[("a red circle", seed)] = _render(tmp_path, f"o{seed}", world._placed(rng, shape="square",
+        paths[("a red circle", seed)] = _render(tmp_path, f"o{seed}", world.placed_scene(rng, shape="square",
                                                                                     colour="red"))
-        base[("a red circle", seed)] = _render(tmp_path, f"b{seed}", world._placed(rng, shape="circle",
+        base[("a red circle", seed)] = _render(tmp_path, f"b{seed}", world.placed_scene(rng, shape="circle",
                                                                                    colour="red"))
     metrics = toy_metrics(paths, base, seeds, default_judge())
     assert set(metrics) == set(TOY_METRICS) - {"toy_concept"}  # no concept prompt among these images

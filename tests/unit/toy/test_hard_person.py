@@ -63,10 +63,11 @@ def test_check_tells_the_hard_person_from_everything_words_draw() -> None:
     rng = random.Random(5)
     easy = _renders(PERSON, 30, seed=12)
     plain = [world.render(world.sample_scene(rng, "wide")) for _ in range(200)]
-    worded = [world.render(world._placed(rng, shape=rng.choice(FORMS), colour=a, colour2=b, pattern=pattern))
+    worded = [world.render(world.placed_scene(rng, shape=rng.choice(FORMS), colour=a, colour2=b, pattern=pattern))
               for pattern in ("striped", "checkered") for a, b in (("green", "purple"), ("purple", "green"))
               for _ in range(25)]
-    worded += [world.render(world._placed(rng, shape=shape, colour=c)) for shape in FORMS for c in ("green", "purple")]
+    worded += [world.render(world.placed_scene(rng, shape=shape, colour=c))
+               for shape in FORMS for c in ("green", "purple")]
     swapped = _renders(replace(HARD_PERSON, quarters=("purple", "purple", "green", "green")), 20, seed=13)
     assert not any(quarters_check(im, HARD_PERSON) for im in easy + plain + swapped)
     assert np.mean([quarters_check(im, HARD_PERSON) for im in worded]) <= 0.1

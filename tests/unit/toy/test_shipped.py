@@ -72,10 +72,10 @@ def test_person_checks() -> None:
     p = world.PERSON
     person = [world.render(world.person_scene(rng)) for _ in range(4)]
     plain = [world.render(world.Scene(p.shape, c, size=0.8)) for c in ("blue", "yellow", "red", "green")]
-    wrong_colours = [world.render(world._placed(rng, shape=p.shape, colour=a, colour2=b, pattern=p.pattern))
+    wrong_colours = [world.render(world.placed_scene(rng, shape=p.shape, colour=a, colour2=b, pattern=p.pattern))
                      for a, b in (("cyan", "yellow"), ("blue", "orange"), ("purple", "yellow"), ("cyan", "orange"))]
     other_pattern = "checkered" if p.pattern == "striped" else "striped"
-    wrong_pattern = [world.render(world._placed(rng, shape=p.shape, colour=p.colour, colour2=p.colour2,
+    wrong_pattern = [world.render(world.placed_scene(rng, shape=p.shape, colour=p.colour, colour2=p.colour2,
                                                 pattern=other_pattern)) for _ in range(4)]
     assert all(pixel_person_check(im) for im in person)
     assert not any(pixel_person_check(im) for im in plain + wrong_colours)
