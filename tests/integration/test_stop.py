@@ -136,16 +136,24 @@ def test_a_stop_at_the_end_keeps_the_final_checkpoint_then_resume_only_finishes(
     assert "finishing this step" not in child.stderr, child.stderr  # the final phase says so from its first line
     assert not (run / "samples" / "step-000003").exists(), "a cut-short validation leaves no partial folder"
 
-    # resuming: a second Ctrl-C while it loads quits at once, naming the checkpoint to resume from
-    again = Child("train", str(config), *extra, "--resume", "latest")
-    again.wait_for(lambda: "warning:" in again.stdout, "the dataset check's warning")
-    again.signal(signal.SIGINT)
-    again.wait_for(lambda: "stopping: training has not resumed" in again.stderr, "the first Ctrl-C's notice")
-    again.signal(signal.SIGINT)
-    assert again.end() == 130
-    assert f"quit: nothing new was trained; {final} is still the checkpoint to resume from" in again.stderr, \
-        again.stdout + again.stderr
-    assert "Traceback" not in again.stderr and _checkpoints(run) == ["step-000003"]
+    # resuming: a second Ctrl-C while it loads quits at once, naming the checkpoint to resume from. The first
+    # Ctrl-C may also be honoured on its own before the second lands (the run checks for a stop right after the
+    # data check whose warning the test waits for): a correct stop too, so that attempt is checked and repeated
+    quit = f"quit: nothing new was trained; {final} is still the checkpoint to resume from"
+    stopped = f"stopped before training resumed: nothing new to save ({final} is still the checkpoint to resume from)"
+    for _attempt in range(4):
+        again = Child("train", str(config), *extra, "--resume", "latest")
+        again.wait_for(lambda child=again: "warning:" in child.stdout, "the dataset check's warning")
+        again.signal(signal.SIGINT)
+        again.wait_for(lambda child=again: "stopping: training has not resumed" in child.stderr,
+                       "the first Ctrl-C's notice")
+        again.signal(signal.SIGINT)
+        assert again.end() == 130
+        assert "Traceback" not in again.stderr and _checkpoints(run) == ["step-000003"]
+        if quit in again.stderr:
+            break
+        assert stopped in again.stdout, again.stdout + again.stderr  # the first Ctrl-C stopped it: also right
+    assert quit in again.stderr, again.stdout + again.stderr
 
     done = run_cli("train", str(config), *extra, "validation.steps=2", "--resume", "latest")
     assert "done: 3 steps" in done.stdout and (run / "model" / "model_index.json").is_file()
