@@ -348,6 +348,12 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     if last_saved != state.step:  # a stop asked for now lets it complete: the run is in it
         save(state)
         last_saved = state.step
+    counts = data_counts(stream)
+    # The DDP wrappers (their Reducer holds the process group) go now, while the group is alive on every process:
+    # freed only when this function returned, after end_training had destroyed the group, their gloo group's
+    # destructor waited forever for its threads (2-process CPU runs hung at exit in the full test suite, twice)
+    del unet, text_encoder, text_encoder_ddp, micro_loss, conditioner
+    accelerator.free_memory()
     if status == "interrupted":
         if accelerator.is_main_process:
             print(f"stopped at step {state.step}: checkpoint saved. Continue with --resume latest")
@@ -356,8 +362,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     timing = {"seconds": round(time.time() - started, 2),
               "median_step_seconds": round(statistics.median(step_times[1:] or step_times or [0.0]), 4)}
     try:
-        return finish(cfg, accelerator, comps, trainables, view, state, run_dir, timing, data_counts(stream), stop,
-                       validated)
+        return finish(cfg, accelerator, comps, trainables, view, state, run_dir, timing, counts, stop, validated)
     except DiskFullError as exc:
         raise DiskFullError(f"{exc}. Training itself is complete (checkpoint {ckpt.step_dir_name(state.step)}): "
                             f"once there is space, `sdtune train {run_dir / 'config.yaml'} --resume latest` writes "
