@@ -131,12 +131,12 @@ def final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: Concep
 
 def run_people(ready: dict[str, tuple[Subject, RunConfig]], concept: ConceptRun, out_dir: Path, scale: Scale,
                echo: Callable[[str], None], live: bool | None, judge: Judge | None = None,
-               finished: dict[str, tuple[Subject, RunConfig, SubjectOutcome]] | None = None,
-               engine: Engine | None = None) -> dict[str, SubjectOutcome]:
+               finished: dict[str, tuple[Subject, RunConfig, SubjectOutcome]] | None = None, *,
+               engine: Engine) -> dict[str, SubjectOutcome]:
     """Train ``ready`` people on the engine (and judge them, and the ``finished`` ones not judged yet, with
     ``judge``); follow them until each is final, then shut the engine down. Returns the outcomes of the people it
-    ran or judged. ``engine``: one started already (personalize starts it while it prepares), else a new one."""
-    from sdtune.engine import Engine, Unit
+    ran or judged. ``engine``: started by the caller (personalize starts it while it prepares)."""
+    from sdtune.engine import Unit
     from sdtune.recipes.personalize_view import Board
     from sdtune.stopping import STOP
 
@@ -145,10 +145,6 @@ def run_people(ready: dict[str, tuple[Subject, RunConfig]], concept: ConceptRun,
     people.update({name: subject for name, (subject, _, _) in finished.items()})
     run_dirs = {name: Path(cfg.output_dir) for name, (_, cfg) in ready.items()}
     run_dirs.update({name: Path(cfg.output_dir) for name, (_, cfg, _) in finished.items()})
-    started = time.time()
-    if engine is None:
-        engine = Engine(scale.address, num_gpus=scale.num_gpus, num_cpus=scale.num_cpus)
-        echo(f"Ray: started in {time.time() - started:.1f} s")
     outcomes: dict[str, SubjectOutcome] = {}
     grace = STOP_GRACE_SECONDS
     try:

@@ -359,7 +359,7 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
             hidden = min(start.up, prepared) - start.requested
             echo(f"Ray: up in {start.up - start.requested:.1f} s, {hidden:.1f} s of it while preparing")
             if not STOP.requested:
-                outcomes.update(run_people(ready, info, out_dir, scale, echo, live, judge, unjudged, engine))
+                outcomes.update(run_people(ready, info, out_dir, scale, echo, live, judge, unjudged, engine=engine))
     finally:
         if start is not None:
             start.close()  # Ray ends whatever happened (a failed preparation, Ctrl-C, SIGTERM)
