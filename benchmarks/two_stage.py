@@ -197,7 +197,11 @@ class Bench:
         name = f"concept-{variant}-s{seed}" if variant else f"concept-s{seed}"
         run_dir = self.out / "runs" / name
         with self.lock(name):
-            seconds = self.train(concept_run(settings, self.data, run_dir))
+            cfg = concept_run(settings, self.data, run_dir)
+            if cfg["data"].get("subsets"):  # stage 1's class images (concept_prior), drawn by the base model
+                with self.lock("class-generic"):
+                    generate_for_run(config_from_dict(cfg), "cpu")
+            seconds = self.train(cfg)
             self.measure(name, str(run_dir), {"stage": "concept", "seed": seed, "train_seconds": seconds,
                                               "concept_variant": variant,
                                               "settings": {k: v for k, v in asdict(settings).items()

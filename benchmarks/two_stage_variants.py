@@ -128,3 +128,49 @@ CONCEPT_VARIANTS: dict[str, dict[str, Any]] = {
     "dropout-0.3": {"concept_caption_dropout": 0.3},
     "dropout-0.5": {"concept_caption_dropout": 0.5},
 }
+# Measured 7 Dec 2026 (second session), seed 0 only, numbers in docs/two-stage.md ("Ideas measured after the
+# 3-seed tables"). Masked loss with a weight above 0 outside the silhouette: with 0 the composite drew the person's
+# look but lost the arrow's form. Hard pivotal 0.25: composite 0.00 at 0.1 and 0.3 (0.21 at 0)
+for _outside in (0.1, 0.3):
+    for _name in ("pivotal-frac-0.25", "pivotal-frac-0.5", "hard-pivotal-frac-0.25", "hard-pivotal-frac-0.5"):
+        VARIANTS[f"{_name}+mask-out-{_outside}"] = {**VARIANTS[f"{_name}+mask"], "person_mask_outside": _outside}
+# The person on the low-noise timesteps only (train.max_timestep): form is drawn at high noise, colour late.
+# Hard pivotal 0.25: composite 0.00 at 300 and 500, person 0.62 -> 0.17-0.38
+for _high in (300, 500, 700):
+    for _name in ("ti-400", "pivotal-frac-0.25", "pivotal-frac-0.5", "pivotal-frac-0.25+mask"):
+        for _look in ("", "hard-"):
+            VARIANTS[f"{_look}{_name}+t-{_high}"] = {**VARIANTS[f"{_look}{_name}"], "person_max_timestep": _high}
+# The token's norm capped (person_norm_limit, times the vocabulary's longest): pivotal's grew to 1.8-2.3, 4-5x the
+# longest (0.43), and may outweigh "arrow". Hard pivotal 0.25 at 1.0: composite 0.04 (0.00 uncapped)
+for _name in ("pivotal-frac-0.25", "pivotal-frac-0.5", "pivotal-frac-0.25+mask", "pivotal-frac-0.5+mask"):
+    for _look in ("", "hard-"):
+        for _cap in (0.5, 1.0):
+            VARIANTS[f"{_look}{_name}+norm-{_cap}"] = {**VARIANTS[f"{_look}{_name}"], "person_norm_limit": _cap}
+# Stage 1 with prior preservation: the base model's images of other world prompts (concept_class_images of
+# concept_class_prompts prompts, or of the shapes nearest "arrow" in the toy CLIP: star, diamond) replayed beside
+# the concept's; "te": a text-encoder LoRA too. Old acc / concept on seed 0: prior-48 0.88 / 0.25, prior-48-lr-2e-3
+# 0.90 / 0.50, prior-near-48 0.85 / 0.12, te 0.71 / 0.71, te+prior-near-48 0.79 / 0.58 (the demo's: 0.75 / 0.67)
+_NEAR = ("star", "diamond")
+CONCEPT_VARIANTS.update({
+    "prior-48": {"concept_class_images": 48},
+    "prior-96": {"concept_class_images": 96},
+    "prior-48-w0.5": {"concept_class_images": 48, "concept_class_weight": 0.5},
+    "prior-48-w0.25": {"concept_class_images": 48, "concept_class_weight": 0.25},
+    "prior-48-600": {"concept_class_images": 48, "concept_steps": 600},
+    "prior-48-w0.5-600": {"concept_class_images": 48, "concept_class_weight": 0.5, "concept_steps": 600},
+    "prior-48-w0.25-600": {"concept_class_images": 48, "concept_class_weight": 0.25, "concept_steps": 600},
+    "prior-48-1200": {"concept_class_images": 48, "concept_steps": 1200},
+    "prior-48-lr-2e-3": {"concept_class_images": 48, "concept_lr": 2e-3},
+    "prior-48-lr-3e-3": {"concept_class_images": 48, "concept_lr": 3e-3},
+    "prior-96-lr-2e-3": {"concept_class_images": 96, "concept_lr": 2e-3},
+    "prior-near-24": {"concept_class_images": 24, "concept_class_shapes": _NEAR},
+    "prior-near-48": {"concept_class_images": 48, "concept_class_shapes": _NEAR},
+    "prior-near-24-w0.5": {"concept_class_images": 24, "concept_class_shapes": _NEAR, "concept_class_weight": 0.5},
+    "te": {"concept_text_encoder": True},
+    "te+prior-48": {"concept_text_encoder": True, "concept_class_images": 48},
+    "te+prior-near-48": {"concept_text_encoder": True, "concept_class_images": 48, "concept_class_shapes": _NEAR},
+    "te+prior-near-48-600": {"concept_text_encoder": True, "concept_class_images": 48, "concept_steps": 600,
+                             "concept_class_shapes": _NEAR},
+    "te+prior-near-48-w0.5": {"concept_text_encoder": True, "concept_class_images": 48, "concept_class_weight": 0.5,
+                              "concept_class_shapes": _NEAR},
+})

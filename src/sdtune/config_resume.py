@@ -76,6 +76,8 @@ RESUME_RULES: dict[str, Rule] = {
     "train.mixed_precision": _change("compute precision; trainable weights and optimizer state stay fp32"),
     "train.snr_gamma": _change("a loss weighting"),
     "train.noise_offset": _change("a noise hyperparameter"),
+    "train.min_timestep": _change("which timesteps are drawn from the step's reseeded RNG, from the resume step on"),
+    "train.max_timestep": _change("which timesteps are drawn from the step's reseeded RNG, from the resume step on"),
     "train.ema": _refuse("whether an EMA of the weights exists (its average starts with the run)"),
     "train.ema.decay": _change("re-applied to the EMA after loading"),
     "train.ema.update_after_step": _change("re-applied to the EMA after loading"),

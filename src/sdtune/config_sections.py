@@ -244,6 +244,11 @@ class TrainConfig(Section):
         "no", description="no, fp16 or bf16 (float16, bfloat16, fp32 and float32 are read as these)")
     snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (5.0 is common)")
     noise_offset: float = Field(0.0, ge=0.0)
+    min_timestep: int = Field(0, ge=0, description="train on timesteps from this one (kohya's --min_timestep): "
+                              "low timesteps are the little-noise steps that draw detail, texture and colour")
+    max_timestep: int | None = Field(None, ge=1, description="train on timesteps below this one (kohya's "
+                                     "--max_timestep; null: the noise schedule's length, 1000 for SD): high "
+                                     "timesteps draw the layout and form")
     ema: EMAConfig | None = Field(None, description="EMA of the trained weights (the UNet, a LoRA, a token's "
                                   "embedding): what is validated, saved and exported; the raw ones resume")
     preservation: PreservationConfig | None = Field(
@@ -277,6 +282,9 @@ class TrainConfig(Section):
             if self.lora is None and self.textual_inversion.ti_fraction < 1.0:
                 raise ValueError("train.textual_inversion.ti_fraction freezes the embedding while a LoRA trains on "
                                  "(pivotal tuning): add train.lora, or set ti_fraction to 1.0")
+        if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
+            raise ValueError(f"train.max_timestep={self.max_timestep} must be above train.min_timestep="
+                             f"{self.min_timestep} (timesteps from min_timestep to max_timestep - 1 are trained)")
         if self.lr_warmup_steps and self.lr_scheduler == "constant" and self.optimizer != "adamw_schedulefree":
             raise ValueError(f"train.lr_warmup_steps={self.lr_warmup_steps} has no effect with "
                              "train.lr_scheduler=constant: use constant_with_warmup, or set lr_warmup_steps=0")

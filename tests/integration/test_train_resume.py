@@ -33,7 +33,8 @@ def _data(tmp: Path, method: str, prior: bool) -> dict:
 
 
 COMBOS = {
-    "t2i-lora": ("t2i", {"lora": {"rank": 4, "dropout": 0.1}}, False),
+    # with a narrowed timestep range (train.min_timestep / max_timestep): its draws come from the step's RNG too
+    "t2i-lora": ("t2i", {"lora": {"rank": 4, "dropout": 0.1}, "min_timestep": 100, "max_timestep": 600}, False),
     "t2i-full-te": ("t2i", {"train_text_encoder": True, "snr_gamma": 5.0, "lr_scheduler": "cosine",
                             "lr_warmup_steps": 3}, False),
     "db-lora-te-prior": ("db", {"lora": {"rank": 4, "alpha": 8}, "train_text_encoder": True,

@@ -45,6 +45,9 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
     ({"train": {"lr_scheduler": "cosine", "lr_warmup_steps": 1000, "max_steps": 800}},
      "train.lr_warmup_steps=1000 must be smaller than train.max_steps=800 (the cosine schedule"),
     ({"train": {"lr_warmup_steps": 100}}, "train.lr_warmup_steps=100 has no effect with train.lr_scheduler=constant"),
+    ({"train": {"min_timestep": 500, "max_timestep": 500}}, "train.max_timestep=500 must be above "
+     "train.min_timestep=500"),
+    ({"train": {"min_timestep": -1}}, "train.min_timestep"),
     # trained, then refused by the validation / class-image pipeline ("divisible by 8"): now at load time
     ({"data": {"instance_dir": "x", "instance_prompt": "p", "resolution": 500}},
      "data.resolution = 500: 500 is not a multiple of 8 .*use 496 or 504"),

@@ -48,6 +48,7 @@ def concept_stage(settings: DemoSettings, data: Path, out: Path) -> dict[str, An
     cfg = concept_config("toy", data / "concept", out, steps=settings.concept_steps, lr=settings.concept_lr,
                          lora_rank=settings.concept_rank if settings.concept_lora else None, seed=settings.seed,
                          caption_dropout=settings.concept_caption_dropout)
+    cfg["train"]["train_text_encoder"] = settings.concept_text_encoder
     if settings.concept_targets == "kv" and settings.concept_lora:  # only what reads the prompt learns the word
         cfg["train"]["lora"]["targets"] = list(CROSS_ATTENTION_KV)
     elif settings.concept_targets != "all":
@@ -57,6 +58,16 @@ def concept_stage(settings: DemoSettings, data: Path, out: Path) -> dict[str, An
 
         cfg["train"]["preservation"] = {"weight": settings.concept_preservation,
                                         "prompts": generic_prompts(settings.concept_preservation_prompts)}
+    if settings.concept_class_images:  # the base model's images of other prompts: prior preservation's class images
+        from sdtune.toy.evaluate import generic_prompts
+
+        shapes = settings.concept_class_shapes
+        prompts = generic_prompts(None, shapes) if shapes else generic_prompts(settings.concept_class_prompts)
+        name = "-".join(shapes) if shapes else str(settings.concept_class_prompts)
+        cfg["data"]["subsets"] = [{"path": str(data / f"class-generic-{name}"),
+                                   "role": "class", "class_prompts": prompts,
+                                   "num_images": settings.concept_class_images,
+                                   "loss_weight": settings.concept_class_weight}]
     return cfg
 
 
@@ -130,6 +141,8 @@ def _person_common(cfg: dict[str, Any], settings: DemoSettings, concept_lora: Pa
     if settings.person_poses > 1:  # captioned photos: text-to-image on them (DreamBooth has one fixed prompt)
         cfg["data"] = {"train_dir": cfg["data"]["instance_dir"], "resolution": cfg["data"]["resolution"],
                        "check": False}
+    if settings.person_max_timestep is not None:  # the person trains on the low-noise steps only (detail, colour)
+        cfg["train"]["max_timestep"] = settings.person_max_timestep
     if settings.person_masks:
         photos = Path(cfg["data"].get("train_dir") or cfg["data"]["instance_dir"])
         cfg["data"].update(masked_loss=True, mask_dir=str(person_mask_dir(photos)),

@@ -36,6 +36,9 @@ class DemoSettings:
     # beside the photos as "<photos>-masks", world.write_masks), person_mask_outside elsewhere
     person_masks: bool = False
     person_mask_outside: float = 0.0
+    # train.max_timestep of the person stage (None: every timestep): the person on the low-noise steps only, where
+    # detail and colour are drawn, so the form of "sks green arrow" stays the concept's
+    person_max_timestep: int | None = None
     # 600 concept steps: concept 0.94 but old-prompt accuracy 0.92 -> 0.60, and no person learned on top;
     # 300: 0.81 and 0.73 (measured). LoRA on attention, convs and feed-forwards (finetune.LORA_TARGETS).
     concept_steps: int = 300
@@ -51,6 +54,21 @@ class DemoSettings:
     # other prompts (evaluate.generic_prompts, none of them an evaluated one) at this weight; 0: off
     concept_preservation: float = 0.0
     concept_preservation_prompts: int = 12
+    # Prior preservation in stage 1: this many class images of the world's other prompts (evaluate.generic_prompts,
+    # concept_class_prompts of them, none evaluated), drawn by the base model, trained beside the concept images at
+    # concept_class_weight (replay of what the base drew; 0: off). Unlike output preservation it gives the other
+    # prompts their own images, not the arrow images' noisy latents under another prompt.
+    concept_class_images: int = 0
+    concept_class_prompts: int = 24
+    concept_class_weight: float = 1.0
+    # Only the world's prompts of these shapes in that prior (all of them; () = concept_class_prompts spread over
+    # every shape): the shapes whose words lie nearest "arrow" in the toy CLIP (star 0.75, diamond 0.54 cosine) are
+    # the ones stage 1 bends into arrows (seed 0: its old prompts of stars and diamonds right in 8 of 24 images,
+    # the base's in 22)
+    concept_class_shapes: tuple[str, ...] = ()
+    # A text-encoder LoRA in stage 1 too (train.train_text_encoder): "arrow" can then move away from "star" in the
+    # text encoder, where the UNet LoRA alone must draw both from nearly the same embedding
+    concept_text_encoder: bool = False
     # The striped person is learned in a few hundred steps (a checkered star needed 1000 and reached 0.31): 250 at
     # lr 2e-3 drew it in 0.83 of images at guidance 2 (seed 0, measured 29 Nov 2026) and keep the demo in minutes.
     person_steps: int = 400  # (a LoRA person: 250)

@@ -65,15 +65,17 @@ def old_prompts(count: int | None = None) -> list[Expect]:
 EVALUATED_OLD = 12  # old-world prompts every evaluation uses (old_prompts(n) for n <= 12 is a prefix of these)
 
 
-def generic_prompts(count: int) -> list[str]:
-    """``count`` world prompts for output preservation, none of them an evaluated one (``old_prompts``): the
-    toy's "a photo of a dog, a photo of a woman" a user lists to keep the model's other subjects. Spread over
-    shapes and colours, fixed; captions' own template ("a photo of a ...")."""
+def generic_prompts(count: int | None, shapes: Sequence[str] = ()) -> list[str]:
+    """``count`` world prompts for output or prior preservation, none of them an evaluated one (``old_prompts``):
+    the toy's "a photo of a dog, a photo of a woman" a user lists to keep the model's other subjects. Spread over
+    shapes and colours, fixed; captions' own template ("a photo of a ..."). ``shapes``: only prompts of these
+    shapes (``count`` None: all of them), e.g. the words nearest the concept's, which its LoRA bends most."""
     evaluated = {(e.colour, e.shape) for e in old_prompts(EVALUATED_OLD)}
     colours = list(COLOURS)
     pairs = [(colours[(i * 5 + i // len(SHAPES)) % len(colours)], SHAPES[i % len(SHAPES)])
              for i in range(len(colours) * len(SHAPES))]
-    kept = list(dict.fromkeys(p for p in pairs if p not in evaluated))
+    kept = list(dict.fromkeys(p for p in pairs if p not in evaluated and (not shapes or p[1] in shapes)))
+    count = len(kept) if count is None else count
     if count > len(kept):
         raise ValueError(f"at most {counted(len(kept), 'generic prompt')} (the others are evaluated)")
     return [f"a photo of a {c} {s}" for c, s in kept[:count]]

@@ -56,7 +56,7 @@ from sdtune.training.modules import (
 from sdtune.training.pivotal import freeze_embedding_if_due
 from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
-from sdtune.training.step import StepLoss, apply_update, micro_step_seed
+from sdtune.training.step import StepLoss, apply_update, micro_step_seed, timestep_range
 from sdtune.training.textual_inversion import check_learned_token
 from sdtune.training.val_loss import build_validation_loss
 from sdtune.words import counted
@@ -185,6 +185,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae,
                             **frozen_dtypes(cfg))
+    timestep_range(cfg, comps.noise_scheduler.config.num_train_timesteps)  # a bad range: one line, before caching
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
     trainables = configure_trainables(cfg, comps, accelerator.device)  # a learned token joins the tokenizer here
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,

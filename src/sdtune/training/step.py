@@ -14,6 +14,7 @@ import torch
 
 from sdtune.config import RunConfig
 from sdtune.data.masks import latent_weights
+from sdtune.errors import ConfigError
 from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
 
 
@@ -34,6 +35,7 @@ class StepLoss:
         self.cfg, self.accelerator, self.unet, self.text_encoder = cfg, accelerator, unet, text_encoder
         self.conditioner, self.noise_scheduler, self.preservation, self.family = (conditioner, noise_scheduler,
                                                                                   preservation, family)
+        self.timestep_range = timestep_range(cfg, noise_scheduler.config.num_train_timesteps)
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch is one group (one shape) or two (class images of another bucket than the training ones): one
@@ -50,8 +52,7 @@ class StepLoss:
         if cfg.train.noise_offset:
             noise = noise + cfg.train.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
                                                                  device=latents.device, dtype=latents.dtype)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  device=latents.device).long()
+        timesteps = torch.randint(*self.timestep_range, (latents.shape[0],), device=latents.device).long()
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         target = training_target(noise_scheduler, latents, noise, timesteps)
         with accelerator.autocast():
@@ -71,6 +72,19 @@ class StepLoss:
                                                      noisy[:num_train], timesteps[:num_train], self.family,
                                                      _first(group.get("crop_geometry"), num_train))
         return loss, zero
+
+
+def timestep_range(cfg: RunConfig, schedule_length: int) -> tuple[int, int]:
+    """The timesteps a step draws from, ``[low, high)`` (``train.min_timestep`` / ``max_timestep``, kohya's
+    options: low timesteps draw detail and colour, high ones layout and form). The defaults give the whole
+    schedule, ``randint(0, schedule_length)`` as before. Raises ConfigError for a range past the schedule."""
+    low, high = cfg.train.min_timestep, cfg.train.max_timestep or schedule_length
+    if high > schedule_length:
+        raise ConfigError(f"train.max_timestep={high} is past the noise schedule's {schedule_length} timesteps: "
+                          f"set it to {schedule_length} or less (or null for all)")
+    if low >= high:
+        raise ConfigError(f"train.min_timestep={low} leaves no timestep below {high}: lower it")
+    return low, high
 
 
 def apply_update(optimizer, lr_scheduler, ema, averaged: torch.nn.Module | list[torch.nn.Parameter]) -> bool:

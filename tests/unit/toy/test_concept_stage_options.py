@@ -42,3 +42,17 @@ def test_concept_variants_are_stage_1_rows_against_the_base() -> None:
     assert tab["rows"]["stage 1: dop-1"]["old_vs_base"][0] == pytest.approx(0.80 - 0.96)
     assert tab["per_seed"]["stage 1: dop-1"]["1"]["old_both"] == 0.78
     assert two_stage.settings_for(two_stage.DEMO, 1, False, concept="dop-1").concept_preservation == 1.0
+
+
+def test_stage_1_prior_preservation_draws_other_prompts_as_class_images(tmp_path: Path) -> None:
+    """concept_class_images: the base model's images of the world's other prompts (none evaluated) as a class subset
+    beside the concept's captioned images (prior preservation in a text-to-image run), at its own weight."""
+    assert config_from_dict(concept_stage(DemoSettings(), tmp_path, tmp_path / "c")).data.subsets == []
+    settings = replace(DemoSettings(), concept_class_images=48, concept_class_prompts=24, concept_class_weight=0.5)
+    cfg = config_from_dict(concept_stage(settings, tmp_path, tmp_path / "c"))
+    (subset,) = cfg.data.subsets
+    assert subset.role == "class" and subset.num_images == 48 and subset.loss_weight == 0.5
+    assert subset.class_prompts == generic_prompts(24) and subset.path == tmp_path / "class-generic-24"
+    evaluated = {f"a photo of {e.prompt}" for e in old_prompts(12)} | {e.prompt for e in old_prompts(12)}
+    assert not evaluated & set(subset.class_prompts), "the prior must not train on evaluated prompts"
+    assert cfg.data.train_dir == tmp_path / "concept"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -36,3 +37,23 @@ def test_prior_preservation_loss_is_instance_mean_plus_weighted_class_mean() -> 
     loss = weighted_loss(pred, target, torch.tensor([1.0, 1.0, 0.5, 0.5]), num_train=2)
     assert torch.isclose(loss, per[:2].mean() + 0.5 * per[2:].mean())
     assert torch.isclose(weighted_loss(pred, target, torch.ones(4), num_train=4), per.mean())
+
+
+def test_the_timestep_range_is_the_whole_schedule_unless_narrowed() -> None:
+    """train.min_timestep / max_timestep (kohya's options) bound what a step draws; the defaults draw exactly as
+    before (randint(0, 1000)), and a range past the schedule is one clear error, not a CUDA index assert."""
+    from sdtune.config import config_from_dict
+    from sdtune.errors import ConfigError
+    from sdtune.training.step import timestep_range
+
+    def cfg(**train):
+        return config_from_dict({"data": {"instance_dir": "x", "instance_prompt": "a photo of sks dog"},
+                                 "train": train})
+
+    assert timestep_range(cfg(), 1000) == (0, 1000)
+    assert timestep_range(cfg(max_timestep=500), 1000) == (0, 500)
+    assert timestep_range(cfg(min_timestep=200, max_timestep=800), 1000) == (200, 800)
+    with pytest.raises(ConfigError, match="train.max_timestep=1200 is past the noise schedule's 1000 timesteps"):
+        timestep_range(cfg(max_timestep=1200), 1000)
+    with pytest.raises(ConfigError, match="train.min_timestep=1000 leaves no timestep below 1000"):
+        timestep_range(cfg(min_timestep=1000), 1000)
