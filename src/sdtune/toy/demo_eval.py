@@ -50,8 +50,9 @@ def eval_plan(settings: DemoSettings) -> dict[str, Any]:
 
 def trained_settings(settings: DemoSettings) -> dict[str, Any]:
     """The settings that decide what is trained and evaluated, the training seed excepted (the benchmark runs
-    several): what the published benchmark records and the demo's settings must equal for its rows to apply."""
-    return {k: v for k, v in asdict(settings).items() if k != "seed"}
+    several): what the published benchmark records and the demo's settings must equal for its rows to apply.
+    Tuples come as lists, as the published JSON holds them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items() if k != "seed"}
 
 
 def benchmark_rows(settings: DemoSettings) -> dict[str, Any] | None:
