@@ -59,8 +59,19 @@ def _origin(loc: str, overrides: list[str]) -> str | None:
     return None
 
 
+def as_written(value: Any) -> str:
+    """A config value as a user writes it in YAML or an override: ``null``, ``true``/``false``; anything else as
+    Python shows it (``0.001``, ``'cosine'``, ``[1, 2]``). Messages that quote a value use this, so they never ask
+    for ``None`` where the config says ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def _shown(value: Any) -> str:
-    text = repr(value)
+    text = as_written(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

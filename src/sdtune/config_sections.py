@@ -6,15 +6,31 @@ re-exports them, so ``from sdtune.config import DataConfig`` is how they are use
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sdtune.preset_names import PRESETS
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``true``/``false`` given to a number key: pydantic reads them as 1/0, so ``train.max_timestep=true``
+        trained timestep 0 alone and ``train.max_steps=true`` one step; refused instead."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+            raise ValueError("a yes/no value, where this key takes a number")
+        return value
+
+
+def _numeric(annotation: Any) -> bool:
+    """``int``, ``float``, or either with None (``int | None``): a number key."""
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_args(annotation) else [annotation]
+    return bool(args) and all(a in (int, float) for a in args)
 
 
 def _no_empty_path(value: Any) -> Any:

@@ -48,6 +48,11 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
     ({"train": {"min_timestep": 500, "max_timestep": 500}}, "train.max_timestep=500 must be above "
      "train.min_timestep=500"),
     ({"train": {"min_timestep": -1}}, "train.min_timestep"),
+    # pydantic read true/false as 1/0: max_timestep=true trained timestep 0 alone, max_steps=true one step
+    ({"train": {"max_timestep": True}}, "train.max_timestep = true: a yes/no value, where this key takes a number"),
+    ({"train": {"max_steps": False}}, "train.max_steps = false: a yes/no value"),
+    ({"train": {"lora": {"rank": True}}}, "train.lora.rank = true: a yes/no value"),
+    ({"train": {"learning_rate": True}}, "train.learning_rate = true: a yes/no value"),
     # trained, then refused by the validation / class-image pipeline ("divisible by 8"): now at load time
     ({"data": {"instance_dir": "x", "instance_prompt": "p", "resolution": 500}},
      "data.resolution = 500: 500 is not a multiple of 8 .*use 496 or 504"),
@@ -143,3 +148,30 @@ def test_bad_yaml_is_one_line_with_its_position(tmp_path: Path) -> None:
     assert "\n" not in message and "<unicode string>" not in message, message
     assert message.startswith(f"{bad} is not valid YAML: line 3, column 2: expected <block end>"), message
     assert "while parsing a block mapping at line 1" in message, message
+
+
+def test_a_timestep_range_past_the_schedule_is_refused_before_class_images_or_the_model(tmp_path: Path,
+                                                                                      capsys) -> None:
+    """Found by a newcomer: train.max_timestep=1200 was refused only after the class images were drawn and the model
+    loaded; the schedule's length is read from the model's scheduler config, like the bucket step. The model
+    folder here holds configs only, so anything that loads it (or draws class images with it) fails otherwise."""
+    from sdtune.cli import main
+    from sdtune.models.presets import preset_path
+    from tests.helpers import make_images
+
+    model = tmp_path / "sd-configs-only"
+    for part, name in (("vae", "config.json"), ("unet", "config.json"), ("scheduler", "scheduler_config.json")):
+        (model / part).mkdir(parents=True)
+        (model / part / name).write_text((preset_path("tiny") / part / name).read_text())
+    data = {"instance_dir": str(make_images(tmp_path / "me", 2)), "instance_prompt": "a photo of sks dog",
+            "resolution": 32, "buckets": False, "with_prior_preservation": True, "class_prompt": "a photo of a dog",
+            "class_dir": str(tmp_path / "class"), "num_class_images": 2}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "model": {"base": str(model)},
+                                   "data": data, "train": {"max_timestep": 1200}, "logging": {"trackers": []}}))
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", str(cfg)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert "train.max_timestep=1200 is past the noise schedule's end (1000 timesteps)" in err, err
+    assert not (tmp_path / "class").exists() or not any((tmp_path / "class").iterdir()), "no class image drawn"

@@ -146,8 +146,8 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
     return comps
 
 
-def base_prediction_type(ref: str, revision: str | None = None) -> str | None:
-    """The prediction type in a base model's scheduler config, read without loading weights or going online.
+def base_scheduler_config(ref: str, revision: str | None = None) -> dict[str, Any] | None:
+    """A base model's scheduler config, read without loading weights or going online.
 
     None when it cannot be told that way (a single-file checkpoint, a hub model not in the local cache).
     """
@@ -167,9 +167,22 @@ def base_prediction_type(ref: str, revision: str | None = None) -> str | None:
         if not isinstance(file, str):
             return None
     try:
-        return json.loads(Path(file).read_text(encoding="utf-8")).get("prediction_type", "epsilon")
+        config = json.loads(Path(file).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return config if isinstance(config, dict) else None
+
+
+def base_prediction_type(ref: str, revision: str | None = None) -> str | None:
+    """The prediction type in a base model's scheduler config (None: not readable without loading)."""
+    config = base_scheduler_config(ref, revision)
+    return None if config is None else config.get("prediction_type", "epsilon")
+
+
+def base_schedule_length(ref: str, revision: str | None = None) -> int | None:
+    """The noise schedule's length (``num_train_timesteps``; diffusers' default 1000), None: not readable."""
+    config = base_scheduler_config(ref, revision)
+    return None if config is None else int(config.get("num_train_timesteps", 1000))
 def family_of_pipeline(pipe: Any) -> Family:
     from sdtune.models.family import SDXL
 

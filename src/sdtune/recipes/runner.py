@@ -24,6 +24,7 @@ from typing import Any
 
 from sdtune.atomic import atomic_write_json
 from sdtune.config import RunConfig
+from sdtune.config_errors import as_written
 from sdtune.errors import ConfigError, DataError, ModelLoadError, SdtuneError
 from sdtune.recipes.runs import concept_run, run_state, saved_config_changes, write_stack_profile
 from sdtune.recipes.schema import Recipe, Stage, stage_configs
@@ -121,7 +122,8 @@ def _check_unchanged(name: str, cfg: RunConfig) -> None:
         return
     new = typed_yaml.load(dump_config(cfg), RunConfig)
     allowed, refused = split_changes(read_run_config(run_dir), new)
-    shown = ", ".join(f"{key} {old!r} -> {value!r}" for key, (old, value) in {**refused, **allowed}.items()) \
+    shown = ", ".join(f"{key} {as_written(old)} -> {as_written(value)}"
+                      for key, (old, value) in {**refused, **allowed}.items()) \
         if allowed or refused else ", ".join(changed[:6])
     if allowed and not refused:
         sets = " ".join(shlex.quote(f"{key}={_override_text(value)}") for key, (_, value) in allowed.items())

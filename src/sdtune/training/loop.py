@@ -158,7 +158,7 @@ def _not_started(stop: Stop, plan, accelerator=None, why: str = "") -> None:
 
 def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool) -> TrainResult:
     from sdtune.data.check_before_train import check_training_data
-    from sdtune.models.loading import load_components
+    from sdtune.models.loading import base_schedule_length, load_components
     from sdtune.models.sources import check_model_sources
 
     stop.phase("training has not started; stopping before it does", "quit: nothing was trained", QUIT_NOW)
@@ -176,6 +176,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     check_model_sources(cfg)  # model.base, model.vae, model.adapters: one line with the key, before any loads
     check_training_data(cfg)  # before any model is loaded: fail in seconds, not after a download
     check_bucket_resolution(cfg.data, cfg.model.base, cfg.model.revision)  # the model's configs only
+    if (schedule := base_schedule_length(cfg.model.base, cfg.model.revision)) is not None:
+        timestep_range(cfg, schedule)  # a bad timestep range: one line before class images or the model load
     _not_started(stop, plan)
     accelerator = _make_accelerator(cfg, run_dir)
     _ensure_class_images(cfg, accelerator, stop, plan)
@@ -185,7 +187,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae,
                             **frozen_dtypes(cfg))
-    timestep_range(cfg, comps.noise_scheduler.config.num_train_timesteps)  # a bad range: one line, before caching
+    timestep_range(cfg, comps.noise_scheduler.config.num_train_timesteps)  # a scheduler not readable before
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation draws from the global RNG: make it the run's
     trainables = configure_trainables(cfg, comps, accelerator.device)  # a learned token joins the tokenizer here
     stream = build_stream(cfg.data, comps.tokenizer, cfg.train.seed, batch_size=cfg.train.batch_size,

@@ -15,6 +15,7 @@ import torch
 
 from sdtune.atomic import atomic_write_json, atomic_write_text, write_folder
 from sdtune.config import RunConfig
+from sdtune.config_errors import as_written
 from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
@@ -289,6 +290,9 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
     ]
     if metrics.get("prediction_type"):
         lines.append(f"| prediction type | {metrics['prediction_type']} |")
+    if cfg.train.min_timestep or cfg.train.max_timestep is not None:  # a narrowed range changes what the run learned
+        high = "the schedule's end" if cfg.train.max_timestep is None else cfg.train.max_timestep - 1
+        lines.append(f"| timesteps trained | {cfg.train.min_timestep} to {high} |")
     if cfg.train.lora is not None and adapter is not None:
         lines.append(f"| adapter | {adapter.title} |")
         lines.append(f"| {adapter.label} rank / alpha | {cfg.train.lora.rank} / "
@@ -305,7 +309,8 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
     if data.with_prior_preservation:
         lines.append(f"| class images | {metrics.get('class_images')} |")
         lines.append(f"| class prompt | `{data.class_prompt}` (prior loss weight {data.prior_loss_weight}) |")
-    resumes = [f"step {entry['step']}: " + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+    resumes = [f"step {entry['step']}: " + ", ".join(f"{key} {as_written(old)} -> {as_written(new)}"
+                                                   for key, (old, new) in changes.items())
                for entry in metrics.get("history") or [] if (changes := entry.get("changes"))]
     if resumes:
         lines.append(f"| resumed with changes | {'; '.join(resumes)} |")

@@ -24,6 +24,7 @@ import yaml
 
 from sdtune.atomic import atomic_write_text
 from sdtune.config import RunConfig, dump_config
+from sdtune.config_errors import as_written
 from sdtune.config_resume import resolved_value, rule_for, split_changes
 from sdtune.errors import ConfigError, listing
 from sdtune.training import checkpoint as ckpt
@@ -84,7 +85,7 @@ def plan_resume(checkpoint: Path, cfg: RunConfig) -> ResumePlan:
 def _shown(config: dict[str, Any], key: str, value: Any, known: dict[str, Any]) -> str:
     """``None (= 4)`` for a derived default, else the value as written."""
     used = resolved_value(config, key, known)
-    return f"{value!r} (= {used!r})" if value is None and used is not None else repr(value)
+    return f"{as_written(value)} (= {as_written(used)})" if value is None and used is not None else as_written(value)
 
 
 def _why(key: str) -> str:
@@ -162,7 +163,8 @@ def history_entry(plan: ResumePlan, branch: dict[str, Any] | None) -> dict[str, 
 
 def describe(entry: dict[str, Any]) -> str:
     """One line for people: ``step 10 (step-000010): train.learning_rate 0.001 -> 1e-05``."""
-    changes = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in entry.get("changes", {}).items())
+    changes = ", ".join(f"{key} {as_written(old)} -> {as_written(new)}"
+                        for key, (old, new) in entry.get("changes", {}).items())
     text = f"resumed at step {entry['step']} from {entry['resumed_from']}: {changes or 'no changes'}"
     if entry.get("data", {}).get("new_data_epoch"):
         text += f"; the data changed, a new data epoch started ({'; '.join(entry['data']['changed'])})"

@@ -16,6 +16,7 @@ from sdtune.config import RunConfig
 from sdtune.data.masks import latent_weights
 from sdtune.errors import ConfigError
 from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
+from sdtune.words import counted
 
 
 def micro_step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -80,8 +81,9 @@ def timestep_range(cfg: RunConfig, schedule_length: int) -> tuple[int, int]:
     schedule, ``randint(0, schedule_length)`` as before. Raises ConfigError for a range past the schedule."""
     low, high = cfg.train.min_timestep, cfg.train.max_timestep or schedule_length
     if high > schedule_length:
-        raise ConfigError(f"train.max_timestep={high} is past the noise schedule's {schedule_length} timesteps: "
-                          f"set it to {schedule_length} or less (or null for all)")
+        raise ConfigError(f"train.max_timestep={high} is past the noise schedule's end ("
+                          f"{counted(schedule_length, 'timestep')}): set it to at most {schedule_length} "
+                          "(or null for all)")
     if low >= high:
         raise ConfigError(f"train.min_timestep={low} leaves no timestep below {high}: lower it")
     return low, high

@@ -53,7 +53,8 @@ def test_the_timestep_range_is_the_whole_schedule_unless_narrowed() -> None:
     assert timestep_range(cfg(), 1000) == (0, 1000)
     assert timestep_range(cfg(max_timestep=500), 1000) == (0, 500)
     assert timestep_range(cfg(min_timestep=200, max_timestep=800), 1000) == (200, 800)
-    with pytest.raises(ConfigError, match="train.max_timestep=1200 is past the noise schedule's 1000 timesteps"):
+    with pytest.raises(ConfigError, match=r"train.max_timestep=1200 is past the noise schedule's end "
+                                          r"\(1000 timesteps\): set it to at most 1000"):
         timestep_range(cfg(max_timestep=1200), 1000)
     with pytest.raises(ConfigError, match="train.min_timestep=1000 leaves no timestep below 1000"):
         timestep_range(cfg(min_timestep=1000), 1000)

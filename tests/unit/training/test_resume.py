@@ -86,5 +86,5 @@ def test_resume_compares_values_as_the_run_uses_them(tmp_path: Path) -> None:
     assert plan.changes == {} and plan.config_known
     other = old.model_copy(deep=True)
     other.train.lora.alpha = 8
-    with pytest.raises(ConfigError, match=r"train\.lora\.alpha None \(= 4\.0\) -> 8\.0"):
+    with pytest.raises(ConfigError, match=r"train\.lora\.alpha null \(= 4\.0\) -> 8\.0"):
         plan_resume(path, other)
