@@ -23,6 +23,7 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,6 +151,21 @@ def device_of(gpu_ids: list[str] | None) -> str:
     return f"cuda:{','.join(gpu_ids)}" if gpu_ids else "cpu"
 
 
+def attempt_header(attempt: int, node: str, device: str, command: list[str]) -> str:
+    """The line each attempt appends to its unit's log before the command's own output (read back by
+    :func:`attempt_numbers`): ``=== 2026-12-07 15:00:00 attempt 2 on host (cuda:0): python -m sdtune train ...``."""
+    return f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt} on {node} ({device}): {' '.join(command)}\n"
+
+
+_HEADER = re.compile(r"^=== \S+ \S+ attempt (\d+) on .*?\): (.*)$", re.M)
+
+
+def attempt_numbers(log_text: str, command_part: str = "") -> list[tuple[int, int]]:
+    """``(attempt, offset just after its header)`` for each :func:`attempt_header` in a log, in order; with
+    ``command_part``, only attempts whose command contains it (e.g. ``-m sdtune train``, not a later ``pick``)."""
+    return [(int(m.group(1)), m.end()) for m in _HEADER.finditer(log_text) if command_part in m.group(2)]
+
+
 def read_attempt(unit: Unit) -> dict[str, Any]:
     """What the running (or last) attempt wrote about itself: attempt, node, device, pid, started; {} if none."""
     try:
@@ -252,8 +268,7 @@ def run_unit(unit: Unit, *, attempt: int = 1, token: str = "", gpu_ids: list[str
         command = unit.command()
         with open(unit.log, "ab") as log:
             offset = log.tell()
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt} on {node} ({device}): "
-                      f"{' '.join(command)}\n".encode())
+            log.write(attempt_header(attempt, node, device, command).encode())
             log.flush()
             child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=unit.cwd, env=env, start_new_session=True,

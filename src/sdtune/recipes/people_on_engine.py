@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdtune.config import RunConfig, save_config
+from sdtune.engine.unit import attempt_numbers
 from sdtune.models.lora import LORA_WEIGHTS
 from sdtune.recipes.runs import ConceptRun, run_state, write_stack_profile
 from sdtune.recipes.subjects import Subject, SubjectOutcome
 from sdtune.run_folder import read_json, read_metrics
+from sdtune.training.resume import resumed_step
 from sdtune.words import counted
 
 if TYPE_CHECKING:
@@ -80,8 +82,6 @@ def read_pick(run_dir: Path) -> dict[str, Any]:
     return {"fidelity": fidelity, "composite": values.get("clip_t"), "picked_step": record.get("step")}
 
 
-_ATTEMPT = re.compile(r"^=== .* attempt (\d+) on .* -m sdtune train ", re.M)  # not the judge's pick units
-_RESUMED = re.compile(r"^resumed from .* \(step (\d+)\)$", re.M)
 
 
 def retry_note(log: Path, attempts: int) -> str:
@@ -96,13 +96,13 @@ def retry_note(log: Path, attempts: int) -> str:
         text = log.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return retried
-    headers = list(_ATTEMPT.finditer(text))
-    if not headers or int(headers[-1].group(1)) < attempts:
+    headers = attempt_numbers(text, "-m sdtune train ")  # not the judge's pick units
+    if not headers or headers[-1][0] < attempts:
         return f"{retried}: the run had already finished"
-    resumed = _RESUMED.search(text, headers[-1].end())
-    if resumed is None:
+    step = resumed_step(text, headers[-1][1])
+    if step is None:
         return f"{retried}, started over (no checkpoint yet)"
-    return f"{retried}, resumed from step {resumed.group(1)}"
+    return f"{retried}, resumed from step {step}"
 
 
 def final_outcome(subject: Subject, cfg: RunConfig, status: Any, concept: ConceptRun) -> SubjectOutcome:

@@ -222,7 +222,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         resumed = resuming.history_entry(plan, branch)
         state.history.append(resumed)
         if accelerator.is_main_process:
-            print(f"resumed from {plan.checkpoint} (step {state.step})")
+            print(resuming.resumed_line(plan.checkpoint, state.step))
             if plan.changes or branch:
                 print(resuming.describe(resumed))
             for line in data_lines:

@@ -15,6 +15,7 @@ A resume without changes touches nothing: it stays bitwise identical to an unint
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,20 @@ def history_entry(plan: ResumePlan, branch: dict[str, Any] | None) -> dict[str, 
     if plan.data:
         entry["data"] = plan.data
     return entry
+
+
+def resumed_line(checkpoint: Path | str, step: int) -> str:
+    """What a resumed run prints first (``resumed from CKPT (step K)``), read back by :func:`resumed_step`."""
+    return f"resumed from {checkpoint} (step {step})"
+
+
+_RESUMED = re.compile(r"^resumed from .* \(step (\d+)\)$", re.M)
+
+
+def resumed_step(log_text: str, start: int = 0) -> int | None:
+    """The step of the first :func:`resumed_line` in ``log_text`` from ``start`` on; None when there is none."""
+    found = _RESUMED.search(log_text, start)
+    return None if found is None else int(found.group(1))
 
 
 def describe(entry: dict[str, Any]) -> str:

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdtune.engine.unit import attempt_header
 from sdtune.recipes.people_on_engine import retry_note
+from sdtune.training.resume import resumed_line
 
-TRAIN = "=== 2026-12-07 09:58:09 attempt {n} on vm (cuda:0): /v/bin/python -m sdtune train /p/bob/config.yaml\n"
-PICK = "=== 2026-12-07 09:59:09 attempt 1 on vm (cuda:0): /v/bin/python -m sdtune pick /p/bob --prompts x\n"
+# written by the same functions the engine and the trainer write with (one format, one place)
+TRAIN = attempt_header(0, "vm", "cuda:0", ["/v/bin/python", "-m", "sdtune", "train", "/p/bob/config.yaml"]
+                       ).replace("attempt 0 ", "attempt {n} ")
+PICK = attempt_header(1, "vm", "cuda:0", ["/v/bin/python", "-m", "sdtune", "pick", "/p/bob", "--prompts", "x"])
+RESUMED = resumed_line("/p/bob/checkpoints/step-000006", 6) + "\n"
 
 
 def _log(tmp_path: Path, text: str) -> Path:
@@ -21,7 +26,7 @@ def _log(tmp_path: Path, text: str) -> Path:
 
 def test_a_retry_that_resumed_names_its_step(tmp_path: Path) -> None:
     text = TRAIN.format(n=1) + "  run folder: /p/bob\n" + TRAIN.format(n=2) + \
-        "resumed from /p/bob/checkpoints/step-000006 (step 6)\n" + PICK
+        RESUMED + PICK
     assert retry_note(_log(tmp_path, text), 2) == "retried 1x, resumed from step 6"
 
 
@@ -32,5 +37,5 @@ def test_a_retry_with_no_checkpoint_started_over(tmp_path: Path) -> None:
 
 def test_a_retry_that_found_the_run_finished_says_so(tmp_path: Path) -> None:
     """The last attempt (2) wrote no header: the run had finished; the earlier resume line is attempt 1's own."""
-    text = TRAIN.format(n=1) + "resumed from /p/bob/checkpoints/step-000002 (step 2)\n" + PICK
+    text = TRAIN.format(n=1) + resumed_line("/p/bob/checkpoints/step-000002", 2) + "\n" + PICK
     assert retry_note(_log(tmp_path, text), 2) == "retried 1x: the run had already finished"
