@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -292,6 +293,19 @@ def on_device(device: torch.device | str, *modules: torch.nn.Module) -> Iterator
 ALWAYS_CACHE = 512  # items: below this a cache is cheap whatever the run's length (and helps its reruns)
 
 
+def _unwritable_on_any_rank(cache_dir: Path | None, accelerator: Any) -> str | None:
+    """:func:`unwritable_note` decided by all processes together: the first one's note where any cannot write.
+
+    Each node checks its own disk (a cache folder may be node-local), and attaching a cache waits at barriers
+    every process must reach: a rank that skipped it alone would leave the others waiting forever."""
+    note = unwritable_note(cache_dir)
+    if accelerator.num_processes == 1:
+        return note
+    from accelerate.utils import gather_object
+
+    return next((n for n in gather_object([note]) if n), None)
+
+
 def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Module, accelerator,
                   step: int, should_stop: Callable[[], bool] = lambda: False, family: Family = SD) -> list[str]:
     """Attach the caches a run's settings allow, offload the encoders they free; returns lines to print.
@@ -310,7 +324,7 @@ def cache_for_run(cfg, stream, vae: torch.nn.Module, text_encoder: torch.nn.Modu
     common = dict(cache_dir=data.cache_dir, rank=accelerator.process_index, world=accelerator.num_processes,
                   barrier=accelerator.wait_for_everyone, should_stop=should_stop)
 
-    if (data.cache_latents or data.cache_text) and (note := unwritable_note(data.cache_dir)):
+    if (data.cache_latents or data.cache_text) and (note := _unwritable_on_any_rank(data.cache_dir, accelerator)):
         return [note]  # the cache only saves time: an unwritable one is skipped, never a late PermissionError
 
     def worth(what: str, items: int) -> bool:
