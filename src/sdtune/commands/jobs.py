@@ -51,7 +51,7 @@ def submit_command(
     ws, store = _open(workspace)
     rest = list(ctx.args)
     if kind == "train":
-        sub = train_submission(ws, Path(target), rest, name=name)
+        sub = train_submission(ws, Path(target), rest, name=name, store=store)
     else:
         sub = command_submission(kind, [target, *rest], name=name, store=store)
     job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=priority, cwd=sub.cwd)

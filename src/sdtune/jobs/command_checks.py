@@ -82,11 +82,30 @@ def _files(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: list
 
 def _check_run(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: list[str]) -> None:
     from sdtune.commands.args import existing_file
+    from sdtune.errors import ModelLoadError
+    from sdtune.models.sources import check_model_sources
     from sdtune.recipes import load_recipe
+    from sdtune.recipes.schema import stage_configs
 
     recipe = _abs(params["recipe"], cwd)
     existing_file(recipe, "recipe", " (a recipe YAML, e.g. configs/two-stage.yaml)")
-    load_recipe(recipe, list(params.get("overrides") or []))  # every stage through the schema, overrides too
+    plans = stage_configs(load_recipe(recipe, list(params.get("overrides") or [])))  # every stage, overrides too
+    stages = [_abs(cfg.output_dir, cwd).resolve() for _, cfg in plans]  # type: ignore[union-attr]
+
+    def written_first(value: str) -> bool:  # by an earlier stage (stage:NAME) or by a job queued before this one
+        path = _abs(value, cwd).resolve()  # type: ignore[union-attr]
+        if any(path == folder or folder in path.parents for folder in stages):
+            return True
+        if not path.exists() and made_later(path):
+            notes.append(f"{value} does not exist yet: a job queued before this one writes it")
+            return True
+        return False
+
+    for stage, cfg in plans:  # model.base / vae / adapters, as `sdtune run` checks them before its first stage
+        try:
+            check_model_sources(cfg, written_first)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"stage '{stage.name}' (override as {stage.name}.model.KEY=...): {exc}") from None
 
 
 def _check_personalize(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: list[str]) -> None:

@@ -53,11 +53,13 @@ def free_run_dir(workspace: Path, name: str) -> Path:
 
 
 def train_submission(workspace: Path, config: Path, overrides: list[str], *, name: str | None = None,
-                     cwd: Path | None = None) -> Submission:
+                     cwd: Path | None = None, store: Any = None) -> Submission:
     """Validate ``config`` + ``overrides`` through the run schema and fix it as ``WS/jobs/configs/<name>.yaml``.
 
     The run folder is ``WS/runs/<name>`` unless the overrides name an ``output_dir``. Relative paths are read from
-    ``cwd`` (the submitter's folder). Raises ConfigError naming the key (the schema's own message).
+    ``cwd`` (the submitter's folder). Raises ConfigError naming the key (the schema's own message), and
+    ModelLoadError for a model key that names nothing (``model.base``, ``model.vae``, ``model.adapters``), unless a
+    job in ``store``'s queue writes it first (a note then).
     """
     from sdtune.commands.args import run_config
     from sdtune.config import load_config, resolve_config, save_config
@@ -75,6 +77,7 @@ def train_submission(workspace: Path, config: Path, overrides: list[str], *, nam
             notes.append(f"runs/{run_name} exists: this job trains into runs/{run_dir.name}")
     cfg = resolve_config(cfg, cwd)
     notes += _preflight(cfg)
+    notes += model_notes(cfg, store)
     run_dir = Path(cfg.output_dir)
     fixed = workspace / "jobs" / "configs" / f"{run_dir.name}-{uuid.uuid4().hex[:8]}.yaml"
     fixed.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +98,27 @@ def _preflight(cfg) -> list[str]:
     generated = {folder for folder, _, _ in class_image_jobs(cfg.data)}  # made when missing
     return [f"{key} {folder} does not exist (yet): the job fails unless it is there when the job starts"
             for key, folder in data_folders(cfg) if folder not in generated and not folder.exists()]
+
+
+def model_notes(cfg: Any, store: Any = None) -> list[str]:
+    """Every model ``cfg`` names, checked as ``sdtune train`` checks them in its first second
+    (:func:`sdtune.models.sources.check_model_sources`); a local path that is not there yet but that a job queued in
+    ``store`` writes (a concept run's ``model/``, say) is a note instead. Raises ModelLoadError naming the key."""
+    from sdtune.jobs.command_checks import made_by_queue
+    from sdtune.models.sources import check_model_sources
+
+    queued = made_by_queue(store) if store is not None else (lambda _: False)
+    notes: list[str] = []
+
+    def made_later(value: str) -> bool:
+        path = Path(value).expanduser()
+        if not path.exists() and path.is_absolute() and queued(path.resolve()):
+            notes.append(f"{value} does not exist yet: a job queued before this one writes it")
+            return True
+        return False
+
+    check_model_sources(cfg, made_later)
+    return notes
 
 
 def _default_name(config_file: Path) -> str:

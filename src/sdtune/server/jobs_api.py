@@ -132,7 +132,7 @@ def submit_train(request: Request, form: TrainForm) -> dict[str, Any]:
     ws, store = _ws(request), request.app.state.store
     name = _job_name(ws, form)
     path, _ = build_config(ws, form.ready, form.dataset, form.base, form.values, name)
-    sub = train_submission(ws, path, [], name=name, cwd=ws)
+    sub = train_submission(ws, path, [], name=name, cwd=ws, store=store)
     job = store.submit("train", sub.argv, name=sub.name, run_dir=sub.run_dir, priority=form.priority, cwd=ws)
     return job_view(ws, job, progress=False)
 

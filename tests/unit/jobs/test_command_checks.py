@@ -95,3 +95,36 @@ def test_the_cli_refuses_in_one_line_and_queues_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().startswith("error: RUN ") and len(proc.stderr.strip().splitlines()) == 1
     assert JobStore.in_workspace(ws).jobs() == []
+
+
+def test_model_keys_are_checked_at_submit_unless_a_queued_job_writes_them(tmp_path: Path) -> None:
+    """Found in review: `jobs submit` queued a train or run job whose model.base / model.vae / model.adapters named
+    nothing; `sdtune train` refused it only when the worker started it. A model that a job queued earlier writes
+    (a concept run's model/, an earlier stage's) is a note, as the other inputs are."""
+    from sdtune.errors import ModelLoadError
+
+    ws = find_workspace(tmp_path / "ws")
+    store = JobStore.in_workspace(ws)
+    (tmp_path / "me").mkdir()
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"base": "tiny"}, "data": {"instance_dir": "me", "resolution": 32,
+                                                                         "instance_prompt": "a photo of sks"}}))
+    with pytest.raises(ModelLoadError, match=r"^model.base: .*nope"):
+        train_submission(ws, config, ["model.base=./nope"], name="x", cwd=tmp_path, store=store)
+    with pytest.raises(ModelLoadError, match=r"^model.adapters\[0\].path: .*gone"):
+        train_submission(ws, config, ["model.adapters=[{path: ./gone.safetensors, name: c}]", "train.lora={}"],
+                         name="x", cwd=tmp_path, store=store)
+    first = train_submission(ws, config, ["save.full_model=true"], name="concept", cwd=tmp_path, store=store)
+    store.submit(first.kind, first.argv, name=first.name, run_dir=first.run_dir, cwd=first.cwd)
+    later = train_submission(ws, config, [f"model.base={first.run_dir}/model"], name="person", cwd=tmp_path,
+                             store=store)
+    assert later.notes and "a job queued before this one writes it" in later.notes[-1], later.notes
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"output_dir": "runs/two", "defaults": {"model": {"base": "tiny"}}, "stages": [
+        {"name": "concept", "config": {"data": {"instance_dir": "me", "instance_prompt": "a photo of sks",
+                                                "resolution": 32}}},
+        {"name": "person", "base": "stage:concept",
+         "config": {"data": {"instance_dir": "me", "instance_prompt": "a photo of sks", "resolution": 32}}}]}))
+    assert command_submission("run", [str(recipe)], cwd=tmp_path, store=store).notes == []  # stage:concept: fine
+    _refused("run", [str(recipe), "person.model.vae=./novae"], tmp_path, r"stage 'person' .*model.vae: .*novae",
+             store=store)
