@@ -174,3 +174,9 @@ CONCEPT_VARIANTS.update({
     "te+prior-near-48-w0.5": {"concept_text_encoder": True, "concept_class_images": 48, "concept_class_weight": 0.5,
                               "concept_class_shapes": _NEAR},
 })
+# Pivotal tuning in sequence (train.textual_inversion.lora_start, cloneofsimo's lora_pti): the token alone for the
+# first half (as textual inversion, which draws the easy person's composite), then the LoRA around the frozen token
+_SEQUENTIAL = {**PIVOTAL, "person_steps": 800, "person_ti_fraction": 0.5, "person_lora_start": 0.5}
+for _look in ("", "hard-"):
+    VARIANTS[f"{_look}pivotal-seq"] = {**_SEQUENTIAL, **({"person_look": "halved"} if _look else {})}
+    VARIANTS[f"{_look}pivotal-seq-lr-5e-4"] = {**VARIANTS[f"{_look}pivotal-seq"], "person_lr": 5e-4}

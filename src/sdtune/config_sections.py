@@ -227,6 +227,9 @@ class TextualInversionConfig(Section):
                                         "train.learning_rate); with train.lora this is pivotal tuning")
     ti_fraction: float = Field(1.0, gt=0.0, le=1.0, description="train the embedding for this fraction of the "
                                "steps, then freeze it while the LoRA trains on (pivotal tuning: needs train.lora)")
+    lora_start: float = Field(0.0, ge=0.0, lt=1.0, description="the LoRA starts after this fraction of the steps "
+                              "(the token alone before it: inversion first, then the LoRA around the pivot, as "
+                              "cloneofsimo's lora_pti does); 0: both from the first step (diffusers' advanced scripts)")
 
 
 class TrainConfig(Section):
@@ -295,6 +298,9 @@ class TrainConfig(Section):
             if clash:
                 raise ValueError(f"train.textual_inversion trains a token's embedding (with train.lora: pivotal "
                                  f"tuning); remove {' and '.join(clash)} (or remove train.textual_inversion)")
+            if self.lora is None and self.textual_inversion.lora_start > 0.0:
+                raise ValueError("train.textual_inversion.lora_start holds a LoRA back until the token is learned "
+                                 "(pivotal tuning): add train.lora, or set lora_start to 0")
             if self.lora is None and self.textual_inversion.ti_fraction < 1.0:
                 raise ValueError("train.textual_inversion.ti_fraction freezes the embedding while a LoRA trains on "
                                  "(pivotal tuning): add train.lora, or set ti_fraction to 1.0")

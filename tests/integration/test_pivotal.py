@@ -93,3 +93,23 @@ def test_checkpoints_and_kohya_export_carry_the_lora_and_the_token(tmp_path: Pat
         str(run / "embeddings" / "sks.safetensors"))["sks"])
     assert any(k.startswith("lora_unet_") for k in exported)
     assert (run / "export" / "sks.safetensors").is_file(), "the embedding file for ComfyUI beside it"
+
+
+def test_the_token_alone_first_then_the_lora_around_it(tmp_path: Path) -> None:
+    """train.textual_inversion.lora_start (inversion first, then tuning: cloneofsimo's lora_pti): the LoRA keeps its
+    initial weights while the token learns, then trains around the frozen token."""
+    data = {"instance_dir": str(make_images(tmp_path / "data", 3)), "instance_prompt": PROMPT}
+    cfg = tiny_config(tmp_path / "run", data, {"max_steps": 4, "learning_rate": 1e-2, "lora": {"rank": 4},
+                                               "textual_inversion": {"token": "sks", "learning_rate": 5e-2,
+                                                                     "ti_fraction": 0.5, "lora_start": 0.5}},
+                      checkpoint={"every": 1, "keep": 5})
+    run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
+    run = tmp_path / "run"
+    first, held, last = _checkpoint(run, 1), _checkpoint(run, 2), _checkpoint(run, 4)
+    (row,) = [k for k in last if k.endswith("token_embedding.learned.weight")]
+    loras = [k for k in last if k != row]
+    assert loras and all(torch.equal(first[k], held[k]) for k in loras), "the LoRA waits for lora_start"
+    assert all(torch.equal(held[k], torch.zeros_like(held[k])) for k in loras if "lora_B" in k), "untouched"
+    assert not torch.equal(first[row], held[row]), "the token learns alone first"
+    assert torch.equal(held[row], last[row]), "then it is frozen (ti_fraction)"
+    assert any(not torch.equal(held[k], last[k]) for k in loras), "and the LoRA trains around it"

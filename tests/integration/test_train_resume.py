@@ -57,11 +57,13 @@ COMBOS = {
     # textual inversion: one token's row trains (no weight decay), with prior preservation's class images
     "db-ti-prior": ("db", {"textual_inversion": {"token": "sks"}, "learning_rate": 5e-3, "adam_weight_decay": 0.0,
                            "batch_size": 2}, True),
-    # pivotal tuning: two vectors with their own lr beside a UNet LoRA, with output preservation; the embedding
-    # freezes after step 9, so the kill at step 5 resumes across the freeze point
+    # pivotal tuning: two vectors with their own lr beside a UNet LoRA, with output preservation; the LoRA waits
+    # for the first 8 steps (lora_start) and the embedding freezes after step 9, so the kill at step 5 resumes
+    # across both points
     "db-pivotal-lora-preservation": ("db", {"lora": {"rank": 4}, "learning_rate": 1e-3, "preservation": {
         "prompts": ["a photo of a dog"]}, "textual_inversion": {"token": "sks", "learning_rate": 5e-3,
-                                                                  "ti_fraction": 0.3, "num_vectors": 2}}, False),
+                                                                  "ti_fraction": 0.3, "num_vectors": 2,
+                                                                  "lora_start": 0.25}}, False),
 }
 
 

@@ -48,6 +48,8 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
     ({"train": {"min_timestep": 500, "max_timestep": 500}}, "train.max_timestep=500 must be above "
      "train.min_timestep=500"),
     ({"train": {"min_timestep": -1}}, "train.min_timestep"),
+    ({"train": {"textual_inversion": {"token": "sks", "lora_start": 0.5}}},
+     "train.textual_inversion.lora_start holds a LoRA back until the token is learned .*add train.lora"),
     # pydantic read true/false as 1/0: max_timestep=true trained timestep 0 alone, max_steps=true one step
     ({"train": {"max_timestep": True}}, "train.max_timestep = true: a yes/no value, where this key takes a number"),
     ({"train": {"max_steps": False}}, "train.max_steps = false: a yes/no value"),

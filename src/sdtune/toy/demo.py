@@ -109,6 +109,7 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
     if settings.person_method == "pivotal":  # the token learns beside the LoRA; no decay pulls its vector to zero
         cfg["train"].update(textual_inversion={"token": person.token, "learning_rate": settings.person_ti_lr,
                                                "ti_fraction": settings.person_ti_fraction,
+                                               "lora_start": settings.person_lora_start,
                                                "norm_limit": settings.person_norm_limit,
                                                "initializer": settings.person_initializer},
                             adam_weight_decay=0.0)

@@ -91,6 +91,7 @@ class DemoSettings:
     # (person_lr, rank, targets, preservation as a LoRA person) train together (sdtune.training.pivotal)
     person_ti_lr: float = 2e-2
     person_ti_fraction: float = 0.5
+    person_lora_start: float = 0.0  # pivotal: the LoRA starts after this share of the steps (the token alone first)
     # (With the first person a text-encoder LoRA helped, as DreamBooth users find for faces: on the base model,
     # person 0.50 of images (pixel check) and class prompt intact 0.29, against 0.38 and 0.04 without.)
     # Off since the striped person: the text-encoder LoRA changes every prompt's embedding, the old world's too

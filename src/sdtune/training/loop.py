@@ -53,7 +53,7 @@ from sdtune.training.modules import (
     frozen_dtypes,
     prepare_models,
 )
-from sdtune.training.pivotal import freeze_embedding_if_due
+from sdtune.training.pivotal import hold_phases
 from sdtune.training.preservation import build_preservation
 from sdtune.training.progress_log import ProgressLog
 from sdtune.training.step import StepLoss, apply_update, micro_step_seed, timestep_range
@@ -311,7 +311,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                     gathered = accelerator.gather(torch.stack([loss.detach(), zero_loss]).reshape(1, 2))
                     guard.record_loss(gathered[:, 0], gathered[:, 1])  # read with the step: judges state.step's weights
                     accelerator.backward(loss / accum)
-            freeze_embedding_if_due(cfg, trainables.text_encoder if cfg.is_pivotal else None, state.step)
+            hold_phases(cfg, trainables, state.step)  # pivotal tuning: the LoRA's and the token's own steps
             grad_norm = None
             if cfg.train.max_grad_norm is not None:
                 grad_norm = accelerator.clip_grad_norm_(trainables.parameters(), cfg.train.max_grad_norm)

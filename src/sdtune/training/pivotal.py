@@ -38,6 +38,28 @@ def embedding_steps(cfg: RunConfig) -> int | None:
     return max(1, round(learned.ti_fraction * cfg.train.max_steps))
 
 
+def lora_steps_held(cfg: RunConfig) -> int:
+    """How many first optimizer steps the LoRA waits for (``train.textual_inversion.lora_start``): 0 for none."""
+    learned = cfg.train.textual_inversion
+    if learned is None or cfg.train.lora is None or learned.lora_start <= 0.0:
+        return 0
+    return round(learned.lora_start * cfg.train.max_steps)
+
+
+def hold_phases(cfg: RunConfig, trainables, step: int) -> None:
+    """Before the update that makes step ``step + 1``: drop the gradients of what is not training at this step:
+    the LoRA's before ``lora_start`` (the token alone learns first: inversion, then tuning around the pivot), the
+    token's after ``ti_fraction``. A parameter without a gradient is skipped by AdamW (no moment, no decay): it
+    keeps its value bitwise, and the phase depends on the step number alone (an exact resume across it)."""
+    if not cfg.is_pivotal:
+        return
+    freeze_embedding_if_due(cfg, trainables.text_encoder, step)
+    if step < lora_steps_held(cfg):
+        for p in trainables.unet.parameters():
+            if p.requires_grad:
+                p.grad = None
+
+
 def freeze_embedding_if_due(cfg: RunConfig, text_encoder: torch.nn.Module | None, step: int) -> bool:
     """Before the update that makes step ``step + 1``: drop the token rows' gradients once their steps are spent.
 
