@@ -57,6 +57,10 @@ RESUME_RULES: dict[str, Rule] = {
     "train.lora.dropout": _change("LoRA dropout has no weights; it applies from the resume step on"),
     "train.train_text_encoder": _refuse("which weights are trained"),
     "train.textual_inversion": _refuse("the token and the embedding rows trained for it"),
+    "train.textual_inversion.ti_fraction": _refuse("the step where the token froze (or will), by step number: "
+                                                   "the run so far followed it"),
+    "train.textual_inversion.lora_start": _refuse("the step where the LoRA started (or will), by step number: the "
+                                                  "run so far followed it"),
     "train.learning_rate": _change("re-applied to the optimizer after loading; the schedule continues"),
     "train.text_encoder_lr": _change("re-applied to the optimizer after loading"),
     "train.scale_lr": _change("re-applied to the optimizer after loading"),

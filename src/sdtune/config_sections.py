@@ -232,6 +232,20 @@ class TextualInversionConfig(Section):
                               "cloneofsimo's lora_pti does); 0: both from the first step (diffusers' advanced scripts)")
 
 
+def _check_pivotal_phases(learned: TextualInversionConfig, max_steps: int) -> None:
+    """The LoRA must train at least one step, and no step may train nothing (the LoRA starting after the token
+    froze). The rounding is ``sdtune.training.pivotal``'s: ``round(share * max_steps)``, the token at least 1."""
+    held = round(learned.lora_start * max_steps)
+    if held >= max_steps:
+        raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} holds the LoRA back for all "
+                         f"{max_steps} steps (train.max_steps): lower it")
+    token = max(1, round(learned.ti_fraction * max_steps)) if learned.ti_fraction < 1.0 else max_steps
+    if held > token:
+        raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} starts the LoRA at step {held}, "
+                         f"after the token froze at step {token} (ti_fraction={learned.ti_fraction}): steps "
+                         f"{token}-{held} would train nothing; set lora_start to at most ti_fraction")
+
+
 class TrainConfig(Section):
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tuning")
     textual_inversion: TextualInversionConfig | None = Field(
@@ -301,6 +315,8 @@ class TrainConfig(Section):
             if self.lora is None and self.textual_inversion.lora_start > 0.0:
                 raise ValueError("train.textual_inversion.lora_start holds a LoRA back until the token is learned "
                                  "(pivotal tuning): add train.lora, or set lora_start to 0")
+            if self.lora is not None:
+                _check_pivotal_phases(self.textual_inversion, self.max_steps)
             if self.lora is None and self.textual_inversion.ti_fraction < 1.0:
                 raise ValueError("train.textual_inversion.ti_fraction freezes the embedding while a LoRA trains on "
                                  "(pivotal tuning): add train.lora, or set ti_fraction to 1.0")

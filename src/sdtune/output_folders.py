@@ -62,9 +62,11 @@ def _absolute(path: Path) -> Path:
 
 
 def data_folders(cfg: Any) -> list[tuple[str, Path]]:
-    """``(key, folder)`` of every data folder a RunConfig reads (train, instance, class, subset folders)."""
+    """``(key, folder)`` of every data folder a RunConfig reads (train, instance, class, subset folders); the class
+    folder only with prior preservation (a config may name one it does not use: the shipped DreamBooth configs)."""
     data = cfg.data
-    found = [(key, getattr(data, key)) for key in ("train_dir", "instance_dir", "class_dir")]
+    keys = ("train_dir", "instance_dir", *(("class_dir",) if data.with_prior_preservation else ()))
+    found = [(key, getattr(data, key)) for key in keys]
     found += [(f"data.subsets.{i}.path", sub.path) for i, sub in enumerate(data.subsets)]
     return [(key if key.startswith("data.") else f"data.{key}", Path(p)) for key, p in found if p is not None]
 

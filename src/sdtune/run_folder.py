@@ -144,7 +144,12 @@ def embedding_file_name(token: str) -> str:
 
 
 def check_weights_file(path: Path, allow_pickle: bool) -> None:
-    """Refuse a pickle-format weights file unless explicitly allowed."""
+    """Refuse a file that is no weights file by its name (an image passed as a model), and a pickle-format one
+    unless explicitly allowed."""
+    if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+        pickles = ", ".join(PICKLE_SUFFIXES)
+        raise ModelLoadError(f"{path} is not a weights file (.safetensors, or a pickle-format {pickles}): pass a "
+                             "diffusers folder, a run folder or a .safetensors file")
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise ModelLoadError(
             f"{path} is a pickle-format file, which can run arbitrary code when loaded. Convert it to "

@@ -113,3 +113,4 @@ def test_the_token_alone_first_then_the_lora_around_it(tmp_path: Path) -> None:
     assert not torch.equal(first[row], held[row]), "the token learns alone first"
     assert torch.equal(held[row], last[row]), "then it is frozen (ti_fraction)"
     assert any(not torch.equal(held[k], last[k]) for k in loras), "and the LoRA trains around it"
+    assert "| pivotal tuning | token steps 1-2, LoRA steps 3-4 |" in (run / "README.md").read_text()

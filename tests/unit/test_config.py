@@ -50,6 +50,12 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
     ({"train": {"min_timestep": -1}}, "train.min_timestep"),
     ({"train": {"textual_inversion": {"token": "sks", "lora_start": 0.5}}},
      "train.textual_inversion.lora_start holds a LoRA back until the token is learned .*add train.lora"),
+    # found by a newcomer: a LoRA held back for every step was saved as all zeros; a gap trained nothing
+    ({"train": {"max_steps": 4, "lora": {}, "textual_inversion": {"token": "sks", "lora_start": 0.9}}},
+     "lora_start=0.9 holds the LoRA back for all 4 steps"),
+    ({"train": {"max_steps": 4, "lora": {}, "textual_inversion": {"token": "sks", "lora_start": 0.75,
+                                                                  "ti_fraction": 0.25}}},
+     "starts the LoRA at step 3, after the token froze at step 1 .*steps 1-3 would train nothing"),
     # pydantic read true/false as 1/0: max_timestep=true trained timestep 0 alone, max_steps=true one step
     ({"train": {"max_timestep": True}}, "train.max_timestep = true: a yes/no value, where this key takes a number"),
     ({"train": {"max_steps": False}}, "train.max_steps = false: a yes/no value"),

@@ -97,7 +97,7 @@ def _check_run(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: 
         if any(path == folder or folder in path.parents for folder in stages):
             return True
         if not path.exists() and made_later(path):
-            notes.append(f"{value} does not exist yet: a job queued before this one writes it")
+            notes.append(queued_output_note(value))
             return True
         return False
 
@@ -105,7 +105,8 @@ def _check_run(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: 
         try:
             check_model_sources(cfg, written_first)
         except ModelLoadError as exc:
-            raise ModelLoadError(f"stage '{stage.name}' (override as {stage.name}.model.KEY=...): {exc}") from None
+            raise ModelLoadError(f"stage '{stage.name}' (set as {stage.name}.base or "
+                                 f"{stage.name}.model.KEY=...): {exc}") from None
 
 
 def _check_personalize(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: list[str]) -> None:
@@ -224,6 +225,13 @@ def outputs_of(kind: str, args: list[str], cwd: Path) -> list[Path]:
     if kind == "pick":
         return [_abs(params.get("out"), cwd) or _abs(params["run"], cwd) / "pick"]
     return [p for p in (_abs(params.get("out"), cwd),) if p is not None]
+
+
+def queued_output_note(model: str) -> str:
+    """The note for a model path not there yet, inside what a queued job writes: that job may not write this very
+    file (a LoRA run has no ``model/`` unless it saves the full model), so the note says what must hold."""
+    return (f"{model} does not exist yet; it lies in the output of a job queued before this one, and this job fails "
+            "unless that job has written it when this one starts")
 
 
 def made_by_queue(store: Any) -> MadeLater:

@@ -77,7 +77,7 @@ def train_submission(workspace: Path, config: Path, overrides: list[str], *, nam
             notes.append(f"runs/{run_name} exists: this job trains into runs/{run_dir.name}")
     cfg = resolve_config(cfg, cwd)
     notes += _preflight(cfg)
-    notes += model_notes(cfg, store)
+    notes += model_notes(cfg, store, cwd)
     run_dir = Path(cfg.output_dir)
     fixed = workspace / "jobs" / "configs" / f"{run_dir.name}-{uuid.uuid4().hex[:8]}.yaml"
     fixed.parent.mkdir(parents=True, exist_ok=True)
@@ -100,11 +100,12 @@ def _preflight(cfg) -> list[str]:
             for key, folder in data_folders(cfg) if folder not in generated and not folder.exists()]
 
 
-def model_notes(cfg: Any, store: Any = None) -> list[str]:
+def model_notes(cfg: Any, store: Any = None, cwd: Path | None = None) -> list[str]:
     """Every model ``cfg`` names, checked as ``sdtune train`` checks them in its first second
-    (:func:`sdtune.models.sources.check_model_sources`); a local path that is not there yet but that a job queued in
-    ``store`` writes (a concept run's ``model/``, say) is a note instead. Raises ModelLoadError naming the key."""
-    from sdtune.jobs.command_checks import made_by_queue
+    (:func:`sdtune.models.sources.check_model_sources`); a local path (relative ones from ``cwd``) that is not there
+    yet but lies in what a job queued in ``store`` writes (a concept run's ``model/``, say) is a note instead.
+    Raises ModelLoadError naming the key."""
+    from sdtune.jobs.command_checks import made_by_queue, queued_output_note
     from sdtune.models.sources import check_model_sources
 
     queued = made_by_queue(store) if store is not None else (lambda _: False)
@@ -112,8 +113,9 @@ def model_notes(cfg: Any, store: Any = None) -> list[str]:
 
     def made_later(value: str) -> bool:
         path = Path(value).expanduser()
-        if not path.exists() and path.is_absolute() and queued(path.resolve()):
-            notes.append(f"{value} does not exist yet: a job queued before this one writes it")
+        path = (path if path.is_absolute() else (cwd or Path.cwd()) / path).resolve()
+        if not path.exists() and queued(path):
+            notes.append(queued_output_note(value))
             return True
         return False
 

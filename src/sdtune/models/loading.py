@@ -45,7 +45,7 @@ def resolve_model_ref(ref: str) -> str:
     path = Path(ref).expanduser()
     if path.exists():
         if path.is_file():
-            check_weights_file(path, allow_pickle=True)  # suffix check happens in load
+            check_weights_file(path, allow_pickle=True)  # pickle files are refused in load, where the config says
             return str(path)
         if not (path / "model_index.json").exists() and not (path / "unet").is_dir():
             raise ModelLoadError(

@@ -271,10 +271,12 @@ def rewrite_lora_file(source: Path, target: Path, *, check: Callable[[Path], Non
 def adapter_file(path: Path) -> Path:
     """The LoRA weights file of ``path``: the file itself, a run folder's ``lora/``, or a LoRA folder."""
     from sdtune.errors import ModelLoadError
+    from sdtune.run_folder import check_weights_file
 
     path = Path(path)
     for candidate in (path, path / "lora" / LORA_WEIGHTS, path / LORA_WEIGHTS):
         if candidate.is_file():
+            check_weights_file(candidate, allow_pickle=True)  # an image passed as a LoRA: refused by its name
             return candidate
     raise ModelLoadError(f"no LoRA weights at {path}: pass a .safetensors file, a run folder with lora/"
                          f"{LORA_WEIGHTS}, or a folder holding {LORA_WEIGHTS}")

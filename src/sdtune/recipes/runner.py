@@ -186,7 +186,8 @@ def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:
             try:  # model.base / model.vae / model.adapters: a typo in the last stage fails now, not after the first
                 check_model_sources(cfg, made_later)
             except ModelLoadError as exc:
-                raise ModelLoadError(f"stage '{stage.name}' (override as {stage.name}.model.KEY=...): {exc}") from None
+                raise ModelLoadError(f"stage '{stage.name}' (set as {stage.name}.base or "
+                                     f"{stage.name}.model.KEY=...): {exc}") from None
     return states
 
 

@@ -290,6 +290,12 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
     ]
     if metrics.get("prediction_type"):
         lines.append(f"| prediction type | {metrics['prediction_type']} |")
+    if cfg.is_pivotal:  # when each part trained: the run's phases, by step (sdtune.training.pivotal)
+        from sdtune.training.pivotal import embedding_steps, lora_steps_held
+
+        token_until = embedding_steps(cfg) or cfg.train.max_steps
+        lines.append(f"| pivotal tuning | token steps 1-{token_until}, LoRA steps {lora_steps_held(cfg) + 1}-"
+                     f"{cfg.train.max_steps} |")
     if cfg.train.min_timestep or cfg.train.max_timestep is not None:  # a narrowed range changes what the run learned
         high = "the schedule's end" if cfg.train.max_timestep is None else cfg.train.max_timestep - 1
         lines.append(f"| timesteps trained | {cfg.train.min_timestep} to {high} |")

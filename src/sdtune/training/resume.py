@@ -80,7 +80,29 @@ def plan_resume(checkpoint: Path, cfg: RunConfig) -> ResumePlan:
     if cfg.train.max_steps < state.step:
         raise ConfigError(f"train.max_steps={cfg.train.max_steps} is below the step of {checkpoint} "
                           f"({state.step}): resume from an earlier checkpoint or raise train.max_steps")
+    if "train.max_steps" in allowed:
+        _check_phases_stay(cfg, int(allowed["train.max_steps"][0]), checkpoint)
     return ResumePlan(checkpoint, state.step, allowed, known)
+
+
+def _check_phases_stay(cfg: RunConfig, old_steps: int, checkpoint: Path) -> None:
+    """Pivotal tuning's phases are shares of ``train.max_steps`` (``lora_start``, ``ti_fraction``): a new total moves
+    the step where the LoRA starts or the token freezes, so a LoRA that had trained would be held again, or a
+    frozen token trained again. Refused, with the steps, unless both stay where they were."""
+    from sdtune.training.pivotal import embedding_steps, lora_steps_held
+
+    learned = cfg.train.textual_inversion
+    if learned is None or cfg.train.lora is None:
+        return
+    old = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": old_steps})})
+    moved = [f"{what} at step {then} -> {now}" for what, then, now in (
+        ("the LoRA starts", lora_steps_held(old), lora_steps_held(cfg)),
+        ("the token freezes", embedding_steps(old), embedding_steps(cfg))) if then != now]
+    if moved:
+        raise ConfigError(f"cannot resume {checkpoint} with train.max_steps {old_steps} -> {cfg.train.max_steps}: "
+                          f"pivotal tuning's phases are shares of it ({', '.join(moved)}; "
+                          "train.textual_inversion.lora_start / ti_fraction); keep train.max_steps, or start a new "
+                          "run in another output_dir")
 
 
 def _shown(config: dict[str, Any], key: str, value: Any, known: dict[str, Any]) -> str:

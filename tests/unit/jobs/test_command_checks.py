@@ -118,7 +118,18 @@ def test_model_keys_are_checked_at_submit_unless_a_queued_job_writes_them(tmp_pa
     store.submit(first.kind, first.argv, name=first.name, run_dir=first.run_dir, cwd=first.cwd)
     later = train_submission(ws, config, [f"model.base={first.run_dir}/model"], name="person", cwd=tmp_path,
                              store=store)
-    assert later.notes and "a job queued before this one writes it" in later.notes[-1], later.notes
+    assert later.notes and "the output of a job queued before this one" in later.notes[-1], later.notes
+    relative = train_submission(ws, config, [f"model.base={first.run_dir.relative_to(tmp_path)}/model",
+                                             "data.class_dir=classes"],  # as the shipped configs name an unused one
+                                name="person2", cwd=tmp_path, store=store)  # the same path, relative: a note too
+    assert relative.notes and "the output of a job queued before this one" in relative.notes[-1], relative.notes
+    assert not any("class_dir" in note for note in relative.notes), "no prior preservation: no class folder read"
+    photo = next(iter((make_images(tmp_path / "pngs", 1)).iterdir()))  # an image passed as a model or a LoRA
+    with pytest.raises(ModelLoadError, match=r"^model.base: .* is not a weights file"):
+        train_submission(ws, config, [f"model.base={photo}"], name="x", cwd=tmp_path, store=store)
+    with pytest.raises(ModelLoadError, match=r"^model.adapters\[0\].path: .* is not a weights file"):
+        train_submission(ws, config, [f"model.adapters=[{{path: {photo}, name: c}}]", "train.lora={}"], name="x",
+                         cwd=tmp_path, store=store)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"output_dir": "runs/two", "defaults": {"model": {"base": "tiny"}}, "stages": [
         {"name": "concept", "config": {"data": {"instance_dir": "me", "instance_prompt": "a photo of sks",

@@ -88,3 +88,24 @@ def test_resume_compares_values_as_the_run_uses_them(tmp_path: Path) -> None:
     other.train.lora.alpha = 8
     with pytest.raises(ConfigError, match=r"train\.lora\.alpha null \(= 4\.0\) -> 8\.0"):
         plan_resume(path, other)
+
+
+def test_a_new_max_steps_may_not_move_pivotal_tunings_phases(tmp_path: Path) -> None:
+    """Found by a newcomer: pivotal tuning's phases are shares of train.max_steps, so `--resume latest
+    train.max_steps=8` on a 4-step run with lora_start 0.5 held the LoRA again (start 2 -> 4) and trained the
+    frozen token again; refused now, with the steps. A total that keeps both where they were is fine."""
+    from sdtune.config import dump_config
+
+    def cfg(steps: int) -> RunConfig:
+        return RunConfig.model_validate({"model": {"base": "tiny"}, "data": {"train_dir": "d"}, "train": {
+            "lora": {"rank": 4}, "max_steps": steps,
+            "textual_inversion": {"token": "<sks>", "ti_fraction": 0.5, "lora_start": 0.5}}})
+
+    model = torch.nn.Linear(3, 2)
+    opt, sched = _build(cfg(4), model)
+    path = ckpt.save_checkpoint(tmp_path, ckpt.TrainerState(step=3), {"m": model}, opt, sched,
+                                config_text=dump_config(cfg(4)))
+    with pytest.raises(ConfigError, match=r"train.max_steps 4 -> 8: pivotal tuning's phases .*the LoRA starts at "
+                                          r"step 2 -> 4, the token freezes at step 2 -> 4"):
+        plan_resume(path, cfg(8))
+    assert plan_resume(path, cfg(5)).changes["train.max_steps"] == [4, 5]  # round(2.5) == 2: both stay at step 2
