@@ -191,17 +191,28 @@ def tokenizer_of(concept: Path, out_dir: Path) -> tuple[str, str | None]:
 def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path | str,
                  revision: str | None = None) -> None:
     """Refuse tokens the concept's tokenizer splits into several pieces: the person would be learned as a mix of
-    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. One line each. A
-    pivotal template (``train.textual_inversion``) adds each person's token as a new one: not checked here."""
+    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. A pivotal template
+    (``train.textual_inversion``) adds each person's token as a new one instead: there a token the vocabulary
+    already has is refused (diffusers' ``load_textual_inversion`` would refuse its embedding), before any person
+    trains. One line each."""
     from sdtune.data.captions import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(str(model), revision)
     except (SdtuneError, OSError, ValueError):
         return  # no tokenizer files to read: training reports the model itself
+    from sdtune.models.embeddings import check_token
+
     problems = []
     for subject, cfg in zip(subjects, configs, strict=True):
-        if cfg.train.textual_inversion is not None:
+        learned = cfg.train.textual_inversion
+        if learned is not None:
+            try:
+                check_token(subject.token, tokenizer, learned.num_vectors)
+            except ConfigError:
+                problems.append(f"{subject.name}: token '{subject.token}' is already a word of the concept's "
+                                f"tokenizer, and pivotal tuning learns a new token: write one it does not have, "
+                                f"e.g. <{subject.token.strip('<>')}>")
             continue
         pieces = tokenizer.tokenize(subject.token)
         if len(pieces) > 1:

@@ -164,6 +164,6 @@ def test_a_bad_model_key_of_a_later_stage_fails_before_any_stage_trains(tmp_path
     path = _write(tmp_path / "r.yaml", data)
     preflight(stage_configs(load_recipe(path, [f"person.data.instance_dir={person}"])))
     recipe = load_recipe(path, [f"person.data.instance_dir={person}", "person.model.vae=nope"])
-    with pytest.raises(ModelLoadError, match=r"^stage 'person' \(override as person\.model\.KEY=\.\.\.\): "
+    with pytest.raises(ModelLoadError, match=r"^stage 'person' \(set as person\.base or person\.model\.KEY=\.\.\.\): "
                                              r"model\.vae: VAE 'nope' is not in the local Hugging Face cache"):
         preflight(stage_configs(recipe))

@@ -263,3 +263,9 @@ def test_tokens_that_split_are_refused_unless_the_template_learns_them(tmp_path:
                                "rare single-piece token (e.g. sks, ohwx)")
     pivotal = {"train": {"textual_inversion": {"token": "<tok>", "learning_rate": 0.01, "ti_fraction": 0.5}}}
     check_tokens(people, [subject_config(p, pivotal, concept, tmp_path / "out") for p in people], tmp_path / "tok")
+    # a pivotal template learns each token as a new one: one the vocabulary has is refused here, before any person
+    # trains (it failed each person's run in turn, at diffusers' load_textual_inversion check)
+    taken = [Subject("cy", tmp_path / "c", "z", "man")]
+    with pytest.raises(ConfigError, match=r"^cy: token 'z' is already a word of the concept's tokenizer, and pivotal "
+                                          r"tuning learns a new token: write one it does not have, e.g. <z>$"):
+        check_tokens(taken, [subject_config(p, pivotal, concept, tmp_path / "out") for p in taken], tmp_path / "tok")
