@@ -70,13 +70,18 @@ def test_eval_pick_and_caption_jobs_refuse_missing_folders(tmp_path: Path) -> No
     _refused("caption", ["photos", "data/out", "--caption=x"], tmp_path, r"source folder .*photos")
 
 
-def test_a_folder_a_queued_job_writes_is_a_note_not_a_refusal(tmp_path: Path) -> None:
+def _queue_and_config(tmp_path: Path) -> tuple[Path, JobStore, Path]:
+    """A workspace, its queue and a small valid train config (photos folder ``me``)."""
     ws = find_workspace(tmp_path / "ws")
-    store = JobStore.in_workspace(ws)
     (tmp_path / "me").mkdir()
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"model": {"base": "tiny"}, "data": {"instance_dir": "me", "resolution": 32,
                                                                          "instance_prompt": "a photo of sks"}}))
+    return ws, JobStore.in_workspace(ws), config
+
+
+def test_a_folder_a_queued_job_writes_is_a_note_not_a_refusal(tmp_path: Path) -> None:
+    ws, store, config = _queue_and_config(tmp_path)
     sub = train_submission(ws, config, [], name="a", cwd=tmp_path)
     store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, cwd=sub.cwd)
     sub = command_submission("pick", [str(ws / "runs" / "a")], cwd=tmp_path, store=store)
@@ -103,12 +108,7 @@ def test_model_keys_are_checked_at_submit_unless_a_queued_job_writes_them(tmp_pa
     (a concept run's model/, an earlier stage's) is a note, as the other inputs are."""
     from sdtune.errors import ModelLoadError
 
-    ws = find_workspace(tmp_path / "ws")
-    store = JobStore.in_workspace(ws)
-    (tmp_path / "me").mkdir()
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"model": {"base": "tiny"}, "data": {"instance_dir": "me", "resolution": 32,
-                                                                         "instance_prompt": "a photo of sks"}}))
+    ws, store, config = _queue_and_config(tmp_path)
     with pytest.raises(ModelLoadError, match=r"^model.base: .*nope"):
         train_submission(ws, config, ["model.base=./nope"], name="x", cwd=tmp_path, store=store)
     with pytest.raises(ModelLoadError, match=r"^model.adapters\[0\].path: .*gone"):
