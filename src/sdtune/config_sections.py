@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sdtune.preset_names import PRESETS
+from sdtune.words import counted
 
 
 class Section(BaseModel):
@@ -238,7 +239,7 @@ def _check_pivotal_phases(learned: TextualInversionConfig, max_steps: int) -> No
     held = round(learned.lora_start * max_steps)
     if held >= max_steps:
         raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} holds the LoRA back for all "
-                         f"{max_steps} steps (train.max_steps): lower it")
+                         f"{counted(max_steps, 'step')} (train.max_steps): lower it")
     token = max(1, round(learned.ti_fraction * max_steps)) if learned.ti_fraction < 1.0 else max_steps
     if held > token:
         raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} starts the LoRA at step {held}, "
