@@ -232,15 +232,24 @@ class TextualInversionConfig(Section):
                               "(the token alone before it: inversion first, then the LoRA around the pivot, as "
                               "cloneofsimo's lora_pti does); 0: both from the first step (diffusers' advanced scripts)")
 
+    def token_steps(self, max_steps: int) -> int | None:
+        """The first optimizer steps the token trains for (``ti_fraction`` of them, at least 1); None: every step.
+        The one rounding of the phases: training (``sdtune.training.pivotal``), the checks below and resume."""
+        return None if self.ti_fraction >= 1.0 else max(1, round(self.ti_fraction * max_steps))
+
+    def lora_held_steps(self, max_steps: int) -> int:
+        """The first optimizer steps a LoRA beside the token waits for (``lora_start`` of them; 0: none)."""
+        return round(self.lora_start * max_steps)
+
 
 def _check_pivotal_phases(learned: TextualInversionConfig, max_steps: int) -> None:
     """The LoRA must train at least one step, and no step may train nothing (the LoRA starting after the token
-    froze). The rounding is ``sdtune.training.pivotal``'s: ``round(share * max_steps)``, the token at least 1."""
-    held = round(learned.lora_start * max_steps)
+    froze)."""
+    held = learned.lora_held_steps(max_steps)
     if held >= max_steps:
         raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} holds the LoRA back for all "
                          f"{counted(max_steps, 'step')} (train.max_steps): lower it")
-    token = max(1, round(learned.ti_fraction * max_steps)) if learned.ti_fraction < 1.0 else max_steps
+    token = learned.token_steps(max_steps) or max_steps
     if held > token:
         raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} starts the LoRA at step {held}, "
                          f"after the token froze at step {token} (ti_fraction={learned.ti_fraction}): steps "

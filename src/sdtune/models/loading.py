@@ -183,6 +183,8 @@ def base_schedule_length(ref: str, revision: str | None = None) -> int | None:
     """The noise schedule's length (``num_train_timesteps``; diffusers' default 1000), None: not readable."""
     config = base_scheduler_config(ref, revision)
     return None if config is None else int(config.get("num_train_timesteps", 1000))
+
+
 def family_of_pipeline(pipe: Any) -> Family:
     from sdtune.models.family import SDXL
 

@@ -82,8 +82,6 @@ def read_pick(run_dir: Path) -> dict[str, Any]:
     return {"fidelity": fidelity, "composite": values.get("clip_t"), "picked_step": record.get("step")}
 
 
-
-
 def retry_note(log: Path, attempts: int) -> str:
     """What a finished person's retries did, from its ``train.log`` (each attempt appends a ``=== ... attempt N``
     header with its command, then the trainer's ``resumed from CKPT (step K)`` when it resumed; ``pick`` units

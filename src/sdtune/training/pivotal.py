@@ -33,17 +33,13 @@ def add_pivotal_token(cfg: RunConfig, comps) -> torch.nn.Module:
 def embedding_steps(cfg: RunConfig) -> int | None:
     """How many optimizer steps the token's embedding trains for; None when it trains throughout."""
     learned = cfg.train.textual_inversion
-    if learned is None or learned.ti_fraction >= 1.0:
-        return None
-    return max(1, round(learned.ti_fraction * cfg.train.max_steps))
+    return None if learned is None else learned.token_steps(cfg.train.max_steps)
 
 
 def lora_steps_held(cfg: RunConfig) -> int:
     """How many first optimizer steps the LoRA waits for (``train.textual_inversion.lora_start``): 0 for none."""
     learned = cfg.train.textual_inversion
-    if learned is None or cfg.train.lora is None or learned.lora_start <= 0.0:
-        return 0
-    return round(learned.lora_start * cfg.train.max_steps)
+    return 0 if learned is None or cfg.train.lora is None else learned.lora_held_steps(cfg.train.max_steps)
 
 
 def hold_phases(cfg: RunConfig, trainables, step: int) -> None:

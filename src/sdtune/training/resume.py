@@ -89,15 +89,12 @@ def _check_phases_stay(cfg: RunConfig, old_steps: int, checkpoint: Path) -> None
     """Pivotal tuning's phases are shares of ``train.max_steps`` (``lora_start``, ``ti_fraction``): a new total moves
     the step where the LoRA starts or the token freezes, so a LoRA that had trained would be held again, or a
     frozen token trained again. Refused, with the steps, unless both stay where they were."""
-    from sdtune.training.pivotal import embedding_steps, lora_steps_held
-
-    learned = cfg.train.textual_inversion
+    learned, new_steps = cfg.train.textual_inversion, cfg.train.max_steps
     if learned is None or cfg.train.lora is None:
         return
-    old = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": old_steps})})
     moved = [f"{what} at step {then} -> {now}" for what, then, now in (
-        ("the LoRA starts", lora_steps_held(old), lora_steps_held(cfg)),
-        ("the token freezes", embedding_steps(old), embedding_steps(cfg))) if then != now]
+        ("the LoRA starts", learned.lora_held_steps(old_steps), learned.lora_held_steps(new_steps)),
+        ("the token freezes", learned.token_steps(old_steps), learned.token_steps(new_steps))) if then != now]
     if moved:
         raise ConfigError(f"cannot resume {checkpoint} with train.max_steps {old_steps} -> {cfg.train.max_steps}: "
                           f"pivotal tuning's phases are shares of it ({', '.join(moved)}; "
