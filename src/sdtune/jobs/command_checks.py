@@ -83,7 +83,6 @@ def _files(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: list
 def _check_run(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: list[str]) -> None:
     from sdtune.commands.args import existing_file
     from sdtune.errors import ModelLoadError
-    from sdtune.models.sources import check_model_sources
     from sdtune.recipes import load_recipe
     from sdtune.recipes.schema import stage_configs
 
@@ -91,19 +90,9 @@ def _check_run(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes: 
     existing_file(recipe, "recipe", " (a recipe YAML, e.g. configs/two-stage.yaml)")
     plans = stage_configs(load_recipe(recipe, list(params.get("overrides") or [])))  # every stage, overrides too
     stages = [_abs(cfg.output_dir, cwd).resolve() for _, cfg in plans]  # type: ignore[union-attr]
-
-    def written_first(value: str) -> bool:  # by an earlier stage (stage:NAME) or by a job queued before this one
-        path = _abs(value, cwd).resolve()  # type: ignore[union-attr]
-        if any(path == folder or folder in path.parents for folder in stages):
-            return True
-        if not path.exists() and made_later(path):
-            notes.append(queued_output_note(value))
-            return True
-        return False
-
     for stage, cfg in plans:  # model.base / vae / adapters, as `sdtune run` checks them before its first stage
         try:
-            check_model_sources(cfg, written_first)
+            check_model_keys(cfg, cwd, made_later, notes, written_by=stages)  # stage:NAME: an earlier stage's
         except ModelLoadError as exc:
             raise ModelLoadError(f"stage '{stage.name}' (set as {stage.name}.base or "
                                  f"{stage.name}.model.KEY=...): {exc}") from None
@@ -227,11 +216,31 @@ def outputs_of(kind: str, args: list[str], cwd: Path) -> list[Path]:
     return [p for p in (_abs(params.get("out"), cwd),) if p is not None]
 
 
-def queued_output_note(model: str) -> str:
-    """The note for a model path not there yet, inside what a queued job writes: that job may not write this very
-    file (a LoRA run has no ``model/`` unless it saves the full model), so the note says what must hold."""
-    return (f"{model} does not exist yet; it lies in the output of a job queued before this one, and this job fails "
-            "unless that job has written it when this one starts")
+def check_model_keys(cfg: Any, cwd: Path, made_later: MadeLater, notes: list[str],
+                     written_by: list[Path] | None = None) -> None:
+    """The models ``cfg`` names (``model.base`` / ``vae`` / ``adapters``), checked as ``sdtune train`` checks them
+    in its first second (:func:`sdtune.models.sources.check_model_sources`; raises ModelLoadError naming the key).
+    Not checked: a path in ``written_by`` (an earlier recipe stage's folder); and a path not there yet inside what
+    a queued job writes (``made_later``; relative paths from ``cwd``), which gets a note instead: that job may not
+    write this very file (a LoRA run has no ``model/`` unless it saves the full model), so the note says what must
+    hold."""
+    from sdtune.models.sources import check_model_sources
+
+    def written_first(value: str) -> bool:
+        path = _abs(value, cwd).resolve()  # type: ignore[union-attr]
+        if _within(path, written_by or []):
+            return True
+        if not path.exists() and made_later(path):
+            notes.append(f"{value} does not exist yet; it lies in the output of a job queued before this one, and "
+                         "this job fails unless that job has written it when this one starts")
+            return True
+        return False
+
+    check_model_sources(cfg, written_first)
+
+
+def _within(path: Path, folders: list[Path]) -> bool:
+    return any(path == folder or folder in path.parents for folder in folders)
 
 
 def made_by_queue(store: Any) -> MadeLater:
@@ -245,4 +254,4 @@ def made_by_queue(store: Any) -> MadeLater:
             made.append(Path(job.run_dir))
         if job.kind in CHECKS:
             made += outputs_of(job.kind, job.argv[len(CHECKS[job.kind][0]):], Path(job.cwd or Path.cwd()))
-    return lambda path: any(path == folder or folder in path.parents for folder in made)
+    return lambda path: _within(path, made)

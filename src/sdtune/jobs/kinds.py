@@ -105,21 +105,10 @@ def model_notes(cfg: Any, store: Any = None, cwd: Path | None = None) -> list[st
     (:func:`sdtune.models.sources.check_model_sources`); a local path (relative ones from ``cwd``) that is not there
     yet but lies in what a job queued in ``store`` writes (a concept run's ``model/``, say) is a note instead.
     Raises ModelLoadError naming the key."""
-    from sdtune.jobs.command_checks import made_by_queue, queued_output_note
-    from sdtune.models.sources import check_model_sources
+    from sdtune.jobs.command_checks import check_model_keys, made_by_queue
 
-    queued = made_by_queue(store) if store is not None else (lambda _: False)
     notes: list[str] = []
-
-    def made_later(value: str) -> bool:
-        path = Path(value).expanduser()
-        path = (path if path.is_absolute() else (cwd or Path.cwd()) / path).resolve()
-        if not path.exists() and queued(path):
-            notes.append(queued_output_note(value))
-            return True
-        return False
-
-    check_model_sources(cfg, made_later)
+    check_model_keys(cfg, cwd or Path.cwd(), made_by_queue(store) if store is not None else (lambda _: False), notes)
     return notes
 
 
