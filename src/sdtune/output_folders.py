@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.errors import ConfigError
+from sdtune.run_folder import EMBEDDINGS_DIR
 from sdtune.writable import check_writable, replace_problem, unwritable
 
-# What `sdtune train` (and personalize, per subject) writes into a run folder.
+# What sdtune writes into a run folder: `sdtune train` (embeddings/: a learned token's file), personalize per
+# subject, `sdtune export` (export/) and `sdtune pick` (picked/, and pick/ for its report by default). A run that
+# was picked, or learned a token, must stay a run folder that `--resume latest` continues.
 RUN_ENTRIES = frozenset({"config.yaml", "README.md", "metrics.json", "checkpoints", "lora", "model", "samples",
                          "logs", "stack", "export", "train.log", "subject.json", "buckets.json",
-                         "adapters.json"})
+                         "adapters.json", EMBEDDINGS_DIR, "picked", "pick"})
 _RUN_FILES_NEEDING_CONFIG = ("README.md", "metrics.json")  # a user's files of these names, without a run config
 
 # Files that tell what another kind of folder is, for the refusal's wording.

@@ -59,6 +59,11 @@ def test_missing_empty_and_run_folders_are_accepted(tmp_path: Path) -> None:
     for name in ("README.md", "metrics.json", ".lora.tmp", "train.log", "subject.json"):
         (run / name).write_text("{}\n")
     check_run_output(cfg)
+    # found by a bf16 resume try: a finished pivotal run (embeddings/) was "not an sdtune run folder" to its own
+    # `--resume latest`; so is a run `sdtune pick` wrote picked/ and pick/ into
+    for folder in ("embeddings", "picked", "pick"):
+        (run / folder).mkdir()
+        check_run_output(cfg)
 
 
 @pytest.mark.parametrize("where,words", [("data/db", "is the training data folder itself"),
