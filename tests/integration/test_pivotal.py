@@ -114,3 +114,31 @@ def test_the_token_alone_first_then_the_lora_around_it(tmp_path: Path) -> None:
     assert torch.equal(held[row], last[row]), "then it is frozen (ti_fraction)"
     assert any(not torch.equal(held[k], last[k]) for k in loras), "and the LoRA trains around it"
     assert "| pivotal tuning | token steps 1-2, LoRA steps 3-4 |" in (run / "README.md").read_text()
+
+
+def test_output_preservation_waits_with_the_lora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While lora_start holds the LoRA back, output preservation is not computed (it is zero there, and its
+    gradient only reaches the held LoRA): two UNet forwards per example saved in every token-only step. From the
+    LoRA's first step on it is computed, and its value is not zero."""
+    from sdtune.config import config_from_dict
+    from sdtune.training.loop import train
+    from sdtune.training.preservation import OutputPreservation
+
+    seen: list[float] = []
+    real = OutputPreservation.loss
+
+    def recorded(self, *args, **kwargs):
+        value = real(self, *args, **kwargs)
+        seen.append(float(value.detach()))
+        return value
+
+    monkeypatch.setattr(OutputPreservation, "loss", recorded)
+    data = {"instance_dir": str(make_images(tmp_path / "data", 2)), "instance_prompt": PROMPT,
+            "class_prompt": "a photo of a dog"}
+    cfg = tiny_config(tmp_path / "run", data, {"max_steps": 4, "learning_rate": 1e-2, "lora": {"rank": 4},
+                                               "preservation": {"weight": 1.0},
+                                               "textual_inversion": {"token": "sks", "learning_rate": 5e-2,
+                                                                     "ti_fraction": 0.5, "lora_start": 0.5}})
+    train(config_from_dict(cfg))
+    assert len(seen) == 2, f"computed in the LoRA's 2 steps only, not in the token's: {len(seen)} times"
+    assert seen[-1] > 0.0, "the LoRA's first update moved it from the starting model"

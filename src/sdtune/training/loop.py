@@ -307,7 +307,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                         for model in (unet, text_encoder_ddp):
                             if model is not None:
                                 no_sync.enter_context(accelerator.no_sync(model))
-                    loss, zero_loss = micro_loss(batch)
+                    loss, zero_loss = micro_loss(batch, state.step)
                     gathered = accelerator.gather(torch.stack([loss.detach(), zero_loss]).reshape(1, 2))
                     guard.record_loss(gathered[:, 0], gathered[:, 1])  # read with the step: judges state.step's weights
                     accelerator.backward(loss / accum)

@@ -16,6 +16,7 @@ from sdtune.config import RunConfig
 from sdtune.data.masks import latent_weights
 from sdtune.errors import ConfigError
 from sdtune.training.losses import min_snr_weights, training_target, weighted_loss
+from sdtune.training.pivotal import lora_steps_held
 from sdtune.words import counted
 
 
@@ -28,7 +29,10 @@ class StepLoss:
     """A batch's loss, and the loss of predicting zero on the same batch (the divergence guard's yardstick).
 
     ``unet`` / ``text_encoder``: the prepared (possibly DDP-wrapped) modules the step runs; ``preservation``: the
-    output-preservation term (``sdtune.training.preservation``) or None.
+    output-preservation term (``sdtune.training.preservation``) or None. While pivotal tuning holds the LoRA back
+    (``train.textual_inversion.lora_start``) the term is not computed: it compares the model with its adapter on and
+    off on prompts without the token, so it is zero (the held adapter is its initial no-op) and its gradient only
+    reaches the LoRA, whose gradients are dropped; it would cost two UNet forwards per example for nothing.
     """
 
     def __init__(self, cfg: RunConfig, accelerator: Any, unet: Any, text_encoder: Any, conditioner: Any,
@@ -37,15 +41,19 @@ class StepLoss:
         self.conditioner, self.noise_scheduler, self.preservation, self.family = (conditioner, noise_scheduler,
                                                                                   preservation, family)
         self.timestep_range = timestep_range(cfg, noise_scheduler.config.num_train_timesteps)
+        self.preservation_from = lora_steps_held(cfg)  # the first step whose update trains the LoRA
 
-    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: dict[str, Any], step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch is one group (one shape) or two (class images of another bucket than the training ones): one
-        forward each, their weighted losses summed (``weighted_loss`` divides each by the training examples)."""
+        forward each, their weighted losses summed (``weighted_loss`` divides each by the training examples).
+        ``step``: the optimizer steps done before this update (``TrainState.step``)."""
         num_train = batch["num_train"]
-        losses = [self.group_loss(group, num_train) for group in batch["groups"]]
+        preserve = self.preservation is not None and step >= self.preservation_from
+        losses = [self.group_loss(group, num_train, preserve) for group in batch["groups"]]
         return sum(x[0] for x in losses), sum(x[1] for x in losses)  # type: ignore[return-value]
 
-    def group_loss(self, group: dict[str, Any], num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def group_loss(self, group: dict[str, Any], num_train: int,
+                   preserve: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, accelerator, noise_scheduler = self.cfg, self.accelerator, self.noise_scheduler
         latents = self.conditioner.latents(group)
         conditioning = self.conditioner.unet_kwargs(group)  # text (SDXL: + pooled text and time ids), per family
@@ -67,7 +75,7 @@ class StepLoss:
         with torch.no_grad():
             zero = weighted_loss(torch.zeros_like(target), target, weights, num_train, pixels)
         loss = weighted_loss(pred, target, weights, num_train, pixels)
-        if self.preservation is not None:  # pulled towards the starting model on prompts without the identifier
+        if preserve and self.preservation is not None:  # towards the starting model on prompts without the token
             with accelerator.autocast():
                 loss = loss + self.preservation.loss(self.unet, self.text_encoder, cfg.train.train_text_encoder,
                                                      noisy[:num_train], timesteps[:num_train], self.family,
