@@ -246,6 +246,14 @@ def _check_pivotal_phases(learned: TextualInversionConfig, max_steps: int) -> No
     """The LoRA must train at least one step, and no step may train nothing (the LoRA starting after the token
     froze)."""
     held = learned.lora_held_steps(max_steps)
+    if learned.lora_start > 0.0 and held == 0:
+        raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} of "
+                         f"{counted(max_steps, 'step')} (train.max_steps) holds the LoRA back for no step, so the "
+                         "token and the LoRA would train together: raise max_steps, or set lora_start to 0")
+    if learned.ti_fraction < 1.0 and learned.token_steps(max_steps) == max_steps:
+        raise ValueError(f"train.textual_inversion.ti_fraction={learned.ti_fraction} of "
+                         f"{counted(max_steps, 'step')} (train.max_steps) rounds to all of them, so the token "
+                         "never freezes: raise max_steps or lower ti_fraction (1 trains it throughout)")
     if held >= max_steps:
         raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} holds the LoRA back for all "
                          f"{counted(max_steps, 'step')} (train.max_steps): lower it")

@@ -114,6 +114,10 @@ def test_the_token_alone_first_then_the_lora_around_it(tmp_path: Path) -> None:
     assert torch.equal(held[row], last[row]), "then it is frozen (ti_fraction)"
     assert any(not torch.equal(held[k], last[k]) for k in loras), "and the LoRA trains around it"
     assert "| pivotal tuning | token steps 1-2, LoRA steps 3-4 |" in (run / "README.md").read_text()
+    # a prompt without the learned token draws no person: generate says so (a newcomer wrote "sks" for "<sks>")
+    gen = run_cli("generate", str(run), "-p", "a photo of a dog", "-n", "1", "--steps", "1", "--size", "32",
+                  "--out", str(tmp_path / "gen"))
+    assert f"note: {run} learned the token 'sks', which no prompt contains" in gen.stderr
 
 
 def test_output_preservation_waits_with_the_lora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,3 +146,17 @@ def test_output_preservation_waits_with_the_lora(tmp_path: Path, monkeypatch: py
     train(config_from_dict(cfg))
     assert len(seen) == 2, f"computed in the LoRA's 2 steps only, not in the token's: {len(seen)} times"
     assert seen[-1] > 0.0, "the LoRA's first update moved it from the starting model"
+
+
+def test_a_token_inside_a_kept_prompt_is_refused(tmp_path: Path) -> None:
+    """An added token matches inside words ("man" in "woman"): the class prompt that output preservation keeps
+    without the person would then hold the token and train it. Found by a newcomer (token "man", class "woman")."""
+    data = {"instance_dir": str(make_images(tmp_path / "data", 2)), "instance_prompt": "a photo of man",
+            "class_prompt": "a photo of a woman"}
+    cfg = tiny_config(tmp_path / "run", data, {"max_steps": 2, "lora": {"rank": 4}, "preservation": {"weight": 1.0},
+                                               "textual_inversion": {"token": "man", "lora_start": 0.5}})
+    proc = run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert ("data.class_prompt 'a photo of a woman' contains train.textual_inversion.token 'man' as the "
+            "tokenizer reads it") in proc.stderr and "e.g. '<man>'" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -56,6 +56,13 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
     ({"train": {"max_steps": 4, "lora": {}, "textual_inversion": {"token": "sks", "lora_start": 0.75,
                                                                   "ti_fraction": 0.25}}},
      "starts the LoRA at step 3, after the token froze at step 1 .*steps 1-3 would train nothing"),
+    # a phase rounded away (found by a newcomer): 1 step with lora_start 0.5 trained both at once ("token steps
+    # 1-1, LoRA steps 1-1"); ti_fraction 0.9 of 4 steps never froze the token
+    ({"train": {"max_steps": 1, "lora": {}, "textual_inversion": {"token": "sks", "lora_start": 0.5,
+                                                                  "ti_fraction": 0.5}}},
+     "lora_start=0.5 of 1 step .*holds the LoRA back for no step"),
+    ({"train": {"max_steps": 4, "lora": {}, "textual_inversion": {"token": "sks", "ti_fraction": 0.9}}},
+     "ti_fraction=0.9 of 4 steps .*rounds to all of them, so the token never freezes"),
     # pydantic read true/false as 1/0: max_timestep=true trained timestep 0 alone, max_steps=true one step
     ({"train": {"max_timestep": True}}, "train.max_timestep = true: a yes/no value, where this key takes a number"),
     ({"train": {"max_steps": False}}, "train.max_steps = false: a yes/no value"),

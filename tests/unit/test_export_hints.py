@@ -25,3 +25,23 @@ def test_kohya_export_of_a_textual_inversion_run_points_at_its_embedding(tmp_pat
     assert str(run / "embeddings" / "sks.safetensors") in err
     assert "AUTOMATIC1111: copy it to its embeddings/ folder and write sks in the prompt" in err
     assert "embedding:sks" in err and "load_textual_inversion" in err
+
+
+def test_kohya_export_of_a_stack_names_the_runs_to_export(tmp_path, capsys) -> None:
+    """RUN/stack holds the concept's and the person's LoRAs (and the person's token): not one LoRA to export, and
+    not a textual-inversion run, as the message used to say."""
+    import json
+
+    stack = tmp_path / "person" / "stack"
+    (stack / "embeddings").mkdir(parents=True)
+    save_file({"<sks>": torch.zeros(1, 32)}, str(stack / "embeddings" / "_sks_.safetensors"))
+    (stack / "adapters.json").write_text(json.dumps([
+        {"name": "concept", "path": "../../concept/lora/pytorch_lora_weights.safetensors", "weight": 1.0},
+        {"name": "person", "path": "../lora/pytorch_lora_weights.safetensors", "weight": 1.0}]), encoding="utf-8")
+    with pytest.raises(SystemExit) as stopped:
+        main(["export", str(stack), "--format", "kohya"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err, err
+    assert "textual-inversion run" not in err and "a stack of 2 LoRAs" in err
+    assert f"`sdtune export {tmp_path / 'concept'} --format kohya`" in err
+    assert f"`sdtune export {tmp_path / 'person'} --format kohya`" in err

@@ -62,8 +62,24 @@ def _run_lora(run: Path) -> Path:
                           f"files are {run / 'lora' / 'lycoris.safetensors'} (AUTOMATIC1111 / ComfyUI: `sdtune export "
                           f"{run} --format kohya`) and {run / 'lora' / 'peft'} (peft's own format)")
     hint = (f" It is a full fine-tune: extract a LoRA first with `sdtune export lora --from {run} --rank 32`"
-            if (run / "model").is_dir() else _embedding_hint(run))
+            if (run / "model").is_dir() else _stack_hint(run) or _embedding_hint(run))
     raise SdtuneError(f"no LoRA in {run} (expected lora/{LORA_WEIGHTS}).{hint}")
+
+
+def _stack_hint(run: Path) -> str:
+    """What a stack folder (``RUN/stack``: a base plus several LoRAs, listed in ``adapters.json``) holds, and what
+    to export instead ("" for other folders): each LoRA is its own run's, exported from that run."""
+    import json
+
+    listing = run / "adapters.json"
+    try:
+        adapters = json.loads(listing.read_text(encoding="utf-8"))
+        runs = [(run / a["path"]).resolve().parent.parent for a in adapters]
+    except (OSError, ValueError, TypeError, KeyError):
+        return ""
+    commands = "; ".join(f"`sdtune export {r} --format kohya`" for r in runs)
+    return (f" It is a stack of {len(runs)} LoRAs ({listing}), each exported from its own run: {commands} (a "
+            "learned token comes with its run's LoRA)")
 
 
 def _embedding_hint(run: Path) -> str:

@@ -75,6 +75,7 @@ def generate_command(
     args.existing_file(prompts_file, "--prompts")
     args.output_folder(out, "--out")
     prompts = read_prompts(prompts_file, prompt)
+    _note_missing_token(model, prompts)
     width, height = parse_size(size)
     settings = GenerationSettings(steps=steps, guidance=guidance, scheduler=scheduler, width=width, height=height,
                                   negative_prompt=negative_prompt)
@@ -83,6 +84,19 @@ def generate_command(
                           adapters=[parse_adapter_spec(s) for s in lora], device=device, dtype=dtype,
                           batch_size=batch_size, allow_pickle=allow_pickle)
     typer.echo(f"{counted(len(result.images), 'image')} in {out}/ (grid: {result.grid})")
+
+
+def _note_missing_token(model: str, prompts: list[str]) -> None:
+    """A run that learned a token (textual inversion, pivotal tuning) draws the person only where a prompt writes
+    it: say so when no prompt does (``sks`` for a run that learned ``<sks>`` draws the word, not the person)."""
+    from sdtune.run_folder import is_run_folder, read_run
+
+    if not is_run_folder(model):
+        return
+    token = read_run(model).token
+    if token and not any(token in p for p in prompts):
+        typer.echo(f"note: {model} learned the token {token!r}, which no prompt contains: write it where the person "
+                   f"goes, e.g. 'a photo of {token} person'", err=True)
 
 
 def register(app: typer.Typer) -> None:

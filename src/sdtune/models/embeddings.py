@@ -112,7 +112,19 @@ def check_token(token: str, tokenizer: Any, num_vectors: int = 1) -> None:
             if name in tok.get_vocab():
                 raise ConfigError(f"train.textual_inversion.token={token!r}: {name!r} is already a token of the "
                                   "model's vocabulary, so diffusers' load_textual_inversion would refuse the "
-                                  f"embedding: choose another, e.g. '<{token.strip('<>')}>' or 'sks'")
+                                  f"embedding: choose another, e.g. '<{token.strip('<>')}>'")
+
+
+def is_vocabulary_word(token: str, tokenizer: Any) -> bool:
+    """Whether ``token`` is a whole word of a tokenizer's vocabulary (CLIP stores words as ``sks</w>``, which
+    :func:`check_token` does not see). diffusers adds such a token, but it then stands for the new embedding in
+    every prompt, the word's own meaning gone, and it matches inside other words too (``sks`` in "asks", ``man``
+    in "woman"): a token like ``<sks>`` is in no text."""
+    for tok in tokenizers(tokenizer):
+        pieces = tok.tokenize(token)
+        if len(pieces) == 1 and pieces[0].removesuffix("</w>") == token.lower():
+            return True
+    return False
 
 
 def initial_rows(tok: Any, embedding: torch.nn.Embedding, initializer: str) -> torch.Tensor:

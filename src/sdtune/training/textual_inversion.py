@@ -35,6 +35,23 @@ def check_learned_token(cfg: RunConfig, stream, tokenizer) -> None:
         print(f"note: {len(lacking)} of {counted(len(prompts), 'training prompt')} "
               f"{plural(len(lacking), 'lacks', 'lack')} the token {learned.token!r} (e.g. "
               f"{lacking[0]!r}); {plural(len(lacking), 'it teaches', 'they teach')} its embedding nothing")
+    for key, prompt in kept_prompts(cfg):
+        if token_id in first(prompt).input_ids:
+            raise DataError(f"{key} {prompt!r} contains train.textual_inversion.token {learned.token!r} as the "
+                            "tokenizer reads it (an added token matches inside words too: 'man' in 'woman'), so "
+                            "that prompt, which must stay without the person, would train the token: choose a "
+                            f"token no such prompt contains, e.g. '<{learned.token.strip('<>')}>'")
+
+
+def kept_prompts(cfg: RunConfig) -> list[tuple[str, str]]:
+    """``(key, prompt)`` for every prompt the run keeps as it was, without the learned token: the class prompt
+    and class subsets' prompts (prior preservation) and output preservation's prompts."""
+    data = cfg.data
+    kept = [("data.class_prompt", data.class_prompt)] if data.class_prompt else []
+    kept += [("a class subset's class_prompts", p) for sub in data.subsets or [] for p in sub.class_prompts]
+    if cfg.train.preservation is not None:
+        kept += [("train.preservation prompt", p) for p in cfg.train.preservation.resolved_prompts(data)]
+    return kept
 
 
 def example_prompt_with_token(cfg: RunConfig) -> str:
