@@ -181,3 +181,13 @@ _SEQUENTIAL = {**PIVOTAL, "person_steps": 800, "person_ti_fraction": 0.5, "perso
 for _look in ("", "hard-"):
     VARIANTS[f"{_look}pivotal-seq"] = {**_SEQUENTIAL, **({"person_look": "halved"} if _look else {})}
     VARIANTS[f"{_look}pivotal-seq-lr-5e-4"] = {**VARIANTS[f"{_look}pivotal-seq"], "person_lr": 5e-4}
+# Around the sequence (7 Dec 2026 screen, seeds 0 and 2): the token still learning for a while beside the LoRA
+# ("overlap": frozen at 0.75, the LoRA from 0.5), and a longer LoRA phase (400 token steps, then 800 LoRA steps)
+for _look in ("", "hard-"):
+    VARIANTS[f"{_look}pivotal-seq-overlap"] = {**VARIANTS[f"{_look}pivotal-seq"], "person_ti_fraction": 0.75}
+    VARIANTS[f"{_look}pivotal-seq-1200"] = {**VARIANTS[f"{_look}pivotal-seq"], "person_steps": 1200,
+                                            "person_ti_fraction": 1 / 3, "person_lora_start": 1 / 3}
+# Shorter sequences (the demo must stay under 3 minutes): 200 + 200 and 300 + 300 steps
+for _look in ("", "hard-"):
+    for _steps in (400, 600):
+        VARIANTS[f"{_look}pivotal-seq-{_steps}"] = {**VARIANTS[f"{_look}pivotal-seq"], "person_steps": _steps}

@@ -18,7 +18,7 @@ def test_demo_quick(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = run_cli("demo", "--quick", "--out", str(out))
     assert "stage 2: person" in proc.stdout and "report:" in proc.stdout and "ONE run" in proc.stdout
-    assert "then person textual inversion)" in proc.stdout and "person LoRA" not in proc.stdout  # its real method
+    assert "then person pivotal tuning)" in proc.stdout and "person LoRA" not in proc.stdout  # its real method
     results = json.loads((out / "report" / "results.json").read_text())
     assert list(results["table"]) == ["base", "stage 1: concept", "stage 2: person"]
     for row in results["table"].values():
@@ -28,7 +28,7 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert results["results"]["stage 2: person"]["composite"]["prompts"] == [world.PERSON.composite_prompt()]
     seen = assert_fits(out / "report" / "index.html")
     assert seen["charts"] == 1 and seen["images"] >= 5 * 4  # every group's grid for every model
-    # the person is learned by textual inversion: an embedding file, no LoRA (the concept model stays untouched)
+    # the person is learned by pivotal tuning: an embedding file and a LoRA around the token
     assert (out / "person" / "embeddings" / f"{world.PERSON.token}.safetensors").exists()
-    assert not (out / "person" / "lora").exists()
+    assert (out / "person" / "lora" / "pytorch_lora_weights.safetensors").exists()
     assert (out / "concept" / "model" / "model_index.json").exists()

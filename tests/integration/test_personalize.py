@@ -43,9 +43,10 @@ def concept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
-# single-piece tokens of the tiny tokenizer ("zwx" would split into z, w, x and be refused)
-PEOPLE = {"alice": ("sks", (40, 90, 200)), "bob": ("z", (200, 60, 90)), "dave": ("x", (60, 200, 90)),
-          "erin": ("k", (120, 120, 30))}
+# tokens new to the tiny tokenizer: personalize's default, pivotal tuning, adds each as a new token (a word the
+# vocabulary has, such as "z", is refused)
+PEOPLE = {"alice": ("<alice>", (40, 90, 200)), "bob": ("<bob>", (200, 60, 90)), "dave": ("<dave>", (60, 200, 90)),
+          "erin": ("<erin>", (120, 120, 30))}
 
 
 def _people(tmp: Path, names: list[str], broken: bool = False) -> Path:
@@ -59,7 +60,7 @@ def _people(tmp: Path, names: list[str], broken: bool = False) -> Path:
         folder.mkdir(parents=True)
         (folder / "img00.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
         (folder / "img01.jpg").write_text("not an image")
-        lines.append("carol,photos/carol,q,woman")
+        lines.append("carol,photos/carol,<carol>,woman")
     path = tmp / "people.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -243,7 +244,7 @@ def test_a_ray_start_cluster_runs_the_unchanged_command_and_judges(concept: Path
         assert np.isfinite(float(row["final_loss"]))
         assert row["picked_step"] in ("2", "4") and -1 <= float(row["fidelity"]) <= 1, row
         assert np.isfinite(float(row["composite"])) and (out / "alice" / "picked" / "pick.json").is_file()
-        assert "sks woman giving a thumbs up" in (out / "alice" / ".pick-prompts.txt").read_text()
+        assert "<alice> woman giving a thumbs up" in (out / "alice" / ".pick-prompts.txt").read_text()
     finally:
         _stop_cluster(head, temp)
 
@@ -293,8 +294,12 @@ def test_bad_input_is_refused_before_training(concept: Path, tmp_path: Path) -> 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "line 3: the name 'ALICE' differs from 'alice' (line 2) only in case" in proc.stderr
     assert "line 4: the photo folder" in proc.stderr and "of 'bob' does not exist" in proc.stderr
-    people.write_text("name,photos,token,class\nalice,photos/alice,zwx,woman\n", encoding="utf-8")
+    people.write_text("name,photos,token,class\nalice,photos/alice,z,woman\n", encoding="utf-8")
     proc = run_cli("personalize", str(people), "--concept", str(concept), "--out", str(out), check=False)
+    assert proc.returncode == 2 and "alice: token 'z' is already a word of the concept's tokenizer" in proc.stderr
+    people.write_text("name,photos,token,class\nalice,photos/alice,zwx,woman\n", encoding="utf-8")
+    proc = run_cli("personalize", str(people), "--concept", str(concept), "--out", str(out),
+                   "train.textual_inversion=null", check=False)  # a DreamBooth LoRA trains on the word itself
     assert proc.returncode == 2 and "alice: token 'zwx' splits into 3 pieces (z, w, x)" in proc.stderr
     people.write_text("name,photos,token,class\nalice,photos/alice,sks,woman\n", encoding="utf-8")
     proc = run_cli("personalize", str(people), "--concept", str(concept), "--out", str(out), "--address",

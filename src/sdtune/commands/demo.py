@@ -19,10 +19,11 @@ def demo_command(
     threads: int = typer.Option(1, help="torch threads; 1 because a 32 px model gains little from more, and on a "
                                 "shared CPU two threads per process ran up to 6x slower (measured)"),
 ) -> None:
-    """Two-stage fine-tuning on the toy model, measured: the concept (a LoRA), then the person by textual inversion
-    (one new token's embedding, from photos in four poses, captioned) on the concept model, then evaluation of
-    base / stage 1 / the person stage's checkpoints / stage 2 (forgetting, concept, person, class drift, and the
-    composite: the person doing the concept) with an HTML report. Offline, CPU, about 2 minutes. Re-running
+    """Two-stage fine-tuning on the toy model, measured: the concept (a LoRA), then the person by pivotal tuning
+    (a new token's embedding, then a LoRA around it, from photos in four poses, captioned) on the concept model,
+    then evaluation of base / stage 1 / the person stage's checkpoints / stage 2 (forgetting, concept, person,
+    class drift, and the composite: the person doing the concept) with an HTML report. Offline, CPU, about
+    2 minutes. Re-running
     continues: finished stages are kept."""
     import torch
 

@@ -1,4 +1,5 @@
-"""``sdtune personalize SUBJECTS.csv --concept RUN``: one LoRA per person on one concept model, people as Ray tasks."""
+"""``sdtune personalize SUBJECTS.csv --concept RUN``: a new token and a LoRA per person on one concept model, people
+as Ray tasks."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ ORDER = 25
 
 def personalize_command(
     subjects: Path = typer.Argument(..., help="CSV with a header: name,photos,token,class (photos: a folder, "
-                                    "relative to the CSV)"),
+                                    "relative to the CSV; token: new to the tokenizer, e.g. <alice>)"),
     overrides: list[str] = typer.Argument(None, help="key=value overrides for every subject, e.g. "
                                           "train.max_steps=600 train.lora.rank=16"),
     concept: Path = typer.Option(..., "--concept", help="the concept run folder (e.g. runs/two-stage/concept)"),
     out: Path = typer.Option(Path("runs/people"), "--out", "-o", help="subjects go to OUT/<name>/"),
     config: Path = typer.Option(None, "--config", help="run config YAML every subject starts from, or a recipe "
-                                "(its --stage is used)"),
+                                "(its --stage is used) [default: pivotal tuning, as configs/two-stage.yaml's "
+                                "person stage]"),
     stage: str = typer.Option("person", "--stage", help="which stage of a recipe --config to use"),
     instance_prompt: str = typer.Option(None, "--instance-prompt",
                                         help="default: 'a photo of {token} {class}' ({name} also works)"),
@@ -50,7 +52,9 @@ def personalize_command(
     strict: bool = typer.Option(False, "--strict", help="exit with status 3 when a subject failed (default: 0, "
                                 "failures are in the summary)"),
 ) -> None:
-    """Personalize the concept model on each subject: a DreamBooth LoRA each, in OUT/<name>/.
+    """Personalize the concept model on each subject, in OUT/<name>/: by default pivotal tuning, the subject's
+    token (new to the tokenizer: <alice>, not a word it has) learned alone first, then a LoRA around it; a --config
+    or recipe stage chooses otherwise (train.textual_inversion=null: a DreamBooth LoRA on an existing word).
 
     Each person is a Ray task that starts as soon as a slot frees up: on this machine (an embedded Ray with all
     its GPUs, or its CPUs when it has none), or on a cluster with --address or RAY_ADDRESS (docs/scale.md):
@@ -64,8 +68,9 @@ def personalize_command(
             --concept /shared/concept --out /shared/people
 
     Before any training, one line each: duplicate names, missing photo folders, tokens the concept's tokenizer
-    splits, people without usable photos (these are skipped; the others train), an unreachable --address. A live
-    table shows each person's state, step, loss, where it runs and ETA (a line per change in OUT/personalize.log).
+    already has (or, for a DreamBooth LoRA, splits), people without usable photos (these are skipped; the others
+    train), an unreachable --address. A live table shows each person's state, step, loss, where it runs and ETA
+    (a line per change in OUT/personalize.log).
     A person whose process or worker dies resumes from its latest checkpoint (--retries). OUT/summary.csv and
     OUT/summary.md list status, steps, final loss, seconds, attempts, node and device per person; with --prompts
     also each person's fidelity, composite and the checkpoint `sdtune pick` kept (RUN/picked/).

@@ -1,4 +1,5 @@
-"""``sdtune personalize``: one LoRA per person, all on the same concept model, each person a task on Ray.
+"""``sdtune personalize``: one LoRA and one new token per person (pivotal tuning, by default), all on the same concept
+model, each person a task on Ray.
 
 Scale comes from an engine, not from a scheduler of ours (:mod:`sdtune.engine`): every person is one unit of
 work, ``sdtune train OUT/<name>/config.yaml`` in a child process, scheduled as a Ray task that starts as soon as a
@@ -16,6 +17,7 @@ is tried again. Ctrl-C or SIGTERM stops every person at a checkpoint and exits 1
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
@@ -38,6 +40,14 @@ if TYPE_CHECKING:
 
 DEFAULT_INSTANCE_PROMPT = "a photo of {token} {class}"
 DEFAULT_CLASS_PROMPT = "a photo of a {class}"
+# Without --config every subject is trained as the person stage of configs/two-stage.yaml trains one: pivotal
+# tuning in sequence, the one person method of sdtune (docs/two-stage.md, "One person method"): the subject's token,
+# new to the tokenizer, alone for the first half of the steps, then a LoRA around it (``lora_start``). Output
+# preservation is added by :func:`subject_config`, as for any template that chooses no way to keep the class.
+DEFAULT_TEMPLATE: dict[str, Any] = {
+    "train": {"lora": {"rank": 16}, "learning_rate": 1e-4, "max_steps": 1600,
+              "textual_inversion": {"token": "{token}", "num_vectors": 2, "learning_rate": 2e-3,
+                                    "lora_start": 0.5, "ti_fraction": 0.5}}}
 
 
 @dataclass
@@ -64,9 +74,9 @@ def load_template(path: Path | None, stage: str = "person") -> dict[str, Any]:
 
 def template_stage(path: Path | None, stage: str = "person") -> tuple[dict[str, Any], Any]:
     """``(run config keys, the recipe's Stage or None)`` of a template: a run config YAML or a recipe's stage (whose
-    own fields, e.g. ``concept_prior``, personalize takes over too)."""
+    own fields, e.g. ``concept_prior``, personalize takes over too); no path: :data:`DEFAULT_TEMPLATE`."""
     if path is None:
-        return {}, None
+        return copy.deepcopy(DEFAULT_TEMPLATE), None
     data = read_yaml(Path(path))
     if "stages" not in data:
         return data, None
@@ -95,7 +105,8 @@ def subject_config(subject: Subject, template: dict[str, Any], concept: Path, ou
                    overrides: list[str] | None = None, instance_prompt: str | None = None,
                    class_prompt: str | None = None, concept_prior: int | None = None,
                    concept_preservation: bool | None = None) -> RunConfig:
-    """A DreamBooth LoRA run config for one subject on the concept's full model.
+    """One subject's run config on the concept's full model: a LoRA, with the subject's own new token beside it
+    when the template learns one (``train.textual_inversion``: pivotal tuning, the default template's method).
 
     The template decides the training (LoRA rank, steps, learning rate, how the class and the concept are kept,
     ...); the subject decides the photos and prompts. A template that chooses neither prior preservation nor
@@ -193,26 +204,33 @@ def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path 
     """Refuse tokens the concept's tokenizer splits into several pieces: the person would be learned as a mix of
     common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. A pivotal template
     (``train.textual_inversion``) adds each person's token as a new one instead: there a token the vocabulary
-    already has is refused (diffusers' ``load_textual_inversion`` would refuse its embedding), before any person
-    trains. One line each."""
+    already has is refused, as an entry (diffusers' ``load_textual_inversion`` would refuse its embedding) or as a
+    whole word (``sks``, ``man``: the new token would replace the word in every prompt, inside other words too,
+    "woman" included), before any person trains. One line each."""
     from sdtune.data.captions import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(str(model), revision)
     except (SdtuneError, OSError, ValueError):
         return  # no tokenizer files to read: training reports the model itself
-    from sdtune.models.embeddings import check_token
+    from sdtune.models.embeddings import check_token, is_vocabulary_word
+
+    def taken(token: str, num_vectors: int) -> bool:
+        try:
+            check_token(token, tokenizer, num_vectors)
+        except ConfigError:
+            return True
+        return is_vocabulary_word(token, tokenizer)
 
     problems = []
     for subject, cfg in zip(subjects, configs, strict=True):
         learned = cfg.train.textual_inversion
         if learned is not None:
-            try:
-                check_token(subject.token, tokenizer, learned.num_vectors)
-            except ConfigError:
+            if taken(subject.token, learned.num_vectors):
                 problems.append(f"{subject.name}: token '{subject.token}' is already a word of the concept's "
                                 f"tokenizer, and pivotal tuning learns a new token: write one it does not have, "
-                                f"e.g. <{subject.token.strip('<>')}>")
+                                f"e.g. <{subject.token.strip('<>')}> (or train.textual_inversion=null for a "
+                                "DreamBooth LoRA on the word)")
             continue
         pieces = tokenizer.tokenize(subject.token)
         if len(pieces) > 1:

@@ -80,3 +80,28 @@ def benchmark_rows(settings: DemoSettings) -> dict[str, Any] | None:
         if own is not None and matches:  # the benchmark's own run of this seed: (value, no spread)
             out[f"{stage}: benchmark seed {settings.seed}"] = {k: (v, None) for k, v in own.items()}
     return {"variant": variant, "seeds": seeds, "rows": out, "ceiling": data.get("ceiling"), "matches": matches}
+
+
+def evaluate_models(models: dict[str, str], settings: DemoSettings, workers: int = 2) -> dict[str, dict[str, Any]]:
+    """The demo's evaluation (:func:`sdtune.toy.evaluate.evaluate` with its suite and seeds) of every model,
+    ``{name: model reference}`` -> ``{name: result}``, ``workers`` at a time.
+
+    The demo trains on one torch thread (``sdtune demo --threads``), which leaves a second core idle; evaluating two
+    models at once in two Python threads uses it (torch runs each op in its calling thread and releases the GIL),
+    and halves the evaluation's wall time on 2 cores (12 s per model here). Each image comes from its own seeded
+    generator and each op runs on one thread either way, so the results are bitwise the one-at-a-time ones (tested).
+    The pipelines are loaded first, one at a time: loading is not thread-safe (transformers' embedding resize for a
+    learned token failed when two loads overlapped)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdtune.toy.evaluate import default_judge, evaluate, load_toy_pipeline
+
+    judge, suite = default_judge(), demo_suite(settings)
+    seeds, group_seeds = eval_seeds(settings)
+    pipes = {name: load_toy_pipeline(ref) for name, ref in models.items()}
+
+    def one(name: str) -> dict[str, Any]:
+        return evaluate(pipes[name], judge, suite, seeds, steps=settings.eval_steps, group_seeds=group_seeds)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return dict(zip(pipes, pool.map(one, pipes), strict=True))

@@ -69,29 +69,31 @@ class DemoSettings:
     # A text-encoder LoRA in stage 1 too (train.train_text_encoder): "arrow" can then move away from "star" in the
     # text encoder, where the UNet LoRA alone must draw both from nearly the same embedding
     concept_text_encoder: bool = False
-    # The striped person is learned in a few hundred steps (a checkered star needed 1000 and reached 0.31): 250 at
-    # lr 2e-3 drew it in 0.83 of images at guidance 2 (seed 0, measured 29 Nov 2026) and keep the demo in minutes.
-    person_steps: int = 400  # (a LoRA person: 250)
-    person_lr: float = 2e-2  # (a LoRA person: 2e-3)
+    # The person stage is pivotal tuning in sequence (person_method "pivotal", person_lora_start 0.5): the token
+    # "sks" alone first (400 steps at person_ti_lr 2e-2, as textual inversion), then a LoRA around the frozen token
+    # (400 steps, rank 4 on the finer levels, lr 1e-3, output preservation 2). The one person method of the demo,
+    # configs/two-stage.yaml, configs/sdxl-two-stage.yaml and personalize (issue #23; docs/two-stage.md, "One person
+    # method"), measured on both toy persons over three seeds: the only one that learns the person words can draw
+    # in the concept's form (composite 0.82 +- 0.31) and the one they cannot (person 0.46 +- 0.21). Textual
+    # inversion alone: 0.88 and 0.00; both at once (lora_start 0): 0.00 and 0.62; the DreamBooth LoRA: 0.00, 0.07.
+    person_steps: int = 800  # (textual inversion: 400; a LoRA person: 250)
+    person_lr: float = 1e-3  # the LoRA's (textual inversion: the token's, 2e-2; a LoRA person: 2e-3)
     person_rank: int = 4  # seed 0, 4 poses, fine levels: rank 8 drew the composite in 0.08, rank 4 0.21
     # "fine": LoRA only on the UNet's finer levels (finetune.FINE_LEVELS), which change texture and colour more
     # than form; "all"; "kv": only the cross-attention keys and values (Custom Diffusion)
     person_targets: str = "fine"
     person_on: str = "model"  # (c) "adapter": on the base with the concept LoRA as a frozen, unfused adapter
-    # "lora", or "textual-inversion": only the embedding of a new token "sks" trains (the model is untouched, so
-    # the concept and the old world stay exactly as stage 1 left them); person_steps / person_lr / person_batch
-    # apply, person_rank / person_targets / preservation / prior do not
-    # Textual inversion is the demo's default: 400 steps at 2e-2, batch 8 (benchmark: person 1.00, composite 0.88,
-    # concept and old world exactly stage 1's, over three seeds); the LoRA fields below are the measured alternative.
-    person_method: str = "textual-inversion"
+    # "pivotal": the token's embedding (person_ti_lr, frozen after person_ti_fraction of the steps) and a LoRA
+    # (person_lr, rank, targets, preservation) in one run (sdtune.training.pivotal); "textual-inversion": only the
+    # embedding of a new token "sks" trains (the model is untouched; person_steps / person_lr / person_batch apply,
+    # person_rank / person_targets / preservation / prior do not); "lora": a DreamBooth LoRA of the person
+    person_method: str = "pivotal"
     person_batch: int = 8
-    person_norm_limit: float | None = None  # textual inversion: train.textual_inversion.norm_limit
-    person_initializer: str | None = None  # textual inversion: the text the token starts from (None: "sks")
-    # "pivotal": the token's embedding (person_ti_lr, frozen after person_ti_fraction of the steps) and the LoRA
-    # (person_lr, rank, targets, preservation as a LoRA person) train together (sdtune.training.pivotal)
+    person_norm_limit: float | None = None  # the token: train.textual_inversion.norm_limit
+    person_initializer: str | None = None  # the token: the text it starts from (None: "sks")
     person_ti_lr: float = 2e-2
     person_ti_fraction: float = 0.5
-    person_lora_start: float = 0.0  # pivotal: the LoRA starts after this share of the steps (the token alone first)
+    person_lora_start: float = 0.5  # pivotal: the LoRA starts after this share of the steps (the token alone first)
     # (With the first person a text-encoder LoRA helped, as DreamBooth users find for faces: on the base model,
     # person 0.50 of images (pixel check) and class prompt intact 0.29, against 0.38 and 0.04 without.)
     # Off since the striped person: the text-encoder LoRA changes every prompt's embedding, the old world's too
@@ -104,13 +106,16 @@ class DemoSettings:
     class_images: int = 12
     concept_prior: int = 0  # (a) also class images of the concept stage's prompts, drawn by the concept model
     # (b) weight of differential output preservation (0: off); 4 poses, seed 0: 1 -> composite 0.08, 3 -> 0.29
-    # but person 0.38; with rank 4, 2 kept the person (0.62) and the concept (0.83), composite 0.21. Off by
-    # default: textual inversion changes no weight, so there is nothing to preserve (a LoRA person: set 2.0)
-    preservation: float = 0.0
+    # but person 0.38; with rank 4, 2 kept the person (0.62) and the concept (0.83), composite 0.21. Computed only
+    # once the LoRA trains (textual inversion changes no weight: nothing to preserve there)
+    preservation: float = 2.0
     preservation_concept: bool = True  # (b) its prompts: the class prompt and the concept's own prompts
     preservation_generic: int = 0  # (b) also this many other world prompts (evaluate.generic_prompts)
     seed: int = 0  # training seed of both stages: one of the benchmark's training seeds, so its run is one of them
-    checkpoint_every: int = 100  # person checkpoints, all kept: `sdtune pick` chooses among them
+    # person checkpoints, all kept (`sdtune pick` chooses among them): 400 is where the token is learned and the
+    # LoRA starts (textual inversion alone), so the chart shows both phases; each checkpoint costs the demo an
+    # evaluation (12 s here)
+    checkpoint_every: int = 400
     # The evaluation, the benchmark's too (sdtune.toy.demo_eval): per old-world and concept prompt `seeds` images
     # (seeds 100...), per person, class and composite prompt `person_seeds` (200...): single prompts, more images
     seeds: int = 6

@@ -111,7 +111,7 @@ def test_shipped_two_stage_recipe_is_valid(tmp_path: Path) -> None:
     (concept, c_cfg), (person, p_cfg) = stage_configs(recipe)
     assert [concept.name, person.name] == ["concept", "person"] and person.base == "stage:concept"
     assert c_cfg.train.lora is not None and c_cfg.save.full_model and c_cfg.data.train_dir is not None
-    assert p_cfg.method == "dreambooth-lora" and p_cfg.data.class_prompt == "a photo of a person"
+    assert p_cfg.method == "dreambooth-pivotal" and p_cfg.data.class_prompt == "a photo of a person"
     # the measured default keeps the class prompt and the concept by output preservation, no class images
     assert not p_cfg.data.with_prior_preservation and p_cfg.train.preservation is not None
     assert p_cfg.train.preservation.prompts == ["a photo of a person", "a man giving a thumbs up", "a thumbs up"]

@@ -169,10 +169,11 @@ def test_subject_template_from_a_recipe_stage(tmp_path: Path) -> None:
     concept = _fake_concept(tmp_path / "concept")
     template, stage = template_stage(REPO / "configs" / "two-stage.yaml", "person")
     assert template == load_template(REPO / "configs" / "two-stage.yaml", "person")
-    cfg = subject_config(Subject("bob", tmp_path / "bob", "zwx", "man"), template, concept, tmp_path / "out",
+    cfg = subject_config(Subject("bob", tmp_path / "bob", "<bob>", "man"), template, concept, tmp_path / "out",
                          instance_prompt="{token} {class}, portrait", concept_preservation=stage.concept_preservation)
-    assert cfg.train.lora is not None and cfg.train.lora.rank == 16 and cfg.train.max_steps == 800
-    assert cfg.data.instance_prompt == "zwx man, portrait" and cfg.data.class_prompt == "a photo of a man"
+    assert cfg.train.lora is not None and cfg.train.lora.rank == 16 and cfg.train.max_steps == 1600
+    assert cfg.train.textual_inversion is not None and cfg.train.textual_inversion.token == "<bob>"  # pivotal
+    assert cfg.data.instance_prompt == "<bob> man, portrait" and cfg.data.class_prompt == "a photo of a man"
     assert cfg.data.resolution == 512 and not cfg.data.with_prior_preservation
     assert cfg.train.preservation.prompts == ["a photo of a man", "a thumbs up", "a photo of a thumbs up"]
     assert cfg.model.base == str(concept / "model")
@@ -262,10 +263,16 @@ def test_tokens_that_split_are_refused_unless_the_template_learns_them(tmp_path:
     assert str(info.value) == ("bob: token 'zwx' splits into 3 pieces (z, w, x) in the concept's tokenizer; choose a "
                                "rare single-piece token (e.g. sks, ohwx)")
     pivotal = {"train": {"textual_inversion": {"token": "<tok>", "learning_rate": 0.01, "ti_fraction": 0.5}}}
-    check_tokens(people, [subject_config(p, pivotal, concept, tmp_path / "out") for p in people], tmp_path / "tok")
+    new = [Subject("ann", tmp_path / "a", "<ann>", "woman"), Subject("bob", tmp_path / "b", "zwx", "man")]
+    check_tokens(new, [subject_config(p, pivotal, concept, tmp_path / "out") for p in new], tmp_path / "tok")
     # a pivotal template learns each token as a new one: one the vocabulary has is refused here, before any person
-    # trains (it failed each person's run in turn, at diffusers' load_textual_inversion check)
-    taken = [Subject("cy", tmp_path / "c", "z", "man")]
-    with pytest.raises(ConfigError, match=r"^cy: token 'z' is already a word of the concept's tokenizer, and pivotal "
-                                          r"tuning learns a new token: write one it does not have, e.g. <z>$"):
+    # trains - as an entry ("z": it failed each person's run in turn, at diffusers' load_textual_inversion check)
+    # or as a whole word ("sks" is "sks</w>" there, which that check missed: the run trained, and "sks" then meant
+    # the person in every prompt, inside "asks" too)
+    taken = [Subject("cy", tmp_path / "c", "z", "man"), Subject("dee", tmp_path / "d", "sks", "woman")]
+    with pytest.raises(ConfigError) as info:
         check_tokens(taken, [subject_config(p, pivotal, concept, tmp_path / "out") for p in taken], tmp_path / "tok")
+    assert str(info.value).splitlines() == [
+        f"{name}: token '{token}' is already a word of the concept's tokenizer, and pivotal tuning learns a new "
+        f"token: write one it does not have, e.g. <{token}> (or train.textual_inversion=null for a DreamBooth LoRA "
+        "on the word)" for name, token in (("cy", "z"), ("dee", "sks"))]

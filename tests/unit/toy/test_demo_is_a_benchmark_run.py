@@ -13,6 +13,7 @@ from typing import Any
 from sdtune.config import config_from_dict
 from sdtune.models.presets import toy_path
 from sdtune.recipes.schema import resolve_config, stage_configs
+from sdtune.toy import world
 from sdtune.toy.demo import DemoSettings, demo_recipe
 from sdtune.toy.demo_eval import BENCHMARK_FILE, benchmark_rows, eval_plan, eval_seeds, trained_settings
 
@@ -55,6 +56,9 @@ def test_the_published_demo_row_is_the_demos_settings_seed_and_evaluation() -> N
 def test_the_demos_stage_configs_are_the_benchmarks_for_its_seed(tmp_path: Path) -> None:
     demo = DemoSettings()
     out, bench_out = tmp_path / "demo", tmp_path / "bench"
+    for root in (out, bench_out):  # the person stage keeps the concept's prompts: read from its captions
+        world.write_concept_set(root / "data" / "concept", demo.concept_images, seed=1, captioned=True,
+                                two_tone=demo.concept_two_tone)
     recipe = {stage.name: cfg.model_dump(mode="json") for stage, cfg in stage_configs(demo_recipe(out, demo))}
     settings = two_stage.settings_for(two_stage.DEMO, demo.seed, quick=False)
     data, concept = bench_out / "data", bench_out / "runs" / f"concept-s{demo.seed}"

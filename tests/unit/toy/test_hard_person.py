@@ -150,8 +150,8 @@ def test_person_masks_are_the_shapes_silhouettes(tmp_path) -> None:
         # between the halves, their mix)
         nearest = np.min([np.linalg.norm(inside - world.COLOURS[c], axis=-1) for c in ("green", "purple")], axis=0)
         assert len(inside) and np.mean(nearest < 2) > 0.85
-    for method in ("textual-inversion", "pivotal"):
-        cfg = person_stage(replace(settings, person_method=method), tmp_path, tmp_path / method, "toy",
-                           person_dir=folder)
+    for method, preservation in (("textual-inversion", 0.0), ("pivotal", 2.0)):
+        cfg = person_stage(replace(settings, person_method=method, preservation=preservation), tmp_path,
+                           tmp_path / method, "toy", person_dir=folder)
         data = config_from_dict(cfg).data
         assert data.masked_loss and data.mask_dir == masks and data.mask_outside_weight == 0.1
