@@ -51,6 +51,7 @@ from sdtune.toy.demo import (  # noqa: E402
     concept_stage,
     person_mask_dir,
     person_stage,
+    write_concept_data,
     write_person_photos,
 )
 from sdtune.toy.demo_eval import STAGE1, demo_suite, eval_plan, eval_seeds, trained_settings  # noqa: E402
@@ -115,7 +116,7 @@ def eval_settings(args: argparse.Namespace) -> DemoSettings:
 def concept_run(settings: DemoSettings, data: Path, run_dir: Path) -> dict[str, Any]:
     """Stage 1's run config: the demo's, its fused model saved (the person trains on it, as in the recipe)."""
     cfg = concept_stage(settings, data, run_dir)
-    cfg["save"]["full_model"] = True
+    cfg["save"]["full_model"] = not settings.concept_token  # a learned token is no part of a fused model
     return cfg
 
 
@@ -138,9 +139,7 @@ class Bench:
 
     def ensure_data(self, settings: DemoSettings) -> None:
         with self.lock("data"):
-            if not (self.data / "concept" / "scenes.jsonl").exists():  # scenes.jsonl is written last
-                world.write_concept_set(self.data / "concept", settings.concept_images, seed=1, captioned=True,
-                                        two_tone=settings.concept_two_tone)
+            write_concept_data(settings, self.data)
             person = self.person_data(settings)
             if not (person / "scenes.jsonl").exists():
                 write_person_photos(person, settings)
@@ -168,12 +167,16 @@ class Bench:
                     fcntl.flock(fh, fcntl.LOCK_UN)
         return held()
 
-    def measure(self, key: str, ref: str, extra: dict[str, Any], look: str = "striped") -> dict[str, Any]:
-        """Evaluate ``ref`` for the person ``look`` (its person, class and composite prompts and identity)."""
+    def measure(self, key: str, ref: str, extra: dict[str, Any], look: str = "striped",
+                concept_token: str | None = None) -> dict[str, Any]:
+        """Evaluate ``ref`` for the person ``look`` (its person, class and composite prompts and identity);
+        ``concept_token``: the concept's prompts write it (a stage 1 that learned one)."""
         done = load_done(self.results)
         if key in done:
             return done[key]
-        row = {"key": key, **extra, **summary(evaluate(load_toy_pipeline(ref), self.judge, self.suites[look],
+        suite = self.suites[look] if not concept_token else demo_suite(
+            replace(self.evaluation, person_look=look, concept_token=concept_token))
+        row = {"key": key, **extra, **summary(evaluate(load_toy_pipeline(ref), self.judge, suite,
                                                        self.seeds, steps=self.evaluation.eval_steps,
                                                        group_seeds=self.group_seeds))}
         record(self.results, row)
@@ -205,7 +208,8 @@ class Bench:
             self.measure(name, str(run_dir), {"stage": "concept", "seed": seed, "train_seconds": seconds,
                                               "concept_variant": variant,
                                               "settings": {k: v for k, v in asdict(settings).items()
-                                                           if k in CONCEPT_FIELDS}})
+                                                           if k in CONCEPT_FIELDS}},
+                         concept_token=settings.concept_token)
         return run_dir
 
     def person(self, variant: str, seed: int) -> None:

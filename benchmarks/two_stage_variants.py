@@ -191,3 +191,10 @@ for _look in ("", "hard-"):
 for _look in ("", "hard-"):
     for _steps in (400, 600):
         VARIANTS[f"{_look}pivotal-seq-{_steps}"] = {**VARIANTS[f"{_look}pivotal-seq"], "person_steps": _steps}
+# Stage 1 by pivotal tuning of the concept (concept_token): its own token for "arrow", whose word the frozen text
+# encoder puts near "star" (0.75) and "diamond" (0.54), the shapes stage 1 bends into arrows
+CONCEPT_VARIANTS.update({
+    "token-arrow": {"concept_token": "<arrow>", "concept_token_init": "arrow"},
+    "token-shape": {"concept_token": "<arrow>", "concept_token_init": "shape"},
+    "token-shape-lr-5e-2": {"concept_token": "<arrow>", "concept_token_init": "shape", "concept_token_lr": 5e-2},
+})

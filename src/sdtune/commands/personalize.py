@@ -53,8 +53,9 @@ def personalize_command(
                                 "failures are in the summary)"),
 ) -> None:
     """Personalize the concept model on each subject, in OUT/<name>/: by default pivotal tuning, the subject's
-    token (new to the tokenizer: <alice>, not a word it has) learned alone first, then a LoRA around it; a --config
-    or recipe stage chooses otherwise (train.textual_inversion=null: a DreamBooth LoRA on an existing word).
+    token (new to the tokenizer: <alice>, not a word it has) learned alone first, then a LoRA around it. The
+    override train.textual_inversion=null trains a DreamBooth LoRA on an existing rare word instead (sks); --config
+    starts every subject from another run config or recipe stage.
 
     Each person is a Ray task that starts as soon as a slot frees up: on this machine (an embedded Ray with all
     its GPUs, or its CPUs when it has none), or on a cluster with --address or RAY_ADDRESS (docs/scale.md):

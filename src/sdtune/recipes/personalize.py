@@ -31,7 +31,14 @@ from sdtune.errors import ConfigError, DataError, SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
 from sdtune.recipes.people_on_engine import Judge, Scale, one_line, read_pick, run_people
 from sdtune.recipes.runs import ConceptRun, concept_run, run_state, saved_config_changes, write_stack_profile
-from sdtune.recipes.subjects import Subject, SubjectOutcome, read_subjects, write_summary
+from sdtune.recipes.subjects import (
+    Subject,
+    SubjectOutcome,
+    check_tokens,
+    read_subjects,
+    shared_tokens,
+    write_summary,
+)
 from sdtune.run_folder import read_metrics, read_run_config
 from sdtune.words import counted
 
@@ -199,49 +206,6 @@ def tokenizer_of(concept: Path, out_dir: Path) -> tuple[str, str | None]:
     return str(section.get("base") or "tiny"), section.get("revision")
 
 
-def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path | str,
-                 revision: str | None = None) -> None:
-    """Refuse tokens the concept's tokenizer splits into several pieces: the person would be learned as a mix of
-    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. A pivotal template
-    (``train.textual_inversion``) adds each person's token as a new one instead: there a token the vocabulary
-    already has is refused, as an entry (diffusers' ``load_textual_inversion`` would refuse its embedding) or as a
-    whole word (``sks``, ``man``: the new token would replace the word in every prompt, inside other words too,
-    "woman" included), before any person trains. One line each."""
-    from sdtune.data.captions import load_tokenizer
-
-    try:
-        tokenizer = load_tokenizer(str(model), revision)
-    except (SdtuneError, OSError, ValueError):
-        return  # no tokenizer files to read: training reports the model itself
-    from sdtune.models.embeddings import check_token, is_vocabulary_word
-
-    def taken(token: str, num_vectors: int) -> bool:
-        try:
-            check_token(token, tokenizer, num_vectors)
-        except ConfigError:
-            return True
-        return is_vocabulary_word(token, tokenizer)
-
-    problems = []
-    for subject, cfg in zip(subjects, configs, strict=True):
-        learned = cfg.train.textual_inversion
-        if learned is not None:
-            if taken(subject.token, learned.num_vectors):
-                problems.append(f"{subject.name}: token '{subject.token}' is already a word of the concept's "
-                                f"tokenizer, and pivotal tuning learns a new token: write one it does not have, "
-                                f"e.g. <{subject.token.strip('<>')}> (or train.textual_inversion=null for a "
-                                "DreamBooth LoRA on the word)")
-            continue
-        pieces = tokenizer.tokenize(subject.token)
-        if len(pieces) > 1:
-            shown = ", ".join(p.replace("</w>", "") for p in pieces)
-            problems.append(f"{subject.name}: token '{subject.token}' splits into "
-                            f"{counted(len(pieces), 'piece')} ({shown}) in "
-                            "the concept's tokenizer; choose a rare single-piece token (e.g. sks, ohwx)")
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
 def prepare_class_images(configs: list[RunConfig], echo: Callable[[str], None] = print) -> None:
     """Generate each class's prior images once, here, before people start (two people filling one folder would
     race); as ``sdtune train`` would make them: same base, dtype, revision."""
@@ -351,6 +315,8 @@ def personalize(subjects_csv: Path, concept: Path, out_dir: Path, *, template: P
 
         check_address(scale.address or os.environ["RAY_ADDRESS"])  # before the concept is fused
     check_tokens(subjects, configs, *tokenizer_of(concept, out_dir))
+    for note in shared_tokens(subjects):
+        echo(note)
     out_dir.mkdir(parents=True, exist_ok=True)
     ready = {}
     outcomes: dict[str, SubjectOutcome] = {}

@@ -3,8 +3,8 @@
 ``SUBJECTS.csv`` has a header and one row per person::
 
     name,photos,token,class
-    alice,photos/alice,sks,woman
-    bob,photos/bob,zwx,man
+    alice,photos/alice,<alice>,woman
+    bob,photos/bob,<bob>,man
 
 ``photos`` is a folder, relative to the CSV file's folder unless absolute. ``name`` becomes the subject's folder
 ``OUT/<name>/``: names that differ only in case are refused (one folder on macOS and Windows disks). Each
@@ -19,12 +19,15 @@ import io
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdtune.atomic import atomic_write_json, atomic_write_text
-from sdtune.errors import ConfigError
+from sdtune.errors import ConfigError, SdtuneError
 from sdtune.run_folder import read_json
 from sdtune.words import counted
+
+if TYPE_CHECKING:
+    from sdtune.config import RunConfig
 
 SUBJECT_FILE = "subject.json"
 COLUMNS = {"name": ("name", "subject"), "photos": ("photos", "folder", "instance_dir", "images"),
@@ -165,3 +168,58 @@ def write_summary(out_dir: Path, outcomes: list[SubjectOutcome]) -> tuple[Path, 
     atomic_write_text(out_dir / "summary.csv", buffer.getvalue())
     atomic_write_text(out_dir / "summary.md", summary_markdown(outcomes))
     return out_dir / "summary.csv", out_dir / "summary.md"
+
+
+def check_tokens(subjects: list[Subject], configs: list[RunConfig], model: Path | str,
+                 revision: str | None = None) -> None:
+    """Refuse tokens the concept's tokenizer splits into several pieces: the person would be learned as a mix of
+    common sub-words (``zwx`` -> ``z``, ``w``, ``x``), which shifts every prompt using them. A pivotal template
+    (``train.textual_inversion``) adds each person's token as a new one instead: there a token the vocabulary
+    already has is refused, as an entry (diffusers' ``load_textual_inversion`` would refuse its embedding) or as a
+    whole word (``sks``, ``man``: the new token would replace the word in every prompt, inside other words too,
+    "woman" included), before any person trains. One line each."""
+    from sdtune.data.captions import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(str(model), revision)
+    except (SdtuneError, OSError, ValueError):
+        return  # no tokenizer files to read: training reports the model itself
+    from sdtune.models.embeddings import check_token, is_vocabulary_word
+
+    def taken(token: str, num_vectors: int) -> bool:
+        try:
+            check_token(token, tokenizer, num_vectors)
+        except ConfigError:
+            return True
+        return is_vocabulary_word(token, tokenizer)
+
+    problems = []
+    for subject, cfg in zip(subjects, configs, strict=True):
+        learned = cfg.train.textual_inversion
+        if learned is not None:
+            if taken(subject.token, learned.num_vectors):
+                problems.append(f"{subject.name}: token '{subject.token}' is already a word of the concept's "
+                                f"tokenizer, and pivotal tuning learns a new token: write one it does not have, "
+                                f"e.g. <{subject.token.strip('<>')}> (or train.textual_inversion=null for a "
+                                "DreamBooth LoRA on the word)")
+            continue
+        pieces = tokenizer.tokenize(subject.token)
+        if len(pieces) > 1:
+            shown = ", ".join(p.replace("</w>", "") for p in pieces)
+            problems.append(f"{subject.name}: token '{subject.token}' splits into "
+                            f"{counted(len(pieces), 'piece')} ({shown}) in "
+                            "the concept's tokenizer; choose a rare single-piece token (e.g. sks, ohwx)")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def shared_tokens(subjects: list[Subject]) -> list[str]:
+    """A note per token that several people share: each run learns its own, but the embedding files carry the
+    token's name (one AUTOMATIC1111 / ComfyUI embeddings folder holds one of them) and one prompt cannot hold two
+    of them."""
+    by_token: dict[str, list[str]] = {}
+    for subject in subjects:
+        by_token.setdefault(subject.token, []).append(subject.name)
+    return [f"note: {', '.join(names)} share the token '{token}': each person learns its own, but their embedding "
+            "files have one name and one prompt cannot tell them apart; give each person a token of its own"
+            for token, names in by_token.items() if len(names) > 1]

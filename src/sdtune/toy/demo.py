@@ -45,12 +45,45 @@ def person_of(settings: DemoSettings) -> Person:
     return PERSONS[settings.person_look]
 
 
+def concept_data(settings: DemoSettings, data: Path) -> Path:
+    """The concept's captioned images: ``data/concept``, or with ``concept_token`` a copy whose captions write
+    the token for the concept's word (``data/concept-<token>``)."""
+    if not settings.concept_token:
+        return data / "concept"
+    return data / ("concept-" + "".join(c if c.isalnum() else "_" for c in settings.concept_token))
+
+
+def write_concept_data(settings: DemoSettings, data: Path) -> Path:
+    """Write :func:`concept_data` unless it is there (``scenes.jsonl`` is written last)."""
+    folder = concept_data(settings, data)
+    if (folder / "scenes.jsonl").exists():
+        return folder
+    world.write_concept_set(folder, settings.concept_images, seed=1, captioned=True,
+                            two_tone=settings.concept_two_tone)
+    if settings.concept_token:
+        import json
+        import re
+
+        meta = folder / "metadata.jsonl"
+        rows = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines()]
+        for row in rows:
+            row["text"] = re.sub(rf"\b{world.CONCEPT}\b", settings.concept_token, row["text"])
+        meta.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return folder
+
+
 def concept_stage(settings: DemoSettings, data: Path, out: Path) -> dict[str, Any]:
     """Stage 1's run config: a text-to-image LoRA (or full fine-tune) on the captioned concept images."""
-    cfg = concept_config("toy", data / "concept", out, steps=settings.concept_steps, lr=settings.concept_lr,
-                         lora_rank=settings.concept_rank if settings.concept_lora else None, seed=settings.seed,
-                         caption_dropout=settings.concept_caption_dropout)
+    cfg = concept_config("toy", concept_data(settings, data), out, steps=settings.concept_steps,
+                         lr=settings.concept_lr, lora_rank=settings.concept_rank if settings.concept_lora else None,
+                         seed=settings.seed, caption_dropout=settings.concept_caption_dropout)
     cfg["train"]["train_text_encoder"] = settings.concept_text_encoder
+    if settings.concept_token:  # pivotal tuning of the concept: its own token, trained beside the LoRA
+        cfg["train"].update(textual_inversion={"token": settings.concept_token, "learning_rate":
+                                               settings.concept_token_lr,
+                                               "initializer": settings.concept_token_init},
+                            adam_weight_decay=0.0)
+        cfg["save"]["full_model"] = False  # a learned token is no part of a fused model (a stage-1 screen only)
     if settings.concept_targets == "kv" and settings.concept_lora:  # only what reads the prompt learns the word
         cfg["train"]["lora"]["targets"] = list(CROSS_ATTENTION_KV)
     elif settings.concept_targets != "all":
@@ -258,9 +291,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
     data = out / "data"
-    if not (data / "concept" / "metadata.jsonl").exists():
-        world.write_concept_set(data / "concept", settings.concept_images, seed=1, captioned=True,
-                                two_tone=settings.concept_two_tone)
+    write_concept_data(settings, data)
     if not (data / "person" / "scenes.jsonl").exists():
         write_person_photos(data / "person", settings)
     lap("datasets")

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from sdtune.toy.evaluate import Suite, default_suite
-from sdtune.toy.world import PERSONS
+from sdtune.toy.world import CONCEPT, PERSONS
 from sdtune.words import counted
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ def demo_suite(settings: DemoSettings) -> Suite:
     """The prompts: ``settings.old_prompts`` old-world prompts, the concept's, and the person's of its look."""
     if settings.person_look not in PERSONS:
         raise ValueError(f"person_look {settings.person_look!r}: one of {', '.join(PERSONS)}")
-    return default_suite(old=settings.old_prompts, person=PERSONS[settings.person_look])
+    return default_suite(old=settings.old_prompts, person=PERSONS[settings.person_look],
+                         concept_word=settings.concept_token or CONCEPT)
 
 
 def eval_plan(settings: DemoSettings) -> dict[str, Any]:

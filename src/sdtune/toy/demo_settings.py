@@ -69,6 +69,15 @@ class DemoSettings:
     # A text-encoder LoRA in stage 1 too (train.train_text_encoder): "arrow" can then move away from "star" in the
     # text encoder, where the UNet LoRA alone must draw both from nearly the same embedding
     concept_text_encoder: bool = False
+    # Stage 1 by pivotal tuning: a new token for the concept (its captions and prompts write it for "arrow"),
+    # learned beside the LoRA at concept_token_lr from concept_token_init's embedding (None: the token's own
+    # pieces). The frozen text encoder gives "arrow" nearly star's embedding; a token of its own can move away, so
+    # the LoRA that draws arrows for it need not draw them for stars. None: the word "arrow". Measured on seed 0
+    # (docs/two-stage.md): old acc 0.69-0.71 against the word's 0.75 - diamonds still turn into arrows, so the
+    # spill is the UNet LoRA's, not the word's. A stage 1 with a token saves no fused model (screens only).
+    concept_token: str | None = None
+    concept_token_init: str | None = None
+    concept_token_lr: float = 1e-2
     # The person stage is pivotal tuning in sequence (person_method "pivotal", person_lora_start 0.5): the token
     # "sks" alone first (400 steps at person_ti_lr 2e-2, as textual inversion), then a LoRA around the frozen token
     # (400 steps, rank 4 on the finer levels, lr 1e-3, output preservation 2). The one person method of the demo,

@@ -81,14 +81,18 @@ def generic_prompts(count: int | None, shapes: Sequence[str] = ()) -> list[str]:
     return [f"a photo of a {c} {s}" for c, s in kept[:count]]
 
 
-def default_suite(old: int | None = 12, concept: int = 4, person: Person = PERSON) -> Suite:
+def default_suite(old: int | None = 12, concept: int = 4, person: Person = PERSON,
+                  concept_word: str = CONCEPT) -> Suite:
+    """``concept_word``: how prompts name the concept (a learned token for it, say); the judge still expects the
+    glyph :data:`CONCEPT`."""
     colours = list(COLOURS)
     return Suite(
         old=old_prompts(old),
-        concept=[Expect(f"a {colours[(i * 3) % 8]} {CONCEPT}", colours[(i * 3) % 8], CONCEPT) for i in range(concept)],
+        concept=[Expect(f"a {colours[(i * 3) % 8]} {concept_word}", colours[(i * 3) % 8], CONCEPT)
+                 for i in range(concept)],
         person=[Expect(person.instance_prompt, None, person.shape, person=True)],
         cls=[Expect(person.class_prompt, None, person.shape)],
-        composite=[Expect(person.composite_prompt(CONCEPT), None, CONCEPT, person=True)],
+        composite=[Expect(person.composite_prompt(concept_word), None, CONCEPT, person=True)],
         person_look=person,
     )
 

@@ -306,7 +306,9 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
         lines.append(f"| AUTOMATIC1111 / ComfyUI | {_tools_row(run_dir, adapter.name == 'lora')} |")
     if (learned := cfg.train.textual_inversion) is not None:
         word = Path(embedding_file_name(learned.token)).stem  # what AUTOMATIC1111 and ComfyUI call it: the file's stem
-        lines.append(f"| learned token | `{learned.token}` (started from `{learned.initializer or learned.token}`) |")
+        start = (f"`{learned.initializer}`" if learned.initializer else
+                 f"`{learned.token}` as the tokenizer read it before the token was added")
+        lines.append(f"| learned token | `{learned.token}` (started from {start}) |")
         lines.append(f"| AUTOMATIC1111 / ComfyUI | copy `embeddings/{word}.safetensors` to their `embeddings/` folder; "
                      f"in the prompt write `{word}` (AUTOMATIC1111) or `embedding:{word}` (ComfyUI) where this card "
                      f"writes `{learned.token}` |")

@@ -252,7 +252,7 @@ def test_pivotal_subjects_learn_their_own_token_and_the_stack_carries_it(tmp_pat
 
 def test_tokens_that_split_are_refused_unless_the_template_learns_them(tmp_path: Path) -> None:
     from sdtune.models.tiny_tokenizer import build_tiny_tokenizer
-    from sdtune.recipes.personalize import check_tokens
+    from sdtune.recipes.subjects import check_tokens
 
     build_tiny_tokenizer().save_pretrained(tmp_path / "tok")
     concept = _fake_concept(tmp_path / "concept")
@@ -276,3 +276,15 @@ def test_tokens_that_split_are_refused_unless_the_template_learns_them(tmp_path:
         f"{name}: token '{token}' is already a word of the concept's tokenizer, and pivotal tuning learns a new "
         f"token: write one it does not have, e.g. <{token}> (or train.textual_inversion=null for a DreamBooth LoRA "
         "on the word)" for name, token in (("cy", "z"), ("dee", "sks"))]
+
+
+def test_people_sharing_a_token_get_a_note(tmp_path: Path) -> None:
+    """Found by a newcomer: two people with one token trained silently, and their embedding files had one name."""
+    from sdtune.recipes.subjects import shared_tokens
+
+    people = [Subject("ann", tmp_path / "a", "<x>", "woman"), Subject("bob", tmp_path / "b", "<x>", "man"),
+              Subject("cy", tmp_path / "c", "<cy>", "man")]
+    assert shared_tokens(people) == ["note: ann, bob share the token '<x>': each person learns its own, but their "
+                                     "embedding files have one name and one prompt cannot tell them apart; give "
+                                     "each person a token of its own"]
+    assert shared_tokens(people[1:]) == []

@@ -56,3 +56,24 @@ def test_stage_1_prior_preservation_draws_other_prompts_as_class_images(tmp_path
     evaluated = {f"a photo of {e.prompt}" for e in old_prompts(12)} | {e.prompt for e in old_prompts(12)}
     assert not evaluated & set(subset.class_prompts), "the prior must not train on evaluated prompts"
     assert cfg.data.train_dir == tmp_path / "concept"
+
+
+def test_the_concepts_own_token_reaches_captions_config_and_prompts(tmp_path: Path) -> None:
+    """concept_token: stage 1 learns "<arrow>" beside its LoRA; its captions and the evaluated prompts write it."""
+    import json
+
+    from sdtune.toy.demo import concept_data, write_concept_data
+    from sdtune.toy.demo_eval import demo_suite
+
+    settings = replace(DemoSettings.quick(), concept_token="<arrow>", concept_token_init="shape")
+    folder = write_concept_data(settings, tmp_path)
+    assert folder == concept_data(settings, tmp_path) != tmp_path / "concept"
+    captions = [json.loads(line)["text"] for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert all("<arrow>" in c and " arrow" not in c for c in captions)
+    cfg = config_from_dict(concept_stage(settings, tmp_path, tmp_path / "c"))
+    learned = cfg.train.textual_inversion
+    assert cfg.is_pivotal and learned.token == "<arrow>" and learned.initializer == "shape"
+    assert cfg.data.train_dir == folder
+    suite = demo_suite(settings)
+    assert all("<arrow>" in e.prompt and e.shape == "arrow" for e in suite.concept)
+    assert "<arrow>" in suite.composite[0].prompt
