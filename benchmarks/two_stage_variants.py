@@ -198,3 +198,7 @@ CONCEPT_VARIANTS.update({
     "token-shape": {"concept_token": "<arrow>", "concept_token_init": "shape"},
     "token-shape-lr-5e-2": {"concept_token": "<arrow>", "concept_token_init": "shape", "concept_token_lr": 5e-2},
 })
+# The sequence with masked loss (the silhouette only, weight 0 outside): a mask moved both-at-once pivotal's
+# identity into the arrow (hard composite 0.01 -> 0.12 at ti_fraction 0.25)
+for _look in ("", "hard-"):
+    VARIANTS[f"{_look}pivotal-seq+mask"] = {**VARIANTS[f"{_look}pivotal-seq"], "person_masks": True}

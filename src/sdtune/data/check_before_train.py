@@ -42,6 +42,9 @@ def _key(cfg: RunConfig, subset: SubsetConfig) -> str:
     return "data.subsets"
 
 
+_WARNED: set[str] = set()  # warnings printed by this process: each once
+
+
 def check_training_data(cfg: RunConfig) -> None:
     """Raise DataError listing the problems in the run's data folders (repeated kinds summarized); print warnings.
 
@@ -83,7 +86,9 @@ def check_training_data(cfg: RunConfig) -> None:
             warnings.append(Problem(str(subset.path), _ignored_captions(cfg, subset, other, report.images),
                                     "warning", "ignored captions"))
     for line in summarize_problems(warnings):
-        print(f"warning: {line}")
+        if line not in _WARNED:  # a recipe checks each stage's data before any trains, and training again
+            _WARNED.add(line)
+            print(f"warning: {line}")
     if errors:
         flags = f" --masks {cfg.data.mask_dir or 'alpha'}" if cfg.data.masked_loss else ""  # the report that has them
         see = " ".join(f"`sdtune dataset check {p}{flags}`" for p in checked[:2])

@@ -91,3 +91,17 @@ def test_a_missing_mask_or_validation_folder_is_one_line_with_its_key(tmp_path):
     with pytest.raises(DataError, match=f"sdtune dataset check {tmp_path} --masks {tmp_path / 'masks'}"):
         check_training_data(config_from_dict({"model": {"base": "toy"}, "data": {
             **data, "masked_loss": True, "mask_dir": str(tmp_path / "masks")}}))
+
+
+def test_a_warning_is_printed_once_per_process(tmp_path, capsys):
+    """A recipe checks every stage's data before any trains, and the stage's training checks it again: the
+    newcomer trying configs/two-stage.yaml read the same 'captions are not read' warning twice."""
+    for i in range(2):
+        pattern(i).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text("a man in a hat", encoding="utf-8")
+    cfg = config_from_dict({"model": {"base": "toy"}, "data": {"instance_dir": str(tmp_path), "resolution": 16,
+                                                               "instance_prompt": "a photo of sks person"}})
+    check_training_data(cfg)
+    assert "and they are not read" in capsys.readouterr().out
+    check_training_data(cfg)
+    assert "not read" not in capsys.readouterr().out
