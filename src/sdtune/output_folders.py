@@ -138,16 +138,17 @@ def check_run_output(cfg: Any) -> None:
 
 
 def check_group_folder(output: Path, own: Iterable[str], configs: Iterable[Any], kind: str, marker: str, key: str,
-                       command: str) -> None:
+                       command: str, layout: str) -> None:
     """A folder of runs (a recipe's OUTPUT, personalize's OUT): missing, empty, already one (``marker`` in it),
     or holding only what this command puts there (``own``: stage or subject folders, class images...) and the
-    data folders its run ``configs`` read from inside it; and writable (:func:`sdtune.writable.check_writable`)."""
-    _check_group_contents(output, own, configs, kind, marker, key, command)
+    data folders its run ``configs`` read from inside it; and writable (:func:`sdtune.writable.check_writable`).
+    ``layout``: what the command writes there, in the refusal's words ("one run folder per stage")."""
+    _check_group_contents(output, own, configs, kind, marker, key, command, layout)
     check_writable(output, key)
 
 
 def _check_group_contents(output: Path, own: Iterable[str], configs: Iterable[Any], kind: str, marker: str, key: str,
-                          command: str) -> None:
+                          command: str, layout: str) -> None:
     out = _absolute(output)
     own = set(own)
     for cfg in configs:
@@ -166,5 +167,4 @@ def _check_group_contents(output: Path, own: Iterable[str], configs: Iterable[An
     if not foreign:
         return
     raise ConfigError(f"{key} {out} is not empty and is {_what_it_is(out, foreign)}: `{command}` writes a {kind} "
-                      "there (one run folder per "
-                      f"{'stage' if 'recipe' in kind else 'subject'}, {marker}). Choose a new or empty folder")
+                      f"there ({layout}, {marker}). Choose a new or empty folder")

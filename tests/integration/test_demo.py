@@ -19,6 +19,7 @@ def test_demo_quick(tmp_path: Path) -> None:
     proc = run_cli("demo", "--quick", "--out", str(out))
     assert "stage 2: person" in proc.stdout and "report:" in proc.stdout and "ONE run" in proc.stdout
     assert "then person pivotal tuning)" in proc.stdout and "person LoRA" not in proc.stdout  # its real method
+    assert "the person's token learns alone for its first 15 steps" in proc.stdout  # what checkpoint 15 is
     results = json.loads((out / "report" / "results.json").read_text())
     assert list(results["table"]) == ["base", "stage 1: concept", "stage 2: person"]
     for row in results["table"].values():

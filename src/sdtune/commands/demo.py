@@ -13,17 +13,18 @@ ORDER = 5
 
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where datasets, runs and the report go"),
-    quick: bool = typer.Option(False, "--quick", help="a few dozen steps and two seeds (a smoke test, ~30 s)"),
-    seeds: int = typer.Option(None, help="evaluation seeds per prompt (default 6, the benchmark's: other values "
-                              "make a run that is not one of the benchmark's; --quick 2)"),
-    threads: int = typer.Option(1, help="torch threads; 1 because a 32 px model gains little from more, and on a "
-                                "shared CPU two threads per process ran up to 6x slower (measured)"),
+    quick: bool = typer.Option(False, "--quick", help="a few dozen steps and two seeds (a smoke test, ~20 s)"),
+    seeds: int = typer.Option(None, min=1, help="evaluation seeds per prompt (default 6, the benchmark's: other "
+                              "values make a run that is not one of the benchmark's; --quick 2)"),
+    threads: int = typer.Option(1, min=1, help="torch threads for training; 1 because a 32 px model gains little "
+                                "from more, and on a shared CPU two threads per process ran up to 6x slower "
+                                "(measured). The evaluation runs two models at once, one thread each"),
 ) -> None:
     """Two-stage fine-tuning on the toy model, measured: the concept (a LoRA), then the person by pivotal tuning
     (a new token's embedding, then a LoRA around it, from photos in four poses, captioned) on the concept model,
     then evaluation of base / stage 1 / the person stage's checkpoints / stage 2 (forgetting, concept, person,
     class drift, and the composite: the person doing the concept) with an HTML report. Offline, CPU, about
-    2 minutes. Re-running
+    3 minutes. Re-running
     continues: finished stages are kept."""
     import torch
 
@@ -34,7 +35,7 @@ def demo_command(
     output_folder(out, "--out")
     torch.set_num_threads(threads)
     settings = DemoSettings.quick() if quick else DemoSettings()
-    if seeds:
+    if seeds is not None:
         settings.seeds = seeds
     result = run_demo(out, settings, echo=typer.echo)
     typer.echo("")

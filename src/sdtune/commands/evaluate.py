@@ -52,7 +52,7 @@ def eval_command(
         None, "--toy/--no-toy", show_default=False, metavar="", help="judge the toy suite (forgetting, concept, "
         "person, class, composite) [default: on for toy models when no prompts are given]"),
     steps: int | None = typer.Option(None, "--steps", min=1, help="denoising steps [default: 25; toy: 20]"),
-    guidance: float | None = typer.Option(None, "--guidance", help="classifier-free guidance scale "
+    guidance: float | None = typer.Option(None, "--guidance", min=0.0, help="classifier-free guidance scale "
                                           "[default: 7.5; toy: 4, as the judge was calibrated]"),
     scheduler: str = typer.Option("dpm++", "--scheduler", help=SCHEDULER_HELP),
     size: str | None = typer.Option(None, "--size", help="N or WIDTHxHEIGHT; default: each model's native size"),

@@ -23,9 +23,9 @@ def pick_command(
     generic_prompts: Path | None = typer.Option(None, "--generic-prompts", help="prompts NOT about the subject "
                                                 "(forgetting against the run's base)"),
     seeds: str = typer.Option("8", "--seeds", help="K (seeds 0..K-1) or a list 0,7,42"),
-    max_forgetting: float | None = typer.Option(None, "--max-forgetting", help="checkpoints that forgot more are "
-                                                "not kept [default: toy 0.05 old-prompt accuracy; otherwise 1.0 "
-                                                "CLIP-T points on --generic-prompts]"),
+    max_forgetting: float | None = typer.Option(None, "--max-forgetting", min=0.0, help="checkpoints that forgot "
+                                                "more are not kept [default: toy 0.05 old-prompt accuracy; "
+                                                "otherwise 1.0 CLIP-T points on --generic-prompts]"),
     out: Path | None = typer.Option(None, "--out", "-o", help="evaluation folder [default: RUN/pick]"),
     export: bool = typer.Option(True, "--export/--no-export", help="write RUN/picked and the kohya file"),
     clip: str | None = typer.Option(None, "--clip", help="CLIP backbone [default: as sdtune eval]"),
@@ -33,7 +33,7 @@ def pick_command(
         None, "--toy/--no-toy", show_default=False, metavar="", help="judge the toy suite [default: toy runs without "
                                     "prompts]"),
     steps: int | None = typer.Option(None, "--steps", min=1, help="denoising steps [default: 25; toy: 20]"),
-    guidance: float | None = typer.Option(None, "--guidance", help="guidance scale [default: 7.5; toy: 4]"),
+    guidance: float | None = typer.Option(None, "--guidance", min=0.0, help="guidance scale [default: 7.5; toy: 4]"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU), float32, float16, bfloat16"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="images per forward pass"),

@@ -17,14 +17,15 @@ toy_app = typer.Typer(help="The built-in toy world of coloured shapes and the sm
 @toy_app.command("pretrain")
 def pretrain_command(
     out: Path = typer.Argument(..., help="output folder: pipeline/, clip/, judge/, pretrain.json (work/ = scratch)"),
-    seed: int = typer.Option(0, help="one seed for data, initialisation and training"),
-    vae_steps: int = typer.Option(1500), clip_steps: int = typer.Option(1500), judge_steps: int = typer.Option(500),
-    unet_steps: int = typer.Option(6000), unet_batch: int = typer.Option(64),
-    wide_images: int = typer.Option(8000, help="in-memory renders for the VAE, CLIP and judge"),
-    pretrain_images: int = typer.Option(16000, help="captioned images the UNet is pretrained on"),
-    eval_seeds: int = typer.Option(4, help="judge the finished model on every world prompt with this many seeds "
+    seed: int = typer.Option(0, min=0, help="one seed for data, initialisation and training"),
+    vae_steps: int = typer.Option(1500, min=1), clip_steps: int = typer.Option(1500, min=1),
+    judge_steps: int = typer.Option(500, min=1),
+    unet_steps: int = typer.Option(6000, min=1), unet_batch: int = typer.Option(64, min=1),
+    wide_images: int = typer.Option(8000, min=1, help="in-memory renders for the VAE, CLIP and judge"),
+    pretrain_images: int = typer.Option(16000, min=1, help="captioned images the UNet is pretrained on"),
+    eval_seeds: int = typer.Option(4, min=0, help="judge the finished model on every world prompt with this many seeds "
                                    "(the model card's numbers; 0 skips)"),
-    threads: int = typer.Option(1, help="torch threads per process (1 is fastest on a shared CPU)"),
+    threads: int = typer.Option(1, min=1, help="torch threads per process (1 is fastest on a shared CPU)"),
     parallel: bool = typer.Option(True, help="train CLIP and judge in their own processes next to the VAE"),
 ) -> None:
     """Pretrain the toy model from nothing: VAE, CLIP and judge on the wide world, then the UNet through the
@@ -48,7 +49,7 @@ def pretrain_command(
 def world_command(
     out: Path = typer.Argument(..., help="folder to write (images + metadata.jsonl + scenes.jsonl)"),
     kind: str = typer.Option("pretrain", help="pretrain | wide | concept | concept-images | person | person-captioned"),
-    count: int = typer.Option(100), seed: int = typer.Option(0),
+    count: int = typer.Option(100, min=1), seed: int = typer.Option(0, min=0),
 ) -> None:
     """Render a dataset of the toy world (captioned, or instance-only for DreamBooth)."""
     from sdtune.commands.args import output_folder
@@ -71,8 +72,8 @@ def world_command(
 @toy_app.command("eval")
 def eval_command(
     model: str = typer.Argument("toy", help="toy, a model folder or a run folder fine-tuned from toy"),
-    seeds: int = typer.Option(4, help="images per prompt"),
-    steps: int = typer.Option(20, help="sampling steps"),
+    seeds: int = typer.Option(4, min=1, help="images per prompt"),
+    steps: int = typer.Option(20, min=1, help="sampling steps"),
     grid: Path = typer.Option(None, help="save a grid of the world-prompt images here (PNG)"),
 ) -> None:
     """Judge what a toy model draws: colour/shape accuracy on every world prompt, the concept, the person, the

@@ -233,7 +233,7 @@ def _check_out_folder(out_dir: Path, subjects: list[Subject], configs: list[RunC
 
     own = {s.name for s in subjects} | {"class-images", "concept-model", "summary.md", "personalize.log"}
     check_group_folder(out_dir, own, configs, "personalize output folder", "summary.csv", "--out",
-                       "sdtune personalize")
+                       "sdtune personalize", "one run folder per subject")
     for cfg in configs:
         check_run_output(cfg)
 

@@ -155,7 +155,7 @@ def check_recipe_folder(output_dir: Path, plans: list[tuple[Stage, RunConfig]], 
     if recipe_path is not None and Path(recipe_path).resolve().parent == Path(output_dir).resolve():
         own.add(Path(recipe_path).name)
     check_group_folder(output_dir, own, [cfg for _, cfg in plans],
-                       "recipe output folder", MANIFEST, "output_dir", "sdtune run")
+                       "recipe output folder", MANIFEST, "output_dir", "sdtune run", "one run folder per stage")
 
 
 def preflight(plans: list[tuple[Stage, RunConfig]]) -> dict[str, str]:

@@ -264,7 +264,8 @@ def check_demo_folder(out: Path, recipe_text: str) -> None:
             raise ConfigError(f"--out {out} holds other runs: its recipe.yaml is not this demo's (another recipe, "
                               "or the demo with other settings such as --quick). Choose a new folder with --out")
         return
-    check_group_folder(out, {"data"}, [], "demo folder", "recipe.yaml", "--out", "sdtune demo")
+    check_group_folder(out, {"data"}, [], "demo folder", "recipe.yaml", "--out", "sdtune demo",
+                       "data/, a run folder per stage, report/")
 
 
 def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -328,6 +329,13 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     elif benchmark and benchmark["matches"]:
         notes.append(f"this run is the benchmark's run of training seed {settings.seed} (the same settings, "
                      "evaluation seeds and prompts): its 'benchmark seed' rows are what it measured for that run")
+    if settings.person_method == "pivotal" and settings.person_lora_start and steps:
+        from sdtune.config_sections import TextualInversionConfig
+
+        held = TextualInversionConfig(token="sks", lora_start=settings.person_lora_start).lora_held_steps(
+            settings.person_steps)  # the one rounding of the phases
+        notes.append(f"the person's token learns alone for its first {held} steps, then the LoRA trains around it: "
+                     f"the checkpoints up to step {held} are the token alone (textual inversion)")
     if benchmark and benchmark.get("ceiling"):
         c = benchmark["ceiling"]
         notes.append(f"ceiling: the judge reads the person in {c['person_judge']:.2f} (pixel check "

@@ -32,9 +32,12 @@ def test_a_folder_that_is_not_this_demos_is_refused_and_left_as_it_was(tmp_path:
         out.mkdir()
         (out / "recipe.yaml").write_text("output_dir: elsewhere\nstages: []\n")
     before = _listing(out)
-    with pytest.raises(ConfigError, match="--out"):
+    with pytest.raises(ConfigError, match="--out") as refused:
         run_demo(out, DemoSettings.quick(), echo=lambda _: None)
     assert _listing(out) == before
+    assert "subject" not in str(refused.value), "the demo writes stages, not personalize's subjects (a newcomer)"
+    if kind == "other files":
+        assert "(data/, a run folder per stage, report/, recipe.yaml)" in str(refused.value)
 
 
 def test_a_new_folder_passes_the_check(tmp_path: Path) -> None:
