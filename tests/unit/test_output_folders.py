@@ -83,10 +83,11 @@ def test_group_folders_hold_only_their_runs(tmp_path: Path) -> None:
     (out / "concept").mkdir(parents=True)
     cfg = _cfg(tmp_path, out / "concept", instance_dir=str(out / "photos"), instance_prompt="a sks dog")
     (out / "photos").mkdir()
-    check_group_folder(out, {"concept"}, [cfg], "recipe output folder", "manifest.json", "output_dir", "sdtune run")
+    args = ("recipe output folder", "manifest.json", "output_dir", "sdtune run", "one run folder per stage")
+    check_group_folder(out, {"concept"}, [cfg], *args)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match=r"output_dir .*out is not empty .*notes\.txt.*`sdtune run`"):
-        check_group_folder(out, {"concept"}, [cfg], "recipe output folder", "manifest.json", "output_dir",
-                           "sdtune run")
+    with pytest.raises(ConfigError, match=r"output_dir .*out is not empty .*notes\.txt.*`sdtune run`.*"
+                                          r"\(one run folder per stage, manifest\.json\)"):
+        check_group_folder(out, {"concept"}, [cfg], *args)
     (out / "manifest.json").write_text("{}")  # an earlier run of the recipe: continued
-    check_group_folder(out, {"concept"}, [cfg], "recipe output folder", "manifest.json", "output_dir", "sdtune run")
+    check_group_folder(out, {"concept"}, [cfg], *args)
