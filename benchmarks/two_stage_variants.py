@@ -202,3 +202,7 @@ CONCEPT_VARIANTS.update({
 # identity into the arrow (hard composite 0.01 -> 0.12 at ti_fraction 0.25)
 for _look in ("", "hard-"):
     VARIANTS[f"{_look}pivotal-seq+mask"] = {**VARIANTS[f"{_look}pivotal-seq"], "person_masks": True}
+# ... with the masks from the LoRA's start only (data.mask_start 0.5): the token learns from whole images, as
+# textual inversion, which alone keeps the easy composite; the LoRA from the masked person
+for _look in ("", "hard-"):
+    VARIANTS[f"{_look}pivotal-seq+mask-lora"] = {**VARIANTS[f"{_look}pivotal-seq+mask"], "person_mask_start": 0.5}

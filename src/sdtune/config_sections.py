@@ -145,6 +145,14 @@ class DataConfig(Section):
                                   "white = the loss counts")
     mask_outside_weight: float = Field(0.0, ge=0.0, le=1.0, description="the loss weight where the mask is black "
                                        "(0: only the masked part is learned)")
+    mask_start: float = Field(0.0, ge=0.0, lt=1.0, description="weight the loss by the masks from this fraction "
+                              "of train.max_steps on (whole images before); with pivotal tuning in sequence set it "
+                              "to train.textual_inversion.lora_start: the token learns from whole images, the "
+                              "LoRA from the masked person")
+
+    def unmasked_steps(self, max_steps: int) -> int:
+        """The first optimizer steps that train on whole images before the masks apply (``mask_start``)."""
+        return round(self.mask_start * max_steps) if self.masked_loss else 0
 
     @field_validator("train_dir", "instance_dir", "class_dir", "mask_dir", mode="before")
     @classmethod
@@ -166,6 +174,9 @@ class DataConfig(Section):
         if self.train_dir is None and self.instance_dir is None and not self.subsets:
             raise ValueError("no training data: set data.train_dir (captioned), data.instance_dir (DreamBooth) "
                              "or data.subsets")
+        if self.mask_start > 0.0 and not self.masked_loss:
+            raise ValueError("data.mask_start is set but data.masked_loss is false: set data.masked_loss=true (or "
+                             "remove data.mask_start)")
         if self.mask_dir is not None and not self.masked_loss:
             raise ValueError("data.mask_dir is set but data.masked_loss is false: set data.masked_loss=true to "
                              "weight the loss by the masks (or remove data.mask_dir)")

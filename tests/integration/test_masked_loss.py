@@ -71,3 +71,29 @@ def test_bad_masks_stop_the_run_before_the_model_loads_and_dataset_check_names_t
     report = run_cli("dataset", "check", str(images), "--masks", str(masks), check=False)
     assert report.returncode == 1
     assert "img01.png" in report.stdout and "img02.png" in report.stdout and "mask" in report.stdout
+
+
+def test_mask_start_trains_whole_images_first(tmp_path: Path) -> None:
+    """data.mask_start: whole images before it (bitwise an unmasked run's steps), the masks after it."""
+    images = make_images(tmp_path / "photos", 3)
+    data = {"instance_dir": str(images), "instance_prompt": "a photo of sks dog", "masked_loss": True,
+            "mask_dir": str(_masks(images, tmp_path / "masks"))}
+
+    def steps(name: str, data: dict) -> list[dict[str, torch.Tensor]]:
+        cfg = tiny_config(tmp_path / name, data, {"max_steps": 3, "lora": {"rank": 4}, "batch_size": 2},
+                          checkpoint={"every": 1, "keep": 3})
+        run_cli("train", str(write_config(tmp_path / f"{name}.yaml", cfg)))
+        return [load_file(str(tmp_path / name / "checkpoints" / f"step-00000{s}" / "trainable.safetensors"))
+                for s in (2, 3)]
+
+    whole = steps("whole", {k: v for k, v in data.items() if k not in ("masked_loss", "mask_dir")})
+    masked = steps("masked", data)
+    later = steps("later", {**data, "mask_start": 0.6})  # round(0.6 * 3) = 2 whole-image steps, then masked
+    assert _equal(later[0], whole[0]) and not _equal(later[0], masked[0]), "the first two steps: whole images"
+    assert not _equal(later[1], whole[1]), "step 3: the masks apply"
+    card = (tmp_path / "later" / "README.md").read_text()
+    assert "| masked loss | masks from `" in card and "weight 0 outside, from step 3 (whole images before) |" in card
+    proc = run_cli("train", str(write_config(tmp_path / "bad.yaml", tiny_config(
+        tmp_path / "bad", {"instance_dir": str(images), "instance_prompt": "a photo of sks dog", "mask_start": 0.5}))),
+        check=False)
+    assert proc.returncode == 2 and "data.mask_start is set but data.masked_loss is false" in proc.stderr

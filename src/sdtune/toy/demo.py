@@ -182,7 +182,7 @@ def _person_common(cfg: dict[str, Any], settings: DemoSettings, concept_lora: Pa
     if settings.person_masks:
         photos = Path(cfg["data"].get("train_dir") or cfg["data"]["instance_dir"])
         cfg["data"].update(masked_loss=True, mask_dir=str(person_mask_dir(photos)),
-                           mask_outside_weight=settings.person_mask_outside)
+                           mask_outside_weight=settings.person_mask_outside, mask_start=settings.person_mask_start)
 
 
 def _textual_inversion_stage(settings: DemoSettings, data: Path, out: Path, concept_model: str,

@@ -36,6 +36,7 @@ class DemoSettings:
     # beside the photos as "<photos>-masks", world.write_masks), person_mask_outside elsewhere
     person_masks: bool = False
     person_mask_outside: float = 0.0
+    person_mask_start: float = 0.0  # data.mask_start: whole images before this share of the steps, masks after
     # train.max_timestep of the person stage (None: every timestep): the person on the low-noise steps only, where
     # detail and colour are drawn, so the form of "sks green arrow" stays the concept's
     person_max_timestep: int | None = None

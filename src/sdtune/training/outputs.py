@@ -296,6 +296,11 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
         token_until = embedding_steps(cfg) or cfg.train.max_steps
         lines.append(f"| pivotal tuning | token steps 1-{token_until}, LoRA steps {lora_steps_held(cfg) + 1}-"
                      f"{cfg.train.max_steps} |")
+    if data.masked_loss:  # what the loss counted: the masked part (and from which step)
+        where = f"`{data.mask_dir}`" if data.mask_dir is not None else "each image's alpha channel"
+        first = data.unmasked_steps(cfg.train.max_steps) + 1
+        lines.append(f"| masked loss | masks from {where}, weight {data.mask_outside_weight:g} outside"
+                     + (f", from step {first} (whole images before)" if first > 1 else "") + " |")
     if cfg.train.min_timestep or cfg.train.max_timestep is not None:  # a narrowed range changes what the run learned
         high = "the schedule's end" if cfg.train.max_timestep is None else cfg.train.max_timestep - 1
         lines.append(f"| timesteps trained | {cfg.train.min_timestep} to {high} |")

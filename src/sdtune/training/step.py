@@ -42,6 +42,7 @@ class StepLoss:
                                                                                   preservation, family)
         self.timestep_range = timestep_range(cfg, noise_scheduler.config.num_train_timesteps)
         self.preservation_from = lora_steps_held(cfg)  # the first step whose update trains the LoRA
+        self.masks_from = cfg.data.unmasked_steps(cfg.train.max_steps)  # data.mask_start
 
     def __call__(self, batch: dict[str, Any], step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch is one group (one shape) or two (class images of another bucket than the training ones): one
@@ -49,11 +50,12 @@ class StepLoss:
         ``step``: the optimizer steps done before this update (``TrainState.step``)."""
         num_train = batch["num_train"]
         preserve = self.preservation is not None and step >= self.preservation_from
-        losses = [self.group_loss(group, num_train, preserve) for group in batch["groups"]]
+        masked = step >= self.masks_from
+        losses = [self.group_loss(group, num_train, preserve, masked) for group in batch["groups"]]
         return sum(x[0] for x in losses), sum(x[1] for x in losses)  # type: ignore[return-value]
 
-    def group_loss(self, group: dict[str, Any], num_train: int,
-                   preserve: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def group_loss(self, group: dict[str, Any], num_train: int, preserve: bool = True,
+                   masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, accelerator, noise_scheduler = self.cfg, self.accelerator, self.noise_scheduler
         latents = self.conditioner.latents(group)
         conditioning = self.conditioner.unet_kwargs(group)  # text (SDXL: + pooled text and time ids), per family
@@ -69,7 +71,7 @@ class StepLoss:
         weights = group["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
             weights = weights * min_snr_weights(noise_scheduler, timesteps, cfg.train.snr_gamma)
-        masks = group.get("loss_mask")  # data.masked_loss: (B, 1, H, W) pixel masks -> latent-grid weights
+        masks = group.get("loss_mask") if masked else None  # data.masked_loss: (B, 1, H, W) -> latent weights
         pixels = None if masks is None else latent_weights(masks.to(latents.device), tuple(latents.shape[-2:]),
                                                            cfg.data.mask_outside_weight)
         with torch.no_grad():
