@@ -15,27 +15,29 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from sdtune import config_errors, typed_yaml
 from sdtune.config_errors import MINIMAL_CONFIG
-from sdtune.config_sections import (
+from sdtune.config_output_sections import (
     CheckpointConfig,
+    LoggingConfig,
+    SaveConfig,
+    ValidationConfig,
+    ValidationLossConfig,
+)
+from sdtune.config_sections import (
     DataConfig,
     EMAConfig,
     FrozenAdapter,
-    LoggingConfig,
     LoraConfig,
     ModelConfig,
     PreservationConfig,
-    SaveConfig,
     Section,
     SubsetConfig,
     TextualInversionConfig,
     TrainConfig,
-    ValidationConfig,
-    ValidationLossConfig,
     _no_empty_path,
 )
 from sdtune.errors import ConfigError
 
-# the sections are defined in sdtune.config_sections and used from here
+# the sections are defined in sdtune.config_sections and sdtune.config_output_sections, and used from here
 __all__ = ["CheckpointConfig", "DataConfig", "EMAConfig", "FrozenAdapter", "LoggingConfig", "LoraConfig",
            "ModelConfig", "PreservationConfig", "RunConfig", "SaveConfig", "Section", "SubsetConfig",
            "TextualInversionConfig", "TrainConfig", "ValidationConfig", "ValidationLossConfig", "apply_overrides",

@@ -20,8 +20,8 @@ LAYERS: dict[str, int] = {
     "sdtune": 0, "sdtune.errors": 0, "sdtune.atomic": 0, "sdtune.typed_yaml": 0, "sdtune.helptext": 0,
     "sdtune.devices": 0, "sdtune.stopping": 0, "sdtune.preset_names": 0, "sdtune.writable": 0, "sdtune.words": 0,
     # the config, and what reads the files a run wrote (sdtune.run_folder: the one reader of a run folder)
-    "sdtune.config": 1, "sdtune.config_sections": 1, "sdtune.config_errors": 1, "sdtune.config_options": 1,
-    "sdtune.config_resume": 1,
+    "sdtune.config": 1, "sdtune.config_sections": 1, "sdtune.config_output_sections": 1, "sdtune.config_errors": 1,
+    "sdtune.config_options": 1, "sdtune.config_resume": 1,
     "sdtune.output_folders": 1,
     "sdtune.run_folder": 1, "sdtune.run_status": 1,
     "sdtune.models": 2,

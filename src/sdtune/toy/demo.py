@@ -330,7 +330,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
         notes.append(f"this run is the benchmark's run of training seed {settings.seed} (the same settings, "
                      "evaluation seeds and prompts): its 'benchmark seed' rows are what it measured for that run")
     if settings.person_method == "pivotal" and settings.person_lora_start and steps:
-        from sdtune.config_sections import TextualInversionConfig
+        from sdtune.config import TextualInversionConfig
 
         held = TextualInversionConfig(token="sks", lora_start=settings.person_lora_start).lora_held_steps(
             settings.person_steps)  # the one rounding of the phases
