@@ -24,8 +24,7 @@ def demo_command(
     (a new token's embedding, then a LoRA around it, from photos in four poses, captioned) on the concept model,
     then evaluation of base / stage 1 / the person stage's checkpoints / stage 2 (forgetting, concept, person,
     class drift, and the composite: the person doing the concept) with an HTML report. Offline, CPU, about
-    3 minutes. Re-running
-    continues: finished stages are kept."""
+    3 minutes. Re-running continues: finished stages are kept."""
     import torch
 
     from sdtune.commands.args import output_folder

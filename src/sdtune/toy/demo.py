@@ -268,6 +268,15 @@ def check_demo_folder(out: Path, recipe_text: str) -> None:
                        "data/, a run folder per stage, report/")
 
 
+def _person_steps_held(recipe: Any) -> int:
+    """The first steps of the person stage that train its token alone (pivotal tuning's ``lora_start``; 0: none),
+    from the stage's own run config, rounded as training rounds them."""
+    from sdtune.recipes.schema import stage_configs
+    from sdtune.training.pivotal import lora_steps_held
+
+    return lora_steps_held(stage_configs(recipe)[-1][1])
+
+
 def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out`` and return ``{"table": ..., "benchmark": ..., "paths": ..., "seconds": ...}``."""
     from sdtune.errors import Interrupted
@@ -329,11 +338,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     elif benchmark and benchmark["matches"]:
         notes.append(f"this run is the benchmark's run of training seed {settings.seed} (the same settings, "
                      "evaluation seeds and prompts): its 'benchmark seed' rows are what it measured for that run")
-    if settings.person_method == "pivotal" and settings.person_lora_start and steps:
-        from sdtune.config import TextualInversionConfig
-
-        held = TextualInversionConfig(token="sks", lora_start=settings.person_lora_start).lora_held_steps(
-            settings.person_steps)  # the one rounding of the phases
+    held = _person_steps_held(recipe)
+    if held and steps:
         notes.append(f"the person's token learns alone for its first {held} steps, then the LoRA trains around it: "
                      f"the checkpoints up to step {held} are the token alone (textual inversion)")
     if benchmark and benchmark.get("ceiling"):
