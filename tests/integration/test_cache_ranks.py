@@ -25,6 +25,8 @@ cache = root / ("writable" if rank == 0 else "a-file")  # rank 1's "folder" is a
 note = _unwritable_on_any_rank(cache, accelerator)
 (root / f"rank{rank}.txt").write_text(repr(note))
 accelerator.wait_for_everyone()
+import torch.distributed as dist
+dist.destroy_process_group()  # as `sdtune train` does: a rank that exits inside the group can abort in gloo's teardown
 '''
 
 
