@@ -75,6 +75,18 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# pydantic's error types for a number outside its Field's bounds: "input should be less than 1" says the limit but
+# not what the key does, so the message adds the field's description (what a value means, and so what to choose)
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"})
+
+
+def _meaning(schema: Any, parts: list[str]) -> str:
+    """The description of the field at dotted ``parts`` in ``schema`` ("" when it has none)."""
+    parent = _model_at(schema, parts[:-1])
+    field = parent.model_fields.get(parts[-1]) if parent is not None else None
+    return (field.description or "") if field is not None else ""
+
+
 def format_validation_error(exc: ValidationError, source: str, overrides: list[str] | tuple[str, ...] = (), *,
                             schema: Any, keys: list[str] | None = None, missing: dict[str, str] | None = None) -> str:
     """One line per problem, saying where the value came from (``override a.b=c`` or the file), the value given
@@ -106,7 +118,9 @@ def format_validation_error(exc: ValidationError, source: str, overrides: list[s
             lines.append(f"{subject}: {_shown(err['input'])} is not allowed; use {allowed}")
         elif loc and not section and "input" in err:
             given = "" if item else f" = {_shown(err['input'])}"
-            lines.append(f"{subject}{given}: {msg[:1].lower()}{msg[1:]}")
+            meaning = _meaning(schema, parts) if kind in _RANGE_ERRORS else ""
+            lines.append(f"{subject}{given}: {msg[:1].lower()}{msg[1:]}" + (f" ({parts[-1]}: {meaning})" if meaning
+                                                                           else ""))
         else:
             lines.append(f"{subject or '(top level)'}: {msg}")
     header = "invalid config" + ("" if overrides or not source else f" {source}")

@@ -43,7 +43,7 @@ class ValidationConfig(Section):
     prompts: list[str] = Field(default_factory=list)
     every: int = Field(0, ge=0, description="every N steps (0 = only at the end when prompts are set)")
     num_images: int = Field(1, ge=1, description="images per prompt")
-    steps: int = Field(25, ge=1)
+    steps: int = Field(25, ge=1, description="denoising steps per validation image (25-50 for real models)")
     guidance_scale: float = 7.5
     seed: int = 0
 

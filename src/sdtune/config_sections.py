@@ -78,8 +78,10 @@ class SubsetConfig(Section):
 
     path: Path = Field(description="folder of images (with metadata.jsonl or .txt captions when captioned)")
     prompt: str | None = Field(None, description="fixed prompt for every image; None = each image's caption")
-    repeats: int = Field(1, ge=1)
-    loss_weight: float = Field(1.0, ge=0.0)
+    repeats: int = Field(1, ge=1, description="times this subset is seen per epoch (1: once; raise it for a "
+                         "small subset beside a large one)")
+    loss_weight: float = Field(1.0, ge=0.0, description="this subset's weight in the loss (1: as the others; 0: "
+                               "seen but not learned)")
     role: Literal["train", "class"] = Field(
         "train", description="'class' subsets are paired with train examples for prior preservation"
     )
@@ -116,9 +118,10 @@ class DataConfig(Section):
                                    "missing ones are generated, class_images.json records what made them)")
     class_prompt: str | None = None
     with_prior_preservation: bool = False
-    prior_loss_weight: float = Field(1.0, ge=0.0)
+    prior_loss_weight: float = Field(1.0, ge=0.0, description="weight of the class images' loss (prior "
+                                     "preservation; 1 as in the DreamBooth paper, 0: off)")
     num_class_images: int = Field(100, ge=1, description="class images to have; missing ones are generated")
-    class_generation_steps: int = Field(30, ge=1)
+    class_generation_steps: int = Field(30, ge=1, description="denoising steps per generated class image")
     # Any further subsets (several concepts in one run).
     subsets: list[SubsetConfig] = Field(default_factory=list)
     repeats: int = Field(1, ge=1, description="repeats of train_dir / instance_dir")
@@ -148,7 +151,7 @@ class DataConfig(Section):
     mask_start: float = Field(0.0, ge=0.0, lt=1.0, description="weight the loss by the masks from this fraction "
                               "of train.max_steps on (whole images before); with pivotal tuning in sequence set it "
                               "to train.textual_inversion.lora_start: the token learns from whole images, the "
-                              "LoRA from the masked person")
+                              "LoRA from the masked person; below 1 (whole images throughout: data.masked_loss false)")
 
     def unmasked_steps(self, max_steps: int) -> int:
         """The first optimizer steps that train on whole images before the masks apply (``mask_start``)."""
@@ -197,17 +200,19 @@ class LoraConfig(Section):
     kind: Literal["lora", "dora", "loha", "lokr"] = Field(
         "lora", description="lora; dora (weight-decomposed); loha (Hadamard product); lokr (Kronecker product), "
         "all through peft: docs/training-options.md")
-    rank: int = Field(8, ge=1)
+    rank: int = Field(8, ge=1, description="LoRA rank: 4-32 for a person or a style, more for a broad concept")
     alpha: float | None = Field(None, description="scale numerator; default = rank (scale 1)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout: the share of the adapter's inputs "
+                           "zeroed while training (0: off; 0.1 is common)")
     targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     text_encoder_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
     lokr_factor: int = Field(-1, description="kind lokr: the Kronecker factor size (-1: as square as the layer allows)")
 
 
 class EMAConfig(Section):
-    decay: float = Field(0.9999, gt=0.0, lt=1.0)
-    update_after_step: int = Field(0, ge=0)
+    decay: float = Field(0.9999, gt=0.0, lt=1.0, description="EMA decay per step: nearer 1 averages over more "
+                         "steps (0.999 ~ the last 1000)")
+    update_after_step: int = Field(0, ge=0, description="steps before the EMA starts averaging")
 
 
 class PreservationConfig(Section):
@@ -241,7 +246,9 @@ class TextualInversionConfig(Section):
                                "steps, then freeze it while the LoRA trains on (pivotal tuning: needs train.lora)")
     lora_start: float = Field(0.0, ge=0.0, lt=1.0, description="the LoRA starts after this fraction of the steps "
                               "(the token alone before it: inversion first, then the LoRA around the pivot, as "
-                              "cloneofsimo's lora_pti does); 0: both from the first step (diffusers' advanced scripts)")
+                              "cloneofsimo's lora_pti does); 0: both from the first step (diffusers' advanced "
+                              "scripts); below 1 (the token alone for every step is textual inversion: leave out "
+                              "train.lora)")
 
     def token_steps(self, max_steps: int) -> int | None:
         """The first optimizer steps the token trains for (``ti_fraction`` of them, at least 1); None: every step.
@@ -281,8 +288,10 @@ class TrainConfig(Section):
         None, description="train a new token's embedding: alone (textual inversion) or with train.lora (pivotal "
         "tuning)")
     train_text_encoder: bool = False
-    learning_rate: float = Field(1e-4, gt=0.0)
-    text_encoder_lr: float | None = Field(None, gt=0.0)
+    learning_rate: float = Field(1e-4, gt=0.0, description="peak learning rate (LoRA: 1e-4 to 1e-3; full "
+                                 "fine-tuning: 1e-6 to 5e-6)")
+    text_encoder_lr: float | None = Field(None, gt=0.0, description="the text encoder's learning rate "
+                                          "(null: train.learning_rate)")
     scale_lr: bool = False
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adamw_schedulefree", "adafactor"] = Field(
         "adamw", description="adamw; adamw8bit (CUDA); prodigy (learning_rate 1.0); adamw_schedulefree (constant "
@@ -296,16 +305,19 @@ class TrainConfig(Section):
     adam_epsilon: float = 1e-8
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                           "polynomial"] = "constant"
-    lr_warmup_steps: int = Field(0, ge=0)
+    lr_warmup_steps: int = Field(0, ge=0, description="steps the learning rate rises from 0 to its peak")
     max_steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(1, ge=1, description="examples per process per micro-step (class images add more)")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    gradient_accumulation_steps: int = Field(1, ge=1, description="batches summed per optimizer step "
+                                             "(effective batch = batch_size x this x processes)")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping norm (null: no "
+                                           "clipping)")
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no", description="no, fp16 or bf16 (float16, bfloat16, fp32 and float32 are read as these)")
     snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR-gamma loss weighting (5.0 is common)")
-    noise_offset: float = Field(0.0, ge=0.0)
+    noise_offset: float = Field(0.0, ge=0.0, description="offset noise for darker darks and brighter "
+                                "lights (0: off; 0.05-0.1 is common)")
     min_timestep: int = Field(0, ge=0, description="train on timesteps from this one (kohya's --min_timestep): "
                               "low timesteps are the little-noise steps that draw detail, texture and colour")
     max_timestep: int | None = Field(None, ge=1, description="train on timesteps below this one (kohya's "
@@ -317,7 +329,8 @@ class TrainConfig(Section):
         None, description="differential output preservation: pull the trained model's prediction on prompts "
         "without the identifier towards the starting model's (LoRA only; no class images needed)")
     seed: int = 42
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="data loader worker processes (0: load in the training "
+                             "process)")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -190,3 +190,44 @@ def test_a_timestep_range_past_the_schedule_is_refused_before_class_images_or_th
     assert stopped.value.code == 2, err
     assert "train.max_timestep=1200 is past the noise schedule's end (1000 timesteps)" in err, err
     assert not (tmp_path / "class").exists() or not any((tmp_path / "class").iterdir()), "no class image drawn"
+
+
+@pytest.mark.parametrize("override,key,hint", [
+    ("train.textual_inversion.lora_start=1.0", "train.textual_inversion.lora_start", "leave out train.lora"),
+    ("data.mask_start=1", "data.mask_start", "data.masked_loss false"),
+    ("train.lora.rank=0", "train.lora.rank", "rank"),
+])
+def test_a_number_out_of_its_range_says_what_the_key_means(override: str, key: str, hint: str) -> None:
+    """"input should be less than 1" gives the bound, not what to choose: the line adds the key's meaning."""
+    data = apply_overrides(_minimal(), ["train.lora.rank=4", "train.textual_inversion.token=<s>",
+                                        "data.masked_loss=true", override])
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, overrides=[override])
+    line = next(line for line in str(err.value).splitlines() if key in line)
+    assert "input should be" in line and hint in line.split("input should be", 1)[1], line
+
+
+def test_every_bounded_number_has_a_description() -> None:
+    """A range error quotes the key's description (above): a bounded key without one would leave the bare bound."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from sdtune.config import RunConfig
+    from sdtune.recipes.schema import Recipe
+
+    bare: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            for sub in typing.get_args(field.annotation) or (field.annotation,):
+                for inner in typing.get_args(sub) or (sub,):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        walk(inner, f"{prefix}{name}.")
+            bounded = any(type(rule).__name__ in {"Ge", "Gt", "Le", "Lt", "MultipleOf"} for rule in field.metadata)
+            if bounded and not field.description:
+                bare.append(prefix + name)
+
+    walk(RunConfig, "")
+    walk(Recipe, "recipe: ")
+    assert not bare, bare
