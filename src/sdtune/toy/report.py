@@ -34,6 +34,7 @@ PLOTTED = [("old_both", "old acc"), ("concept", "concept"), ("person_judge", "pe
 CSS = """
 body{font-family:system-ui,sans-serif;margin:16px auto;max-width:1100px;padding:0 12px;color:#222}
 table{border-collapse:collapse;margin:8px 0;max-width:100%}
+.wide{overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}
 th:first-child,td:first-child{text-align:left}
 tr.bench td{background:#f4f7fb;font-style:italic}
@@ -108,7 +109,8 @@ def write_report(folder: Path, results: dict[str, Any], table: dict[str, dict[st
              "This is <b>one run</b>: the same settings on other seeds or another machine move these numbers; the "
              "shaded rows are the benchmark's mean ± std over training seeds "
              "(<code>benchmarks/two_stage.py</code>).</p>",
-             f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>",
+             # the results scroll sideways in their own box on a narrow screen, the page does not
+             f"<div class='wide'><table><tr><th>model</th>{head}</tr>{''.join(rows)}</table></div>",
              "<ul class='note'>" + "".join(f"<li><b>{e(label)}</b>: {e(what)}</li>" for _, label, what in COLUMNS)
              + "".join(f"<li>{e(n)}</li>" for n in notes or []) + "</ul>",
              f"<h2>Across stages and checkpoints</h2>{svg}"]
