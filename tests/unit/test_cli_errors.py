@@ -194,3 +194,14 @@ def test_progress_bars_in_a_log_file_keep_their_first_and_last_state_only(tmp_pa
     draws = [d for d in (tmp_path / "log.txt").read_text().replace("\r", "\n").splitlines() if d.startswith("train:")]
     assert len(draws) <= 3, draws  # first, last (and a close redraw), not one per step
     assert "12/12" in draws[-1] and "loss=" in draws[-1]
+
+
+def test_loading_the_cli_imports_no_tqdm() -> None:
+    """The CLI sets tqdm's log-file pace before tqdm is first imported (above); a command module that imports tqdm
+    (or a module that does) at registration would silently undo it for every command."""
+    import subprocess
+    import sys
+
+    code = "import sys, sdtune.cli; print('tqdm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from sdtune.data.segmenter import DEFAULT_SEGMENTER
 from sdtune.errors import DataError
 from sdtune.models.presets import PRESETS
 from sdtune.words import counted
@@ -17,7 +18,8 @@ dataset_app = typer.Typer(
     name="dataset",
     help=(
         "Turn photos into a training dataset and find what is wrong with it, before a GPU hour is spent.\n\n"
-        "`build` writes a Hugging Face imagefolder (images + metadata.jsonl); `check` reports problems."
+        "`build` writes a Hugging Face imagefolder (images + metadata.jsonl); `check` reports problems; `masks` "
+        "makes the masked loss's masks (CLIPSeg)."
     ),
     no_args_is_help=True,
 )
@@ -190,6 +192,69 @@ def check_command(
                           progress=not as_json, bucket_step=step, masks=masks)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.to_text())
     if not report.ok:
+        raise typer.Exit(1)
+
+
+@dataset_app.command("masks")
+def masks_command(
+    folder: Path = typer.Argument(..., help="the photos (a dataset folder, read as `sdtune train` reads it)"),
+    prompt: str = typer.Option(..., "--prompt", help="what to keep, in words: 'a person', 'a dog', 'a face'"),
+    out: Path = typer.Option(None, "--out", help="folder for the masks (default: FOLDER-masks beside FOLDER); "
+                             "give it to training as data.mask_dir"),
+    threshold: float = typer.Option(0.3, "--threshold", min=0.0, max=1.0,
+                                    help="a pixel is in the mask when CLIPSeg's score is above this (0-1; lower "
+                                    "keeps more; 0.3 is OneTrainer's default)"),
+    expand: int = typer.Option(10, "--expand", min=0, max=512, help="grow each mask by this many pixels, so hair "
+                               "and hands at the edge stay in (OneTrainer's default 10)"),
+    model: str = typer.Option("clipseg", "--model", help=f"clipseg ({DEFAULT_SEGMENTER}), another hub id or a "
+                              "local folder of a CLIPSeg model"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace masks already in --out (default: keep "
+                                   "them, so hand-drawn masks survive)"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, max=4096, help="images segmented at once"),
+    device: str = typer.Option(None, "--device", help="cuda, cuda:1 or cpu (default: cuda when a GPU is visible)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU, fp32 on CPU), bf16, fp16 or fp32"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Make a mask per photo for the masked loss (data.masked_loss): where --prompt is, found by CLIPSeg.
+
+    Each mask is a black-and-white PNG named after its photo (me1.jpg -> me1.png) in FOLDER-masks, the size of
+    the photo as training reads it (EXIF rotation applied): white is learned, black is not (or at
+    data.mask_outside_weight). Masks already there are kept unless --overwrite, so a mask drawn by hand wins.
+    Look at a few before training: a mask that misses part of the person teaches the model less of them.
+
+    \b
+    Examples:
+      sdtune dataset masks data/me --prompt "a person"
+      sdtune dataset check data/me --masks data/me-masks
+      sdtune train configs/two-stage.yaml data.masked_loss=true \\
+          data.mask_dir=data/me-masks
+    """
+    from sdtune.commands.args import existing_folder, output_folder
+    from sdtune.data.folders import read_folder
+    from sdtune.data.segmenter import load_segmenter, write_masks
+
+    existing_folder(folder, "photo folder")
+    if not prompt.strip():
+        raise DataError("--prompt is empty: say what to keep, e.g. --prompt 'a person'")
+    out = out or folder.with_name(f"{folder.resolve().name}-masks")
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise DataError(f"--out {out} is inside {folder}: training would read the masks as photos; write them "
+                        f"beside it (default {folder.with_name(folder.resolve().name + '-masks')})")
+    output_folder(out, "--out")
+    images = [record.path for record in read_folder(folder).records]
+    if not images:
+        raise DataError(f"{folder} holds no images to mask (`sdtune dataset check {folder}` says why)")
+    segmenter = load_segmenter(model, device=device, dtype=dtype, batch_size=batch_size)
+    report = write_masks(images, out, prompt, segmenter, threshold=threshold, expand=expand, overwrite=overwrite,
+                         progress=progress)
+    kept = f" ({counted(report.kept, 'mask')} already there kept; --overwrite replaces them)" if report.kept else ""
+    typer.echo(f"wrote {counted(report.written, 'mask')} to {out}{kept}. Check them: sdtune dataset check {folder} "
+               f"--masks {out}; train with data.masked_loss=true data.mask_dir={out}")
+    if report.empty:
+        names = ", ".join(p.name for p in report.empty[:5]) + (" ..." if len(report.empty) > 5 else "")
+        typer.echo(f"error: {counted(len(report.empty), 'mask')} came out empty ({names}): CLIPSeg found no "
+                   f"{prompt!r} there above --threshold {threshold}; try a lower --threshold or other words, or "
+                   "draw those masks by hand", err=True)
         raise typer.Exit(1)
 
 

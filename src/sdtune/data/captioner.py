@@ -176,38 +176,43 @@ def load_captioner(model: str | Path, *, device: str | None = None, dtype: str =
 
     from sdtune.models.refs import hub_reachable
 
-    source, local = _resolve(model)
-    config = _read_config(source, local)
+    source, local = resolve_model(model, SHORT_NAMES)
+    config = read_model_config(source, local)
     local = local or not hub_reachable()  # a cached hub id, offline: no retries
     arch = _architecture(config, source)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"captioner device {device!r}: no CUDA GPU is visible here; use --device cpu")
-    torch_dtype = _dtype(dtype, device)
+    torch_dtype = torch_dtype_for(dtype, device)
     from safetensors import SafetensorError
 
     try:
         processor = AutoProcessor.from_pretrained(source, local_files_only=local)
         net = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local, dtype=torch_dtype)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError, SafetensorError) as exc:
-        raise ModelLoadError(f"cannot load captioning model {source!r} ({arch}): {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load captioning model {source!r} ({arch}): {first_line(exc)}") from None
     net.to(device).eval()
     return CAPTIONERS[arch](processor, net, name=source, device=device, dtype=torch_dtype, batch_size=batch_size,
                             max_new_tokens=max_new_tokens, prompt=prompt)
 
 
-def _resolve(model: str | Path) -> tuple[str, bool]:
-    """(hub id or folder path, whether it is a local folder); short names become their hub ids."""
-    source = SHORT_NAMES.get(str(model).lower(), str(model))
+def resolve_model(model: str | Path, short_names: dict[str, str], what: str = "captioning model"
+                  ) -> tuple[str, bool]:
+    """(hub id or folder path, whether it is a local folder); short names (``short_names``) become their hub ids.
+    ModelLoadError for a path-like name that does not exist (``what``: the model's role, for the message)."""
+    source = short_names.get(str(model).lower(), str(model))
     path = Path(source).expanduser()
     if path.exists():
         return str(path), True
     if source.startswith((".", "/", "~", "\\")) or source.count("/") > 1:
-        raise ModelLoadError(f"captioning model folder {source} does not exist")
+        raise ModelLoadError(f"{what} folder {source} does not exist")
     return source, False
 
 
-def _read_config(source: str, local: bool) -> dict[str, Any]:
+def read_model_config(source: str, local: bool, what: str = "captioning model", supported: str = SUPPORTED
+                      ) -> dict[str, Any]:
+    """The model's config.json as a dict (from the folder, or the hub / its cache); one ModelLoadError line naming
+    ``what`` and the ``supported`` architectures otherwise."""
     where = "local folder" if local else "hub id (needs network or the hub cache)"
     try:
         if local:
@@ -220,11 +225,11 @@ def _read_config(source: str, local: bool) -> dict[str, Any]:
             path = Path(hf_hub_download(source, "config.json", local_files_only=not hub_reachable()))
         config = json.loads(path.read_text(encoding="utf-8"))
     except Exception as exc:  # noqa: BLE001  missing file, offline hub, bad JSON: all one line for the user
-        raise ModelLoadError(f"cannot load captioning model {source!r} as a {where}: {_first_line(exc)}. It needs a "
-                             "config.json, the weights and the processor files; supported architectures: "
-                             f"{SUPPORTED}") from None
+        raise ModelLoadError(f"cannot load {what} {source!r} as a {where}: {first_line(exc)}. It needs a "
+                             f"config.json, the weights and the processor files; supported architectures: "
+                             f"{supported}") from None
     if not isinstance(config, dict):
-        raise ModelLoadError(f"cannot load captioning model {source!r}: its config.json is not a JSON object")
+        raise ModelLoadError(f"cannot load {what} {source!r}: its config.json is not a JSON object")
     return config
 
 
@@ -249,17 +254,18 @@ def _architecture(config: dict[str, Any], source: str) -> str:
                          f"(model_type {model_type or 'missing'}); supported architectures: {SUPPORTED}")
 
 
-def _dtype(name: str, device: str) -> Any:
+def torch_dtype_for(name: str, device: str) -> Any:
+    """``auto``: bf16 on a GPU that supports it, else fp32; or the named dtype (ModelLoadError for others)."""
     import torch
 
     if name not in DTYPES:
-        raise ModelLoadError(f"captioner dtype {name!r} is not one of {', '.join(DTYPES)}")
+        raise ModelLoadError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
     if name == "auto":
         gpu = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if gpu else torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__).rstrip(".")
