@@ -171,29 +171,40 @@ def load_captioner(model: str | Path, *, device: str | None = None, dtype: str =
     ``dtype`` ``auto``: bf16 on a GPU that supports it, else fp32. Raises ModelLoadError (one line) for a missing
     folder, an unreachable hub id, an architecture outside :data:`CAPTIONERS`, or weights that do not load.
     """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from sdtune.models.refs import hub_reachable
+    from transformers import AutoModelForImageTextToText
 
     source, local = resolve_model(model, SHORT_NAMES)
     config = read_model_config(source, local)
-    local = local or not hub_reachable()  # a cached hub id, offline: no retries
     arch = _architecture(config, source)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"captioner device {device!r}: no CUDA GPU is visible here; use --device cpu")
-    torch_dtype = torch_dtype_for(dtype, device)
-    from safetensors import SafetensorError
-
-    try:
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local)
-        net = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local, dtype=torch_dtype)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError, SafetensorError) as exc:
-        raise ModelLoadError(f"cannot load captioning model {source!r} ({arch}): {first_line(exc)}") from None
-    net.to(device).eval()
+    processor, net, device, torch_dtype = load_pretrained(source, local, AutoModelForImageTextToText, device=device,
+                                                          dtype=dtype, what="captioning model", note=f" ({arch})")
     return CAPTIONERS[arch](processor, net, name=source, device=device, dtype=torch_dtype, batch_size=batch_size,
                             max_new_tokens=max_new_tokens, prompt=prompt)
+
+
+def load_pretrained(source: str, local: bool, model_class: Any, *, device: str | None, dtype: str, what: str,
+                    note: str = "") -> tuple[Any, Any, str, Any]:
+    """(processor, model in eval mode on ``device``, the device, the torch dtype) for a transformers model folder or
+    hub id; ``device`` None: cuda when present; ``dtype`` as :func:`torch_dtype_for`. One ModelLoadError line
+    naming ``what`` (and ``note`` after the source) when the device is absent or the files do not load."""
+    import torch
+    from safetensors import SafetensorError
+    from transformers import AutoProcessor
+
+    from sdtune.models.refs import hub_reachable
+
+    local = local or not hub_reachable()  # a cached hub id, offline: no retries
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"{what.split()[0]} device {device!r}: no CUDA GPU is visible here; use --device cpu")
+    torch_dtype = torch_dtype_for(dtype, device)
+    try:
+        processor = AutoProcessor.from_pretrained(source, local_files_only=local)
+        net = model_class.from_pretrained(source, local_files_only=local, dtype=torch_dtype)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError, SafetensorError) as exc:
+        raise ModelLoadError(f"cannot load {what} {source!r}{note}: {first_line(exc)}") from None
+    net.to(device).eval()
+    return processor, net, device, torch_dtype
 
 
 def resolve_model(model: str | Path, short_names: dict[str, str], what: str = "captioning model"

@@ -68,11 +68,9 @@ def load_segmenter(model: str | Path = "clipseg", *, device: str | None = None, 
     """CLIPSeg from a hub id, short name or folder, on ``device`` (default: cuda when present; ``dtype`` auto:
     bf16 on a GPU that has it, else fp32). ModelLoadError (one line) for a missing folder, an unreachable hub id,
     another architecture or weights that do not load."""
-    import torch
-    from transformers import AutoProcessor, CLIPSegForImageSegmentation
+    from transformers import CLIPSegForImageSegmentation
 
-    from sdtune.data.captioner import first_line, read_model_config, resolve_model, torch_dtype_for
-    from sdtune.models.refs import hub_reachable
+    from sdtune.data.captioner import load_pretrained, read_model_config, resolve_model
 
     source, local = resolve_model(model, SHORT_NAMES, "segmentation model")
     config = read_model_config(source, local, "segmentation model", f"{ARCHITECTURE} (e.g. clipseg: "
@@ -81,19 +79,8 @@ def load_segmenter(model: str | Path = "clipseg", *, device: str | None = None, 
     if ARCHITECTURE not in found and config.get("model_type") != "clipseg":
         raise ModelLoadError(f"segmentation model {source!r} is {', '.join(map(str, found))}, not CLIPSeg: masks "
                              f"are made with {ARCHITECTURE}, e.g. clipseg ({DEFAULT_SEGMENTER})")
-    local = local or not hub_reachable()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"segmentation device {device!r}: no CUDA GPU is visible here; use --device cpu")
-    torch_dtype = torch_dtype_for(dtype, device)
-    from safetensors import SafetensorError
-
-    try:
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local)
-        net = CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=local, dtype=torch_dtype)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError, SafetensorError) as exc:
-        raise ModelLoadError(f"cannot load segmentation model {source!r}: {first_line(exc)}") from None
-    net.to(device).eval()
+    processor, net, device, torch_dtype = load_pretrained(source, local, CLIPSegForImageSegmentation, device=device,
+                                                          dtype=dtype, what="segmentation model")
     return Segmenter(processor, net, name=source, device=device, dtype=torch_dtype, batch_size=max(1, batch_size))
 
 
