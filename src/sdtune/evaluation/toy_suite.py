@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from sdtune.evaluation.stats import summarize
+from sdtune.toy.world import PERSON  # the suite's person (its prompt and colours, in the legend)
 
 # metric -> (label, what is better, what it measures, headline name in toy.evaluate.HEADLINES)
 TOY_METRICS: dict[str, tuple[str, str, str, str]] = {
@@ -28,13 +29,13 @@ TOY_METRICS: dict[str, tuple[str, str, str, str]] = {
     "toy_forgetting": ("forgetting", "near 0", "old-prompt accuracy lost against the run's base (same seeds)",
                        "old_both"),
     "toy_concept": ("concept", "higher", "toy judge: 'a <colour> arrow' draws the arrow", "concept"),
-    "toy_person": ("person", "higher", "toy judge: 'a photo of sks red square' shows the person's striped red "
-                   "and yellow", "person_judge"),
+    "toy_person": ("person", "higher", f"toy judge: '{PERSON.instance_prompt}' shows the person's {PERSON.pattern} "
+                   f"{PERSON.colour} and {PERSON.colour2}", "person_judge"),
     "toy_person_px": ("person (px)", "higher", "pixel check: both of the person's colours cover the image",
                       "person_pixels"),
-    "toy_class_plain": ("class plain", "higher", "'a photo of a red square' stays a plain square (no drift)",
+    "toy_class_plain": ("class plain", "higher", f"'{PERSON.class_prompt}' stays a plain {PERSON.shape} (no drift)",
                         "class_solid"),
-    "toy_composite": ("composite", "higher", "'a photo of sks red arrow': the person's identity in the concept's "
+    "toy_composite": ("composite", "higher", f"'{PERSON.composite_prompt()}': the person's identity in the concept's "
                       "form (judge); no stage trains on it", "composite"),
     "toy_composite_px": ("composite (px)", "higher", "the composite with the pixel check for the identity",
                          "composite_pixels"),

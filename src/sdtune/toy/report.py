@@ -12,23 +12,27 @@ from typing import Any
 
 from sdtune.evaluation.plot import line_chart_svg
 from sdtune.toy.evaluate import save_grid
+from sdtune.toy.world import PERSON
 from sdtune.words import counted
 
 # (key, label, what it measures) of the table; fractions of generated images unless said
+_PERSON_PROMPT, _COMPOSITE_PROMPT = PERSON.instance_prompt, PERSON.composite_prompt()  # the demo's person
 COLUMNS: list[tuple[str, str, str]] = [
     ("old_both", "old acc", "colour and shape right on the pretraining world's prompts (forgetting)"),
     ("concept", "concept", "'a <colour> arrow' draws the arrow"),
-    ("person_judge", "person", "'a photo of sks red square': the judge sees the striped red and cyan"),
+    ("person_judge", "person", f"'{_PERSON_PROMPT}': the judge sees the {PERSON.pattern} {PERSON.colour} and "
+                               f"{PERSON.colour2}"),
     ("person_pixels", "person (px)", "the same, by the pixel check (both colours cover the image)"),
-    ("class_solid", "class plain", "'a photo of a red square' stays a plain square (no drift)"),
-    ("composite", "composite", "'a photo of sks red arrow': the person's identity in the arrow's form (judge); "
+    ("class_solid", "class plain", f"'{PERSON.class_prompt}' stays a plain "
+                                   f"{PERSON.shape} (no drift)"),
+    ("composite", "composite", f"'{_COMPOSITE_PROMPT}': the person's identity in the arrow's form (judge); "
                                "no stage trains on it"),
     ("composite_pixels", "composite (px)", "the composite, identity by the pixel check"),
     ("clip_score_old", "CLIP old", "toy-CLIP score (0-100) of the old prompts' images against their prompts"),
 ]
 GROUPS = {"old": "old world prompts (forgetting)", "concept": "the concept: a <colour> arrow",
-          "person": "the person: a photo of sks red square", "cls": "the class: a photo of a red square (drift)",
-          "composite": "the composite: a photo of sks red arrow (the person doing the concept)"}
+          "person": f"the person: {_PERSON_PROMPT}", "cls": f"the class: {PERSON.class_prompt} (drift)",
+          "composite": f"the composite: {_COMPOSITE_PROMPT} (the person doing the concept)"}
 PLOTTED = [("old_both", "old acc"), ("concept", "concept"), ("person_judge", "person"),
            ("composite", "composite"), ("class_solid", "class plain")]
 CSS = """

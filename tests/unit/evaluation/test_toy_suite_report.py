@@ -91,3 +91,15 @@ def test_eval_report_fits_the_page_with_a_chart_across_checkpoints(tmp_path: Pat
     seen = assert_fits(page)
     assert seen["charts"] == 2, "one chart per scale: CLIP-T points and fractions never share an axis"
     assert seen["images"] >= 2 * 2 * seeds
+
+
+def test_the_legends_describe_the_person_the_suite_judges() -> None:
+    """The legend once said "striped red and yellow" for the red and cyan person: the texts now come from it."""
+    from sdtune.evaluation.toy_suite import TOY_METRICS
+    from sdtune.toy.report import COLUMNS
+    from sdtune.toy.world import PERSON
+
+    person_texts = [TOY_METRICS["toy_person"][2], dict((k, w) for k, _, w in COLUMNS)["person_judge"]]
+    for text in person_texts:
+        assert PERSON.instance_prompt in text and PERSON.colour in text and PERSON.colour2 in text, text
+    assert PERSON.composite_prompt() in TOY_METRICS["toy_composite"][2]
