@@ -157,6 +157,33 @@ def check_weights_file(path: Path, allow_pickle: bool) -> None:
         )
 
 
+# Key fragments only adapters and embeddings hold: LoRA (diffusers/peft "lora_A", "lora.down"; kohya "lora_unet_"),
+# LyCORIS (LoHa "hada_", LoKr "lokr_") and textual-inversion files ("emb_params", SDXL's "clip_l"/"clip_g" alone)
+_ADAPTER_KEY_PARTS = ("lora", "hada_", "lokr_")
+_EMBEDDING_KEYS = frozenset({"emb_params", "clip_l", "clip_g", "string_to_param"})
+
+
+def refuse_adapter_as_model(path: Path) -> None:
+    """A LoRA or embedding file passed where a model checkpoint goes is one line saying what it is and where it
+    goes: from_single_file would otherwise look for a config on the hub and report a network error. Reads the
+    safetensors header only; a file it cannot read is left to the loader's own error."""
+    if path.suffix.lower() != ".safetensors":
+        return
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            keys = list(fh.keys())
+    except Exception:  # noqa: BLE001 - damaged files are reported where they are loaded
+        return
+    if keys and set(keys) <= _EMBEDDING_KEYS:
+        raise ModelLoadError(f"{path} is a textual-inversion embedding, not a model: pass the run folder that made it "
+                             "(its token loads with it), or put the file in your UI's embeddings folder")
+    if any(part in key.lower() for key in keys[:200] for part in _ADAPTER_KEY_PARTS):
+        raise ModelLoadError(f"{path} is a LoRA, not a model: pass the run folder that made it, or its base model "
+                             f"with the LoRA (sdtune generate BASE --lora {path})")
+
+
 def resolve_adapter_file(path: str | Path, allow_pickle: bool = False) -> Path:
     """Find the LoRA weights file behind a run folder, a LoRA folder, or a weights file."""
     p = Path(path).expanduser()

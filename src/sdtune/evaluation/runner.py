@@ -103,6 +103,7 @@ def check_models(models: Sequence[str]) -> None:
     """Every model at once, before any is loaded, so a bad one is not found after the others generated for minutes:
     a folder that is no model (a dataset), the same model twice (``toy1`` and ``toy1/``), and runs resumed past
     their outputs and stopped (named with the step they stopped at, ``sdtune.run_status``)."""
+    from sdtune.models.loading import resolve_model_ref
     from sdtune.models.presets import is_preset
     from sdtune.run_folder import is_run_folder
     from sdtune.run_status import run_progress
@@ -124,6 +125,8 @@ def check_models(models: Sequence[str]) -> None:
             progress = run_progress(ref)
             if progress.trained and not progress.finished:
                 problems.append(progress.unfinished_line(ref))
+        else:  # a missing path, a LoRA file, a hub id that is not there: now, not after CLIP has loaded
+            resolve_model_ref(ref)
     if problems:
         raise SdtuneError("; ".join(problems))
 

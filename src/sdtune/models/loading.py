@@ -15,7 +15,7 @@ from sdtune.models.family import SD, Family, family_of_source
 from sdtune.models.presets import is_preset, preset_path
 from sdtune.models.quiet import quiet_weight_loading as _quiet_weight_loading
 from sdtune.models.refs import BUILT_IN, _check_hub_id, _local_files_only, _no_such_path, _offline_hint, looks_local
-from sdtune.run_folder import PICKLE_SUFFIXES, check_weights_file
+from sdtune.run_folder import PICKLE_SUFFIXES, check_weights_file, refuse_adapter_as_model
 
 
 @dataclass
@@ -46,6 +46,7 @@ def resolve_model_ref(ref: str) -> str:
     if path.exists():
         if path.is_file():
             check_weights_file(path, allow_pickle=True)  # pickle files are refused in load, where the config says
+            refuse_adapter_as_model(path)
             return str(path)
         if not (path / "model_index.json").exists() and not (path / "unet").is_dir():
             raise ModelLoadError(
