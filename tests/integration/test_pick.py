@@ -35,5 +35,6 @@ def test_pick_names_the_checkpoint_with_its_numbers_and_exports_it(tmp_path: Pat
     assert len(picked) == len(checkpoint)
     kohya = tmp_path / "run" / "export" / f"run-step-{record['step']:06d}.safetensors"
     assert any(k.startswith("lora_unet_") for k in load_file(str(kohya)))
-    assert (tmp_path / "run" / "pick" / "report.html").is_file()
+    page = (tmp_path / "run" / "pick" / "report.html").read_text()
+    assert "<title>sdtune pick: run</title>" in page and f"kept: step {record['step']}" in page  # the decision too
     assert (tmp_path / "run" / "picked" / "config.yaml").is_file(), "a run folder: sdtune generate takes it"

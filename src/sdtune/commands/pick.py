@@ -109,11 +109,15 @@ def pick_command(
         generic_prompts=read_prompts(generic_prompts) if generic_prompts else [],
         device=device, dtype=dtype, batch_size=batch_size, toy=toy, checkpoints=True)
     results = run_eval(request)
-    paths = write_reports(results, out)
     _print_table(*summary_rows(results, short=True))
     choice = choose(results, max_forgetting)
     lines = describe(choice, results)
+    kept_line = f"kept: step {choice.model['checkpoint']['step']} ({choice.model['label']})"
+    paths = write_reports(results, out, title=f"sdtune pick: {run.name}", lead=[kept_line, lines[-1]])
     typer.echo("\n".join(lines))
+    if not choice.learned:
+        typer.echo(f"warning: {run}: no checkpoint learned the subject (every {' and '.join(choice.subject)} is 0)",
+                   err=True)
     typer.echo(f"report: {paths['html']}")
     if not export:
         return

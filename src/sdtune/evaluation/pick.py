@@ -34,6 +34,7 @@ class Choice:
     forgetting: str | None = None  # metric name of the forgetting filter
     limit: float | None = None
     note: str = ""
+    learned: bool = True  # False: every subject score of every checkpoint is 0 (nothing of the subject was drawn)
 
 
 def _value(model: dict[str, Any], name: str) -> float | None:
@@ -88,11 +89,16 @@ def choose(results: dict[str, Any], max_forgetting: float | None = None) -> Choi
         rows.append({"label": m["label"], "step": m["checkpoint"]["step"], "ref": m["ref"],
                      "values": {n: _value(m, n) for n in [*subject, *([forgetting] if forgetting else [])]},
                      "forgot": lost[m["label"]], "candidate": m in candidates, "score": score})
+    learned = any(v for r in rows for n, v in r["values"].items() if n in subject)
+    if not learned:
+        note = "; ".join(filter(None, [note, f"no checkpoint scored above 0 on {' or '.join(subject)}: none learned "
+                                             "the subject, so the earliest is kept; check the data, the prompts' "
+                                             "token and the training settings before using it"]))
     ranked = [r for r in rows if r["score"] is not None]
     kept = max(ranked, key=lambda r: (round(r["score"], 9), -r["step"]))
     kept["kept"] = True
     model = next(m for m in checkpoints if m["label"] == kept["label"])
-    return Choice(model, rows, subject, forgetting, limit, note)
+    return Choice(model, rows, subject, forgetting, limit, note, learned)
 
 
 def choose_by_val_loss(run) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -12,6 +12,7 @@ import html
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -142,12 +143,16 @@ def _img(rel: str, title: str = "") -> str:
     return f'<img class="cell" src="{quote(rel)}" alt="{html.escape(title)}" title="{html.escape(title)}">'
 
 
-def render_html(results: dict[str, Any], grids: dict[str, str], references: list[str]) -> str:
+def render_html(results: dict[str, Any], grids: dict[str, str], references: list[str], *, title: str = "sdtune eval",
+                lead: Sequence[str] = ()) -> str:
+    """The report page; ``title`` heads it and ``lead`` (lines of text, e.g. ``sdtune pick``'s decision) comes
+    first, before the settings and the tables."""
     e = html.escape
     s = results["settings"]
     seeds = s["seeds"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sdtune eval</title><style>{_CSS}</style>"
-             "</head><body><h1>sdtune eval</h1>"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
+             f"</head><body><h1>{e(title)}</h1>"]
+    parts += [f"<p><b>{e(line)}</b></p>" for line in lead]
     size = f"{s['width']}x{s['height']}" if s.get("width") and s.get("height") else "model default"
     parts.append(f"<p class='note'>{counted(len(results['models']), 'model')} × "
                  f"{counted(len(s['prompts']), 'prompt')} × "
@@ -254,13 +259,16 @@ def _grid_table(prompts: list[str], seeds: list[int], rows: list[list[str]],
     return "".join(out) + "</table>"
 
 
-def write_reports(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write results.json, results.csv, results_per_prompt.csv, grids/ and report.html into ``out_dir``."""
+def write_reports(results: dict[str, Any], out_dir: Path, *, title: str = "sdtune eval", lead: Sequence[str] = ()
+                  ) -> dict[str, Path]:
+    """Write results.json, results.csv, results_per_prompt.csv, grids/ and report.html into ``out_dir``
+    (``title``, ``lead``: as :func:`render_html`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = write_grids(results, out_dir)
     references = copy_references(results, out_dir)
-    (out_dir / "report.html").write_text(render_html(results, grids, references), encoding="utf-8")
+    (out_dir / "report.html").write_text(render_html(results, grids, references, title=title, lead=lead),
+                                           encoding="utf-8")
     return {
         "json": write_json(results, out_dir / "results.json"),
         "csv": write_csv(results, out_dir / "results.csv"),

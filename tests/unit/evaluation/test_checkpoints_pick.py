@@ -124,3 +124,11 @@ def test_negative_clip_i_ranks_worst_to_best_and_the_output_says_why() -> None:
     assert abs(scores[6] - (0.5 + 1.0) / 2) < 1e-9 and abs(scores[2] - (0.0 + 30 / 31) / 2) < 1e-9
     rule = describe(choice, results)[-1]
     assert "CLIP-I is below 0 for some checkpoints (the toy's CLIP" in rule and "from worst (0) to best (1)" in rule
+
+
+def test_nothing_learned_is_said_not_kept_silently() -> None:
+    """Every checkpoint at person 0 and composite 0: pick used to keep one as if it had learned."""
+    choice = choose(_results({250: (0.0, 0.0, 0.0), 500: (0.0, 0.0, 0.01)}))
+    assert not choice.learned and "none learned the subject" in choice.note
+    assert "none learned the subject" in describe(choice, _results({250: (0.0, 0.0, 0.0)}))[-1]
+    assert choose(_results({250: (0.0, 0.04, 0.0)})).learned
