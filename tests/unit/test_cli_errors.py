@@ -139,14 +139,19 @@ def test_resume_refusals_list_one_change_per_line(tmp_path):
     assert any(line.startswith("  train.lora.rank 4 -> 8") for line in lines)
 
 
-def test_copied_run_folder_config_says_which_folder_is_written(tmp_path):
+def test_a_copied_run_folder_is_not_trained_into_its_original_unless_asked(tmp_path):
+    """`sdtune train COPY --resume latest` used to print a note and resume the original folder."""
     from sdtune.commands.train import foreign_output_dir
+    from sdtune.errors import SdtuneError
 
     original, copy = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
     (copy / "checkpoints").mkdir(parents=True)
     (copy / "config.yaml").write_text(f"output_dir: {original}\n", encoding="utf-8")
-    note = foreign_output_dir(copy / "config.yaml", original, [])
-    assert note is not None and str(original) in note and f"output_dir={copy}" in note and "\n" not in note
+    with pytest.raises(SdtuneError) as err:
+        foreign_output_dir(copy / "config.yaml", original, [])
+    line = str(err.value)
+    assert str(original) in line and f"output_dir={copy}" in line and f"output_dir={original}" in line
+    assert "\n" not in line
     assert foreign_output_dir(copy / "config.yaml", copy, []) is None
     assert foreign_output_dir(copy / "config.yaml", original, [f"output_dir={original}"]) is None
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from sdtune.errors import SdtuneError
 from sdtune.words import counted
 
 ORDER = 10
@@ -45,8 +46,8 @@ def train_command(
         cfg = load_config(config, overrides or [])
         from sdtune.config_resume import unused_overrides
 
-        notes = [foreign_output_dir(config, cfg.output_dir, overrides or []),
-                 *unused_overrides(overrides or [], cfg.model_dump(mode="json")),
+        foreign_output_dir(config, cfg.output_dir, overrides or [])
+        notes = [*unused_overrides(overrides or [], cfg.model_dump(mode="json")),
                  "note: --new-data-epoch has no effect without --resume" if new_data_epoch and not resume else None]
         for note in notes:
             if note and _is_main_process():
@@ -67,23 +68,25 @@ def train_command(
 RUN_MARKERS = ("checkpoints", "lora", "model", "metrics.json")
 
 
-def foreign_output_dir(config: Path, output_dir: Path, overrides: list[str]) -> str | None:
-    """One line when ``config`` is a run folder's config.yaml that writes to ANOTHER folder, else None.
+def foreign_output_dir(config: Path, output_dir: Path, overrides: list[str]) -> None:
+    """SdtuneError when ``config`` is a run folder's config.yaml that writes to ANOTHER folder.
 
-    A run's config.yaml stores its output_dir as an absolute path, so a copied run folder, trained or resumed
-    from its own config.yaml, would otherwise quietly continue (and rotate the checkpoints of) the original.
+    A run's config.yaml stores its output_dir as an absolute path, so a copied (or moved) run folder, trained or
+    resumed from its own config.yaml, would otherwise continue (and rotate the checkpoints of) the original, or
+    start a new run where the folder used to be: the user named one folder and another changed. An output_dir
+    override chooses either explicitly.
     """
     folder = config.resolve().parent
     if config.name != "config.yaml" or not any((folder / m).exists() for m in RUN_MARKERS):
-        return None
+        return
     if any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides):
-        return None  # chosen on the command line
+        return  # chosen on the command line
     target = Path(output_dir).expanduser()
     target = target if target.is_absolute() else Path.cwd() / target
     if target.resolve() == folder:
-        return None
-    return (f"note: {config} writes to its output_dir {target}, not to {folder} (a copied run?); to continue this "
-            f"folder instead, add output_dir={folder}")
+        return
+    raise SdtuneError(f"{config} writes to its output_dir {target}, not to {folder} (a copied or moved run?): add "
+                      f"output_dir={folder} to continue this folder, or output_dir={target} to write there")
 
 
 def _is_main_process() -> bool:
