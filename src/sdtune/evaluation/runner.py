@@ -97,6 +97,19 @@ def _validate(req: EvalRequest) -> None:
     if not req.seeds:
         raise SdtuneError("no seeds: pass --seeds K (K >= 1)")
     check_models(req.models)
+    _check_hub_ids(req.models)
+
+
+def _check_hub_ids(models: Sequence[str]) -> None:
+    """Hub ids that are neither cached nor reachable, before the CLIP backbone loads (it would fail first and name
+    only itself). Not part of :func:`check_models`: a job queued here may run where the hub is reachable."""
+    from sdtune.models.loading import resolve_model_ref
+    from sdtune.models.presets import is_preset
+    from sdtune.models.refs import looks_local
+
+    for ref in models:
+        if not is_preset(ref) and not Path(ref).expanduser().exists() and not looks_local(ref):
+            resolve_model_ref(ref)
 
 
 def check_models(models: Sequence[str]) -> None:
@@ -105,6 +118,7 @@ def check_models(models: Sequence[str]) -> None:
     their outputs and stopped (named with the step they stopped at, ``sdtune.run_status``)."""
     from sdtune.models.loading import resolve_model_ref
     from sdtune.models.presets import is_preset
+    from sdtune.models.refs import looks_local
     from sdtune.run_folder import is_run_folder
     from sdtune.run_status import run_progress
 
@@ -125,7 +139,7 @@ def check_models(models: Sequence[str]) -> None:
             progress = run_progress(ref)
             if progress.trained and not progress.finished:
                 problems.append(progress.unfinished_line(ref))
-        else:  # a missing path, a LoRA file, a hub id that is not there: now, not after CLIP has loaded
+        elif path.exists() or looks_local(ref):  # a missing path, a LoRA file: now, not after CLIP has loaded
             resolve_model_ref(ref)
     if problems:
         raise SdtuneError("; ".join(problems))

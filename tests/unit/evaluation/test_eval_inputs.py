@@ -70,3 +70,14 @@ def test_a_model_that_is_not_there_is_named_before_the_clip_backbone_loads(tmp_p
     with pytest.raises(ModelLoadError, match="not a weights file"):
         (tmp_path / "notes.txt").write_text("x")
         check_models([str(tmp_path / "notes.txt")])
+
+
+def test_a_hub_id_that_cannot_load_is_named_before_the_clip_backbone(monkeypatch) -> None:
+    """Offline (or a hub without it), `sdtune eval nosuch` named only the CLIP backbone that failed first."""
+    from sdtune.errors import ModelLoadError
+    from sdtune.evaluation.runner import _check_hub_ids
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="nosuch-model"):
+        _check_hub_ids(["nosuch-model"])
+    _check_hub_ids(["toy"])  # built-in: nothing to check
