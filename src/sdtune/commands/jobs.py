@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from sdtune.jobs.kinds import KINDS_HELP
+
 ORDER = 60
 
 jobs_app = typer.Typer(
@@ -34,18 +36,20 @@ def submit_command(
     ctx: typer.Context,
     target: str = typer.Argument(..., help="train: a run config YAML (or a run folder); other kinds: the first "
                                  "argument of their command"),
-    kind: str = typer.Option("train", "--kind", help="train, run (a recipe), personalize (a CSV), caption "
-                             "(dataset build), eval or pick"),
-    name: str = typer.Option(None, "--name", help="job name; a train job trains into WS/runs/NAME"),
+    kind: str = typer.Option("train", "--kind", help=f"what the job runs: {KINDS_HELP}"),
+    name: str = typer.Option(None, "--name", help="job name (default: the config's); a train job trains into "
+                             "WS/runs/NAME, or NAME-2, -3... when that folder exists or another job of the queue "
+                             "has it"),
     priority: int = typer.Option(0, "--priority", help="higher runs first; equal: oldest first"),
     workspace: Path = WORKSPACE,
 ) -> None:
     """Queue a job. `sdtune jobs submit CONFIG key=value...` queues `sdtune train` on that config (checked now
-    against the schema; it trains into WS/runs/NAME unless output_dir= is given). With --kind, the rest of the
+    against the schema; it trains into a run folder of its own, WS/runs/NAME or NAME-2..., unless output_dir= is
+    given). With --kind, the rest of the
     line is that command's arguments, checked now as that command checks them (its options, the files and run
     folders it reads, key=value overrides): `sdtune jobs submit --kind eval runs/a runs/b --prompts p.txt`.
     """
-    from sdtune.jobs.kinds import command_submission, train_submission
+    from sdtune.jobs.kinds import command_submission, queue_submission, train_submission
     from sdtune.jobs.worker import WorkerLock
 
     ws, store = _open(workspace)
@@ -54,7 +58,7 @@ def submit_command(
         sub = train_submission(ws, Path(target), rest, name=name, store=store)
     else:
         sub = command_submission(kind, [target, *rest], name=name, store=store)
-    job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=priority, cwd=sub.cwd)
+    job = queue_submission(store, sub, priority)  # the run folder is chosen under the queue's lock
     for note in sub.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"job {job.id} queued: {job.kind} {job.name}" + (f" -> {job.run_dir}" if job.run_dir else ""))
@@ -98,10 +102,12 @@ def list_command(
 
 
 def _change(action: str, job_id: int, workspace: Path | None) -> None:
-    """Apply ``cancel`` / ``stop`` / ``retry`` to a job and say its new state."""
+    """Apply ``cancel`` / ``stop`` / ``retry`` to a job and say its new state (a retry: what its next attempt does)."""
+    from sdtune.jobs.kinds import next_attempt
+
     _, store = _open(workspace)
     job = getattr(store, action)(job_id)
-    then = f" (attempt {job.attempts + 1} resumes from the newest checkpoint)" if action == "retry" else ""
+    then = f" ({next_attempt(job)})" if action == "retry" else ""
     typer.echo(f"job {job.id}: {job.state}{then}")
 
 
@@ -119,7 +125,8 @@ def stop_command(job_id: int = typer.Argument(...), workspace: Path = WORKSPACE)
 
 @jobs_app.command("retry")
 def retry_command(job_id: int = typer.Argument(...), workspace: Path = WORKSPACE) -> None:
-    """Queue a failed, stopped or cancelled job again; it resumes from its newest checkpoint."""
+    """Queue a failed, stopped or cancelled job again; a train job resumes from its newest checkpoint (from the
+    beginning when it saved none), other kinds rerun their command, which continues what it wrote."""
     _change("retry", job_id, workspace)
 
 
@@ -129,13 +136,21 @@ def logs_command(
     follow: bool = typer.Option(False, "-f", "--follow", help="keep printing until the job ends"),
     workspace: Path = WORKSPACE,
 ) -> None:
-    """Print a job's log (every attempt, with the command each ran)."""
+    """Print a job's log (every attempt, with the command each ran); a job that has not run yet has none."""
     from sdtune.jobs.store import ENDED
     from sdtune.jobs.worker import log_path
 
     ws, store = _open(workspace)
     job = store.get(job_id)
     path = log_path(ws, job.id)
+    if not path.exists():
+        if job.attempts and not follow:
+            typer.echo(f"job {job.id} has no log: {path} is missing", err=True)
+        elif job.attempts == 0 and job.state in ENDED:
+            typer.echo(f"job {job.id} has not run (it is {job.state}): no log", err=True)
+        elif job.attempts == 0:
+            then = "waiting for it" if follow else f"`sdtune jobs logs {job.id} -f` waits for it"
+            typer.echo(f"job {job.id} has not run yet (it is {job.state}): no log; {then}", err=True)
     offset = 0
     while True:
         if path.exists():

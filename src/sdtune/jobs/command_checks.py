@@ -11,6 +11,7 @@ refusal: the earlier job makes it before this one starts. Train jobs have their 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -197,11 +198,20 @@ def check_command(kind: str, args: list[str], cwd: Path, made_later: MadeLater =
     return notes
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(kind: str, args: tuple[str, ...]) -> dict[str, Any] | None:
+    """:func:`parse_command` of a queued job's line, once per process (a job's line never changes; a queue is read
+    on every submit, under its write lock too): None when it does not parse. Callers only read the dict."""
+    try:
+        return parse_command(CHECKS[kind][0], list(args))
+    except SdtuneError:
+        return None
+
+
 def outputs_of(kind: str, args: list[str], cwd: Path) -> list[Path]:
     """The folders a queued job of ``kind`` writes (for :data:`MadeLater`); none when its line does not parse."""
-    try:
-        params = parse_command(CHECKS[kind][0], args) if kind in CHECKS else {}
-    except SdtuneError:
+    params = _parsed(kind, tuple(args)) if kind in CHECKS else {}
+    if params is None:
         return []
     if kind == "run":
         from sdtune.recipes import load_recipe

@@ -9,30 +9,42 @@ are their command with the arguments given; those commands already continue wher
 
 from __future__ import annotations
 
-import itertools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdtune.errors import SdtuneError
+from sdtune.jobs.folders import free_folder, held_refusal, holder_of, queue_holders
 from sdtune.jobs.workspace import check_name
 
-# kind -> the sdtune sub-command it runs
-COMMANDS: dict[str, list[str]] = {
-    "train": ["train"],
-    "run": ["run"],
-    "personalize": ["personalize"],
-    "caption": ["dataset", "build"],
-    "eval": ["eval"],
-    "pick": ["pick"],
-    "export": ["export"],
+if TYPE_CHECKING:
+    from sdtune.jobs.store import Job
+
+# kind -> the sdtune sub-command it runs, and what the job's first argument is: the ONE list of kinds (the store's
+# KINDS, the refusal of an unknown kind and `sdtune jobs submit --help` are made from it)
+KIND_TABLE: dict[str, tuple[list[str], str]] = {
+    "train": (["train"], "a run config"),
+    "run": (["run"], "a recipe"),
+    "personalize": (["personalize"], "a subjects CSV"),
+    "caption": (["dataset", "build"], "dataset build: a source folder"),
+    "eval": (["eval"], "run folders or models"),
+    "pick": (["pick"], "a run folder"),
+    "export": (["export"], "a run folder"),
 }
+COMMANDS: dict[str, list[str]] = {kind: command for kind, (command, _) in KIND_TABLE.items()}
+KINDS_HELP = ", ".join(f"{kind} ({what})" for kind, (_, what) in KIND_TABLE.items())
 
 
 @dataclass
 class Submission:
-    """A job ready to queue: its kind, a name, the command line (after ``sdtune``), its run folder, its cwd."""
+    """A job ready to queue: its kind, a name, the command line (after ``sdtune``), its run folder, its cwd.
+
+    ``folder``: the folder sdtune chose for the job's outputs (``WS/runs/<wanted>`` or ``<wanted>-N``); when another
+    job took it before this one is queued, :func:`queue_submission` moves the job to the next free one with
+    ``move`` (writes the job for another folder, returns its command line). ``files``: written for this job,
+    removed when it is not queued. ``folder_note``: the note (in ``notes``) saying the folder is not ``wanted``."""
 
     kind: str
     name: str
@@ -40,16 +52,63 @@ class Submission:
     run_dir: Path | None = None
     cwd: Path | None = None
     notes: list[str] = field(default_factory=list)
+    folder: Path | None = None
+    wanted: str = ""
+    move: Callable[[Path], list[str]] | None = None
+    files: list[Path] = field(default_factory=list)
+    folder_note: str | None = None
+
+    def writes_into(self, folder: Path, wanted: str) -> None:
+        """``folder`` (an argument of the command line, chosen by sdtune) is this job's own: moved as a run folder
+        is when another job takes it first."""
+        self.folder, self.wanted = folder, wanted
+        self.move = lambda new: [str(new) if arg == str(folder) else arg for arg in self.argv]
+
+    def _moved(self, why: str | None, chosen: Path) -> None:
+        if self.folder_note in self.notes:
+            self.notes.remove(self.folder_note)
+        self.folder_note = None
+        if why is not None:
+            verb = "trains" if self.kind == "train" else "writes"
+            self.folder_note = f"{why}: this job {verb} into {chosen.parent.name}/{chosen.name}"
+            self.notes.insert(0, self.folder_note)
+        if chosen == self.folder:
+            return
+        assert self.folder is not None and self.move is not None
+        self.argv = self.move(chosen)
+        if self.run_dir == self.folder:
+            self.run_dir = chosen
+        if self.name == self.folder.name:
+            self.name = chosen.name
+        self.folder = chosen
 
 
-def free_run_dir(workspace: Path, name: str) -> Path:
-    """``WS/runs/<name>``, or ``<name>-2``, ``-3``... when taken: a new job never continues another job's run."""
-    runs = workspace / "runs"
-    for candidate in itertools.chain([name], (f"{name}-{i}" for i in itertools.count(2))):
-        path = runs / candidate
-        if not path.exists():
-            return path
-    raise AssertionError("unreachable")
+def queue_submission(store: Any, sub: Submission, priority: int = 0) -> Job:
+    """Queue ``sub`` in ``store`` (a JobStore); the folder is chosen (again) inside the store's write transaction,
+    so it is one no job of the queue holds even when two submits run at once: when another job took it since
+    ``sub`` was made, the job moves to the next free name (its config rewritten) and its note says so. A folder the
+    user named (``output_dir=``) that a job holds is refused (SdtuneError); nothing is queued or left written."""
+
+    def place(holders: list[Job]) -> tuple[str, list[str], Path | None]:
+        from sdtune.jobs.folders import held_folders
+
+        if sub.folder is None and sub.run_dir is None:
+            return sub.name, sub.argv, None  # a job with no folder of its own: nothing to choose
+        held = held_folders(holders)
+        if sub.folder is not None:
+            chosen, why = free_folder(sub.folder.parent, sub.wanted, held)
+            sub._moved(why, chosen)
+        elif sub.run_dir is not None and (job := holder_of(sub.run_dir, held)) is not None:
+            raise SdtuneError(held_refusal("output_dir", sub.run_dir, job))
+        return sub.name, sub.argv, sub.run_dir
+
+    try:
+        return store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=priority, cwd=sub.cwd,
+                            place=place)
+    except BaseException:
+        for path in sub.files:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def train_submission(workspace: Path, config: Path, overrides: list[str], *, name: str | None = None,
@@ -69,35 +128,71 @@ def train_submission(workspace: Path, config: Path, overrides: list[str], *, nam
     cfg = load_config(config_file, list(overrides))
     run_name = check_name(name or _default_name(config_file), "job name")
     given_output = any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides)
-    notes = []
+    held = queue_holders(store)
+    why = None
     if not given_output:
-        run_dir = free_run_dir(workspace, run_name)
-        cfg.output_dir = run_dir
-        if run_dir.name != run_name:
-            notes.append(f"runs/{run_name} exists: this job trains into runs/{run_dir.name}")
+        cfg.output_dir, why = free_folder(workspace / "runs", run_name, held)
     cfg = resolve_config(cfg, cwd)
-    notes += _preflight(cfg)
-    notes += model_notes(cfg, store, cwd)
     run_dir = Path(cfg.output_dir)
+    if given_output and (job := holder_of(run_dir, held)) is not None:
+        raise SdtuneError(held_refusal("output_dir", run_dir, job))
+    notes = _preflight(cfg) + model_notes(cfg, store, cwd)
     fixed = workspace / "jobs" / "configs" / f"{run_dir.name}-{uuid.uuid4().hex[:8]}.yaml"
     fixed.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, fixed)
     argv = [*COMMANDS["train"], str(fixed), "--resume", "latest"]
-    return Submission("train", run_dir.name, argv, run_dir=run_dir, cwd=cwd, notes=notes)
+    sub = Submission("train", run_dir.name, argv, run_dir=run_dir, cwd=cwd, notes=notes, files=[fixed])
+    if not given_output:
+        sub.folder, sub.wanted = run_dir, run_name
+
+        def move(new: Path) -> list[str]:  # the same config, another run folder
+            cfg.output_dir = new
+            save_config(cfg, fixed)
+            return argv
+
+        sub.move = move
+        sub._moved(why, run_dir)
+    return sub
 
 
 def _preflight(cfg) -> list[str]:
     """What `sdtune train` would refuse in its first second, checked at submit rather than when the job starts
     (overnight): class images made for another model, prompt or resolution are refused (ConfigError, the same line
-    train prints). A data folder that does not exist yet is a note, not a refusal: an earlier job (a caption job)
-    may make it before this one starts."""
+    train prints). A data folder that does not exist yet, or holds no image yet, is a note, not a refusal: an
+    earlier job (a caption job) may make or fill it before this one starts."""
     from sdtune.data.class_images import check_for_run, class_image_jobs
     from sdtune.output_folders import data_folders
 
     check_for_run(cfg)
-    generated = {folder for folder, _, _ in class_image_jobs(cfg.data)}  # made when missing
-    return [f"{key} {folder} does not exist (yet): the job fails unless it is there when the job starts"
-            for key, folder in data_folders(cfg) if folder not in generated and not folder.exists()]
+    generated = {folder for folder, _, _ in class_image_jobs(cfg.data)}  # made (or filled) when missing
+    notes = []
+    for key, folder in data_folders(cfg):
+        if folder in generated:
+            continue
+        if not folder.exists():
+            notes.append(f"{key} {folder} does not exist (yet): the job fails unless it is there when the job starts")
+        elif folder.is_dir() and not _has_images(folder):
+            notes.append(f"{key} {folder} has no images (yet): the job fails unless they are there when the job "
+                         "starts")
+    return notes
+
+
+def _has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image as training reads folders (recursively, hidden ones skipped): one look
+    at its top level finds one in a usual dataset; only a folder without one there is walked through."""
+    import os
+
+    from sdtune.data.folders import list_images
+    from sdtune.data.images import IMAGE_SUFFIXES
+
+    try:
+        with os.scandir(folder) as entries:
+            if any(not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
+                   for e in entries):
+                return True
+        return bool(list_images(folder))
+    except (OSError, SdtuneError):
+        return True  # unreadable: training says why; no note on a guess
 
 
 def model_notes(cfg: Any, store: Any = None, cwd: Path | None = None) -> list[str]:
@@ -137,3 +232,26 @@ def command_submission(kind: str, args: list[str], *, name: str | None = None, c
     label = name or Path(args[0]).stem or kind
     label = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)[:64] or kind
     return Submission(kind, label, [*COMMANDS[kind], *args], run_dir=run_dir, cwd=cwd, notes=notes)
+
+
+def next_attempt(job: Job) -> str:
+    """What the next attempt of ``job`` does, as `sdtune jobs retry` says it: a train job resumes from the newest
+    checkpoint in its run folder (``--resume latest``) or, with none, starts from the beginning; the other kinds
+    run their command again, which continues what the earlier attempts wrote."""
+    from sdtune.jobs.command_checks import CHECKS
+    from sdtune.run_folder import CHECKPOINTS_DIR, list_checkpoints
+
+    n = job.attempts + 1
+    if job.kind == "train" and job.run_dir:
+        found = list_checkpoints(Path(job.run_dir) / CHECKPOINTS_DIR)
+        if found:
+            return f"attempt {n} resumes from checkpoint {found[-1].name}"
+        if job.attempts == 0:
+            return "it has not run yet: attempt 1 starts it from the beginning"
+        earlier = "attempt 1" if job.attempts == 1 else f"attempts 1-{job.attempts}"
+        return f"attempt {n} starts from the beginning ({earlier} saved no checkpoint)"
+    if job.attempts == 0:
+        return "it has not run yet: attempt 1 is its first run"
+    command = f"`sdtune {' '.join(COMMANDS.get(job.kind, [job.kind]))}`"
+    keeps = ", which continues from what earlier attempts wrote" if job.kind in CHECKS else ""
+    return f"attempt {n} runs {command} again{keeps}"

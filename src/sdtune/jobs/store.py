@@ -22,18 +22,20 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from sdtune.errors import SdtuneError
+from sdtune.jobs.kinds import COMMANDS
 
-KINDS = ("train", "run", "personalize", "caption", "eval", "pick", "export")
+KINDS = tuple(COMMANDS)  # the one list of kinds (sdtune.jobs.kinds.KIND_TABLE)
 STATES = ("queued", "running", "stopping", "finished", "failed", "stopped", "cancelled")
 ACTIVE = ("queued", "running", "stopping")
 ENDED = ("finished", "failed", "stopped", "cancelled")
+HOLDING = tuple(s for s in STATES if s != "finished")  # states whose folders are or will be used (retry, resume)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -85,6 +87,10 @@ class Job:
         data = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies (slow in lists)
         data["argv"] = list(self.argv)
         return data
+
+
+# ``place`` of :meth:`JobStore.submit`: the jobs holding folders -> the (name, argv, run_dir) to queue
+Place = Callable[[list[Job]], tuple[str, list[str], "str | Path | None"]]
 
 
 class JobError(SdtuneError):
@@ -141,12 +147,20 @@ class JobStore:
 
     # ---- asking -------------------------------------------------------------------------------------------------
     def submit(self, kind: str, argv: list[str], *, name: str = "", run_dir: str | Path | None = None,
-               priority: int = 0, cwd: str | Path | None = None) -> Job:
+               priority: int = 0, cwd: str | Path | None = None, place: Place | None = None) -> Job:
+        """Queue a job. ``place``, when given, is called inside the write transaction with every job whose folders
+        are or will be used (all but the finished ones) and returns the ``(name, argv, run_dir)`` to queue: so a
+        folder it chooses is one no other job holds, even when two submits run at once
+        (:func:`sdtune.jobs.kinds.queue_submission`). It may raise to queue nothing."""
         if kind not in KINDS:
             raise JobError(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
-        if not all(isinstance(a, str) for a in argv):
-            raise JobError("a job's command line must be a list of strings")
         with self._write() as db:
+            if place is not None:
+                marks = ",".join("?" * len(HOLDING))
+                holders = [_job(r) for r in db.execute(f"SELECT * FROM jobs WHERE state IN ({marks})", HOLDING)]
+                name, argv, run_dir = place(holders)
+            if not all(isinstance(a, str) for a in argv):
+                raise JobError("a job's command line must be a list of strings")
             cur = db.execute("INSERT INTO jobs (kind, name, argv, run_dir, cwd, priority, created) "
                              "VALUES (?,?,?,?,?,?,?)",
                              (kind, name or kind, json.dumps(argv), str(run_dir) if run_dir else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,8 @@ from pydantic import BaseModel, Field
 
 from sdtune.data.captioner import SHORT_NAMES
 from sdtune.errors import SdtuneError
-from sdtune.jobs.kinds import command_submission, train_submission
+from sdtune.jobs.folders import free_folder, free_run_dir, queue_holders
+from sdtune.jobs.kinds import command_submission, queue_submission, train_submission
 from sdtune.jobs.progress import job_progress
 from sdtune.jobs.store import ENDED, Job
 from sdtune.jobs.worker import WorkerLock, job_message, log_path
@@ -110,18 +112,19 @@ def config_keys() -> list[dict[str, str]]:
     return [{"key": k, "type": t, "default": d} for k, t, d in list_keys()]
 
 
-def _job_name(ws: Path, form: TrainForm) -> str:
-    from sdtune.jobs.kinds import free_run_dir
-
-    base = form.name or (Path(form.dataset).name if form.dataset else form.ready)
-    return free_run_dir(ws, check_name(base, "job name")).name
+def _job_name(ws: Path, form: TrainForm, store: Any) -> tuple[str, str]:
+    """The form's job name (its name, else its dataset's, else its ready config's) and that name made free: no
+    run folder on disk, none a job of the queue holds (the CLI's rule; :func:`queue_submission` makes the final
+    choice under the queue's lock)."""
+    base = check_name(form.name or (Path(form.dataset).name if form.dataset else form.ready), "job name")
+    return base, free_run_dir(ws, base, queue_holders(store)).name
 
 
 @router.post("/configs/check")
 def check_config(request: Request, form: TrainForm) -> dict[str, Any]:
     """The form's config through the schema without queueing: ``{"ok": true}`` or 400 with ``fields``."""
     ws = _ws(request)
-    name = _job_name(ws, form)
+    _, name = _job_name(ws, form, request.app.state.store)
     path, _ = build_config(ws, form.ready, form.dataset, form.base, form.values, name)
     path.unlink(missing_ok=True)
     return {"ok": True, "name": name}
@@ -130,10 +133,10 @@ def check_config(request: Request, form: TrainForm) -> dict[str, Any]:
 @router.post("/jobs/train")
 def submit_train(request: Request, form: TrainForm) -> dict[str, Any]:
     ws, store = _ws(request), request.app.state.store
-    name = _job_name(ws, form)
+    base, name = _job_name(ws, form, store)
     path, _ = build_config(ws, form.ready, form.dataset, form.base, form.values, name)
-    sub = train_submission(ws, path, [], name=name, cwd=ws, store=store)
-    job = store.submit("train", sub.argv, name=sub.name, run_dir=sub.run_dir, priority=form.priority, cwd=ws)
+    sub = train_submission(ws, path, [], name=base, cwd=ws, store=store)  # runs/NAME, or NAME-2... as the CLI
+    job = queue_submission(store, sub, form.priority)
     return job_view(ws, job, progress=False)
 
 
@@ -169,9 +172,9 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
         if not runs or not body.prompts:
             raise SdtuneError("an eval job needs runs and prompts")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        prompts = ws / "jobs" / f"prompts-{stamp}.txt"
+        prompts = ws / "jobs" / f"prompts-{stamp}-{uuid.uuid4().hex[:8]}.txt"  # one file per job
         prompts.write_text("\n".join(p.replace("\n", " ") for p in body.prompts) + "\n", encoding="utf-8")
-        out = ws / "runs" / f"eval-{stamp}"
+        out, _ = free_folder(ws / "runs", f"eval-{stamp}", queue_holders(store))
         args = [*runs, "--prompts", str(prompts), "--out", str(out)]
     else:
         raise SdtuneError(f"kind {body.kind!r} cannot be submitted from the page (caption, pick, eval, export); "
@@ -179,7 +182,9 @@ def submit_other(request: Request, body: OtherJob) -> dict[str, Any]:
     label = {"caption": "caption", "pick": "pick", "export": "kohya", "eval": "eval"}[body.kind]
     sub = command_submission(body.kind, args, name=body.name or f"{label}-{Path(args[0]).name}", cwd=ws,
                              store=store)
-    job = store.submit(sub.kind, sub.argv, name=sub.name, run_dir=sub.run_dir, priority=body.priority, cwd=ws)
+    if body.kind == "eval":
+        sub.writes_into(out, f"eval-{stamp}")  # its own folder, chosen again under the queue's lock
+    job = queue_submission(store, sub, body.priority)
     return job_view(ws, job, progress=False)
 
 

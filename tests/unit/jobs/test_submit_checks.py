@@ -30,8 +30,28 @@ def test_a_missing_data_folder_is_said_at_submit(tmp_path: Path) -> None:
     sub = train_submission(ws, _config(tmp_path, instance_dir="nope"), [], cwd=tmp_path)
     assert any(f"data.instance_dir {tmp_path / 'nope'} does not exist" in note for note in sub.notes), sub.notes
     (tmp_path / "me").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "me" / "a.png")
     sub = train_submission(ws, _config(tmp_path, instance_dir="me"), [], cwd=tmp_path)
     assert not sub.notes  # (class images to be generated are no note either)
+
+
+def test_a_data_folder_without_images_is_said_at_submit(tmp_path: Path) -> None:
+    """Found by a newcomer: data.instance_dir=<an existing, empty folder> was queued without a word and failed
+    when it ran ("no readable images")."""
+    ws = find_workspace(tmp_path / "ws")
+    empty = tmp_path / "empty"
+    (empty / ".thumbs").mkdir(parents=True)  # hidden folders are not read: no images
+    Image.new("RGB", (16, 16)).save(empty / ".thumbs" / "a.png")
+    (empty / "notes.txt").write_text("x")
+    sub = train_submission(ws, _config(tmp_path, instance_dir="empty"), [], cwd=tmp_path)
+    assert sub.notes == [f"data.instance_dir {empty} has no images (yet): the job fails unless they are there when "
+                         "the job starts"], sub.notes
+    Image.new("RGB", (16, 16)).save(empty / "notes.PNG")
+    assert not train_submission(ws, _config(tmp_path, instance_dir="empty"), [], cwd=tmp_path).notes
+    (empty / "notes.PNG").unlink()
+    (empty / "person").mkdir()  # images in a sub-folder are read too
+    Image.new("RGB", (16, 16)).save(empty / "person" / "a.jpg")
+    assert not train_submission(ws, _config(tmp_path, instance_dir="empty"), [], cwd=tmp_path).notes
 
 
 def test_class_images_made_for_another_resolution_are_refused_at_submit(tmp_path: Path) -> None:
