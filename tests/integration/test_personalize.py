@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdtune.engine.loopback import SWITCH
 from tests.helpers import make_images, run_cli
 
 pytestmark = pytest.mark.slow
@@ -226,7 +227,8 @@ def test_a_ray_start_cluster_runs_the_unchanged_command_and_judges(concept: Path
                              "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
                              "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
                              "--object-store-memory", str(100 * 1024 * 1024), "--temp-dir", str(temp)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=os.environ | {SWITCH: "0"})  # on 127.0.0.1 only: sdtune.engine.loopback
     try:
         args = [str(csv_path), "--concept", str(concept), "--out", str(out), "train.max_steps=4",
                 "train.lora.rank=4", "checkpoint.every=2", "logging.trackers=[]", "--prompts", str(prompts),
@@ -245,6 +247,9 @@ def test_a_ray_start_cluster_runs_the_unchanged_command_and_judges(concept: Path
         assert row["picked_step"] in ("2", "4") and -1 <= float(row["fidelity"]) <= 1, row
         assert np.isfinite(float(row["composite"])) and (out / "alice" / "picked" / "pick.json").is_file()
         assert "<alice> woman giving a thumbs up" in (out / "alice" / ".pick-prompts.txt").read_text()
+        ips = {c.laddr.ip for p in psutil.Process(head.pid).children(recursive=True)
+               for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        assert ips and ips <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, ips  # the head on loopback only
     finally:
         _stop_cluster(head, temp)
 

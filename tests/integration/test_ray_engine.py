@@ -156,3 +156,18 @@ def test_a_killed_driver_leaves_nothing_running(tmp_path: Path) -> None:
     for p in alive:
         p.kill()
     assert not alive, f"left running after kill -9 of the driver: {[(p.pid, p.cmdline()[:2]) for p in alive]}"
+
+
+def test_the_embedded_ray_listens_on_loopback_only(engine) -> None:
+    """ray.init(_node_ip_address="127.0.0.1") alone left gcs_server and raylet on every interface (*:PORT): a job
+    queue or web page on this machine exposed Ray's ports to the network (sdtune.engine.loopback)."""
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+    listening = []
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            listening += [(proc.name(), c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="tcp")
+                          if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            continue
+    assert any(name == "gcs_server" for name, _, _ in listening), listening  # Ray's servers are among them
+    assert all(ip in loopback for _, ip, _ in listening), [s for s in listening if s[1] not in loopback]

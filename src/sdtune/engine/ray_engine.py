@@ -2,9 +2,10 @@
 
 Ray decides where and when (a unit starts as soon as a slot with its GPUs/CPUs frees up, on any node); this module
 only translates: a unit in, a Ray task that runs it in a child process out, its state read back from files. The
-only module that imports Ray.
+only module that imports Ray (with :mod:`sdtune.engine.loopback`, which sets one of its switches).
 
-- **Embedded by default.** No address (and no ``RAY_ADDRESS``): a local Ray on 127.0.0.1 with this machine's GPUs,
+- **Embedded by default.** No address (and no ``RAY_ADDRESS``): a local Ray listening on 127.0.0.1 only
+  (:mod:`sdtune.engine.loopback`) with this machine's GPUs,
   or its CPUs when it has none (``num_gpus`` fakes GPUs for tests), no dashboard, a small object store (units pass
   paths, not tensors). With an address (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``): that cluster; its nodes need
   sdtune installed and the run folders on storage they all share.
@@ -188,6 +189,7 @@ class Engine:
         self.address = address
         self._owns = False  # this engine called ray.init (and ends it at shutdown)
         self._reaper = None
+        self._restore_network: Any = None
         started = time.time()
         with _keep_sigterm_handler():
             self._init(ray, address, num_gpus, num_cpus, object_store_bytes)
@@ -209,7 +211,10 @@ class Engine:
                                   ) from None
             self._owns = True
         else:
+            from sdtune.engine.loopback import loopback_only
+
             os.environ.pop("RAY_ADDRESS", None)
+            self._restore_network = loopback_only()  # every Ray server on 127.0.0.1 (sdtune.engine.loopback)
             ray.init(num_cpus=int(num_cpus) if num_cpus is not None else os.cpu_count() or 1, num_gpus=num_gpus,
                      include_dashboard=False, object_store_memory=object_store_bytes, log_to_driver=False,
                      logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
@@ -393,3 +398,6 @@ class Engine:
 
             self._ray.shutdown()
             stop_reaper(self._reaper)
+        if self._restore_network is not None:
+            self._restore_network()
+            self._restore_network = None
