@@ -36,6 +36,19 @@ class ModelLoadError(SdtuneError):
     """A base model, LoRA or checkpoint cannot be loaded."""
 
 
+class DamagedFileError(ModelLoadError):
+    """A weights file is cut short or garbled (a copy cut short, a disk that filled); the message names it.
+
+    ``file`` and ``detail`` (what the reader found) let a caller that knows a better fix say it instead
+    (``sdtune.models.safetensors_files``).
+    """
+
+    def __init__(self, message: str, file: str | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.file = file
+        self.detail = detail
+
+
 class TrainingStopped(SdtuneError):
     """Training stopped on purpose (NaN loss); a last good checkpoint was written."""
 

@@ -158,6 +158,9 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
 
             raise SdtuneError(f"--dtype {dtype}: a DoRA/LoHa/LoKr run's kohya/LyCORIS file is exported as trained and "
                               "verified (float32); leave --dtype out")
+        from sdtune.models.safetensors_files import check_safetensors
+
+        check_safetensors(run / "lora" / LYCORIS_NAME)  # a damaged file is not handed on as verified
         target = _writable_target(_kohya_out(run, out), out)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.tmp")

@@ -123,6 +123,7 @@ def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int
     from PIL.PngImagePlugin import PngInfo
 
     from sdtune.models.loading import load_pipeline
+    from sdtune.models.safetensors_files import reading_safetensors
     from sdtune.stopping import QUIT_NOW, stop_scope
 
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -153,7 +154,8 @@ def generate_class_images(folder: Path, prompt: str | Sequence[str], wanted: int
         pipe = load_pipeline(model_ref, allow_pickle=allow_pickle, revision=revision, variant=variant,
                              torch_dtype=dtype).to(device)
         for file, _, name in adapters:
-            pipe.load_lora_weights(str(Path(file).parent), weight_name=Path(file).name, adapter_name=name)
+            with reading_safetensors(file):  # a damaged file: one line naming it
+                pipe.load_lora_weights(str(Path(file).parent), weight_name=Path(file).name, adapter_name=name)
         if adapters:
             pipe.set_adapters([name for _, _, name in adapters], [weight for _, weight, _ in adapters])
         pipe.set_progress_bar_config(disable=True)

@@ -19,6 +19,7 @@ from typing import Any
 from sdtune.errors import ModelLoadError
 from sdtune.models.fit import diffusers_quiet, loader_error
 from sdtune.models.loading import family_of_pipeline, load_pipeline, resolve_model_ref, set_prediction_type
+from sdtune.models.safetensors_files import reading_safetensors
 from sdtune.run_folder import (  # the run folder is read in sdtune.run_folder (also imported from here)
     LORA_WEIGHTS_NAME,
     PICKLE_SUFFIXES,
@@ -124,7 +125,8 @@ def apply_adapters(pipe: Any, stack: list[Adapter]) -> list[str]:
     for adapter in stack:
         name = _adapter_name(adapter.name, taken)
         try:
-            with warnings.catch_warnings(), diffusers_quiet():  # a misfit is said below in one line, not per layer
+            # a misfit is said below in one line, not per layer; a damaged file as one DamagedFileError line
+            with warnings.catch_warnings(), diffusers_quiet(), reading_safetensors(adapter.path):
                 warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # a stack is what we want
                 pipe.load_lora_weights(str(adapter.path.parent), weight_name=adapter.path.name, adapter_name=name)
         except (ValueError, RuntimeError, KeyError, IndexError, OSError) as exc:

@@ -44,9 +44,9 @@ def comfyui_key_map(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dic
 def apply_kohya_comfyui(unet: torch.nn.Module, text_encoder: torch.nn.Module, file: Path) -> list[str]:
     """Merge a kohya file into the modules as ComfyUI does: ``W += (alpha / rank) * up @ down`` (scale 1 without
     ``.alpha``), computed in fp32. Returns the file's keys ComfyUI would not load (it only warns about them)."""
-    from safetensors.torch import load_file
+    from sdtune.models.safetensors_files import load_safetensors
 
-    state = load_file(str(file))
+    state = load_safetensors(file)
     loaded: set[str] = set()
     for name, module in comfyui_key_map(unet, text_encoder).items():
         up, down = state.get(f"{name}.lora_up.weight"), state.get(f"{name}.lora_down.weight")

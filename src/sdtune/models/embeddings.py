@@ -199,13 +199,15 @@ def save_embedding(folder: Path, text_encoder: torch.nn.Module, token: str) -> P
 
 def read_embedding(file: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
     """(the token stored in the file's metadata or None, its tensors); ModelLoadError for an unreadable file."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+
+    from sdtune.models.safetensors_files import open_safetensors
 
     try:
-        with safe_open(str(file), "pt") as handle:
+        with open_safetensors(file) as handle:  # a damaged file: DamagedFileError, naming it
             token = (handle.metadata() or {}).get("token")
             return token, {key: handle.get_tensor(key) for key in handle.keys()}
-    except (OSError, SafetensorError) as exc:  # a truncated or foreign file
+    except (OSError, SafetensorError) as exc:  # a missing or foreign file
         raise ModelLoadError(f"{file}: not a readable embedding file ({exc})") from None
 
 

@@ -236,9 +236,9 @@ def family_of_folder(folder: Path) -> Family:
 
 def family_of_checkpoint(file: Path) -> Family:
     """The family of a single-file (original-format) checkpoint, from its tensor names only (no weights read)."""
-    from safetensors import safe_open
+    from sdtune.models.safetensors_files import open_safetensors
 
-    with safe_open(str(file), "pt") as handle:
+    with open_safetensors(file) as handle:
         keys = list(handle.keys())
     return SDXL if any(k.startswith("conditioner.embedders.1.") for k in keys) else SD
 
@@ -288,9 +288,9 @@ def base_generation(source: str, revision: str | None = None, local_files_only: 
     elif path.is_file():
         kind = "sd1"
         if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
+            from sdtune.models.safetensors_files import open_safetensors
 
-            with safe_open(str(path), "pt") as handle:  # SD 2.x checkpoints hold OpenCLIP: cond_stage_model.model.*
+            with open_safetensors(path) as handle:  # SD 2.x checkpoints hold OpenCLIP: cond_stage_model.model.*
                 kind = "sd2" if any(k.startswith("cond_stage_model.model.") for k in handle.keys()) else "sd1"
     else:
         kind = "sd2" if config("unet/config.json").get("cross_attention_dim") == 1024 else "sd1"

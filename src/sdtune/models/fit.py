@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sdtune.errors import ModelLoadError, SdtuneError
+from sdtune.errors import DamagedFileError, ModelLoadError, SdtuneError
 from sdtune.run_folder import is_run_folder
 from sdtune.words import counted, plural
 
@@ -93,10 +93,12 @@ def check_lora_fits(lora_file: Path, pipe, base: str, *, name: str | None = None
     """Raise one :class:`ModelLoadError` line when ``lora_file`` does not fit ``pipe`` (loaded from ``base``).
 
     ``name``: how to call the LoRA in the message (default: its run folder, else the file). A file that is not a
-    diffusers-format LoRA (kohya) is left to the loader.
+    diffusers-format LoRA (kohya) is left to the loader; a damaged one is said here (DamagedFileError).
     """
     try:
         problems, count = _shape_problems(Path(lora_file), {"unet": pipe.unet, **_text_components(pipe)})
+    except DamagedFileError:
+        raise
     except SdtuneError:
         return
     if not problems:

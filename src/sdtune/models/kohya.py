@@ -111,12 +111,12 @@ def peft_scale(config: dict, module: str, rank: int) -> float:
 
 def read_diffusers_lora(path: Path) -> list[LoraLayer]:
     """The layers of a diffusers-format LoRA file, each with the scale diffusers would load it with."""
-    from safetensors import safe_open
+    from sdtune.models.safetensors_files import open_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"LoRA file {path} does not exist")
-    with safe_open(str(path), "pt") as fh:
+    with open_safetensors(path) as fh:
         metadata = fh.metadata()
         tensors = {key: fh.get_tensor(key) for key in fh.keys()}
     configs = _component_metadata(metadata)
@@ -231,10 +231,10 @@ def export_kohya(lora_file: Path, out_file: Path, *, dtype: str = "float32",
         if check is not None:
             check(tmp)
         if bundle:
-            from safetensors.torch import load_file
+            from sdtune.models.safetensors_files import WRITTEN_FIX, load_safetensors
 
             save_file({**state, **bundle}, str(tmp), metadata=metadata)
-            back = load_file(str(tmp))
+            back = load_safetensors(tmp, fix=WRITTEN_FIX)
             if not all(torch.equal(back[key], value) for key, value in bundle.items()):
                 raise SdtuneError(f"{out_file}: the bundled embedding did not read back as written")
     except BaseException:

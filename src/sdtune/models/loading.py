@@ -15,6 +15,7 @@ from sdtune.models.family import SD, Family, family_of_source
 from sdtune.models.presets import is_preset, preset_path
 from sdtune.models.quiet import quiet_weight_loading as _quiet_weight_loading
 from sdtune.models.refs import BUILT_IN, _check_hub_id, _local_files_only, _no_such_path, _offline_hint, looks_local
+from sdtune.models.safetensors_files import reading_safetensors
 from sdtune.run_folder import PICKLE_SUFFIXES, check_weights_file, refuse_adapter_as_model
 
 
@@ -124,10 +125,12 @@ def load_components(ref: str, *, allow_pickle: bool = False, revision: str | Non
         safe = None if allow_pickle else True
         family = family_of_source(source, revision, local_files_only=kw["local_files_only"])
         try:
-            tokenizer, text_encoder = family.load_text(source, use_safetensors=safe, dtype=text_encoder_dtype, **kw)
-            vae_model = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=safe, **kw)
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=safe,
-                                                        torch_dtype=unet_dtype, **kw)
+            with reading_safetensors(path):  # a damaged weights file: one line naming it
+                tokenizer, text_encoder = family.load_text(source, use_safetensors=safe, dtype=text_encoder_dtype,
+                                                           **kw)
+                vae_model = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=safe, **kw)
+                unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=safe,
+                                                            torch_dtype=unet_dtype, **kw)
             noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision,
                                                             local_files_only=kw["local_files_only"])
         except (OSError, ValueError) as exc:
@@ -232,14 +235,16 @@ def load_pipeline(ref: str, *, allow_pickle: bool = False, revision: str | None 
             if torch_dtype is not None:
                 kw["vae"].to(torch_dtype)
         if path.is_file():
-            return family.pipeline_class().from_single_file(str(path), **kw)
+            with reading_safetensors(path):
+                return family.pipeline_class().from_single_file(str(path), **kw)
         _refuse_pickle_only_folder(path, allow_pickle)
         if variant:
             kw["variant"] = variant
-        return family.pipeline_class().from_pretrained(
-            source, revision=revision, use_safetensors=None if allow_pickle else True,
-            local_files_only=_local_files_only(source), **kw
-        )
+        with reading_safetensors(path):  # a damaged weights file in the folder: one line naming it
+            return family.pipeline_class().from_pretrained(
+                source, revision=revision, use_safetensors=None if allow_pickle else True,
+                local_files_only=_local_files_only(source), **kw
+            )
     except ModelLoadError:
         raise
     except (OSError, ValueError) as exc:

@@ -114,6 +114,7 @@ def _load_named(unet: torch.nn.Module, text_encoder: torch.nn.Module,
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from sdtune.models.family import DualTextEncoder
+    from sdtune.models.safetensors_files import reading_safetensors
 
     # SDXL: the file's text-encoder layers go to both encoders by their prefixes, as its pipeline loads them
     # (and its kohya keys lora_te1_/lora_te2_ convert with the SDXL converter)
@@ -122,7 +123,8 @@ def _load_named(unet: torch.nn.Module, text_encoder: torch.nn.Module,
     encoders = [(text_encoder.text_encoder, "text_encoder"), (text_encoder.text_encoder_2, "text_encoder_2")] \
         if xl else [(text_encoder, "text_encoder")]
     for file, weight, name in adapters:
-        state, alphas, metadata = loader.lora_state_dict(str(file), return_lora_metadata=True)
+        with reading_safetensors(file):  # a damaged file: one line naming it
+            state, alphas, metadata = loader.lora_state_dict(str(file), return_lora_metadata=True)
         loader.load_lora_into_unet(state, alphas, unet, adapter_name=name, metadata=metadata)
         for encoder, prefix in encoders:
             loader.load_lora_into_text_encoder(state, alphas, encoder, prefix=prefix, adapter_name=name,
@@ -237,12 +239,11 @@ def rewrite_lora_file(source: Path, target: Path, *, check: Callable[[Path], Non
     before the file takes its name; then nothing is left behind."""
     import shutil
 
-    from safetensors import safe_open
-
     from sdtune.errors import SdtuneError
     from sdtune.models.kohya import _component_metadata, read_diffusers_lora
+    from sdtune.models.safetensors_files import open_safetensors
 
-    with safe_open(str(source), "pt") as fh:
+    with open_safetensors(source) as fh:
         configs = _component_metadata(fh.metadata())
     states: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "text_encoder": {}, "text_encoder_2": {}}
     for layer in read_diffusers_lora(source):

@@ -68,7 +68,8 @@ def apply_peft_folder(unet: torch.nn.Module, text_encoder: torch.nn.Module, fold
     """Apply ``folder/peft/*`` to the modules through peft (the reference: the trained adapter as trained)."""
     from peft import inject_adapter_in_model, set_peft_model_state_dict
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-    from safetensors.torch import load_file
+
+    from sdtune.models.safetensors_files import load_safetensors
 
     root = Path(folder) / PEFT_DIR
     for component, module in _components(unet, text_encoder).items():
@@ -78,8 +79,9 @@ def apply_peft_folder(unet: torch.nn.Module, text_encoder: torch.nn.Module, fold
         raw = json.loads((files / _PEFT_CONFIG).read_text(encoding="utf-8"))
         cls = PEFT_TYPE_TO_CONFIG_MAPPING[raw["peft_type"]]
         config = cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and k != "peft_type"})
+        saved = load_safetensors(files / _PEFT_WEIGHTS)  # before the module changes: a damaged file leaves it as is
         inject_adapter_in_model(config, module, adapter_name=adapter)
-        state = {k.removeprefix(_PEFT_PREFIX): v for k, v in load_file(str(files / _PEFT_WEIGHTS)).items()}
+        state = {k.removeprefix(_PEFT_PREFIX): v for k, v in saved.items()}
         result = set_peft_model_state_dict(module, state, adapter_name=adapter)
         unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if adapter in k or "." in k]
         if unexpected:
@@ -157,11 +159,10 @@ def _delta(tensors: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor 
 def merge_comfyui(unet: torch.nn.Module, text_encoder: torch.nn.Module, file: Path) -> list[str]:
     """Merge a kohya/LyCORIS file into the modules as ComfyUI's LoRA loader does (``W += delta``), in fp32; returns
     the file's keys ComfyUI would not load (it only warns about them). Also fuses such a file into a base."""
-    from safetensors.torch import load_file
-
     from sdtune.models.comfyui import comfyui_key_map
+    from sdtune.models.safetensors_files import load_safetensors
 
-    state = load_file(str(file))
+    state = load_safetensors(file)
     by_layer: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         layer, _, rest = key.partition(".")
@@ -190,6 +191,7 @@ def write_lycoris_and_verify(folder: Path, kind: str, *, verify: bool, base: str
 
     from sdtune.models.loading import load_pipeline
     from sdtune.models.lora import LORA_WEIGHTS
+    from sdtune.models.safetensors_files import WRITTEN_FIX, reading_safetensors
     from sdtune.models.verify import TOLERANCE, Check, _text_module, probe_inputs, probe_outputs
 
     def fresh() -> Any:
@@ -222,7 +224,8 @@ def write_lycoris_and_verify(folder: Path, kind: str, *, verify: bool, base: str
         problem = ""
         try:
             if consumer == "diffusers":
-                pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
+                with reading_safetensors(Path(folder) / LORA_WEIGHTS, fix=WRITTEN_FIX):
+                    pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
             else:
                 left = merge_comfyui(pipe.unet, _text_module(pipe), Path(folder) / LYCORIS_FILE)
                 problem = f"ComfyUI would not load {counted(len(left), 'key')} (first: {left[0]})" if left else ""

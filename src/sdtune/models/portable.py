@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sdtune.atomic import umask_mode
+from sdtune.models.safetensors_files import WRITTEN_FIX, open_safetensors
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 TOKENIZERS = ("tokenizer", "tokenizer_2")
@@ -47,7 +47,7 @@ def portable_text_encoder(folder: Path) -> bool:
     if not set(config.get("architectures") or ()) & set(CLIP_ARCHITECTURES):
         return False
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as handle:
+        with open_safetensors(file, fix=WRITTEN_FIX) as handle:
             metadata = handle.metadata() or {"format": "pt"}
             tensors = {portable_key(k): handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - not a dict
         tmp = file.with_name(f".{file.name}.tmp")

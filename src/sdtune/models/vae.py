@@ -12,6 +12,7 @@ from typing import Any
 from sdtune.errors import ModelLoadError
 from sdtune.models.presets import is_preset, preset_path
 from sdtune.models.refs import _check_hub_id, _local_files_only, _no_such_path, hub_reachable, looks_local
+from sdtune.models.safetensors_files import reading_safetensors
 from sdtune.run_folder import PICKLE_SUFFIXES, check_weights_file
 
 
@@ -55,14 +56,16 @@ def load_vae(ref: str, *, revision: str | None = None, allow_pickle: bool = Fals
     path = Path(source)
     kw: dict[str, Any] = {"revision": revision, "use_safetensors": None if allow_pickle else True}
     try:
-        if path.is_file():
-            check_weights_file(path, allow_pickle)
-            if base and not Path(base).is_file():
-                return AutoencoderKL.from_single_file(source, config=base, subfolder="vae",
-                                                      local_files_only=_local_files_only(base))
-            return AutoencoderKL.from_single_file(source, local_files_only=not hub_reachable())
-        sub = "vae" if (path / "vae" / "config.json").is_file() else None
-        return AutoencoderKL.from_pretrained(source, subfolder=sub, local_files_only=_local_files_only(source), **kw)
+        with reading_safetensors(path):  # a damaged weights file: one line naming it
+            if path.is_file():
+                check_weights_file(path, allow_pickle)
+                if base and not Path(base).is_file():
+                    return AutoencoderKL.from_single_file(source, config=base, subfolder="vae",
+                                                          local_files_only=_local_files_only(base))
+                return AutoencoderKL.from_single_file(source, local_files_only=not hub_reachable())
+            sub = "vae" if (path / "vae" / "config.json").is_file() else None
+            return AutoencoderKL.from_pretrained(source, subfolder=sub, local_files_only=_local_files_only(source),
+                                                 **kw)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # not a VAE's tensors, a truncated file, ...
         raise ModelLoadError(f"model.vae: cannot load the VAE {ref} ({type(exc).__name__}: "
                              f"{_first_line(str(exc))[:200]}); pass a diffusers VAE folder, a model folder with "

@@ -31,6 +31,7 @@ import torch
 
 from sdtune.errors import SdtuneError
 from sdtune.models.comfyui import _family, apply_kohya_comfyui, comfyui_key_map
+from sdtune.models.safetensors_files import WRITTEN_FIX, open_safetensors, reading_safetensors
 from sdtune.words import counted
 
 CONSUMERS = ("diffusers", "kohya-diffusers", "kohya-comfyui")
@@ -107,9 +108,7 @@ def probe_outputs(unet: torch.nn.Module, text_encoder: torch.nn.Module,
 
 def file_dtype(file: Path) -> torch.dtype:
     """The float type a LoRA file stores its matrices in (the coarsest, if mixed)."""
-    from safetensors import safe_open
-
-    with safe_open(str(file), "pt") as fh:
+    with open_safetensors(file, fix=WRITTEN_FIX) as fh:
         stored = {fh.get_slice(k).get_dtype() for k in fh.keys() if not k.endswith(".alpha")}
     for name, dtype in (("BF16", torch.bfloat16), ("F16", torch.float16)):
         if name in stored:
@@ -136,12 +135,11 @@ def apply_reference(unet: torch.nn.Module, text_encoder: torch.nn.Module, source
     of the file is not in the model or a weight does not fit it.
     """
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors import safe_open
 
     from sdtune.models.kohya import _component_metadata, read_diffusers_lora
     from sdtune.models.lora import PORTABLE_CONFIG_KEYS
 
-    with safe_open(str(source), "pt") as fh:
+    with open_safetensors(source) as fh:
         configs = _component_metadata(fh.metadata())
     layers = read_diffusers_lora(source)
     for component, module in (("unet", unet), *_family(text_encoder).text_parts(text_encoder).items()):
@@ -176,7 +174,8 @@ def apply_reference(unet: torch.nn.Module, text_encoder: torch.nn.Module, source
 def _load(consumer: str, pipe: Any, file: Path) -> str:
     """Load ``file`` into ``pipe`` the way ``consumer`` does; returns a problem description or ''."""
     if consumer in ("diffusers", "kohya-diffusers"):
-        pipe.load_lora_weights(str(file.parent), weight_name=file.name)
+        with reading_safetensors(file, fix=WRITTEN_FIX):
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name)
         return ""
     if consumer == "kohya-comfyui":
         left = apply_kohya_comfyui(pipe.unet, _text_module(pipe), file)
@@ -201,9 +200,7 @@ def _loaded_then_undone(consumer: str, pipe: Any, file: Path) -> Iterator[None]:
     original layers back; ComfyUI's merge is undone by restoring the touched weights (copies of those only)."""
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     if consumer == "kohya-comfyui":
-        from safetensors import safe_open
-
-        with safe_open(str(file), "pt") as fh:
+        with open_safetensors(file, fix=WRITTEN_FIX) as fh:
             keys = set(fh.keys())
         for name, module in comfyui_key_map(pipe.unet, _text_module(pipe)).items():
             if f"{name}.lora_up.weight" in keys:
@@ -290,12 +287,11 @@ def check_file_holds(file: Path, unet: torch.nn.Module, text_encoder: torch.nn.M
     The writer-side half of :func:`verify_saved_lora` (no model load: cheap). Raises SdtuneError on a difference.
     """
     from peft.utils import get_peft_model_state_dict
-    from safetensors import safe_open
 
     from sdtune.models.kohya import _component_metadata
     from sdtune.models.lora import TRAINED_ADAPTER, portable_text_encoder_state
 
-    with safe_open(str(file), "pt") as fh:
+    with open_safetensors(file, fix=WRITTEN_FIX) as fh:
         stored = {k: fh.get_tensor(k) for k in fh.keys()}
         configs = _component_metadata(fh.metadata())
     expected: dict[str, torch.Tensor] = {}

@@ -31,10 +31,11 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file  # noqa: F401 - load_file: tests read checkpoints with it
 
 from sdtune.atomic import atomic_write_json, disk_full_as_error, replace_folder
-from sdtune.errors import SdtuneError
+from sdtune.errors import DamagedFileError, SdtuneError
+from sdtune.models.safetensors_files import damaged_error, load_safetensors
 from sdtune.run_folder import STATE_FILE, STEP_DIR, list_checkpoints, step_dir_name, step_of  # noqa: F401
 
 CONFIG_FILE = "config.yaml"  # the run config this checkpoint was made with
@@ -248,10 +249,29 @@ def read_state(path: Path) -> TrainerState:
     return TrainerState(**data)
 
 
+def _set_aside_fix(path: Path) -> str:
+    """What to do about a damaged checkpoint outside a resume: go on without it."""
+    path = Path(path)
+    return (f"this checkpoint cannot be used: move {path} out of {path.parent} (into a sub-folder, which sdtune "
+            "ignores) to go on without it")
+
+
+def _resume_fix(path: Path) -> str:
+    """What to do about a damaged checkpoint when resuming: the complete one before it, if there is one."""
+    path = Path(path)
+    before = [p for p in list_checkpoints(path.parent) if step_of(p) < step_of(path)] \
+        if STEP_DIR.match(path.name) else []
+    if before:
+        return f"resume from the checkpoint before it instead: --resume {before[-1].name}"
+    return (f"there is no checkpoint before it to resume from: move {path} out of {path.parent} and train again "
+            "without --resume, or train into another output_dir")
+
+
 def read_trainable_weights(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's trainable weights, keyed ``<module>.<param name>`` (``unet.``, ``text_encoder.``), as saved
-    by :func:`save_checkpoint`. The one reader of them: resume and checkpoint evaluation both come here."""
-    return load_file(str(Path(path) / "trainable.safetensors"))
+    by :func:`save_checkpoint`. The one reader of them: resume and checkpoint evaluation both come here. A damaged
+    file is one DamagedFileError line that says to set the checkpoint aside."""
+    return load_safetensors(Path(path) / "trainable.safetensors", fix=_set_aside_fix(path))
 
 
 def read_evaluated_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -259,22 +279,43 @@ def read_evaluated_weights(path: Path) -> dict[str, torch.Tensor]:
     average (what its outputs would hold at that step), else the trained ones. Same keys as
     :func:`read_trainable_weights`."""
     file = Path(path) / EVALUATED_FILE
-    return load_file(str(file)) if file.is_file() else read_trainable_weights(path)
+    return load_safetensors(file, fix=_set_aside_fix(path)) if file.is_file() else read_trainable_weights(path)
+
+
+def _load_pt(file: Path, map_location: str | None = None) -> Any:
+    """``torch.load`` of a checkpoint's state file; one cut short (torch: "failed finding central directory", or
+    an empty file) is a DamagedFileError."""
+    try:
+        return torch.load(file, weights_only=True, map_location=map_location)
+    except (RuntimeError, EOFError) as exc:
+        if isinstance(exc, RuntimeError) and "PytorchStreamReader failed" not in str(exc):
+            raise
+        raise damaged_error(file, f"torch: {str(exc).split('.')[0] or 'empty file'}", _set_aside_fix(file.parent)) \
+            from None
 
 
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, scaler=None,
                     ema=None) -> TrainerState:
-    """Restore everything a checkpoint holds into the live objects (in place)."""
+    """Restore everything a checkpoint holds into the live objects (in place). A damaged file of it is one
+    DamagedFileError line naming the file and the checkpoint to resume from instead."""
+    try:
+        return _load_checkpoint(path, modules, optimizer, lr_scheduler, scaler, ema)
+    except DamagedFileError as exc:
+        raise damaged_error(exc.file or path, exc.detail, _resume_fix(path)) from None
+
+
+def _load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, scaler=None,
+                     ema=None) -> TrainerState:
     load_trainable_state_(modules, read_trainable_weights(path))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    optimizer.load_state_dict(_load_pt(path / "optimizer.pt", map_location="cpu"))
+    lr_scheduler.load_state_dict(_load_pt(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        scaler.load_state_dict(_load_pt(path / "scaler.pt"))
     if ema is not None:
         if not (path / "ema.pt").exists():
             raise SdtuneError(f"{path} has no EMA state but this run uses train.ema")
-        ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
-    rng = load_file(str(path / "rng.safetensors"))
+        ema.load_state_dict(_load_pt(path / "ema.pt"))
+    rng = load_safetensors(path / "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     data = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     version, internal, gauss = data.pop("python_random")

@@ -19,6 +19,7 @@ from sdtune.config_errors import as_written
 from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
+from sdtune.models.safetensors_files import reading_safetensors
 from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name
 from sdtune.words import counted, plural
 
@@ -132,7 +133,8 @@ def save_fused_model(run_dir: Path, cfg: RunConfig, out: Path | None = None) -> 
             raise SdtuneError(f"{run_dir / 'lora' / LYCORIS_FILE}: {counted(len(left), 'key')} "
                               f"{plural(len(left), 'fits', 'fit')} no layer (first: {left[0]})")
         return write_folder(out, lambda tmp: save_pipeline(pipe, tmp))
-    pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
+    with reading_safetensors(run_dir / "lora" / LORA_WEIGHTS):  # a damaged file: one line naming it
+        pipe.load_lora_weights(str(run_dir / "lora"), weight_name=LORA_WEIGHTS)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     return write_folder(out, lambda tmp: save_pipeline(pipe, tmp))
