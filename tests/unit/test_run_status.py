@@ -58,3 +58,15 @@ def test_commands_name_the_step_and_the_resume_command(tmp_path: Path) -> None:
         proc = run_cli(*args, check=False)
         assert proc.returncode == 2 and line in proc.stderr and "has training finished" not in proc.stderr, \
             proc.stderr
+
+
+def test_checkpoints_of_a_stopped_run_can_be_compared(tmp_path: Path, capsys) -> None:
+    """`eval --checkpoints` and `pick` refused a stopped run, the moment which checkpoint to keep is asked."""
+    from sdtune.evaluation.runner import check_models
+
+    run = _run(tmp_path, [8, 12], finished=8)
+    with pytest.raises(SdtuneError, match="stopped at step 12 of 20"):
+        check_models([str(run)])  # its outputs are step 8's: comparing them as the run's would mislead
+    check_models([str(run)], checkpoints=True)
+    err = capsys.readouterr().err
+    assert "stopped at step 12 of 20" in err and "evaluating the checkpoints it has" in err

@@ -6,6 +6,7 @@ embeds every image, text and reference photo. The result is a plain dict (JSON-r
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,7 @@ def _validate(req: EvalRequest) -> None:
         raise SdtuneError("no prompts: pass --prompts FILE (one prompt per line) or --prompt TEXT")
     if not req.seeds:
         raise SdtuneError("no seeds: pass --seeds K (K >= 1)")
-    check_models(req.models)
+    check_models(req.models, checkpoints=req.checkpoints)
     _check_hub_ids(req.models)
 
 
@@ -112,10 +113,12 @@ def _check_hub_ids(models: Sequence[str]) -> None:
             resolve_model_ref(ref)
 
 
-def check_models(models: Sequence[str]) -> None:
+def check_models(models: Sequence[str], *, checkpoints: bool = False) -> None:
     """Every model at once, before any is loaded, so a bad one is not found after the others generated for minutes:
     a folder that is no model (a dataset), the same model twice (``toy1`` and ``toy1/``), and runs resumed past
-    their outputs and stopped (named with the step they stopped at, ``sdtune.run_status``)."""
+    their outputs and stopped (named with the step they stopped at, ``sdtune.run_status``). With ``checkpoints``
+    (``eval --checkpoints``, ``pick``) a stopped run that has checkpoints is evaluated on those, with a note: which
+    of them to keep is the question an interrupted run raises."""
     from sdtune.models.loading import resolve_model_ref
     from sdtune.models.presets import is_preset
     from sdtune.models.refs import looks_local
@@ -138,11 +141,21 @@ def check_models(models: Sequence[str]) -> None:
         if is_run_folder(ref):
             progress = run_progress(ref)
             if progress.trained and not progress.finished:
-                problems.append(progress.unfinished_line(ref))
+                if checkpoints and _has_checkpoints(path):
+                    print(f"note: {progress.unfinished_line(ref)}; evaluating the checkpoints it has",
+                          file=sys.stderr)
+                else:
+                    problems.append(progress.unfinished_line(ref))
         elif path.exists() or looks_local(ref):  # a missing path, a LoRA file: now, not after CLIP has loaded
             resolve_model_ref(ref)
     if problems:
         raise SdtuneError("; ".join(problems))
+
+
+def _has_checkpoints(run: Path) -> bool:
+    from sdtune.evaluation.checkpoints import run_checkpoints
+
+    return bool(run_checkpoints(run))
 
 
 def _has_images(folder: Path) -> bool:

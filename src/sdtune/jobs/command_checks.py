@@ -149,7 +149,8 @@ def _check_eval(params: dict[str, Any], cwd: Path, made_later: MadeLater, notes:
     from sdtune.commands.generate import parse_size
     from sdtune.evaluation.runner import check_models
 
-    check_models(_check_models(list(params["models"]), cwd, made_later, notes))
+    check_models(_check_models(list(params["models"]), cwd, made_later, notes),
+                 checkpoints=bool(params.get("checkpoints")))
     _files(params, cwd, made_later, notes, files=[("prompts_file", "--prompts"),
                                                   ("generic_prompts", "--generic-prompts")],
            folders=[("reference", "--reference")])
