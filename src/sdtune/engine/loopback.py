@@ -10,6 +10,8 @@ gcs_server and raylet; after, ``127.0.0.1:PORT`` only; tests/integration/test_ra
 
 Ray's driver read the switch when it was imported and its child processes read it from the environment, so both
 are set for the embedded Ray and restored when it ends (a later engine may join a real cluster from this process).
+A driver joining a cluster at a loopback address (a ``ray start --head`` started so, with the switch) sets it too:
+its node address must be the head's, 127.0.0.1, or Ray finds no local raylet and the driver waits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,19 @@ import os
 from collections.abc import Callable
 
 SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray address (``HOST:PORT``, ``ray://HOST:PORT``) names this machine's loopback interface."""
+    import ipaddress
+
+    host = address.split("://", 1)[-1].rstrip("/").rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def loopback_only() -> Callable[[], None]:

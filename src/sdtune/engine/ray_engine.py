@@ -199,11 +199,15 @@ class Engine:
 
     def _init(self, ray: Any, address: str | None, num_gpus: float | None, num_cpus: float | None,
               object_store_bytes: int) -> None:
+        from sdtune.engine.loopback import is_loopback_address, loopback_only
+
         if ray.is_initialized():
             pass
         elif address:
             check_address(address)
             use_token_if_available()
+            if is_loopback_address(address):  # a one-machine cluster on 127.0.0.1: this driver's node is loopback too
+                self._restore_network = loopback_only()
             try:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -211,8 +215,6 @@ class Engine:
                                   ) from None
             self._owns = True
         else:
-            from sdtune.engine.loopback import loopback_only
-
             os.environ.pop("RAY_ADDRESS", None)
             self._restore_network = loopback_only()  # every Ray server on 127.0.0.1 (sdtune.engine.loopback)
             ray.init(num_cpus=int(num_cpus) if num_cpus is not None else os.cpu_count() or 1, num_gpus=num_gpus,
