@@ -146,7 +146,8 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
                                                "ti_fraction": settings.person_ti_fraction,
                                                "lora_start": settings.person_lora_start,
                                                "norm_limit": settings.person_norm_limit,
-                                               "initializer": settings.person_initializer},
+                                               "initializer": settings.person_initializer,
+                                               "num_vectors": settings.person_vectors},
                             adam_weight_decay=0.0)
     elif settings.person_method != "lora":
         raise ValueError(f"person_method {settings.person_method!r}: textual-inversion, pivotal or lora")
@@ -197,7 +198,8 @@ def _textual_inversion_stage(settings: DemoSettings, data: Path, out: Path, conc
                             lr=settings.person_lr, lora_rank=None, seed=settings.seed,
                             batch_size=settings.person_batch, person=person)
     cfg["train"].update(textual_inversion={"token": person.token, "norm_limit": settings.person_norm_limit,
-                                           "initializer": settings.person_initializer},
+                                           "initializer": settings.person_initializer,
+                                           "num_vectors": settings.person_vectors},
                         adam_weight_decay=0.0)
     _person_common(cfg, settings, concept_lora)
     return cfg

@@ -102,6 +102,7 @@ class DemoSettings:
     person_norm_limit: float | None = None  # the token: train.textual_inversion.norm_limit
     person_initializer: str | None = None  # the token: the text it starts from (None: "sks")
     person_ti_lr: float = 2e-2
+    person_vectors: int = 1  # the token's embedding vectors (train.textual_inversion.num_vectors; the configs use 2)
     person_ti_fraction: float = 0.5
     person_lora_start: float = 0.5  # pivotal: the LoRA starts after this share of the steps (the token alone first)
     # (With the first person a text-encoder LoRA helped, as DreamBooth users find for faces: on the base model,
