@@ -7,6 +7,8 @@ checks its path arguments here first and raises SdtuneError (the CLI prints one 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from sdtune.errors import SdtuneError
@@ -104,3 +106,20 @@ def dtype(name: str, allow_auto: bool = True) -> str:
     from sdtune.devices import dtype_name
 
     return dtype_name(name, allow_auto=allow_auto)
+
+
+PICKLE_CONFIG_HINT = "set model.allow_pickle=true"  # what the model loaders say (they serve configs too)
+
+
+@contextlib.contextmanager
+def allow_pickle_option() -> Iterator[None]:
+    """In a command with an ``--allow-pickle`` switch: a loader's "set model.allow_pickle=true" (a config key the
+    command does not read) says "pass --allow-pickle" instead."""
+    from sdtune.errors import ModelLoadError
+
+    try:
+        yield
+    except ModelLoadError as exc:
+        if PICKLE_CONFIG_HINT not in str(exc):
+            raise
+        raise ModelLoadError(str(exc).replace(PICKLE_CONFIG_HINT, "pass --allow-pickle")) from None

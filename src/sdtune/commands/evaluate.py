@@ -124,7 +124,8 @@ def eval_command(
     )
     if generic_prompts and not request.generic_prompts:
         raise SdtuneError(f"{generic_prompts}: no prompts in the file")
-    results = run_eval(request)
+    with args.allow_pickle_option():
+        results = run_eval(request)
     paths = write_reports(results, out)
     used = {k: v for k, v in results["backbones"].items() if v}
     typer.echo("backbones: " + "; ".join(f"{k.upper()} = {v}" for k, v in used.items()))

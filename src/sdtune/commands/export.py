@@ -6,6 +6,9 @@ Forms::
     sdtune export kohya RUN [-o FILE]                      # the same, as a sub-command
     sdtune export lora --from RUN --rank 32 [--format kohya] [-o DIR_OR_FILE]   # SVD extraction (full runs)
 
+Single files are named ``*.safetensors`` (other names are refused), output folders are made only when there is
+something to write, and ``export lora`` writes into the run folder only without -o (``commands/export_files.py``).
+
 ``export`` is a sub-app whose group routes a first argument that is not a sub-command name (a run folder) to
 the hidden ``run`` sub-command, so the short form in DESIGN.md works next to the sub-commands.
 
@@ -17,6 +20,7 @@ largest differences are printed; a mismatch is an error (exit 2) and leaves no f
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -112,7 +116,10 @@ def _writable_target(target: Path, out: Path | None) -> Path:
 
 def _base_for(path: Path, base: str | None) -> dict:
     """How to load the base model a LoRA was trained on (to verify against): ``--base``, else the run folder's
-    config (its base, revision, variant and pickle permission), as keyword arguments of ``verify_lora_file``."""
+    config (its base, revision, variant and pickle permission), as keyword arguments of ``verify_lora_file``.
+
+    Only the commands with ``--base`` (``export RUN``, ``export kohya``) can reach the hint naming it: ``export lora``
+    checks its run folder first (``models.extract.check_extractable``)."""
     from sdtune.errors import SdtuneError
     from sdtune.models.verify import run_base
     from sdtune.run_folder import is_run_folder
@@ -134,47 +141,69 @@ def _verifier(consumers: tuple[str, ...], base: dict, source: Path | None = None
 
 
 def _kohya_out(run: Path, out: Path | None) -> Path:
+    """The kohya file to write: ``-o`` (a ``.safetensors`` file, or an existing folder to put one in), else
+    ``RUN/export/<run name>.safetensors``."""
+    from sdtune.commands.export_files import check_file_name
+
     if out is not None:
-        return out / f"{run.name}.safetensors" if out.is_dir() else out
+        if out.is_dir():
+            return out / f"{run.name}.safetensors"
+        check_file_name(out, "a kohya LoRA file")
+        return out
     name = run.parent.parent.name if run.is_file() and run.parent.name == "lora" else run.name
     folder = run.parent.parent if run.is_file() else run
     return folder / "export" / f"{name}.safetensors"
 
 
 def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = None) -> Path:
-    from sdtune.config import DataConfig
-    from sdtune.models.kohya import base_metadata, export_kohya
-    from sdtune.models.loading import model_generation
-    from sdtune.run_folder import LYCORIS_NAME, is_run_folder, read_run
+    from sdtune.run_folder import LYCORIS_NAME
 
     if run.is_dir() and (run / "lora" / LYCORIS_NAME).is_file():  # DoRA / LoHa / LoKr: written and verified in training
-        import shutil
+        return _copy_lycoris(run, out, dtype)
+    source = _run_lora(run)
+    target = _writable_target(_kohya_out(run, out), out)
+    home = source.parent.parent if source.parent.name == "lora" else source.parent
+    return _kohya_file(source, target, dtype, _base_for(source, base), home)
 
-        from sdtune.run_status import require_finished
 
-        require_finished(run)  # resumed past its outputs and stopped: its lora/ is an older step's
-        if dtype != "float32":
-            from sdtune.errors import SdtuneError
+def _copy_lycoris(run: Path, out: Path | None, dtype: str) -> Path:
+    """A DoRA / LoHa / LoKr run's kohya/LyCORIS file, copied as training wrote and verified it."""
+    import shutil
 
-            raise SdtuneError(f"--dtype {dtype}: a DoRA/LoHa/LoKr run's kohya/LyCORIS file is exported as trained and "
-                              "verified (float32); leave --dtype out")
-        from sdtune.models.safetensors_files import check_safetensors
+    from sdtune.commands.export_files import removing_new_folders
+    from sdtune.errors import SdtuneError
+    from sdtune.models.safetensors_files import check_safetensors
+    from sdtune.run_folder import LYCORIS_NAME
+    from sdtune.run_status import require_finished
 
-        check_safetensors(run / "lora" / LYCORIS_NAME)  # a damaged file is not handed on as verified
-        target = _writable_target(_kohya_out(run, out), out)
+    require_finished(run)  # resumed past its outputs and stopped: its lora/ is an older step's
+    if dtype != "float32":
+        raise SdtuneError(f"--dtype {dtype}: a DoRA/LoHa/LoKr run's kohya/LyCORIS file is exported as trained and "
+                          "verified (float32); leave --dtype out")
+    check_safetensors(run / "lora" / LYCORIS_NAME)  # a damaged file is not handed on as verified
+    target = _writable_target(_kohya_out(run, out), out)
+    with removing_new_folders(target.parent):
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.tmp")
         shutil.copyfile(run / "lora" / LYCORIS_NAME, partial)
         partial.replace(target)  # never a half-copied file under the name
-        typer.echo(f"kohya/LyCORIS file: {target} (RUN/lora/{LYCORIS_NAME}, verified in ComfyUI's loader logic when "
-                   "the run finished)")
-        return target
-    source = _run_lora(run)
-    target = _writable_target(_kohya_out(run, out), out)
-    base_kw = _base_for(source, base)
+    typer.echo(f"kohya/LyCORIS file: {target} (RUN/lora/{LYCORIS_NAME}, verified in ComfyUI's loader logic when "
+               "the run finished)")
+    return target
+
+
+def _kohya_file(source: Path, target: Path, dtype: str, base_kw: dict, home: Path) -> Path:
+    """Write the diffusers-format LoRA ``source`` as the kohya file ``target``, verified against ``base_kw``
+    (:func:`_base_for`); ``home``: the folder whose run (when it is one) gives the file its objective, resolution
+    and learned token. A failed export leaves neither the file nor a folder made for it."""
+    from sdtune.commands.export_files import removing_new_folders
+    from sdtune.config import DataConfig
+    from sdtune.models.kohya import base_metadata, export_kohya
+    from sdtune.models.loading import model_generation
+    from sdtune.run_folder import is_run_folder, read_run
+
     check = _verifier(("kohya-diffusers", "kohya-comfyui"), base_kw, source=source)
     generation, prediction = model_generation(base_kw["base"], base_kw.get("revision"))
-    home = source.parent.parent if source.parent.name == "lora" else source.parent
     trained = read_run(home) if is_run_folder(home) else None  # its objective and resolution, when a run says
     resolution = (trained.config.get("data") or {}).get("resolution", DataConfig.model_fields["resolution"].default) \
         if trained else None
@@ -186,8 +215,9 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
         from sdtune.models.embeddings import bundle_state
 
         bundle = bundle_state(embedding)
-    target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta,
-                          bundle=bundle)
+    with removing_new_folders(target.parent):
+        target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta,
+                              bundle=bundle)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
@@ -205,17 +235,21 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
 
 def _write_diffusers(run: Path, out: Path | None, base: str | None) -> Path:
     """Rewrite a run's (or any) diffusers-format LoRA in the portable format, e.g. one trained before it existed."""
+    from sdtune.commands.export_files import check_file_name, removing_new_folders
     from sdtune.errors import SdtuneError
     from sdtune.models.lora import LORA_WEIGHTS, rewrite_lora_file
 
     source = _run_lora(run)
     home = source.parent.parent if source.parent.name == "lora" else source.parent
     target = out if out is not None else home / "export" / LORA_WEIGHTS
-    target = target / LORA_WEIGHTS if target.is_dir() or not target.suffix else target
+    target = target / LORA_WEIGHTS if target.is_dir() or not target.suffix else target  # no suffix: a folder
+    check_file_name(target, "a diffusers LoRA file")
     if target.resolve() == source.resolve():
         raise SdtuneError(f"{target} is the LoRA being exported; pass -o with another path")
     _writable_target(target, out)
-    rewrite_lora_file(source, target, check=_verifier(("diffusers",), _base_for(source, base), source=source))
+    check = _verifier(("diffusers",), _base_for(source, base), source=source)
+    with removing_new_folders(target.parent):
+        rewrite_lora_file(source, target, check=check)
     typer.echo(f"diffusers LoRA: {target}")
     typer.echo(f"  pipe.load_lora_weights({str(target.parent)!r}, weight_name={target.name!r})")
     return target
@@ -233,8 +267,9 @@ def export_run(
     run: Path = typer.Argument(..., help="run folder (or a LoRA .safetensors file)"),
     fmt: str = typer.Option("kohya", "--format", "-f", help="kohya (AUTOMATIC1111/ComfyUI), or diffusers (rewrite "
                             "an older sdtune LoRA in the format every diffusers version loads)"),
-    out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors; "
-                             "diffusers: RUN/export/pytorch_lora_weights.safetensors)"),
+    out: Path = typer.Option(None, "--out", "-o", help="output .safetensors file, or a folder to put it in (default "
+                             "RUN/export/<run name>.safetensors; diffusers: RUN/export/pytorch_lora_weights"
+                             ".safetensors)"),
     dtype: str = typer.Option("float32", "--dtype", help=f"kohya weights: {DTYPE_HELP}"),
     base: str = typer.Option(None, "--base", help="base model the LoRA was trained on (default: the run's); the "
                              "export is verified by loading it into this model"),
@@ -254,7 +289,8 @@ def export_run(
 @export_app.command("kohya")
 def export_kohya_command(
     run: Path = typer.Argument(..., help="run folder (or a diffusers-format LoRA .safetensors file)"),
-    out: Path = typer.Option(None, "--out", "-o", help="output file (default RUN/export/<run name>.safetensors)"),
+    out: Path = typer.Option(None, "--out", "-o", help="output .safetensors file, or a folder to put it in "
+                             "(default RUN/export/<run name>.safetensors)"),
     dtype: str = typer.Option("float32", "--dtype", help=f"{DTYPE_HELP}; float16 is the usual for sharing"),
     base: str = typer.Option(None, "--base", help="base model the LoRA was trained on (default: the run's)"),
 ) -> None:
@@ -272,34 +308,61 @@ def export_kohya_command(
 @export_app.command("lora")
 def export_lora_command(
     source: Path = typer.Option(..., "--from", help="a full fine-tune run folder (with model/ and config.yaml)"),
-    rank: int = typer.Option(32, "--rank", "-r", min=1, help="LoRA rank: higher keeps more of the change"),
+    rank: int = typer.Option(32, "--rank", "-r", min=1, help="LoRA rank: higher keeps more of the change (capped "
+                             "at each layer's full rank)"),
     conv: bool = typer.Option(False, "--conv", help="also extract 3x3 convolutions (ResNet blocks)"),
     fmt: str = typer.Option("diffusers", "--format", "-f", help="diffusers (RUN/lora) or kohya"),
-    out: Path = typer.Option(None, "--out", "-o", help="output folder (default RUN/lora; with --format kohya, "
-                             "the kohya file)"),
+    out: Path = typer.Option(None, "--out", "-o", help="where the LoRA goes instead of the run folder, which is "
+                             "then left as it is: a folder (diffusers), or a .safetensors file (kohya)"),
 ) -> None:
     """Extract a LoRA from a full fine-tune: truncated SVD of its weight change to the base (as kohya does).
 
     Prints the reconstruction error (relative Frobenius error of the extracted layers) and the share of the
-    whole weight change the LoRA layers hold; both are saved in lora/extraction.json.
+    whole weight change the LoRA layers hold; both are saved in extraction.json beside the LoRA.
+
+    Without -o the LoRA goes into RUN/lora (what `sdtune export kohya RUN` and stacks read), replacing an earlier
+    extraction there (the command says which); --format kohya also writes
+    RUN/export/<run>-rank<R>[-conv].safetensors. With -o only that is written: RUN/lora is left as it is.
     """
+    import tempfile
+
     from sdtune.commands.args import existing_folder
-    from sdtune.models.extract import extract_from_run
+    from sdtune.commands.export_files import earlier_extraction, removing_new_folders, replaced_line
+    from sdtune.errors import SdtuneError
+    from sdtune.models.extract import check_extractable, extract_from_run
+    from sdtune.models.lora import LORA_WEIGHTS
+    from sdtune.writable import check_writable
 
     _check_format(fmt)
     existing_folder(source, "--from run folder")
-    lora_dir = out if (out is not None and fmt == "diffusers") else source / "lora"
-    from sdtune.writable import check_writable
-
-    check_writable(lora_dir, "--out" if out is not None and fmt == "diffusers" else "the run's lora/ folder",
-                   None if out is not None and fmt == "diffusers" else "fix its permissions")
-    report = extract_from_run(source, rank, lora_dir, conv=conv,
-                              check=_verifier(("diffusers",), _base_for(source, None)))
-    typer.echo(f"extracted: {lora_dir / 'pytorch_lora_weights.safetensors'}")
-    typer.echo(f"  {report.summary()}")
+    check_extractable(source)  # before any hint about a base model: this command takes it from the run
+    target = None
     if fmt == "kohya":
-        _write_kohya(lora_dir / "pytorch_lora_weights.safetensors", out if out is not None else
-                     source / "export" / f"{source.name}-rank{rank}.safetensors", "float32")
+        default = source / "export" / f"{source.name}-rank{rank}{'-conv' if conv else ''}.safetensors"
+        target = _writable_target(_kohya_out(source, out) if out is not None else default, out)
+    elif out is not None and out.suffix.lower() == ".safetensors":
+        raise SdtuneError(f"-o {out}: --format diffusers writes a folder (pytorch_lora_weights.safetensors and "
+                          "extraction.json): pass a folder, or --format kohya for one .safetensors file")
+    base_kw = _base_for(source, None)
+    with contextlib.ExitStack() as stack:
+        if out is None:
+            lora_dir = source / "lora"
+            check_writable(lora_dir, "the run's lora/ folder", "fix its permissions, or pass -o")
+        elif fmt == "diffusers":
+            lora_dir = out
+            check_writable(lora_dir, "--out")
+        else:  # only the kohya file is wanted: the diffusers file it is made from is a temporary one
+            lora_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdtune-extract-"))) / "lora"
+        earlier = earlier_extraction(lora_dir) if out is None else None
+        with removing_new_folders(lora_dir):
+            report = extract_from_run(source, rank, lora_dir, conv=conv, check=_verifier(("diffusers",), base_kw))
+        if target is None or out is None:
+            typer.echo(f"extracted: {lora_dir / LORA_WEIGHTS}")
+        typer.echo(f"  {report.summary()}")
+        if earlier is not None:
+            typer.echo(replaced_line(lora_dir, earlier, report.to_dict(), source), err=True)
+        if target is not None:
+            _kohya_file(lora_dir / LORA_WEIGHTS, target, "float32", base_kw, source)
 
 
 def register(app: typer.Typer) -> None:

@@ -80,9 +80,10 @@ def generate_command(
     settings = GenerationSettings(steps=steps, guidance=guidance, scheduler=scheduler, width=width, height=height,
                                   negative_prompt=negative_prompt)
     seeds = [seed + i for i in range(num_images)]
-    result = run_generate(model, prompts, out, seeds=seeds, settings=settings,
-                          adapters=[parse_adapter_spec(s) for s in lora], device=device, dtype=dtype,
-                          batch_size=batch_size, allow_pickle=allow_pickle)
+    adapters = [parse_adapter_spec(s) for s in lora]
+    with args.allow_pickle_option():  # the loaders name the config key; this command's switch is --allow-pickle
+        result = run_generate(model, prompts, out, seeds=seeds, settings=settings, adapters=adapters,
+                              device=device, dtype=dtype, batch_size=batch_size, allow_pickle=allow_pickle)
     typer.echo(f"{counted(len(result.images), 'image')} in {out}/ (grid: {result.grid})")
 
 

@@ -99,6 +99,7 @@ def _validate(req: EvalRequest) -> None:
         raise SdtuneError("no seeds: pass --seeds K (K >= 1)")
     check_models(req.models, checkpoints=req.checkpoints)
     _check_hub_ids(req.models)
+    _check_pickle_files(req.models, req.allow_pickle)
 
 
 def _check_hub_ids(models: Sequence[str]) -> None:
@@ -111,6 +112,16 @@ def _check_hub_ids(models: Sequence[str]) -> None:
     for ref in models:
         if not is_preset(ref) and not Path(ref).expanduser().exists() and not looks_local(ref):
             resolve_model_ref(ref)
+
+
+def _check_pickle_files(models: Sequence[str], allow_pickle: bool) -> None:
+    """A pickle-format model file without --allow-pickle, before the CLIP backbone loads (as hub ids above)."""
+    from sdtune.run_folder import check_weights_file
+
+    for ref in models:
+        path = Path(ref).expanduser()
+        if path.is_file():
+            check_weights_file(path, allow_pickle)
 
 
 def check_models(models: Sequence[str], *, checkpoints: bool = False) -> None:

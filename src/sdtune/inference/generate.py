@@ -103,14 +103,22 @@ def generate_images(pipe: Any, jobs: Sequence[tuple[str, int]], settings: Genera
 
 
 def read_prompts(file: Path | None, prompts: Sequence[str] = ()) -> list[str]:
-    """Prompts from flags, then from a file (one per line; blank lines and ``#`` comments are skipped)."""
+    """Prompts from flags, then from a file (one per line; blank lines and ``#`` comments are skipped).
+
+    A file that holds no prompt at all (only comments and blank lines) is an error naming it, also next to flag
+    prompts: it was passed to be read, and "no prompts: pass --prompts FILE" would be wrong about it.
+    """
     out = [p for p in prompts if p.strip()]
     if file is not None:
         try:
             lines = Path(file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise SdtuneError(f"{file}: cannot read prompts ({exc.strerror or exc})") from None
-        out += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        found = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not found:
+            raise SdtuneError(f"{file} has no prompts (only comments and blank lines): write one prompt per line; "
+                              "lines starting with # are comments")
+        out += found
     return out
 
 

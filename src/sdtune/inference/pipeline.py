@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sdtune.errors import ModelLoadError
+from sdtune.errors import ModelLoadError, SdtuneError
 from sdtune.models.fit import diffusers_quiet, loader_error
 from sdtune.models.loading import family_of_pipeline, load_pipeline, resolve_model_ref, set_prediction_type
 from sdtune.models.safetensors_files import reading_safetensors
@@ -33,14 +33,26 @@ WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 
 def parse_adapter_spec(spec: str) -> tuple[str, float]:
-    """``PATH`` or ``PATH:WEIGHT`` (the weight is only split off when it parses as a number)."""
+    """``PATH`` or ``PATH:WEIGHT`` (``--lora``), e.g. ``runs/me:0.8``.
+
+    The text after the last ``:`` is the weight unless it is part of a path: it holds a ``/`` or ``\\``
+    (``C:/loras/x.safetensors``), or the whole spec is an existing file or folder (``runs/me:v2``). A weight that is
+    not a finite number is an error naming it, not a LoRA "that does not exist".
+    """
+    import math
+
     head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            return head, float(tail)
-        except ValueError:
-            pass
-    return spec, 1.0
+    if not sep or not head or "/" in tail or "\\" in tail:
+        return spec, 1.0
+    try:
+        weight = float(tail)
+    except ValueError:
+        weight = math.nan
+    if math.isfinite(weight):
+        return head, weight
+    if Path(spec).expanduser().exists():
+        return spec, 1.0
+    raise SdtuneError(f"--lora {spec}: weight {tail!r} is not a number (PATH:WEIGHT, e.g. {head}:0.8)")
 
 
 def base_of(ref: str) -> str | None:

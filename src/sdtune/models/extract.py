@@ -11,7 +11,9 @@ The file is written in the diffusers format (``RUN/lora/pytorch_lora_weights.saf
 ``lora.write_lora_file``) with peft's key names (``lora_A`` / ``lora_B``): with the older ``lora.down`` names,
 diffusers 0.42 silently skips the attention layers of a file that also holds conv layers. It has a uniform rank
 and ``alpha == rank`` (scale 1): a layer narrower than ``rank`` is zero-padded, because diffusers infers a single
-alpha when it loads and would otherwise rescale the narrow layers.
+alpha when it loads and would otherwise rescale the narrow layers. A ``rank`` above every layer's full rank (the
+smaller of its sizes) is capped at the largest of them (``ExtractionReport.max_rank``, said in the summary): a
+wider file would hold only zeros, and at ``--rank 100000`` gigabytes of them.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ class LayerError:
 class ExtractionReport:
     """How well the extracted LoRA reproduces the fine-tune's weight change."""
 
-    rank: int
+    rank: int  # as asked
     conv: bool = False  # 3x3 convolutions included
+    max_rank: int = 0  # the file's rank: ``rank``, or the largest layer's full rank when that is smaller
     layers: int = 0
     relative_error: float = 0.0  # ||delta - up @ down||_F / ||delta||_F over all extracted layers
     max_layer_error: float = 0.0
@@ -59,7 +62,10 @@ class ExtractionReport:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"rank {self.rank}: {counted(self.layers, 'layer')} of "
+        capped = 0 < self.max_rank < self.rank
+        head = (f"rank {self.rank} is above the layers' sizes: capped at {self.max_rank} per layer (a layer's full "
+                f"rank is the smaller of its sizes); " if capped else f"rank {self.rank}: ")
+        return (f"{head}{counted(self.layers, 'layer')} of "
                 f"{', '.join(self.components) or 'nothing'}; relative "
                 f"error {self.relative_error:.4f} (worst layer {self.max_layer_error:.4f}); the LoRA layers hold "
                 f"{100 * self.coverage:.1f}% of the weight change")
@@ -106,6 +112,13 @@ def _extractable(module: torch.nn.Module, conv: bool) -> bool:
     if isinstance(module, torch.nn.Conv2d) and module.groups == 1:
         return conv or tuple(module.kernel_size) == (1, 1)
     return False
+
+
+def widest_rank(modules: list[tuple[torch.nn.Module, bool]]) -> int:
+    """The largest full rank (``min(out, in * k * k)``) of the layers extraction would factor in ``modules``
+    (``(module, conv)`` pairs); 0 when there are none."""
+    return max((min(m.weight.shape[0], m.weight[0].numel()) for module, conv in modules
+                for _, m in module.named_modules() if _extractable(m, conv)), default=0)
 
 
 @dataclass
@@ -176,16 +189,18 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
     base = load_pipeline(base_ref, allow_pickle=allow_pickle, revision=revision, variant=variant)
     tuned = load_pipeline(tuned_ref, allow_pickle=allow_pickle)
     totals = _Totals()
+    texts = [name for name in ("text_encoder", "text_encoder_2") if getattr(base, name, None) is not None]
+    # no wider than the widest layer: padding beyond every layer's full rank would only store zeros
+    width = min(rank, widest_rank([(tuned.unet, conv), *((getattr(tuned, n), False) for n in texts)]) or rank)
     with torch.no_grad():
-        unet_state = extract_module(base.unet, tuned.unet, rank, conv=conv, totals=totals, component="unet")
-        te_states = {name: extract_module(getattr(base, name), getattr(tuned, name), rank, totals=totals,
-                                          component=name)
-                     for name in ("text_encoder", "text_encoder_2") if getattr(base, name, None) is not None}
+        unet_state = extract_module(base.unet, tuned.unet, width, conv=conv, totals=totals, component="unet")
+        te_states = {name: extract_module(getattr(base, name), getattr(tuned, name), width, totals=totals,
+                                          component=name) for name in texts}
     te_state = te_states.get("text_encoder")
     if not unet_state and not any(te_states.values()):
         raise SdtuneError(f"{tuned_ref} has the same weights as {base_ref}: there is nothing to extract")
     report = totals.report(rank, source=str(tuned_ref), base=str(base_ref))
-    report.conv = conv
+    report.conv, report.max_rank = conv, width
 
     staged: list[Path] = []
 
@@ -206,18 +221,31 @@ def extract_lora(base_ref: str, tuned_ref: str, out_dir: Path, rank: int, *, con
     return report
 
 
+def check_extractable(run_dir: Path) -> None:
+    """Raise, naming what is missing, unless ``run_dir`` is a full fine-tune run folder extraction can read (its
+    ``model/``, and its ``config.yaml`` naming the base); cheap, so commands ask before anything loads."""
+    from sdtune.run_folder import CONFIG_FILE, read_run
+
+    run_dir = Path(run_dir)
+    has_config = (run_dir / CONFIG_FILE).is_file()
+    if has_config and read_run(run_dir).trains_lora:
+        raise SdtuneError(f"{run_dir} is a LoRA run: its LoRA is already in {run_dir / 'lora'}")
+    if not (run_dir / "model" / "model_index.json").is_file():
+        raise SdtuneError(f"{run_dir} has no full model (model/); extraction needs a full fine-tune run")
+    if not has_config:
+        raise SdtuneError(f"{run_dir} has no {CONFIG_FILE}, which names the base model the fine-tune started from: "
+                          "extraction needs the run folder `sdtune train` wrote")
+
+
 def extract_from_run(run_dir: Path, rank: int, out_dir: Path | None = None, *, conv: bool = False,
                      check: Callable[[Path], None] | None = None) -> ExtractionReport:
     """Extract the LoRA of a full fine-tune run (``RUN/model`` minus its base) into ``RUN/lora`` by default;
     ``check(file)`` verifies the written file before it takes its place (see :func:`extract_lora`)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "model" / "model_index.json").is_file():
-        raise SdtuneError(f"{run_dir} has no full model (model/); extraction needs a full fine-tune run")
     from sdtune.run_folder import read_run
 
+    run_dir = Path(run_dir)
+    check_extractable(run_dir)
     run = read_run(run_dir)  # the one reader of a run folder (resolves a base relative to the run)
-    if run.trains_lora:
-        raise SdtuneError(f"{run_dir} is a LoRA run: its LoRA is already in {run_dir / 'lora'}")
     return extract_lora(run.base, str(run_dir / "model"), out_dir or run_dir / "lora", rank,
                         conv=conv, allow_pickle=run.allow_pickle, revision=run.revision, variant=run.variant,
                         check=check)
