@@ -88,8 +88,10 @@ def build_command(
     keeps every caption they had, as alternatives; near-duplicates are reported and kept. Bad files
     (corrupt, truncated, empty, not an image, too large) and rows pointing outside SRC are reported and skipped
     (--strict: stop instead); so are images a metadata.jsonl does not list and images with a name that is not
-    an image suffix. SRC is never modified; rerunning into the same OUT rebuilds it from SRC
-    (captions edited in OUT are replaced: it says so and keeps OUT/.metadata.jsonl.previous).
+    an image suffix. A caption column or key that looks misspelt ('captoin', 'txt') is named with the one it is
+    closest to; when no row has a real caption column the build stops. SRC is never modified; rerunning into the
+    same OUT rebuilds it from SRC (captions edited in OUT are replaced: it says so and keeps
+    OUT/.metadata.jsonl.previous).
 
     \b
     Examples:
@@ -167,7 +169,8 @@ def check_command(
     captions, captions longer than the text encoder reads (with --model: its tokenizer's own limit, e.g. 77 for
     CLIP, 32 for the toy; without: an estimate against 77), duplicates and near-duplicates, unreadable files
     (corrupt, truncated, empty, not an image, too large), rows of metadata.jsonl naming missing files, and
-    images that would not be used (not listed in metadata.jsonl, or named without an image suffix).
+    images that would not be used (not listed in metadata.jsonl, or named without an image suffix), and
+    caption columns, keys or caption-file suffixes that look misspelt (captoin: did you mean caption?).
     `sdtune train` reads the folder the same way and runs the same checks with the run's model before it
     loads the weights, and stops on errors.
 
@@ -185,11 +188,11 @@ def check_command(
 
     existing_folder(folder, "dataset folder")
     tokenizer = load_tokenizer(model) if model else None
-    step = model_bucket_step(model)[0] if model else SD_STEP
+    step, source = model_bucket_step(model) if model else (SD_STEP, None)
     if masks is not None and masks != "alpha":
         existing_folder(Path(masks), "mask folder (--masks)")
     report = check_folder(folder, resolution=resolution, require_captions=require_captions, tokenizer=tokenizer,
-                          progress=not as_json, bucket_step=step, masks=masks)
+                          progress=not as_json, bucket_step=step, masks=masks, bucket_source=source)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.to_text())
     if not report.ok:
         raise typer.Exit(1)

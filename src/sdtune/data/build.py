@@ -34,6 +34,7 @@ from sdtune.data.build_output import (
     same_text_type,
 )
 from sdtune.data.caption_modes import CaptionSettings, apply_template, combine, needs_caption
+from sdtune.data.captions_columns import CAPTION_COLUMN
 from sdtune.data.duplicates import find_duplicates
 from sdtune.data.folders import METADATA, read_folder
 from sdtune.data.images import (
@@ -162,8 +163,13 @@ def _gather(source: Source, multi: bool, build: _Build) -> list[_Item]:
 
     ``--captions FILE`` captions every image of the folder (sidecars fill in); otherwise SRC/metadata.jsonl's rows
     are the images (as for training and Hugging Face), else every image with its sidecar caption.
+    A captions file whose caption column is misspelt (none found, a near miss) stops the build: every caption
+    of it would be lost, or land in an extra column (``sdtune.data.captions_columns``).
     """
     reading = read_folder(source.folder, captions_file=source.captions_file)
+    lost = [p for p in reading.problems if p.kind == CAPTION_COLUMN and p.level == "error"]
+    if lost:
+        raise DataError("\n".join(str(p) for p in lost) + "\nnothing was written: rename it and rerun")
     build.problems(reading.problems)
     prefix = source.concept or (lexical(source.folder).name if multi else "")
     items = []
@@ -286,8 +292,9 @@ def _merge_duplicates(written: list[_Item], digests: list[str | None], staging: 
     """One image per picture (``sdtune.data.duplicates``: the rule ``dataset check`` reports by); no caption lost.
 
     A copy's captions that the first image lacks become alternatives of it (a list in metadata.jsonl, each
-    trained in turn). A copy whose other columns differ (another concept) is kept, since merging would lose
-    its row. Near-duplicates are reported and kept.
+    trained in turn). A fallback (``--caption``) counts only when neither has a caption of its own: an image with
+    its own caption, through either copy, never also trains on the fallback. A copy whose other columns differ
+    (another concept) is kept, since merging would lose its row. Near-duplicates are reported and kept.
     """
     def digest(i: int) -> str:
         return digests[i] or picture_digest(written[i].source)
@@ -301,7 +308,8 @@ def _merge_duplicates(written: list[_Item], digests: list[str | None], staging: 
             build.problem(copy.source, f"exact duplicate of {first.source} (same pixels); kept, because its columns "
                           f"differ ({_columns(copy.extra)} vs {_columns(first.extra)})", "warning", kind="duplicate")
             continue
-        had, brought = _effective(first), _effective(copy)
+        own = bool(first.captions or copy.captions)
+        had, brought = (first.captions, copy.captions) if own else (_effective(first), _effective(copy))
         new = tuple(c for c in brought if c not in had)
         dropped.add(j)
         (staging / copy.name).unlink(missing_ok=True)
@@ -310,8 +318,9 @@ def _merge_duplicates(written: list[_Item], digests: list[str | None], staging: 
             first.captions = had + new
             build.report.captions_merged += 1
             shown = ", ".join(repr(c[:60]) for c in new)
+            how = "kept as an alternative" if had else "kept (the image it copies has none)"
             build.problem(copy.source, f"exact duplicate of {first.source} (same pixels): merged into {first.name}, "
-                          f"its caption {shown} kept as an alternative", "warning", kind="duplicate")
+                          f"its caption {shown} {how}", "warning", kind="duplicate")
         else:
             same = " and caption" if brought else ""
             build.problem(copy.source, f"exact duplicate of {first.source} (same pixels{same}): merged into "

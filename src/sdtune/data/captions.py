@@ -19,15 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdtune.data.captions_columns import CAPTION_SUFFIXES, FILE_KEYS, TEXT_KEYS, ColumnTally
 from sdtune.data.images import IMAGE_SUFFIXES
 from sdtune.data.report import Problem
 from sdtune.data.walk import link_problem, safe_member, walk
 from sdtune.words import counted
 
 CLIP_MAX_TOKENS = 77  # what CLIP text encoders read, start and end tokens included; the rest is cut off
-CAPTION_SUFFIXES = (".txt", ".caption")
-FILE_KEYS = ("file_name", "file", "filename", "image", "path")
-TEXT_KEYS = ("text", "caption", "prompt")
 
 
 @dataclass
@@ -132,8 +130,9 @@ def read_captions_file(file: Path, root: Path, *, metadata: bool = False,
     CSV: a header naming a file column (file_name/file/image/path) and a caption column (text/caption/prompt),
     or no header and ``file,caption`` (an unquoted caption containing commas is rejoined). JSONL: one object
     per line with the same keys; its caption may be a list of captions (alternatives). Extra columns are kept
-    (e.g. ``concept``). ``metadata=True`` reads a ``metadata.jsonl``/``metadata.csv`` as Hugging Face does:
-    the file column must be ``file_name``. A UTF-8 byte-order mark is fine (Windows editors write one).
+    (e.g. ``concept``); one that looks like a misspelt caption column is reported (``sdtune.data.captions_columns``).
+    ``metadata=True`` reads a ``metadata.jsonl``/``metadata.csv`` as Hugging Face does: the file column must be
+    ``file_name``. A UTF-8 byte-order mark is fine (Windows editors write one).
     ``refused`` collects the images whose rows were refused (their error names them; they are listed, not missing).
     """
     file_keys = ("file_name",) if metadata else FILE_KEYS
@@ -143,9 +142,12 @@ def read_captions_file(file: Path, root: Path, *, metadata: bool = False,
     except (OSError, UnicodeDecodeError) as exc:
         return [], [Problem(str(file), f"cannot read captions file ({exc})", "error")]
     if file.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        raw = list(_jsonl_rows(file, content, problems, file_keys, TEXT_KEYS))
+        tally = ColumnTally("key")
+        raw = list(_jsonl_rows(file, content, problems, file_keys, tally))
     else:
-        raw = list(_csv_rows(file, content, problems, file_keys, TEXT_KEYS))
+        tally = ColumnTally("column")
+        raw = list(_csv_rows(file, content, problems, file_keys, tally))
+    problems[:0] = tally.problems(file)  # about the whole file: before its rows' problems
     rows: list[CaptionRow] = []
     seen: set[Path] = set()
     for where, name, text, extra in raw:
@@ -202,7 +204,7 @@ def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
 
 
 def _jsonl_rows(file: Path, content: str, problems: list[Problem], file_keys: tuple[str, ...],
-                text_keys: tuple[str, ...]):
+                tally: ColumnTally):
     for lineno, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -216,7 +218,8 @@ def _jsonl_rows(file: Path, content: str, problems: list[Problem], file_keys: tu
         if file_key is None or not isinstance(row[file_key], str):
             problems.append(Problem(where, f"expected an object with a file name ({'/'.join(file_keys)})", "error"))
             continue
-        text_key = _pick(row, text_keys)
+        text_key = _pick(row, TEXT_KEYS)
+        tally.add(row, text_key)
         text = row.get(text_key) if text_key else None
         # Every other column is kept as the file has it (lists and objects too): JSON in, the same JSON out.
         extra = {k: v for k, v in row.items() if k not in (file_key, text_key)}
@@ -224,7 +227,7 @@ def _jsonl_rows(file: Path, content: str, problems: list[Problem], file_keys: tu
 
 
 def _csv_rows(file: Path, content: str, problems: list[Problem], file_keys: tuple[str, ...],
-              text_keys: tuple[str, ...]):
+              tally: ColumnTally):
     reader = csv.reader(io.StringIO(content, newline=""))  # a quoted caption may span lines
     rows = [(reader.line_num, row) for row in reader]
     header: list[str] | None = None
@@ -244,7 +247,8 @@ def _csv_rows(file: Path, content: str, problems: list[Problem], file_keys: tupl
             continue
         record = dict(zip(header, row, strict=True))
         file_key = _pick(record, file_keys)
-        text_key = _pick(record, text_keys)
+        text_key = _pick(record, TEXT_KEYS)
+        tally.add(record, text_key)
         extra = {k: v for k, v in record.items() if k not in (file_key, text_key)}
         yield where, record[file_key].strip(), record[text_key] if text_key else None, extra
 

@@ -29,6 +29,9 @@ RESOLUTION_BUCKETS = ((0, "<256"), (256, "256-511"), (512, "512-767"), (768, "76
                       (2048, ">=2048"))
 
 
+_ASSUMED_STEP = "SD's, assumed without --model: a model with a smaller step, like the toy's 16, has buckets here"
+
+
 def _bucket(short_side: int) -> str:
     label = RESOLUTION_BUCKETS[0][1]
     for low, name in RESOLUTION_BUCKETS:
@@ -55,6 +58,7 @@ class CheckReport:
     buckets: dict[str, int] = field(default_factory=dict)  # aspect-ratio bucket "WxH" -> images (data.buckets)
     bucket_resolution: int = 512
     bucket_step: int = SD_STEP
+    bucket_source: str = _ASSUMED_STEP  # whose step: "toy's", or SD's assumed without a model
 
     @property
     def errors(self) -> list[str]:
@@ -68,9 +72,15 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def add(self, where: str | Path, reason: str, level: str, kind: str) -> None:
+    @property
+    def bucketed(self) -> bool:
+        """Whether ``buckets`` are aspect-ratio buckets: False below the step, where only squares can be shown."""
+        return self.bucket_step <= self.bucket_resolution
+
+    def add(self, where: str | Path, reason: str, level: str, kind: str, count: int = 1) -> None:
+        """Record a problem; ``count``: how many of what ``kind`` counts it is about (one line for 2 images: 2)."""
         self.problems.append(Problem(str(where), reason, level, kind))  # type: ignore[arg-type]
-        self.counts[kind] += 1
+        self.counts[kind] += count
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,10 +96,20 @@ class CheckReport:
             "buckets": dict(self.buckets),
             "bucket_resolution": self.bucket_resolution,
             "bucket_step": self.bucket_step,
+            "bucketed": self.bucketed,
             "counts": dict(self.counts),
             "errors": self.errors,
             "warnings": self.warnings,
         }
+
+    def _buckets_title(self) -> str:
+        res, step = self.bucket_resolution, self.bucket_step
+        if self.bucketed:
+            return (f"aspect-ratio buckets at {res} px (sides multiples of {step}; what training uses with "
+                    "data.buckets on):")
+        return (f"no aspect-ratio buckets at {res} px: their sides are multiples of the bucket step, {step} px "
+                f"({self.bucket_source}), more than {res}; training refuses this resolution with data.buckets on, "
+                f"and trains {res}x{res} squares with data.buckets=false:")
 
     def to_text(self) -> str:
         lines = [f"{self.folder}: {counted(self.images, 'image')} ({self.layout}), as training reads them"]
@@ -108,8 +128,7 @@ class CheckReport:
                     lines.append(f"  {name:>9}  {n:6d}  {'#' * max(1, round(30 * n / widest))}")
             common = ", ".join(f"{size} x{n}" for size, n in self.sizes.most_common(3))
             lines.append(f"most common sizes: {common}")
-            lines.append(f"aspect-ratio buckets at {self.bucket_resolution} px (sides multiples of {self.bucket_step}; "
-                         "what training uses with data.buckets on):")
+            lines.append(self._buckets_title())
             most = max(self.buckets.values(), default=1)
             for shape, n in self.buckets.items():
                 lines.append(f"  {shape:>9}  {n:6d}  {'#' * max(1, round(30 * n / most))}")
@@ -134,7 +153,7 @@ def _records(folder: Path, report: CheckReport) -> list[ImageRecord]:
     reading = read_folder(folder)
     report.layout = reading.layout
     for problem in reading.problems:
-        kind = "file not used" if "not used" in problem.reason else "caption/row problem"
+        kind = problem.kind or ("file not used" if "not used" in problem.reason else "caption/row problem")
         report.add(problem.where, problem.reason, problem.level, kind)
     return reading.records
 
@@ -147,7 +166,7 @@ def token_limit(tokenizer) -> int:
 
 def check_folder(folder: Path, *, resolution: int | None = None, require_captions: bool = False, tokenizer=None,
                  fixed_prompt: str | None = None, progress: bool = False, bucket_step: int = SD_STEP,
-                 masks: Path | str | None = None) -> CheckReport:
+                 masks: Path | str | None = None, bucket_source: str | None = None) -> CheckReport:
     """Check a dataset folder; never raises for bad data, everything lands in the report.
 
     ``resolution``: warn about images whose shorter side is below it (they are upscaled, hence blurry).
@@ -155,7 +174,9 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
     ``tokenizer``: the model's tokenizer: exact token counts against its ``model_max_length``; without it
     counts are estimates against CLIP's 77, and the report says so.
     ``fixed_prompt``: the prompt every image trains with (DreamBooth): its length is checked instead of captions.
-    ``bucket_step``: the model's bucket side multiple (64 on SD); buckets are reported at ``resolution`` (or 512).
+    ``bucket_step``: the model's bucket side multiple (64 on SD); buckets are reported at ``resolution`` (or 512);
+    below the step there are none (training refuses it with buckets on), and the squares training makes with buckets
+    off are shown. ``bucket_source``: whose step it is, for the report (``"toy's"``; default: SD's, assumed).
     ``masks``: a masked loss's masks (``sdtune.data.masks``): a folder of them, or ``"alpha"`` for the images' alpha
     channels; each image's mask missing, of another size or empty is an error.
     """
@@ -191,7 +212,8 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
     report.images = len(readable)  # what training reads: every decodable image, duplicates included
     report.bucket_resolution = resolution or 512
     report.bucket_step = bucket_step
-    step = bucket_step if bucket_step <= report.bucket_resolution else None
+    report.bucket_source = bucket_source or report.bucket_source
+    step = bucket_step if report.bucketed else None  # below the step: the squares of data.buckets=false
     report.buckets = histogram(target_sizes(shapes, report.bucket_resolution, step))
     report.resolutions = {name: buckets[name] for _, name in RESOLUTION_BUCKETS if buckets[name]}
     if not readable:
@@ -257,7 +279,7 @@ def _check_captions(report: CheckReport, readable: list[ImageRecord], require_ca
         report.add(report.folder, f"{len(missing)} of {counted(len(readable), 'image')} "
                                   f"{plural(len(missing), 'has')} no caption; "
                    f"{plural(len(missing), 'it trains', 'they train')} on an empty "
-                   "prompt unless a fixed prompt is set", "warning", "missing caption")
+                   "prompt unless a fixed prompt is set", "warning", "missing caption", count=len(missing))
     for record in readable:
         for i, caption in enumerate(record.captions):
             reason = _too_long(report, caption, tokenizer)

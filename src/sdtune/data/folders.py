@@ -16,7 +16,8 @@ Everywhere: an image is a file whose suffix (any case) is in ``IMAGE_SUFFIXES``;
 and folders are followed and an image is known by its listed path inside the folder, wherever a link points;
 broken links and link loops are reported by name (the rule: ``sdtune.data.walk``). A file Pillow
 can read under another name (``photo.jpg.bak``, ``IMG_0001``) and a photo format this Pillow cannot decode
-(HEIC without pillow-heif, camera RAW) are reported as warnings, so no image is ever dropped silently.
+(HEIC without pillow-heif, camera RAW) are reported as warnings, so no image is ever dropped silently; so is a
+caption column, key or caption-file suffix that looks like a misspelt one (``sdtune.data.captions_columns``).
 Problems are returned, not raised: check reports them, build skips what they name, training stops on errors.
 """
 
@@ -34,6 +35,7 @@ from sdtune.data.captions import (
     read_captions_file,
     read_sidecar,
 )
+from sdtune.data.captions_columns import misnamed_caption_files
 from sdtune.data.images import IMAGE_SUFFIXES, sniff_format
 from sdtune.data.report import Problem
 from sdtune.data.walk import lexical, link_problem, walk
@@ -187,6 +189,7 @@ def _from_sidecars(folder: Path, files: list[Path], images: list[Path], problems
         records.append(ImageRecord(image, (caption,) if caption else (), _relative(image, folder), extra))
     problems.extend(_broken(broken, set()))
     problems.extend(orphan_captions(folder, images + broken, files))
+    problems.extend(misnamed_caption_files([p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES], images))
     return records
 
 

@@ -18,6 +18,7 @@ KIND_LABELS = {
     "animated": "animated images",
     "file not used": "files not used",
     "caption/row problem": "caption or row problems",
+    "unknown caption column": "unknown caption columns",
     "skipped": "skipped files",
 }
 

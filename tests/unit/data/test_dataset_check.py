@@ -146,3 +146,30 @@ def test_check_reports_the_aspect_ratio_buckets_training_uses(tmp_path):
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout[result.stdout.index("{"):])
     assert shown["bucket_step"] == 4 and shown["buckets"] == {"28x36": 2, "36x28": 1, "32x32": 1}
+
+
+def test_found_tally_counts_images_not_messages(tmp_path):
+    for i in range(6):
+        pattern(i).save(tmp_path / f"{i}.png")
+    for i in range(4):
+        (tmp_path / f"{i}.txt").write_text(f"caption {i}", encoding="utf-8")
+    relaxed = check_folder(tmp_path)  # one summary warning for two images
+    assert _where(relaxed.warnings, "2 of 6 images have no caption")
+    assert relaxed.counts["missing caption"] == 2 and "found: missing caption 2" in relaxed.to_text()
+    strict = check_folder(tmp_path, require_captions=True)  # one error per image
+    assert strict.counts["missing caption"] == 2 and "found: missing caption 2" in strict.to_text()
+
+
+def test_buckets_below_the_step_are_not_described_as_multiples_of_it(tmp_path):
+    from PIL import Image
+
+    for i, size in enumerate([(300, 600), (600, 300)]):
+        Image.new("RGB", size, (40 * i, 90, 160)).save(tmp_path / f"p{i}.png")
+    report = check_folder(tmp_path, resolution=48)  # no model: SD's 64 px step, larger than 48
+    text = report.to_text()
+    assert "sides multiples of 64" not in text
+    assert "no aspect-ratio buckets at 48 px" in text and report.buckets == {"48x48": 2}
+    assert report.to_dict()["bucketed"] is False
+    toy = check_folder(tmp_path, resolution=48, bucket_step=16)  # the toy's 16 px step: real buckets
+    assert "aspect-ratio buckets at 48 px (sides multiples of 16" in toy.to_text()
+    assert toy.to_dict()["bucketed"] is True and toy.buckets == {"32x64": 1, "64x32": 1}

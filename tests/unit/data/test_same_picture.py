@@ -65,3 +65,21 @@ def test_many_warnings_of_one_kind_are_summarized(tmp_path):
     text = check_folder(tmp_path, resolution=64).to_text()
     small = [line for line in text.splitlines() if "smaller than the training resolution" in line]
     assert len(small) == 4 and "... and 27 more images smaller than the training resolution" in small[-1]
+
+
+def test_a_fallback_caption_is_not_added_to_a_duplicate_that_has_its_own(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        pattern(i).save(src / f"{i}.png")
+    for copy in ("4.png", "5.png"):  # uncaptioned exact copies of the captioned 0.png
+        (src / copy).write_bytes((src / "0.png").read_bytes())
+    (src / "0.txt").write_text("a red circle", encoding="utf-8")
+    (src / "6 copy.png").write_bytes((src / "1.png").read_bytes())  # a captioned copy of the uncaptioned 1.png
+    (src / "6 copy.txt").write_text("a blue square", encoding="utf-8")
+    out = tmp_path / "out"
+    report = build_dataset([Source(src, caption="a thing")], out)
+    rows = {r["file_name"]: r for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
+    assert rows["0.png"]["text"] == "a red circle"  # not ["a red circle", "a thing"]
+    assert rows["1.png"]["text"] == "a blue square"  # the copy's own caption, not also the fallback
+    assert rows["2.png"]["text"] == "a thing" and report.duplicates_dropped == 3
