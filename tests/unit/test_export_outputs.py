@@ -62,6 +62,10 @@ def test_extraction_with_out_leaves_the_run_folder_alone(full: Path, tmp_path: P
     assert target.is_file() and (full / LORA).read_bytes() == earlier, "RUN/lora is the earlier extraction"
     assert json.loads((full / "lora" / "extraction.json").read_text())["rank"] == 2
     assert str(full / "lora") not in out, out
+    from safetensors import safe_open
+
+    with safe_open(str(target), "pt") as fh:  # the file names its run, not the temporary extraction it came from
+        assert fh.metadata()["sdtune_source"] == str(full), fh.metadata()["sdtune_source"]
     code, out, err = _cli(capsys, "export", "lora", "--from", full, "--rank", "3", "-o", tmp_path / "d")
     assert code == 0, out + err
     assert (tmp_path / "d" / "pytorch_lora_weights.safetensors").is_file() and (full / LORA).read_bytes() == earlier

@@ -209,6 +209,8 @@ def _kohya_file(source: Path, target: Path, dtype: str, base_kw: dict, home: Pat
         if trained else None
     meta = base_metadata(generation, (trained.prediction_type if trained else None) or prediction,
                          title=target.stem, resolution=resolution if isinstance(resolution, int) else None)
+    if not source.resolve().is_relative_to(home.resolve()):  # an extraction's temporary file: name where it came from
+        meta["sdtune_source"] = str(home)
     embedding = trained.embedding_file if trained else None  # textual inversion / pivotal tuning: its token
     bundle = None
     if embedding is not None:
