@@ -57,7 +57,17 @@ def test_bad_inputs_are_one_line(tmp_path, clipseg):
     missing = run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--model", str(tmp_path / "nope"),
                       check=False)
     assert missing.returncode != 0 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    one = run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--model", str(clipseg), "--threshold", "1",
+                  check=False)
+    assert one.returncode != 0 and "no score is above 1" in one.stderr and "Traceback" not in one.stderr
     empty = run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--model", str(clipseg), "--threshold",
-                    "1", check=False)  # nothing scores above 1: every mask empty
+                    "0.9999999", check=False)  # nothing scores above it: every mask empty
     assert empty.returncode == 1 and "2 masks came out empty" in empty.stderr and "--threshold" in empty.stderr
     assert "Traceback" not in empty.stderr
+    again = run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--model", str(clipseg), "--threshold", "0")
+    assert "wrote 2 masks" in again.stdout  # the empty ones are made again, as the message says
+    assert "every photo has a mask" in run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--model",
+                                               str(tmp_path / "not-loaded")).stdout  # nothing to do: no model
+    gpu = run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--device", "gpu", "--overwrite",
+                  check=False)
+    assert gpu.returncode != 0 and "is not a device" in gpu.stderr and "Traceback" not in gpu.stderr

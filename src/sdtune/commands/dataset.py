@@ -106,6 +106,7 @@ def build_command(
       sdtune dataset build me/ data/mix --concept sks \\
           --captioner ./blip --template "sks person, {caption}"
     """
+    from sdtune.commands.args import device as check_device
     from sdtune.commands.args import existing_file, existing_folder, output_folder
     from sdtune.data.build import Source, build_dataset
     from sdtune.data.caption_modes import CaptionSettings
@@ -114,6 +115,7 @@ def build_command(
     sources = list(src)
     for folder in sources:
         existing_folder(folder, "source folder")
+    device = check_device(device) if device else None
     output_folder(out, "OUT")
     existing_file(captions, "--captions", " (a CSV or JSONL of file,caption rows)")
     if caption and captioner:
@@ -207,7 +209,7 @@ def masks_command(
     threshold: float = typer.Option(0.3, "--threshold", min=0.0, max=1.0,
                                     help="a pixel is in the mask when CLIPSeg's score is above this (0-1; lower "
                                     "keeps more; 0.3 is OneTrainer's default)"),
-    expand: int = typer.Option(10, "--expand", min=0, max=512, help="grow each mask by this many pixels, so hair "
+    expand: int = typer.Option(10, "--expand", min=0, max=64, help="grow each mask by this many pixels, so hair "
                                "and hands at the edge stay in (OneTrainer's default 10)"),
     model: str = typer.Option("clipseg", "--model", help=f"clipseg ({DEFAULT_SEGMENTER}), another hub id or a "
                               "local folder of a CLIPSeg model"),
@@ -232,32 +234,56 @@ def masks_command(
       sdtune train configs/two-stage.yaml data.masked_loss=true \\
           data.mask_dir=data/me-masks
     """
+    from sdtune.commands.args import device as check_device
     from sdtune.commands.args import existing_folder, output_folder
+    from sdtune.commands.export_files import removing_new_folders
     from sdtune.data.folders import read_folder
-    from sdtune.data.segmenter import load_segmenter, write_masks
+    from sdtune.data.segmenter import load_segmenter, masks_to_make, write_masks
 
     existing_folder(folder, "photo folder")
     if not prompt.strip():
         raise DataError("--prompt is empty: say what to keep, e.g. --prompt 'a person'")
-    out = out or folder.with_name(f"{folder.resolve().name}-masks")
-    if out.resolve().is_relative_to(folder.resolve()):
+    if threshold >= 1.0:
+        raise DataError("--threshold 1: no score is above 1, so every mask would be empty; 0.3 is the usual choice")
+    device = check_device(device) if device else None
+    photos = folder.resolve()
+    default_out = photos.with_name(f"{photos.name}-masks")
+    out = out or default_out
+    if out.resolve().is_relative_to(photos):
         raise DataError(f"--out {out} is inside {folder}: training would read the masks as photos; write them "
-                        f"beside it (default {folder.with_name(folder.resolve().name + '-masks')})")
+                        f"beside it (default {default_out})")
     output_folder(out, "--out")
     images = [record.path for record in read_folder(folder).records]
     if not images:
         raise DataError(f"{folder} holds no images to mask (`sdtune dataset check {folder}` says why)")
+    if threshold == 0.0:
+        typer.echo("note: --threshold 0 keeps every pixel: each mask is its whole photo (the masked loss then "
+                   "changes nothing)", err=True)
+    if not masks_to_make(images, out, overwrite):  # nothing to do: the model is not loaded
+        typer.echo(f"every photo has a mask in {out} already ({counted(len(images), 'mask')}); --overwrite "
+                   "makes them again")
+        return
     segmenter = load_segmenter(model, device=device, dtype=dtype, batch_size=batch_size)
-    report = write_masks(images, out, prompt, segmenter, threshold=threshold, expand=expand, overwrite=overwrite,
-                         progress=progress)
+    with removing_new_folders(out):
+        report = write_masks(images, out, prompt, segmenter, threshold=threshold, expand=expand,
+                             overwrite=overwrite, progress=progress)
     kept = f" ({counted(report.kept, 'mask')} already there kept; --overwrite replaces them)" if report.kept else ""
     typer.echo(f"wrote {counted(report.written, 'mask')} to {out}{kept}. Check them: sdtune dataset check {folder} "
                f"--masks {out}; train with data.masked_loss=true data.mask_dir={out}")
+    failed = False
+    if report.unreadable:
+        names = "; ".join(f"{p.name}: {why.split(': ', 1)[-1]}" for p, why in report.unreadable[:3])
+        more = " ..." if len(report.unreadable) > 3 else ""
+        typer.echo(f"error: {counted(len(report.unreadable), 'photo')} could not be read and got no mask ({names}"
+                   f"{more}); `sdtune dataset check {folder}` lists them: fix or remove them", err=True)
+        failed = True
     if report.empty:
         names = ", ".join(p.name for p in report.empty[:5]) + (" ..." if len(report.empty) > 5 else "")
         typer.echo(f"error: {counted(len(report.empty), 'mask')} came out empty ({names}): CLIPSeg found no "
-                   f"{prompt!r} there above --threshold {threshold}; try a lower --threshold or other words, or "
-                   "draw those masks by hand", err=True)
+                   f"{prompt!r} there above --threshold {threshold}; run again with a lower --threshold or other "
+                   "words (empty masks are made again), or draw those masks by hand", err=True)
+        failed = True
+    if failed:
         raise typer.Exit(1)
 
 

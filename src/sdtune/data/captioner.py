@@ -236,7 +236,9 @@ def read_model_config(source: str, local: bool, what: str = "captioning model", 
             path = Path(hf_hub_download(source, "config.json", local_files_only=not hub_reachable()))
         config = json.loads(path.read_text(encoding="utf-8"))
     except Exception as exc:  # noqa: BLE001  missing file, offline hub, bad JSON: all one line for the user
-        raise ModelLoadError(f"cannot load {what} {source!r} as a {where}: {first_line(exc)}. It needs a "
+        offline = "" if local else (f". Without network here: download it once where the hub is reachable "
+                                    f"(huggingface-cli download {source}) and pass that folder")
+        raise ModelLoadError(f"cannot load {what} {source!r} as a {where}: {first_line(exc)}{offline}. It needs a "
                              f"config.json, the weights and the processor files; supported architectures: "
                              f"{supported}") from None
     if not isinstance(config, dict):
@@ -278,5 +280,9 @@ def torch_dtype_for(name: str, device: str) -> Any:
 
 
 def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, without the library's advice about ``local_files_only`` (a keyword
+    of its API that no sdtune option sets)."""
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__).rstrip(".")
+    line = text[0] if text else type(exc).__name__
+    kept = [sentence for sentence in line.split(". ") if "local_files_only" not in sentence]
+    return ". ".join(kept).rstrip(". ") or type(exc).__name__

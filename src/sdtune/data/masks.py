@@ -30,8 +30,11 @@ def mask_file(image: Path, mask_dir: Path) -> Path | None:
     """The mask of ``image`` in ``mask_dir``: same name stem, any image suffix (PNG first); None when missing."""
     from sdtune.data.images import IMAGE_SUFFIXES
 
-    candidates = sorted((p for p in mask_dir.glob(f"{image.stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES),
-                        key=lambda p: (p.suffix.lower() != ".png", p.name))
+    # exactly the stem, by name (a stat per suffix, not a listing: masks are read per example in training); a glob
+    # of the stem matched "IMG_1.edit.png" for IMG_1.jpg, and read "x[1]" as a character class
+    names = dict.fromkeys(f"{image.stem}{suffix}" for suffix in sorted(IMAGE_SUFFIXES, key=lambda s: s != ".png")
+                          for suffix in (suffix, suffix.upper()))
+    candidates = [mask_dir / name for name in names if (mask_dir / name).is_file()]
     return candidates[0] if candidates else None
 
 

@@ -32,9 +32,19 @@ SHORT_NAMES = {"clipseg": DEFAULT_SEGMENTER}
 ARCHITECTURE = "CLIPSegForImageSegmentation"
 
 
+WORK_SIDE = 1024  # masks are thresholded and grown at most this many pixels on a side, then resized to the photo
+
+
+def working_size(width: int, height: int) -> tuple[int, int]:
+    """(W, H) a mask is computed at: the photo's, shrunk so the longer side is at most WORK_SIDE. CLIPSeg sees 352
+    px, so no detail is lost, and growing a 12-megapixel mask at full size took minutes per photo."""
+    scale = min(1.0, WORK_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 @dataclass
 class Segmenter:
-    """A loaded CLIPSeg: :meth:`probabilities` gives per-pixel scores for a prompt, at each image's size."""
+    """A loaded CLIPSeg: :meth:`probabilities` gives per-pixel scores for a prompt."""
 
     processor: Any
     model: Any
@@ -43,9 +53,17 @@ class Segmenter:
     dtype: Any
     batch_size: int = 8
 
+    def check_prompt(self, prompt: str) -> None:
+        """DataError when ``prompt`` is longer than CLIPSeg's text encoder reads (77 tokens for CLIPSeg's CLIP)."""
+        limit = int(getattr(self.model.config.text_config, "max_position_embeddings", 77))
+        tokens = len(self.processor.tokenizer(prompt)["input_ids"])
+        if tokens > limit:
+            raise DataError(f"--prompt is {tokens} tokens and CLIPSeg reads at most {limit}: name what to keep in a "
+                            "few words ('a person', 'a dog')")
+
     def probabilities(self, images: Sequence[Image.Image], prompt: str) -> list[np.ndarray]:
-        """Per image an (H, W) float32 array in [0, 1]: how much each pixel is ``prompt`` (sigmoid of CLIPSeg's
-        logits, bilinearly resized from the model's view to the image's W x H)."""
+        """Per image an (h, w) float32 array in [0, 1] at :func:`working_size` (the image's own size up to 1024 px):
+        how much each pixel is ``prompt`` (sigmoid of CLIPSeg's logits, bilinearly resized from its view)."""
         import torch
         import torch.nn.functional as F
 
@@ -58,7 +76,8 @@ class Segmenter:
         logits = logits.float().reshape(len(images), 1, *logits.shape[-2:])  # CLIPSeg squeezes a batch of one
         out = []
         for image, row in zip(images, logits, strict=True):
-            scaled = F.interpolate(row[None], size=(image.height, image.width), mode="bilinear", align_corners=False)
+            width, height = working_size(image.width, image.height)
+            scaled = F.interpolate(row[None], size=(height, width), mode="bilinear", align_corners=False)
             out.append(torch.sigmoid(scaled)[0, 0].cpu().numpy())
         return out
 
@@ -84,9 +103,11 @@ def load_segmenter(model: str | Path = "clipseg", *, device: str | None = None, 
     return Segmenter(processor, net, name=source, device=device, dtype=torch_dtype, batch_size=max(1, batch_size))
 
 
-def binary_mask(probability: np.ndarray, threshold: float, expand: int) -> Image.Image:
-    """White where ``probability`` > ``threshold``, grown by ``expand`` pixels in every direction (a square max
-    filter of side 2 * expand + 1), black elsewhere: an L image of the array's W x H."""
+def binary_mask(probability: np.ndarray, threshold: float, expand: int, size: tuple[int, int] | None = None
+                ) -> Image.Image:
+    """White where ``probability`` > ``threshold``, grown by ``expand`` pixels (of the array) in every direction
+    (a square of side 2 * expand + 1, as two 1-D max filters: the cost grows with expand, not its square), black
+    elsewhere; an L image of ``size`` (W, H; default the array's), resized from the array by nearest neighbour."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -94,29 +115,40 @@ def binary_mask(probability: np.ndarray, threshold: float, expand: int) -> Image
 
     inside = torch.from_numpy(probability > threshold).float()[None, None]
     if expand > 0:
-        inside = F.max_pool2d(inside, kernel_size=2 * expand + 1, stride=1, padding=expand)
-    return Image.fromarray((inside[0, 0].numpy() * 255).astype(np.uint8), mode="L")
+        inside = F.max_pool2d(inside, kernel_size=(1, 2 * expand + 1), stride=1, padding=(0, expand))
+        inside = F.max_pool2d(inside, kernel_size=(2 * expand + 1, 1), stride=1, padding=(expand, 0))
+    mask = Image.fromarray((inside[0, 0].numpy() * 255).astype(np.uint8), mode="L")
+    return mask if size is None or mask.size == tuple(size) else mask.resize(size, Image.Resampling.NEAREST)
+
+
+def empty_mask(path: Path) -> bool:
+    """Whether the mask file at ``path`` is all black (nothing in it would be learned); unreadable counts as not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("L").getextrema()[1] == 0
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
 class MaskReport:
-    """What :func:`write_masks` did: masks written, kept (already there), and images whose mask came out empty."""
+    """What :func:`write_masks` did: masks written, kept (already there), images whose mask came out empty, and
+    images that could not be read (skipped)."""
 
     out: Path
     written: int = 0
     kept: int = 0
     empty: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def write_masks(images: Sequence[Path], out: Path, prompt: str, segmenter: Segmenter, *, threshold: float = 0.3,
-                expand: int = 10, overwrite: bool = False, progress: bool = True) -> MaskReport:
-    """A mask per image in ``out`` (``<stem>.png``), a batch at a time; a mask already there is kept unless
-    ``overwrite`` (a hand-drawn one is never lost). Each file is written whole (a temporary name, then renamed).
+def masks_to_make(images: Sequence[Path], out: Path, overwrite: bool = False) -> list[Path]:
+    """The images that need a mask in ``out``: all with ``overwrite``; else those without one, or whose mask there
+    is empty (an all-black mask teaches nothing and training refuses it: made again, e.g. at a lower threshold).
 
     DataError when two images share a stem (their masks would share a file: ``data.mask_dir`` matches by stem)."""
-    from tqdm.auto import tqdm
-
-    from sdtune.data.images import load_rgb
     from sdtune.data.masks import mask_file
 
     by_stem: dict[str, Path] = {}
@@ -125,22 +157,51 @@ def write_masks(images: Sequence[Path], out: Path, prompt: str, segmenter: Segme
             raise DataError(f"{image} and {by_stem[image.stem]} share the name {image.stem!r}: a mask folder "
                             "matches masks to images by name, so rename one")
         by_stem[image.stem] = image
-    out.mkdir(parents=True, exist_ok=True)
-    report = MaskReport(out)
-    todo = [p for p in images if overwrite or mask_file(p, out) is None]
-    report.kept = len(images) - len(todo)
+    if overwrite or not out.is_dir():
+        return list(images)
+    todo = []
+    for image in images:
+        found = mask_file(image, out)
+        if found is None or empty_mask(found):
+            todo.append(image)
+    return todo
+
+
+def write_masks(images: Sequence[Path], out: Path, prompt: str, segmenter: Segmenter, *, threshold: float = 0.3,
+                expand: int = 10, overwrite: bool = False, progress: bool = True) -> MaskReport:
+    """A mask per image of :func:`masks_to_make` in ``out`` (``<stem>.png``), a batch at a time through CLIPSeg;
+    others are kept (a hand-drawn one is never lost). ``expand``: pixels of the photo. Each file is written whole
+    (a temporary name, then renamed); an image that cannot be read is skipped and named in the report."""
+    from tqdm.auto import tqdm
+
+    from sdtune.data.images import load_rgb
+
+    segmenter.check_prompt(prompt)
+    todo = masks_to_make(images, out, overwrite)
+    report = MaskReport(out, kept=len(images) - len(todo))
     with tqdm(total=len(todo), desc=f"masks ({prompt!r})", unit="img", disable=not progress) as bar:
         for start in range(0, len(todo), segmenter.batch_size):
-            batch = todo[start:start + segmenter.batch_size]
-            scores = segmenter.probabilities([load_rgb(p) for p in batch], prompt)
-            for image, probability in zip(batch, scores, strict=True):
-                mask = binary_mask(probability, threshold, expand)
-                target = out / f"{image.stem}.png"  # read before a mask of another format with that name
+            loaded = []
+            for path in todo[start:start + segmenter.batch_size]:
+                try:
+                    loaded.append((path, load_rgb(path)))
+                except DataError as exc:
+                    report.unreadable.append((path, str(exc)))
+                    bar.update(1)
+            if not loaded:
+                continue
+            scores = segmenter.probabilities([image for _, image in loaded], prompt)
+            for (path, image), probability in zip(loaded, scores, strict=True):
+                scale = probability.shape[1] / image.width
+                grow = max(1, round(expand * scale)) if expand > 0 else 0
+                mask = binary_mask(probability, threshold, grow, image.size)
+                out.mkdir(parents=True, exist_ok=True)
+                target = out / f"{path.stem}.png"  # read before a mask of another format with that name
                 partial = target.with_name(f".{target.name}.partial")
                 mask.save(partial, format="PNG")
                 os.replace(partial, target)
                 report.written += 1
                 if mask.getextrema()[1] == 0:
-                    report.empty.append(image)
-            bar.update(len(batch))
+                    report.empty.append(path)
+                bar.update(1)
     return report

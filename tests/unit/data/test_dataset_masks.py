@@ -78,3 +78,29 @@ def test_bad_inputs_are_one_line_errors(tmp_path, clipseg):
     with pytest.raises(DataError, match="share the name"):
         write_masks([photos / "img00.png", photos / "sub" / "img00.jpg"], tmp_path / "m", "a dog",
                     load_segmenter(clipseg), progress=False)
+
+
+def test_a_long_prompt_unreadable_photos_and_empty_masks(tmp_path, clipseg):
+    photos = make_images(tmp_path / "me", 2)
+    (photos / "broken.png").write_bytes(b"not an image")
+    segmenter = load_segmenter(clipseg)
+    with pytest.raises(DataError, match="CLIPSeg reads at most 77"):
+        write_masks(sorted(photos.glob("*.png")), tmp_path / "m", "a dog " * 60, segmenter, progress=False)
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+    report = write_masks(sorted(photos.glob("*.png")), tmp_path / "m", "a dog", segmenter, threshold=0.9999999,
+                         progress=False)
+    assert [p.name for p, _ in report.unreadable] == ["broken.png"] and report.written == 2  # skipped, named
+    assert len(report.empty) == 2
+    report = write_masks(sorted(photos.glob("img*.png")), tmp_path / "m", "a dog", segmenter, threshold=0.0,
+                         progress=False)
+    assert (report.written, report.kept, report.empty) == (2, 0, [])  # empty masks are made again
+
+
+def test_a_large_photo_is_masked_at_its_size_and_grown_in_its_pixels(tmp_path, clipseg):
+    photo = tmp_path / "big" / "a.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (3000, 600), (100, 50, 20)).save(photo)
+    write_masks([photo], tmp_path / "m", "a dog", load_segmenter(clipseg), threshold=0.0, expand=64,
+                progress=False)
+    mask = Image.open(tmp_path / "m" / "a.png")
+    assert mask.size == (3000, 600) and mask.getextrema() == (255, 255)

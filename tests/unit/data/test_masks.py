@@ -106,3 +106,18 @@ def test_stream_items_carry_masks_and_class_images_count_everywhere(tmp_path: Pa
     assert group["loss_mask"][:2].min() == 0.0 and group["loss_mask"][2:].min() == 1.0, "class images: all ones"
     with pytest.raises(ValueError, match="set data.masked_loss=true"):
         DataConfig(instance_dir=images, instance_prompt="a photo of sks dog", mask_dir=masks)
+
+
+@pytest.mark.parametrize("names,image,expected", [
+    (["IMG_1.edit.png", "IMG_1.png"], "IMG_1.jpg", "IMG_1.png"),  # a glob of the stem matched the other first
+    (["x1.png", "x[1].png"], "x[1].jpg", "x[1].png"),  # ... and read the brackets as a character class
+    (["me.1.png"], "me.jpg", None),
+    (["me.JPG"], "me.png", "me.JPG"),
+])
+def test_a_mask_is_found_by_its_exact_name(tmp_path: Path, names, image, expected) -> None:
+    from sdtune.data.masks import mask_file
+
+    for name in names:
+        Image.new("L", (4, 4), 255).save(tmp_path / name, format="PNG")
+    found = mask_file(tmp_path / "photos" / image, tmp_path)
+    assert (found.name if found else None) == expected
