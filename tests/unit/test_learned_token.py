@@ -124,7 +124,7 @@ def test_embedding_file_names_and_format_errors(tmp_path: Path) -> None:
         load_into_pipeline(load_pipeline("tiny"), wide)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
-    with pytest.raises(ModelLoadError, match="not a readable embedding file"):
+    with pytest.raises(ModelLoadError, match="broken.safetensors is damaged or not a safetensors file"):
         load_into_pipeline(load_pipeline("tiny"), broken)
 
 

@@ -33,7 +33,8 @@ def test_verbs_and_given_plurals_agree_too() -> None:
 _COUNT = (r"(?:len\([^{}]*\)|n|done|total|[a-z_.]*(?:count|num_|steps|seeds|images|attempts|layers|written|kept|"
           r"missing|replaced|frames|examples|processes|errors|prompts|length|size)[a-z_.\[\]']*)(?:\s*[-+]\s*\d+)?")
 _FIXED_PLURAL = re.compile(r"\$?\{" + _COUNT + r"\}\s+(?:[a-z-]+\s)?[a-z]+(?:s|es|ple)\b|[a-z]\((?:e?s)\)")
-_VERBS = {"resumes", "is", "was", "has", "does", "as", "vs", "this", "its", "plus", "lets", "needs", "holds", "lacks"}
+_VERBS = {"resumes", "is", "was", "has", "does", "as", "vs", "this", "its", "plus", "lets", "needs", "holds", "lacks",
+          "starts", "runs"}
 
 
 def test_no_message_in_src_prints_a_count_beside_a_fixed_plural() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from sdtune.jobs.kinds import KINDS_HELP
+from sdtune.jobs.kind_table import KINDS_HELP
 
 ORDER = 60
 

@@ -17,24 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from sdtune.errors import SdtuneError
 from sdtune.jobs.folders import free_folder, held_refusal, holder_of, queue_holders
+from sdtune.jobs.kind_table import COMMANDS
 from sdtune.jobs.workspace import check_name
 
 if TYPE_CHECKING:
     from sdtune.jobs.store import Job
 
-# kind -> the sdtune sub-command it runs, and what the job's first argument is: the ONE list of kinds (the store's
-# KINDS, the refusal of an unknown kind and `sdtune jobs submit --help` are made from it)
-KIND_TABLE: dict[str, tuple[list[str], str]] = {
-    "train": (["train"], "a run config"),
-    "run": (["run"], "a recipe"),
-    "personalize": (["personalize"], "a subjects CSV"),
-    "caption": (["dataset", "build"], "dataset build: a source folder"),
-    "eval": (["eval"], "run folders or models"),
-    "pick": (["pick"], "a run folder"),
-    "export": (["export"], "a run folder"),
-}
-COMMANDS: dict[str, list[str]] = {kind: command for kind, (command, _) in KIND_TABLE.items()}
-KINDS_HELP = ", ".join(f"{kind} ({what})" for kind, (_, what) in KIND_TABLE.items())
 
 
 @dataclass

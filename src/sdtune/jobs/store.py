@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from sdtune.errors import SdtuneError
-from sdtune.jobs.kinds import COMMANDS
+from sdtune.jobs.kind_table import COMMANDS
 
-KINDS = tuple(COMMANDS)  # the one list of kinds (sdtune.jobs.kinds.KIND_TABLE)
+KINDS = tuple(COMMANDS)  # the one list of kinds (sdtune.jobs.kind_table.KIND_TABLE)
 STATES = ("queued", "running", "stopping", "finished", "failed", "stopped", "cancelled")
 ACTIVE = ("queued", "running", "stopping")
 ENDED = ("finished", "failed", "stopped", "cancelled")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdtune.config import RunConfig, apply_overrides, config_from_dict, read_yaml, resolve_config
-from sdtune.errors import ConfigError, DataError, SdtuneError
+from sdtune.errors import ConfigError, DamagedFileError, DataError, SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
 from sdtune.recipes.people_on_engine import Judge, Scale, one_line, read_pick, run_people
 from sdtune.recipes.runs import ConceptRun, concept_run, run_state, saved_config_changes, write_stack_profile
@@ -189,7 +189,9 @@ def fuse_concept(concept: Path, out_dir: Path, echo: Callable[[str], None] = pri
         echo(f"fusing the concept LoRA into its base: {model}")
         try:
             save_fused_model(concept, load_config(concept / "config.yaml"), model)
-        except (OSError, ValueError) as exc:  # a damaged or truncated LoRA file, a full disk: one line, no traceback
+        except DamagedFileError as exc:  # names the file and what to do; the context is which step failed
+            raise SdtuneError(f"cannot fuse the concept's LoRA into {model}: {exc}") from None
+        except (OSError, ValueError) as exc:  # a full disk, an unreadable file: one line, no traceback
             raise SdtuneError(f"cannot fuse the concept's LoRA {concept / 'lora' / LORA_WEIGHTS} into {model}: "
                               f"{one_line(exc)}; restore or retrain the concept run, or free space there") from None
     return concept_run(concept, model)  # a clear error now if it still has no model

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from sdtune.jobs.kinds import COMMANDS
+from sdtune.jobs.kind_table import COMMANDS
 from sdtune.jobs.store import KINDS, JobStore
 from sdtune.jobs.workspace import find_workspace
 
