@@ -22,17 +22,23 @@ from collections.abc import Callable
 SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def is_loopback_address(address: str) -> bool:
-    """Whether a Ray address (``HOST:PORT``, ``ray://HOST:PORT``) names this machine's loopback interface."""
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (``localhost``, ``127.0.0.1``, ``::1``, ``[::1]``) is this machine's
+    loopback interface; the server uses it too (a token is required off loopback)."""
     import ipaddress
 
-    host = address.split("://", 1)[-1].rstrip("/").rpartition(":")[0].strip("[]")
-    if host == "localhost":
+    name = host.strip("[]").lower()
+    if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray address (``HOST:PORT``, ``ray://HOST:PORT``) names this machine's loopback interface."""
+    return is_loopback(address.split("://", 1)[-1].rstrip("/").rpartition(":")[0])
 
 
 def loopback_only() -> Callable[[], None]:

@@ -16,27 +16,17 @@ Rules (issue 22):
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
 
+from sdtune.engine.loopback import is_loopback
 from sdtune.errors import SdtuneError
 
 TOKEN_ENV = "SDTUNE_TOKEN"
 COOKIE = "sdtune_token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 CHANGES = ("POST", "PUT", "PATCH", "DELETE")
-
-
-def is_loopback(host: str) -> bool:
-    name = host.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def server_token(host: str, token: str | None) -> str | None:
