@@ -259,14 +259,15 @@ def masks_command(
     if threshold == 0.0:
         typer.echo("note: --threshold 0 keeps every pixel: each mask is its whole photo (the masked loss then "
                    "changes nothing)", err=True)
-    if not masks_to_make(images, out, overwrite):  # nothing to do: the model is not loaded
+    todo = masks_to_make(images, out, overwrite)
+    if not todo:  # nothing to do: the model is not loaded
         typer.echo(f"every photo has a mask in {out} already ({counted(len(images), 'mask')}); --overwrite "
                    "makes them again")
         return
     segmenter = load_segmenter(model, device=device, dtype=dtype, batch_size=batch_size)
     with removing_new_folders(out):
         report = write_masks(images, out, prompt, segmenter, threshold=threshold, expand=expand,
-                             overwrite=overwrite, progress=progress)
+                             overwrite=overwrite, progress=progress, todo=todo)
     kept = f" ({counted(report.kept, 'mask')} already there kept; --overwrite replaces them)" if report.kept else ""
     typer.echo(f"wrote {counted(report.written, 'mask')} to {out}{kept}. Check them: sdtune dataset check {folder} "
                f"--masks {out}; train with data.masked_loss=true data.mask_dir={out}")

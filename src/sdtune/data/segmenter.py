@@ -168,16 +168,18 @@ def masks_to_make(images: Sequence[Path], out: Path, overwrite: bool = False) ->
 
 
 def write_masks(images: Sequence[Path], out: Path, prompt: str, segmenter: Segmenter, *, threshold: float = 0.3,
-                expand: int = 10, overwrite: bool = False, progress: bool = True) -> MaskReport:
+                expand: int = 10, overwrite: bool = False, progress: bool = True,
+                todo: Sequence[Path] | None = None) -> MaskReport:
     """A mask per image of :func:`masks_to_make` in ``out`` (``<stem>.png``), a batch at a time through CLIPSeg;
     others are kept (a hand-drawn one is never lost). ``expand``: pixels of the photo. Each file is written whole
-    (a temporary name, then renamed); an image that cannot be read is skipped and named in the report."""
+    (a temporary name, then renamed); an image that cannot be read is skipped and named in the report. ``todo``:
+    :func:`masks_to_make`'s answer when the caller has it already (the command asks before loading the model)."""
     from tqdm.auto import tqdm
 
     from sdtune.data.images import load_rgb
 
     segmenter.check_prompt(prompt)
-    todo = masks_to_make(images, out, overwrite)
+    todo = list(masks_to_make(images, out, overwrite) if todo is None else todo)
     report = MaskReport(out, kept=len(images) - len(todo))
     with tqdm(total=len(todo), desc=f"masks ({prompt!r})", unit="img", disable=not progress) as bar:
         for start in range(0, len(todo), segmenter.batch_size):

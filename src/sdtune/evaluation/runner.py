@@ -98,30 +98,24 @@ def _validate(req: EvalRequest) -> None:
     if not req.seeds:
         raise SdtuneError("no seeds: pass --seeds K (K >= 1)")
     check_models(req.models, checkpoints=req.checkpoints)
-    _check_hub_ids(req.models)
-    _check_pickle_files(req.models, req.allow_pickle)
+    _check_before_backbones(req.models, req.allow_pickle)
 
 
-def _check_hub_ids(models: Sequence[str]) -> None:
-    """Hub ids that are neither cached nor reachable, before the CLIP backbone loads (it would fail first and name
-    only itself). Not part of :func:`check_models`: a job queued here may run where the hub is reachable."""
+def _check_before_backbones(models: Sequence[str], allow_pickle: bool) -> None:
+    """What :func:`check_models` leaves to the command, checked before the CLIP backbone loads (it would fail first
+    and name only itself): hub ids neither cached nor reachable (not in check_models: a job queued here may run
+    where the hub is reachable), and a pickle-format model file without --allow-pickle."""
     from sdtune.models.loading import resolve_model_ref
     from sdtune.models.presets import is_preset
     from sdtune.models.refs import looks_local
-
-    for ref in models:
-        if not is_preset(ref) and not Path(ref).expanduser().exists() and not looks_local(ref):
-            resolve_model_ref(ref)
-
-
-def _check_pickle_files(models: Sequence[str], allow_pickle: bool) -> None:
-    """A pickle-format model file without --allow-pickle, before the CLIP backbone loads (as hub ids above)."""
     from sdtune.run_folder import check_weights_file
 
     for ref in models:
         path = Path(ref).expanduser()
         if path.is_file():
             check_weights_file(path, allow_pickle)
+        elif not is_preset(ref) and not path.exists() and not looks_local(ref):
+            resolve_model_ref(ref)
 
 
 def check_models(models: Sequence[str], *, checkpoints: bool = False) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file  # noqa: F401 - load_file: tests read checkpoints with it
+from safetensors.torch import save_file
 
 from sdtune.atomic import atomic_write_json, disk_full_as_error, replace_folder
 from sdtune.errors import DamagedFileError, SdtuneError

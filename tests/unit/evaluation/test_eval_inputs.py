@@ -75,9 +75,9 @@ def test_a_model_that_is_not_there_is_named_before_the_clip_backbone_loads(tmp_p
 def test_a_hub_id_that_cannot_load_is_named_before_the_clip_backbone(monkeypatch) -> None:
     """Offline (or a hub without it), `sdtune eval nosuch` named only the CLIP backbone that failed first."""
     from sdtune.errors import ModelLoadError
-    from sdtune.evaluation.runner import _check_hub_ids
+    from sdtune.evaluation.runner import _check_before_backbones
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="nosuch-model"):
-        _check_hub_ids(["nosuch-model"])
-    _check_hub_ids(["toy"])  # built-in: nothing to check
+        _check_before_backbones(["nosuch-model"], allow_pickle=False)
+    _check_before_backbones(["toy"], allow_pickle=False)  # built-in: nothing to check
