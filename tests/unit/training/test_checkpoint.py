@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from sdtune.errors import SdtuneError
 from sdtune.training import checkpoint as ckpt
@@ -32,7 +33,7 @@ def test_only_trainable_weights_are_saved_and_restored_in_place(tmp_path: Path) 
     model, opt, sched = _setup()
     _step(model, opt, sched)
     path = ckpt.save_checkpoint(tmp_path, ckpt.TrainerState(step=1, micro_step=1), {"m": model}, opt, sched)
-    saved = ckpt.load_file(str(path / "trainable.safetensors"))
+    saved = load_file(str(path / "trainable.safetensors"))
     assert set(saved) == {"m.0.bias", "m.1.weight", "m.1.bias"}
 
     _step(model, opt, sched)  # the reference continuation
@@ -83,4 +84,4 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SdtuneError, match="shape"):
         ckpt.load_checkpoint(path, {"m": bigger}, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0))
     with pytest.raises(SdtuneError, match="lacks trainable weight"):
-        ckpt.load_trainable_state_({"x": model}, ckpt.load_file(str(path / "trainable.safetensors")))
+        ckpt.load_trainable_state_({"x": model}, load_file(str(path / "trainable.safetensors")))
