@@ -164,6 +164,12 @@ def atomic_save(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_copy(source: Path, path: Path) -> Path:
+    """Copy the file ``source`` to ``path`` through a temporary name (:func:`atomic_save`): a copy cut short by a
+    full disk or a kill never lies under ``path`` looking complete (a weights file handed to another tool)."""
+    return atomic_save(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
 def replace_folder(tmp: Path, target: Path) -> Path:
     """Move the finished folder ``tmp`` to ``target``, replacing an older ``target`` without a gap.
 
@@ -197,3 +203,25 @@ def write_folder(target: Path, write: Callable[[Path], None], what: str | None =
             return replace_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def removing_new_folders(folder: Path) -> Iterator[None]:
+    """Run the block; if it fails, remove ``folder`` and the parents of it that did not exist before, as far as
+    they are empty (a file some other writer put there keeps its folder)."""
+    path = Path(folder).expanduser().absolute()
+    made: list[Path] = []  # deepest first
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        made.append(path)
+        path = path.parent
+    try:
+        yield
+    except BaseException:
+        for new in made:
+            try:
+                new.rmdir()
+            except FileNotFoundError:  # never made (a deeper one is made only after its parents)
+                continue
+            except OSError:  # not empty: it and its parents stay
+                break
+        raise

@@ -23,7 +23,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from sdtune.atomic import atomic_save, atomic_write_text, write_folder
+from sdtune.atomic import atomic_copy, atomic_save, atomic_write_text, write_folder
 from sdtune.errors import DiskFullError
 
 out = Path(sys.argv[1])
@@ -32,6 +32,7 @@ attempts = {
     "text": lambda: atomic_write_text(out / "metrics.json", "x" * 30000),
     "image": lambda: atomic_save(out / "samples" / "00.png",
                                  Image.frombytes("RGB", (128, 128), os.urandom(128 * 128 * 3)).save),
+    "copy": lambda: atomic_copy(out / "big.safetensors", out / "export" / "sks.safetensors"),
 }
 for name, attempt in attempts.items():
     try:
@@ -46,12 +47,13 @@ def test_disk_full_leaves_old_outputs_and_no_temporary_files(tmp_path: Path) -> 
     (tmp_path / "lora").mkdir()
     (tmp_path / "lora" / "old.st").write_text("previous adapter")
     (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "big.safetensors").write_bytes(b"x" * 30000)  # an embedding to hand on, over the child's limit
     env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
-    for name in ("folder", "text", "image"):
+    for name in ("folder", "text", "image", "copy"):
         assert lines[name].startswith("DiskFullError could not write"), proc.stdout
         assert "File too large" in lines[name] and "Nothing half-written was left" in lines[name]
     assert "lora/" in lines["folder"] and "ulimit" in lines["folder"]
@@ -60,3 +62,4 @@ def test_disk_full_leaves_old_outputs_and_no_temporary_files(tmp_path: Path) -> 
     leftovers = sorted(p.name for p in tmp_path.rglob(".*"))
     assert not leftovers, leftovers
     assert not (tmp_path / "samples" / "00.png").exists()
+    assert not (tmp_path / "export" / "sks.safetensors").exists()  # a cut-short copy never takes the name

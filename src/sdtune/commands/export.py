@@ -168,9 +168,7 @@ def _write_kohya(run: Path, out: Path | None, dtype: str, base: str | None = Non
 
 def _copy_lycoris(run: Path, out: Path | None, dtype: str) -> Path:
     """A DoRA / LoHa / LoKr run's kohya/LyCORIS file, copied as training wrote and verified it."""
-    import shutil
-
-    from sdtune.commands.export_files import removing_new_folders
+    from sdtune.atomic import atomic_copy, removing_new_folders
     from sdtune.errors import SdtuneError
     from sdtune.models.safetensors_files import check_safetensors
     from sdtune.run_folder import LYCORIS_NAME
@@ -183,10 +181,7 @@ def _copy_lycoris(run: Path, out: Path | None, dtype: str) -> Path:
     check_safetensors(run / "lora" / LYCORIS_NAME)  # a damaged file is not handed on as verified
     target = _writable_target(_kohya_out(run, out), out)
     with removing_new_folders(target.parent):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(run / "lora" / LYCORIS_NAME, partial)
-        partial.replace(target)  # never a half-copied file under the name
+        atomic_copy(run / "lora" / LYCORIS_NAME, target)  # never a half-copied file under the name
     typer.echo(f"kohya/LyCORIS file: {target} (RUN/lora/{LYCORIS_NAME}, verified in ComfyUI's loader logic when "
                "the run finished)")
     return target
@@ -196,7 +191,7 @@ def _kohya_file(source: Path, target: Path, dtype: str, base_kw: dict, home: Pat
     """Write the diffusers-format LoRA ``source`` as the kohya file ``target``, verified against ``base_kw``
     (:func:`_base_for`); ``home``: the folder whose run (when it is one) gives the file its objective, resolution
     and learned token. A failed export leaves neither the file nor a folder made for it."""
-    from sdtune.commands.export_files import removing_new_folders
+    from sdtune.atomic import removing_new_folders
     from sdtune.config import DataConfig
     from sdtune.models.kohya import base_metadata, export_kohya
     from sdtune.models.loading import model_generation
@@ -224,11 +219,11 @@ def _kohya_file(source: Path, target: Path, dtype: str, base_kw: dict, home: Pat
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
     if embedding is not None:
-        import shutil
+        from sdtune.atomic import atomic_copy
 
         copy = target.with_name(embedding.name)
         if copy.resolve() != target.resolve():
-            shutil.copyfile(embedding, copy)
+            atomic_copy(embedding, copy)
         typer.echo(f"  with the run's learned token: bundled in the LoRA file (AUTOMATIC1111 loads it with the LoRA; "
                    f"diffusers' load_lora_weights refuses such a file: use RUN/lora and RUN/embeddings) and as "
                    f"{copy} (ComfyUI: models/embeddings/, write embedding:{copy.stem} in the prompt)")
@@ -237,7 +232,8 @@ def _kohya_file(source: Path, target: Path, dtype: str, base_kw: dict, home: Pat
 
 def _write_diffusers(run: Path, out: Path | None, base: str | None) -> Path:
     """Rewrite a run's (or any) diffusers-format LoRA in the portable format, e.g. one trained before it existed."""
-    from sdtune.commands.export_files import check_file_name, removing_new_folders
+    from sdtune.atomic import removing_new_folders
+    from sdtune.commands.export_files import check_file_name
     from sdtune.errors import SdtuneError
     from sdtune.models.lora import LORA_WEIGHTS, rewrite_lora_file
 
@@ -328,8 +324,9 @@ def export_lora_command(
     """
     import tempfile
 
+    from sdtune.atomic import removing_new_folders
     from sdtune.commands.args import existing_folder
-    from sdtune.commands.export_files import earlier_extraction, removing_new_folders, replaced_line
+    from sdtune.commands.export_files import earlier_extraction, replaced_line
     from sdtune.errors import SdtuneError
     from sdtune.models.extract import check_extractable, extract_from_run
     from sdtune.models.lora import LORA_WEIGHTS

@@ -3,15 +3,13 @@
 * A single-file export (kohya, or a diffusers LoRA file) must be named ``*.safetensors``: AUTOMATIC1111 and ComfyUI
   list only such files, and diffusers reads any other name as a pickle (:func:`check_file_name`).
 * Output folders are made only when there is something to write, and a failed export removes the (empty) folders
-  it made (:func:`removing_new_folders`): no empty ``RUN/export/`` after a failed verification.
+  it made (:func:`sdtune.atomic.removing_new_folders`): no empty ``RUN/export/`` after a failed verification.
 * An extraction into ``RUN/lora`` replaces the earlier one there; the command says which (:func:`earlier_extraction`,
   :func:`replaced_line`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 from sdtune.errors import SdtuneError
@@ -24,28 +22,6 @@ def check_file_name(file: Path, what: str) -> None:
     if file.suffix.lower() != SUFFIX:
         raise SdtuneError(f"-o {file}: {what} must end in {SUFFIX} (AUTOMATIC1111 and ComfyUI list only such files, "
                           f"and diffusers loads other names as pickles): pass -o {file.with_suffix(SUFFIX)}")
-
-
-@contextlib.contextmanager
-def removing_new_folders(folder: Path) -> Iterator[None]:
-    """Run the block; if it fails, remove ``folder`` and the parents of it that did not exist before, as far as
-    they are empty (a file some other writer put there keeps its folder)."""
-    path = Path(folder).expanduser().absolute()
-    made: list[Path] = []  # deepest first
-    while not path.exists() and not path.is_symlink() and path != path.parent:
-        made.append(path)
-        path = path.parent
-    try:
-        yield
-    except BaseException:
-        for new in made:
-            try:
-                new.rmdir()
-            except FileNotFoundError:  # never made (a deeper one is made only after its parents)
-                continue
-            except OSError:  # not empty: it and its parents stay
-                break
-        raise
 
 
 def earlier_extraction(lora_dir: Path) -> dict | None:

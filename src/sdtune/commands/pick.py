@@ -131,7 +131,7 @@ def pick_command(
 
 def _keep(run: Path, kept: Path, step: int, record: dict) -> None:
     """Write RUN/picked (the kept checkpoint as a run folder, with pick.json) and its file for other tools."""
-    from sdtune.atomic import atomic_write_json, write_folder
+    from sdtune.atomic import atomic_copy, atomic_write_json, removing_new_folders, write_folder
     from sdtune.commands.export import _write_kohya
 
     def fill(tmp: Path) -> None:
@@ -144,8 +144,8 @@ def _keep(run: Path, kept: Path, step: int, record: dict) -> None:
     if embeddings and not (picked / "lora").is_dir():  # textual inversion: the one file every tool loads
         typer.echo(f"kept: step {step} -> {picked} (the token's embedding in {embeddings[0]})")
         export_file = run / "export" / embeddings[0].name  # AUTOMATIC1111 names an embedding after its file
-        export_file.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(embeddings[0], export_file)
+        with removing_new_folders(export_file.parent):  # a failed copy leaves no empty export/
+            atomic_copy(embeddings[0], export_file)
         typer.echo(f"wrote {export_file} (step {step}; for AUTOMATIC1111 / ComfyUI: put it in their embeddings "
                    "folder, the prompt word is the file's name)")
         return

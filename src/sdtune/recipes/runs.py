@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdtune import typed_yaml
-from sdtune.atomic import atomic_write_json, atomic_write_text
+from sdtune.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from sdtune.config_resume import config_changes
 from sdtune.errors import SdtuneError
 from sdtune.models.lora import LORA_WEIGHTS
@@ -106,8 +105,7 @@ def write_stack_profile(run_dir: Path, concept: ConceptRun, *, concept_name: str
 
         learned = Path(run_dir) / EMBEDDINGS_DIR / embedding_file_name(str(token))
         if learned.is_file():
-            (folder / EMBEDDINGS_DIR).mkdir(exist_ok=True)
-            shutil.copyfile(learned, folder / EMBEDDINGS_DIR / learned.name)
+            atomic_copy(learned, folder / EMBEDDINGS_DIR / learned.name)
             profile["train"] = {"textual_inversion": {"token": str(token)}}
     atomic_write_text(folder / "config.yaml", header + typed_yaml.dump(profile))
     if not (folder / ADAPTERS_FILE).is_file():
