@@ -70,3 +70,16 @@ class QuitWithoutSaving(KeyboardInterrupt):
 
     A ``KeyboardInterrupt``, so everything that cleans up after one (temporary files, manifests) does so.
     """
+
+
+_NOTED: set[str] = set()
+
+
+def note_once(text: str) -> None:
+    """Print a note (not an error: the command goes on) on stderr, once per process: resolving a model name can
+    happen several times in one command, and the same note repeated hides the rest of the output."""
+    import sys
+
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(text, file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Counts in messages: "1 image", "2 images", "1 person", "3 people" (never "1 images" or "image(s)").
+"""Counts in messages: "1 image", "2 images", "1 person", "3 people" (never "1 images" or "image(s)"), and the
+first few of a list ("a.png, b.png ...").
 
 The one place plurals are made, low in the layers (it imports nothing of sdtune), so every message that prints a
 count beside a noun says it right. Verbs that agree with a count use the same call: ``plural(n, "has", "have")``.
@@ -30,6 +31,12 @@ def plural(n: float, word: str, many: str | None = None) -> str:
 def counted(n: float, word: str, many: str | None = None) -> str:
     """``n`` and ``word`` agreeing with it: ``counted(1, "step")`` is "1 step", ``counted(0, "step")`` "0 steps"."""
     return f"{n} {plural(n, word, many)}"
+
+
+def first_few(items: list[str], n: int, sep: str = ", ") -> str:
+    """The first ``n`` of ``items`` joined by ``sep``, then " ..." when there are more: a message names a few of
+    many files, not all of them."""
+    return sep.join(items[:n]) + (" ..." if len(items) > n else "")
 
 
 def _plural_word(word: str) -> str:

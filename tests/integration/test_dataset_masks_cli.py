@@ -68,6 +68,10 @@ def test_bad_inputs_are_one_line(tmp_path, clipseg):
     assert "wrote 2 masks" in again.stdout  # the empty ones are made again, as the message says
     assert "every photo has a mask" in run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--model",
                                                str(tmp_path / "not-loaded")).stdout  # nothing to do: no model
+    Image.new("L", Image.open(photos / "img00.png").size, 255).save(tmp_path / "me-masks" / "img00.jpg")
+    over = run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--model", str(clipseg), "--threshold", "0",
+                   "--overwrite")
+    assert "1 older mask of another format kept" in over.stderr and "(img00.jpg)" in over.stderr
     gpu = run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--device", "gpu", "--overwrite",
                   check=False)
     assert gpu.returncode != 0 and "is not a device" in gpu.stderr and "Traceback" not in gpu.stderr

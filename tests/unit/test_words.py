@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdtune.words import counted, plural
+from sdtune.words import counted, first_few, plural
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sdtune"
 
@@ -49,3 +49,9 @@ def test_no_message_in_src_prints_a_count_beside_a_fixed_plural() -> None:
             if hits:
                 found.append(f"{file.relative_to(SRC)}:{number}: {hits}")
     assert not found, "\n".join(found)
+
+
+def test_first_few_names_a_few_and_says_when_there_are_more() -> None:
+    assert first_few(["a", "b"], 3) == "a, b"
+    assert first_few(["a", "b", "c"], 3) == "a, b, c"
+    assert first_few(["a", "b", "c", "d"], 3, "; ") == "a; b; c ..."

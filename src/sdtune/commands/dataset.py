@@ -10,7 +10,7 @@ import typer
 from sdtune.data.segmenter import DEFAULT_SEGMENTER
 from sdtune.errors import DataError
 from sdtune.models.presets import PRESETS
-from sdtune.words import counted
+from sdtune.words import counted, first_few
 
 ORDER = 5
 
@@ -234,9 +234,9 @@ def masks_command(
       sdtune train configs/two-stage.yaml data.masked_loss=true \\
           data.mask_dir=data/me-masks
     """
+    from sdtune.atomic import removing_new_folders
     from sdtune.commands.args import device as check_device
     from sdtune.commands.args import existing_folder, output_folder
-    from sdtune.commands.export_files import removing_new_folders
     from sdtune.data.folders import read_folder
     from sdtune.data.segmenter import load_segmenter, masks_to_make, write_masks
 
@@ -271,15 +271,19 @@ def masks_command(
     kept = f" ({counted(report.kept, 'mask')} already there kept; --overwrite replaces them)" if report.kept else ""
     typer.echo(f"wrote {counted(report.written, 'mask')} to {out}{kept}. Check them: sdtune dataset check {folder} "
                f"--masks {out}; train with data.masked_loss=true data.mask_dir={out}")
+    if report.shadowed:
+        names = first_few([p.name for p in report.shadowed], 5)
+        typer.echo(f"note: {counted(len(report.shadowed), 'older mask')} of another format kept in {out} but no "
+                   f"longer read, as the new PNG of the same name comes first ({names}): delete them, or move them "
+                   "away and run again without --overwrite to use them", err=True)
     failed = False
     if report.unreadable:
-        names = "; ".join(f"{p.name}: {why.split(': ', 1)[-1]}" for p, why in report.unreadable[:3])
-        more = " ..." if len(report.unreadable) > 3 else ""
-        typer.echo(f"error: {counted(len(report.unreadable), 'photo')} could not be read and got no mask ({names}"
-                   f"{more}); `sdtune dataset check {folder}` lists them: fix or remove them", err=True)
+        names = first_few([f"{p.name}: {why.split(': ', 1)[-1]}" for p, why in report.unreadable], 3, "; ")
+        typer.echo(f"error: {counted(len(report.unreadable), 'photo')} could not be read and got no mask ({names}); "
+                   f"`sdtune dataset check {folder}` lists them: fix or remove them", err=True)
         failed = True
     if report.empty:
-        names = ", ".join(p.name for p in report.empty[:5]) + (" ..." if len(report.empty) > 5 else "")
+        names = first_few([p.name for p in report.empty], 5)
         typer.echo(f"error: {counted(len(report.empty), 'mask')} came out empty ({names}): CLIPSeg found no "
                    f"{prompt!r} there above --threshold {threshold}; run again with a lower --threshold or other "
                    "words (empty masks are made again), or draw those masks by hand", err=True)

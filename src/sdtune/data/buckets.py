@@ -28,13 +28,19 @@ MAX_ASPECT = 4.0
 SD_STEP = 64  # SD 1.x / 2.x: VAE 8x and three UNet down-samplings
 
 
+def vae_downscale(vae_config) -> int:
+    """How many pixels one latent pixel covers on a side: 2 per VAE down block after the first (8 on SD and SDXL).
+    ``vae_config``: the VAE's config (a dict or diffusers' FrozenDict)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 def bucket_step_of(vae_config, unet_config) -> int:
     """Pixels a side must be a multiple of: VAE down-sampling x UNet down-sampling (64 on SD 1/2, 4 on tiny).
 
     SDXL (``text_time`` conditioning) downsamples only twice (32 px) but was trained on 64 px buckets (the SDXL
     paper's list, kohya's default step): twice its factor, so 1024 px makes its usual shapes (1152x896, ...)
     rather than hundreds of near-duplicate ones that split small datasets into padded one-image batches."""
-    vae_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    vae_factor = vae_downscale(vae_config)
     unet_factor = 2 ** (len(unet_config["down_block_types"]) - 1)
     xl = 2 if unet_config.get("addition_embed_type") == "text_time" else 1
     return vae_factor * unet_factor * xl

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sdtune.data.buckets import vae_downscale
 from sdtune.data.feature_cache import FeatureStore, default_root, entry_key, module_hash, unwritable_note
 from sdtune.data.images import content_hash
 from sdtune.data.transforms import Transform, apply_transform
@@ -217,8 +218,7 @@ def attach_latent_cache(stream, vae: torch.nn.Module, *, cache_dir: Path | None,
                         device=param.device.type, image=hashes[path], transform=plan.key())
         wanted[key] = (path, plan)
         keys[(path, plan)] = key
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    cache = LatentCache(store, keys, int(vae.config.latent_channels), factor, param.dtype)
+    cache = LatentCache(store, keys, int(vae.config.latent_channels), vae_downscale(vae.config), param.dtype)
     shape_of = lambda item: cache.shape(item[1])  # noqa: E731
 
     def encode(item: tuple[Path, Transform]) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdtune.errors import ModelLoadError
+from sdtune.errors import ModelLoadError, note_once
 
 DEFAULT_CAPTIONER = "florence-community/Florence-2-base"
 SHORT_NAMES = {
@@ -212,6 +212,9 @@ def resolve_model(model: str | Path, short_names: dict[str, str], what: str = "c
     """(hub id or folder path, whether it is a local folder); short names (``short_names``) become their hub ids.
     ModelLoadError for a path-like name that does not exist (``what``: the model's role, for the message)."""
     source = short_names.get(str(model).lower(), str(model))
+    if source != str(model) and Path(str(model)).expanduser().exists():
+        note_once(f"note: {model} is the short name of {source}; the folder {model} here is not used (pass "
+                  f"./{model} for it)")
     path = Path(source).expanduser()
     if path.exists():
         return str(path), True

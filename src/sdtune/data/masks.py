@@ -26,15 +26,21 @@ from sdtune.errors import DataError
 ALPHA = "alpha"  # the mask source when there is no mask folder
 
 
-def mask_file(image: Path, mask_dir: Path) -> Path | None:
-    """The mask of ``image`` in ``mask_dir``: same name stem, any image suffix (PNG first); None when missing."""
+def mask_files(image: Path, mask_dir: Path) -> list[Path]:
+    """Every file in ``mask_dir`` that is a mask of ``image`` as training reads it (same stem, an image suffix),
+    in the order it reads them: PNG first."""
     from sdtune.data.images import IMAGE_SUFFIXES
 
     # exactly the stem, by name (a stat per suffix, not a listing: masks are read per example in training); a glob
     # of the stem matched "IMG_1.edit.png" for IMG_1.jpg, and read "x[1]" as a character class
     names = dict.fromkeys(f"{image.stem}{suffix}" for suffix in sorted(IMAGE_SUFFIXES, key=lambda s: s != ".png")
                           for suffix in (suffix, suffix.upper()))
-    candidates = [mask_dir / name for name in names if (mask_dir / name).is_file()]
+    return [mask_dir / name for name in names if (mask_dir / name).is_file()]
+
+
+def mask_file(image: Path, mask_dir: Path) -> Path | None:
+    """The mask of ``image`` in ``mask_dir`` (the first of :func:`mask_files`); None when missing."""
+    candidates = mask_files(image, mask_dir)
     return candidates[0] if candidates else None
 
 
@@ -82,6 +88,12 @@ def latent_weights(masks: torch.Tensor, latent_size: tuple[int, int], outside: f
     return outside + (1.0 - outside) * small
 
 
+def is_empty(mask: Image.Image) -> bool:
+    """Whether no pixel of ``mask`` (an L image) counts: all black, or an alpha channel fully transparent. Nothing
+    of its image would be learned, so training refuses it and ``dataset masks`` makes it again."""
+    return mask.getextrema()[1] == 0
+
+
 def mask_problems(images: list[Path], mask_dir: Path | None) -> list[tuple[Path, str, str]]:
     """``(file, reason, kind)`` for every image whose mask is missing, unreadable, of another size or empty (no
     pixel counts). What ``dataset check`` and the check before training report."""
@@ -98,7 +110,7 @@ def mask_problems(images: list[Path], mask_dir: Path | None) -> list[tuple[Path,
         if mask.size != size:
             found.append((image, f"its mask is {mask.size[0]}x{mask.size[1]}, the image {size[0]}x{size[1]}: masks "
                           "must have their image's size", "mask size"))
-        elif mask.getextrema()[1] == 0:
+        elif is_empty(mask):
             found.append((image, "its mask is empty (all black / transparent): nothing of it would be learned",
                           "mask empty"))
     return found

@@ -122,12 +122,14 @@ def binary_mask(probability: np.ndarray, threshold: float, expand: int, size: tu
 
 
 def empty_mask(path: Path) -> bool:
-    """Whether the mask file at ``path`` is all black (nothing in it would be learned); unreadable counts as not."""
+    """Whether the mask file at ``path`` is empty (:func:`sdtune.data.masks.is_empty`); unreadable counts as not."""
     from PIL import Image
+
+    from sdtune.data.masks import is_empty
 
     try:
         with Image.open(path) as img:
-            return img.convert("L").getextrema()[1] == 0
+            return is_empty(img.convert("L"))
     except (OSError, ValueError):
         return False
 
@@ -142,6 +144,9 @@ class MaskReport:
     kept: int = 0
     empty: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    # masks of another format with a new mask's name (me1.jpg beside the new me1.png): kept, never read again
+    # (the PNG is read first), so the command names them
+    shadowed: list[Path] = field(default_factory=list)
 
 
 def masks_to_make(images: Sequence[Path], out: Path, overwrite: bool = False) -> list[Path]:
@@ -177,6 +182,7 @@ def write_masks(images: Sequence[Path], out: Path, prompt: str, segmenter: Segme
     from tqdm.auto import tqdm
 
     from sdtune.data.images import load_rgb
+    from sdtune.data.masks import is_empty, mask_files
 
     segmenter.check_prompt(prompt)
     todo = list(masks_to_make(images, out, overwrite) if todo is None else todo)
@@ -203,7 +209,9 @@ def write_masks(images: Sequence[Path], out: Path, prompt: str, segmenter: Segme
                 mask.save(partial, format="PNG")
                 os.replace(partial, target)
                 report.written += 1
-                if mask.getextrema()[1] == 0:
+                report.shadowed += [other for other in mask_files(path, out)  # samefile: x.PNG is x.png on macOS
+                                    if not other.samefile(target)]
+                if is_empty(mask):
                     report.empty.append(path)
                 bar.update(1)
     return report

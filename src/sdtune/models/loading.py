@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdtune.errors import ModelLoadError
+from sdtune.errors import ModelLoadError, note_once
 from sdtune.models.family import SD, Family, family_of_source
 from sdtune.models.presets import is_preset, preset_path
 from sdtune.models.quiet import quiet_weight_loading as _quiet_weight_loading
@@ -42,6 +42,8 @@ def resolve_model_ref(ref: str) -> str:
     Presets become their cache folder, existing paths are checked, anything else is taken as a hub id.
     """
     if is_preset(ref):
+        if Path(ref).exists():
+            note_once(f"note: {ref} is a built-in model; the folder {ref} here is not used (pass ./{ref} for it)")
         return str(preset_path(ref))
     path = Path(ref).expanduser()
     if path.exists():

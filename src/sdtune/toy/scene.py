@@ -54,8 +54,9 @@ class Person:
     colour2: str = "cyan"
     pattern: str = "striped"
     # The shapes its photos may show (``write_person_set(poses=N)`` takes the first N), as a person's photos show
-    # several poses: the identity is the colours and the pattern, the form varies. Never the concept's arrow.
-    poses: tuple[str, ...] = ("square", "circle", "triangle", "diamond")
+    # several poses: the identity is the colours and the pattern, the form varies. Never the concept's arrow. The
+    # demo takes 4; the star, nearest the arrow in the toy CLIP (cosine 0.75), comes last.
+    poses: tuple[str, ...] = ("square", "circle", "triangle", "diamond", "heart", "star")
     # pattern "quartered": the four quarters' colours (top-left first, clockwise); ``colour`` names the first
     quarters: tuple[str, ...] | None = None
 

@@ -38,7 +38,21 @@ def test_existing_masks_are_kept_unless_overwrite(tmp_path, clipseg):
     report = write_masks(sorted(photos.glob("*.png")), masks, "a dog", segmenter, threshold=0.0, overwrite=True,
                          progress=False)
     assert report.written == 2 and (masks / "img00.png").read_bytes() != before
-    assert not list(masks.glob(".*partial"))
+    assert not list(masks.glob(".*partial")) and report.shadowed == []
+
+
+def test_a_mask_of_another_format_left_unread_beside_a_new_one_is_named(tmp_path, clipseg):
+    photos = make_images(tmp_path / "me", 2)
+    masks = tmp_path / "drawn"
+    masks.mkdir()
+    size = Image.open(photos / "img00.png").size
+    Image.new("L", size, 255).save(masks / "img00.jpg")  # drawn by hand, as a JPEG
+    Image.new("L", size, 255).save(masks / "img01.edit.png")  # another name: not img01's mask
+    segmenter = load_segmenter(clipseg, batch_size=1)
+    report = write_masks(sorted(photos.glob("*.png")), masks, "a dog", segmenter, threshold=0.0, overwrite=True,
+                         progress=False)
+    # the new img00.png is read before img00.jpg from now on: the JPEG is kept (never lost) and named
+    assert report.written == 2 and report.shadowed == [masks / "img00.jpg"] and (masks / "img00.jpg").is_file()
 
 
 def test_a_batch_segments_as_single_images_do_and_bf16_loads(clipseg):

@@ -25,7 +25,7 @@ from sdtune.toy.evaluate import (
 )
 from sdtune.toy.world import HARD_PERSON, PERSON
 
-FORMS = (*HARD_PERSON.poses, world.CONCEPT)
+FORMS = (*HARD_PERSON.poses[:4], world.CONCEPT)  # the demo's 4 poses (DemoSettings.person_poses) and the arrow
 
 
 def _renders(person: world.Person, count: int, seed: int) -> list[Image.Image]:
