@@ -14,7 +14,9 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from sdtune import config_errors, typed_yaml
+from sdtune.config_base import Section
 from sdtune.config_errors import MINIMAL_CONFIG
+from sdtune.config_loss_terms import AttentionLossConfig, PreservationConfig
 from sdtune.config_output_sections import (
     CheckpointConfig,
     LoggingConfig,
@@ -28,18 +30,17 @@ from sdtune.config_sections import (
     FrozenAdapter,
     LoraConfig,
     ModelConfig,
-    PreservationConfig,
-    Section,
     SubsetConfig,
     TextualInversionConfig,
     TrainConfig,
     _no_empty_path,
 )
 from sdtune.errors import ConfigError
+from sdtune.words import counted
 
-# the sections are defined in sdtune.config_sections and sdtune.config_output_sections, and used from here
-__all__ = ["CheckpointConfig", "DataConfig", "EMAConfig", "FrozenAdapter", "LoggingConfig", "LoraConfig",
-           "ModelConfig", "PreservationConfig", "RunConfig", "SaveConfig", "Section", "SubsetConfig",
+# the sections are defined in sdtune.config_sections, config_loss_terms and config_output_sections; used from here
+__all__ = ["AttentionLossConfig", "CheckpointConfig", "DataConfig", "EMAConfig", "FrozenAdapter", "LoggingConfig",
+           "LoraConfig", "ModelConfig", "PreservationConfig", "RunConfig", "SaveConfig", "Section", "SubsetConfig",
            "TextualInversionConfig", "TrainConfig", "ValidationConfig", "ValidationLossConfig", "apply_overrides",
            "config_from_dict", "dump_config", "format_validation_error", "list_keys", "load_config",
            "parse_override", "read_yaml", "resolve_config", "save_config"]
@@ -72,6 +73,13 @@ class RunConfig(Section):
             raise ValueError(f"data.instance_prompt {prompt!r} does not contain train.textual_inversion.token "
                              f"{learned.token!r}, the word whose embedding is trained: write it into the prompt "
                              f"(e.g. 'a photo of {learned.token} person')")
+        if self.data.masked_loss and self.data.unmasked_steps(self.train.max_steps) >= self.train.max_steps:
+            raise ValueError(f"data.mask_start={self.data.mask_start} of {counted(self.train.max_steps, 'step')} "
+                             "(train.max_steps) leaves no step with masks: lower it (0: masks from the first step), "
+                             "or raise max_steps")
+        if self.train.attention_loss is not None and not self.data.masked_loss:
+            raise ValueError("train.attention_loss pulls the token's attention towards each photo's mask: set "
+                             "data.masked_loss=true (masks in data.mask_dir or the photos' alpha channels)")
         if learned is not None and self.save.full_model:
             raise ValueError("save.full_model is for LoRA runs; a run that learns a token saves its embedding "
                              "(RUN/embeddings), loaded with load_textual_inversion next to the LoRA: remove "

@@ -80,6 +80,29 @@ def _shown(value: Any) -> str:
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"})
 
 
+# pydantic's error types for a single value where a section of keys belongs (``train.attention_loss=true``)
+_NOT_A_SECTION = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+def _not_a_section(schema: Any, parts: list[str], subject: str, given: Any) -> str:
+    """``train.ema = true: a section of keys (decay, ...): write train.ema={} for its defaults ...``: how to turn a
+    section on (pydantic says "a valid dictionary or instance of EMAConfig", a class no user wrote)."""
+    from sdtune.config_base import is_number_key
+
+    loc = ".".join(parts)
+    model = _model_at(schema, parts)
+    fields = list(model.model_fields) if model is not None else []
+    optional = type(None) in getattr(typed_yaml.at(schema, parts), "__args__", ())
+    # the key the value was likely meant for: the first number key for a number (train.lora=4: rank)
+    numbers = [name for name in fields if is_number_key(model.model_fields[name].annotation)] if model else []
+    if numbers and isinstance(given, int | float) and not isinstance(given, bool):
+        one = f", {loc}.{numbers[0]}={given} to set its {numbers[0]}"
+    else:
+        one = f", {loc}.{fields[0]}=... to set one" if fields else ""
+    return (f"{subject} = {_shown(given)}: a section of keys ({', '.join(fields)}), not a single value: write "
+            f"{loc}={{}} for its defaults{one}" + (f", or {loc}=null for none" if optional else ""))
+
+
 def _meaning(schema: Any, parts: list[str]) -> str:
     """The description of the field at dotted ``parts`` in ``schema`` ("" when it has none)."""
     parent = _model_at(schema, parts[:-1])
@@ -113,6 +136,8 @@ def format_validation_error(exc: ValidationError, source: str, overrides: list[s
             lines.append(f"{loc}: missing. {missing[loc]}")
         elif kind == "missing":
             lines.append(f"{subject}: required, not set")
+        elif section and kind in _NOT_A_SECTION and "input" in err:
+            lines.append(_not_a_section(schema, parts, subject, err["input"]))
         elif kind == "literal_error":
             allowed = (err.get("ctx") or {}).get("expected", "")
             lines.append(f"{subject}: {_shown(err['input'])} is not allowed; use {allowed}")

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sdtune.config_sections import Section
+from sdtune.config_base import Section
 
 
 class CheckpointConfig(Section):

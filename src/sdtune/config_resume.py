@@ -88,6 +88,7 @@ RESUME_RULES: dict[str, Rule] = {
     "train.seed": _refuse("the data order and every random draw of the run"),
     "train.preservation": _change("a loss term: no weights of its own, its prompt draws come after the step's own "
                                   "draws from the step's reseeded RNG"),
+    "train.attention_loss": _change("a loss term: no weights or random draws of its own, from the resume step on"),
     "train.num_workers": _change("data loading only; examples are position-addressed"),
     "checkpoint": _change("when and how many checkpoints are kept"),
     "validation": _change("what is sampled during training"),
@@ -104,12 +105,13 @@ DERIVED: dict[str, Callable[[dict[str, Any]], Any]] = {
     # with train.scale_lr the learning rate is multiplied by the batch and processes; text_encoder_lr is not
     "train.text_encoder_lr": lambda c: None if value_at(c, "train.scale_lr") else value_at(c, "train.learning_rate"),
 }
-# key (or section) -> the switch without which the run does not use it
-USED_ONLY_WITH: dict[str, str] = {
+# key (or section) -> the switches without any of which the run does not use it (a section counts as on when set)
+USED_ONLY_WITH: dict[str, str | tuple[str, ...]] = {
     "train.text_encoder_lr": "train.train_text_encoder",
     "train.lora.text_encoder_targets": "train.train_text_encoder",
     "data.class_dir": "data.with_prior_preservation",
-    "data.class_prompt": "data.with_prior_preservation",
+    # also output preservation's prompt when train.preservation.prompts is empty (PreservationConfig)
+    "data.class_prompt": ("data.with_prior_preservation", "train.preservation"),
     "data.num_class_images": "data.with_prior_preservation",
     "data.class_generation_steps": "data.with_prior_preservation",
     "data.prior_loss_weight": "data.with_prior_preservation",
@@ -157,9 +159,15 @@ def value_at(data: dict[str, Any], key: str) -> Any:
     return node
 
 
+def _switches(key: str) -> tuple[str, ...]:
+    switch = USED_ONLY_WITH.get(key, ())
+    return (switch,) if isinstance(switch, str) else switch
+
+
 def _unused(config: dict[str, Any], key: str) -> bool:
-    switch = USED_ONLY_WITH.get(key)
-    return switch is not None and not value_at(config, switch)
+    """Whether the run leaves ``key`` unused: it has switches and none is on (true, or a section that is set)."""
+    switches = _switches(key)
+    return bool(switches) and not any(value_at(config, s) not in (None, False) for s in switches)
 
 
 def unused_overrides(overrides: list[str], config: dict[str, Any]) -> list[str]:
@@ -169,7 +177,7 @@ def unused_overrides(overrides: list[str], config: dict[str, Any]) -> list[str]:
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if _unused(config, key):
-            switch = USED_ONLY_WITH[key]
+            switch = _switches(key)[0]  # the main one (prior preservation, for the class keys)
             notes.append(f"note: {key} has no effect: {switch} is off (set {switch}=true to use it)")
     return notes
 

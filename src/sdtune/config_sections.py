@@ -6,32 +6,14 @@ re-exports them, so ``from sdtune.config import DataConfig`` is how they are use
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from sdtune.config_base import Section
+from sdtune.config_loss_terms import AttentionLossConfig, PreservationConfig
 from sdtune.preset_names import PRESETS
 from sdtune.words import counted
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_yes_no_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """``true``/``false`` given to a number key: pydantic reads them as 1/0, so ``train.max_timestep=true``
-        trained timestep 0 alone and ``train.max_steps=true`` one step; refused instead."""
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and _numeric(field.annotation):
-            raise ValueError("a yes/no value, where this key takes a number")
-        return value
-
-
-def _numeric(annotation: Any) -> bool:
-    """``int``, ``float``, or either with None (``int | None``): a number key."""
-    args = [a for a in get_args(annotation) if a is not type(None)] if get_args(annotation) else [annotation]
-    return bool(args) and all(a in (int, float) for a in args)
 
 
 def _no_empty_path(value: Any) -> Any:
@@ -151,7 +133,9 @@ class DataConfig(Section):
     mask_start: float = Field(0.0, ge=0.0, lt=1.0, description="weight the loss by the masks from this fraction "
                               "of train.max_steps on (whole images before); with pivotal tuning in sequence set it "
                               "to train.textual_inversion.lora_start: the token learns from whole images, the "
-                              "LoRA from the masked person; below 1 (whole images throughout: data.masked_loss false)")
+                              "LoRA from the masked person (train.attention_loss then reaches the LoRA alone: keep "
+                              "it below ti_fraction for the token); below 1 (whole images throughout: "
+                              "data.masked_loss false)")
 
     def unmasked_steps(self, max_steps: int) -> int:
         """The first optimizer steps that train on whole images before the masks apply (``mask_start``)."""
@@ -213,18 +197,6 @@ class EMAConfig(Section):
     decay: float = Field(0.9999, gt=0.0, lt=1.0, description="EMA decay per step: nearer 1 averages over more "
                          "steps (0.999 ~ the last 1000)")
     update_after_step: int = Field(0, ge=0, description="steps before the EMA starts averaging")
-
-
-class PreservationConfig(Section):
-    """Differential output preservation (``sdtune.training.preservation``): keep the starting model's output on
-    prompts without the identifier, as a loss term; needs no class images. LoRA runs only."""
-
-    weight: float = Field(1.0, gt=0.0, description="weight of the term next to the training loss")
-    prompts: list[str] = Field(default_factory=list, description="prompts without the identifier (default: "
-                               "data.class_prompt); a two-stage flow adds the concept's own prompts")
-
-    def resolved_prompts(self, data: DataConfig) -> list[str]:
-        return list(self.prompts) or ([data.class_prompt] if data.class_prompt else [])
 
 
 class TextualInversionConfig(Section):
@@ -325,6 +297,9 @@ class TrainConfig(Section):
                                      "timesteps draw the layout and form")
     ema: EMAConfig | None = Field(None, description="EMA of the trained weights (the UNet, a LoRA, a token's "
                                   "embedding): what is validated, saved and exported; the raw ones resume")
+    attention_loss: AttentionLossConfig | None = Field(
+        None, description="Break-A-Scene's cross-attention loss: the learned token attends to the masked person "
+        "(needs train.textual_inversion and data.masked_loss)")
     preservation: PreservationConfig | None = Field(
         None, description="differential output preservation: pull the trained model's prediction on prompts "
         "without the identifier towards the starting model's (LoRA only; no class images needed)")
@@ -362,6 +337,9 @@ class TrainConfig(Section):
             if self.lora is None and self.textual_inversion.ti_fraction < 1.0:
                 raise ValueError("train.textual_inversion.ti_fraction freezes the embedding while a LoRA trains on "
                                  "(pivotal tuning): add train.lora, or set ti_fraction to 1.0")
+        if self.attention_loss is not None and self.textual_inversion is None:
+            raise ValueError("train.attention_loss pulls a learned token's attention towards the masks: add "
+                             "train.textual_inversion (with train.lora: pivotal tuning), or remove attention_loss")
         if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
             raise ValueError(f"train.max_timestep={self.max_timestep} must be above train.min_timestep="
                              f"{self.min_timestep} (timesteps from min_timestep to max_timestep - 1 are trained)")

@@ -110,6 +110,16 @@ def test_config_errors_say_where_the_key_came_from_and_what_is_allowed(tmp_path)
     assert f"{config}: train.max_stepz: unknown key; did you mean train.max_steps?" in text
     with pytest.raises(ConfigError, match=r"learning_rate.*did you mean train\.learning_rate\?"):
         load_config(None, ["data.train_dir=d", "learning_rate=1"])  # a key in the wrong section
+    # a single value where a section belongs: how to turn it on (pydantic named an internal class, EMAConfig)
+    with pytest.raises(ConfigError) as failure:
+        load_config(None, ["data.train_dir=d", "train.ema=true", "train.preservation=1"])
+    text = str(failure.value)
+    assert "train.ema = true: a section of keys (decay, update_after_step)" in text and "Config" not in text
+    assert "write train.ema={} for its defaults, train.ema.decay=... to set one, or train.ema=null for none" in text
+    assert "train.preservation = 1: a section of keys (weight, prompts)" in text
+    assert "train.preservation.weight=1 to set its weight" in text  # a number: the section's first number key
+    with pytest.raises(ConfigError, match=r"train\.lora\.rank=4 to set its rank"):
+        load_config(None, ["data.train_dir=d", "train.lora=4"])
     empty = tmp_path / "empty.yaml"
     empty.write_text("", encoding="utf-8")
     with pytest.raises(ConfigError) as failure:

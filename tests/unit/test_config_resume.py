@@ -96,3 +96,19 @@ def test_an_override_the_run_will_not_use_gets_a_note() -> None:
     trained = config_from_dict({"data": {"train_dir": "d"}, "train": {"text_encoder_lr": 1e-5,
                                                                       "train_text_encoder": True}})
     assert unused_overrides(["train.text_encoder_lr=1e-5"], trained.model_dump(mode="json")) == []
+
+
+def test_the_class_prompt_is_used_by_output_preservation_too() -> None:
+    """data.class_prompt is output preservation's prompt when train.preservation lists none: an override of it is
+    no "has no effect" note, and a change of it on resume is a change (both treated it as unused before)."""
+    from sdtune.config import config_from_dict
+    from sdtune.config_resume import unused_overrides
+
+    def config(prompt: str) -> dict:
+        return _dict(config_from_dict({"data": {"instance_dir": "d", "instance_prompt": "a photo of sks dog",
+                                                "class_prompt": prompt},
+                                       "train": {"lora": {"rank": 4}, "preservation": {}}}))
+
+    assert unused_overrides(["data.class_prompt=a photo of a dog"], config("a photo of a dog")) == []
+    assert split_changes(config("a photo of a dog"), config("a photo of a cat"))[1] == {  # refused, as data is
+        "data.class_prompt": ["a photo of a dog", "a photo of a cat"]}

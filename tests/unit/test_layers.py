@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "sdtune.devices": 0, "sdtune.stopping": 0, "sdtune.preset_names": 0, "sdtune.writable": 0, "sdtune.words": 0,
     # the config, and what reads the files a run wrote (sdtune.run_folder: the one reader of a run folder)
     "sdtune.config": 1, "sdtune.config_sections": 1, "sdtune.config_output_sections": 1, "sdtune.config_errors": 1,
+    "sdtune.config_base": 1, "sdtune.config_loss_terms": 1,
     "sdtune.config_options": 1, "sdtune.config_resume": 1,
     "sdtune.output_folders": 1,
     "sdtune.run_folder": 1, "sdtune.run_status": 1,

@@ -149,6 +149,9 @@ def person_stage(settings: DemoSettings, data: Path, out: Path, concept_model: s
                                                "initializer": settings.person_initializer,
                                                "num_vectors": settings.person_vectors},
                             adam_weight_decay=0.0)
+        if settings.person_attention_loss:  # the token's attention towards the masks (Break-A-Scene)
+            cfg["train"]["attention_loss"] = {"weight": settings.person_attention_loss,
+                                              "downscales": list(settings.person_attention_downscales)}
     elif settings.person_method != "lora":
         raise ValueError(f"person_method {settings.person_method!r}: textual-inversion, pivotal or lora")
     if settings.preservation:

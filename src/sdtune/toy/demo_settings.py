@@ -37,6 +37,10 @@ class DemoSettings:
     person_masks: bool = False
     person_mask_outside: float = 0.0
     person_mask_start: float = 0.0  # data.mask_start: whole images before this share of the steps, masks after
+    # Break-A-Scene's cross-attention loss (train.attention_loss; needs person_masks and a learned token): its weight
+    # (0: off) and the maps it reads, as times smaller than the 8x8 latents (the toy's attention: 4x4 and 2x2)
+    person_attention_loss: float = 0.0
+    person_attention_downscales: tuple[int, ...] = (2,)
     # train.max_timestep of the person stage (None: every timestep): the person on the low-noise steps only, where
     # detail and colour are drawn, so the form of "sks green arrow" stays the concept's
     person_max_timestep: int | None = None

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -105,6 +105,7 @@ class StepVerdict:
 
     loss: float
     stop_requested: bool
+    terms: dict[str, float] = field(default_factory=dict)  # loss terms beside the diffusion loss, this process's
 
 
 class DivergenceGuard:
@@ -141,11 +142,13 @@ class DivergenceGuard:
         """The step's total gradient norm (after accumulation, before clipping), or None where none is judged."""
         self._grad_norm = grad_norm
 
-    def judge(self, step: int, stop_requested: torch.Tensor | None = None) -> StepVerdict:
+    def judge(self, step: int, stop_requested: torch.Tensor | None = None,
+              terms: dict[str, torch.Tensor] | None = None) -> StepVerdict:
         """Read the step's queued checks (one transfer: the host sync of the step) and judge it; call it after the
         optimizer update is queued and before anything of the step is saved or validated (module docstring).
 
-        ``stop_requested``: a device flag (a stop asked for on any process) read in the same transfer. Raises the
+        ``stop_requested``: a device flag (a stop asked for on any process) read in the same transfer, as are
+        ``terms`` (the step's loss terms by name, ``StepLoss.take_terms``: logged, not judged). Raises the
         :class:`TrainingStopped` of :meth:`stop` for a non-finite loss or gradient norm, naming ``step``; a sane
         step makes the checkpoints before it good. Returns the step's loss (mean over micro-steps and processes).
         """
@@ -153,12 +156,14 @@ class DivergenceGuard:
         self._micro, self._rows, self._grad_norm = [], [], None
         if self.grad_scaler:  # fp16: its scaler skips overflowed steps itself
             grad_norm = None
-        extra = [t.reshape(1).to(rows[0].device, torch.float32) for t in (grad_norm, stop_requested)
+        terms = terms or {}
+        extra = [t.reshape(1).to(rows[0].device, torch.float32) for t in (grad_norm, stop_requested, *terms.values())
                  if isinstance(t, torch.Tensor)]
         values = torch.cat(rows + extra).tolist()  # the one read of the step
         per_micro, rest = values[:4 * len(rows)], values[4 * len(rows):]
         grad_value = rest.pop(0) if isinstance(grad_norm, torch.Tensor) else grad_norm
         stop = bool(rest.pop(0)) if stop_requested is not None else False
+        read_terms = dict(zip(terms, rest, strict=True))
         means = []
         quads = [per_micro[i:i + 4] for i in range(0, len(per_micro), 4)]
         for (losses, _), (finite, total, zero, mean) in zip(micro, quads, strict=True):
@@ -180,7 +185,7 @@ class DivergenceGuard:
         if not self._diverging:  # a sane loss makes the checkpoints before it good
             self.suspects.clear()
         self._diverging = False
-        return StepVerdict(loss=sum(means) / len(means), stop_requested=stop)
+        return StepVerdict(loss=sum(means) / len(means), stop_requested=stop, terms=read_terms)
 
     def check_weights(self, parameters: list[torch.nn.Parameter], step: int) -> None:
         """Before a checkpoint is written (one read for all of them)."""

@@ -41,6 +41,7 @@ from sdtune.stopping import QUIT_NOW, NotStarted, Stop, stop_scope
 from sdtune.training import checkpoint as ckpt
 from sdtune.training import data_resume
 from sdtune.training import resume as resuming
+from sdtune.training.attention_loss import build_attention_loss
 from sdtune.training.divergence import DivergenceGuard
 from sdtune.training.eval_weights import EvalWeights, build_ema
 from sdtune.training.finish import TrainResult, finish, validate
@@ -182,7 +183,8 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     accelerator = _make_accelerator(cfg, run_dir)
     _ensure_class_images(cfg, accelerator, stop, plan)
     data_record = stream_record(cfg.data)  # what the stream is built from: in every checkpoint, compared on resume
-    data_lines = data_resume.check_data(plan, data_record, new_data_epoch) if plan is not None else []
+    data_lines = (data_resume.check_data(plan, data_record, new_data_epoch) + resuming.nothing_to_train(plan, cfg)
+                  if plan is not None else [])
 
     comps = load_components(cfg.model.base, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision,
                             variant=cfg.model.variant, prediction_type=cfg.model.prediction_type, vae=cfg.model.vae,
@@ -194,6 +196,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
                           bucket_step=bucket_step_of(comps.vae.config, comps.unet.config),
                           held_out=held_out_paths(cfg))  # validation.loss.split: never trained on
     check_learned_token(cfg, stream, comps.tokenizer)
+    attention = build_attention_loss(cfg, comps)  # its map sizes checked before any latent is cached
     optimizer = build_optimizer(cfg, trainables, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(cfg, optimizer)
     fresh_hyperparameters = resuming.optimizer_hyperparameters(optimizer)  # the new config's, before loading
@@ -256,7 +259,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
     batches = iter(loader)
     accum = cfg.train.gradient_accumulation_steps
     micro_loss = StepLoss(cfg, accelerator, unet, text_encoder, conditioner, comps.noise_scheduler,
-                          build_preservation(cfg, comps.tokenizer), comps.family)
+                          build_preservation(cfg, comps.tokenizer), comps.family, attention)
 
     guard = DivergenceGuard(cfg, run_dir, main_process=accelerator.is_main_process,
                             grad_scaler=accelerator.scaler is not None, resumed_step=plan.step if plan else None)
@@ -323,15 +326,16 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
             state.step += 1
             state.micro_step += accum
             # the step's one host sync, after its update is queued and before anything of it is saved or validated
-            verdict = guard.judge(state.step, _stop_flag(accelerator, stop))
+            verdict = guard.judge(state.step, _stop_flag(accelerator, stop), micro_loss.take_terms())
             if state.step == cfg.train.max_steps:  # a stop from here on ends in the final phase, not a resume point
                 stop.phase(f"saving the final checkpoint {ckpt.step_dir_name(state.step)}; --resume latest then "
                            "writes the outputs without training again", lost)
             state.last_loss = verdict.loss
             lr = lr_scheduler.get_last_lr()[0]
             step_times.append(time.time() - step_start)
-            accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": step_times[-1]}, step=state.step)
-            progress_log.step(state.step, cfg.train.max_steps, state.last_loss, lr, step_times[-1])
+            accelerator.log({"loss": state.last_loss, "lr": lr, "step_time": step_times[-1], **verdict.terms},
+                            step=state.step)  # the loss terms too: is the preservation or attention term falling?
+            progress_log.step(state.step, cfg.train.max_steps, state.last_loss, lr, step_times[-1], verdict.terms)
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}", refresh=False)  # drawn by update()
             bar.update(1)
             busy = False  # saving or validating: a stop asked for meanwhile is read again after them

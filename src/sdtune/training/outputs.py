@@ -21,7 +21,7 @@ from sdtune.models.lora import LORA_WEIGHTS, save_lora
 from sdtune.models.portable import save_pipeline
 from sdtune.models.safetensors_files import reading_safetensors
 from sdtune.run_folder import EMBEDDINGS_DIR, embedding_file_name
-from sdtune.words import counted, plural
+from sdtune.words import counted, first_few, plural
 
 
 def base_pipeline(cfg: RunConfig):
@@ -303,6 +303,12 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
         first = data.unmasked_steps(cfg.train.max_steps) + 1
         lines.append(f"| masked loss | masks from {where}, weight {data.mask_outside_weight:g} outside"
                      + (f", from step {first} (whole images before)" if first > 1 else "") + " |")
+    if (attention := cfg.train.attention_loss) is not None:  # Break-A-Scene's term: the token's attention to the masks
+        maps = ("nearest 16x16" if attention.downscales is None else
+                f"{', '.join(str(d) for d in attention.downscales)}x smaller than the latents")
+        first = data.unmasked_steps(cfg.train.max_steps) + 1
+        lines.append(f"| cross-attention loss | weight {attention.weight:g}, maps {maps}, steps {first}-"
+                     f"{cfg.train.max_steps} |")
     if cfg.train.min_timestep or cfg.train.max_timestep is not None:  # a narrowed range changes what the run learned
         high = "the schedule's end" if cfg.train.max_timestep is None else cfg.train.max_timestep - 1
         lines.append(f"| timesteps trained | {cfg.train.min_timestep} to {high} |")
@@ -324,6 +330,15 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
     if data.with_prior_preservation:
         lines.append(f"| class images | {metrics.get('class_images')} |")
         lines.append(f"| class prompt | `{data.class_prompt}` (prior loss weight {data.prior_loss_weight}) |")
+    if (keep := cfg.train.preservation) is not None:  # output preservation: what it kept, how strongly
+        kept = keep.resolved_prompts(data)
+        lines.append(f"| output preservation | weight {keep.weight:g} on {counted(len(kept), 'prompt')}: "
+                     f"{first_few([f'`{p}`' for p in kept], 3)} |")
+    if cfg.train.ema is not None:
+        lines.append(f"| EMA | decay {cfg.train.ema.decay:g}: the saved weights are the average |")
+    if cfg.train.snr_gamma is not None or cfg.train.noise_offset:
+        lines.append(f"| loss options | min-SNR-gamma {as_written(cfg.train.snr_gamma)}, noise offset "
+                     f"{cfg.train.noise_offset:g} |")
     resumes = [f"step {entry['step']}: " + ", ".join(f"{key} {as_written(old)} -> {as_written(new)}"
                                                    for key, (old, new) in changes.items())
                for entry in metrics.get("history") or [] if (changes := entry.get("changes"))]

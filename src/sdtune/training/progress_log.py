@@ -24,11 +24,15 @@ class ProgressLog:
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def step(self, step: int, max_steps: int, loss: float, lr: float, seconds: float) -> None:
+    def step(self, step: int, max_steps: int, loss: float, lr: float, seconds: float,
+             terms: dict[str, float] | None = None) -> None:
+        """One line per step; ``terms``: the loss terms beside the diffusion loss (``preservation_loss``, ...),
+        which ``loss`` includes."""
         if not self.enabled:
             return
         line = json.dumps({"step": step, "max_steps": max_steps, "loss": round(float(loss), 6), "lr": float(lr),
-                           "seconds": round(float(seconds), 4), "time": round(time.time(), 3)})
+                           "seconds": round(float(seconds), 4), "time": round(time.time(), 3),
+                           **{name: float(f"{value:.6g}") for name, value in (terms or {}).items()}})
         try:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(line + "\n")

@@ -207,6 +207,16 @@ def describe(entry: dict[str, Any]) -> str:
     return text
 
 
+def nothing_to_train(plan: ResumePlan, cfg: RunConfig) -> list[str]:
+    """A note when a resume with changes has no step left: the checkpoint is at ``train.max_steps``, so the changes
+    reach no weight (the outputs are written again); without it the run looked as if it had trained with them."""
+    if not plan.changes or plan.step < cfg.train.max_steps:
+        return []
+    return [f"note: {Path(plan.checkpoint).name} is at train.max_steps ({cfg.train.max_steps}): no step is left to "
+            "train, so the changes above reach no weight (the outputs are written again); raise train.max_steps to "
+            "train on with them"]
+
+
 def write_run_config(cfg: RunConfig, path: Path, history: list[dict[str, Any]]) -> None:
     """RUN/config.yaml: the config now in force (re-runnable as is), with the resume history as comments."""
     header = "".join(f"# {describe(entry)}\n" for entry in history
@@ -216,5 +226,5 @@ def write_run_config(cfg: RunConfig, path: Path, history: list[dict[str, Any]]) 
     atomic_write_text(path, header + dump_config(cfg))
 
 
-__all__ = ["OPTIMIZER_KEYS", "ResumePlan", "apply_changes", "describe", "history_entry",
+__all__ = ["OPTIMIZER_KEYS", "ResumePlan", "apply_changes", "describe", "history_entry", "nothing_to_train",
            "optimizer_hyperparameters", "plan_resume", "start_branch", "write_run_config"]

@@ -8,6 +8,7 @@ RNG for that micro-step: exact resume rests on it (``sdtune.training.loop``, rul
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -36,10 +37,12 @@ class StepLoss:
     """
 
     def __init__(self, cfg: RunConfig, accelerator: Any, unet: Any, text_encoder: Any, conditioner: Any,
-                 noise_scheduler: Any, preservation: Any, family: Any) -> None:
+                 noise_scheduler: Any, preservation: Any, family: Any, attention: Any = None) -> None:
         self.cfg, self.accelerator, self.unet, self.text_encoder = cfg, accelerator, unet, text_encoder
         self.conditioner, self.noise_scheduler, self.preservation, self.family = (conditioner, noise_scheduler,
                                                                                   preservation, family)
+        self.attention = attention  # train.attention_loss (sdtune.training.attention_loss), with the masks
+        self._terms: dict[str, list[torch.Tensor]] = {}  # this step's loss terms by name, per micro-batch group
         self.timestep_range = timestep_range(cfg, noise_scheduler.config.num_train_timesteps)
         self.preservation_from = lora_steps_held(cfg)  # the first step whose update trains the LoRA
         self.masks_from = cfg.data.unmasked_steps(cfg.train.max_steps)  # data.mask_start
@@ -54,6 +57,12 @@ class StepLoss:
         losses = [self.group_loss(group, num_train, preserve, masked) for group in batch["groups"]]
         return sum(x[0] for x in losses), sum(x[1] for x in losses)  # type: ignore[return-value]
 
+    def take_terms(self) -> dict[str, torch.Tensor]:
+        """The loss terms beside the diffusion loss since the last call, each averaged over its micro-batches
+        (``preservation_loss``, ``attention_loss``; detached, on the device: read with the step's one host sync)."""
+        terms, self._terms = self._terms, {}
+        return {name: torch.stack(values).mean() for name, values in terms.items()}
+
     def group_loss(self, group: dict[str, Any], num_train: int, preserve: bool = True,
                    masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, accelerator, noise_scheduler = self.cfg, self.accelerator, self.noise_scheduler
@@ -66,7 +75,9 @@ class StepLoss:
         timesteps = torch.randint(*self.timestep_range, (latents.shape[0],), device=latents.device).long()
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         target = training_target(noise_scheduler, latents, noise, timesteps)
-        with accelerator.autocast():
+        attend = self.attention is not None and masked and "loss_mask" in group and "input_ids" in group
+        recording = self.attention.recording(tuple(latents.shape[-2:])) if attend else contextlib.nullcontext()
+        with accelerator.autocast(), recording:
             pred = self.unet(noisy, timesteps, **conditioning, return_dict=False)[0]
         weights = group["loss_weight"].to(latents.device)
         if cfg.train.snr_gamma is not None:
@@ -77,11 +88,19 @@ class StepLoss:
         with torch.no_grad():
             zero = weighted_loss(torch.zeros_like(target), target, weights, num_train, pixels)
         loss = weighted_loss(pred, target, weights, num_train, pixels)
+        if attend:  # the token's attention towards the masks (Break-A-Scene); projections as the forward ran them
+            with accelerator.autocast():
+                term = self.attention.loss(group["input_ids"].to(latents.device), masks, num_train)
+            if term is not None:
+                loss = loss + term
+                self._terms.setdefault("attention_loss", []).append(term.detach())
         if preserve and self.preservation is not None:  # towards the starting model on prompts without the token
             with accelerator.autocast():
-                loss = loss + self.preservation.loss(self.unet, self.text_encoder, cfg.train.train_text_encoder,
-                                                     noisy[:num_train], timesteps[:num_train], self.family,
-                                                     _first(group.get("crop_geometry"), num_train))
+                kept = self.preservation.loss(self.unet, self.text_encoder, cfg.train.train_text_encoder,
+                                              noisy[:num_train], timesteps[:num_train], self.family,
+                                              _first(group.get("crop_geometry"), num_train))
+            loss = loss + kept
+            self._terms.setdefault("preservation_loss", []).append(kept.detach())
         return loss, zero
 
 

@@ -10,6 +10,7 @@ CPU-side work, in worker processes on a GPU run) are not syncs on a GPU and are 
 from __future__ import annotations
 
 import collections
+import json
 import traceback
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def _count_reads(monkeypatch, cfg) -> ReadCounter:
 @pytest.mark.parametrize("train", [
     {"lora": {"rank": 2}, "gradient_accumulation_steps": 2},  # clipping on (the default), two micro-steps
     {"max_grad_norm": None, "train_text_encoder": True},  # full fine-tune, the gradient norm without clipping
+    # a loss term beside the diffusion loss: logged on its own, read with the step's one read
+    {"lora": {"rank": 2}, "preservation": {"prompts": ["a photo of a dog"]}},
 ])
 def test_a_training_step_reads_the_device_at_most_once(tmp_path: Path, monkeypatch, train: dict) -> None:
     data = {"instance_dir": str(make_images(tmp_path / "inst", 3)), "instance_prompt": "a photo of sks dog"}
@@ -88,6 +91,8 @@ def test_a_training_step_reads_the_device_at_most_once(tmp_path: Path, monkeypat
     # holds the set-up and step 1, bucket 5 the end of the run (its checkpoint, outputs)
     assert all(counter.reads[s] <= 1 for s in steps), {s: counter.sites[s] for s in steps if counter.reads[s] > 1}
     assert all(counter.reads[s] == 1 for s in steps), "each step is judged (its one read)"
+    lines = [json.loads(line) for line in (tmp_path / "run" / "logs" / "progress.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and all(("preservation_loss" in line) == ("preservation" in train) for line in lines)
 
 
 def test_the_trainable_parameters_are_collected_once(tmp_path: Path, monkeypatch) -> None:

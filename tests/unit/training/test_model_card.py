@@ -137,3 +137,18 @@ def test_method_names_the_adapter_kind_everywhere_it_is_read() -> None:
     assert method({"lora": {"kind": "lora"}, "textual_inversion": {"token": "sks"}}) == "dreambooth-pivotal"
     assert method({"lora": {"kind": "dora"}, "textual_inversion": {"token": "sks"}}) == "dreambooth-pivotal-dora"
     assert method({}) == "dreambooth-full"
+
+
+def test_card_names_the_loss_terms_and_the_ema_that_shaped_the_weights(tmp_path: Path) -> None:
+    """Output preservation, EMA and the loss options change what the saved weights are: the card says so (a
+    newcomer found a preservation run's card silent about it)."""
+    data = {"instance_dir": str(make_images(tmp_path / "data", 2)), "instance_prompt": "a photo of sks dog",
+            "class_prompt": "a photo of a dog"}
+    train = {"lora": {"rank": 2}, "preservation": {"weight": 2.0}, "ema": {"decay": 0.99}, "snr_gamma": 5.0}
+    _, _, run = _card(tmp_path, data, train)
+    text = (run / "README.md").read_text()
+    assert "| output preservation | weight 2 on 1 prompt: `a photo of a dog` |" in text
+    assert "| EMA | decay 0.99: the saved weights are the average |" in text
+    assert "| loss options | min-SNR-gamma 5.0, noise offset 0 |" in text
+    _, _, plain = _card(tmp_path / "plain", data)
+    assert not any(row in (plain / "README.md").read_text() for row in ("output preservation", "| EMA", "loss opt"))

@@ -109,3 +109,15 @@ def test_a_new_max_steps_may_not_move_pivotal_tunings_phases(tmp_path: Path) -> 
                                           r"step 2 -> 4, the token freezes at step 2 -> 4"):
         plan_resume(path, cfg(8))
     assert plan_resume(path, cfg(5)).changes["train.max_steps"] == [4, 5]  # round(2.5) == 2: both stay at step 2
+
+
+def test_a_resume_with_changes_and_no_step_left_says_nothing_trains(tmp_path) -> None:
+    from sdtune.config import config_from_dict
+    from sdtune.training.resume import ResumePlan, nothing_to_train
+
+    cfg = config_from_dict({"data": {"train_dir": "d"}, "train": {"max_steps": 6}})
+    change = {"train.learning_rate": [1e-4, 1e-5]}
+    finished = ResumePlan(tmp_path / "step-000006", 6, change)
+    assert "step-000006 is at train.max_steps (6): no step is left" in nothing_to_train(finished, cfg)[0]
+    assert nothing_to_train(ResumePlan(tmp_path / "step-000004", 4, change), cfg) == []  # steps 5-6 use them
+    assert nothing_to_train(ResumePlan(tmp_path / "step-000006", 6), cfg) == []  # only the outputs again: no note
