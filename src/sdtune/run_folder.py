@@ -260,8 +260,9 @@ def _read_stack(file: Path, allow_pickle: bool) -> list[Adapter]:
 
 
 def read_progress(run_dir: str | Path, max_points: int = 2000) -> list[dict[str, Any]]:
-    """``RUN/logs/progress.jsonl`` ordered by step, the last line of each step winning (a resumed run logs its
-    steps again from its checkpoint on); unreadable lines skipped; thinned evenly to ``max_points`` (last kept)."""
+    """``RUN/logs/progress.jsonl`` ordered by step, the last line of each step winning (the trainer cuts the file
+    back to its starting step, ``sdtune.training.progress_log``; a log of an older sdtune repeats a resumed run's
+    steps); unreadable lines skipped; thinned evenly to ``max_points`` (last kept)."""
     try:
         text = (Path(run_dir) / PROGRESS_FILE).read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -302,7 +303,7 @@ def last_progress(run_dir: str | Path, lines: int = 20) -> list[dict[str, Any]]:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
-            start = max(0, fh.tell() - 256 * lines)
+            start = max(0, fh.tell() - max(4096, 256 * lines))  # a line is ~100-250 bytes
             fh.seek(start)
             text = fh.read().decode("utf-8", "replace")
     except OSError:

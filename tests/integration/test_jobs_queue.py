@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sdtune.training.resume import resumed_step
 from tests.helpers import make_images, run_cli, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -102,12 +103,11 @@ def test_worker_restart_resumes_the_running_job(tmp_path):
     job = _jobs(ws)[1]
     assert job["attempts"] == 3 and job["exit_code"] == 0
     lines = [json.loads(line)["step"] for line in (run / "logs" / "progress.jsonl").read_text().splitlines()]
-    second = lines[lines.index(stopped_at) + 1:]
-    assert second[0] == stopped_at + 1  # continued after the stop's checkpoint, no step redone
-    third = second[second.index(killed_at) + 1:]
-    assert third[0] == kept + 1 and third[-1] == STEPS  # after the crash: from the newest checkpoint, nothing before it
+    assert lines == list(range(1, STEPS + 1))  # the live branch, each step once: the crash's lost steps cut
     job_log = run_cli("jobs", "logs", "1", "--workspace", str(ws)).stdout
     assert "attempt 1" in job_log and "attempt 3" in job_log and f"done: {STEPS} steps" in job_log
+    assert resumed_step(job_log, job_log.index("attempt 2")) == stopped_at  # after the stop: its checkpoint
+    assert resumed_step(job_log, job_log.index("attempt 3")) == kept  # after the crash: the newest checkpoint
     assert "after the previous worker ended" in log.read_text()
     listing = run_cli("jobs", "list", "--all", "--workspace", str(ws)).stdout
     assert "finished" in listing and f"step {STEPS}/{STEPS}" in listing

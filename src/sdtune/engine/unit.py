@@ -320,29 +320,15 @@ def result_dict(result: UnitResult) -> dict[str, Any]:
     return asdict(result)
 
 
-PROGRESS_FILE = Path("logs") / "progress.jsonl"  # one JSON line per step, appended by sdtune train (process 0)
-
-
 def unit_progress(run_dir: Path) -> tuple[int | None, int | None, float | None]:
     """``(step, steps, loss)`` of a run now: the last line of ``RUN/logs/progress.jsonl`` when the trainer writes
     one, else the newest checkpoint's step and the config's ``train.max_steps`` (no loss). Reads only the file's
-    tail: called every second for every unit."""
+    tail (``sdtune.run_folder.last_progress``): called every second for every unit."""
+    from sdtune.run_folder import last_progress
     from sdtune.run_status import run_progress
 
-    path = Path(run_dir) / PROGRESS_FILE
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
-            lines = fh.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        lines = []
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line being written, or cut by the seek
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            loss = row.get("loss")
-            return row["step"], row.get("max_steps"), float(loss) if isinstance(loss, int | float) else None
+    for row in last_progress(run_dir, 1):
+        loss = row.get("loss")
+        return row["step"], row.get("max_steps"), float(loss) if isinstance(loss, int | float) else None
     progress = run_progress(run_dir)
     return (progress.step or None), progress.max_steps, None

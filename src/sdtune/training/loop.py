@@ -297,7 +297,7 @@ def _train(cfg: RunConfig, resume: str | None, stop: Stop, new_data_epoch: bool)
         return f"quit without saving at step {state.step}: {since}"
 
     stop.phase("finishing this step and saving a checkpoint", lost)
-    progress_log = ProgressLog(run_dir, accelerator.is_main_process)  # RUN/logs/progress.jsonl, for watchers
+    progress_log = ProgressLog(run_dir, accelerator.is_main_process, state.step)  # RUN/logs/progress.jsonl
     with bar:  # the bar ends its line before any message
         while state.step < cfg.train.max_steps:
             step_start = time.time()
