@@ -172,21 +172,39 @@ def attention_note(cfg: RunConfig) -> str | None:
             "the masks earlier for the token to learn where the person is")
 
 
+def maps_in_use(cfg: RunConfig, comps: Any) -> list[int]:
+    """The downscales (latent side / map side) the run's term reads: ``train.attention_loss.downscales``, or the
+    level nearest 16x16 at ``data.resolution``; ConfigError for sizes the UNet lacks."""
+    from sdtune.data.buckets import vae_downscale
+
+    assert cfg.train.attention_loss is not None
+    side = max(1, cfg.data.resolution // vae_downscale(comps.vae.config))  # the latents' side at data.resolution
+    return chosen_downscales(cfg.train.attention_loss, comps.unet.config, side)
+
+
+def describe_maps(cfg: RunConfig, comps: Any) -> str:
+    """The maps in words, for the console and the model card: "4x smaller than the latents (16x16 at
+    data.resolution 512)" (buckets of another size have maps of another size, at the same downscale)."""
+    from sdtune.data.buckets import vae_downscale
+
+    side = max(1, cfg.data.resolution // vae_downscale(comps.vae.config))
+    downscales = maps_in_use(cfg, comps)
+    return (f"{', '.join(map(str, downscales))}x smaller than the latents "
+            f"({', '.join(f'{-(-side // d)}x{-(-side // d)}' for d in downscales)} at data.resolution "
+            f"{cfg.data.resolution})")
+
+
 def build_attention_loss(cfg: RunConfig, comps: Any) -> AttentionLoss | None:
     """The run's term (``train.attention_loss``), or None without it; ConfigError for map sizes the UNet lacks,
     before any latent is cached. ``comps``: the run's components, the learned token already added to the
     tokenizer(s) (``sdtune.training.pivotal.add_pivotal_token``)."""
-    from sdtune.data.buckets import vae_downscale
     from sdtune.models.embeddings import tokenizers, vector_tokens
 
     options, learned = cfg.train.attention_loss, cfg.train.textual_inversion
     if options is None or learned is None:
         return None
-    side = max(1, cfg.data.resolution // vae_downscale(comps.vae.config))  # the latents' side at data.resolution
-    downscales = chosen_downscales(options, comps.unet.config, side)
-    print(f"cross-attention loss: weight {options.weight:g} on the maps {', '.join(map(str, downscales))}x smaller "
-          f"than the latents ({', '.join(f'{-(-side // d)}x{-(-side // d)}' for d in downscales)} at "
-          f"data.resolution {cfg.data.resolution})")
+    downscales = maps_in_use(cfg, comps)
+    print(f"cross-attention loss: weight {options.weight:g} on the maps {describe_maps(cfg, comps)}")
     if (note := attention_note(cfg)) is not None:
         print(note)
     first = tokenizers(comps.tokenizer)[0]

@@ -97,6 +97,16 @@ def _output_writers(cfg: RunConfig, run_dir: Path, trainables, comps) -> list[tu
         + ([("model", lambda: outputs.save_fused_model(run_dir, cfg))] if cfg.save.full_model else [])
 
 
+def _attention_maps(cfg: RunConfig, comps) -> dict[str, str]:
+    """The cross-attention loss's maps in words for the model card (left out, the term picks a level itself, which
+    the card would otherwise not name)."""
+    if cfg.train.attention_loss is None or cfg.train.textual_inversion is None:
+        return {}
+    from sdtune.training.attention_loss import describe_maps
+
+    return {"attention_maps": describe_maps(cfg, comps)}
+
+
 def finish(cfg: RunConfig, accelerator, comps, trainables, view, state, run_dir: Path, timing: dict,
            counts: dict[str, int], stop: Stop, validated: int) -> TrainResult:
     """Final validation and outputs, then metrics.json (which marks the run finished).
@@ -132,7 +142,8 @@ def finish(cfg: RunConfig, accelerator, comps, trainables, view, state, run_dir:
                    **timing, "method": cfg.method, **counts,
                    "outputs": result.outputs, "processes": accelerator.num_processes,
                    "rank_weight_checksums": checksums, "history": state.history,
-                   **({"val_loss": state.extra["val_loss"]} if "val_loss" in state.extra else {})}
+                   **({"val_loss": state.extra["val_loss"]} if "val_loss" in state.extra else {}),
+                   **_attention_maps(cfg, comps)}
         outputs.write_metrics(run_dir, metrics)
         outputs.write_model_card(run_dir, cfg, metrics, comps.family.pipeline_class_name)
     stopped = bool(accelerator.gather(torch.tensor([float(stopped)], device=accelerator.device)).any())

@@ -304,8 +304,8 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
         lines.append(f"| masked loss | masks from {where}, weight {data.mask_outside_weight:g} outside"
                      + (f", from step {first} (whole images before)" if first > 1 else "") + " |")
     if (attention := cfg.train.attention_loss) is not None:  # Break-A-Scene's term: the token's attention to the masks
-        maps = ("nearest 16x16" if attention.downscales is None else
-                f"{', '.join(str(d) for d in attention.downscales)}x smaller than the latents")
+        maps = metrics.get("attention_maps") or ("nearest 16x16" if attention.downscales is None else
+                                                 f"{', '.join(map(str, attention.downscales))}x smaller")
         first = data.unmasked_steps(cfg.train.max_steps) + 1
         lines.append(f"| cross-attention loss | weight {attention.weight:g}, maps {maps}, steps {first}-"
                      f"{cfg.train.max_steps} |")
