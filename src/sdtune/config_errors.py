@@ -147,7 +147,7 @@ def format_validation_error(exc: ValidationError, source: str, overrides: list[s
             lines.append(f"{subject}{given}: {msg[:1].lower()}{msg[1:]}" + (f" ({parts[-1]}: {meaning})" if meaning
                                                                            else ""))
         else:
-            lines.append(f"{subject or '(top level)'}: {msg}")
+            lines.append(f"{subject}: {msg}" if subject else msg)  # a check across sections names its keys
     header = "invalid config" + ("" if overrides or not source else f" {source}")
     if len(lines) == 1:
         return f"{header}: {lines[0]}"

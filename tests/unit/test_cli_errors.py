@@ -120,6 +120,10 @@ def test_config_errors_say_where_the_key_came_from_and_what_is_allowed(tmp_path)
     assert "train.preservation.weight=1 to set its weight" in text  # a number: the section's first number key
     with pytest.raises(ConfigError, match=r"train\.lora\.rank=4 to set its rank"):
         load_config(None, ["data.train_dir=d", "train.lora=4"])
+    # a check across sections names its keys itself: no "(top level):" before it
+    with pytest.raises(ConfigError) as failure:
+        load_config(None, ["data.instance_dir=d", "data.instance_prompt=a photo", "train.textual_inversion.token=<s>"])
+    assert str(failure.value).startswith("invalid config: data.instance_prompt 'a photo' does not contain"), failure
     empty = tmp_path / "empty.yaml"
     empty.write_text("", encoding="utf-8")
     with pytest.raises(ConfigError) as failure:
