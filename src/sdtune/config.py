@@ -230,29 +230,33 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
 
 
 def _absolute_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    """Make every path in the config absolute so the saved config re-runs from any directory."""
-    def fix(p: Path | None) -> Path | None:
-        return None if p is None else (p if p.is_absolute() else (base / p).resolve())
-
-    data = cfg.data
+    """Make every path in the config absolute so the saved config re-runs from any directory: every field typed
+    ``Path`` in every section (walked, so a new path key cannot be forgotten: data.mask_dir once was, and a run
+    could not resume from another folder), and ``model.base`` / ``model.vae`` when they name something local
+    (they may be hub ids)."""
     cfg = cfg.model_copy(deep=True)
-    cfg.output_dir = fix(cfg.output_dir)  # type: ignore[assignment]
-    cfg.data.train_dir = fix(data.train_dir)
-    cfg.data.instance_dir = fix(data.instance_dir)
-    cfg.data.class_dir = fix(data.class_dir)
-    cfg.data.cache_dir = fix(data.cache_dir)
-    if cfg.validation.loss is not None:
-        cfg.validation.loss.data_dir = fix(cfg.validation.loss.data_dir)
-    for sub in cfg.data.subsets:
-        sub.path = fix(sub.path)  # type: ignore[assignment]
-    for adapter in cfg.model.adapters:
-        adapter.path = fix(adapter.path)  # type: ignore[assignment]
+    _fix_paths(cfg, base)
     base_path = Path(cfg.model.base).expanduser()
     if base_path.exists():
         cfg.model.base = str(base_path.resolve())
     if cfg.model.vae and Path(cfg.model.vae).expanduser().exists():
         cfg.model.vae = str(Path(cfg.model.vae).expanduser().resolve())
     return cfg
+
+
+def _fix_paths(section: BaseModel, base: Path) -> None:
+    """In place: each ``Path`` value of ``section`` and of the sections (or lists of them) inside it made absolute
+    against ``base``."""
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, Path):
+            setattr(section, name, value if value.is_absolute() else (base / value.expanduser()).resolve())
+        elif isinstance(value, BaseModel):
+            _fix_paths(value, base)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    _fix_paths(item, base)
 
 
 def resolve_config(cfg: RunConfig, cwd: Path | None = None) -> RunConfig:

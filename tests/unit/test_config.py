@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
      "lora_start=0.9 holds the LoRA back for all 4 steps"),
     ({"train": {"max_steps": 4, "lora": {}, "textual_inversion": {"token": "sks", "lora_start": 0.75,
                                                                   "ti_fraction": 0.25}}},
-     "starts the LoRA at step 3, after the token froze at step 1 .*steps 1-3 would train nothing"),
+     "starts the LoRA at step 4, after the token's last step 1 .*steps 2-3 would train nothing"),
     # a phase rounded away (found by a newcomer): 1 step with lora_start 0.5 trained both at once ("token steps
     # 1-1, LoRA steps 1-1"); ti_fraction 0.9 of 4 steps never froze the token
     ({"train": {"max_steps": 1, "lora": {}, "textual_inversion": {"token": "sks", "lora_start": 0.5,
@@ -116,6 +117,33 @@ def test_resolved_config_is_absolute_and_round_trips(tmp_path: Path) -> None:
     assert cfg.output_dir == tmp_path / "runs/x" and cfg.data.instance_dir == tmp_path / "photos"
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_every_path_key_is_made_absolute(tmp_path: Path) -> None:
+    """A run re-runs and resumes from any folder: data.mask_dir was once left relative ("me-masks: data.mask_dir does
+    not exist" from another folder, and a resume giving it absolute was refused as a data change). Every key typed
+    Path is set here, relative, and must come back absolute."""
+    data = _minimal(class_dir="class", cache_dir="cache", mask_dir="masks", masked_loss=True,
+                    subsets=[{"path": "more"}])
+    raw = data | {"output_dir": "runs/x", "model": {"adapters": [{"path": "concept.safetensors"}]},
+                  "train": {"lora": {"rank": 4}}, "validation": {"loss": {"data_dir": "held-out"}}}
+    cfg = resolve_config(config_from_dict(raw), cwd=tmp_path)
+    text_to_image = resolve_config(config_from_dict({"data": {"train_dir": "images"}}), cwd=tmp_path)
+    dumped = [cfg.model_dump(), text_to_image.model_dump()]  # data.train_dir and data.instance_dir: one or the other
+
+    def values(node, parts: list[str]) -> list:
+        if not parts:
+            return [node]
+        child = node.get(parts[0]) if isinstance(node, dict) else None
+        if isinstance(child, list):
+            return [v for item in child for v in values(item, parts[1:])]
+        return [] if child is None else values(child, parts[1:])
+
+    for key in [key for key, kind, _ in list_keys() if "Path" in kind]:
+        found = [v for d in dumped for v in values(d, key.split("."))]
+        assert found, f"{key}: set it in this test (every Path key must be covered)"
+        assert all(Path(v).is_absolute() and str(v).startswith(str(tmp_path)) for v in found), (key, found)
+    assert [s.path for s in cfg.data.subsets] == [tmp_path / "more"]
 
 
 def test_config_keys_lists_nested_keys_with_defaults() -> None:
@@ -231,3 +259,19 @@ def test_every_bounded_number_has_a_description() -> None:
     walk(RunConfig, "")
     walk(Recipe, "recipe: ")
     assert not bare, bare
+
+
+@pytest.mark.parametrize("data,extra,key", [
+    ({"masked_loss": True, "mask_dir": "me/masks"}, {}, "data.mask_dir"),
+    ({"with_prior_preservation": True, "class_prompt": "a person", "class_dir": "me"}, {}, "data.class_dir"),
+    ({}, {"train": {"lora": {"rank": 4}}, "validation": {"loss": {"data_dir": "me/held"}}}, "validation.loss.data_dir"),
+])
+def test_a_folder_inside_the_training_images_is_refused(tmp_path: Path, data: dict, extra: dict, key: str) -> None:
+    """The photo folder is read with its subfolders: masks, class images, held-out images or samples inside it were
+    trained as photos (a mask even found itself as its own mask, so nothing complained)."""
+    raw = {"data": {"instance_dir": "me", "instance_prompt": "a photo of sks person", **data}, **extra}
+    with pytest.raises(ConfigError, match=rf"^invalid config: {re.escape(key)} \S+ is (inside )?data.instance_dir me, "
+                                          r".*would be trained as training images; move it out"):
+        config_from_dict(raw)
+    beside = yaml.safe_load(yaml.safe_dump(raw).replace("me/", "me-").replace("class_dir: me\n", "class_dir: mine\n"))
+    config_from_dict(beside)  # beside it: fine

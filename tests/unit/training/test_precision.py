@@ -21,7 +21,7 @@ from sdtune.training.validation import run_validation
 
 
 def _cfg(tmp: Path, **train):
-    return config_from_dict({"data": {"instance_dir": str(tmp), "instance_prompt": "sks", "resolution": 32,
+    return config_from_dict({"data": {"instance_dir": str(tmp / "photos"), "instance_prompt": "sks", "resolution": 32,
                                       "with_prior_preservation": True, "class_dir": str(tmp / "class"),
                                       "class_prompt": "a dog",
                                       "num_class_images": 1, "class_generation_steps": 2},
