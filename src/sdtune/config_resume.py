@@ -52,15 +52,23 @@ RESUME_RULES: dict[str, Rule] = {
     "data.cache_latents": _change("a cached run trains bitwise like an uncached one"),
     "data.cache_text": _change("a cached run trains bitwise like an uncached one"),
     "data.cache_dir": _change("where cached encodings are kept; entries are verified, never trusted"),
+    "data.masked_loss": _refuse("whether each example carries a mask (read and cached with its latents)"),
+    "data.mask_dir": _refuse("which masks the examples carry (read and cached with their latents)"),
+    "data.mask_outside_weight": _change("a loss weight, from the resume step on"),
+    "data.mask_start": _change("the step where the masks start, by step number: it may move only where the run "
+                               "has not been yet (checked against the resume step)"),
     # train: every key is listed (no section default), so a new one must be decided here
     "train.lora": _refuse("the shape and scale of the trained LoRA weights"),
     "train.lora.dropout": _change("LoRA dropout has no weights; it applies from the resume step on"),
     "train.train_text_encoder": _refuse("which weights are trained"),
     "train.textual_inversion": _refuse("the token and the embedding rows trained for it"),
-    "train.textual_inversion.ti_fraction": _refuse("the step where the token froze (or will), by step number: "
-                                                   "the run so far followed it"),
-    "train.textual_inversion.lora_start": _refuse("the step where the LoRA started (or will), by step number: the "
-                                                  "run so far followed it"),
+    "train.textual_inversion.learning_rate": _change("re-applied to the optimizer after loading"),
+    "train.textual_inversion.ti_fraction": _change("the step where the token freezes, by step number: it may move "
+                                                   "only where the run has not been yet (checked against the "
+                                                   "resume step)"),
+    "train.textual_inversion.lora_start": _change("the step where the LoRA starts, by step number: it may move "
+                                                  "only where the run has not been yet (checked against the resume "
+                                                  "step)"),
     "train.learning_rate": _change("re-applied to the optimizer after loading; the schedule continues"),
     "train.text_encoder_lr": _change("re-applied to the optimizer after loading"),
     "train.scale_lr": _change("re-applied to the optimizer after loading"),

@@ -249,9 +249,9 @@ def _check_pivotal_phases(learned: TextualInversionConfig, max_steps: int) -> No
                          f"{counted(max_steps, 'step')} (train.max_steps): lower it")
     token = learned.token_steps(max_steps) or max_steps
     if held > token:
-        raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} starts the LoRA at step {held}, "
-                         f"after the token froze at step {token} (ti_fraction={learned.ti_fraction}): steps "
-                         f"{token}-{held} would train nothing; set lora_start to at most ti_fraction")
+        raise ValueError(f"train.textual_inversion.lora_start={learned.lora_start} starts the LoRA at step "
+                         f"{held + 1}, after the token's last step {token} (ti_fraction={learned.ti_fraction}): "
+                         f"steps {token + 1}-{held} would train nothing; set lora_start to at most ti_fraction")
 
 
 class TrainConfig(Section):

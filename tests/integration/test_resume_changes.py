@@ -124,3 +124,25 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_leaves_nothing_half_writt
     line = [ln for ln in proc.stderr.splitlines() if "error:" in ln][0]
     assert "could not write checkpoint step-000002" in line and "File too large" in line and "needs about" in line
     assert list((run / "checkpoints").iterdir()) == []
+
+
+def test_a_pivotal_run_resumes_longer_with_the_same_phases_and_a_new_token_rate(tmp_path: Path) -> None:
+    """Found by a newcomer: pivotal tuning (the person default) could never be trained longer on resume -
+    train.max_steps moved its phases and ti_fraction / lora_start were refused outright - and the token's learning
+    rate was refused as if it were the token. Both apply now: the shares that keep the steps done where they were,
+    and the embedding's rate, set in the optimizer after loading."""
+    run = tmp_path / "run"
+    learned = {"token": "sks", "learning_rate": 5e-2, "ti_fraction": 0.5, "lora_start": 0.5}
+    cfg = tiny_config(run, _dreambooth(tmp_path), {"lora": {"rank": 2}, "max_steps": 4,
+                                                   "textual_inversion": learned},
+                      checkpoint={"every": 2, "keep": 10})
+    run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
+    config = str(run / "config.yaml")
+    refused = run_cli("train", config, "train.max_steps=8", "--resume", "latest", check=False)
+    assert refused.returncode == 2 and "the token trains through step 2 -> 4" in refused.stderr, refused.stderr
+    longer = run_cli("train", config, "train.max_steps=8", "train.textual_inversion.ti_fraction=0.25",
+                     "train.textual_inversion.lora_start=0.25", "train.textual_inversion.learning_rate=1e-3",
+                     "--resume", "latest")
+    assert "done: 8 steps" in longer.stdout and "train.textual_inversion.learning_rate 0.05 -> 0.001" in longer.stdout
+    optimizer = torch.load(run / "checkpoints" / "step-000008" / "optimizer.pt", weights_only=True)
+    assert sorted(g["lr"] for g in optimizer["param_groups"]) == [1e-3, 1e-3], optimizer["param_groups"]

@@ -168,7 +168,7 @@ def attention_note(cfg: RunConfig) -> str | None:
     if frozen is None or first < frozen:
         return None
     return (f"note: train.attention_loss applies with the masks from step {first + 1} (data.mask_start), after the "
-            f"token froze at step {frozen} (ti_fraction): it trains the LoRA's attention, not the token's; start "
+            f"token's last step {frozen} (ti_fraction): it trains the LoRA's attention, not the token's; start "
             "the masks earlier for the token to learn where the person is")
 
 

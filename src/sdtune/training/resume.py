@@ -34,7 +34,7 @@ from sdtune.training import checkpoint as ckpt
 OPTIMIZER_KEYS = frozenset({
     "train.learning_rate", "train.text_encoder_lr", "train.scale_lr", "train.adam_beta1", "train.adam_beta2",
     "train.adam_weight_decay", "train.adam_epsilon", "train.lr_scheduler", "train.lr_warmup_steps",
-    "train.max_steps", "train.gradient_accumulation_steps",
+    "train.max_steps", "train.gradient_accumulation_steps", "train.textual_inversion.learning_rate",
 })
 
 
@@ -80,26 +80,49 @@ def plan_resume(checkpoint: Path, cfg: RunConfig) -> ResumePlan:
     if cfg.train.max_steps < state.step:
         raise ConfigError(f"train.max_steps={cfg.train.max_steps} is below the step of {checkpoint} "
                           f"({state.step}): resume from an earlier checkpoint or raise train.max_steps")
-    if "train.max_steps" in allowed:
-        _check_phases_stay(cfg, int(allowed["train.max_steps"][0]), checkpoint)
+    if PHASE_KEYS & set(allowed):
+        _check_phases_stay(cfg, saved, state.step, checkpoint)
     return ResumePlan(checkpoint, state.step, allowed, known)
 
 
-def _check_phases_stay(cfg: RunConfig, old_steps: int, checkpoint: Path) -> None:
-    """Pivotal tuning's phases are shares of ``train.max_steps`` (``lora_start``, ``ti_fraction``): a new total moves
-    the step where the LoRA starts or the token freezes, so a LoRA that had trained would be held again, or a
-    frozen token trained again. Refused, with the steps, unless both stay where they were."""
-    learned, new_steps = cfg.train.textual_inversion, cfg.train.max_steps
-    if learned is None or cfg.train.lora is None:
-        return
-    moved = [f"{what} at step {then} -> {now}" for what, then, now in (
-        ("the LoRA starts", learned.lora_held_steps(old_steps), learned.lora_held_steps(new_steps)),
-        ("the token freezes", learned.token_steps(old_steps), learned.token_steps(new_steps))) if then != now]
+# the keys that place a phase of the run by step number (a share of train.max_steps)
+PHASE_KEYS = frozenset({"train.max_steps", "train.textual_inversion.ti_fraction",
+                        "train.textual_inversion.lora_start", "data.mask_start"})
+
+
+def _phases(config: RunConfig) -> list[tuple[str, int]]:
+    """Each phase boundary of ``config`` as (what, the last step before it): the token's last trained step, the
+    LoRA's last held step, the last step on whole images before the masks (only the ones the run has)."""
+    learned, steps = config.train.textual_inversion, config.train.max_steps
+    out = []
+    if learned is not None and config.train.lora is not None:
+        out.append(("the token trains through step", learned.token_steps(steps) or steps))
+        out.append(("the LoRA is held through step", learned.lora_held_steps(steps)))
+    if config.data.masked_loss:
+        out.append(("whole images (no masks) through step", config.data.unmasked_steps(steps)))
+    return out
+
+
+def _check_phases_stay(cfg: RunConfig, saved: dict[str, Any], step: int, checkpoint: Path) -> None:
+    """Pivotal tuning's phases and the masks' start are shares of ``train.max_steps`` (``ti_fraction``,
+    ``lora_start``, ``data.mask_start``): a new total or share moves them. A boundary may move only where the run has
+    not been yet: the steps done (1..``step``) must fall in the same phases under the new config, or a LoRA that had
+    trained would be held again, a frozen token trained again, masked steps counted as unmasked. Refused, with the
+    steps, otherwise."""
+    from sdtune.config import config_from_dict
+
+    try:
+        old = config_from_dict(saved)
+    except ConfigError:
+        return  # a saved config this version no longer reads: the key rules above already compared it
+    before, after = dict(_phases(old)), dict(_phases(cfg))
+    moved = [f"{what} {before[what]} -> {after[what]}" for what in before
+             if what in after and min(before[what], step) != min(after[what], step)]
     if moved:
-        raise ConfigError(f"cannot resume {checkpoint} with train.max_steps {old_steps} -> {cfg.train.max_steps}: "
-                          f"pivotal tuning's phases are shares of it ({', '.join(moved)}; "
-                          "train.textual_inversion.lora_start / ti_fraction); keep train.max_steps, or start a new "
-                          "run in another output_dir")
+        raise ConfigError(f"cannot resume {checkpoint} (step {step}) with this train.max_steps / ti_fraction / "
+                          f"lora_start / data.mask_start: the steps done would fall in other phases "
+                          f"({', '.join(moved)}); keep the steps up to {step} where they were (a boundary may move "
+                          "only past the resume step), or start a new run in another output_dir")
 
 
 def _shown(config: dict[str, Any], key: str, value: Any, known: dict[str, Any]) -> str:

@@ -149,5 +149,5 @@ def test_a_term_that_starts_after_the_token_froze_says_so() -> None:
     pivotal = {"textual_inversion": {"token": "sks", "ti_fraction": 0.5, "lora_start": 0.5}, "max_steps": 10,
                "attention_loss": {}}
     late = config_from_dict(_config(pivotal, {"masked_loss": True, "mask_start": 0.5}))
-    assert "after the token froze at step 5" in attention_note(late)
+    assert "from step 6 (data.mask_start), after the token's last step 5" in attention_note(late)
     assert attention_note(config_from_dict(_config(pivotal, {"masked_loss": True}))) is None

@@ -90,25 +90,38 @@ def test_resume_compares_values_as_the_run_uses_them(tmp_path: Path) -> None:
         plan_resume(path, other)
 
 
-def test_a_new_max_steps_may_not_move_pivotal_tunings_phases(tmp_path: Path) -> None:
-    """Found by a newcomer: pivotal tuning's phases are shares of train.max_steps, so `--resume latest
+def test_a_resume_may_move_a_phase_only_where_the_run_has_not_been(tmp_path: Path) -> None:
+    """Found by newcomers: pivotal tuning's phases are shares of train.max_steps, so `--resume latest
     train.max_steps=8` on a 4-step run with lora_start 0.5 held the LoRA again (start 2 -> 4) and trained the
-    frozen token again; refused now, with the steps. A total that keeps both where they were is fine."""
+    frozen token again (refused since); and then no resume could extend the run at all, not even with shares
+    that keep every step where it was (ti_fraction and lora_start were refused outright). The rule now: the steps
+    done stay in their phases; a boundary may move past the resume step."""
     from sdtune.config import dump_config
 
-    def cfg(steps: int) -> RunConfig:
-        return RunConfig.model_validate({"model": {"base": "tiny"}, "data": {"train_dir": "d"}, "train": {
-            "lora": {"rank": 4}, "max_steps": steps,
-            "textual_inversion": {"token": "<sks>", "ti_fraction": 0.5, "lora_start": 0.5}}})
+    def cfg(steps: int, ti: float = 0.5, start: float = 0.5, mask_start: float = 0.25) -> RunConfig:
+        return RunConfig.model_validate({"model": {"base": "tiny"}, "data": {
+            "instance_dir": "d", "instance_prompt": "a <sks>", "masked_loss": True, "mask_start": mask_start},
+            "train": {"lora": {"rank": 4}, "max_steps": steps,
+                      "textual_inversion": {"token": "<sks>", "ti_fraction": ti, "lora_start": start}}})
 
-    model = torch.nn.Linear(3, 2)
-    opt, sched = _build(cfg(4), model)
-    path = ckpt.save_checkpoint(tmp_path, ckpt.TrainerState(step=3), {"m": model}, opt, sched,
-                                config_text=dump_config(cfg(4)))
-    with pytest.raises(ConfigError, match=r"train.max_steps 4 -> 8: pivotal tuning's phases .*the LoRA starts at "
-                                          r"step 2 -> 4, the token freezes at step 2 -> 4"):
-        plan_resume(path, cfg(8))
-    assert plan_resume(path, cfg(5)).changes["train.max_steps"] == [4, 5]  # round(2.5) == 2: both stay at step 2
+    def checkpoint(step: int) -> Path:
+        model = torch.nn.Linear(3, 2)
+        opt, sched = _build(cfg(4), model)
+        return ckpt.save_checkpoint(tmp_path / str(step), ckpt.TrainerState(step=step), {"m": model}, opt, sched,
+                                    config_text=dump_config(cfg(4)))
+
+    done = checkpoint(3)  # token steps 1-2, LoRA held through 2, masks from step 2
+    with pytest.raises(ConfigError, match=r"\(step 3\) .*the token trains through step 2 -> 4, the LoRA is held "
+                                          r"through step 2 -> 4, whole images \(no masks\) through step 1 -> 2"):
+        plan_resume(done, cfg(8))
+    assert plan_resume(done, cfg(5)).changes["train.max_steps"] == [4, 5]  # round(2.5) == 2: all stay
+    longer = plan_resume(done, cfg(8, ti=0.25, start=0.25, mask_start=0.125))  # the same steps, twice the run
+    assert set(longer.changes) == {"train.max_steps", "train.textual_inversion.ti_fraction",
+                                   "train.textual_inversion.lora_start", "data.mask_start"}
+    early = checkpoint(1)  # step 1 done: every boundary is still ahead and may move
+    assert plan_resume(early, cfg(4, ti=0.75, start=0.75, mask_start=0.5)).changes["data.mask_start"] == [0.25, 0.5]
+    with pytest.raises(ConfigError, match=r"whole images \(no masks\) through step 1 -> 0"):
+        plan_resume(early, cfg(4, mask_start=0.0))  # step 1 trained on the whole image: it cannot become masked
 
 
 def test_a_resume_with_changes_and_no_step_left_says_nothing_trains(tmp_path) -> None:
