@@ -51,10 +51,11 @@ def suggest_key(schema: Any, parts: list[str], keys: list[str]) -> str | None:
 
 
 def _origin(loc: str, overrides: list[str]) -> str | None:
-    """The ``a.b=c`` override that set ``loc`` (the last one wins, as when applying them), else None."""
+    """The ``a.b=c`` override that set ``loc`` (the last one wins, as when applying them), else None; also one that
+    set a key inside ``loc`` (``train.atention_loss.weight=1`` makes the unknown section ``train.atention_loss``)."""
     for item in reversed(overrides):
         key = item.split("=", 1)[0].strip()
-        if loc == key or loc.startswith(key + "."):
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
             return item
     return None
 

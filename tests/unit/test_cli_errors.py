@@ -108,6 +108,10 @@ def test_config_errors_say_where_the_key_came_from_and_what_is_allowed(tmp_path)
     assert "override train.learning_rat=1: unknown key; did you mean train.learning_rate?" in text
     assert "override train.mixed_precision=false: 'false' is not allowed; use 'no', 'fp16' or 'bf16'" in text
     assert f"{config}: train.max_stepz: unknown key; did you mean train.max_steps?" in text
+    # a typo in an override's section name is the override's, not the file's
+    with pytest.raises(ConfigError, match=r"\n  override train\.atention_loss\.weight=0\.1: unknown key; did you mean "
+                                          r"train\.attention_loss\?"):
+        load_config(config, ["train.atention_loss.weight=0.1"])
     with pytest.raises(ConfigError, match=r"learning_rate.*did you mean train\.learning_rate\?"):
         load_config(None, ["data.train_dir=d", "learning_rate=1"])  # a key in the wrong section
     # a single value where a section belongs: how to turn it on (pydantic named an internal class, EMAConfig)
