@@ -75,3 +75,21 @@ def test_bad_inputs_are_one_line(tmp_path, clipseg):
     gpu = run_cli("dataset", "masks", str(photos), "--prompt", "a dog", "--device", "gpu", "--overwrite",
                   check=False)
     assert gpu.returncode != 0 and "is not a device" in gpu.stderr and "Traceback" not in gpu.stderr
+
+
+def test_check_with_masks_says_what_it_found_and_refuses_a_mask_folder_inside_the_photos(tmp_path):
+    """Found by a new user: `dataset check me2 --masks me2/masks` counted 8 images and said "OK: ready to train"
+    (each mask its own mask), and an all-well check said nothing about masks."""
+    photos = make_images(tmp_path / "me", 4)
+    masks = tmp_path / "me-masks"
+    masks.mkdir()
+    for photo in sorted(photos.glob("*.png")):
+        Image.new("L", Image.open(photo).size, 255).save(masks / photo.name)
+    ok = run_cli("dataset", "check", str(photos), "--masks", str(masks))
+    assert f"masks: 4 of 4 found ({masks})" in ok.stdout and "OK: ready to train" in ok.stdout, ok.stdout
+    inside = photos / "masks"
+    masks.rename(inside)
+    refused = run_cli("dataset", "check", str(photos), "--masks", str(inside), check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stdout + refused.stderr
+    assert f"{inside}: the mask folder is inside the dataset folder {photos}" in refused.stdout, refused.stdout
+    assert f"e.g. to {tmp_path / 'me-masks'}" in refused.stdout and "NOT OK" in refused.stdout

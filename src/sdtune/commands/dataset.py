@@ -160,8 +160,8 @@ def check_command(
                               "counts are estimates"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON for scripts"),
     masks: str = typer.Option(None, "--masks", help="check the masked loss's masks: a folder of masks named as "
-                              "the images (data.mask_dir), or 'alpha' for the images' alpha channels; missing, "
-                              "other-size or empty masks are errors"),
+                              "the images (data.mask_dir; not inside FOLDER), or 'alpha' for the images' alpha "
+                              "channels; missing, unreadable, other-size or empty masks are errors"),
 ) -> None:
     """Report what is wrong with a dataset; exit status 1 when there are errors.
 
@@ -173,6 +173,11 @@ def check_command(
     (corrupt, truncated, empty, not an image, too large), rows of metadata.jsonl naming missing files, and
     images that would not be used (not listed in metadata.jsonl, or named without an image suffix), and
     caption columns, keys or caption-file suffixes that look misspelt (captoin: did you mean caption?).
+
+    With --masks: how many images have a mask; masks missing, unreadable, of another size or empty; a mask folder
+    inside FOLDER (its masks would be trained as photos); two masks of one photo (me0.png and me0.jpg); files in
+    the mask folder that match no photo; masks read by their alpha channel (transparent cut-outs).
+
     `sdtune train` reads the folder the same way and runs the same checks with the run's model before it
     loads the weights, and stops on errors.
 

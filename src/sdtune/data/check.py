@@ -20,6 +20,7 @@ from sdtune.data.captions import CLIP_MAX_TOKENS, count_tokens, estimate_tokens
 from sdtune.data.duplicates import find_duplicates
 from sdtune.data.folders import ImageRecord, read_folder
 from sdtune.data.images import ImageInfo, picture_digest, probe_image
+from sdtune.data.mask_checks import MaskCheck, check_masks
 from sdtune.data.report import Problem, summarize, summarize_problems
 from sdtune.errors import DataError
 from sdtune.words import counted, plural
@@ -59,6 +60,8 @@ class CheckReport:
     bucket_resolution: int = 512
     bucket_step: int = SD_STEP
     bucket_source: str = _ASSUMED_STEP  # whose step: "toy's", or SD's assumed without a model
+    masks: MaskCheck | None = None  # with --masks: how many images have one, and where from
+    notes: list[str] = field(default_factory=list)  # neither error nor warning: said so nothing goes unsaid
 
     @property
     def errors(self) -> list[str]:
@@ -98,8 +101,10 @@ class CheckReport:
             "bucket_step": self.bucket_step,
             "bucketed": self.bucketed,
             "counts": dict(self.counts),
+            "masks": self.masks.to_dict() if self.masks is not None else None,
             "errors": self.errors,
             "warnings": self.warnings,
+            "notes": list(self.notes),
         }
 
     def _buckets_title(self) -> str:
@@ -132,6 +137,8 @@ class CheckReport:
             most = max(self.buckets.values(), default=1)
             for shape, n in self.buckets.items():
                 lines.append(f"  {shape:>9}  {n:6d}  {'#' * max(1, round(30 * n / most))}")
+        if self.masks is not None:
+            lines.append(self.masks.line())
         if self.counts:
             lines.append("found: " + ", ".join(f"{kind} {n}" for kind, n in sorted(self.counts.items())))
         for level, title in (("error", "errors"), ("warning", "warnings")):
@@ -140,6 +147,7 @@ class CheckReport:
                 lines.append(f"{title} ({len(items)}):")
                 shown = summarize_problems(items) if level == "warning" else summarize([str(p) for p in items])
                 lines += [f"  {line}" for line in shown]
+        lines += [f"note: {note}" for note in self.notes]
         lines.append("OK: ready to train" if self.ok else f"NOT OK: {counted(len(self.errors), 'error')}; fix "
                                                           f"{plural(len(self.errors), 'it')} and re-run")
         return "\n".join(lines)
@@ -178,7 +186,8 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
     below the step there are none (training refuses it with buckets on), and the squares training makes with buckets
     off are shown. ``bucket_source``: whose step it is, for the report (``"toy's"``; default: SD's, assumed).
     ``masks``: a masked loss's masks (``sdtune.data.masks``): a folder of them, or ``"alpha"`` for the images' alpha
-    channels; each image's mask missing, of another size or empty is an error.
+    channels; each image's mask missing, unreadable, of another size or empty is an error, and so is a mask folder
+    inside ``folder`` (``sdtune.data.mask_checks``).
     """
     folder = Path(folder)
     report = CheckReport(folder=folder, token_count="tokenizer" if tokenizer is not None else "estimate",
@@ -225,10 +234,10 @@ def check_folder(folder: Path, *, resolution: int | None = None, require_caption
         _check_captions(report, readable, require_captions, tokenizer)
     _check_duplicates(report, readable, infos)
     if masks is not None:
-        from sdtune.data.masks import ALPHA, mask_problems
-
-        for image, reason, kind in mask_problems([r.path for r in readable], None if masks == ALPHA else Path(masks)):
-            report.add(image, reason, "error", kind)
+        report.masks = check_masks(folder, [r.path for r in records], [r.path for r in readable], masks)
+        for problem in report.masks.problems:
+            report.add(problem.where, problem.reason, problem.level, problem.kind)
+        report.notes += report.masks.notes
     return report
 
 

@@ -20,6 +20,11 @@ KIND_LABELS = {
     "caption/row problem": "caption or row problems",
     "unknown caption column": "unknown caption columns",
     "skipped": "skipped files",
+    "mask missing": "images without a mask",
+    "mask unreadable": "unreadable masks",
+    "mask size": "masks of another size than their image",
+    "mask empty": "empty masks",
+    "mask ambiguous": "images with more than one mask",
 }
 
 

@@ -122,15 +122,13 @@ def binary_mask(probability: np.ndarray, threshold: float, expand: int, size: tu
 
 
 def empty_mask(path: Path) -> bool:
-    """Whether the mask file at ``path`` is empty (:func:`sdtune.data.masks.is_empty`); unreadable counts as not."""
-    from PIL import Image
-
-    from sdtune.data.masks import is_empty
+    """Whether the mask file at ``path`` is empty (:func:`sdtune.data.masks.is_empty`), read as training reads it
+    (a transparent cut-out by its alpha); unreadable counts as not."""
+    from sdtune.data.masks import is_empty, read_mask_file
 
     try:
-        with Image.open(path) as img:
-            return is_empty(img.convert("L"))
-    except (OSError, ValueError):
+        return is_empty(read_mask_file(path))
+    except DataError:
         return False
 
 

@@ -5,12 +5,13 @@ records them (``sdtune.data.stream_record``); on resume the folders as they are 
 before any model is loaded:
 
 * unchanged: the resume is exact, as always;
-* changed (images added, removed or edited, captions changed, class images replaced): refused with one line per
-  folder saying what changed, and how to go on: a new run, or ``sdtune train ... --resume latest
-  --new-data-epoch``, which trains on the data as it is now, starting a new data epoch at the checkpoint's step
-  (the stream's position 0 is that step), says so and records it in the resume history (``metrics.json``,
-  ``config.yaml`` comments, every later checkpoint);
-* a checkpoint made before records were kept: resumed, with a note that the data could not be compared.
+* changed (images added, removed or edited, captions changed, a masked loss's masks edited, class images
+  replaced): refused with one line per folder saying what changed, and how to go on: a new run, or
+  ``sdtune train ... --resume latest --new-data-epoch``, which trains on the data as it is now, starting a new
+  data epoch at the checkpoint's step (the stream's position 0 is that step), says so and records it in the
+  resume history (``metrics.json``, ``config.yaml`` comments, every later checkpoint);
+* a checkpoint made before records were kept: resumed, with a note that the data could not be compared; one made
+  before masks were recorded is compared on images and captions only (its masks are never "changed").
 """
 
 from __future__ import annotations

@@ -76,9 +76,11 @@ def test_a_missing_mask_or_validation_folder_is_one_line_with_its_key(tmp_path):
     """Found by a newcomer: data.mask_dir=nope gave one "no mask in data.mask_dir nope" line per image (and a full
     report command that does not check masks); validation.loss.data_dir=nope was found only after the model loaded,
     as "data folder ... does not exist" without the key."""
+    photos = tmp_path / "photos"  # the masks beside the photos, never inside (config.py refuses that)
+    photos.mkdir()
     for i in range(3):
-        pattern(i).save(tmp_path / f"{i}.png")
-    data = {"instance_dir": str(tmp_path), "instance_prompt": "a photo of sks person", "resolution": 16}
+        pattern(i).save(photos / f"{i}.png")
+    data = {"instance_dir": str(photos), "instance_prompt": "a photo of sks person", "resolution": 16}
     with pytest.raises(DataError) as failure:
         check_training_data(config_from_dict({"model": {"base": "toy"}, "data": {
             **data, "masked_loss": True, "mask_dir": str(tmp_path / "nope")}}))
@@ -88,7 +90,7 @@ def test_a_missing_mask_or_validation_folder_is_one_line_with_its_key(tmp_path):
         check_training_data(config_from_dict({"model": {"base": "toy"}, "data": data,
                                               "validation": {"loss": {"data_dir": str(tmp_path / "held")}}}))
     (tmp_path / "masks").mkdir()
-    with pytest.raises(DataError, match=f"sdtune dataset check {tmp_path} --masks {tmp_path / 'masks'}"):
+    with pytest.raises(DataError, match=f"sdtune dataset check {photos} --masks {tmp_path / 'masks'}"):
         check_training_data(config_from_dict({"model": {"base": "toy"}, "data": {
             **data, "masked_loss": True, "mask_dir": str(tmp_path / "masks")}}))
 

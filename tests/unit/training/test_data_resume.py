@@ -144,3 +144,79 @@ def test_a_checkpoint_without_a_record_still_resumes_with_a_note(tmp_path):
     plan = _checkpoint(tmp_path, None)
     (line,) = check_data(plan, stream_record(data), new_data_epoch=False)
     assert line.startswith("note: checkpoint without a data record") and "note" in plan.data
+
+
+# Masks (data.masked_loss): found by a new user, a resume after a mask was edited silently trained on the new mask
+# while an edited photo or caption was named. A mask is now part of the record, whichever its source.
+
+def _half(size: tuple[int, int], left: bool = True) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (0, 0, size[0] // 2, size[1]) if left else (size[0] // 2, 0, size[0], size[1]))
+    return mask
+
+
+def _masked(tmp_path: Path) -> DataConfig:
+    photos = _folder(tmp_path / "photos")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(3):
+        _half((32, 24)).save(masks / f"img{i}.png")
+    return DataConfig(train_dir=photos, masked_loss=True, mask_dir=masks)
+
+
+def _saved(plan: ResumePlan) -> dict:
+    return json.loads((plan.checkpoint / ckpt.DATA_FILE).read_text(encoding="utf-8"))
+
+
+def test_an_edited_mask_is_named_and_refused_as_an_edited_photo_is(tmp_path):
+    data = _masked(tmp_path)
+    plan = _checkpoint(tmp_path, stream_record(data))
+    assert check_data(plan, stream_record(data), new_data_epoch=False) == []
+    _half((32, 24)).save(tmp_path / "masks" / "img0.jpg")  # another format beside the PNG: still the PNG is read
+    assert record_changes(stream_record(data), stream_record(data)) == []
+    assert check_data(plan, stream_record(data), new_data_epoch=False) == []
+    _half((32, 24), left=False).save(tmp_path / "masks" / "img0.png")
+    with pytest.raises(ConfigError) as refused:
+        check_data(plan, stream_record(data), new_data_epoch=False)
+    assert "1 mask changed (img0.png)" in str(refused.value) and "--new-data-epoch" in str(refused.value)
+    lines = check_data(plan, stream_record(data), new_data_epoch=True)
+    assert "a new data epoch starts at step 40" in lines[0] and "1 mask changed (img0.png)" in lines[1], lines
+    (tmp_path / "masks" / "img0.png").unlink()  # now the JPEG is read: another mask
+    assert "1 mask changed (img0.png)" in record_changes(_saved(plan), stream_record(data))[0]
+
+
+def test_an_alpha_mask_is_its_alpha_channel_not_the_photo_bytes(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (24, 32, 4), dtype=np.uint8)
+        pixels[..., 3] = np.asarray(_half((32, 24)))
+        Image.fromarray(pixels, "RGBA").save(photos / f"img{i}.png")
+        (photos / f"img{i}.txt").write_text("x", encoding="utf-8")
+    data = DataConfig(train_dir=photos, masked_loss=True)
+    before = stream_record(data)
+    pixels = np.asarray(Image.open(photos / "img0.png")).copy()
+    pixels[0, 0, 0] ^= 1  # the colour of one pixel: the photo changed, its mask did not
+    Image.fromarray(pixels, "RGBA").save(photos / "img0.png")
+    (changes,) = record_changes(before, stream_record(data))
+    assert "1 image edited" in changes and "mask changed" not in changes, changes
+    pixels[..., 3] = np.asarray(_half((32, 24), left=False))  # the alpha: now the mask changed too
+    Image.fromarray(pixels, "RGBA").save(photos / "img0.png")
+    (changes,) = record_changes(before, stream_record(data))
+    assert "1 image edited" in changes and "1 mask changed (img0.png)" in changes, changes
+
+
+def test_a_record_without_masks_still_resumes_and_class_images_have_none(tmp_path):
+    data = _masked(tmp_path)
+    old = stream_record(data)
+    for subset in old["subsets"]:
+        del subset["masks"]  # as a checkpoint of an sdtune that did not record masks
+    plan = _checkpoint(tmp_path, old)
+    _half((32, 24), left=False).save(tmp_path / "masks" / "img1.png")
+    assert check_data(plan, stream_record(data), new_data_epoch=False) == []  # not a false "changed"
+    cls = _folder(tmp_path / "cls")
+    dreambooth = DataConfig(instance_dir=data.train_dir, instance_prompt="a photo of sks dog", masked_loss=True,
+                            mask_dir=data.mask_dir, with_prior_preservation=True, class_dir=cls,
+                            class_prompt="a photo of a dog")
+    inst, klass = stream_record(dreambooth)["subsets"]
+    assert set(inst["masks"]) == {"img0.png", "img1.png", "img2.png"} and "masks" not in klass
