@@ -50,7 +50,7 @@ def test_every_hub_load_fails_in_seconds_when_the_hub_cannot_be_reached(monkeypa
     _unreachable(monkeypatch)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
     started = time.monotonic()
-    with pytest.raises(SdtuneError):
+    with pytest.raises(SdtuneError) as failure:
         if what == "clip":
             from sdtune.evaluation.clip_score import load_backbone
 
@@ -66,6 +66,8 @@ def test_every_hub_load_fails_in_seconds_when_the_hub_cannot_be_reached(monkeypa
     # the hub client's retries sleep 8 s five times (>= 40 s); 20 s leaves room for first imports on a loaded
     # machine (this ran 8.x s once under a full suite's load, with no retry)
     assert time.monotonic() - started < 20, "the hub client's retries ran"
+    if what == "clip":  # the way out offline, named where it fails
+        assert "--clip toy scores with the built-in toy CLIP" in str(failure.value)
 
 
 def test_a_library_deprecation_raised_as_userwarning_is_quiet(monkeypatch, tmp_path):

@@ -38,7 +38,9 @@ def eval_command(
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="an evaluation prompt; repeat for several"),
     seeds: str = typer.Option("4", "--seeds", help="K (seeds 0..K-1) or a list 0,7,42; spread is over seeds"),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="output folder; its cache/ is reused next time"),
-    clip: str | None = typer.Option(None, "--clip", help="CLIP backbone: hub id or local folder "
+    clip: str | None = typer.Option(None, "--clip", help="CLIP backbone: hub id, local folder, or toy (the "
+                                    "built-in toy model's CLIP, the toy runs' default: offline, no download; its "
+                                    "scores mean something only on toy-model pictures) "
                                     "[default: openai/clip-vit-base-patch16]"),
     reference: Path | None = typer.Option(None, "--reference", help="folder of real photos of the subject"),
     dino: str | None = typer.Option(None, "--dino", help="ViT backbone for DINO fidelity, e.g. facebook/dino-vits16"),
@@ -82,7 +84,11 @@ def eval_command(
       person doing the concept).
 
     - Over a run's checkpoints (--checkpoints): every LoRA checkpoint is a model of the table; `sdtune pick`
-      names the one to keep and exports it.
+      names the one to keep and exports it. A pivotal run's checkpoints from before its LoRA started
+      (train.textual_inversion.lora_start) are labelled "(token only)": their LoRA is the identity.
+
+    Offline (no model hub): --clip toy scores with the built-in toy CLIP (no download; meaningful on toy-model
+    pictures only), or pass --clip FOLDER with a CLIP saved by save_pretrained.
 
     Writes OUT/results.json, OUT/results.csv, OUT/results_per_prompt.csv and OUT/report.html (opens offline).
 
@@ -100,6 +106,7 @@ def eval_command(
 
       sdtune eval runs/demo/person --checkpoints --seeds 8
     """
+    from sdtune.evaluation.pick import mark_token_only
     from sdtune.evaluation.report import summary_rows, write_reports
     from sdtune.evaluation.runner import EvalRequest, run_eval
     from sdtune.evaluation.toy_suite import resolve_toy
@@ -126,10 +133,13 @@ def eval_command(
         raise SdtuneError(f"{generic_prompts}: no prompts in the file")
     with args.allow_pickle_option():
         results = run_eval(request)
-    paths = write_reports(results, out)
+    notes = mark_token_only(results)  # pivotal checkpoints before their LoRA started: labelled, and said
+    paths = write_reports(results, out, lead=notes)
     used = {k: v for k, v in results["backbones"].items() if v}
     typer.echo("backbones: " + "; ".join(f"{k.upper()} = {v}" for k, v in used.items()))
     _print_table(*summary_rows(results, short=True))
+    for note in notes:
+        typer.echo(note)
     gen = results["generation"]
     typer.echo(f"images: {gen['generated']} generated, {gen['reused']} reused from {out / 'cache'}")
     typer.echo(f"report: {paths['html']}  (also {paths['json'].name}, {paths['csv'].name})")

@@ -28,7 +28,9 @@ def pick_command(
                                                 "otherwise 1.0 CLIP-T points on --generic-prompts]"),
     out: Path | None = typer.Option(None, "--out", "-o", help="evaluation folder [default: RUN/pick]"),
     export: bool = typer.Option(True, "--export/--no-export", help="write RUN/picked and the kohya file"),
-    clip: str | None = typer.Option(None, "--clip", help="CLIP backbone [default: as sdtune eval]"),
+    clip: str | None = typer.Option(None, "--clip", help="CLIP backbone: hub id, local folder, or toy (the "
+                                    "built-in toy CLIP: offline, meaningful only on toy-model pictures) "
+                                    "[default: as sdtune eval]"),
     toy: bool | None = typer.Option(
         None, "--toy/--no-toy", show_default=False, metavar="", help="judge the toy suite [default: toy runs without "
                                     "prompts]"),
@@ -52,7 +54,9 @@ def pick_command(
 
     Writes OUT/report.html (every checkpoint side by side), RUN/picked/ (the kept checkpoint as a run folder:
     `sdtune generate RUN/picked`, its diffusers LoRA in RUN/picked/lora/, pick.json with the numbers) and
-    RUN/export/<run>-step-N.safetensors (kohya, for AUTOMATIC1111 and ComfyUI).
+    RUN/export/<run>-step-N.safetensors (kohya, for AUTOMATIC1111 and ComfyUI; for a textual-inversion run, or a
+    pivotal one kept before its LoRA started (train.textual_inversion.lora_start: that LoRA is the identity), the
+    token's embedding file instead). Checkpoints saved before the LoRA started are labelled "(token only)".
 
     Examples:
 
@@ -64,7 +68,7 @@ def pick_command(
     from sdtune.commands import args
     from sdtune.commands.evaluate import _print_table
     from sdtune.errors import SdtuneError
-    from sdtune.evaluation.pick import choose, describe
+    from sdtune.evaluation.pick import choose, describe, mark_token_only, token_only_line
     from sdtune.evaluation.report import summary_rows, write_reports
     from sdtune.evaluation.runner import EvalRequest, run_eval
     from sdtune.evaluation.toy_suite import resolve_toy
@@ -109,12 +113,13 @@ def pick_command(
         generic_prompts=read_prompts(generic_prompts) if generic_prompts else [],
         device=device, dtype=dtype, batch_size=batch_size, toy=toy, checkpoints=True)
     results = run_eval(request)
+    notes = mark_token_only(results)  # checkpoints of a pivotal run before its LoRA started: labelled, and said
     _print_table(*summary_rows(results, short=True))
     choice = choose(results, max_forgetting)
     lines = describe(choice, results)
     kept_line = f"kept: step {choice.model['checkpoint']['step']} ({choice.model['label']})"
-    paths = write_reports(results, out, title=f"sdtune pick: {run.name}", lead=[kept_line, lines[-1]])
-    typer.echo("\n".join(lines))
+    paths = write_reports(results, out, title=f"sdtune pick: {run.name}", lead=[kept_line, lines[-1], *notes])
+    typer.echo("\n".join([*lines, *notes]))
     if not choice.learned:
         typer.echo(f"warning: {run}: no checkpoint learned the subject (every {' and '.join(choice.subject)} is 0)",
                    err=True)
@@ -123,16 +128,23 @@ def pick_command(
         return
     kept = Path(choice.model["ref"])
     step = choice.model["checkpoint"]["step"]
+    token_only = token_only_line(choice.model["checkpoint"])
     record = {"run": str(run), "step": step, "label": choice.model["label"], "rule": lines[-1],
-              "checkpoints": choice.rows, "metrics": results["metrics"], "report": str(paths["html"])}
+              "token_only": token_only, "checkpoints": choice.rows, "metrics": results["metrics"],
+              "report": str(paths["html"])}
 
-    _keep(run, kept, step, record)
+    _keep(run, kept, step, record, token_only)
 
 
-def _keep(run: Path, kept: Path, step: int, record: dict) -> None:
-    """Write RUN/picked (the kept checkpoint as a run folder, with pick.json) and its file for other tools."""
+def _keep(run: Path, kept: Path, step: int, record: dict, token_only: str | None = None) -> None:
+    """Write RUN/picked (the kept checkpoint as a run folder, with pick.json) and its file for other tools.
+
+    ``token_only``: why the kept checkpoint's LoRA is the identity (a pivotal run before ``lora_start``); its file
+    for other tools is then the token's embedding alone, as for textual inversion: a LoRA file would change
+    nothing."""
     from sdtune.atomic import atomic_copy, atomic_write_json, removing_new_folders, write_folder
     from sdtune.commands.export import _write_kohya
+    from sdtune.commands.export_files import embedding_use
 
     def fill(tmp: Path) -> None:
         shutil.copytree(kept, tmp, dirs_exist_ok=True)
@@ -141,13 +153,14 @@ def _keep(run: Path, kept: Path, step: int, record: dict) -> None:
     picked = write_folder(run / "picked", fill)
     export_file = run / "export" / f"{run.name}-step-{step:06d}.safetensors"
     embeddings = sorted((picked / "embeddings").glob("*.safetensors"))
-    if embeddings and not (picked / "lora").is_dir():  # textual inversion: the one file every tool loads
-        typer.echo(f"kept: step {step} -> {picked} (the token's embedding in {embeddings[0]})")
+    if embeddings and (token_only or not (picked / "lora").is_dir()):  # the one file every tool loads
+        lora = "; its LoRA is the identity" if token_only else ""
+        typer.echo(f"kept: step {step} -> {picked} (the token's embedding in {embeddings[0]}{lora})")
         export_file = run / "export" / embeddings[0].name  # AUTOMATIC1111 names an embedding after its file
         with removing_new_folders(export_file.parent):  # a failed copy leaves no empty export/
             atomic_copy(embeddings[0], export_file)
-        typer.echo(f"wrote {export_file} (step {step}; for AUTOMATIC1111 / ComfyUI: put it in their embeddings "
-                   "folder, the prompt word is the file's name)")
+        alone = ", the token's embedding alone: no LoRA file, it would change nothing" if token_only else ""
+        typer.echo(f"wrote {export_file} (step {step}{alone}). {embedding_use(export_file)}")
         return
     typer.echo(f"kept: step {step} -> {picked} (diffusers LoRA in {picked / 'lora'}"
                + (f", the token's embedding in {embeddings[0]})" if embeddings else ")"))
@@ -157,21 +170,22 @@ def _keep(run: Path, kept: Path, step: int, record: dict) -> None:
 def _pick_by_val_loss(run: Path, out: Path | None, export: bool) -> None:
     """Keep the checkpoint with the lowest validation loss (``sdtune.evaluation.pick.choose_by_val_loss``)."""
     from sdtune.evaluation.checkpoints import materialise
-    from sdtune.evaluation.pick import choose_by_val_loss
+    from sdtune.evaluation.pick import TOKEN_ONLY, choose_by_val_loss, token_only_line
 
     rows, kept = choose_by_val_loss(run)
     for row in rows:
         mark = "  <- kept" if row is kept else ""
         shown = "not measured" if row["val_loss"] is None else f"{row['val_loss']:.6f}"
-        typer.echo(f"step {row['step']:>7}: val_loss {shown}{mark}")
+        typer.echo(f"step {row['step']:>7}: val_loss {shown}{TOKEN_ONLY if token_only_line(row) else ''}{mark}")
+    token_only = token_only_line(kept)
     typer.echo(f"kept: step {kept['step']}, the lowest validation loss ({kept['val_loss']:.6f}; ties go to the "
-               "earlier checkpoint)")
+               "earlier checkpoint)" + (f"; the kept {token_only}" if token_only else ""))
     if not export:
         return
     folder = materialise(run, Path(kept["checkpoint"]), (out or run / "pick") / "checkpoints" /
                          f"{run.name}-step-{kept['step']:06d}")
     _keep(run, folder, kept["step"], {"run": str(run), "step": kept["step"], "rule": "lowest validation loss",
-                                      "checkpoints": rows})
+                                      "token_only": token_only, "checkpoints": rows}, token_only)
 
 
 def register(app: typer.Typer) -> None:

@@ -92,7 +92,9 @@ def load_backbone(ref: str, *, kind: str = "clip", local_files_only: bool | None
     raise SdtuneError(
         f"could not load the {what} backbone '{ref}': it is not in the local cache and the hub cannot be reached "
         f"({type(error).__name__ if error else 'offline'}). Pass {flag} PATH with a local folder (model + processor "
-        f"saved with save_pretrained), or download it once with `huggingface-cli download {ref}`."
+        f"saved with save_pretrained), or download it once with `huggingface-cli download {ref}`"
+        + ("; offline, --clip toy scores with the built-in toy CLIP (meaningful on toy-model pictures only)."
+           if kind == "clip" else ".")
     )
 
 

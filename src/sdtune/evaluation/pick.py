@@ -11,15 +11,21 @@ The rule, the same on every model family (only the metrics behind it differ):
    person and composite rates; real models: DINO (else CLIP-I) against the reference photos, and CLIP-T on the
    evaluation prompts (write the composite there: "a photo of sks person giving a thumbs up").
 3. Ties go to the earlier checkpoint: fewer steps, less drift.
+
+A pivotal run with ``train.textual_inversion.lora_start`` saves checkpoints before its LoRA trains: their LoRA is
+as initialised (the identity) and only the token's embedding learned. Keeping one is legitimate (the embedding alone
+may draw the subject best), but it is said wherever the checkpoint shows (:func:`mark_token_only`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sdtune.errors import SdtuneError
 
+TOKEN_ONLY = " (token only)"  # appended to the label of a checkpoint saved before its LoRA started
 TOY_FORGETTING = 0.05  # old-prompt accuracy (fraction of images)
 CLIP_FORGETTING = 1.0  # CLIP-T points on the generic prompts
 
@@ -98,22 +104,82 @@ def choose(results: dict[str, Any], max_forgetting: float | None = None) -> Choi
     kept = max(ranked, key=lambda r: (round(r["score"], 9), -r["step"]))
     kept["kept"] = True
     model = next(m for m in checkpoints if m["label"] == kept["label"])
+    if (before := token_only_line(model["checkpoint"])) is not None:  # legitimate, but it must be said
+        note = "; ".join(filter(None, [note, f"the kept {before}"]))
     return Choice(model, rows, subject, forgetting, limit, note, learned)
+
+
+def lora_start_of(run: str | Path) -> tuple[int, float] | None:
+    """``(the LoRA's first step, train.textual_inversion.lora_start)`` of a pivotal run that holds its LoRA back
+    (``sdtune.training.pivotal.lora_first_step``); None for every other run."""
+    from sdtune.config import config_from_dict
+    from sdtune.run_folder import read_run_config
+    from sdtune.training.pivotal import lora_first_step
+
+    cfg = config_from_dict(read_run_config(run), source=str(Path(run) / "config.yaml"))
+    first = lora_first_step(cfg)
+    if first is None or cfg.train.textual_inversion is None:
+        return None
+    return first, cfg.train.textual_inversion.lora_start
+
+
+def before_lora_line(steps: list[int], first: int, lora_start: float) -> str:
+    """"step 2 is before the LoRA starts (step 3, ...): ... its LoRA is the identity" for checkpoints ``steps``."""
+    which = f"step {steps[0]} is" if len(steps) == 1 else \
+        f"steps {', '.join(map(str, steps[:-1]))} and {steps[-1]} are"
+    return (f"{which} before the LoRA starts (step {first}, train.textual_inversion.lora_start {lora_start:g}): only "
+            f"the token's embedding has learned; {'its' if len(steps) == 1 else 'their'} LoRA is the identity")
+
+
+def token_only_line(checkpoint: dict[str, Any] | None) -> str | None:
+    """:func:`before_lora_line` for one checkpoint entry that :func:`mark_token_only` marked; None otherwise."""
+    if not checkpoint or checkpoint.get("lora_from") is None:
+        return None
+    return before_lora_line([checkpoint["step"]], checkpoint["lora_from"], checkpoint["lora_start"])
+
+
+def mark_token_only(results: dict[str, Any]) -> list[str]:
+    """Mark the checkpoints that pivotal runs saved before their LoRA started (``lora_start``): ``"lora_from"`` and
+    ``"lora_start"`` in the entry's ``checkpoint``, and " (token only)" in its label, so that every table, chart,
+    results.json and pick.json shows it. Returns one note per such run, to print (idempotent)."""
+    starts: dict[str, tuple[int, float] | None] = {}
+    marked: dict[str, tuple[list[int], tuple[int, float]]] = {}
+    for m in results["models"]:
+        checkpoint = m.get("checkpoint")
+        if not checkpoint:
+            continue
+        run = checkpoint["run"]
+        if run not in starts:
+            try:
+                starts[run] = lora_start_of(run)
+            except SdtuneError:  # its config no longer reads: no label (the numbers stand; train/eval say why)
+                starts[run] = None
+        start = starts[run]
+        if start is None or checkpoint["step"] >= start[0]:
+            continue
+        checkpoint["lora_from"], checkpoint["lora_start"] = start
+        if not m["label"].endswith(TOKEN_ONLY):
+            m["label"] += TOKEN_ONLY
+        marked.setdefault(run, ([], start))[0].append(checkpoint["step"])
+    return [f"note: {Path(run).name}: {before_lora_line(sorted(steps), *start)}"
+            for run, (steps, start) in marked.items()]
 
 
 def choose_by_val_loss(run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every live checkpoint of ``run`` with the validation loss measured at its step (``validation.loss``), and
-    the kept one: the lowest loss, ties to the earlier step. SdtuneError when no checkpoint has one."""
-    from pathlib import Path
-
+    the kept one: the lowest loss, ties to the earlier step. SdtuneError when no checkpoint has one. A checkpoint
+    saved before a pivotal run's LoRA started carries ``lora_from`` and ``lora_start`` (:func:`token_only_line`)."""
     from sdtune.training.checkpoint import list_checkpoints, read_state
     from sdtune.training.val_loss import STATE_KEY
 
     rows = []
+    start = lora_start_of(run)
     for path in list_checkpoints(Path(run) / "checkpoints"):
         state = read_state(path)
         rows.append({"step": state.step, "checkpoint": str(path),
                      "val_loss": (state.extra.get(STATE_KEY) or {}).get(str(state.step))})
+        if start is not None and state.step < start[0]:
+            rows[-1]["lora_from"], rows[-1]["lora_start"] = start
     measured = [r for r in rows if r["val_loss"] is not None]
     if not measured:
         raise SdtuneError(f"{run}: no checkpoint carries a validation loss; train with validation.loss (split: 0.1 "
@@ -141,8 +207,6 @@ def _relative(value: float, zero: float, best: float) -> float:
 
 def _below_zero_note(results: dict[str, Any], names: list[str]) -> str:
     """Why some subject metric is negative, and how the score then reads it (one sentence)."""
-    from pathlib import Path
-
     from sdtune.models.presets import toy_path
 
     labels = " and ".join(results["metrics"][n]["label"] for n in names)

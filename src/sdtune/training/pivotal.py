@@ -42,6 +42,14 @@ def lora_steps_held(cfg: RunConfig) -> int:
     return 0 if learned is None or cfg.train.lora is None else learned.lora_held_steps(cfg.train.max_steps)
 
 
+def lora_first_step(cfg: RunConfig) -> int | None:
+    """The first step whose update trains the LoRA when ``lora_start`` holds it back (None: it trains from step 1).
+    A checkpoint of an earlier step holds the LoRA as initialised (``lora_B`` 0: the identity), the token alone
+    learned: ``sdtune pick`` and ``sdtune eval --checkpoints`` label such checkpoints."""
+    held = lora_steps_held(cfg)
+    return held + 1 if held else None
+
+
 def hold_phases(cfg: RunConfig, trainables, step: int) -> None:
     """Before the update that makes step ``step + 1``: drop the gradients of what is not training at this step:
     the LoRA's before ``lora_start`` (the token alone learns first: inversion, then tuning around the pivot), the
