@@ -222,6 +222,17 @@ class TextualInversionConfig(Section):
                               "scripts); below 1 (the token alone for every step is textual inversion: leave out "
                               "train.lora)")
 
+    @field_validator("token")
+    @classmethod
+    def _no_dot(cls, token: str) -> str:
+        """AUTOMATIC1111 reads the token bundled in a kohya LoRA file from the key ``bundle_emb.<token>.<part>`` up to
+        its first '.': a token with one would load under another name (or not at all)."""
+        if "." in token:
+            raise ValueError(f"{token!r} has a '.': AUTOMATIC1111 reads a token bundled in a LoRA file up to its first "
+                             f"'.', so it would not find it; write it without one, e.g. "
+                             f"{token.replace('.', '_')!r}")
+        return token
+
     def token_steps(self, max_steps: int) -> int | None:
         """The first optimizer steps the token trains for (``ti_fraction`` of them, at least 1); None: every step.
         The one rounding of the phases: training (``sdtune.training.pivotal``), the checks below and resume."""

@@ -93,11 +93,11 @@ def _embedding_hint(run: Path) -> str:
     files = sorted((run / EMBEDDINGS_DIR).glob("*.safetensors")) if (run / EMBEDDINGS_DIR).is_dir() else []
     if not files:
         return ""
+    from sdtune.commands.export_files import embedding_use
+
     file = files[0]
     return (f" It is a textual-inversion run: what it learned is the embedding {file}, which needs no export. "
-            f"AUTOMATIC1111: copy it to its embeddings/ folder and write {file.stem} in the prompt; ComfyUI: "
-            f"models/embeddings/ and write embedding:{file.stem} in the prompt; diffusers: "
-            f"pipe.load_textual_inversion({str(file)!r})")
+            f"{embedding_use(file)}; diffusers: pipe.load_textual_inversion({str(file)!r})")
 
 
 def _writable_target(target: Path, out: Path | None) -> Path:
@@ -212,21 +212,26 @@ def _kohya_file(source: Path, target: Path, dtype: str, base_kw: dict, home: Pat
         from sdtune.models.embeddings import bundle_state
 
         bundle = bundle_state(embedding)
+    from sdtune.commands.export_files import identity_lora_note
+
+    if (identity := identity_lora_note(source, home)) is not None:
+        typer.echo(identity + ("; in this file only the bundled token changes the model" if bundle else
+                               "; this file changes nothing"), err=True)
     with removing_new_folders(target.parent):
         target = export_kohya(source, target, dtype=dtype, check=check, sdxl=generation == "sdxl", base=meta,
                               bundle=bundle)
     typer.echo(f"kohya LoRA: {target}")
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
-    if embedding is not None:
+    if embedding is not None and bundle is not None:
         from sdtune.atomic import atomic_copy
+        from sdtune.commands.export_files import bundle_use
+        from sdtune.models.embeddings import unbundle
 
         copy = target.with_name(embedding.name)
         if copy.resolve() != target.resolve():
             atomic_copy(embedding, copy)
-        typer.echo(f"  with the run's learned token: bundled in the LoRA file (AUTOMATIC1111 loads it with the LoRA; "
-                   f"diffusers' load_lora_weights refuses such a file: use RUN/lora and RUN/embeddings) and as "
-                   f"{copy} (ComfyUI: models/embeddings/, write embedding:{copy.stem} in the prompt)")
+        typer.echo(bundle_use(target, list(unbundle(bundle)), copy))  # the names the file's keys give
     return target
 
 

@@ -324,7 +324,10 @@ def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict, pipeline_clas
         lines.append(f"| learned token | `{learned.token}` (started from {start}) |")
         lines.append(f"| AUTOMATIC1111 / ComfyUI | copy `embeddings/{word}.safetensors` to their `embeddings/` folder; "
                      f"in the prompt write `{word}` (AUTOMATIC1111) or `embedding:{word}` (ComfyUI) where this card "
-                     f"writes `{learned.token}` |")
+                     f"writes `{learned.token}`" + (
+                         f"; or the kohya export alone (the token bundled in it): `<lora:NAME:1> {learned.token}` in "
+                         "AUTOMATIC1111 (ComfyUI reads no bundle: the embedding file as above)"
+                         if cfg.train.lora is not None and cfg.train.lora.kind == "lora" else "") + " |")
     if data.instance_prompt:
         lines.append(f"| instance prompt | `{data.instance_prompt}` |")
     if data.with_prior_preservation:

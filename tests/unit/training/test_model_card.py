@@ -152,3 +152,16 @@ def test_card_names_the_loss_terms_and_the_ema_that_shaped_the_weights(tmp_path:
     assert "| loss options | min-SNR-gamma 5.0, noise offset 0 |" in text
     _, _, plain = _card(tmp_path / "plain", data)
     assert not any(row in (plain / "README.md").read_text() for row in ("output preservation", "| EMA", "loss opt"))
+
+
+def test_a_pivotal_card_says_which_word_each_tool_reads(tmp_path: Path) -> None:
+    """Found by a newcomer review: the card named the embedding file's word (`_sks_`) only, while the kohya export
+    of a pivotal run bundles the token, which AUTOMATIC1111 names after its key (`<sks>`, with the LoRA in the
+    prompt); ComfyUI reads no bundle."""
+    data = make_images(tmp_path / "data", 2)
+    learned = {"token": "<sks>", "ti_fraction": 0.5, "lora_start": 0.5}
+    _card(tmp_path, {"instance_dir": str(data), "instance_prompt": "a photo of <sks> dog"},
+          {"lora": {"rank": 2}, "textual_inversion": learned})
+    text = (tmp_path / "my run" / "README.md").read_text()
+    assert "write `_sks_` (AUTOMATIC1111) or `embedding:_sks_` (ComfyUI)" in text
+    assert "the kohya export alone (the token bundled in it): `<lora:NAME:1> <sks>` in AUTOMATIC1111" in text
