@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -55,17 +56,40 @@ class TrainerState:
 
 
 def resolve_checkpoint(run_dir: Path, resume: str) -> Path | None:
-    """``latest`` -> newest complete checkpoint (None if there is none); otherwise a checkpoint path."""
+    """``latest`` -> newest complete checkpoint (None if there is none); otherwise the checkpoint ``resume`` names:
+    a path (absolute, or holding a ``/``, or existing from here) or a name in ``RUN/checkpoints`` (``step-000004``,
+    or its short forms ``step-4`` and ``4``). A value that names nothing, or an incomplete folder, is an error that
+    lists the checkpoints the run has: a typo must not read as damage."""
     if resume == "latest":
         found = list_checkpoints(run_dir / "checkpoints")
         return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_absolute() and not path.exists():
-        path = run_dir / "checkpoints" / resume
+    path = _named_checkpoint(run_dir, resume)
+    if not path.exists():
+        raise SdtuneError(f"--resume {resume}: {path} does not exist; {_checkpoints_line(run_dir)}")
     if not (path / STATE_FILE).exists():
-        raise SdtuneError(f"{resume} is not a complete checkpoint folder (no {STATE_FILE}); "
-                          f"use --resume latest or a folder under {run_dir / 'checkpoints'}")
+        raise SdtuneError(f"--resume {resume}: {path} is not a complete checkpoint folder (no {STATE_FILE}: a save "
+                          f"was interrupted, or it is another folder); {_checkpoints_line(run_dir)}")
     return path
+
+
+def _named_checkpoint(run_dir: Path, resume: str) -> Path:
+    """Where ``resume`` points: a path as given, else ``RUN/checkpoints/<name>`` (a step number written out as the
+    folder name ``step-000004``, as checkpoints are named)."""
+    path = Path(resume).expanduser()
+    if path.is_absolute() or path.exists() or len(path.parts) > 1:
+        return path
+    short = re.fullmatch(r"(?:step-)?(\d+)", resume)
+    return run_dir / "checkpoints" / (step_dir_name(int(short.group(1))) if short else resume)
+
+
+def _checkpoints_line(run_dir: Path) -> str:
+    """The run's live checkpoints as ``--resume`` takes them, for an error about one that is not there."""
+    names = [p.name for p in list_checkpoints(run_dir / "checkpoints")]
+    if not names:
+        return (f"{run_dir} has no complete checkpoint yet (--resume latest starts it from step 0, or resumes "
+                "once one is saved)")
+    shown = ", ".join(names) if len(names) <= 8 else ", ".join([*names[:3], "...", *names[-4:]])
+    return f"this run has: {shown} (or: --resume latest)"
 
 
 def clean_partial(root: Path) -> None:
