@@ -119,8 +119,13 @@ def is_vocabulary_word(token: str, tokenizer: Any) -> bool:
     """Whether ``token`` is a whole word of a tokenizer's vocabulary (CLIP stores words as ``sks</w>``, which
     :func:`check_token` does not see). diffusers adds such a token, but it then stands for the new embedding in
     every prompt, the word's own meaning gone, and it matches inside other words too (``sks`` in "asks", ``man``
-    in "woman"): a token like ``<sks>`` is in no text."""
+    in "woman"): a token like ``<sks>`` is in no text. The same answer once the token was added (the tokenizer then
+    reads it as the added token: the vocabulary's own entry for the word is looked up instead)."""
     for tok in tokenizers(tokenizer):
+        if token in tok.get_added_vocab():
+            if f"{token.lower()}</w>" in tok.get_vocab():
+                return True
+            continue
         pieces = tok.tokenize(token)
         if len(pieces) == 1 and pieces[0].removesuffix("</w>") == token.lower():
             return True

@@ -35,12 +35,40 @@ def check_learned_token(cfg: RunConfig, stream, tokenizer) -> None:
         print(f"note: {len(lacking)} of {counted(len(prompts), 'training prompt')} "
               f"{plural(len(lacking), 'lacks', 'lack')} the token {learned.token!r} (e.g. "
               f"{lacking[0]!r}); {plural(len(lacking), 'it teaches', 'they teach')} its embedding nothing")
+    if (note := vocabulary_word_note(cfg, tokenizer)) is not None:
+        print(note)
     for key, prompt in kept_prompts(cfg):
         if token_id in first(prompt).input_ids:
             raise DataError(f"{key} {prompt!r} contains train.textual_inversion.token {learned.token!r} as the "
                             "tokenizer reads it (an added token matches inside words too: 'man' in 'woman'), so "
                             "that prompt, which must stay without the person, would train the token: choose a "
                             f"token no such prompt contains, e.g. '<{learned.token.strip('<>')}>'")
+
+
+def vocabulary_word_note(cfg: RunConfig, tokenizer) -> str | None:
+    """A note when the learned token is a whole word of the tokenizer (``sks`` or ``person`` in CLIP's vocabulary):
+    not refused (the demo and many recipes write ``sks``), but said once, since the word is gone from every prompt.
+
+    The token is added as a new token (``models.embeddings.add_learned_token``, as diffusers'
+    ``load_textual_inversion`` adds it), and an added token is matched in the prompt's text before it is split into
+    words, case-insensitively and inside longer words too: wherever a prompt writes the word it now reads the learned
+    embedding. Prompts that must stay without the subject (class, preservation) are refused when they hold it
+    (:func:`check_learned_token`).
+    """
+    from sdtune.models.embeddings import is_vocabulary_word, tokenizers
+
+    learned = cfg.train.textual_inversion
+    if learned is None or not is_vocabulary_word(learned.token, tokenizer):
+        return None
+    word = learned.token
+    first = tokenizers(tokenizer)[0]
+    token_id = first.convert_tokens_to_ids(word)
+    shown = [p for p in cfg.validation.prompts if token_id in first(p).input_ids]
+    here = f": here validation prompt {shown[0]!r}" if shown else ""
+    return (f"note: train.textual_inversion.token {word!r} is a word the tokenizer already has: added as the learned "
+            f"token, it is read wherever a prompt writes {word!r} (any case, inside longer words too), so every "
+            f"prompt that writes it (validation prompts, and `sdtune generate` with this run) reads the learned "
+            f"embedding instead of the word{here}; a new token such as <{word.strip('<>')}> leaves the word alone")
 
 
 def kept_prompts(cfg: RunConfig) -> list[tuple[str, str]]:
