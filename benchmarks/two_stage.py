@@ -40,6 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_forgetting import load_done, record  # noqa: E402
+from two_stage_pick import held_out as held_out_seeds  # noqa: E402
+from two_stage_pick import pick  # noqa: E402
 from two_stage_variants import BASELINE, CONCEPT_VARIANTS, DEMO, VARIANTS  # noqa: E402
 
 from sdtune.config import config_from_dict  # noqa: E402
@@ -86,6 +88,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard", default="0/1", help="I/N: this process takes every N-th person run from I")
     p.add_argument("--checkpoints", default="", help="comma list of variants whose person checkpoints are "
                    "evaluated too (rows VARIANT@STEP: the steps dimension without retraining)")
+    p.add_argument("--pick", default="", help="comma list of variants whose runs are followed by sdtune pick's "
+                   "rule on held-out seeds (rows VARIANT+pick: the chosen checkpoint's numbers)")
     p.add_argument("--report-only", action="store_true", help="no training: the table of what is measured")
     p.add_argument("--publish", action="store_true", help=f"also write {PUBLISHED.name} for the demo")
     p.add_argument("--demo", default=DEMO, help="the variant the demo runs (its row is printed beside it; "
@@ -168,17 +172,18 @@ class Bench:
         return held()
 
     def measure(self, key: str, ref: str, extra: dict[str, Any], look: str = "striped",
-                concept_token: str | None = None) -> dict[str, Any]:
+                concept_token: str | None = None, held_out: bool = False) -> dict[str, Any]:
         """Evaluate ``ref`` for the person ``look`` (its person, class and composite prompts and identity);
-        ``concept_token``: the concept's prompts write it (a stage 1 that learned one)."""
+        ``concept_token``: the concept's prompts write it (a stage 1 that learned one); ``held_out``: on other
+        seeds (``two_stage_pick``: what a checkpoint is chosen on)."""
         done = load_done(self.results)
         if key in done:
             return done[key]
         suite = self.suites[look] if not concept_token else demo_suite(
             replace(self.evaluation, person_look=look, concept_token=concept_token))
-        row = {"key": key, **extra, **summary(evaluate(load_toy_pipeline(ref), self.judge, suite,
-                                                       self.seeds, steps=self.evaluation.eval_steps,
-                                                       group_seeds=self.group_seeds))}
+        seeds, groups = held_out_seeds(self.seeds, self.group_seeds) if held_out else (self.seeds, self.group_seeds)
+        row = {"key": key, **extra, **summary(evaluate(load_toy_pipeline(ref), self.judge, suite, seeds,
+                                                       steps=self.evaluation.eval_steps, group_seeds=groups))}
         record(self.results, row)
         print(f"[bench] {key}: " + ", ".join(f"{k}={row[k]:.2f}" for k in KEYS if k in row), flush=True)
         return row
@@ -360,7 +365,12 @@ def main() -> int:
         for i, (variant, seed) in enumerate([(v, s) for s in seeds for v in marked]):
             if i % shards == shard:
                 bench.checkpoints(variant, seed)
+        picked = [v for v in args.pick.split(",") if v]
+        for i, (variant, seed) in enumerate([(v, s) for s in seeds for v in picked]):
+            if i % shards == shard:
+                pick(bench, variant, seed, settings_for(variant, seed, args.quick).person_look)
     done = load_done(bench.results)
+    variants += [f"{v}+pick" for v in args.pick.split(",") if v]
     marked = [v for v in args.checkpoints.split(",") if v]
     steps = {r["variant"] for r in done.values()
              if r.get("stage") == "checkpoint" and r["variant"].split("@")[0] in marked}
