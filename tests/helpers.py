@@ -152,3 +152,15 @@ def sample_images(pipe, prompt: str):
     pipe.set_progress_bar_config(disable=True)
     return pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="np",
                 generator=torch.Generator().manual_seed(0)).images
+
+
+def train_pivotal_sequence(tmp: Path, token: str, prompt: str, name: str = "run") -> Path:
+    """A 4-step pivotal run on ``tiny`` in sequence (the token alone for steps 1-2, then the LoRA), a checkpoint per
+    step; returns its run folder ``tmp/name``."""
+    data = {"instance_dir": str(make_images(tmp / "data", 3)), "instance_prompt": prompt}
+    cfg = tiny_config(tmp / name, data, {"max_steps": 4, "learning_rate": 1e-2, "lora": {"rank": 4},
+                                         "textual_inversion": {"token": token, "learning_rate": 5e-2,
+                                                               "ti_fraction": 0.5, "lora_start": 0.5}},
+                      checkpoint={"every": 1, "keep": 5})
+    run_cli("train", str(write_config(tmp / "c.yaml", cfg)))
+    return tmp / name

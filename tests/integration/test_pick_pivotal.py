@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import make_images, run_cli, tiny_config, write_config
+from tests.helpers import run_cli, train_pivotal_sequence
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +27,7 @@ BEFORE = ("before the LoRA starts (step 3, train.textual_inversion.lora_start 0.
 
 @pytest.fixture(scope="module")
 def pivotal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("pivotal")
-    data = {"instance_dir": str(make_images(tmp / "data", 3)), "instance_prompt": PROMPT}
-    cfg = tiny_config(tmp / "piv", data, {"max_steps": 4, "learning_rate": 1e-2, "lora": {"rank": 4},
-                                          "textual_inversion": {"token": "<sks>", "learning_rate": 5e-2,
-                                                                "ti_fraction": 0.5, "lora_start": 0.5}},
-                      checkpoint={"every": 1, "keep": 5})
-    run_cli("train", str(write_config(tmp / "c.yaml", cfg)))
-    return tmp / "piv"
+    return train_pivotal_sequence(tmp_path_factory.mktemp("pivotal"), "<sks>", PROMPT, "piv")
 
 
 def test_eval_labels_the_token_only_checkpoints(pivotal_run: Path, tmp_path: Path) -> None:

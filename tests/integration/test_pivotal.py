@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import make_images, run_cli, sample_images, tiny_config, write_config
+from tests.helpers import make_images, run_cli, sample_images, tiny_config, train_pivotal_sequence, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -98,13 +98,7 @@ def test_checkpoints_and_kohya_export_carry_the_lora_and_the_token(tmp_path: Pat
 def test_the_token_alone_first_then_the_lora_around_it(tmp_path: Path) -> None:
     """train.textual_inversion.lora_start (inversion first, then tuning: cloneofsimo's lora_pti): the LoRA keeps its
     initial weights while the token learns, then trains around the frozen token."""
-    data = {"instance_dir": str(make_images(tmp_path / "data", 3)), "instance_prompt": PROMPT}
-    cfg = tiny_config(tmp_path / "run", data, {"max_steps": 4, "learning_rate": 1e-2, "lora": {"rank": 4},
-                                               "textual_inversion": {"token": "sks", "learning_rate": 5e-2,
-                                                                     "ti_fraction": 0.5, "lora_start": 0.5}},
-                      checkpoint={"every": 1, "keep": 5})
-    run_cli("train", str(write_config(tmp_path / "c.yaml", cfg)))
-    run = tmp_path / "run"
+    run = train_pivotal_sequence(tmp_path, "sks", PROMPT)
     first, held, last = _checkpoint(run, 1), _checkpoint(run, 2), _checkpoint(run, 4)
     (row,) = [k for k in last if k.endswith("token_embedding.learned.weight")]
     loras = [k for k in last if k != row]
