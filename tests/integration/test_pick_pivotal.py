@@ -50,7 +50,7 @@ def test_kohya_export_says_what_to_write_in_each_tool(pivotal_run: Path) -> None
     out = " ".join(proc.stdout.split())
     assert "(keys bundle_emb.<sks>.*). AUTOMATIC1111 names it after that key: write <lora:piv:1> <sks> in the " \
            "prompt" in out
-    copy = pivotal_run / "export" / "_sks_.safetensors"
+    copy = pivotal_run / "export" / "piv" / "_sks_.safetensors"  # its own folder: the name is the prompt word
     assert copy.is_file() and f"ComfyUI does not read the bundle: LoraLoader for the LoRA, and {copy} to " \
                               "models/embeddings/, write embedding:_sks_ in the prompt" in out
     assert "this LoRA is the identity" not in proc.stderr  # the run's own LoRA trained from step 3
@@ -72,7 +72,15 @@ def test_pick_of_a_token_only_checkpoint_says_so_and_exports_the_embedding(pivot
     assert record["label"] == f"piv @ step {step} (token only)"
     assert html.escape(line) in (run / "pick" / "report.html").read_text()
     # the export is what the checkpoint learned: the embedding alone, not a LoRA file that changes nothing
-    assert sorted(p.name for p in (run / "export").iterdir()) == ["_sks_.safetensors"]
+    folder = f"piv-step-{step:06d}"  # the step's own folder: the file's name is the prompt word, so not the step
+    assert [p.relative_to(run / "export").as_posix() for p in (run / "export").rglob("*")] == [
+        folder, f"{folder}/_sks_.safetensors"]
+    # and `sdtune export` of the final run beside it writes its own copy, leaving the picked step's (found by a
+    # newcomer: both wrote export/_sks_.safetensors, the later replacing the picked embedding without a word)
+    picked_embedding = (run / "export" / folder / "_sks_.safetensors").read_bytes()
+    run_cli("export", str(run), "--format", "kohya")
+    assert (run / "export" / folder / "_sks_.safetensors").read_bytes() == picked_embedding
+    assert (run / "export" / "piv" / "_sks_.safetensors").is_file()
     assert "the token's embedding alone: no LoRA file" in out and "write embedding:_sks_ in the prompt" in out
     # exporting the picked folder's LoRA anyway: said, not shown as a working LoRA
     export = run_cli("export", str(run / "picked"), "--format", "kohya")

@@ -92,7 +92,7 @@ def test_checkpoints_and_kohya_export_carry_the_lora_and_the_token(tmp_path: Pat
     assert list(bundled) == ["sks"] and torch.equal(bundled["sks"]["sks"], load_file(
         str(run / "embeddings" / "sks.safetensors"))["sks"])
     assert any(k.startswith("lora_unet_") for k in exported)
-    assert (run / "export" / "sks.safetensors").is_file(), "the embedding file for ComfyUI beside it"
+    assert (run / "export" / "run" / "sks.safetensors").is_file(), "the embedding file for ComfyUI, in its folder"
 
 
 def test_the_token_alone_first_then_the_lora_around_it(tmp_path: Path) -> None:

@@ -224,12 +224,12 @@ def _kohya_file(source: Path, target: Path, dtype: str, base_kw: dict, home: Pat
     typer.echo("  AUTOMATIC1111: copy it to models/Lora/ and write <lora:" + target.stem + ":1> in the prompt; "
                "ComfyUI: models/loras/ and a LoraLoader node")
     if embedding is not None and bundle is not None:
-        from sdtune.atomic import atomic_copy
-        from sdtune.commands.export_files import bundle_use
+        from sdtune.atomic import atomic_copy, removing_new_folders
+        from sdtune.commands.export_files import bundle_use, embedding_copy
         from sdtune.models.embeddings import unbundle
 
-        copy = target.with_name(embedding.name)
-        if copy.resolve() != target.resolve():
+        copy = embedding_copy(target, embedding.name)
+        with removing_new_folders(copy.parent):
             atomic_copy(embedding, copy)
         typer.echo(bundle_use(target, list(unbundle(bundle)), copy))  # the names the file's keys give
     return target

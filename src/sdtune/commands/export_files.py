@@ -94,3 +94,12 @@ def identity_lora_note(source: Path, home: Path) -> str | None:
     if step and start is not None and int(step.group(1)) < start[0]:
         why = before_lora_line([int(step.group(1))], *start)
     return f"note: {why}"
+
+
+def embedding_copy(export_file: Path, embedding_name: str) -> Path:
+    """Where the embedding file that goes with the export ``export_file`` is written: ``RUN/export/<its stem>/<name>``.
+
+    Its own folder because its file name is the prompt word in AUTOMATIC1111 and ComfyUI (``_sks_``), so it cannot
+    carry a step: beside the LoRA files, ``sdtune pick``'s step-3 export and ``sdtune export``'s final one wrote the
+    same ``export/_sks_.safetensors``, the later silently replacing the other (found by a newcomer review)."""
+    return export_file.parent / export_file.stem / embedding_name

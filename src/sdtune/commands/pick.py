@@ -144,7 +144,7 @@ def _keep(run: Path, kept: Path, step: int, record: dict, token_only: str | None
     nothing."""
     from sdtune.atomic import atomic_copy, atomic_write_json, removing_new_folders, write_folder
     from sdtune.commands.export import _write_kohya
-    from sdtune.commands.export_files import embedding_use
+    from sdtune.commands.export_files import embedding_copy, embedding_use
 
     def fill(tmp: Path) -> None:
         shutil.copytree(kept, tmp, dirs_exist_ok=True)
@@ -156,8 +156,8 @@ def _keep(run: Path, kept: Path, step: int, record: dict, token_only: str | None
     if embeddings and (token_only or not (picked / "lora").is_dir()):  # the one file every tool loads
         lora = "; its LoRA is the identity" if token_only else ""
         typer.echo(f"kept: step {step} -> {picked} (the token's embedding in {embeddings[0]}{lora})")
-        export_file = run / "export" / embeddings[0].name  # AUTOMATIC1111 names an embedding after its file
-        with removing_new_folders(export_file.parent):  # a failed copy leaves no empty export/
+        export_file = embedding_copy(export_file, embeddings[0].name)  # the tools name it after its file
+        with removing_new_folders(export_file.parent):  # a failed copy leaves no empty export/ behind
             atomic_copy(embeddings[0], export_file)
         alone = ", the token's embedding alone: no LoRA file, it would change nothing" if token_only else ""
         typer.echo(f"wrote {export_file} (step {step}{alone}). {embedding_use(export_file)}")

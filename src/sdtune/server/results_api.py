@@ -56,6 +56,10 @@ def _downloads(ws: Path, run: Path) -> list[dict[str, str]]:
     for path in sorted((run / EXPORT_DIR).glob("*.safetensors")) if (run / EXPORT_DIR).is_dir() else []:
         found.append({"label": f"{label} ({layout} / AUTOMATIC1111 / ComfyUI): {path.name}",
                       "path": relative_name(ws, path)})
+    # an export's embedding file, in a folder named after its LoRA file (sdtune.commands.export_files.embedding_copy)
+    for path in sorted((run / EXPORT_DIR).glob("*/*.safetensors")) if (run / EXPORT_DIR).is_dir() else []:
+        found.append({"label": f"embedding {path.stem} of the export {path.parent.name} (AUTOMATIC1111 / ComfyUI "
+                               "embeddings/)", "path": relative_name(ws, path)})
     for path in sorted((run / EMBEDDINGS_DIR).glob("*.safetensors")) if (run / EMBEDDINGS_DIR).is_dir() else []:
         found.append({"label": f"embedding {path.stem}", "path": relative_name(ws, path)})
     if (run / CARD_FILE).is_file():

@@ -182,3 +182,19 @@ def test_downloads_name_the_adapter_a_run_trained(tmp_path):
     assert labels[:2] == ["LoHa, kohya/LyCORIS layout (AUTOMATIC1111 / ComfyUI)",
                           "LoHa (kohya/LyCORIS / AUTOMATIC1111 / ComfyUI): hada.safetensors"], labels
     assert not any(label.startswith("LoRA") for label in labels)
+
+
+def test_an_exports_embedding_is_offered_as_an_embedding(tmp_path):
+    """A pivotal run's export writes its embedding for ComfyUI into export/<LoRA file's stem>/ (the file's name is
+    the prompt word, so each export keeps its own): offered as that export's embedding, never as a LoRA (it once lay
+    beside the LoRA files and was listed as one)."""
+    ws = tmp_path / "ws"
+    client = TestClient(create_app(ws), base_url="http://127.0.0.1:7860", headers=ORIGIN)
+    run = _run(ws, "piv")
+    (run / "export" / "piv-step-000400").mkdir(parents=True)
+    (run / "export" / "piv-step-000400" / "_sks_.safetensors").write_bytes(b"x")
+    downloads = client.get("/api/runs/piv").json()["downloads"]
+    labels = {d["label"]: d["path"] for d in downloads}
+    assert labels["embedding _sks_ of the export piv-step-000400 (AUTOMATIC1111 / ComfyUI embeddings/)"] == \
+        "runs/piv/export/piv-step-000400/_sks_.safetensors", labels
+    assert not any("_sks_" in label for label in labels if label.startswith("LoRA")), labels
