@@ -203,7 +203,7 @@ class TextualInversionConfig(Section):
     """Textual inversion (``sdtune.models.embeddings``): a new token whose embedding is all the run trains; the
     model is untouched, so nothing it drew before changes. Saved as RUN/embeddings/<token>.safetensors."""
 
-    token: str = Field(pattern=r"^\S+$", description="the new token, as prompts write it (e.g. sks or <sks>); "
+    token: str = Field(min_length=1, description="the new token, as prompts write it (e.g. sks or <sks>); "
                        "instance prompts and captions must contain it")
     initializer: str | None = Field(None, description="text whose embedding the token starts from (default: the "
                                     "token as the tokenizer read it before, e.g. the rare word sks)")
@@ -224,9 +224,13 @@ class TextualInversionConfig(Section):
 
     @field_validator("token")
     @classmethod
-    def _no_dot(cls, token: str) -> str:
-        """AUTOMATIC1111 reads the token bundled in a kohya LoRA file from the key ``bundle_emb.<token>.<part>`` up to
-        its first '.': a token with one would load under another name (or not at all)."""
+    def _one_word(cls, token: str) -> str:
+        """One word, as prompts write it; and no '.': AUTOMATIC1111 reads the token bundled in a kohya LoRA file from
+        the key ``bundle_emb.<token>.<part>`` up to its first '.', so a token with one would load under another name
+        (or not at all)."""
+        if any(c.isspace() for c in token) or not token:
+            raise ValueError(f"{token!r}: a token is one word, without spaces (prompts write it as one), e.g. "
+                             f"{'_'.join(token.split()) or '<sks>'!r}")
         if "." in token:
             raise ValueError(f"{token!r} has a '.': AUTOMATIC1111 reads a token bundled in a LoRA file up to its first "
                              f"'.', so it would not find it; write it without one, e.g. "

@@ -51,6 +51,8 @@ def test_overrides_parse_yaml_values_and_nested_keys() -> None:
     ({"train": {"min_timestep": -1}}, "train.min_timestep"),
     # AUTOMATIC1111 reads a LoRA's bundled token up to its first '.' (found by a newcomer review)
     ({"train": {"textual_inversion": {"token": "my.tok"}}}, "train.textual_inversion.token .*has a '.'.*'my_tok'"),
+    ({"train": {"textual_inversion": {"token": "my tok"}}}, "train.textual_inversion.token .*one word, without spaces.*"
+     "'my_tok'"),
     ({"train": {"textual_inversion": {"token": "sks", "lora_start": 0.5}}},
      "train.textual_inversion.lora_start holds a LoRA back until the token is learned .*add train.lora"),
     # found by a newcomer: a LoRA held back for every step was saved as all zeros; a gap trained nothing

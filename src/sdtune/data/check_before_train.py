@@ -64,14 +64,15 @@ def check_training_data(cfg: RunConfig) -> None:
     for key, folder in _named_folders(cfg):  # one line each, with its key (not one per image, or after the model)
         if not Path(folder).is_dir():
             errors.append(Problem(str(folder), f"{key} does not exist or is not a folder; check the path in your "
-                                  "config or the override that set it"))
+                                  f"config or the override that set it{_from_working_folder(folder)}"))
     for subset in subsets_from_config(cfg.data):
         if subset.role == "class" and (not subset.path.exists()
                                        or (subset.path in generated and count_images(subset.path) == 0)):
             continue  # class images are generated when missing (an empty folder, e.g. left by a failed run, too)
         if not subset.path.is_dir():
+            where = _from_working_folder(subset.path)
             errors.append(Problem(str(subset.path), f"data folder ({_key(cfg, subset)}) does not exist; check the "
-                                  "path in your config or the override that set it"))
+                                  f"path in your config or the override that set it{where}"))
             continue
         masks = (cfg.data.mask_dir or "alpha") if cfg.data.masked_loss and subset.role != "class" else None
         masks = None if masks is not None and masks != "alpha" and not Path(masks).is_dir() else masks
@@ -124,3 +125,12 @@ def _ignored_captions(cfg: RunConfig, subset: SubsetConfig, captioned: int, imag
             f"{prompt_key}, and they are not read: {key} "
             f"trains on {prompt_key} "
             f"({subset.prompt!r}). For captioned training use {where}")
+
+
+def _from_working_folder(folder: Path | str) -> str:
+    """A hint for a missing folder under the working folder: a relative path in a config is read from where the
+    command runs, not from the config file's folder (a newcomer ran a config from another folder and looked for the
+    fault in the config); "" otherwise."""
+    cwd = Path.cwd()
+    return (f" (a relative path in a config is read from the working folder, {cwd}, not from the config's folder)"
+            if cwd in Path(folder).parents else "")

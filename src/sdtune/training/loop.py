@@ -69,6 +69,7 @@ def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
     run_dir = Path(cfg.output_dir)
     from sdtune.models.presets import check_preset_cache
 
+    existed = run_dir.exists()  # before check_run_output, which makes it
     check_run_output(cfg)  # never over a user's files, never into the data, writable (before anything is written)
     check_preset_cache(cfg.model.base)  # a built-in model built on first use: its cache must be writable
     ckpt.clean_partial(run_dir / "checkpoints")
@@ -79,7 +80,7 @@ def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path | None:
         return None
     found = ckpt.resolve_checkpoint(run_dir, resume)
     if found is None:
-        print(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting from step 0")
+        print(resuming.fresh_start_line(run_dir, existed))
     return found
 
 

@@ -90,17 +90,29 @@ PHASE_KEYS = frozenset({"train.max_steps", "train.textual_inversion.ti_fraction"
                         "train.textual_inversion.lora_start", "data.mask_start"})
 
 
-def _phases(config: RunConfig) -> list[tuple[str, int]]:
-    """Each phase boundary of ``config`` as (what, the last step before it): the token's last trained step, the
-    LoRA's last held step, the last step on whole images before the masks (only the ones the run has)."""
+def _phases(config: RunConfig) -> list[tuple[str, str, int]]:
+    """Each phase boundary of ``config`` as (what, its key, the last step before it): the token's last trained step,
+    the LoRA's last held step, the last step on whole images before the masks (only the ones the run has)."""
     learned, steps = config.train.textual_inversion, config.train.max_steps
     out = []
     if learned is not None and config.train.lora is not None:
-        out.append(("the token trains through step", learned.token_steps(steps) or steps))
-        out.append(("the LoRA is held through step", learned.lora_held_steps(steps)))
+        out.append(("the token trains through step", "train.textual_inversion.ti_fraction",
+                    learned.token_steps(steps) or steps))
+        out.append(("the LoRA is held through step", "train.textual_inversion.lora_start",
+                    learned.lora_held_steps(steps)))
     if config.data.masked_loss:
-        out.append(("whole images (no masks) through step", config.data.unmasked_steps(steps)))
+        out.append(("whole images (no masks, data.mask_start) through step", "data.mask_start",
+                    config.data.unmasked_steps(steps)))
     return out
+
+
+def _share(boundary: int, steps: int) -> str:
+    """The shortest share of ``steps`` that rounds back to ``boundary`` steps (as the phases round them)."""
+    for digits in range(2, 9):
+        share = f"{boundary / steps:.{digits}g}"
+        if round(float(share) * steps) == boundary:
+            return share
+    return repr(boundary / steps)
 
 
 def _check_phases_stay(cfg: RunConfig, saved: dict[str, Any], step: int, checkpoint: Path) -> None:
@@ -108,21 +120,25 @@ def _check_phases_stay(cfg: RunConfig, saved: dict[str, Any], step: int, checkpo
     ``lora_start``, ``data.mask_start``): a new total or share moves them. A boundary may move only where the run has
     not been yet: the steps done (1..``step``) must fall in the same phases under the new config, or a LoRA that had
     trained would be held again, a frozen token trained again, masked steps counted as unmasked. Refused, with the
-    steps, otherwise."""
+    steps and the shares that keep them (to paste), otherwise."""
     from sdtune.config import config_from_dict
 
     try:
         old = config_from_dict(saved)
     except ConfigError:
         return  # a saved config this version no longer reads: the key rules above already compared it
-    before, after = dict(_phases(old)), dict(_phases(cfg))
-    moved = [f"{what} {before[what]} -> {after[what]}" for what in before
-             if what in after and min(before[what], step) != min(after[what], step)]
-    if moved:
-        raise ConfigError(f"cannot resume {checkpoint} (step {step}) with this train.max_steps / ti_fraction / "
-                          f"lora_start / data.mask_start: the steps done would fall in other phases "
-                          f"({', '.join(moved)}); keep the steps up to {step} where they were (a boundary may move "
-                          "only past the resume step), or start a new run in another output_dir")
+    before = {what: (key, at) for what, key, at in _phases(old)}
+    after = {what: at for what, _, at in _phases(cfg)}
+    moved = [(what, key, before[what][1], after[what]) for what, (key, _) in before.items()
+             if what in after and min(before[what][1], step) != min(after[what], step)]
+    if not moved:
+        return
+    steps = cfg.train.max_steps
+    keep = " ".join(f"{key}={_share(then, steps)}" for _, key, then, _ in moved if then < steps)
+    raise ConfigError(f"cannot resume {checkpoint} (step {step}) with these phases: the steps done would fall in "
+                      f"other ones ({', '.join(f'{what} {then} -> {now}' for what, _, then, now in moved)}); keep "
+                      f"them where they were" + (f" with train.max_steps={steps}: {keep}" if keep else "")
+                      + ", or start a new run in another output_dir")
 
 
 def _shown(config: dict[str, Any], key: str, value: Any, known: dict[str, Any]) -> str:
@@ -251,3 +267,14 @@ def write_run_config(cfg: RunConfig, path: Path, history: list[dict[str, Any]]) 
 
 __all__ = ["OPTIMIZER_KEYS", "ResumePlan", "apply_changes", "describe", "history_entry", "nothing_to_train",
            "optimizer_hyperparameters", "plan_resume", "start_branch", "write_run_config"]
+
+
+def fresh_start_line(run_dir: Path, existed: bool) -> str:
+    """What ``--resume`` prints when the run has no checkpoint yet (a queued job's first attempt resumes "latest"
+    too, so it is no error); when the folder did not even exist, that a relative output_dir was read from the
+    working folder: a newcomer ran a config from another folder and trained a new run from step 0 unawares."""
+    line = f"no checkpoint in {run_dir / 'checkpoints'} yet: starting from step 0"
+    if existed:
+        return line
+    return (f"{line} (a new run folder: a relative output_dir is read from the working folder; to continue a run "
+            "from anywhere, pass its folder: sdtune train RUN --resume latest)")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hostile_corpus import pattern
 
-from sdtune.config import config_from_dict
+from sdtune.config import config_from_dict, resolve_config
 from sdtune.data.check_before_train import check_training_data
 from sdtune.errors import DataError
 
@@ -93,6 +95,22 @@ def test_a_missing_mask_or_validation_folder_is_one_line_with_its_key(tmp_path):
     with pytest.raises(DataError, match=f"sdtune dataset check {photos} --masks {tmp_path / 'masks'}"):
         check_training_data(config_from_dict({"model": {"base": "toy"}, "data": {
             **data, "masked_loss": True, "mask_dir": str(tmp_path / "masks")}}))
+
+
+def test_a_missing_relative_folder_says_it_was_read_from_the_working_folder(tmp_path, monkeypatch):
+    """Found by a newcomer: a config with relative paths run from another folder said "does not exist; check the path
+    in your config", and the fault was looked for in the config, not in where the command ran."""
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config(config_from_dict({"model": {"base": "toy"}, "data": {
+        "instance_dir": "photos", "instance_prompt": "a photo of sks person", "resolution": 16}}))
+    with pytest.raises(DataError, match=r"a relative path in a config is read from the working folder, "
+                                        rf"{re.escape(str(tmp_path))}, not from the config's folder"):
+        check_training_data(cfg)
+    away = resolve_config(config_from_dict({"model": {"base": "toy"}, "data": {
+        "instance_dir": str(tmp_path.parent / "elsewhere"), "instance_prompt": "a photo of sks person"}}))
+    with pytest.raises(DataError) as failure:  # written absolute, elsewhere: nothing about the working folder
+        check_training_data(away)
+    assert "working folder" not in str(failure.value)
 
 
 def test_a_warning_is_printed_once_per_process(tmp_path, capsys):

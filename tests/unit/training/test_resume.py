@@ -112,15 +112,19 @@ def test_a_resume_may_move_a_phase_only_where_the_run_has_not_been(tmp_path: Pat
 
     done = checkpoint(3)  # token steps 1-2, LoRA held through 2, masks from step 2
     with pytest.raises(ConfigError, match=r"\(step 3\) .*the token trains through step 2 -> 4, the LoRA is held "
-                                          r"through step 2 -> 4, whole images \(no masks\) through step 1 -> 2"):
-        plan_resume(done, cfg(8))
+                                          r"through step 2 -> 4, whole images \(no masks, data.mask_start\) through "
+                                          r"step 1 -> 2\); keep them where they were with train.max_steps=8: "
+                                          r"train.textual_inversion.ti_fraction=0.25 "
+                                          r"train.textual_inversion.lora_start=0.25 data.mask_start=0.12,"):
+        plan_resume(done, cfg(8))  # the shares to paste (found by a newcomer: they had to be worked out by hand)
+    plan_resume(done, cfg(8, ti=0.25, start=0.25, mask_start=0.12))  # and pasted, they resume
     assert plan_resume(done, cfg(5)).changes["train.max_steps"] == [4, 5]  # round(2.5) == 2: all stay
     longer = plan_resume(done, cfg(8, ti=0.25, start=0.25, mask_start=0.125))  # the same steps, twice the run
     assert set(longer.changes) == {"train.max_steps", "train.textual_inversion.ti_fraction",
                                    "train.textual_inversion.lora_start", "data.mask_start"}
     early = checkpoint(1)  # step 1 done: every boundary is still ahead and may move
     assert plan_resume(early, cfg(4, ti=0.75, start=0.75, mask_start=0.5)).changes["data.mask_start"] == [0.25, 0.5]
-    with pytest.raises(ConfigError, match=r"whole images \(no masks\) through step 1 -> 0"):
+    with pytest.raises(ConfigError, match=r"whole images \(no masks, data.mask_start\) through step 1 -> 0"):
         plan_resume(early, cfg(4, mask_start=0.0))  # step 1 trained on the whole image: it cannot become masked
 
 
@@ -134,3 +138,13 @@ def test_a_resume_with_changes_and_no_step_left_says_nothing_trains(tmp_path) ->
     assert "step-000006 is at train.max_steps (6): no step is left" in nothing_to_train(finished, cfg)[0]
     assert nothing_to_train(ResumePlan(tmp_path / "step-000004", 4, change), cfg) == []  # steps 5-6 use them
     assert nothing_to_train(ResumePlan(tmp_path / "step-000006", 6), cfg) == []  # only the outputs again: no note
+
+
+def test_resume_with_no_run_folder_says_how_relative_output_dirs_are_read(tmp_path: Path) -> None:
+    """Found by a newcomer: `--resume latest` on a config run from another folder trained a new run from step 0 in a
+    new folder under the working one, with the same line as a queued job's first attempt."""
+    from sdtune.training.resume import fresh_start_line
+
+    assert fresh_start_line(tmp_path, True) == f"no checkpoint in {tmp_path / 'checkpoints'} yet: starting from step 0"
+    assert "a relative output_dir is read from the working folder; to continue a run from anywhere, pass its " \
+           "folder: sdtune train RUN --resume latest" in fresh_start_line(tmp_path / "new", False)
