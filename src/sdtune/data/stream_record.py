@@ -26,7 +26,7 @@ from sdtune.data.folders import read_folder
 from sdtune.data.images import content_hash
 from sdtune.data.masks import mask_digest
 from sdtune.data.subsets import subsets_from_config
-from sdtune.words import counted
+from sdtune.words import counted, plural
 
 VERSION = 1
 
@@ -77,10 +77,17 @@ def _remasked(was: dict[str, Any], now: dict[str, Any], names: set[str]) -> list
     return sorted(n for n in names if was["masks"].get(n) != now["masks"].get(n))
 
 
+def _names(names: list[str]) -> str:
+    """The first four names (each once), then "..."."""
+    unique = list(dict.fromkeys(names))
+    return ", ".join(unique[:4]) + (", ..." if len(unique) > 4 else "")
+
+
 def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """One line per subset whose files changed between two records, e.g.
     ``data.train_dir (photos): 2 images added, 1 removed, 1 edited, 1 caption changed, 1 mask changed (a.png,
-    b.png, ...)``; a mask is named by its image's name."""
+    b.png, ...)``; a changed mask is named as "the mask of IMAGE" (the record keys it by its image: the file may be
+    in data.mask_dir under any image suffix, or the image's own alpha channel)."""
     lines = []
     before = {s["subset"]: s for s in old.get("subsets", [])}
     for subset in new["subsets"]:
@@ -99,10 +106,11 @@ def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                  f"{counted(len(edited), 'image')} edited (other bytes: pixels, size or bucket may differ)"
                  if edited else "",
                  f"{counted(len(recaptioned), 'caption')} changed" if recaptioned else "",
-                 f"{counted(len(remasked), 'mask')} changed" if remasked else ""]
-        named = [*added, *removed, *edited, *recaptioned, *remasked]
-        if named:
-            shown = ", ".join(dict.fromkeys(named[:4])) + (", ..." if len(set(named)) > 4 else "")
-            lines.append(f"{subset['subset']}: {', '.join(p for p in parts if p)} ({shown})")
+                 f"{counted(len(remasked), 'mask')} changed (the {plural(len(remasked), 'mask', 'masks')} of "
+                 f"{_names(remasked)}: data.mask_dir or the alpha channel)" if remasked else ""]
+        named = [*added, *removed, *edited, *recaptioned]
+        if any(parts):
+            lines.append(f"{subset['subset']}: {', '.join(p for p in parts if p)}"
+                         + (f" ({_names(named)})" if named else ""))
     lines += [f"{label}: no longer read" for label in before]
     return lines
