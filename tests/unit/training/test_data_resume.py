@@ -22,6 +22,9 @@ from sdtune.training import checkpoint as ckpt
 from sdtune.training.data_resume import ORIGIN, check_data, start_new_epoch, stream_start
 from sdtune.training.resume import ResumePlan
 
+# an edited mask, named by its image
+MASK_CHANGED = "1 mask changed (the mask of img0.png: data.mask_dir or the alpha channel)"
+
 
 def _photo(path: Path, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,11 +181,11 @@ def test_an_edited_mask_is_named_and_refused_as_an_edited_photo_is(tmp_path):
     _half((32, 24), left=False).save(tmp_path / "masks" / "img0.png")
     with pytest.raises(ConfigError) as refused:
         check_data(plan, stream_record(data), new_data_epoch=False)
-    assert "1 mask changed (the mask of img0.png: data.mask_dir or the alpha channel)" in str(refused.value) and "--new-data-epoch" in str(refused.value)
+    assert MASK_CHANGED in str(refused.value) and "--new-data-epoch" in str(refused.value)
     lines = check_data(plan, stream_record(data), new_data_epoch=True)
-    assert "a new data epoch starts at step 40" in lines[0] and "1 mask changed (the mask of img0.png: data.mask_dir or the alpha channel)" in lines[1], lines
+    assert "a new data epoch starts at step 40" in lines[0] and MASK_CHANGED in lines[1], lines
     (tmp_path / "masks" / "img0.png").unlink()  # now the JPEG is read: another mask
-    assert "1 mask changed (the mask of img0.png: data.mask_dir or the alpha channel)" in record_changes(_saved(plan), stream_record(data))[0]
+    assert MASK_CHANGED in record_changes(_saved(plan), stream_record(data))[0]
 
 
 def test_an_alpha_mask_is_its_alpha_channel_not_the_photo_bytes(tmp_path):
@@ -203,7 +206,7 @@ def test_an_alpha_mask_is_its_alpha_channel_not_the_photo_bytes(tmp_path):
     pixels[..., 3] = np.asarray(_half((32, 24), left=False))  # the alpha: now the mask changed too
     Image.fromarray(pixels, "RGBA").save(photos / "img0.png")
     (changes,) = record_changes(before, stream_record(data))
-    assert "1 image edited" in changes and "1 mask changed (the mask of img0.png: data.mask_dir or the alpha channel)" in changes, changes
+    assert "1 image edited" in changes and MASK_CHANGED in changes, changes
 
 
 def test_a_record_without_masks_still_resumes_and_class_images_have_none(tmp_path):
