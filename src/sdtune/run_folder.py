@@ -259,6 +259,16 @@ def _read_stack(file: Path, allow_pickle: bool) -> list[Adapter]:
     return stack
 
 
+def progress_row(line: str) -> dict[str, Any] | None:
+    """One line of ``RUN/logs/progress.jsonl`` as its dict, or None for a line that is no step's (one being
+    written, or cut short by a crash)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
 def read_progress(run_dir: str | Path, max_points: int = 2000) -> list[dict[str, Any]]:
     """``RUN/logs/progress.jsonl`` ordered by step, the last line of each step winning (the trainer cuts the file
     back to its starting step, ``sdtune.training.progress_log``; a log of an older sdtune repeats a resumed run's
@@ -269,11 +279,7 @@ def read_progress(run_dir: str | Path, max_points: int = 2000) -> list[dict[str,
         return []
     by_step: dict[int, dict[str, Any]] = {}
     for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line being written
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
+        if (row := progress_row(line)) is not None:
             by_step[row["step"]] = row
     rows = [by_step[s] for s in sorted(by_step)]
     if len(rows) > max_points > 1:
@@ -313,11 +319,7 @@ def last_progress(run_dir: str | Path, lines: int = 20) -> list[dict[str, Any]]:
         found = found[1:]  # the seek may have landed inside a line
     rows: list[dict[str, Any]] = []
     for line in reversed(found):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line being written
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
+        if (row := progress_row(line)) is not None:
             rows.append(row)
             if len(rows) == lines:
                 break

@@ -172,23 +172,26 @@ def attention_note(cfg: RunConfig) -> str | None:
             "the masks earlier for the token to learn where the person is")
 
 
+def _latent_side(cfg: RunConfig, comps: Any) -> int:
+    """The latents' side at ``data.resolution``."""
+    from sdtune.data.buckets import vae_downscale
+
+    return max(1, cfg.data.resolution // vae_downscale(comps.vae.config))
+
+
 def maps_in_use(cfg: RunConfig, comps: Any) -> list[int]:
     """The downscales (latent side / map side) the run's term reads: ``train.attention_loss.downscales``, or the
     level nearest 16x16 at ``data.resolution``; ConfigError for sizes the UNet lacks."""
-    from sdtune.data.buckets import vae_downscale
-
     assert cfg.train.attention_loss is not None
-    side = max(1, cfg.data.resolution // vae_downscale(comps.vae.config))  # the latents' side at data.resolution
-    return chosen_downscales(cfg.train.attention_loss, comps.unet.config, side)
+    return chosen_downscales(cfg.train.attention_loss, comps.unet.config, _latent_side(cfg, comps))
 
 
-def describe_maps(cfg: RunConfig, comps: Any) -> str:
+def describe_maps(cfg: RunConfig, comps: Any, downscales: list[int] | None = None) -> str:
     """The maps in words, for the console and the model card: "4x smaller than the latents (16x16 at
-    data.resolution 512)" (buckets of another size have maps of another size, at the same downscale)."""
-    from sdtune.data.buckets import vae_downscale
-
-    side = max(1, cfg.data.resolution // vae_downscale(comps.vae.config))
-    downscales = maps_in_use(cfg, comps)
+    data.resolution 512)" (buckets of another size have maps of another size, at the same downscale);
+    ``downscales``: :func:`maps_in_use`, when already known."""
+    side = _latent_side(cfg, comps)
+    downscales = downscales or maps_in_use(cfg, comps)
     return (f"{', '.join(map(str, downscales))}x smaller than the latents "
             f"({', '.join(f'{-(-side // d)}x{-(-side // d)}' for d in downscales)} at data.resolution "
             f"{cfg.data.resolution})")
@@ -204,7 +207,7 @@ def build_attention_loss(cfg: RunConfig, comps: Any) -> AttentionLoss | None:
     if options is None or learned is None:
         return None
     downscales = maps_in_use(cfg, comps)
-    print(f"cross-attention loss: weight {options.weight:g} on the maps {describe_maps(cfg, comps)}")
+    print(f"cross-attention loss: weight {options.weight:g} on the maps {describe_maps(cfg, comps, downscales)}")
     if (note := attention_note(cfg)) is not None:
         print(note)
     first = tokenizers(comps.tokenizer)[0]

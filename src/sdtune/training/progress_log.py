@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from sdtune.run_folder import PROGRESS_FILE
+from sdtune.run_folder import PROGRESS_FILE, progress_row
 
 
 class ProgressLog:
@@ -45,7 +45,7 @@ class ProgressLog:
             lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        kept = [line for line in lines if (row := progress_row(line)) is not None and row["step"] <= step]
         if kept != lines:
             try:
                 atomic_write_text(self.path, "".join(line + "\n" for line in kept))
@@ -59,11 +59,3 @@ class ProgressLog:
         except OSError:
             self.enabled = False  # a full disk must not stop training over a watcher's file
 
-
-def _step_of(line: str) -> int | None:
-    """The step of one line, or None for a line cut short (a crash while writing it)."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row["step"] if isinstance(row, dict) and isinstance(row.get("step"), int) else None

@@ -265,10 +265,6 @@ def write_run_config(cfg: RunConfig, path: Path, history: list[dict[str, Any]]) 
     atomic_write_text(path, header + dump_config(cfg))
 
 
-__all__ = ["OPTIMIZER_KEYS", "ResumePlan", "apply_changes", "describe", "history_entry", "nothing_to_train",
-           "optimizer_hyperparameters", "plan_resume", "start_branch", "write_run_config"]
-
-
 def fresh_start_line(run_dir: Path, existed: bool) -> str:
     """What ``--resume`` prints when the run has no checkpoint yet (a queued job's first attempt resumes "latest"
     too, so it is no error); when the folder did not even exist, that a relative output_dir was read from the
@@ -278,3 +274,8 @@ def fresh_start_line(run_dir: Path, existed: bool) -> str:
         return line
     return (f"{line} (a new run folder: a relative output_dir is read from the working folder; to continue a run "
             "from anywhere, pass its folder: sdtune train RUN --resume latest)")
+
+
+__all__ = ["OPTIMIZER_KEYS", "ResumePlan", "apply_changes", "describe", "fresh_start_line", "history_entry",
+           "nothing_to_train", "optimizer_hyperparameters", "plan_resume", "start_branch", "write_run_config"]
+
